@@ -1,0 +1,28 @@
+"""kmeans-transformer: clustering algorithms as exact, inspectable Hugging Face transformer models."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_kmeans_transformer import KMeansTransformerConfig
+from .modeling_kmeans_transformer import (
+    KMeansTransformerModel,
+    KMeansTransformerOutput,
+    KMeansTransformerPreTrainedModel,
+)
+from .reference import lloyd
+
+
+__version__ = "0.1.0"
+
+AutoConfig.register(KMeansTransformerConfig.model_type, KMeansTransformerConfig)
+AutoModel.register(KMeansTransformerConfig, KMeansTransformerModel)
+# Checkpoints carry the two modeling files and an `auto_map`, so they also load with `trust_remote_code=True`.
+KMeansTransformerConfig.register_for_auto_class()
+KMeansTransformerModel.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "KMeansTransformerConfig",
+    "KMeansTransformerModel",
+    "KMeansTransformerOutput",
+    "KMeansTransformerPreTrainedModel",
+    "lloyd",
+]
