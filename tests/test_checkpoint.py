@@ -1,0 +1,144 @@
+"""Conversion to safetensors, the model card, and loading back with and without the package."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors import safe_open
+from transformers import AutoModel
+
+import kmeans_transformer
+from kmeans_transformer.cli import main
+from kmeans_transformer.convert import ValidationError, convert_checkpoint, validate_against_reference
+from kmeans_transformer.reference import lloyd
+
+from conftest import make_model, mixture
+
+
+def convert(tmp_path, *extra, name="ckpt"):
+    output = tmp_path / name
+    argv = ["convert", "--num-clusters", "4", "--point-dim", "3", "--num-iterations", "6", "--output", str(output)]
+    return output, main(argv + list(extra))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_convert_writes_a_safetensors_checkpoint_with_code_and_card(tmp_path, dtype):
+    output, code = convert(tmp_path, "--dtype", dtype)
+    assert code == 0
+    files = {path.name for path in output.iterdir()}
+    assert files == {
+        "config.json", "model.safetensors", "README.md",
+        "configuration_kmeans_transformer.py", "modeling_kmeans_transformer.py",
+    }
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)  # no pickle anywhere
+    config = json.loads((output / "config.json").read_text())
+    assert config["model_type"] == "kmeans_transformer" and config["dtype"] == dtype
+    with safe_open(output / "model.safetensors", "pt") as weights:
+        update_query_bias = weights.get_tensor("layers.0.update.q_proj.bias")
+        assert str(update_query_bias.dtype) == f"torch.{dtype}"
+        assert update_query_bias.tolist() == [0, 0, 0, 0, -0.5]  # the construction is readable in the file
+
+    card = ModelCard.load(output / "README.md")
+    assert card.data.library_name == "transformers" and "k-means" in card.data.tags
+    report = validate_against_reference(make_model(4, 3, 6, dtype=getattr(torch, dtype)))
+    assert f"{report.label_agreement:.6f}" in card.text
+    assert f"{report.max_relative_centroid_error:.3e}" in card.text
+    assert "{{" not in card.text
+
+
+def test_load_with_package_gives_identical_outputs(tmp_path, rng):
+    output, _ = convert(tmp_path, "--dtype", "float64")
+    model = AutoModel.from_pretrained(output)
+    assert isinstance(model, kmeans_transformer.KMeansTransformerModel)
+    assert model.dtype == torch.float64 and model.config._attn_implementation == "hardmax"
+    points = mixture(rng, 500, 3, 4)
+    loaded = model(torch.tensor(points))
+    fresh = make_model(4, 3, 6)(torch.tensor(points))
+    torch.testing.assert_close(loaded.centroids, fresh.centroids, rtol=0, atol=0)
+    np.testing.assert_allclose(loaded.centroids[0].numpy(), lloyd(points, points[:4], 6).centroids, rtol=1e-10)
+
+
+def test_fresh_process_with_remote_code_gives_identical_outputs(tmp_path, rng):
+    output, _ = convert(tmp_path, "--dtype", "float64")
+    points = mixture(rng, 300, 3, 4)
+    np.save(tmp_path / "points.npy", points)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True)
+        assert "kmeans_transformer" not in sys.modules, "the package must not be imported"
+        out = model(torch.tensor(np.load({str(tmp_path / "points.npy")!r})))
+        np.save({str(tmp_path / "remote.npy")!r}, out.centroids.detach().numpy())
+        np.save({str(tmp_path / "remote_labels.npy")!r}, out.labels.numpy())
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env)
+    local = AutoModel.from_pretrained(output)(torch.tensor(points))
+    np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), local.centroids.numpy())
+    np.testing.assert_array_equal(np.load(tmp_path / "remote_labels.npy"), local.labels.numpy())
+
+
+def test_checkpoint_for_another_dimension_is_refused(tmp_path):
+    output, _ = convert(tmp_path)
+    with pytest.raises(ValueError, match="dimension 5, but this model was built for point_dim=3"):
+        AutoModel.from_pretrained(output)(torch.randn(20, 5))
+
+
+def test_refuses_non_empty_directory_unless_overwrite(tmp_path, capsys):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    _, code = convert(tmp_path)
+    assert code == 2 and "not empty" in capsys.readouterr().err
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    _, code = convert(tmp_path, "--overwrite")
+    assert code == 0 and (target / "notes.txt").read_text() == "mine" and (target / "model.safetensors").exists()
+
+
+def test_a_model_that_disagrees_with_the_reference_is_not_written(tmp_path, monkeypatch):
+    def broken_model(*args, **kwargs):
+        model = make_model(4, 3, 6)
+        model.layers[0].assign.q_proj.weight[0, 0] = 0.5  # a wrong weight: no longer Lloyd
+        return model
+
+    assert not validate_against_reference(broken_model()).passed
+    monkeypatch.setattr("kmeans_transformer.convert.build_model", broken_model)
+    with pytest.raises(ValidationError, match="disagrees with the reference"):
+        convert_checkpoint(tmp_path / "ckpt", num_clusters=4, point_dim=3, num_iterations=6)
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_convert_script_and_command_line_errors(tmp_path):
+    script = "convert_scripts/convert_kmeans_transformer_to_safetensors.py"
+    result = subprocess.run(
+        [sys.executable, script, "--num-clusters", "2", "--point-dim", "2", "--num-iterations", "3", "--output", str(tmp_path / "a")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a" / "model.safetensors").exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "kmeans_transformer.cli", "convert", "--variant", "nope", "--num-clusters", "2",
+         "--point-dim", "2", "--num-iterations", "3", "--output", str(tmp_path / "b")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "kmeans_transformer.cli", "convert", "--num-clusters", "0", "--point-dim", "2",
+         "--num-iterations", "3", "--output", str(tmp_path / "c")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "`num_clusters` must be an integer >= 1" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "c").exists()
+
+
+def test_demo_runs(capsys):
+    assert main(["demo"]) == 0
+    assert "labels identical to the reference: True" in capsys.readouterr().out
