@@ -45,6 +45,7 @@ class KMeansTransformerConfig(PreTrainedConfig):
     >>> from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
     >>> config = KMeansTransformerConfig(num_clusters=3, point_dim=2, num_iterations=5)
     >>> model = KMeansTransformerModel(config)  # exactly Lloyd's algorithm, 5 iterations
+
     ```
     """
 

@@ -201,9 +201,13 @@ class KMeansTransformerAttention(nn.Module):
     which and give the analytic projections.
     """
 
-    hardmax_ties = "average"
-    query_key_dim: Callable[[KMeansTransformerConfig], int] = staticmethod(lambda config: 1)
+    hardmax_ties = "average"  # read by `hardmax_attention_forward`
     query_bias = False
+
+    @staticmethod
+    def query_key_dim(config: KMeansTransformerConfig) -> int:
+        """Width of the projected queries and keys (before `prepare_query_key`)."""
+        return 1
 
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
@@ -293,7 +297,10 @@ class KMeansTransformerAssign(KMeansTransformerAttention):
     """
 
     hardmax_ties = "first"
-    query_key_dim = staticmethod(lambda config: config.point_dim)
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.point_dim
 
     @classmethod
     def analytic_projections(cls, config):
@@ -334,8 +341,11 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
     which keeps its previous position. Padded points are invisible. Weights `(batch, 1, k, n + k)`.
     """
 
-    query_key_dim = staticmethod(lambda config: config.num_clusters + 1)
     query_bias = True
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.num_clusters + 1
 
     @classmethod
     def analytic_projections(cls, config):
@@ -398,10 +408,8 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
     config: KMeansTransformerConfig
     base_model_prefix = "kmeans_transformer"
     main_input_name = "points"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["KMeansTransformerLayer"]
     _supports_sdpa = True
-    _supports_attention_backend = True
     _can_record_outputs = {
         "hidden_states": OutputRecorder(KMeansTransformerLayer, index=0),
         **{
@@ -449,6 +457,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     >>> out = model(points, centroids=points[[0, 2]])
     >>> out.labels.tolist(), out.centroids.tolist()
     ([[0, 0, 1, 1]], [[[0.0, 0.5], [10.0, 0.5]]])
+
     ```
     """
 
