@@ -260,12 +260,21 @@ class KMeansTransformerAttention(nn.Module):
         return self.o_proj(attn_output), attn_weights
 
 
-class KMeansTransformerSelfAttention(KMeansTransformerAttention):
+class KMeansTransformerErase(KMeansTransformerAttention):
     """
-    Every token attends only to itself (a diagonal mask), evaluated as windows of one token so the cost is linear in
-    the number of tokens. A single visible key has weight 1 under every kernel, so the block adds `v_proj(token)`.
-    Weights are returned as `(batch, 1, seq_len, 1)`.
+    Every token attends only to itself (a diagonal mask) with value `-(its slice erased_slice)`, so after the
+    residual that slice is 0. Evaluated as windows of one token, so the cost is linear in the number of tokens; a
+    single visible key has weight 1 under every kernel. Weights are returned as `(batch, 1, seq_len, 1)`.
     """
+
+    erased_slice = "code"
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        erased = config.token_slices[cls.erased_slice]
+        projections["v_proj"][0][erased, erased] = -torch.eye(erased.stop - erased.start)
+        return projections
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, seq_len, width = hidden_states.shape
@@ -276,15 +285,10 @@ class KMeansTransformerSelfAttention(KMeansTransformerAttention):
         return attn_output.reshape(batch_size, seq_len, width), attn_weights
 
 
-class KMeansTransformerPointErase(KMeansTransformerSelfAttention):
+class KMeansTransformerPointErase(KMeansTransformerErase):
     """Block 1. Point `i` attends to itself; value `-[0 ; y_i ; 0]`, so after the residual `p_i = [x_i ; 0 ; 0]`."""
 
-    @classmethod
-    def analytic_projections(cls, config):
-        projections = super().analytic_projections(config)
-        code = config.token_slices["code"]
-        projections["v_proj"][0][code, code] = -torch.eye(config.num_clusters)
-        return projections
+    erased_slice = "code"
 
 
 class KMeansTransformerAssign(KMeansTransformerAttention):
@@ -320,15 +324,10 @@ class KMeansTransformerAssign(KMeansTransformerAttention):
         return super().forward(point_states, centroid_states, attention_mask, **kwargs)
 
 
-class KMeansTransformerCentroidErase(KMeansTransformerSelfAttention):
+class KMeansTransformerCentroidErase(KMeansTransformerErase):
     """Block 3. Centroid `j` attends to itself; value `-[c_j ; 0 ; 0]`, so after the residual `q_j = [0 ; e_j ; 1]`."""
 
-    @classmethod
-    def analytic_projections(cls, config):
-        projections = super().analytic_projections(config)
-        position = config.token_slices["position"]
-        projections["v_proj"][0][position, position] = -torch.eye(config.point_dim)
-        return projections
+    erased_slice = "position"
 
 
 class KMeansTransformerUpdate(KMeansTransformerAttention):
