@@ -7,9 +7,7 @@ import numpy as np
 import torch
 
 from .configuration_kmeans_transformer import VARIANTS
-from .convert import DTYPES, ValidationError, convert_checkpoint, gaussian_mixture
-from .modeling_kmeans_transformer import KMeansTransformerModel
-from .configuration_kmeans_transformer import KMeansTransformerConfig
+from .convert import DTYPES, ValidationError, build_model, convert_checkpoint, gaussian_mixture
 from .reference import lloyd
 
 
@@ -25,16 +23,15 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    report = convert_checkpoint(
-        args.output,
+    model = build_model(
         num_clusters=args.num_clusters,
         point_dim=args.point_dim,
         num_iterations=args.num_iterations,
         variant=args.variant,
         dtype=args.dtype,
         share_layers=not args.separate_layers,
-        overwrite=args.overwrite,
     )
+    report = convert_checkpoint(model, args.output, overwrite=args.overwrite)
     print(
         f"wrote {args.output}: {args.variant}, k={args.num_clusters}, d={args.point_dim}, T={args.num_iterations}, "
         f"{args.dtype}; validated on {report.num_problems} mixtures: labels identical "
@@ -49,8 +46,7 @@ def run_demo(args: argparse.Namespace) -> None:
     k, d, iterations = 5, 2, 10
     points = gaussian_mixture(generator, 2000, d, k)
     initial = points[generator.choice(len(points), size=k, replace=False)]
-    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=iterations))
-    model = model.double().eval()
+    model = build_model(num_clusters=k, point_dim=d, num_iterations=iterations, dtype="float64")
     output = model(torch.tensor(points), torch.tensor(initial))
     expected = lloyd(points, initial, iterations)
     sizes = np.bincount(output.labels[0].numpy(), minlength=k)

@@ -147,26 +147,16 @@ def render_model_card(model: KMeansTransformerModel, report: ValidationReport, r
     )
 
 
-def convert_checkpoint(
-    output_dir: str | Path,
-    num_clusters: int,
-    point_dim: int,
-    num_iterations: int,
-    variant: str = "lloyd",
-    dtype: str = "float32",
-    share_layers: bool = True,
-    overwrite: bool = False,
-) -> ValidationReport:
+def convert_checkpoint(model: KMeansTransformerModel, output_dir: str | Path, overwrite: bool = False) -> ValidationReport:
     """
-    Build the analytic model, validate it against the reference, and only then write the checkpoint to
-    `output_dir`. Refuses a non-empty `output_dir` unless `overwrite` (which replaces only the checkpoint's files).
+    Validate `model` against the reference, and only then write its checkpoint to `output_dir`. Refuses a
+    non-empty `output_dir` unless `overwrite` (which replaces only the checkpoint's files).
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a directory.")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} is not empty; pass --overwrite to write the checkpoint into it anyway.")
-    model = build_model(num_clusters, point_dim, num_iterations, variant, dtype, share_layers)
     report = validate_against_reference(model)
     if not report.passed:
         raise ValidationError(f"The built model disagrees with the reference, not writing a checkpoint: {report}")

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
+from kmeans_transformer.convert import gaussian_mixture as mixture  # noqa: F401  (shared test data)
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +29,3 @@ def trajectory(model, output, num_points):
     labels = np.stack([h[0, :num_points, slices["code"]].argmax(-1).numpy() for h in states])
     centroids = np.stack([h[0, num_points:, slices["position"]].double().numpy() for h in states])
     return labels, centroids
-
-
-def mixture(rng, n, d, k, spread=4.0):
-    centres = rng.normal(scale=spread, size=(k, d))
-    return centres[rng.integers(k, size=n)] + rng.normal(size=(n, d))
