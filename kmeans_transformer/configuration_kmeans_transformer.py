@@ -1,12 +1,35 @@
 # Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
-"""Configuration of the exact k-means transformer."""
+"""Configuration of the exact k-means transformer and its variants."""
 
+import math
 from typing import ClassVar
 
 from transformers.configuration_utils import PreTrainedConfig
 
 
-VARIANTS = ("lloyd",)
+VARIANTS = ("lloyd", "soft", "spherical", "trimmed", "sparse", "kmedoids", "gmm")
+MEDOID_SELECTIONS = ("deterministic", "gumbel")
+
+# The parameters each variant reads, with their defaults. A parameter left unset (None) takes its variant's default;
+# setting one that the variant does not read is an error. `inverse_temperature` is read by every variant but "gmm":
+# by "soft", "sparse" and gumbel "kmedoids" in their own blocks, and by the others when an argmax block runs as softmax
+# (`attn_implementation="eager"` or `"sdpa"`). "trimmed" takes one of `trim_quantile` and `trim_fraction`.
+VARIANT_PARAMETERS = {
+    "lloyd": {"inverse_temperature": 1.0},
+    "soft": {"inverse_temperature": 1.0},
+    "spherical": {"inverse_temperature": 1.0},
+    "trimmed": {"inverse_temperature": 1.0, "trim_quantile": 0.95, "trim_fraction": None},
+    "sparse": {"inverse_temperature": 0.01},
+    "kmedoids": {"inverse_temperature": 1.0, "medoid_selection": "deterministic"},
+    "gmm": {"reg_covar": 0.0},
+}
+
+# Extra token slices, beyond position, code, previous and is_centroid, that a variant's blocks read and write.
+VARIANT_SLICES = {
+    "trimmed": (("assigned", "point_dim"), ("distance", 1), ("outlier", 1)),
+    "kmedoids": (("medoid_cost", 1),),
+    "gmm": (("square_norm", 1), ("variance", 1), ("mixing_weight", 1)),
+}
 
 
 class KMeansTransformerConfig(PreTrainedConfig):
@@ -14,13 +37,17 @@ class KMeansTransformerConfig(PreTrainedConfig):
     Configuration of a [`KMeansTransformerModel`]: a transformer whose every layer is one iteration of a clustering
     algorithm, with analytic weights.
 
-    Points and centroids are tokens of width `hidden_size = 2 * point_dim + num_clusters + 1`, laid out as four
-    slices (see [`KMeansTransformerConfig.token_slices`]):
+    Points and centroids are tokens of width `hidden_size`, laid out as named slices (see
+    [`KMeansTransformerConfig.token_slices`]):
 
     - `position` (`point_dim`): the point `x_i`, or the centroid `c_j`;
     - `code` (`num_clusters`): the point's assignment `y_i`, or the centroid's one-hot identity `e_j`;
-    - `previous` (`point_dim`): for centroid tokens, the centroid of the previous iteration (0 for points);
-    - `is_centroid` (1): 1 on centroid tokens, 0 on point tokens.
+    - `previous` (`point_dim`): for centroid tokens, the centroid entering the current iteration (0 for points);
+    - `is_centroid` (1): 1 on centroid tokens, 0 on point tokens;
+    - and the variant's own slots: `"trimmed"`: `assigned` (`point_dim`, a point's assigned centroid), `distance`
+      (its squared distance to it), `outlier` (1 if trimmed); `"kmedoids"`: `medoid_cost` (a point's summed
+      distance to its cluster); `"gmm"`: `square_norm` (`|x_i|^2` on points), `variance` and `mixing_weight` (the
+      component's `σ_j^2` and `π_j` on centroids).
 
     Args:
         num_clusters (`int`, *optional*, defaults to 8):
@@ -34,10 +61,26 @@ class KMeansTransformerConfig(PreTrainedConfig):
             If `True`, one layer's weights are looped `num_iterations` times, and `forward` accepts another
             `num_iterations`; if `False`, the model holds `num_iterations` separate layers.
         variant (`str`, *optional*, defaults to `"lloyd"`):
-            The clustering algorithm the analytic weights realise. One of `"lloyd"`.
-        inverse_temperature (`float`, *optional*, defaults to 1.0):
-            Softmax stiffness `γ` used by the softmax attention paths (`attn_implementation="eager"` or `"sdpa"`):
-            the assign scores are `-γ ||x_i - c_j||²`. The exact `"hardmax"` path (the default) ignores it.
+            The clustering algorithm the analytic weights realise: `"lloyd"` (k-means), `"soft"` (soft k-means),
+            `"spherical"` (cosine k-means), `"trimmed"` (trimmed k-means), `"sparse"` (robust sparsemax update),
+            `"kmedoids"` (k-medoids) or `"gmm"` (EM for an isotropic Gaussian mixture).
+        inverse_temperature (`float`, *optional*):
+            Stiffness `γ > 0`. `"soft"`: responsibilities `softmax_j(-γ |x_i - c_j|^2)`. `"sparse"`: the update's
+            sparsemax of `-γ |x_i - c_j|^2 / sqrt(d)` (default 0.01). Gumbel `"kmedoids"`: the medoid draw's weights
+            `softmax(-γ |x_i - c_j|^2)` over members. Other variants: the softmax that replaces hardmax under
+            `attn_implementation="eager"` or `"sdpa"`. Defaults to 1.0 (0.01 for `"sparse"`); not used by `"gmm"`.
+        trim_quantile (`float`, *optional*):
+            `"trimmed"` only, in (0, 1]: a point whose squared distance to its centroid is above the `trim_quantile`
+            quantile (linear interpolation) of its cluster's squared distances is trimmed. The default rule
+            (0.95) unless `trim_fraction` is given.
+        trim_fraction (`float`, *optional*):
+            `"trimmed"` only, in [0, 1): the `floor(trim_fraction * n)` points with the largest squared distances to
+            their centroids are trimmed (classic trimmed k-means).
+        medoid_selection (`str`, *optional*):
+            `"kmedoids"` only: `"deterministic"` (default; the member with the least summed Euclidean distance to
+            the other members) or `"gumbel"` (a member drawn with weights `softmax(-γ |x_i - c_j|^2)` by Gumbel-max).
+        reg_covar (`float`, *optional*):
+            `"gmm"` only, >= 0: added to every re-estimated variance (scikit-learn's `reg_covar`). Defaults to 0.
 
     Example:
 
@@ -45,6 +88,8 @@ class KMeansTransformerConfig(PreTrainedConfig):
     >>> from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
     >>> config = KMeansTransformerConfig(num_clusters=3, point_dim=2, num_iterations=5)
     >>> model = KMeansTransformerModel(config)  # exactly Lloyd's algorithm, 5 iterations
+    >>> KMeansTransformerConfig(num_clusters=3, variant="trimmed", trim_fraction=0.1).trim_quantile is None
+    True
 
     ```
     """
@@ -57,14 +102,21 @@ class KMeansTransformerConfig(PreTrainedConfig):
     num_iterations: int = 10
     share_layers: bool = True
     variant: str = "lloyd"
-    inverse_temperature: float = 1.0
+    inverse_temperature: float | None = None
+    trim_quantile: float | None = None
+    trim_fraction: float | None = None
+    medoid_selection: str | None = None
+    reg_covar: float | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.validate_kmeans()
 
     def validate_kmeans(self):
-        """Check every field and their combinations; raise `ValueError` naming the field and what it accepts."""
+        """
+        Check every field and their combinations, raising `ValueError` naming the field and what it accepts; fill
+        the variant's unset parameters with their defaults.
+        """
         for name, minimum in (("num_clusters", 1), ("point_dim", 1), ("num_iterations", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -73,25 +125,60 @@ class KMeansTransformerConfig(PreTrainedConfig):
             raise ValueError(f"`share_layers` must be a bool, got {self.share_layers!r}.")
         if self.variant not in VARIANTS:
             raise ValueError(f"Unknown `variant` {self.variant!r}; expected one of {list(VARIANTS)}.")
-        gamma = self.inverse_temperature
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < float("inf"):
-            raise ValueError(f"`inverse_temperature` must be a finite number > 0, got {gamma!r}.")
 
-    @property
-    def hidden_size(self) -> int:
-        """Width of every token: `2 * point_dim + num_clusters + 1`."""
-        return 2 * self.point_dim + self.num_clusters + 1
+        defaults = VARIANT_PARAMETERS[self.variant]
+        for name in ("inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar"):
+            if name not in defaults and getattr(self, name) is not None:
+                readers = [variant for variant, parameters in VARIANT_PARAMETERS.items() if name in parameters]
+                raise ValueError(
+                    f"`{name}` is not a parameter of variant {self.variant!r} (it is read by {readers})."
+                )
+        if self.variant == "trimmed":
+            if self.trim_quantile is not None and self.trim_fraction is not None:
+                raise ValueError("Give one of `trim_quantile` and `trim_fraction` for variant 'trimmed', not both.")
+            if self.trim_fraction is not None:
+                defaults = {**defaults, "trim_quantile": None}
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+
+        def is_number(value):
+            return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+        gamma = self.inverse_temperature
+        if gamma is not None and not (is_number(gamma) and gamma > 0):
+            raise ValueError(f"`inverse_temperature` must be a finite number > 0, got {gamma!r}.")
+        if self.trim_quantile is not None and not (is_number(self.trim_quantile) and 0 < self.trim_quantile <= 1):
+            raise ValueError(f"`trim_quantile` must be a number in (0, 1], got {self.trim_quantile!r}.")
+        if self.trim_fraction is not None and not (is_number(self.trim_fraction) and 0 <= self.trim_fraction < 1):
+            raise ValueError(f"`trim_fraction` must be a number in [0, 1), got {self.trim_fraction!r}.")
+        if self.medoid_selection is not None and self.medoid_selection not in MEDOID_SELECTIONS:
+            raise ValueError(
+                f"Unknown `medoid_selection` {self.medoid_selection!r}; expected one of {list(MEDOID_SELECTIONS)}."
+            )
+        if self.reg_covar is not None and not (is_number(self.reg_covar) and self.reg_covar >= 0):
+            raise ValueError(f"`reg_covar` must be a finite number >= 0, got {self.reg_covar!r}.")
 
     @property
     def token_slices(self) -> dict[str, slice]:
-        """The named slices of a token (see the class docstring)."""
-        d, k = self.point_dim, self.num_clusters
-        return {
-            "position": slice(0, d),
-            "code": slice(d, d + k),
-            "previous": slice(d + k, 2 * d + k),
-            "is_centroid": slice(2 * d + k, 2 * d + k + 1),
-        }
+        """The named slices of a token (see the class docstring), in order."""
+        widths = [
+            ("position", self.point_dim),
+            ("code", self.num_clusters),
+            ("previous", self.point_dim),
+            ("is_centroid", 1),
+        ]
+        widths += [(name, self.point_dim if width == "point_dim" else width) for name, width in VARIANT_SLICES.get(self.variant, ())]
+        slices, start = {}, 0
+        for name, width in widths:
+            slices[name] = slice(start, start + width)
+            start += width
+        return slices
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of every token: `2 * point_dim + num_clusters + 1` plus the variant's own slots."""
+        return max(s.stop for s in self.token_slices.values())
 
 
 __all__ = ["KMeansTransformerConfig"]

@@ -1,22 +1,27 @@
 # Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
-"""PyTorch k-means transformer: Lloyd's algorithm written exactly as attention and residual connections.
+"""PyTorch k-means transformer: Lloyd's algorithm and its variants written exactly as attention and residual connections.
 
-Points and centroids are tokens of one width `D = d + k + 1` (see `KMeansTransformerConfig`):
+Points and centroids are tokens of one width (see `KMeansTransformerConfig.token_slices`):
 
-    point token     p_i = [x_i ; y_i ; 0]      y_i: the assignment slot, 0 at the start
-    centroid token  q_j = [c_j ; e_j ; 1]      e_j: the cluster's identity, never changed
+    point token     p_i = [x_i ; y_i ; 0 ; 0 ; ...]     y_i: the assignment slot, 0 at the start
+    centroid token  q_j = [c_j ; e_j ; c'_j ; 1 ; ...]  e_j: the cluster's identity, never changed; c'_j: previous centroid
 
-One layer is one Lloyd iteration, four attention blocks each added to its stream by a residual connection:
+One layer is one iteration, blocks each added to its stream by a residual connection (Lloyd's algorithm shown):
 
-    1. point erase     p_i <- p_i + Attn_self(p_i)                 = [x_i ; 0 ; 0]
-    2. assign          p_i <- p_i + Attn(p_i -> centroids)          = [x_i ; e_a(i) ; 0],  a(i) = argmin_j |x_i - c_j|^2
-    3. centroid erase  q_j <- q_j + Attn_self(q_j)                  = [0 ; e_j ; 1]
-    4. update          q_j <- q_j + Attn(q_j -> points, centroids)  = [mean of S_j, or c_j if S_j is empty ; e_j ; 1]
+    1. point erase     p_i <- p_i + Attn_self(p_i)                 = [x_i ; 0 ; ...]
+    2. assign          p_i <- p_i + Attn(p_i -> centroids)          = [x_i ; e_a(i) ; ...],  a(i) = argmin_j |x_i - c_j|^2
+    3. centroid erase  q_j <- q_j + Attn_self(q_j)                  = [0 ; e_j ; c_j ; 1]
+    4. update          q_j <- q_j + Attn(q_j -> points, centroids)  = [mean of S_j, or c_j if S_j is empty ; e_j ; c_j ; 1]
 
-Under the exact `"hardmax"` attention (the default) the model is Lloyd's algorithm; under softmax (`"eager"`,
-`"sdpa"`) it is the same construction at inverse temperature `config.inverse_temperature`.
+The variants change one piece each: the assign kernel (softmax for "soft" and "gmm"), the score (cosine for
+"spherical", a Gaussian log-density for "gmm"), a gate on the point stream ("trimmed"), the update kernel and score
+(sparsemax for "sparse", an argmin of summed distances or a Gumbel-max draw for "kmedoids", linear attention for "soft"
+and "gmm"), or a feed-forward step on the centroid stream (unit normalisation for "spherical", the M-step for "gmm").
+Under the exact `"hardmax"` attention (the default) the argmax blocks are exact; under softmax (`"eager"`, `"sdpa"`)
+they run at inverse temperature `config.inverse_temperature`.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,23 +46,33 @@ BLOCK_NAMES = ("point_erase", "assign", "centroid_erase", "update")
 class KMeansTransformerOutput(ModelOutput):
     r"""
     labels (`torch.LongTensor` of shape `(batch_size, num_points)`):
-        Index of the returned centroid nearest to each point (lowest index on ties); -1 for padded points.
+        Cluster of each point under the returned centroids (nearest centroid, lowest index on ties; largest cosine for
+        `"spherical"`; largest responsibility for `"gmm"`); -1 for padded points and trimmed outliers.
     centroids (`torch.FloatTensor` of shape `(batch_size, num_clusters, point_dim)`):
-        The centroids after the last layer.
+        The centroids (medoids for `"kmedoids"`, means for `"gmm"`) after the last layer.
     inertia (`torch.FloatTensor` of shape `(batch_size,)`):
-        Sum over real points of the squared distance to the centroid of their label (the k-means objective).
+        Sum over labelled points of the squared distance to the centroid of their label (the k-means objective; on the
+        unit-normalised points for `"spherical"`).
     assignments (`torch.FloatTensor` of shape `(batch_size, num_points, num_clusters)`):
-        The assign attention of the returned centroids: one-hot rows under hardmax, responsibilities under
-        softmax, zero rows for padded points.
+        The assign attention of the returned centroids: one-hot rows under hardmax, responsibilities under softmax
+        (`"soft"`, `"gmm"`), zero rows for padded points and trimmed outliers.
+    outliers (`torch.BoolTensor` of shape `(batch_size, num_points)`, *optional*):
+        `"trimmed"`: the points trimmed under the returned centroids.
+    weights (`torch.FloatTensor` of shape `(batch_size, num_clusters)`, *optional*):
+        `"gmm"`: the mixing weights `π_j`.
+    variances (`torch.FloatTensor` of shape `(batch_size, num_clusters)`, *optional*):
+        `"gmm"`: the per-component variances `σ_j^2`.
+    responsibilities (`torch.FloatTensor` of shape `(batch_size, num_points, num_clusters)`, *optional*):
+        `"soft"` and `"gmm"`: the responsibilities of the returned parameters (the same tensor as `assignments`).
     hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
         The tokens before the first layer and after each layer, each of shape
         `(batch_size, num_points + num_clusters, hidden_size)`: the point tokens first, then the centroid tokens.
     attentions (`tuple(tuple(torch.FloatTensor))`, *optional*, returned when `output_attentions=True`):
-        One tuple per layer holding the weights of its four blocks, in the order `BLOCK_NAMES`: point erase
-        `(batch_size, 1, num_points, 1)` (each token's weight on itself), assign `(batch_size, 1, num_points,
+        One tuple per layer holding the weights of its four attention blocks, in the order `BLOCK_NAMES`: point
+        erase `(batch_size, 1, num_points, 1)` (each token's weight on itself), assign `(batch_size, 1, num_points,
         num_clusters)`, centroid erase `(batch_size, 1, num_clusters, 1)` and update `(batch_size, 1, num_clusters,
-        num_points + num_clusters)` (on the points, then on the centroids). Empty under `"sdpa"`, which returns no
-        weights.
+        num_points + num_clusters)` (on the points, then on the centroid tokens). Empty under `"sdpa"`, which returns
+        no weights.
     point_erase_attentions, assign_attentions, centroid_erase_attentions, update_attentions (`tuple(torch.FloatTensor)`, *optional*):
         The same weights per block, one entry per layer.
     """
@@ -66,6 +81,10 @@ class KMeansTransformerOutput(ModelOutput):
     centroids: torch.FloatTensor | None = None
     inertia: torch.FloatTensor | None = None
     assignments: torch.FloatTensor | None = None
+    outliers: torch.BoolTensor | None = None
+    weights: torch.FloatTensor | None = None
+    variances: torch.FloatTensor | None = None
+    responsibilities: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[tuple[torch.FloatTensor, ...], ...] | None = None
     point_erase_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -78,8 +97,24 @@ class KMeansTransformerOutput(ModelOutput):
 # Attention kernels: the eager signature, `(module, query, key, value, attention_mask, ...) -> (output, weights)`, with
 # `query` `(batch, heads, q_len, head_dim)`, `key` `(batch, heads, kv_len, head_dim)`, `value` `(batch, heads, kv_len,
 # value_dim)` and a boolean `attention_mask` broadcastable to `(batch, heads, q_len, kv_len)`, True where attending.
-# A query row that sees no key gets all-zero weights.
+# A query row that sees no key gets all-zero weights. Scores are `s_ij = scaling * query_i . key_j`.
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _masked_scores(query, key, attention_mask, scaling):
+    scores = torch.matmul(query, key.transpose(-1, -2))
+    if scaling is not None and scaling != 1:
+        scores = scores * scaling
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    return scores
+
+
+def _attend(weights, value, attention_mask):
+    """Zero the rows that see no key, then `(weights @ value)` as `(batch, q_len, heads, value_dim)`."""
+    if attention_mask is not None:
+        weights = weights.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 def eager_attention_forward(
@@ -92,16 +127,10 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention: `weights = softmax(scaling * query @ key^T)` over the visible keys."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    if attention_mask is not None:
-        weights = weights.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
+    """Softmax attention: `weights_i = softmax_j(s_ij)` over the visible keys."""
+    weights = torch.softmax(_masked_scores(query, key, attention_mask, scaling), dim=-1)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return output, weights
+    return _attend(weights, value, attention_mask)
 
 
 def hardmax_attention_forward(
@@ -115,8 +144,7 @@ def hardmax_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    The exact `γ -> ∞` limit of softmax attention. With scores `s_ij = query_i . key_j` over the visible keys and
-    `M_i = argmax_j s_ij`:
+    The exact `γ -> ∞` limit of softmax attention. With `M_i = argmax_j s_ij` over the visible keys:
 
     - `module.hardmax_ties == "average"` (the limit itself): `weights_ij = 1 / |M_i|` for `j` in `M_i`, else 0;
     - `module.hardmax_ties == "first"`: `weights_ij = 1` for the lowest index in `M_i`, else 0 (an argmax that breaks
@@ -124,21 +152,124 @@ def hardmax_attention_forward(
 
     A positive `scaling` does not change the maximisers and is ignored.
     """
-    scores = torch.matmul(query, key.transpose(-1, -2))
-    if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    scores = _masked_scores(query, key, attention_mask, None)
     if getattr(module, "hardmax_ties", "average") == "first":
         weights = nn.functional.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(value.dtype)
     else:
         weights = (scores == scores.amax(dim=-1, keepdim=True)).to(value.dtype)
         weights = weights / weights.sum(dim=-1, keepdim=True)
+    return _attend(weights, value, attention_mask)
+
+
+def linear_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Linear attention on non-negative scores: `weights_ij = s_ij / Σ_j' s_ij'` over the visible keys (normalised), or
+    `weights_ij = s_ij` when `module.normalize_weights` is False (sums). A row whose scores sum to 0 gets zero weights.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2))
     if attention_mask is not None:
-        weights = weights.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
-    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return output, weights
+        scores = scores.masked_fill(~attention_mask, 0.0)
+    if getattr(module, "normalize_weights", True):
+        total = scores.sum(dim=-1, keepdim=True)
+        scores = scores / torch.where(total == 0, torch.ones_like(total), total)
+    return _attend(scores, value, attention_mask)
 
 
-AttentionInterface.register("hardmax", hardmax_attention_forward)
+def sparsemax_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Sparsemax attention (Martins & Astudillo, 2016), the Euclidean projection of the scores onto the simplex:
+    `weights_ij = max(s_ij - τ_i, 0)` with `τ_i` such that the weights sum to 1. With the visible scores sorted
+    decreasingly `z_(1) >= z_(2) >= ...`, the support size is `K = max{r : 1 + r z_(r) > Σ_{s<=r} z_(s)}` and
+    `τ = (Σ_{s<=K} z_(s) - 1) / K`. Low scores get exactly zero weight.
+    """
+    scores = _masked_scores(query, key, attention_mask, scaling)
+    ordered = scores.sort(dim=-1, descending=True).values
+    cumulative = ordered.cumsum(dim=-1)
+    ranks = torch.arange(1, scores.shape[-1] + 1, device=scores.device, dtype=scores.dtype)
+    support = (1 + ranks * ordered > cumulative).sum(dim=-1, keepdim=True).clamp(min=1)
+    threshold = (cumulative.gather(-1, support - 1) - 1) / support
+    weights = (scores - threshold).clamp(min=0).nan_to_num(0.0)
+    return _attend(weights, value, attention_mask)
+
+
+def gumbel_max_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    A one-hot draw from `softmax_j(s_ij)` over the visible keys by the Gumbel-max trick: `weights_ij = 1` for
+    `j = argmax_j (s_ij + g_ij)`, `g_ij` independent standard Gumbel noise from `generator` (the global generator if
+    None), so a seeded generator makes the draw reproducible.
+    """
+    scores = _masked_scores(query, key, attention_mask, scaling)
+    uniform = torch.rand(scores.shape, generator=generator, dtype=scores.dtype, device=scores.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(scores.dtype).tiny)))
+    weights = nn.functional.one_hot((scores + gumbel).argmax(dim=-1), scores.shape[-1]).to(value.dtype)
+    return _attend(weights, value, attention_mask)
+
+
+def distance_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    Distance-weighted sums: `weights_ij = |query_i - key_j|` (Euclidean) on the visible keys, 0 elsewhere, and
+    `output_i = Σ_j weights_ij value_j`. Computed in chunks of queries so that no `(q_len, kv_len, head_dim)` tensor
+    is held at once; returns no weights.
+    """
+    batch, heads, q_len, _ = query.shape
+    chunk = max(1, 2**22 // max(1, key.shape[-2] * key.shape[-1]))
+    outputs = []
+    for start in range(0, q_len, chunk):
+        stop = min(start + chunk, q_len)
+        difference = query[:, :, start:stop, None, :] - key[:, :, None, :, :]
+        weights = (difference * difference).sum(dim=-1).sqrt()
+        if attention_mask is not None:
+            mask = attention_mask.expand(batch, heads, q_len, -1)[:, :, start:stop]
+            weights = weights.masked_fill(~mask, 0.0)
+        outputs.append(torch.matmul(weights, value))
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+for _name, _function in (
+    ("hardmax", hardmax_attention_forward),
+    ("linear_attention", linear_attention_forward),
+    ("sparsemax", sparsemax_attention_forward),
+    ("gumbel_max", gumbel_max_attention_forward),
+    ("distance", distance_attention_forward),
+):
+    AttentionInterface.register(_name, _function)
 
 
 def augment_for_squared_distance(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,31 +283,71 @@ def augment_for_squared_distance(query: torch.Tensor, key: torch.Tensor) -> tupl
     return query, key
 
 
+def augment_for_negative_squared_distance(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Augmented query `[2c ; -1 ; -|c|^2]` and key `[x ; |x|^2 ; 1]`, whose dot product is `-|x - c|^2` itself (for
+    kernels that are not shift-invariant per query, or whose scores are reported). Shapes `(..., dim)` ->
+    `(..., dim + 2)`.
+    """
+    query = torch.cat([2 * query, -torch.ones_like(query[..., :1]), -(query * query).sum(dim=-1, keepdim=True)], dim=-1)
+    key = torch.cat([key, (key * key).sum(dim=-1, keepdim=True), torch.ones_like(key[..., :1])], dim=-1)
+    return query, key
+
+
+def gaussian_log_density_key(key: torch.Tensor) -> torch.Tensor:
+    """
+    From a component's `[μ ; σ^2 ; π]` `(..., d + 2)`, the key `[μ / σ^2 ; -1 / (2σ^2) ; log π - (d/2) log σ^2 -
+    |μ|^2 / (2σ^2)]`, whose dot product with the query `[x ; |x|^2 ; 1]` is the isotropic Gaussian log-density
+    `log π - (d/2) log σ^2 - |x - μ|^2 / (2σ^2)` up to the constant `-(d/2) log 2π`.
+    """
+    mean, variance, weight = key[..., :-2], key[..., -2:-1], key[..., -1:]
+    precision = 1 / variance
+    bias = torch.log(weight) - 0.5 * mean.shape[-1] * torch.log(variance) - 0.5 * precision * (mean * mean).sum(-1, keepdim=True)
+    return torch.cat([mean * precision, -0.5 * precision, bias], dim=-1)
+
+
+def unit_normalize(vectors: torch.Tensor) -> torch.Tensor:
+    """`x / |x|` along the last dimension."""
+    return vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Modules. Each module that holds projections says how they realise the construction in `analytic_projections`, which
 # `KMeansTransformerPreTrainedModel._init_weights` writes into its `nn.Linear`s.
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _projection(out_features: int, in_features: int, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.zeros(out_features, in_features), (torch.zeros(out_features) if bias else None)
+
+
+def _tag(module: nn.Module, *names: str) -> None:
+    """Mark `module`'s `nn.Linear`s as analytic: `_init_weights` reads them from `type(module).analytic_projections`."""
+    for name in names:
+        getattr(module, name).analytic_key = (type(module), name)
+
+
 class KMeansTransformerEmbeddings(nn.Module):
     """
-    Tokens from coordinates: point token `[x_i ; 0 ; 0]`, centroid token `[c_j ; e_j ; 1]`. `position_embedding`
-    writes the coordinates into the position slice; `cluster_embeddings` `(num_clusters, hidden_size)` adds each
-    centroid's identity `e_j` and the centroid flag.
+    Tokens from coordinates: point token `[x_i ; 0 ; 0 ; 0 ; ...]`, centroid token `[c_j ; e_j ; 0 ; 1 ; ...]`.
+    `position_embedding` writes the coordinates into the position slice; `cluster_embeddings` `(num_clusters,
+    hidden_size)` adds each centroid's identity `e_j` and the centroid flag. `"spherical"` first normalises points and
+    centroids to unit norm; `"gmm"` writes `|x_i|^2` into the points' `square_norm` slot and the initial variances and
+    mixing weights into the centroids' `variance` and `mixing_weight` slots.
     """
 
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
         self.config = config
+        self.normalize = config.variant == "spherical"
         self.position_embedding = nn.Linear(config.point_dim, config.hidden_size, bias=False)
-        self.position_embedding.analytic_key = (type(self), "position_embedding")
         self.cluster_embeddings = nn.Parameter(torch.empty(config.num_clusters, config.hidden_size))
+        _tag(self, "position_embedding")
 
     @staticmethod
     def analytic_projections(config: KMeansTransformerConfig) -> dict[str, tuple[torch.Tensor, None]]:
-        slices = config.token_slices
         weight = torch.zeros(config.hidden_size, config.point_dim)
-        weight[slices["position"]] = torch.eye(config.point_dim)
+        weight[config.token_slices["position"]] = torch.eye(config.point_dim)
         return {"position_embedding": (weight, None)}
 
     @staticmethod
@@ -187,55 +358,80 @@ class KMeansTransformerEmbeddings(nn.Module):
         embeddings[:, slices["is_centroid"]] = 1.0
         return embeddings
 
-    def forward(self, points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-        """`(batch, n, d)`, `(batch, k, d)` -> `(batch, n + k, hidden_size)`, points first."""
+    def forward(
+        self, points: torch.Tensor, centroids: torch.Tensor, slot_values: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """
+        `(batch, n, d)`, `(batch, k, d)` -> `(batch, n + k, hidden_size)`, points first. `slot_values` maps a slot
+        name to `(batch, n + k, width)` values written into it (the variant's extra coordinates).
+        """
+        if self.normalize:
+            points, centroids = unit_normalize(points), unit_normalize(centroids)
         point_tokens = self.position_embedding(points)
         centroid_tokens = self.position_embedding(centroids) + self.cluster_embeddings
-        return torch.cat([point_tokens, centroid_tokens], dim=1)
+        tokens = torch.cat([point_tokens, centroid_tokens], dim=1)
+        for name, values in (slot_values or {}).items():
+            tokens[..., self.config.token_slices[name]] = values
+        return tokens
 
 
 class KMeansTransformerAttention(nn.Module):
     """
-    One-head attention with `q_proj`, `k_proj`, `v_proj` and `o_proj`, its kernel chosen by
-    `config._attn_implementation` through transformers' attention interface. Subclasses fix which tokens attend to
-    which and give the analytic projections.
+    One-head attention with `q_proj`, `k_proj`, `v_proj` and `o_proj`. Subclasses fix which tokens attend to which,
+    the analytic projections, and the kernel: `attention_function = None` is an argmax block that runs the model's
+    `config._attn_implementation` (exact `"hardmax"` by default, softmax at `γ` under `"eager"`/`"sdpa"`);
+    `"softmax"` is the model's softmax kernel (`"eager"` when the model runs `"hardmax"`); any other name is a kernel
+    registered with transformers' `AttentionInterface`, used whatever the model's implementation.
     """
 
+    attention_function: str | None = None
     hardmax_ties = "average"  # read by `hardmax_attention_forward`
     query_bias = False
+    value_bias = False
 
     @staticmethod
     def query_key_dim(config: KMeansTransformerConfig) -> int:
         """Width of the projected queries and keys (before `prepare_query_key`)."""
         return 1
 
+    @staticmethod
+    def attention_scaling(config: KMeansTransformerConfig) -> float:
+        """The `scaling` of the scores: `γ` (1 where the variant has none)."""
+        return config.inverse_temperature or 1.0
+
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
         self.config = config
-        self.scaling = config.inverse_temperature
+        self.scaling = self.attention_scaling(config)
         self.is_causal = False
         width, head_dim = config.hidden_size, self.query_key_dim(config)
         self.q_proj = nn.Linear(width, head_dim, bias=self.query_bias)
         self.k_proj = nn.Linear(width, head_dim, bias=False)
-        self.v_proj = nn.Linear(width, width, bias=False)
+        self.v_proj = nn.Linear(width, width, bias=self.value_bias)
         self.o_proj = nn.Linear(width, width, bias=False)
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            getattr(self, name).analytic_key = (type(self), name)
+        _tag(self, "q_proj", "k_proj", "v_proj", "o_proj")
 
     @classmethod
     def analytic_projections(cls, config: KMeansTransformerConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        """Zero query and key maps, identity output map; subclasses set what differs."""
+        """Zero query, key and value maps, identity output map; subclasses set what differs."""
         width, head_dim = config.hidden_size, cls.query_key_dim(config)
-        bias = torch.zeros(head_dim) if cls.query_bias else None
         return {
-            "q_proj": (torch.zeros(head_dim, width), bias),
-            "k_proj": (torch.zeros(head_dim, width), None),
-            "v_proj": (torch.zeros(width, width), None),
+            "q_proj": _projection(head_dim, width, cls.query_bias),
+            "k_proj": _projection(head_dim, width, False),
+            "v_proj": _projection(width, width, cls.value_bias),
             "o_proj": (torch.eye(width), None),
         }
 
     def prepare_query_key(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return query, key
+
+    def attention_interface(self) -> Callable:
+        name, implementation = self.attention_function, self.config._attn_implementation
+        if name is None:
+            name = implementation
+        elif name == "softmax":
+            name = "eager" if implementation == "hardmax" else implementation
+        return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
 
     def forward(
         self,
@@ -249,11 +445,7 @@ class KMeansTransformerAttention(nn.Module):
         key = self.k_proj(key_value_states).unsqueeze(1)
         value = self.v_proj(key_value_states).unsqueeze(1)
         query, key = self.prepare_query_key(query, key)
-
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
+        attn_output, attn_weights = self.attention_interface()(
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, **kwargs
         )
         attn_output = attn_output.reshape(*query_states.shape[:-1], -1)
@@ -262,18 +454,28 @@ class KMeansTransformerAttention(nn.Module):
 
 class KMeansTransformerErase(KMeansTransformerAttention):
     """
-    Every token attends only to itself (a diagonal mask) with value `-(its slice erased_slice)`, so after the
-    residual that slice is 0. Evaluated as windows of one token, so the cost is linear in the number of tokens; a
-    single visible key has weight 1 under every kernel. Weights are returned as `(batch, 1, seq_len, 1)`.
+    Every token attends only to itself (a diagonal mask). Its value subtracts the slices in `erased_slices` and moves
+    each slice of `moved_slices` into its target (clearing the target first), so after the residual those slices
+    are 0 and the targets hold what they held. Slices the variant has not got are skipped. Evaluated as windows of one
+    token, so the cost is linear in the number of tokens; a single visible key has weight 1 under every kernel.
+    Weights are returned as `(batch, 1, seq_len, 1)`.
     """
 
-    erased_slice = "code"
+    erased_slices: tuple[str, ...] = ()
+    moved_slices: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def analytic_projections(cls, config):
         projections = super().analytic_projections(config)
-        erased = config.token_slices[cls.erased_slice]
-        projections["v_proj"][0][erased, erased] = -torch.eye(erased.stop - erased.start)
+        value, slices = projections["v_proj"][0], config.token_slices
+        for name in cls.erased_slices:
+            if name in slices:
+                value[slices[name], slices[name]] = -torch.eye(slices[name].stop - slices[name].start)
+        for source, target in cls.moved_slices:
+            identity = torch.eye(slices[source].stop - slices[source].start)
+            value[slices[source], slices[source]] = -identity
+            value[slices[target], slices[source]] = identity
+            value[slices[target], slices[target]] = -identity
         return projections
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -286,18 +488,30 @@ class KMeansTransformerErase(KMeansTransformerAttention):
 
 
 class KMeansTransformerPointErase(KMeansTransformerErase):
-    """Block 1. Point `i` attends to itself; value `-[0 ; y_i ; 0]`, so after the residual `p_i = [x_i ; 0 ; 0]`."""
+    """
+    Block 1. Point `i` attends to itself; its value subtracts the assignment `y_i` and the variant's per-iteration
+    point slots (`assigned`, `distance`, `outlier`, `medoid_cost`), so after the residual `p_i = [x_i ; 0 ; ...]`.
+    """
 
-    erased_slice = "code"
+    erased_slices = ("code", "assigned", "distance", "outlier", "medoid_cost")
+
+
+class KMeansTransformerCentroidErase(KMeansTransformerErase):
+    """
+    Block 3. Centroid `j` attends to itself; its value moves `c_j` from the position slice into `previous` (and, for
+    `"gmm"`, clears the mixing weight), so after the residual `q_j = [0 ; e_j ; c_j ; 1 ; ...]`.
+    """
+
+    erased_slices = ("mixing_weight",)
+    moved_slices = (("position", "previous"),)
 
 
 class KMeansTransformerAssign(KMeansTransformerAttention):
     """
     Block 2, cross-attention from points to centroids. Query `[x_i ; 1]`, key `[2 c_j ; -|c_j|^2]` (built by
     `augment_for_squared_distance` from `q_proj(p_i) = x_i` and `k_proj(q_j) = c_j`), score `γ (|x_i|^2 - |x_i -
-    c_j|^2)`; value `[0 ; e_j ; 0]`. Under hardmax, ties go to the lowest cluster index, so after the residual `p_i =
-    [x_i ; e_a(i) ; 0]` with `a(i)` Lloyd's argmin. Padded points attend to nothing and stay `[x_i ; 0 ; 0]`.
-    Weights `(batch, 1, n, k)`.
+    c_j|^2)`; value `[0 ; e_j ; ...]`. Under hardmax, ties go to the lowest cluster index, so after the residual `p_i =
+    [x_i ; e_a(i) ; ...]` with `a(i)` Lloyd's argmin. Padded points attend to nothing. Weights `(batch, 1, n, k)`.
     """
 
     hardmax_ties = "first"
@@ -324,82 +538,439 @@ class KMeansTransformerAssign(KMeansTransformerAttention):
         return super().forward(point_states, centroid_states, attention_mask, **kwargs)
 
 
-class KMeansTransformerCentroidErase(KMeansTransformerErase):
-    """Block 3. Centroid `j` attends to itself; value `-[c_j ; 0 ; 0]`, so after the residual `q_j = [0 ; e_j ; 1]`."""
+class KMeansTransformerSoftAssign(KMeansTransformerAssign):
+    """`"soft"`: the assign block under softmax at `γ`: `y_i` holds the responsibilities `r_ij = softmax_j(-γ |x_i - c_j|^2)`."""
 
-    erased_slice = "position"
+    attention_function = "softmax"
 
 
-class KMeansTransformerUpdate(KMeansTransformerAttention):
+class KMeansTransformerCosineAssign(KMeansTransformerAssign):
+    """`"spherical"`: score `x_i . c_j`, the cosine of unit vectors; under hardmax `a(i)` is the largest cosine (first on ties)."""
+
+    def prepare_query_key(self, query, key):
+        return query, key
+
+
+class KMeansTransformerTrimmedAssign(KMeansTransformerAssign):
+    """`"trimmed"`: Lloyd's assign whose value also copies the centroid into the point's `assigned` slot: `[0 ; e_j ; ... ; c_j]`."""
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        slices = config.token_slices
+        projections["v_proj"][0][slices["assigned"], slices["position"]] = torch.eye(config.point_dim)
+        return projections
+
+
+class KMeansTransformerGaussianAssign(KMeansTransformerAssign):
     """
-    Block 4, cross-attention from the centroids to the (assigned) points and to the centroid tokens as they entered
-    the layer. Query `[e_j ; -1/2]`, key `[y_i ; 0]` for points and `[e_j' ; 1]` for centroids, so the score is 1 for
-    the members of cluster `j`, 0 for the other points, 1/2 for centroid `j` itself and -1/2 for the other centroids.
-    Value: the position slice (`x_i`, or `c_j'`). Under hardmax the maximisers are the members, whose values are
-    averaged: the new centroid is the mean of `S_j`; when `S_j` is empty the only maximiser is the centroid itself,
-    which keeps its previous position. Padded points are invisible. Weights `(batch, 1, k, n + k)`.
+    `"gmm"`, the E-step: softmax over `j` of the log-density `log π_j - (d/2) log σ_j^2 - |x_i - μ_j|^2 / (2σ_j^2)`.
+    Query `[x_i ; |x_i|^2 ; 1]` (`q_proj` reads the position and `square_norm` slots, bias 1), key built by
+    `gaussian_log_density_key` from `k_proj(q_j) = [μ_j ; σ_j^2 ; π_j]`; scaling 1. `y_i` holds the responsibilities.
     """
 
+    attention_function = "softmax"
     query_bias = True
 
     @staticmethod
     def query_key_dim(config):
-        return config.num_clusters + 1
+        return config.point_dim + 2
+
+    @staticmethod
+    def attention_scaling(config):
+        return 1.0
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super(KMeansTransformerAssign, cls).analytic_projections(config)
+        slices, d = config.token_slices, config.point_dim
+        query_weight, query_bias = projections["q_proj"]
+        query_weight[:d, slices["position"]] = torch.eye(d)
+        query_weight[d, slices["square_norm"]] = 1.0
+        query_bias[d + 1] = 1.0
+        key_weight = projections["k_proj"][0]
+        key_weight[:d, slices["position"]] = torch.eye(d)
+        key_weight[d, slices["variance"]] = 1.0
+        key_weight[d + 1, slices["mixing_weight"]] = 1.0
+        projections["v_proj"][0][slices["code"], slices["code"]] = torch.eye(config.num_clusters)
+        return projections
+
+    def prepare_query_key(self, query, key):
+        return query, gaussian_log_density_key(key)
+
+
+class KMeansTransformerTrimGate(nn.Module):
+    """
+    `"trimmed"`, a feed-forward gate on the point stream after the assign block. `distance_proj` reads `x_i - a_i`
+    (the position minus the `assigned` centroid), and `δ_i = |x_i - a_i|^2` is written into the `distance` slot. A
+    point is trimmed when `δ_i` is too large for its cluster:
+
+    - `trim_quantile` q: `δ_i > τ_a(i)`, `τ_j` the q-quantile (linear interpolation at `h = (m_j - 1) q` of the
+      sorted distances) of the `m_j` members of cluster `j`;
+    - `trim_fraction` α: `δ_i` is among the `floor(α n)` largest of the problem's `n` points (the higher index first
+      among equal distances).
+
+    The gate erases a trimmed point's assignment (`y_i <- 0`, so the update does not count it) and sets its
+    `outlier` slot to 1.
+    """
+
+    def __init__(self, config: KMeansTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.distance_proj = nn.Linear(config.hidden_size, config.point_dim, bias=False)
+        _tag(self, "distance_proj")
+
+    @staticmethod
+    def analytic_projections(config: KMeansTransformerConfig) -> dict[str, tuple[torch.Tensor, None]]:
+        slices = config.token_slices
+        weight = torch.zeros(config.point_dim, config.hidden_size)
+        weight[:, slices["position"]] = torch.eye(config.point_dim)
+        weight[:, slices["assigned"]] = -torch.eye(config.point_dim)
+        return {"distance_proj": (weight, None)}
+
+    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
+        slices = self.config.token_slices
+        difference = self.distance_proj(point_states)
+        distance = (difference * difference).sum(dim=-1)
+        codes = point_states[..., slices["code"]]
+        assigned = point_mask & (codes.amax(dim=-1) > 0)
+        if self.config.trim_quantile is not None:
+            trimmed = assigned & (distance > self.cluster_quantiles(distance, codes.argmax(dim=-1), assigned))
+        else:
+            trimmed = self.largest_fraction(distance, assigned)
+        new = point_states.clone()
+        new[..., slices["distance"]] = distance[..., None]
+        new[..., slices["code"]] = codes.masked_fill(trimmed[..., None], 0.0)
+        new[..., slices["outlier"]] = trimmed[..., None].to(point_states.dtype)
+        return new - point_states
+
+    def cluster_quantiles(self, distance, labels, assigned) -> torch.Tensor:
+        """For every point, the `trim_quantile` quantile of the distances in its cluster, `(batch, n)`."""
+        k = self.config.num_clusters
+        members = nn.functional.one_hot(labels, k).bool() & assigned[..., None]
+        values = distance[:, None, :].expand(-1, k, -1).masked_fill(~members.transpose(1, 2), float("inf"))
+        ordered = values.sort(dim=-1).values
+        counts = members.sum(dim=1)
+        position = self.config.trim_quantile * (counts - 1).clamp(min=0).to(torch.float64)
+        below = position.floor().long()
+        above = torch.minimum(below + 1, (counts - 1).clamp(min=0))
+        fraction = (position - below).to(distance.dtype)
+        low, high = ordered.gather(-1, below[..., None])[..., 0], ordered.gather(-1, above[..., None])[..., 0]
+        step = torch.where(fraction > 0, high - low, torch.zeros_like(low))
+        quantiles = torch.where(fraction < 0.5, low + fraction * step, high - step * (1 - fraction))
+        return quantiles.gather(1, labels)
+
+    def largest_fraction(self, distance, assigned) -> torch.Tensor:
+        """The `floor(trim_fraction * n)` points with the largest distances (stable order), `(batch, n)` bool."""
+        counts = assigned.sum(dim=1)
+        num_trimmed = torch.floor(self.config.trim_fraction * counts.to(torch.float64)).long()
+        order = distance.masked_fill(~assigned, float("inf")).argsort(dim=-1, stable=True)
+        ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+        return assigned & (ranks >= (counts - num_trimmed)[:, None])
+
+
+class KMeansTransformerMedoidCost(KMeansTransformerAttention):
+    """
+    Deterministic `"kmedoids"`, self-attention among the points of one cluster under the `"distance"` kernel (weights
+    `|x_i - x_i'|`): query = key = `x_i`, value 1 on the `medoid_cost` slot (the `v_proj` bias), so the slot holds
+    `cost_i = Σ_{i' : a(i') = a(i)} |x_i - x_i'|`, the summed distance to the point's cluster.
+    """
+
+    attention_function = "distance"
+    value_bias = True
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.point_dim
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        slices = config.token_slices
+        projections["q_proj"][0][:, slices["position"]] = torch.eye(config.point_dim)
+        projections["k_proj"][0][:, slices["position"]] = torch.eye(config.point_dim)
+        projections["v_proj"][1][slices["medoid_cost"]] = 1.0
+        return projections
+
+    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        codes = point_states[..., self.config.token_slices["code"]]
+        labels = codes.argmax(dim=-1).masked_fill(~point_mask | (codes.amax(dim=-1) <= 0), -1)
+        same_cluster = (labels[:, :, None] == labels[:, None, :]) & (labels >= 0)[:, :, None]
+        return super().forward(point_states, point_states, same_cluster[:, None], **kwargs)[0]
+
+
+class KMeansTransformerUpdate(KMeansTransformerAttention):
+    """
+    Block 4, cross-attention from the centroids to the points and to the centroid tokens. Query `e_j`, key `y_i` for
+    points and `e_j'` for centroid tokens, so point `i` scores `y_ij` (1 for the members of cluster `j` under a hard
+    assignment). Visible keys: the real points (only the members when `candidates == "members"`) and, only when no
+    point has weight for the cluster (`y_ij = 0` for all `i`: an empty cluster), the centroid's own token. Value: the
+    position slice of points (`x_i`) and the `previous` slice of centroid tokens (`c_j`). Under hardmax the maximisers
+    are the members, averaged: the new centroid is the mean of `S_j`; an empty cluster sees only its own token and
+    keeps `c_j`. Padded points are invisible. Weights `(batch, 1, k, n + k)`.
+    """
+
+    candidates = "points"
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.num_clusters
 
     @classmethod
     def analytic_projections(cls, config):
         projections = super().analytic_projections(config)
         slices, k = config.token_slices, config.num_clusters
-        query_weight, query_bias = projections["q_proj"]
-        query_weight[:k, slices["code"]] = torch.eye(k)
-        query_bias[k] = -0.5
-        key_weight = projections["k_proj"][0]
-        key_weight[:k, slices["code"]] = torch.eye(k)
-        key_weight[k, slices["is_centroid"]] = 1.0
-        projections["v_proj"][0][slices["position"], slices["position"]] = torch.eye(config.point_dim)
+        projections["q_proj"][0][:, slices["code"]] = torch.eye(k)
+        projections["k_proj"][0][:, slices["code"]] = torch.eye(k)
+        value = projections["v_proj"][0]
+        value[slices["position"], slices["position"]] = torch.eye(config.point_dim)
+        value[slices["position"], slices["previous"]] = torch.eye(config.point_dim)
         return projections
 
-    def forward(self, centroid_states, point_states, layer_input_centroid_states, point_mask, **kwargs):
-        memory = torch.cat([point_states, layer_input_centroid_states], dim=1)
-        centroid_visible = point_mask.new_ones(point_mask.shape[0], centroid_states.shape[1])
-        attention_mask = torch.cat([point_mask, centroid_visible], dim=1)[:, None, None, :]
+    def forward(self, centroid_states, point_states, point_mask, **kwargs):
+        k = centroid_states.shape[1]
+        codes = point_states[..., self.config.token_slices["code"]]
+        weighted = (codes > 0) & point_mask[..., None]
+        if self.candidates == "members":
+            visible_points = weighted.transpose(1, 2)
+        else:
+            visible_points = point_mask[:, None, :].expand(-1, k, -1)
+        identity = torch.eye(k, dtype=torch.bool, device=point_mask.device)
+        own_token = identity[None] & ~weighted.any(dim=1)[:, :, None]
+        attention_mask = torch.cat([visible_points, own_token], dim=-1)[:, None]
+        memory = torch.cat([point_states, centroid_states], dim=1)
         return super().forward(centroid_states, memory, attention_mask, **kwargs)
 
 
-class KMeansTransformerLayer(GradientCheckpointingLayer):
-    """One Lloyd iteration on the tokens `(batch, n + k, hidden_size)`, points first."""
+class KMeansTransformerSoftUpdate(KMeansTransformerUpdate):
+    """
+    `"soft"`: normalised linear attention on the same scores, `c_j = Σ_i r_ij x_i / Σ_i r_ij` (a softmax update would
+    not be soft k-means). A cluster whose responsibilities all underflow to 0 keeps `c_j`.
+    """
+
+    attention_function = "linear_attention"
+
+
+class KMeansTransformerMixtureUpdate(KMeansTransformerUpdate):
+    """
+    `"gmm"`, the sums of the M-step: linear attention without normalisation on the responsibilities, with values
+    `[x_i ; |x_i|^2 ; 1]` (the 1 is the `v_proj` bias minus `is_centroid`), so the centroid token receives
+    `N_j = Σ_i r_ij x_i`, `S_j = Σ_i r_ij |x_i|^2` and `R_j = Σ_i r_ij` in its position, `square_norm` and
+    `mixing_weight` slots. The M-step block turns them into parameters.
+    """
+
+    attention_function = "linear_attention"
+    normalize_weights = False  # read by `linear_attention_forward`
+    value_bias = True
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        slices = config.token_slices
+        value_weight, value_bias = projections["v_proj"]
+        value_weight[slices["square_norm"], slices["square_norm"]] = 1.0
+        value_weight[slices["mixing_weight"], slices["is_centroid"]] = -1.0
+        value_bias[slices["mixing_weight"]] = 1.0
+        return projections
+
+
+class KMeansTransformerMedoidUpdate(KMeansTransformerUpdate):
+    """
+    Deterministic `"kmedoids"`: the members only, scored `-cost_i` (query 1 from the `q_proj` bias, key `-cost_i`
+    from the `medoid_cost` slot), under hardmax with the first maximiser: the new centre is the member with the least
+    summed distance to its cluster, the first one on ties.
+    """
+
+    attention_function = "hardmax"
+    hardmax_ties = "first"
+    candidates = "members"
+    query_bias = True
+
+    @staticmethod
+    def query_key_dim(config):
+        return 1
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        projections["q_proj"] = (torch.zeros_like(projections["q_proj"][0]), torch.ones(1))
+        key = torch.zeros_like(projections["k_proj"][0])
+        key[0, config.token_slices["medoid_cost"]] = -1.0
+        projections["k_proj"] = (key, None)
+        return projections
+
+
+class KMeansTransformerDistanceUpdate(KMeansTransformerUpdate):
+    """
+    An update over the members scored by the distance to the centroid entering the iteration: query `c_j` (from the
+    `previous` slot), key `x_i`, augmented by `augment_for_negative_squared_distance` into the score `-|x_i - c_j|^2`,
+    times `scaling`. The kernel makes the variant.
+    """
+
+    candidates = "members"
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.point_dim
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        slices = config.token_slices
+        query, key = torch.zeros_like(projections["q_proj"][0]), torch.zeros_like(projections["k_proj"][0])
+        query[:, slices["previous"]] = torch.eye(config.point_dim)
+        key[:, slices["position"]] = torch.eye(config.point_dim)
+        projections["q_proj"], projections["k_proj"] = (query, None), (key, None)
+        return projections
+
+    def prepare_query_key(self, query, key):
+        return augment_for_negative_squared_distance(query, key)
+
+
+class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
+    """`"sparse"`: sparsemax over the members of `-γ |x_i - c_j|^2 / sqrt(d)`; far members get exactly zero weight."""
+
+    attention_function = "sparsemax"
+
+    @staticmethod
+    def attention_scaling(config):
+        return config.inverse_temperature / math.sqrt(config.point_dim)
+
+
+class KMeansTransformerGumbelMedoidUpdate(KMeansTransformerDistanceUpdate):
+    """Gumbel `"kmedoids"`: one member drawn with weights `softmax(-γ |x_i - c_j|^2)` by Gumbel-max: the new medoid."""
+
+    attention_function = "gumbel_max"
+
+
+class KMeansTransformerCentroidNorm(nn.Module):
+    """
+    `"spherical"`, a normalisation of the centroids' position slice: `c_j <- m_j / |m_j|` for the members' mean `m_j`.
+    A mean of norm 0 (members that cancel) has no direction, and the centroid keeps its previous one (`previous`).
+    """
 
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
+        self.config = config
+
+    def forward(self, centroid_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
+        slices = self.config.token_slices
+        mean, previous = centroid_states[..., slices["position"]], centroid_states[..., slices["previous"]]
+        norm = torch.linalg.vector_norm(mean, dim=-1, keepdim=True)
+        normalized = torch.where(norm > 0, mean / torch.where(norm > 0, norm, torch.ones_like(norm)), previous)
+        delta = torch.zeros_like(centroid_states)
+        delta[..., slices["position"]] = normalized - mean
+        return delta
+
+
+class KMeansTransformerMixtureMStep(nn.Module):
+    """
+    `"gmm"`, the M-step as a feed-forward block on the centroid stream. From the sums `N_j`, `S_j`, `R_j` left by the
+    update block it writes `μ_j = N_j / R_j`, `σ_j^2 = (S_j / R_j - |μ_j|^2) / d + reg_covar` and `π_j = R_j / n`, and
+    clears `square_norm`. A component whose responsibilities all underflow (`R_j = 0`) saw only its own token, which
+    wrote its previous mean: it keeps `μ_j` and `σ_j^2`, and `π_j = 0`. A variance that reaches 0 (a component on a
+    single point, `reg_covar = 0`) raises an error.
+    """
+
+    def __init__(self, config: KMeansTransformerConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, centroid_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
+        slices = self.config.token_slices
+        sums, square_sums = centroid_states[..., slices["position"]], centroid_states[..., slices["square_norm"]]
+        masses, variances = centroid_states[..., slices["mixing_weight"]], centroid_states[..., slices["variance"]]
+        has_mass = masses > 0
+        safe_masses = torch.where(has_mass, masses, torch.ones_like(masses))
+        means = sums / safe_masses
+        spread = (square_sums / safe_masses - (means * means).sum(dim=-1, keepdim=True)) / self.config.point_dim
+        new_variances = torch.where(has_mass, spread + self.config.reg_covar, variances)
+        if not bool((new_variances > 0).all()):
+            raise ValueError(
+                "A mixture component's variance collapsed to 0 (a component on a single point); build the model with "
+                "reg_covar > 0 or start from other parameters."
+            )
+        new = centroid_states.clone()
+        new[..., slices["position"]] = means
+        new[..., slices["square_norm"]] = 0.0
+        new[..., slices["variance"]] = new_variances
+        new[..., slices["mixing_weight"]] = masses / point_mask.sum(dim=1).to(masses.dtype)[:, None, None]
+        return new - centroid_states
+
+
+def variant_blocks(config: KMeansTransformerConfig) -> dict:
+    """
+    The blocks of one iteration of `config.variant`: the assign and update attention classes, and the extra blocks
+    on the point stream (after the assignment) and on the centroid stream (after the update).
+    """
+    blocks = {
+        "lloyd": (KMeansTransformerAssign, {}, KMeansTransformerUpdate, {}),
+        "soft": (KMeansTransformerSoftAssign, {}, KMeansTransformerSoftUpdate, {}),
+        "spherical": (
+            KMeansTransformerCosineAssign, {}, KMeansTransformerUpdate, {"centroid_norm": KMeansTransformerCentroidNorm}
+        ),
+        "trimmed": (KMeansTransformerTrimmedAssign, {"trim_gate": KMeansTransformerTrimGate}, KMeansTransformerUpdate, {}),
+        "sparse": (KMeansTransformerAssign, {}, KMeansTransformerSparseUpdate, {}),
+        "kmedoids": (
+            (KMeansTransformerAssign, {}, KMeansTransformerGumbelMedoidUpdate, {})
+            if config.medoid_selection == "gumbel"
+            else (KMeansTransformerAssign, {"medoid_cost": KMeansTransformerMedoidCost}, KMeansTransformerMedoidUpdate, {})
+        ),
+        "gmm": (
+            KMeansTransformerGaussianAssign, {}, KMeansTransformerMixtureUpdate, {"m_step": KMeansTransformerMixtureMStep}
+        ),
+    }[config.variant]
+    return dict(zip(("assign", "point_blocks", "update", "centroid_blocks"), blocks))
+
+
+class KMeansTransformerLayer(GradientCheckpointingLayer):
+    """One iteration on the tokens `(batch, n + k, hidden_size)`, points first."""
+
+    def __init__(self, config: KMeansTransformerConfig):
+        super().__init__()
+        blocks = variant_blocks(config)
         self.point_erase = KMeansTransformerPointErase(config)
-        self.assign = KMeansTransformerAssign(config)
+        self.assign = blocks["assign"](config)
+        self.point_blocks = nn.ModuleDict({name: block(config) for name, block in blocks["point_blocks"].items()})
         self.centroid_erase = KMeansTransformerCentroidErase(config)
-        self.update = KMeansTransformerUpdate(config)
+        self.update = blocks["update"](config)
+        self.centroid_blocks = nn.ModuleDict({name: block(config) for name, block in blocks["centroid_blocks"].items()})
 
     def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, **kwargs) -> torch.Tensor:
         num_points = point_mask.shape[1]
         points, centroids = hidden_states[:, :num_points], hidden_states[:, num_points:]
-        layer_input_centroids = centroids
-        points = points + self.point_erase(points, **kwargs)[0]  # [x_i ; 0 ; 0]
-        points = points + self.assign(points, centroids, point_mask, **kwargs)[0]  # [x_i ; e_a(i) ; 0]
-        centroids = centroids + self.centroid_erase(centroids, **kwargs)[0]  # [0 ; e_j ; 1]
-        centroids = centroids + self.update(centroids, points, layer_input_centroids, point_mask, **kwargs)[0]
-        return torch.cat([points, centroids], dim=1)  # centroids: [mean of S_j, or c_j if empty ; e_j ; 1]
+        points = points + self.point_erase(points, **kwargs)[0]  # [x_i ; 0 ; ...]
+        points = points + self.assign(points, centroids, point_mask, **kwargs)[0]  # [x_i ; e_a(i) ; ...]
+        for block in self.point_blocks.values():
+            points = points + block(points, point_mask)
+        centroids = centroids + self.centroid_erase(centroids, **kwargs)[0]  # [0 ; e_j ; c_j ; 1]
+        centroids = centroids + self.update(centroids, points, point_mask, **kwargs)[0]
+        for block in self.centroid_blocks.values():
+            centroids = centroids + block(centroids, point_mask)
+        return torch.cat([points, centroids], dim=1)
 
 
 class KMeansTransformerAssignmentHead(nn.Module):
-    """Blocks 1 and 2 once more, against the returned centroids: the assignment that `labels` and `inertia` report."""
+    """
+    Blocks 1 and 2 once more (and the trim gate of `"trimmed"`), against the returned centroids: the assignment that
+    `labels`, `inertia` and `outliers` report.
+    """
 
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
+        blocks = variant_blocks(config)
         self.point_erase = KMeansTransformerPointErase(config)
-        self.assign = KMeansTransformerAssign(config)
+        self.assign = blocks["assign"](config)
+        gates = {name: block for name, block in blocks["point_blocks"].items() if block is KMeansTransformerTrimGate}
+        self.point_blocks = nn.ModuleDict({name: block(config) for name, block in gates.items()})
 
     def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
         num_points = point_mask.shape[1]
         points, centroids = hidden_states[:, :num_points], hidden_states[:, num_points:]
         points = points + self.point_erase(points)[0]
         points = points + self.assign(points, centroids, point_mask)[0]
+        for block in self.point_blocks.values():
+            points = points + block(points, point_mask)
         return points
 
 
@@ -444,7 +1015,8 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
 
 class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     r"""
-    Lloyd's k-means as a transformer: `num_iterations` layers of four attention blocks, then an assignment head.
+    A clustering algorithm as a transformer: `num_iterations` layers, one iteration of `config.variant` each, then an
+    assignment head.
 
     Example:
 
@@ -476,6 +1048,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         centroids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         num_iterations: int | None = None,
+        variances: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -493,18 +1068,28 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 1 (or True) for real points, 0 for padding, so problems of different sizes share a batch. Every
                 problem needs at least `num_clusters` real points.
             num_iterations (`int`, *optional*):
-                Number of Lloyd iterations, overriding `config.num_iterations`; only for shared layers.
+                Number of iterations, overriding `config.num_iterations`; only for shared layers.
+            variances (`torch.FloatTensor` of shape `(batch_size, num_clusters)` or `(num_clusters,)`, *optional*):
+                `"gmm"` only: initial variances `σ_j^2 > 0`. Defaults to each problem's total variance per
+                coordinate, `mean_i |x_i - x̄|^2 / d` (1 if the points are all equal).
+            weights (`torch.FloatTensor` of shape `(batch_size, num_clusters)` or `(num_clusters,)`, *optional*):
+                `"gmm"` only: initial mixing weights `π_j >= 0` summing to 1. Defaults to `1 / k`.
+            generator (`torch.Generator`, *optional*):
+                Gumbel `"kmedoids"` only: the random generator of the medoid draws (seed it for reproducible runs).
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         points, centroids, point_mask = self._check_inputs(points, centroids, attention_mask)
+        slot_values = self._variant_slot_values(points, centroids, point_mask, variances, weights, generator)
         outputs = self._run_layers(
             points,
             centroids,
             point_mask,
             self._check_num_iterations(num_iterations),
+            slot_values,
+            generator,
             output_hidden_states=bool(output_hidden_states),
             **{f"output_{name}_attentions": bool(output_attentions) for name in BLOCK_NAMES},
         )
@@ -516,22 +1101,93 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         return outputs if return_dict else outputs.to_tuple()
 
     @capture_outputs(tie_last_hidden_states=False)
-    def _run_layers(self, points, centroids, point_mask, num_iterations, **kwargs) -> KMeansTransformerOutput:
-        hidden_states = self.embeddings(points, centroids)
+    def _run_layers(
+        self, points, centroids, point_mask, num_iterations, slot_values, generator, **kwargs
+    ) -> KMeansTransformerOutput:
+        layer_kwargs = {"generator": generator} if generator is not None else {}
+        hidden_states = self.embeddings(points, centroids, slot_values)
         for iteration in range(num_iterations):
             layer = self.layers[0] if self.config.share_layers else self.layers[iteration]
-            hidden_states = layer(hidden_states, point_mask)
+            hidden_states = layer(hidden_states, point_mask, **layer_kwargs)
 
         num_points, slices = points.shape[1], self.config.token_slices
         final_points = self.assignment_head(hidden_states, point_mask)
         final_centroids = hidden_states[:, num_points:, slices["position"]]
         assignments = final_points[..., slices["code"]]
-        labels = assignments.argmax(dim=-1).masked_fill(~point_mask, -1)
-        nearest = final_centroids.gather(1, labels.clamp(min=0)[..., None].expand_as(points))
-        inertia = (((points - nearest) ** 2).sum(dim=-1) * point_mask).sum(dim=-1)
-        return KMeansTransformerOutput(
+        labelled = point_mask & (assignments.amax(dim=-1) > 0)
+        labels = assignments.argmax(dim=-1).masked_fill(~labelled, -1)
+        seen_points = hidden_states[:, :num_points, slices["position"]]  # the points as the model sees them
+        nearest = final_centroids.gather(1, labels.clamp(min=0)[..., None].expand_as(seen_points))
+        inertia = (((seen_points - nearest) ** 2).sum(dim=-1) * labelled).sum(dim=-1)
+        output = KMeansTransformerOutput(
             labels=labels, centroids=final_centroids, inertia=inertia, assignments=assignments
         )
+        if "outlier" in slices:
+            output.outliers = final_points[..., slices["outlier"]][..., 0] > 0
+        if "mixing_weight" in slices:
+            output.weights = hidden_states[:, num_points:, slices["mixing_weight"]][..., 0]
+            output.variances = hidden_states[:, num_points:, slices["variance"]][..., 0]
+        if self.config.variant in ("soft", "gmm"):
+            output.responsibilities = assignments
+        return output
+
+    def _variant_slot_values(self, points, centroids, point_mask, variances, weights, generator) -> dict[str, torch.Tensor]:
+        """Check the variant's own inputs; return the values of its extra token slots (see the embeddings)."""
+        variant = self.config.variant
+        if variant != "gmm" and (variances is not None or weights is not None):
+            raise ValueError(f"`variances` and `weights` are inputs of variant 'gmm', not of {variant!r}.")
+        if generator is not None:
+            if variant != "kmedoids" or self.config.medoid_selection != "gumbel":
+                raise ValueError("`generator` is an input of variant 'kmedoids' with medoid_selection='gumbel' only.")
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}.")
+        if variant == "spherical":
+            norms = torch.linalg.vector_norm(points, dim=-1)
+            if ((norms == 0) & point_mask).any():
+                raise ValueError("Spherical k-means needs non-zero points: a point has norm 0 and no direction.")
+            if (torch.linalg.vector_norm(centroids, dim=-1) == 0).any():
+                raise ValueError("Spherical k-means needs non-zero centroids: a centroid has norm 0 and no direction.")
+        if variant != "gmm":
+            return {}
+
+        batch_size, num_points, d = points.shape
+        k, dtype, device = self.config.num_clusters, points.dtype, points.device
+        counts = point_mask.sum(dim=1, keepdim=True).to(dtype)
+        if variances is None:
+            centre = points.sum(dim=1, keepdim=True) / counts[..., None]
+            spread = (((points - centre) ** 2).sum(dim=-1) * point_mask).sum(dim=1, keepdim=True) / (counts * d)
+            variances = torch.where(spread > 0, spread, torch.ones_like(spread)).expand(batch_size, k)
+        else:
+            variances = self._check_component_values(variances, "variances", batch_size)
+            if not (variances > 0).all():
+                raise ValueError("`variances` must be > 0.")
+        if weights is None:
+            weights = torch.full((batch_size, k), 1.0 / k, dtype=dtype, device=device)
+        else:
+            weights = self._check_component_values(weights, "weights", batch_size)
+            if not (weights >= 0).all() or not torch.allclose(weights.sum(dim=-1), torch.ones((), dtype=dtype, device=device), atol=1e-6):
+                raise ValueError("`weights` must be >= 0 and sum to 1 in every problem.")
+        point_zeros = points.new_zeros(batch_size, num_points, 1)
+        return {
+            "square_norm": torch.cat([(points * points).sum(dim=-1, keepdim=True), points.new_zeros(batch_size, k, 1)], dim=1),
+            "variance": torch.cat([point_zeros, variances[..., None]], dim=1),
+            "mixing_weight": torch.cat([point_zeros, weights[..., None]], dim=1),
+        }
+
+    def _check_component_values(self, values, name, batch_size) -> torch.Tensor:
+        k = self.config.num_clusters
+        dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
+        values = _as_float_tensor(values, name, dtype, device)
+        if values.dim() == 1:
+            values = values.unsqueeze(0).expand(batch_size, -1)
+        if tuple(values.shape) != (batch_size, k):
+            raise ValueError(
+                f"`{name}` must have shape (batch_size, num_clusters) = {(batch_size, k)} or (num_clusters,) = {(k,)}, "
+                f"got {tuple(values.shape)}."
+            )
+        if not torch.isfinite(values).all():
+            raise ValueError(f"`{name}` contain NaN or infinite values.")
+        return values
 
     def _check_num_iterations(self, num_iterations: int | None) -> int:
         if num_iterations is None:

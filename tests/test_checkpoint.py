@@ -40,9 +40,10 @@ def test_convert_writes_a_safetensors_checkpoint_with_code_and_card(tmp_path, dt
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "kmeans_transformer" and config["dtype"] == dtype
     with safe_open(output / "model.safetensors", "pt") as weights:
-        update_query_bias = weights.get_tensor("layers.0.update.q_proj.bias")
-        assert str(update_query_bias.dtype) == f"torch.{dtype}"
-        assert update_query_bias.tolist() == [0, 0, 0, 0, -0.5]  # the construction is readable in the file
+        update_query = weights.get_tensor("layers.0.update.q_proj.weight")
+        assert str(update_query.dtype) == f"torch.{dtype}"
+        # the construction is readable in the file: the update's query is the centroid's one-hot code e_j
+        assert update_query.tolist() == [[0.0] * 3 + [float(i == j) for j in range(4)] + [0.0] * 4 for i in range(4)]
 
     card = ModelCard.load(output / "README.md")
     assert card.data.library_name == "transformers" and "k-means" in card.data.tags
