@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 from .modeling_kmeans_transformer import KMeansTransformerModel
-from .reference import lloyd
+from . import reference
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -40,17 +40,71 @@ class ValidationReport:
     num_iterations: int
     seed: int
     dtype: str
+    reference: str
     label_agreement: float
     max_relative_centroid_error: float
     min_label_agreement: float
     max_relative_centroid_error_allowed: float
+    outlier_agreement: float | None = None
+    max_relative_parameter_error: float | None = None
 
     @property
     def passed(self) -> bool:
         return (
             self.label_agreement >= self.min_label_agreement
             and self.max_relative_centroid_error <= self.max_relative_centroid_error_allowed
+            and (self.outlier_agreement is None or self.outlier_agreement >= self.min_label_agreement)
+            and (
+                self.max_relative_parameter_error is None
+                or self.max_relative_parameter_error <= self.max_relative_centroid_error_allowed
+            )
         )
+
+
+def run_reference(config: KMeansTransformerConfig, points, centroids, variances=None, weights=None):
+    """
+    The independent NumPy reference of `config.variant` (see `kmeans_transformer.reference`) run for
+    `config.num_iterations` iterations from `centroids` (and, for `"gmm"`, `variances` and `weights`). Gumbel
+    k-medoids is random and has no trajectory reference; its selection law is `reference.medoid_probabilities`.
+    """
+    T, variant = config.num_iterations, config.variant
+    if variant == "lloyd":
+        return reference.lloyd(points, centroids, T)
+    if variant == "soft":
+        return reference.soft_kmeans(points, centroids, T, config.inverse_temperature)
+    if variant == "spherical":
+        return reference.spherical_kmeans(points, centroids, T)
+    if variant == "trimmed":
+        return reference.trimmed_kmeans(points, centroids, T, config.trim_quantile, config.trim_fraction)
+    if variant == "sparse":
+        return reference.sparse_kmeans(points, centroids, T, config.inverse_temperature)
+    if variant == "kmedoids" and config.medoid_selection == "deterministic":
+        return reference.kmedoids(points, centroids, T)
+    if variant == "gmm":
+        return reference.gaussian_mixture_em(points, centroids, variances, weights, T, config.reg_covar)
+    raise ValueError(f"Variant {variant!r} ({config.medoid_selection}) has no deterministic reference.")
+
+
+def layer_trajectory(config: KMeansTransformerConfig, hidden_states, num_points: int) -> dict[str, torch.Tensor]:
+    """
+    What each layer left in the tokens of problem 0, read off `hidden_states[1:]`: `labels` `(T, n)` (argmax of the
+    code slot; -1 for a point with no assignment, such as a trimmed one), `centroids` `(T, k, d)`, and where the
+    variant has them `outliers` `(T, n)`, `variances` and `weights` `(T, k)`.
+    """
+    slices = config.token_slices
+    states = torch.stack([h[0] for h in hidden_states[1:]]) if len(hidden_states) > 1 else hidden_states[0][:0]
+    points, centroids = states[:, :num_points], states[:, num_points:]
+    codes = points[..., slices["code"]]
+    trajectory = {
+        "labels": codes.argmax(dim=-1).masked_fill(codes.amax(dim=-1) <= 0, -1),
+        "centroids": centroids[..., slices["position"]],
+    }
+    if "outlier" in slices:
+        trajectory["outliers"] = points[..., slices["outlier"]][..., 0] > 0
+    if "variance" in slices:
+        trajectory["variances"] = centroids[..., slices["variance"]][..., 0]
+        trajectory["weights"] = centroids[..., slices["mixing_weight"]][..., 0]
+    return trajectory
 
 
 def gaussian_mixture(
@@ -88,30 +142,53 @@ def validate_against_reference(
     model: KMeansTransformerModel, num_problems: int = 8, num_points: int = 512, seed: int = 0
 ) -> ValidationReport:
     """
-    Run `model` and the reference Lloyd loop on `num_problems` generated mixtures (initial centroids drawn from the
-    points) and compare every iteration: the assignments, and the centroids relative to the data's scale.
+    Run `model` and its variant's reference (`run_reference`) on `num_problems` generated mixtures (initial centroids
+    drawn from the points) and compare every iteration: the labels, the outlier flags (`"trimmed"`), the centroids
+    relative to the data's scale, and the variances and weights (`"gmm"`). Gumbel k-medoids draws at random, so each
+    iteration is checked against what the draw must satisfy: the labels are the nearest medoids, and every new medoid
+    is a member of its cluster (or the old one, for an empty cluster).
     """
-    config = model.config
-    dtype = model.dtype
+    config, dtype = model.config, model.dtype
     generator = np.random.default_rng(seed)
-    matches, compared, errors = 0, 0, []
-    for _ in range(num_problems):
+    gumbel = config.variant == "kmedoids" and config.medoid_selection == "gumbel"
+    matches, compared, outlier_matches, errors, parameter_errors = 0, 0, 0, [], []
+    for problem in range(num_problems):
         points = gaussian_mixture(generator, num_points, config.point_dim, config.num_clusters)
         points = torch.tensor(points, dtype=dtype).numpy().astype(np.float64)  # the values the model sees
         initial = points[generator.choice(num_points, size=config.num_clusters, replace=False)]
-        expected = lloyd(points, initial, config.num_iterations)
-        output = model(torch.tensor(points, dtype=dtype), torch.tensor(initial, dtype=dtype), output_hidden_states=True)
-        position, code = config.token_slices["position"], config.token_slices["code"]
-        trajectory = torch.stack([h[0, num_points:, position] for h in output.hidden_states[1:]])
-        labels = torch.stack([h[0, :num_points, code].argmax(-1) for h in output.hidden_states[1:]])
+        inputs = {"centroids": torch.tensor(initial, dtype=dtype)}
+        variances = weights = None
+        if config.variant == "gmm":
+            variances = np.full(config.num_clusters, ((points - points.mean(axis=0)) ** 2).sum(axis=1).mean() / config.point_dim)
+            weights = np.full(config.num_clusters, 1 / config.num_clusters)
+            inputs.update(variances=torch.tensor(variances, dtype=dtype), weights=torch.tensor(weights, dtype=dtype))
+        if gumbel:
+            inputs["generator"] = torch.Generator().manual_seed(seed + problem)
+        output = model(torch.tensor(points, dtype=dtype), output_hidden_states=True, **inputs)
+        found = {name: value.double().numpy() for name, value in layer_trajectory(config, output.hidden_states, num_points).items()}
+        found["centroids"] = np.concatenate([found["centroids"], output.centroids.double().numpy()])
+        found["labels"] = np.concatenate([found["labels"], output.labels.numpy()]).astype(np.int64)
+        if gumbel:
+            expected = _gumbel_medoid_expectations(points, initial, found["centroids"])
+        else:
+            expected = run_reference(config, points, initial, variances, weights)
+            expected = {
+                "labels": np.concatenate([expected.label_history, expected.labels[None]]),
+                "centroids": np.concatenate([expected.centroid_history[1:], expected.centroids[None]]),
+                **({"outliers": np.concatenate([expected.outlier_history, expected.outliers[None]])} if expected.outliers is not None else {}),
+                **({"variances": expected.variance_history[1:], "weights": expected.weight_history[1:]} if expected.variances is not None else {}),
+            }
         scale = max(np.abs(points).max(), 1.0)
-        if config.num_iterations:
-            matches += int((labels.numpy() == expected.label_history).sum())
-            compared += labels.numel()
-            errors.append(np.abs(trajectory.double().numpy() - expected.centroid_history[1:]).max() / scale)
-        matches += int((output.labels[0].numpy() == expected.labels).sum())
-        compared += num_points
-        errors.append(np.abs(output.centroids[0].double().numpy() - expected.centroids).max() / scale)
+        matches += int((found["labels"] == expected["labels"]).sum())
+        compared += found["labels"].size
+        errors.append(np.abs(found["centroids"] - expected["centroids"]).max() / scale)
+        if "outliers" in expected:
+            found_outliers = np.concatenate([found["outliers"], output.outliers.numpy()])
+            outlier_matches += int((found_outliers == expected["outliers"]).sum())
+        if "variances" in expected and config.num_iterations:
+            variance_scale = max(np.abs(expected["variances"]).max(), 1e-300)
+            parameter_errors.append(np.abs(found["variances"] - expected["variances"]).max() / variance_scale)
+            parameter_errors.append(np.abs(found["weights"] - expected["weights"]).max())
     tolerance = TOLERANCES[dtype]
     return ValidationReport(
         num_problems=num_problems,
@@ -119,11 +196,40 @@ def validate_against_reference(
         num_iterations=config.num_iterations,
         seed=seed,
         dtype=str(dtype).removeprefix("torch."),
+        reference="medoid_probabilities (support of the draw)" if gumbel else _reference_name(config),
         label_agreement=matches / compared,
         max_relative_centroid_error=float(max(errors)),
         min_label_agreement=tolerance["min_label_agreement"],
         max_relative_centroid_error_allowed=tolerance["max_relative_centroid_error"],
+        outlier_agreement=outlier_matches / compared if config.variant == "trimmed" else None,
+        max_relative_parameter_error=float(max(parameter_errors, default=0.0)) if config.variant == "gmm" else None,
     )
+
+
+def _reference_name(config: KMeansTransformerConfig) -> str:
+    names = {"soft": "soft_kmeans", "spherical": "spherical_kmeans", "trimmed": "trimmed_kmeans", "sparse": "sparse_kmeans", "gmm": "gaussian_mixture_em"}
+    return names.get(config.variant, config.variant)
+
+
+def _gumbel_medoid_expectations(points, initial, centroid_trajectory) -> dict[str, np.ndarray]:
+    """
+    For gumbel k-medoids, from the model's medoids after each iteration and at the end (`(T + 1, k, d)`): the labels
+    each iteration must make (the nearest medoid entering it, then the nearest returned one), and the centroids it may
+    produce: the model's own medoid when it is a member of its cluster (or the old medoid of an empty cluster), else
+    NaN, so that a medoid outside its cluster shows as a failure.
+    """
+    num_iterations = len(centroid_trajectory) - 1
+    entering = np.concatenate([initial[None], centroid_trajectory[:num_iterations]])
+    labels = np.stack([reference.assign_labels(points, centres) for centres in entering])
+    allowed = centroid_trajectory.copy()
+    for t in range(num_iterations):
+        for j, medoid in enumerate(centroid_trajectory[t]):
+            members = points[labels[t] == j]
+            if len(members) == 0 and not (medoid == entering[t][j]).all():
+                allowed[t, j] = np.nan
+            if len(members) and not (members == medoid).all(axis=1).any():
+                allowed[t, j] = np.nan
+    return {"labels": labels, "centroids": allowed}
 
 
 def render_model_card(model: KMeansTransformerModel, report: ValidationReport, repo_id: str | None = None) -> ModelCard:
@@ -142,6 +248,7 @@ def render_model_card(model: KMeansTransformerModel, report: ValidationReport, r
         config=config,
         report=asdict(report),
         hidden_size=config.hidden_size,
+        token_slices={name: [part.start, part.stop] for name, part in config.token_slices.items()},
         repo_id=repo_id or "path/to/checkpoint",
         model_name=card_data.model_name,
     )
@@ -171,6 +278,8 @@ __all__ = [
     "build_model",
     "convert_checkpoint",
     "gaussian_mixture",
+    "layer_trajectory",
     "render_model_card",
+    "run_reference",
     "validate_against_reference",
 ]

@@ -719,13 +719,18 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
     @classmethod
     def analytic_projections(cls, config):
         projections = super().analytic_projections(config)
-        slices, k = config.token_slices, config.num_clusters
-        projections["q_proj"][0][:, slices["code"]] = torch.eye(k)
-        projections["k_proj"][0][:, slices["code"]] = torch.eye(k)
-        value = projections["v_proj"][0]
+        cls.write_score_projections(config, projections["q_proj"], projections["k_proj"][0])
+        slices, value = config.token_slices, projections["v_proj"][0]
         value[slices["position"], slices["position"]] = torch.eye(config.point_dim)
         value[slices["position"], slices["previous"]] = torch.eye(config.point_dim)
         return projections
+
+    @staticmethod
+    def write_score_projections(config, query: tuple[torch.Tensor, torch.Tensor | None], key_weight: torch.Tensor):
+        """The query and key maps (written in place): `e_j` from the centroid's code, `y_i` or `e_j'` from the key's."""
+        code = config.token_slices["code"]
+        query[0][:, code] = torch.eye(config.num_clusters)
+        key_weight[:, code] = torch.eye(config.num_clusters)
 
     def forward(self, centroid_states, point_states, point_mask, **kwargs):
         k = centroid_states.shape[1]
@@ -790,14 +795,10 @@ class KMeansTransformerMedoidUpdate(KMeansTransformerUpdate):
     def query_key_dim(config):
         return 1
 
-    @classmethod
-    def analytic_projections(cls, config):
-        projections = super().analytic_projections(config)
-        projections["q_proj"] = (torch.zeros_like(projections["q_proj"][0]), torch.ones(1))
-        key = torch.zeros_like(projections["k_proj"][0])
-        key[0, config.token_slices["medoid_cost"]] = -1.0
-        projections["k_proj"] = (key, None)
-        return projections
+    @staticmethod
+    def write_score_projections(config, query, key_weight):
+        query[1][0] = 1.0
+        key_weight[0, config.token_slices["medoid_cost"]] = -1.0
 
 
 class KMeansTransformerDistanceUpdate(KMeansTransformerUpdate):
@@ -813,15 +814,10 @@ class KMeansTransformerDistanceUpdate(KMeansTransformerUpdate):
     def query_key_dim(config):
         return config.point_dim
 
-    @classmethod
-    def analytic_projections(cls, config):
-        projections = super().analytic_projections(config)
-        slices = config.token_slices
-        query, key = torch.zeros_like(projections["q_proj"][0]), torch.zeros_like(projections["k_proj"][0])
-        query[:, slices["previous"]] = torch.eye(config.point_dim)
-        key[:, slices["position"]] = torch.eye(config.point_dim)
-        projections["q_proj"], projections["k_proj"] = (query, None), (key, None)
-        return projections
+    @staticmethod
+    def write_score_projections(config, query, key_weight):
+        query[0][:, config.token_slices["previous"]] = torch.eye(config.point_dim)
+        key_weight[:, config.token_slices["position"]] = torch.eye(config.point_dim)
 
     def prepare_query_key(self, query, key):
         return augment_for_negative_squared_distance(query, key)

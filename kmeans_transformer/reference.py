@@ -405,11 +405,11 @@ def gaussian_responsibilities(points: np.ndarray, means: np.ndarray, variances: 
     return rho / rho.sum(axis=1, keepdims=True)
 
 
-def gaussian_mixture_em(points, means, variances, weights, num_iterations: int) -> ClusteringResult:
+def gaussian_mixture_em(points, means, variances, weights, num_iterations: int, reg_covar: float = 0.0) -> ClusteringResult:
     """EM for a mixture of isotropic Gaussians `N(μ_j, σ_j^2 I)` with weights `π_j`.
 
     E-step: `gaussian_responsibilities`. M-step, with `R_j = Σ_i r_ij`: `μ_j = Σ_i r_ij x_i / R_j`,
-    `σ_j^2 = Σ_i r_ij |x_i - μ_j|^2 / (d R_j)` (the new mean) and `π_j = R_j / n`. A component with `R_j = 0` keeps
+    `σ_j^2 = Σ_i r_ij |x_i - μ_j|^2 / (d R_j) + reg_covar` (the new mean) and `π_j = R_j / n`. A component with `R_j = 0` keeps
     `μ_j` and `σ_j^2` and gets `π_j = 0`. The variances must stay positive.
 
     `centroids` are the means; `labels = argmax_j r_ij` against the returned parameters, `label_history` the same from
@@ -428,7 +428,7 @@ def gaussian_mixture_em(points, means, variances, weights, num_iterations: int) 
             mass = responsibilities[:, j].sum()
             if mass > 0:
                 means[j] = (responsibilities[:, j, None] * points).sum(axis=0) / mass
-                variances[j] = (responsibilities[:, j] * ((points - means[j]) ** 2).sum(axis=1)).sum() / (d * mass)
+                variances[j] = (responsibilities[:, j] * ((points - means[j]) ** 2).sum(axis=1)).sum() / (d * mass) + reg_covar
                 weights[j] = mass / n
             else:
                 weights[j] = 0
