@@ -87,8 +87,8 @@ def run_reference(config: KMeansTransformerConfig, points, centroids, variances=
 
 def layer_trajectory(config: KMeansTransformerConfig, hidden_states, num_points: int) -> dict[str, torch.Tensor]:
     """
-    What each layer left in the tokens of problem 0, read off `hidden_states[1:]`: `labels` `(T, n)` (argmax of the
-    code slot; -1 for a point with no assignment, such as a trimmed one), `centroids` `(T, k, d)`, and where the
+    What each layer left in the tokens of problem 0, read off `hidden_states[1:]`: `assignments` `(T, n, k)` (the code
+    slot), `labels` `(T, n)` (its argmax; -1 for a point with no assignment, such as a trimmed one), `centroids` `(T, k, d)`, and where the
     variant has them `outliers` `(T, n)`, `variances` and `weights` `(T, k)`.
     """
     slices = config.token_slices
@@ -96,6 +96,7 @@ def layer_trajectory(config: KMeansTransformerConfig, hidden_states, num_points:
     points, centroids = states[:, :num_points], states[:, num_points:]
     codes = points[..., slices["code"]]
     trajectory = {
+        "assignments": codes,
         "labels": codes.argmax(dim=-1).masked_fill(codes.amax(dim=-1) <= 0, -1),
         "centroids": centroids[..., slices["position"]],
     }

@@ -155,10 +155,14 @@ def hardmax_attention_forward(
     scores = _masked_scores(query, key, attention_mask, None)
     if getattr(module, "hardmax_ties", "average") == "first":
         weights = nn.functional.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(value.dtype)
-    else:
-        weights = (scores == scores.amax(dim=-1, keepdim=True)).to(value.dtype)
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    return _attend(weights, value, attention_mask)
+        return _attend(weights, value, attention_mask)
+    maximisers = (scores == scores.amax(dim=-1, keepdim=True)).to(value.dtype)
+    if attention_mask is not None:
+        maximisers = maximisers.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
+    counts = maximisers.sum(dim=-1, keepdim=True).clamp(min=1)
+    # the sum of the maximisers' values divided by their number: the mean as a sum and one rounding per coordinate
+    output = (torch.matmul(maximisers, value) / counts).transpose(1, 2).contiguous()
+    return output, maximisers / counts
 
 
 def linear_attention_forward(
@@ -307,8 +311,9 @@ def gaussian_log_density_key(key: torch.Tensor) -> torch.Tensor:
 
 
 def unit_normalize(vectors: torch.Tensor) -> torch.Tensor:
-    """`x / |x|` along the last dimension."""
-    return vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+    """`x / |x|` along the last dimension; the zero vector stays 0."""
+    norms = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+    return vectors / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -853,7 +858,7 @@ class KMeansTransformerCentroidNorm(nn.Module):
         slices = self.config.token_slices
         mean, previous = centroid_states[..., slices["position"]], centroid_states[..., slices["previous"]]
         norm = torch.linalg.vector_norm(mean, dim=-1, keepdim=True)
-        normalized = torch.where(norm > 0, mean / torch.where(norm > 0, norm, torch.ones_like(norm)), previous)
+        normalized = torch.where(norm > 0, unit_normalize(mean), previous)
         delta = torch.zeros_like(centroid_states)
         delta[..., slices["position"]] = normalized - mean
         return delta
