@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import torch
 
-from .configuration_kmeans_transformer import VARIANTS
+from .configuration_kmeans_transformer import MEDOID_SELECTIONS, VARIANTS
 from .convert import DTYPES, ValidationError, build_model, convert_checkpoint, gaussian_mixture
 from .reference import lloyd
 
@@ -17,6 +17,12 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--point-dim", type=int, required=True, help="dimension d of the points")
     parser.add_argument("--num-iterations", type=int, required=True, help="number of iterations T (layers)")
     parser.add_argument("--separate-layers", action="store_true", help="T separate layers instead of one looped layer")
+    variant = parser.add_argument_group("variant parameters (each only for the variants that read it)")
+    variant.add_argument("--inverse-temperature", type=float, help="stiffness γ (soft, sparse, gumbel kmedoids, softmax paths)")
+    variant.add_argument("--trim-quantile", type=float, help="trimmed: per-cluster quantile in (0, 1] (default 0.95)")
+    variant.add_argument("--trim-fraction", type=float, help="trimmed: global fraction in [0, 1) instead of the quantile")
+    variant.add_argument("--medoid-selection", choices=MEDOID_SELECTIONS, help="kmedoids: deterministic (default) or gumbel")
+    variant.add_argument("--reg-covar", type=float, help="gmm: added to every variance (default 0)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype (default: float32)")
     parser.add_argument("--output", required=True, help="checkpoint directory to write")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
@@ -30,12 +36,23 @@ def run_convert(args: argparse.Namespace) -> None:
         variant=args.variant,
         dtype=args.dtype,
         share_layers=not args.separate_layers,
+        inverse_temperature=args.inverse_temperature,
+        trim_quantile=args.trim_quantile,
+        trim_fraction=args.trim_fraction,
+        medoid_selection=args.medoid_selection,
+        reg_covar=args.reg_covar,
     )
     report = convert_checkpoint(model, args.output, overwrite=args.overwrite)
     print(
         f"wrote {args.output}: {args.variant}, k={args.num_clusters}, d={args.point_dim}, T={args.num_iterations}, "
-        f"{args.dtype}; validated on {report.num_problems} mixtures: labels identical "
+        f"{args.dtype}; validated against {report.reference} on {report.num_problems} mixtures: labels identical "
         f"{report.label_agreement:.4%}, max relative centroid error {report.max_relative_centroid_error:.2e}"
+        + (f", outlier flags identical {report.outlier_agreement:.4%}" if report.outlier_agreement is not None else "")
+        + (
+            f", max relative variance/weight error {report.max_relative_parameter_error:.2e}"
+            if report.max_relative_parameter_error is not None
+            else ""
+        )
     )
 
 

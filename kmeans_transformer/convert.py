@@ -124,8 +124,13 @@ def build_model(
     variant: str = "lloyd",
     dtype: str = "float32",
     share_layers: bool = True,
+    **variant_parameters,
 ) -> KMeansTransformerModel:
-    """The analytic model of `variant`, in `dtype` (`"float32"` or `"float64"`)."""
+    """
+    The analytic model of `variant`, in `dtype` (`"float32"` or `"float64"`). `variant_parameters` are the variant's
+    own config fields (`inverse_temperature`, `trim_quantile`, `trim_fraction`, `medoid_selection`, `reg_covar`);
+    those given as None take the variant's defaults.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}; expected one of {list(DTYPES)}.")
     config = KMeansTransformerConfig(
@@ -134,6 +139,7 @@ def build_model(
         num_iterations=num_iterations,
         variant=variant,
         share_layers=share_layers,
+        **{name: value for name, value in variant_parameters.items() if value is not None},
     )
     return KMeansTransformerModel(config).to(DTYPES[dtype]).eval()
 
@@ -268,8 +274,9 @@ def convert_checkpoint(model: KMeansTransformerModel, output_dir: str | Path, ov
     report = validate_against_reference(model)
     if not report.passed:
         raise ValidationError(f"The built model disagrees with the reference, not writing a checkpoint: {report}")
+    card = render_model_card(model, report)
     model.save_pretrained(output_dir)
-    render_model_card(model, report).save(output_dir / "README.md")
+    card.save(output_dir / "README.md")
     return report
 
 

@@ -58,7 +58,8 @@ import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
 from kmeans_transformer.convert import gaussian_mixture
-from kmeans_transformer.reference import lloyd
+from kmeans_transformer.reference import assign_labels, lloyd
+from kmeans_transformer.reference import inertia as objective
 
 
 DEFAULT_GRID = {
@@ -189,7 +190,12 @@ def run_sweep(
                     if key not in models:
                         models[key] = build_model(k, d, iterations, gamma)
                     output = models[key](points_tensor, centroids=initial_tensor)
-                    model_objectives = output.inertia.tolist()
+                    # both objectives by the same formula (the reference's), so only the centroids differ
+                    model_centroids = output.centroids.numpy()
+                    model_objectives = [
+                        objective(batch[s], assign_labels(batch[s], model_centroids[s]), model_centroids[s])
+                        for s in range(seeds)
+                    ]
                     model_labels = output.labels.numpy()
                     for seed, reference in enumerate(references):
                         log_model, log_lloyd, difference = log_difference(model_objectives[seed], reference.inertia)
