@@ -80,23 +80,39 @@ def _label_array(label_history: list, num_points: int) -> np.ndarray:
     return np.array(label_history, dtype=np.int64).reshape(len(label_history), num_points)
 
 
-def lloyd(points, centroids, num_iterations: int) -> ClusteringResult:
-    """Lloyd's algorithm for exactly `num_iterations` iterations from the given centroids (no early stop)."""
-    points = np.asarray(points)
-    centroids = np.array(centroids, dtype=points.dtype)
+def _hard_clustering(points, centroids, num_iterations: int, assign, new_centre) -> ClusteringResult:
+    """The loop of the hard-assignment references: each iteration `labels = assign(points, centroids)`, then every
+    cluster `j` with members becomes `new_centre(members, j, centroids)` (`members` a boolean mask; None keeps the
+    centroid), and a cluster with no member keeps its centroid. `inertia` is Lloyd's, of the final labels."""
     label_history, centroid_history = [], [centroids]
     for _ in range(num_iterations):
-        labels = assign_labels(points, centroids)
-        centroids = update_centroids(points, labels, centroids)
+        labels = assign(points, centroids)
+        new_centroids = centroids.copy()
+        for j in range(centroids.shape[0]):
+            members = labels == j
+            if members.any():
+                centre = new_centre(members, j, centroids)
+                if centre is not None:
+                    new_centroids[j] = centre
         label_history.append(labels)
+        centroids = new_centroids
         centroid_history.append(centroids)
-    labels = assign_labels(points, centroids)
+    labels = assign(points, centroids)
     return ClusteringResult(
         centroids=centroids,
         labels=labels,
         inertia=inertia(points, labels, centroids),
         label_history=_label_array(label_history, len(points)),
         centroid_history=np.array(centroid_history),
+    )
+
+
+def lloyd(points, centroids, num_iterations: int) -> ClusteringResult:
+    """Lloyd's algorithm for exactly `num_iterations` iterations from the given centroids (no early stop)."""
+    points = np.asarray(points)
+    centroids = np.array(centroids, dtype=points.dtype)
+    return _hard_clustering(
+        points, centroids, num_iterations, assign_labels, lambda members, j, c: points[members].sum(axis=0) / members.sum()
     )
 
 
@@ -169,31 +185,15 @@ def spherical_kmeans(points, centroids, num_iterations: int) -> ClusteringResult
     initial centroids must be nonzero (`ValueError` otherwise). `centroid_history` holds unit centroids (the first is
     the normalised initial one); `inertia` is `Σ_i |x̂_i - c_label|^2` on the normalised points.
     """
-    points = np.asarray(points)
-    points = _unit_rows(points, "points")
+    points = _unit_rows(np.asarray(points), "points")
     centroids = _unit_rows(np.array(centroids, dtype=points.dtype), "centroids")
-    label_history, centroid_history = [], [centroids]
-    for _ in range(num_iterations):
-        labels = cosine_labels(points, centroids)
-        new_centroids = centroids.copy()
-        for j in range(centroids.shape[0]):
-            members = points[labels == j]
-            if len(members):
-                mean = members.sum(axis=0) / len(members)
-                norm = np.sqrt((mean**2).sum())
-                if norm > 0:
-                    new_centroids[j] = mean / norm
-        label_history.append(labels)
-        centroids = new_centroids
-        centroid_history.append(centroids)
-    labels = cosine_labels(points, centroids)
-    return ClusteringResult(
-        centroids=centroids,
-        labels=labels,
-        inertia=inertia(points, labels, centroids),
-        label_history=_label_array(label_history, len(points)),
-        centroid_history=np.array(centroid_history),
-    )
+
+    def normalised_mean(members, j, centroids):
+        mean = points[members].sum(axis=0) / members.sum()
+        norm = np.sqrt((mean**2).sum())
+        return mean / norm if norm > 0 else None
+
+    return _hard_clustering(points, centroids, num_iterations, cosine_labels, normalised_mean)
 
 
 # Trimmed k-means
@@ -317,27 +317,13 @@ def sparse_kmeans(points, centroids, num_iterations: int, inverse_temperature: f
     centroids = np.array(centroids, dtype=points.dtype)
     scale = math.sqrt(points.shape[1])
     gamma = float(inverse_temperature)
-    label_history, centroid_history = [], [centroids]
-    for _ in range(num_iterations):
-        distances = squared_distances(points, centroids)
-        labels = distances.argmin(axis=1)
-        new_centroids = centroids.copy()
-        for j in range(centroids.shape[0]):
-            members = labels == j
-            if members.any():
-                weights = sparsemax(-gamma * distances[members, j] / scale)
-                new_centroids[j] = (weights[:, None] * points[members]).sum(axis=0)
-        label_history.append(labels)
-        centroids = new_centroids
-        centroid_history.append(centroids)
-    labels = assign_labels(points, centroids)
-    return ClusteringResult(
-        centroids=centroids,
-        labels=labels,
-        inertia=inertia(points, labels, centroids),
-        label_history=_label_array(label_history, len(points)),
-        centroid_history=np.array(centroid_history),
-    )
+
+    def sparsemax_average(members, j, centroids):
+        distances = ((points[members] - centroids[j]) ** 2).sum(axis=1)
+        weights = sparsemax(-gamma * distances / scale)
+        return (weights[:, None] * points[members]).sum(axis=0)
+
+    return _hard_clustering(points, centroids, num_iterations, assign_labels, sparsemax_average)
 
 
 # k-medoids
@@ -351,26 +337,13 @@ def kmedoids(points, centroids, num_iterations: int) -> ClusteringResult:
     """
     points = np.asarray(points)
     centroids = np.array(centroids, dtype=points.dtype)
-    label_history, centroid_history = [], [centroids]
-    for _ in range(num_iterations):
-        labels = assign_labels(points, centroids)
-        new_centroids = centroids.copy()
-        for j in range(centroids.shape[0]):
-            members = points[labels == j]
-            if len(members):
-                costs = np.sqrt(squared_distances(members, members)).sum(axis=1)
-                new_centroids[j] = members[costs.argmin()]
-        label_history.append(labels)
-        centroids = new_centroids
-        centroid_history.append(centroids)
-    labels = assign_labels(points, centroids)
-    return ClusteringResult(
-        centroids=centroids,
-        labels=labels,
-        inertia=inertia(points, labels, centroids),
-        label_history=_label_array(label_history, len(points)),
-        centroid_history=np.array(centroid_history),
-    )
+
+    def medoid(members, j, centroids):
+        candidates = points[members]
+        costs = np.sqrt(squared_distances(candidates, candidates)).sum(axis=1)
+        return candidates[costs.argmin()]
+
+    return _hard_clustering(points, centroids, num_iterations, assign_labels, medoid)
 
 
 def medoid_probabilities(points, labels, centroids, inverse_temperature: float) -> np.ndarray:

@@ -138,3 +138,39 @@ def test_convert_script_and_command_line_errors(tmp_path):
 def test_demo_runs(capsys):
     assert main(["demo"]) == 0
     assert "labels identical to the reference: True" in capsys.readouterr().out
+
+
+VARIANT_CONVERSIONS = [
+    ("soft", ["--inverse-temperature", "0.5"]),
+    ("spherical", []),
+    ("trimmed", ["--trim-fraction", "0.1"]),
+    ("trimmed", []),
+    ("sparse", ["--inverse-temperature", "2"]),
+    ("kmedoids", []),
+    ("kmedoids", ["--medoid-selection", "gumbel"]),
+    ("gmm", ["--reg-covar", "1e-6"]),
+]
+
+
+@pytest.mark.parametrize(("variant", "extra"), VARIANT_CONVERSIONS, ids=[f"{v}{'-'.join([''] + e)}" for v, e in VARIANT_CONVERSIONS])
+def test_every_variant_converts_and_loads_back(tmp_path, rng, variant, extra):
+    output, code = convert(tmp_path, "--variant", variant, "--dtype", "float64", *extra)
+    assert code == 0
+    model = AutoModel.from_pretrained(output)
+    built = make_model(4, 3, 6, variant=variant, **{
+        arg.removeprefix("--").replace("-", "_"): (value if arg == "--medoid-selection" else float(value))
+        for arg, value in zip(extra[::2], extra[1::2])
+    })
+    assert model.config.to_dict() | {"dtype": None} == built.config.to_dict() | {"dtype": None}
+    points = torch.tensor(mixture(rng, 300, 3, 4))
+    inputs = {"generator": torch.Generator().manual_seed(0)} if "gumbel" in extra else {}
+    loaded = model(points, **inputs)
+    inputs = {"generator": torch.Generator().manual_seed(0)} if "gumbel" in extra else {}
+    expected = built(points, **inputs)
+    for name in ("labels", "centroids", "inertia", "outliers", "weights", "variances"):
+        if getattr(expected, name) is not None:
+            assert torch.equal(getattr(loaded, name), getattr(expected, name)), name
+    card = ModelCard.load(output / "README.md")
+    assert variant in card.data.tags and "{{" not in card.text
+    report = validate_against_reference(built)
+    assert report.reference in card.text and f"{report.label_agreement:.6f}" in card.text
