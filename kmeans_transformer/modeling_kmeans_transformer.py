@@ -47,7 +47,8 @@ class KMeansTransformerOutput(ModelOutput):
     r"""
     labels (`torch.LongTensor` of shape `(batch_size, num_points)`):
         Cluster of each point under the returned centroids (nearest centroid, lowest index on ties; largest cosine for
-        `"spherical"`; largest responsibility for `"gmm"`); -1 for padded points and trimmed outliers.
+        `"spherical"`; largest responsibility for `"soft"` and `"gmm"`, where responsibilities equal in real arithmetic
+        may round either way); -1 for padded points and trimmed outliers.
     centroids (`torch.FloatTensor` of shape `(batch_size, num_clusters, point_dim)`):
         The centroids (medoids for `"kmedoids"`, means for `"gmm"`) after the last layer.
     inertia (`torch.FloatTensor` of shape `(batch_size,)`):
@@ -870,7 +871,8 @@ class KMeansTransformerMixtureMStep(nn.Module):
     update block it writes `μ_j = N_j / R_j`, `σ_j^2 = (S_j / R_j - |μ_j|^2) / d + reg_covar` and `π_j = R_j / n`, and
     clears `square_norm`. A component whose responsibilities all underflow (`R_j = 0`) saw only its own token, which
     wrote its previous mean: it keeps `μ_j` and `σ_j^2`, and `π_j = 0`. A variance that reaches 0 (a component on a
-    single point, `reg_covar = 0`) raises an error.
+    single point, `reg_covar = 0`) raises an error. The variance is the moment form scikit-learn also uses; it loses
+    digits when the data sit far from the origin compared with their spread (notably in float32): centre the data.
     """
 
     def __init__(self, config: KMeansTransformerConfig):
