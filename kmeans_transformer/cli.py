@@ -1,13 +1,18 @@
-"""The `kmeans-transformer` command: `demo` and `convert`."""
+"""The `kmeans-transformer` command: `demo`, `convert` and `cluster`."""
 
 import argparse
 import sys
+import time
+import warnings
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .configuration_kmeans_transformer import MEDOID_SELECTIONS, VARIANTS
 from .convert import DTYPES, ValidationError, build_model, convert_checkpoint, gaussian_mixture
+from .plotting import MissingDependencyError
 from .reference import lloyd
 
 
@@ -17,15 +22,19 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--point-dim", type=int, required=True, help="dimension d of the points")
     parser.add_argument("--num-iterations", type=int, required=True, help="number of iterations T (layers)")
     parser.add_argument("--separate-layers", action="store_true", help="T separate layers instead of one looped layer")
+    add_variant_arguments(parser)
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype (default: float32)")
+    parser.add_argument("--output", required=True, help="checkpoint directory to write")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
+
+
+def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
     variant = parser.add_argument_group("variant parameters (each only for the variants that read it)")
     variant.add_argument("--inverse-temperature", type=float, help="stiffness γ (soft, sparse, gumbel kmedoids, softmax paths)")
     variant.add_argument("--trim-quantile", type=float, help="trimmed: per-cluster quantile in (0, 1] (default 0.95)")
     variant.add_argument("--trim-fraction", type=float, help="trimmed: global fraction in [0, 1) instead of the quantile")
     variant.add_argument("--medoid-selection", choices=MEDOID_SELECTIONS, help="kmedoids: deterministic (default) or gumbel")
     variant.add_argument("--reg-covar", type=float, help="gmm: added to every variance (default 0)")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype (default: float32)")
-    parser.add_argument("--output", required=True, help="checkpoint directory to write")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
 
 
 def run_convert(args: argparse.Namespace) -> None:
@@ -76,6 +85,190 @@ def run_demo(args: argparse.Namespace) -> None:
     print(f"  max centroid difference from the reference: {error:.2e}")
 
 
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="INPUT", help="points: .csv, .parquet, .npy or a datasets save_to_disk directory")
+    parser.add_argument("--n-clusters", type=int, required=True, metavar="K", help="number of clusters k")
+    parser.add_argument("--output", required=True, metavar="OUT", help="the rows with their labels: .csv or .parquet")
+    parser.add_argument("--variant", default="lloyd", choices=VARIANTS, help="clustering algorithm (default: lloyd)")
+    add_variant_arguments(parser)
+    fit = parser.add_argument_group("fitting")
+    fit.add_argument("--init", default="k-means++", choices=("k-means++", "random"), help="initial centroids (default: k-means++)")
+    fit.add_argument("--n-init", default="auto", metavar="N|auto", help="restarts, run as one batch (default: auto: 1, "
+                     "or 10 for random)")
+    fit.add_argument("--max-iter", type=int, default=300, metavar="N", help="iterations per restart at most (default: 300)")
+    fit.add_argument("--tol", type=float, default=1e-4, metavar="X", help="relative tolerance on the centroid shift "
+                     "(default: 1e-4); 0: exact convergence only")
+    fit.add_argument("--random-state", type=int, metavar="SEED", help="seed of the initialisation (default: a new draw)")
+    fit.add_argument("--dtype", choices=list(DTYPES), help="arithmetic (default: float64)")
+    fit.add_argument("--device", metavar="DEV", help="torch device such as cpu or cuda (default: cpu)")
+    fit.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    io = parser.add_argument_group("columns and outputs")
+    io.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column); a column "
+                    "of equally long lists of numbers gives one feature per entry")
+    io.add_argument("--label-column", default="label", metavar="NAME", help="label column to add (default: label)")
+    io.add_argument("--centroids", metavar="PATH", help="centroids table, .csv or .parquet (default: OUT's stem + "
+                    "_centroids + OUT's suffix)")
+    io.add_argument("--plot", metavar="FIG.png", help="draw the clusters and the centroids' paths (needs matplotlib)")
+    io.add_argument("--save-model", metavar="DIR", help="save the fitted estimator as a Hugging Face checkpoint")
+    io.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _n_init(value: str):
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"--n-init must be 'auto' or an integer >= 1, not {value!r}.")
+    return number
+
+
+def _columns(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise ValueError(f"--columns has an empty name: {value!r}.")
+    return names
+
+
+def _check_device(name: str | None) -> None:
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"--device {name!r} is not a torch device (such as cpu or cuda).") from error
+    backend = getattr(torch, device.type, None) if device.type in ("cuda", "mps", "xpu") else None
+    if backend is not None and not backend.is_available():
+        raise ValueError(f"--device {name}: this torch has no {device.type} device available.")
+
+
+def _check_outputs(args: argparse.Namespace) -> dict[str, Path]:
+    """Every output path, checked before any work: suffixes, nothing to overwrite without --overwrite, no two alike."""
+    from .plotting import check_plot_path
+    from .tabular import OUTPUT_SUFFIXES, check_output_path
+
+    output = check_output_path(args.output, OUTPUT_SUFFIXES, args.overwrite, what="--output")
+    centroids = args.centroids or output.with_name(f"{output.stem}_centroids{output.suffix}")
+    centroids = check_output_path(centroids, OUTPUT_SUFFIXES, args.overwrite, what="--centroids")
+    outputs = {"output": output, "centroids": centroids}
+    if args.plot is not None:
+        outputs["plot"] = check_plot_path(args.plot, args.overwrite)
+    if args.save_model is not None:
+        directory = Path(args.save_model)
+        if directory.exists() and not directory.is_dir():
+            raise FileExistsError(f"{directory} exists and is not a directory.")
+        if directory.is_dir() and any(directory.iterdir()) and not args.overwrite:
+            raise FileExistsError(f"{directory} is not empty; pass --overwrite to save the model into it.")
+        outputs["model"] = directory
+    flags = {"output": "--output", "centroids": "--centroids", "plot": "--plot", "model": "--save-model"}
+    seen = {}
+    for name, path in outputs.items():
+        key = path.resolve()
+        if key in seen:
+            raise ValueError(f"{flags[seen[key]]} and {flags[name]} name the same path: {path}.")
+        seen[key] = name
+    return outputs
+
+
+def run_cluster(args: argparse.Namespace) -> None:
+    """Cluster the rows of a table; write them with their labels, the centroids and, if asked, a plot and the model."""
+    from .estimator import KMeans
+    from .plotting import plot_estimator, save_figure
+    from .tabular import read_points, write_table
+
+    start = time.perf_counter()
+    if args.n_clusters < 1:
+        raise ValueError(f"--n-clusters must be >= 1, not {args.n_clusters}.")
+    n_init, columns = _n_init(args.n_init), _columns(args.columns)
+    if not args.label_column:
+        raise ValueError("--label-column must not be empty.")
+    _check_device(args.device)
+    outputs = _check_outputs(args)
+
+    table, X, feature_names = read_points(args.input, columns)
+    if args.label_column in {str(name) for name in table.columns}:
+        raise ValueError(
+            f"{args.input} already has a column {args.label_column!r}; choose another name with --label-column."
+        )
+    if "cluster" in feature_names:
+        raise ValueError("A feature is named 'cluster', the name of the centroids table's index column; rename it.")
+    if args.n_clusters > len(X):
+        raise ValueError(f"--n-clusters {args.n_clusters} is larger than the number of rows ({len(X)}).")
+
+    estimator = KMeans(
+        args.n_clusters,
+        init=args.init,
+        n_init=n_init,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        random_state=args.random_state,
+        variant=args.variant,
+        inverse_temperature=args.inverse_temperature,
+        trim_quantile=args.trim_quantile,
+        trim_fraction=args.trim_fraction,
+        medoid_selection=args.medoid_selection,
+        reg_covar=args.reg_covar,
+        device=args.device,
+        dtype=args.dtype,
+        verbose=0 if args.no_progress else 1,
+    )
+    points = pd.DataFrame(X, columns=feature_names)
+    fit_start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Harmless: the points are only read; torch warns about read-only arrays (pandas' copy-on-write) anyway.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        estimator.fit(points)
+    fit_seconds = time.perf_counter() - fit_start
+    for warning in caught:
+        print(f"kmeans-transformer cluster: warning: {' '.join(str(warning.message).split())}", file=sys.stderr)
+
+    labels = np.asarray(estimator.labels_, dtype=np.int64)
+    labelled = table.copy()
+    labelled[args.label_column] = labels
+    centroids = pd.DataFrame(estimator.cluster_centers_, columns=feature_names)
+    centroids.insert(0, "cluster", np.arange(args.n_clusters))
+    figure = plot_estimator(estimator, points) if "plot" in outputs else None
+
+    write_table(labelled, outputs["output"], overwrite=args.overwrite)
+    write_table(centroids, outputs["centroids"], overwrite=args.overwrite)
+    if figure is not None:
+        save_figure(figure, outputs["plot"], overwrite=args.overwrite)
+    if "model" in outputs:
+        estimator.save_pretrained(outputs["model"], overwrite=args.overwrite)
+
+    restarts = n_init if n_init != "auto" else (10 if args.init == "random" else 1)
+    sizes = np.bincount(labels[labels >= 0], minlength=args.n_clusters)
+    d = len(feature_names)
+    features = f"{d} features: {', '.join(feature_names)}" if d <= 8 else f"{d} features"
+    stopped = " (the --max-iter limit)" if estimator.n_iter_ >= args.max_iter else ""
+    print(f"clustered {len(X)} rows of {args.input}, {features}")
+    print(
+        f"  {args.variant}, k={args.n_clusters}, {restarts} restart{'s' if restarts != 1 else ''} ({args.init}, "
+        f"random state {args.random_state})"
+    )
+    print(f"  inertia: {estimator.inertia_:.10g}")
+    print(f"  iterations: {estimator.n_iter_}{stopped}")
+    if args.n_clusters <= 20:
+        print(f"  cluster sizes: {', '.join(f'{j}: {size}' for j, size in enumerate(sizes))}")
+    else:
+        print(f"  cluster sizes: smallest {sizes.min()}, median {int(np.median(sizes))}, largest {sizes.max()}")
+    if args.variant == "trimmed":
+        print(f"  outliers (label -1): {int((labels < 0).sum())}")
+    print(f"  time: {fit_seconds:.2f} s fitting, {time.perf_counter() - start:.2f} s in all")
+    what = {
+        "output": f"the rows with column {args.label_column!r}",
+        "centroids": "the centroids",
+        "plot": "the plot",
+        "model": "the fitted model",
+    }
+    for name, path in outputs.items():
+        print(f"  wrote {path}: {what[name]}")
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="write an analytic, validated safetensors checkpoint")
     add_convert_arguments(convert)
     convert.set_defaults(run=run_convert)
+    cluster = commands.add_parser(
+        "cluster",
+        help="cluster the rows of a table (CSV, Parquet, .npy, datasets directory) and write their labels",
+        description="Cluster the rows of INPUT with the k-means transformer and write them to OUT with a label column "
+        "(-1 for outliers of the trimmed variant), the centroids to a second table and, if asked, a plot and the "
+        "fitted model. Every output is checked first: if one exists (without --overwrite), nothing is fitted or "
+        "written.",
+    )
+    add_cluster_arguments(cluster)
+    cluster.set_defaults(run=run_cluster)
     return parser
 
 
@@ -93,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, TypeError, FileExistsError, ValidationError) as error:
+    except (ValueError, TypeError, OSError, ValidationError, MissingDependencyError) as error:
         print(f"kmeans-transformer {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -61,8 +61,9 @@ def read_points(path, columns: list[str] | None = None) -> tuple[pd.DataFrame, n
 
 def write_table(table: pd.DataFrame, path, overwrite: bool = False) -> None:
     """
-    Write `table` (without its index) as `.csv` or `.parquet`, by `path`'s suffix; refuse an existing `path` unless
-    `overwrite`. In a CSV, list-valued cells are written as JSON lists.
+    Write `table` as `.csv` or `.parquet`, by `path`'s suffix; refuse an existing `path` unless `overwrite`. The index
+    is written only when it carries information (it has a name or is not 0, 1, ..., n - 1). In a CSV, list-valued
+    cells are written as JSON lists.
     """
     path = Path(path)
     check_output_path(path, OUTPUT_SUFFIXES, overwrite)
@@ -72,9 +73,9 @@ def write_table(table: pd.DataFrame, path, overwrite: bool = False) -> None:
         for name in table.columns:
             if _is_list_column(table[name]):
                 table[name] = table[name].map(lambda cell: None if cell is None else json.dumps(np.asarray(cell).tolist()))
-        table.to_csv(path, index=False)
+        table.to_csv(path, index=_meaningful_index(table))
     else:
-        table.to_parquet(path, index=False)
+        table.to_parquet(path, index=_meaningful_index(table))
 
 
 def check_output_path(path, suffixes: tuple[str, ...], overwrite: bool = False, what: str = "output") -> Path:
@@ -87,6 +88,12 @@ def check_output_path(path, suffixes: tuple[str, ...], overwrite: bool = False, 
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
     return path
+
+
+def _meaningful_index(table: pd.DataFrame) -> bool:
+    index = table.index
+    default = isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1
+    return not default or any(name is not None for name in index.names)
 
 
 def _read_table(path: Path) -> pd.DataFrame:
