@@ -8,6 +8,8 @@ from .modeling_kmeans_transformer import (
     KMeansTransformerOutput,
     KMeansTransformerPreTrainedModel,
 )
+from .estimator import KMeans
+from .initialization import kmeans_plusplus
 from .reference import lloyd
 
 
@@ -20,9 +22,11 @@ KMeansTransformerConfig.register_for_auto_class()
 KMeansTransformerModel.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "KMeans",
     "KMeansTransformerConfig",
     "KMeansTransformerModel",
     "KMeansTransformerOutput",
     "KMeansTransformerPreTrainedModel",
+    "kmeans_plusplus",
     "lloyd",
 ]

@@ -81,6 +81,11 @@ class KMeansTransformerConfig(PreTrainedConfig):
             the other members) or `"gumbel"` (a member drawn with weights `softmax(-γ |x_i - c_j|^2)` by Gumbel-max).
         reg_covar (`float`, *optional*):
             `"gmm"` only, >= 0: added to every re-estimated variance (scikit-learn's `reg_covar`). Defaults to 0.
+        fitted_centroids (`bool`, *optional*, defaults to `False`):
+            If `True`, the model stores centroids as weights (`embeddings.fitted_centroids`, `(num_clusters,
+            point_dim)`; for `"gmm"` also `embeddings.fitted_variances` and `embeddings.fitted_weights`), used when
+            `forward` is given no `centroids` (variances, weights). A fitted [`KMeans`] estimator saves itself this
+            way, with `num_iterations=0`, so that the model assigns new points to the fitted clusters.
 
     Example:
 
@@ -107,6 +112,7 @@ class KMeansTransformerConfig(PreTrainedConfig):
     trim_fraction: float | None = None
     medoid_selection: str | None = None
     reg_covar: float | None = None
+    fitted_centroids: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -121,8 +127,9 @@ class KMeansTransformerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-        if not isinstance(self.share_layers, bool):
-            raise ValueError(f"`share_layers` must be a bool, got {self.share_layers!r}.")
+        for name in ("share_layers", "fitted_centroids"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
         if self.variant not in VARIANTS:
             raise ValueError(f"Unknown `variant` {self.variant!r}; expected one of {list(VARIANTS)}.")
 

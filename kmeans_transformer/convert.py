@@ -261,6 +261,66 @@ def render_model_card(model: KMeansTransformerModel, report: ValidationReport, r
     )
 
 
+VARIANT_TITLES = {
+    "lloyd": "k-means",
+    "soft": "soft k-means",
+    "spherical": "spherical k-means",
+    "trimmed": "trimmed k-means",
+    "sparse": "sparse-update k-means",
+    "kmedoids": "k-medoids",
+    "gmm": "Gaussian-mixture",
+}
+
+
+def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: int = 256) -> ModelCard:
+    """The model card of a fitted [`KMeans`], from `hub_cards/fitted.md`: the fit's settings and results."""
+    config = estimator.model_.config
+    labels = estimator.labels_
+    names = getattr(estimator, "feature_names_in_", None)
+    column_names = [str(name) for name in names] if names is not None else [f"x{i}" for i in range(config.point_dim)]
+    card_data = ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        tags=["clustering", "k-means", "kmeans-transformer", config.variant, "fitted"],
+        model_name=repo_id or f"kmeans-transformer-{config.variant}-fitted",
+    )
+    template = resources.files("kmeans_transformer.hub_cards").joinpath("fitted.md").read_text()
+    centers = estimator.cluster_centers_
+    return ModelCard.from_template(
+        card_data,
+        template_str=template,
+        model_name=card_data.model_name,
+        repo_id=repo_id or "path/to/checkpoint",
+        variant=config.variant,
+        variant_title=VARIANT_TITLES[config.variant],
+        variant_parameters={
+            name: getattr(config, name)
+            for name in ("inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar")
+            if getattr(config, name) is not None
+        },
+        n_samples=len(labels),
+        n_features=config.point_dim,
+        n_clusters=config.num_clusters,
+        feature_names=column_names if names is not None else None,
+        init=(
+            "explicit centroids"
+            if hasattr(estimator.init, "__array__")
+            else f"callable {getattr(estimator.init, '__qualname__', 'init')}" if callable(estimator.init) else estimator.init
+        ),
+        n_restarts=getattr(estimator, "_n_restarts", "an unrecorded number of"),
+        random_state=estimator.random_state if isinstance(estimator.random_state, int) else "not recorded",
+        n_iter=estimator.n_iter_,
+        max_iter=estimator.max_iter,
+        tol=estimator.tol,
+        inertia=estimator.inertia_,
+        cluster_sizes=np.bincount(labels[labels >= 0], minlength=config.num_clusters).tolist(),
+        outliers=int((labels < 0).sum()),
+        dtype=str(estimator.model_.dtype).removeprefix("torch."),
+        column_names=column_names,
+        centroid_rows=[[f"{value:.6g}" for value in row] for row in centers] if centers.size <= max_table_cells else None,
+    )
+
+
 def convert_checkpoint(model: KMeansTransformerModel, output_dir: str | Path, overwrite: bool = False) -> ValidationReport:
     """
     Validate `model` against the reference, and only then write its checkpoint to `output_dir`. Refuses a
@@ -287,6 +347,7 @@ __all__ = [
     "convert_checkpoint",
     "gaussian_mixture",
     "layer_trajectory",
+    "render_fitted_card",
     "render_model_card",
     "run_reference",
     "validate_against_reference",

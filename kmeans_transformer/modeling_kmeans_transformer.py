@@ -340,6 +340,10 @@ class KMeansTransformerEmbeddings(nn.Module):
     hidden_size)` adds each centroid's identity `e_j` and the centroid flag. `"spherical"` first normalises points and
     centroids to unit norm; `"gmm"` writes `|x_i|^2` into the points' `square_norm` slot and the initial variances and
     mixing weights into the centroids' `variance` and `mixing_weight` slots.
+
+    With `config.fitted_centroids`, it also holds the fitted centroids `fitted_centroids` `(num_clusters, point_dim)`
+    (and for `"gmm"` the fitted `fitted_variances` and `fitted_weights`, `(num_clusters,)`): the model's default
+    initial parameters, written by a fitted [`KMeans`] estimator (initialised to 0, 1 and 1/k).
     """
 
     def __init__(self, config: KMeansTransformerConfig):
@@ -349,6 +353,16 @@ class KMeansTransformerEmbeddings(nn.Module):
         self.position_embedding = nn.Linear(config.point_dim, config.hidden_size, bias=False)
         self.cluster_embeddings = nn.Parameter(torch.empty(config.num_clusters, config.hidden_size))
         _tag(self, "position_embedding")
+        if config.fitted_centroids:
+            self.fitted_centroids = nn.Parameter(torch.empty(config.num_clusters, config.point_dim))
+            if config.variant == "gmm":
+                self.fitted_variances = nn.Parameter(torch.empty(config.num_clusters))
+                self.fitted_weights = nn.Parameter(torch.empty(config.num_clusters))
+
+    def fitted_parameters(self) -> dict[str, torch.Tensor]:
+        """The stored fitted parameters by forward argument name (`centroids`, `variances`, `weights`), if any."""
+        names = {"centroids": "fitted_centroids", "variances": "fitted_variances", "weights": "fitted_weights"}
+        return {argument: getattr(self, name) for argument, name in names.items() if hasattr(self, name)}
 
     @staticmethod
     def analytic_projections(config: KMeansTransformerConfig) -> dict[str, tuple[torch.Tensor, None]]:
@@ -1014,6 +1028,11 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
                 init.copy_(module.bias, bias)
         elif isinstance(module, KMeansTransformerEmbeddings):
             init.copy_(module.cluster_embeddings, module.analytic_cluster_embeddings(self.config))
+            if self.config.fitted_centroids:
+                init.zeros_(module.fitted_centroids)
+                if self.config.variant == "gmm":
+                    init.ones_(module.fitted_variances)
+                    init.constant_(module.fitted_weights, 1.0 / self.config.num_clusters)
 
 
 class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
@@ -1065,8 +1084,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 The points; cast to the model's dtype.
             centroids (`torch.FloatTensor` of shape `(batch_size, num_clusters, point_dim)` or `(num_clusters,
             point_dim)`, *optional*):
-                Initial centroids (a 2-D tensor is shared by the batch). Defaults to the first `num_clusters` real
-                points of each problem, in order.
+                Initial centroids (a 2-D tensor is shared by the batch). Defaults to the stored fitted centroids
+                when `config.fitted_centroids`, else to the first `num_clusters` real points of each problem, in order.
             attention_mask (`torch.Tensor` of shape `(batch_size, num_points)`, *optional*):
                 1 (or True) for real points, 0 for padding, so problems of different sizes share a batch. Every
                 problem needs at least `num_clusters` real points.
@@ -1074,9 +1093,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 Number of iterations, overriding `config.num_iterations`; only for shared layers.
             variances (`torch.FloatTensor` of shape `(batch_size, num_clusters)` or `(num_clusters,)`, *optional*):
                 `"gmm"` only: initial variances `σ_j^2 > 0`. Defaults to each problem's total variance per
-                coordinate, `mean_i |x_i - x̄|^2 / d` (1 if the points are all equal).
+                coordinate, `mean_i |x_i - x̄|^2 / d` (1 if the points are all equal), or the stored fitted ones.
             weights (`torch.FloatTensor` of shape `(batch_size, num_clusters)` or `(num_clusters,)`, *optional*):
-                `"gmm"` only: initial mixing weights `π_j >= 0` summing to 1. Defaults to `1 / k`.
+                `"gmm"` only: initial mixing weights `π_j >= 0` summing to 1. Defaults to `1 / k`, or the stored
+                fitted ones.
             generator (`torch.Generator`, *optional*):
                 Gumbel `"kmedoids"` only: the random generator of the medoid draws (seed it for reproducible runs).
         """
@@ -1084,6 +1104,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        fitted = self.embeddings.fitted_parameters()
+        centroids = fitted.get("centroids") if centroids is None else centroids
+        if self.config.variant == "gmm":
+            variances = fitted.get("variances") if variances is None else variances
+            weights = fitted.get("weights") if weights is None else weights
         points, centroids, point_mask = self._check_inputs(points, centroids, attention_mask)
         slot_values = self._variant_slot_values(points, centroids, point_mask, variances, weights, generator)
         outputs = self._run_layers(

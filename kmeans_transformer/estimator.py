@@ -1,0 +1,517 @@
+# Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
+"""`KMeans`: a scikit-learn estimator whose every iteration is one layer of the k-means transformer."""
+
+import json
+import numbers
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+from tqdm.auto import tqdm
+
+from .configuration_kmeans_transformer import VARIANTS, KMeansTransformerConfig
+from .convert import render_fitted_card
+from .initialization import kmeans_plusplus, random_points
+from .modeling_kmeans_transformer import KMeansTransformerModel
+
+
+# Variants whose update depends on the labels alone: when the labels repeat, the centroids repeat, which is
+# scikit-learn's "strict convergence". The others ("soft", "sparse", "gmm", gumbel "kmedoids") stop on `tol` only.
+LABEL_DETERMINED_VARIANTS = ("lloyd", "spherical", "trimmed", "kmedoids")
+ESTIMATOR_CONFIG_NAME = "kmeans_estimator.json"
+ESTIMATOR_ARRAYS_NAME = "kmeans_estimator.safetensors"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+    r"""
+    k-means clustering (and its variants) run by the k-means transformer, with scikit-learn's `KMeans` interface.
+
+    Every iteration is one pass of the looped (shared-weights) layer of a [`KMeansTransformerModel`], so `max_iter`
+    needs no new weights. The `n_init` restarts run together as one batch through the model: one forward call per
+    iteration whatever `n_init` is; a restart leaves the batch when it converges. Convergence follows scikit-learn:
+    after iteration `i`, stop if the labels equal those of iteration `i - 1` ("strict" convergence; variants whose
+    update depends on the labels only), or if `Σ_j |c_j^(i+1) - c_j^(i)|^2 <= tol * mean_l Var(x_l)` (the mean
+    per-coordinate variance of the points as the model sees them: unit-normalised for `"spherical"`). The restart
+    with the lowest inertia is kept (the first one on ties).
+
+    With `variant="lloyd"` in float64 and the same initial centroids, labels, centroids and `n_iter_` are
+    scikit-learn's `KMeans(algorithm="lloyd")`'s as long as no cluster empties. An empty cluster keeps its centroid
+    (scikit-learn moves it to a far point).
+
+    Parameters:
+        n_clusters (`int`, defaults to 8): number of clusters `k`.
+        init (`"k-means++"`, `"random"`, callable or array of shape `(n_clusters, n_features)`, defaults to
+            `"k-means++"`): greedy k-means++ (`kmeans_plusplus`, in torch), `k` distinct random points, a callable
+            `init(X, n_clusters, random_state)` returning one restart's `(n_clusters, n_features)` centroids (called
+            once per restart), or the initial centroids.
+        n_init (`int` or `"auto"`, defaults to `"auto"`): number of restarts; `"auto"` is 10 for `"random"` and 1
+            otherwise (as scikit-learn). An array `init` runs once.
+        max_iter (`int`, defaults to 300): maximum number of iterations per restart.
+        tol (`float`, defaults to 1e-4): relative tolerance on the centroid shift (see above); 0 stops only on exact
+            convergence.
+        random_state (`int`, `numpy.random.RandomState` or `None`): seeds the initialisation (and the Gumbel medoid
+            draws); an int gives reproducible fits.
+        variant (`str`, defaults to `"lloyd"`): one of `"lloyd"`, `"soft"`, `"spherical"`, `"trimmed"`, `"sparse"`,
+            `"kmedoids"`, `"gmm"` (see `KMeansTransformerConfig`). `labels_` are the hard labels of every variant
+            (-1 for points trimmed by `"trimmed"`); `inertia_` is the k-means objective of those labels.
+        inverse_temperature, trim_quantile, trim_fraction, medoid_selection, reg_covar: the variant's parameters,
+            as in `KMeansTransformerConfig` (`None` takes the variant's default).
+        device (`str` or `torch.device`, *optional*): where the model runs; defaults to the CPU.
+        dtype (`"float32"`, `"float64"` or `None`): the arithmetic; `None` keeps float32 input in float32 and uses
+            float64 otherwise (as scikit-learn).
+        verbose (`int`, defaults to 0): if > 0, show a progress bar over the iterations.
+
+    Attributes:
+        cluster_centers_ (`ndarray` of shape `(n_clusters, n_features)`): the centroids (medoids for `"kmedoids"`,
+            means for `"gmm"`, unit vectors for `"spherical"`).
+        labels_ (`ndarray` of shape `(n_samples,)`): the label of each training point under `cluster_centers_`.
+        inertia_ (`float`): sum of squared distances of the labelled points to their centroid.
+        n_iter_ (`int`): iterations run by the kept restart.
+        n_features_in_ (`int`), feature_names_in_ (`ndarray`, when `X` has string column names).
+        initial_centers_ (`ndarray` of shape `(n_clusters, n_features)`): the kept restart's initial centroids.
+        variances_, weights_ (`ndarray` of shape `(n_clusters,)`): `"gmm"` only, the variances `σ_j^2` and
+            mixing weights `π_j`.
+        model_ ([`KMeansTransformerModel`]): the fitted model: `num_iterations=0` and the centroids stored as its
+            weights, so `model_(points).labels` are `predict(points)`.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from kmeans_transformer import KMeans
+    >>> X = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 0.0], [10.0, 2.0], [10.0, 4.0], [10.0, 0.0]])
+    >>> kmeans = KMeans(n_clusters=2, random_state=0).fit(X)
+    >>> sorted(kmeans.cluster_centers_.tolist())
+    [[1.0, 2.0], [10.0, 2.0]]
+    >>> bool(kmeans.predict([[0.0, 0.0], [12.0, 3.0]]).tolist() == kmeans.predict([[1.0, 2.0], [10.0, 2.0]]).tolist())
+    True
+
+    ```
+    """
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        n_init="auto",
+        max_iter=300,
+        tol=1e-4,
+        random_state=None,
+        variant="lloyd",
+        inverse_temperature=None,
+        trim_quantile=None,
+        trim_fraction=None,
+        medoid_selection=None,
+        reg_covar=None,
+        device=None,
+        dtype=None,
+        verbose=0,
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.variant = variant
+        self.inverse_temperature = inverse_temperature
+        self.trim_quantile = trim_quantile
+        self.trim_fraction = trim_fraction
+        self.medoid_selection = medoid_selection
+        self.reg_covar = reg_covar
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Parameters
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _model_config(self, n_features: int, fitted: bool) -> KMeansTransformerConfig:
+        """
+        The config of the looped model (`fitted=False`: the fit's, whose defaults are computed from the data) or of
+        `model_` (`fitted=True`: stored centroids); the config's own checks name a bad variant or variant parameter.
+        """
+        if self.variant not in VARIANTS:
+            raise ValueError(f"Unknown variant {self.variant!r}; expected one of {list(VARIANTS)}.")
+        return KMeansTransformerConfig(
+            num_clusters=self.n_clusters,
+            point_dim=n_features,
+            num_iterations=0,
+            share_layers=True,
+            variant=self.variant,
+            inverse_temperature=self.inverse_temperature,
+            trim_quantile=self.trim_quantile,
+            trim_fraction=self.trim_fraction,
+            medoid_selection=self.medoid_selection,
+            reg_covar=self.reg_covar,
+            fitted_centroids=fitted,
+        )
+
+    def _check_params(self, X: np.ndarray) -> int:
+        """Check the scalar parameters against the data; return the number of restarts."""
+        n_samples = X.shape[0]
+        if not isinstance(self.n_clusters, numbers.Integral) or isinstance(self.n_clusters, bool) or self.n_clusters < 1:
+            raise ValueError(f"n_clusters must be an integer >= 1, got {self.n_clusters!r}.")
+        if n_samples < self.n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
+        if not isinstance(self.max_iter, numbers.Integral) or isinstance(self.max_iter, bool) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}.")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or not (0 <= self.tol < np.inf):
+            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}.")
+        explicit = hasattr(self.init, "__array__")
+        named = isinstance(self.init, str) and self.init in ("k-means++", "random")
+        if not (explicit or named or callable(self.init)):
+            raise ValueError(
+                "init must be 'k-means++', 'random', a callable or an array of shape (n_clusters, n_features), "
+                f"got {self.init!r}."
+            )
+        if self.n_init == "auto":
+            return 10 if isinstance(self.init, str) and self.init == "random" else 1
+        if not isinstance(self.n_init, numbers.Integral) or isinstance(self.n_init, bool) or self.n_init < 1:
+            raise ValueError(f"n_init must be an integer >= 1 or 'auto', got {self.n_init!r}.")
+        if explicit and self.n_init != 1:
+            warnings.warn(
+                f"Explicit initial center position passed: performing only one init in {type(self).__name__} "
+                f"instead of n_init={self.n_init}.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return 1
+        return int(self.n_init)
+
+    def _torch_dtype(self, X: np.ndarray) -> torch.dtype:
+        if self.dtype is None:
+            return torch.float32 if X.dtype == np.float32 else torch.float64
+        if isinstance(self.dtype, torch.dtype) and self.dtype in DTYPES.values():
+            return self.dtype
+        name = np.dtype(self.dtype).name if not isinstance(self.dtype, (str, torch.dtype)) else str(self.dtype)
+        name = name.removeprefix("torch.")
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be 'float32', 'float64' or None, got {self.dtype!r}.")
+        return DTYPES[name]
+
+    def _torch_device(self) -> torch.device:
+        try:
+            return torch.device("cpu" if self.device is None else self.device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r}.") from error
+
+    def _initial_centers(self, X: np.ndarray, points: torch.Tensor, n_restarts: int, random_state) -> torch.Tensor:
+        """`(n_restarts, k, d)` initial centroids."""
+        k, d = self.n_clusters, points.shape[1]
+        if isinstance(self.init, str):
+            seed = int(random_state.randint(np.iinfo(np.int32).max))
+            generator = torch.Generator(device=points.device).manual_seed(seed)
+            draw = kmeans_plusplus if self.init == "k-means++" else random_points
+            return draw(points, k, n_restarts, generator=generator)[0]
+        if hasattr(self.init, "__array__"):
+            restarts = [self.init]
+        else:
+            restarts = [self.init(X, k, random_state) for _ in range(n_restarts)]
+        centers = [np.asarray(centers) for centers in restarts]
+        for center in centers:
+            if center.shape != (k, d):
+                raise ValueError(
+                    f"The shape of the initial centers {center.shape} does not match (n_clusters, n_features) = "
+                    f"{(k, d)}."
+                )
+            if not np.issubdtype(center.dtype, np.number) or not np.isfinite(center).all():
+                raise ValueError("The initial centers (init) must be finite numbers.")
+        return torch.as_tensor(np.stack(centers), dtype=points.dtype, device=points.device)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Fitting
+    # ------------------------------------------------------------------------------------------------------------
+
+    def fit(self, X, y=None):
+        """Compute the clustering of `X` `(n_samples, n_features)`; `y` is ignored. Returns the fitted estimator."""
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
+        n_restarts = self._check_params(X)
+        device, dtype = self._torch_device(), self._torch_dtype(X)
+        looped = KMeansTransformerModel(self._model_config(X.shape[1], fitted=False)).to(device=device, dtype=dtype)
+        points = torch.tensor(X, device=device, dtype=dtype)
+        random_state = check_random_state(self.random_state)
+        with torch.no_grad():
+            initial = self._initial_centers(X, points, n_restarts, random_state)
+            seed = int(random_state.randint(np.iinfo(np.int32).max))
+            generator = torch.Generator(device=device).manual_seed(seed)  # the Gumbel medoid draws
+            result = self._run_restarts(looped, points, initial, generator)
+        best = int(np.argmin(result["inertia"].cpu().numpy()))  # the first of equal inertias, as scikit-learn
+
+        self.model_ = model = KMeansTransformerModel(self._model_config(X.shape[1], fitted=True)).to(device, dtype)
+        with torch.no_grad():
+            model.embeddings.fitted_centroids.copy_(result["centroids"][best])
+            if self.variant == "gmm":
+                model.embeddings.fitted_variances.copy_(result["variances"][best])
+                model.embeddings.fitted_weights.copy_(result["weights"][best])
+        self._set_fitted_attributes(model)
+        self.labels_ = result["labels"][best].cpu().numpy()
+        self.inertia_ = float(result["inertia"][best])
+        self.n_iter_ = int(result["n_iter"][best])
+        self.initial_centers_ = initial[best].cpu().numpy()
+        self._n_restarts = n_restarts
+
+        distinct = len(np.unique(self.labels_[self.labels_ >= 0]))
+        if distinct < self.n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than n_clusters ({self.n_clusters}). "
+                "Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _set_fitted_attributes(self, model: KMeansTransformerModel) -> None:
+        """The attributes that the model's stored parameters determine."""
+        embeddings = model.embeddings
+        self.cluster_centers_ = embeddings.fitted_centroids.detach().cpu().numpy().copy()
+        if self.variant == "gmm":
+            self.variances_ = embeddings.fitted_variances.detach().cpu().numpy().copy()
+            self.weights_ = embeddings.fitted_weights.detach().cpu().numpy().copy()
+
+    def _tolerance(self, points: torch.Tensor) -> float:
+        """scikit-learn's absolute tolerance: `tol` times the mean per-coordinate variance of the points."""
+        if self.tol == 0:
+            return 0.0
+        seen = points / torch.linalg.vector_norm(points, dim=1, keepdim=True) if self.variant == "spherical" else points
+        return float(seen.to(torch.float64).var(dim=0, unbiased=False).mean()) * self.tol
+
+    def _run_restarts(self, model, points, initial, generator) -> dict:
+        """
+        Run all restarts as one batch, one forward call of the looped layer per iteration, until each converges.
+        Returns per restart: final `centroids`, `labels`, `inertia`, `n_iter` (and `variances`, `weights` for gmm).
+        """
+        n_restarts = initial.shape[0]
+        tolerance = self._tolerance(points)
+        label_determined = self.variant in LABEL_DETERMINED_VARIANTS and model.config.medoid_selection != "gumbel"
+        call = {"generator": generator} if model.config.medoid_selection == "gumbel" else {}
+
+        def batch(active):
+            return points.expand(len(active), *points.shape)
+
+        final = {
+            "centroids": initial.clone(),
+            "labels": torch.full((n_restarts, points.shape[0]), -1, dtype=torch.long, device=points.device),
+            "inertia": initial.new_zeros(n_restarts),
+            "n_iter": torch.zeros(n_restarts, dtype=torch.long, device=points.device),
+        }
+        if self.variant == "gmm":
+            final["variances"] = initial.new_zeros(n_restarts, self.n_clusters)
+            final["weights"] = initial.new_zeros(n_restarts, self.n_clusters)
+        active = torch.arange(n_restarts, device=points.device)
+        centroids, state = initial, {}
+        previous_labels = model(batch(active), centroids, num_iterations=0).labels if label_determined else None
+        progress = tqdm(total=self.max_iter, desc="k-means iterations", unit="it", disable=not self.verbose, leave=False)
+        with progress:
+            for iteration in range(self.max_iter):
+                output = model(batch(active), centroids, num_iterations=1, **state, **call)
+                shift = ((output.centroids - centroids) ** 2).sum(dim=(1, 2))
+                done = shift <= tolerance
+                n_iter = torch.full_like(active, iteration + 1)
+                if label_determined:
+                    # Labels that repeat: scikit-learn runs one more iteration, which returns the same centroids.
+                    repeated = (output.labels == previous_labels).all(dim=1) & ~done
+                    n_iter = torch.where(repeated, min(iteration + 2, self.max_iter), n_iter)
+                    done |= repeated
+                if iteration + 1 == self.max_iter:
+                    done[:] = True
+                finished = active[done]
+                for name, values in (
+                    ("centroids", output.centroids),
+                    ("labels", output.labels),
+                    ("inertia", output.inertia),
+                    ("n_iter", n_iter),
+                    ("variances", output.variances),
+                    ("weights", output.weights),
+                ):
+                    if name in final:
+                        final[name][finished] = values[done]
+                keep = ~done
+                active, centroids = active[keep], output.centroids[keep]
+                if self.variant == "gmm":
+                    state = {"variances": output.variances[keep], "weights": output.weights[keep]}
+                if label_determined:
+                    previous_labels = output.labels[keep]
+                progress.update()
+                progress.set_postfix(restarts_running=f"{len(active)}/{n_restarts}")
+                if len(active) == 0:
+                    break
+        return final
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Using the fitted clusters
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _fitted_points(self, X) -> torch.Tensor:
+        """`X` checked against the fit (number of features, finite values), on the fitted model's device and dtype."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        parameter = self.model_.embeddings.fitted_centroids
+        return torch.tensor(X, device=parameter.device, dtype=parameter.dtype)
+
+    def _fitted_output(self, X):
+        """The fitted model's output on `X`: assignment to the stored centroids (`num_iterations=0`)."""
+        points = self._fitted_points(X)
+        with torch.no_grad():
+            return self.model_(points, num_iterations=0)
+
+    def predict(self, X):
+        """The cluster of each row of `X` under the fitted centroids (-1 for points trimmed by `"trimmed"`)."""
+        return self._fitted_output(X).labels[0].cpu().numpy()
+
+    def score(self, X, y=None):
+        """Opposite of the inertia of `X` under the fitted centroids (higher is better, as scikit-learn)."""
+        return -float(self._fitted_output(X).inertia[0])
+
+    def transform(self, X):
+        """
+        Distances `|x_i - c_j|` from each row of `X` to every centroid, `(n_samples, n_clusters)` (from the
+        unit-normalised rows for `"spherical"`).
+        """
+        points = self._fitted_points(X)
+        centers = self.model_.embeddings.fitted_centroids.detach()
+        if self.variant == "spherical":
+            points = points / torch.linalg.vector_norm(points, dim=1, keepdim=True)
+        distances = torch.cdist(points, centers, compute_mode="donot_use_mm_for_euclid_dist")
+        return distances.cpu().numpy()
+
+    def centroid_trajectory(self, X) -> np.ndarray:
+        """
+        The kept restart's centroids before the first iteration and after each, `(n_iter_ + 1, k, d)`, read from
+        the looped model run again on the training data `X` from `initial_centers_` (Gumbel medoid draws are not
+        replayed).
+        """
+        points = self._fitted_points(X)
+        looped = KMeansTransformerModel(self._model_config(points.shape[1], fitted=False)).to(points.device, points.dtype)
+        centroids = torch.tensor(self.initial_centers_, device=points.device, dtype=points.dtype)[None]
+        trajectory, state = [centroids[0]], {}
+        with torch.no_grad():
+            for _ in range(self.n_iter_):
+                output = looped(points, centroids, num_iterations=1, **state)
+                centroids = output.centroids
+                state = {"variances": output.variances, "weights": output.weights} if self.variant == "gmm" else {}
+                trajectory.append(centroids[0])
+        return torch.stack(trajectory).cpu().numpy()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints
+    # ------------------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory, overwrite: bool = False) -> None:
+        """
+        Save the fitted estimator as a Hugging Face checkpoint: the model (config, `model.safetensors` with the
+        fitted centroids as weights, and its code for `trust_remote_code`), the estimator's parameters and fitted
+        attributes (`kmeans_estimator.json`, `kmeans_estimator.safetensors`) and a model card. `AutoModel` loads
+        the model, which assigns points to the fitted centroids; [`KMeans.from_pretrained`] loads the estimator.
+        A non-empty directory is refused unless `overwrite`, which replaces only these files.
+        """
+        check_is_fitted(self)
+        directory = Path(save_directory)
+        if directory.exists() and not directory.is_dir():
+            raise FileExistsError(f"{directory} exists and is not a directory.")
+        if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+            raise FileExistsError(f"{directory} is not empty; pass overwrite=True to write the checkpoint into it.")
+        card = render_fitted_card(self)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model_.save_pretrained(directory)
+        parameters = {name: _jsonable(value) for name, value in self.get_params().items() if name != "init"}
+        if hasattr(self.init, "__array__"):
+            parameters["init"] = "array"
+        elif callable(self.init):  # code cannot be stored: recorded by name, replaced by k-means++ on loading
+            parameters["init"] = {"callable": getattr(self.init, "__qualname__", repr(self.init))}
+        else:
+            parameters["init"] = self.init
+        fitted = {
+            "inertia_": self.inertia_,
+            "n_iter_": self.n_iter_,
+            "n_features_in_": self.n_features_in_,
+            "_n_restarts": self._n_restarts,
+        }
+        if hasattr(self, "feature_names_in_"):
+            fitted["feature_names_in_"] = self.feature_names_in_.tolist()
+        (directory / ESTIMATOR_CONFIG_NAME).write_text(
+            json.dumps({"parameters": parameters, "fitted": fitted}, indent=2) + "\n"
+        )
+        arrays = {"labels_": self.labels_.astype(np.int64), "initial_centers_": np.ascontiguousarray(self.initial_centers_)}
+        if hasattr(self.init, "__array__"):
+            arrays["init"] = np.ascontiguousarray(np.asarray(self.init, dtype=np.float64))
+        save_file(arrays, str(directory / ESTIMATOR_ARRAYS_NAME))
+        card.save(directory / "README.md")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "KMeans":
+        """
+        Load a fitted estimator saved by `save_pretrained` (a directory or a Hub repository id; `kwargs` go to
+        `KMeansTransformerModel.from_pretrained`). A checkpoint with fitted centroids but no estimator files (for
+        instance one written with `fitted_centroids=True` by hand) gives an estimator with the model's parameters,
+        `cluster_centers_` and `n_features_in_` only.
+        """
+        from transformers.utils import cached_file
+
+        model = KMeansTransformerModel.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        config = model.config
+        if not config.fitted_centroids:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds no fitted centroids (config.fitted_centroids is False): it is "
+                "an algorithm checkpoint, not a fitted KMeans."
+            )
+        lookup = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
+        found = cached_file(
+            pretrained_model_name_or_path, ESTIMATOR_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **lookup
+        )
+        saved = json.loads(Path(found).read_text()) if found else {"parameters": {}, "fitted": {}}
+        parameters = {
+            "n_clusters": config.num_clusters,
+            "variant": config.variant,
+            **{name: getattr(config, name) for name in ("inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar")},
+            **saved["parameters"],
+        }
+        arrays_path = cached_file(
+            pretrained_model_name_or_path, ESTIMATOR_ARRAYS_NAME, _raise_exceptions_for_missing_entries=False, **lookup
+        ) if found else None
+        arrays = load_file(arrays_path) if arrays_path else {}
+        if parameters.get("init") == "array":
+            parameters["init"] = arrays["init"]
+        elif isinstance(parameters.get("init"), dict):
+            warnings.warn(
+                f"The estimator was fitted with the callable init {parameters['init']['callable']!r}, which a "
+                "checkpoint cannot store; the loaded estimator has init='k-means++' (its fitted attributes are intact).",
+                UserWarning,
+                stacklevel=2,
+            )
+            parameters["init"] = "k-means++"
+        estimator = cls(**{name: value for name, value in parameters.items() if name in cls._get_param_names()})
+        estimator.model_ = model
+        estimator._set_fitted_attributes(model)
+        estimator.n_features_in_ = config.point_dim
+        for name, value in saved["fitted"].items():
+            setattr(estimator, name, np.asarray(value, dtype=object) if name == "feature_names_in_" else value)
+        for name in ("labels_", "initial_centers_"):
+            if name in arrays:
+                setattr(estimator, name, arrays[name])
+        return estimator
+
+
+def _jsonable(value):
+    """A parameter as JSON: numbers and strings as they are, dtypes and devices as strings, random states as None."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        return np.dtype(value).name
+    return None  # a RandomState instance cannot be saved; the fitted attributes are saved instead
+
+
+__all__ = ["KMeans"]

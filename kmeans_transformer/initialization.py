@@ -1,0 +1,97 @@
+# Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
+"""Initial centroids in torch for a batch of restarts: greedy k-means++ and uniform random points."""
+
+import math
+
+import torch
+
+
+def _squared_distances(points: torch.Tensor, square_norms: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """`(n, d)`, `(n,)`, `(batch, m, d)` -> `(batch, m, n)`: `|c|^2 - 2 c.x + |x|^2`, clamped at 0."""
+    scores = torch.matmul(centers, points.T)
+    return ((centers * centers).sum(dim=-1, keepdim=True) - 2 * scores + square_norms).clamp_(min=0)
+
+
+@torch.no_grad()
+def kmeans_plusplus(
+    points: torch.Tensor,
+    n_clusters: int,
+    n_restarts: int = 1,
+    generator: torch.Generator | None = None,
+    n_local_trials: int | None = None,
+    chunk_size: int = 65536,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    Greedy k-means++ (Arthur and Vassilvitskii, 2007), as scikit-learn's `kmeans_plusplus`, for `n_restarts`
+    independent restarts at once.
+
+    The first centre is a uniform draw. Each next centre: draw `n_local_trials` candidates `x` with probability
+    `D(x)^2 / Σ D^2`, where `D(x)` is the distance to the nearest centre chosen so far, and keep the candidate that
+    leaves the smallest potential `Σ_i min(D(x_i)^2, |x_i - x|^2)`. Memory: `n_restarts * n_local_trials *
+    chunk_size` distances at a time, plus `(n_restarts, n)` nearest distances.
+
+    Args:
+        points (`torch.Tensor` of shape `(n, d)`): the data, finite.
+        n_clusters (`int`): number of centres `k <= n`.
+        n_restarts (`int`): number of independent initialisations.
+        generator (`torch.Generator`, *optional*): the random source (on the points' device); seed it to reproduce.
+        n_local_trials (`int`, *optional*): candidates per centre; defaults to `2 + floor(ln k)`, as scikit-learn.
+        chunk_size (`int`): points per block when scoring candidates.
+
+    Returns:
+        `(centers, indices)`: `(n_restarts, k, d)` centres, which are data points, and their `(n_restarts, k)` indices.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> points = torch.tensor([[0.0], [0.1], [10.0], [10.1]])
+    >>> centers, indices = kmeans_plusplus(points, 2, generator=torch.Generator().manual_seed(0))
+    >>> sorted(int(i) // 2 for i in indices[0])  # one centre in each group
+    [0, 1]
+
+    ```
+    """
+    n = points.shape[0]
+    if not 1 <= n_clusters <= n:
+        raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
+    trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(n_clusters))
+    device = points.device
+    square_norms = (points * points).sum(dim=-1)
+    indices = torch.empty(n_restarts, n_clusters, dtype=torch.long, device=device)
+    indices[:, 0] = torch.randint(n, (n_restarts,), generator=generator, device=device)
+    closest = _squared_distances(points, square_norms, points[indices[:, :1]])[:, 0]  # (restarts, n)
+    rows = torch.arange(n_restarts, device=device)
+    for c in range(1, n_clusters):
+        cumulative = torch.cumsum(closest, dim=1, dtype=torch.float64)
+        targets = torch.rand(n_restarts, trials, generator=generator, device=device, dtype=torch.float64)
+        targets = targets * cumulative[:, -1:]
+        candidates = torch.searchsorted(cumulative, targets).clamp_(max=n - 1)  # (restarts, trials)
+        potentials = torch.zeros(n_restarts, trials, dtype=torch.float64, device=device)
+        for start in range(0, n, chunk_size):
+            block = slice(start, start + chunk_size)
+            distances = _squared_distances(points[block], square_norms[block], points[candidates])
+            potentials += torch.minimum(distances, closest[:, None, block]).sum(dim=-1, dtype=torch.float64)
+        best = candidates[rows, potentials.argmin(dim=1)]
+        indices[:, c] = best
+        closest = torch.minimum(closest, _squared_distances(points, square_norms, points[best][:, None])[:, 0])
+    return points[indices], indices
+
+
+@torch.no_grad()
+def random_points(
+    points: torch.Tensor, n_clusters: int, n_restarts: int = 1, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    `n_clusters` distinct data points drawn uniformly without replacement, per restart (scikit-learn's
+    `init="random"`). Returns `(centers, indices)` of shapes `(n_restarts, k, d)` and `(n_restarts, k)`.
+    """
+    n = points.shape[0]
+    if not 1 <= n_clusters <= n:
+        raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
+    keys = torch.rand(n_restarts, n, generator=generator, device=points.device)
+    indices = keys.topk(n_clusters, dim=1).indices
+    return points[indices], indices
+
+
+__all__ = ["kmeans_plusplus", "random_points"]

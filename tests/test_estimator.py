@@ -1,0 +1,443 @@
+"""The scikit-learn estimator `KMeans`: against scikit-learn, the references and the estimator conventions."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn import cluster, datasets
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+from transformers import AutoModel
+
+from kmeans_transformer import KMeans, KMeansTransformerConfig, KMeansTransformerModel, kmeans_plusplus, reference
+from kmeans_transformer.convert import run_reference
+from conftest import mixture
+
+
+BUNDLED = {"iris": 3, "wine": 3, "breast_cancer": 2, "digits": 10}
+
+
+def bundled(name, standardised):
+    X = getattr(datasets, f"load_{name}")().data
+    return StandardScaler().fit_transform(X) if standardised else X
+
+
+def random_init(X, k, seed):
+    return X[np.random.default_rng(seed).choice(len(X), size=k, replace=False)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Against scikit-learn
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def tie_margin(X, centroid_history):
+    """The smallest relative gap between a point's nearest and second-nearest centroid over a run."""
+    gaps = []
+    for centroids in centroid_history:
+        distances = np.sort(reference.squared_distances(X, centroids), axis=1)
+        gaps.append(((distances[:, 1] - distances[:, 0]) / (distances[:, 1] + 1e-300)).min())
+    return min(gaps)
+
+
+@pytest.mark.parametrize(
+    "name, jitter, k, seed",
+    [("iris", 1e-7, 3, 0), ("wine", 0, 3, 1), ("digits", 1e-6, 10, 2), ("breast_cancer", 0, 2, 3), ("blobs", 0, 6, 4)],
+)
+@pytest.mark.parametrize("tol, max_iter", [(0.0, 300), (1e-4, 300), (1e-2, 300), (0.0, 3)])
+def test_same_init_gives_scikit_learns_labels_centroids_and_iterations(name, jitter, k, seed, tol, max_iter):
+    if name == "blobs":
+        X = datasets.make_blobs(1500, n_features=5, centers=k, cluster_std=3.0, random_state=seed)[0]
+    else:
+        X = getattr(datasets, f"load_{name}")().data
+    # scikit-learn centres the data before computing distances, so a point exactly equidistant from two centroids
+    # (duplicated integer-valued points) may be rounded either way there: a tiny jitter removes exact ties.
+    X = X + jitter * np.random.default_rng(seed).standard_normal(X.shape)
+    init = random_init(X, k, seed)
+    ours = KMeans(k, init=init, n_init=1, tol=tol, max_iter=max_iter).fit(X)
+    theirs = cluster.KMeans(k, init=init, n_init=1, tol=tol, max_iter=max_iter, algorithm="lloyd").fit(X)
+    assert len(np.unique(theirs.labels_)) == k  # no cluster emptied: scikit-learn would have moved it
+    assert tie_margin(X, reference.lloyd(X, init, ours.n_iter_).centroid_history) > 1e-9  # no near-ties
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, rtol=1e-13, atol=1e-13 * np.abs(X).max())
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.inertia_ == pytest.approx(theirs.inertia_, rel=1e-12)
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    np.testing.assert_allclose(ours.transform(X), theirs.transform(X), rtol=1e-10, atol=1e-10 * np.abs(X).max())
+    assert ours.score(X) == pytest.approx(theirs.score(X), rel=1e-12)
+
+
+def mean_inertias(X, k, seeds=range(10)):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = np.mean([KMeans(k, n_init=10, random_state=seed).fit(X).inertia_ for seed in seeds])
+        theirs = np.mean([cluster.KMeans(k, n_init=10, random_state=seed).fit(X).inertia_ for seed in seeds])
+    return ours, theirs
+
+
+@pytest.mark.parametrize("standardised", [False, True], ids=["raw", "standardised"])
+@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer"])
+def test_kmeans_plusplus_restarts_match_scikit_learns_mean_inertia(name, standardised):
+    ours, theirs = mean_inertias(bundled(name, standardised), BUNDLED[name])
+    assert abs(ours / theirs - 1) < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("standardised", [False, True], ids=["raw", "standardised"])
+def test_kmeans_plusplus_restarts_match_scikit_learns_mean_inertia_on_digits(standardised):
+    ours, theirs = mean_inertias(bundled("digits", standardised), BUNDLED["digits"])
+    assert abs(ours / theirs - 1) < 0.01
+
+
+def test_kmeans_plusplus_draws_centres_with_probability_proportional_to_squared_distance():
+    """With one trial per centre, P(first = a, second = b) = 1/n * D(b | a)^2 / Σ_i D(i | a)^2 (a chi-square test)."""
+    points = torch.tensor([[0.0], [1.0], [3.0], [7.0], [15.0]], dtype=torch.float64)
+    n, draws = len(points), 40000
+    _, indices = kmeans_plusplus(points, 2, draws, torch.Generator().manual_seed(0), n_local_trials=1)
+    observed = np.zeros((n, n))
+    np.add.at(observed, (indices[:, 0].numpy(), indices[:, 1].numpy()), 1)
+    x = points[:, 0].numpy()
+    squared = (x[:, None] - x[None, :]) ** 2
+    expected = squared / squared.sum(axis=1, keepdims=True) / n * draws
+    cells = expected > 0
+    assert observed[~cells].sum() == 0  # never the first centre twice
+    assert stats.chisquare(observed[cells], expected[cells]).pvalue > 1e-3
+
+
+def test_greedy_kmeans_plusplus_matches_scikit_learns_initial_potential():
+    X = bundled("wine", True)
+    k, seeds = 6, 200
+    centres, _ = kmeans_plusplus(torch.tensor(X), k, seeds, torch.Generator().manual_seed(1))
+    ours = [reference.inertia(X, reference.assign_labels(X, c), c) for c in centres.numpy()]
+    theirs = []
+    for seed in range(seeds):
+        c, _ = cluster.kmeans_plusplus(X, k, random_state=seed)
+        theirs.append(reference.inertia(X, reference.assign_labels(X, c), c))
+    assert abs(np.mean(ours) / np.mean(theirs) - 1) < 0.03
+    assert stats.mannwhitneyu(ours, theirs).pvalue > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Restarts, early stopping, the looped model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ForwardCalls:
+    """Count the forward calls of every `KMeansTransformerModel` and record the batch size of each."""
+
+    def __enter__(self):
+        self.batch_sizes = []
+
+        def hook(module, args, kwargs, output):
+            if isinstance(module, KMeansTransformerModel):
+                self.batch_sizes.append(output.centroids.shape[0])
+
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("variant", ["lloyd", "soft"])
+def test_restarts_run_as_one_batched_forward_per_iteration(variant):
+    X = datasets.make_blobs(600, n_features=4, centers=5, random_state=0)[0]
+    with ForwardCalls() as calls:
+        kmeans = KMeans(5, init="random", n_init=10, max_iter=50, random_state=0, variant=variant).fit(X)
+    # One call per iteration for the whole batch (plus the initial assignment where labels decide convergence),
+    # where a loop over the restarts would make at least n_init calls per iteration.
+    initial_assignment = variant == "lloyd"
+    iterations = len(calls.batch_sizes) - initial_assignment
+    assert calls.batch_sizes[0] == 10 and calls.batch_sizes[initial_assignment] == 10
+    # Repeated labels stop a restart one call before scikit-learn's last, centroid-repeating iteration.
+    assert kmeans.n_iter_ - 1 <= iterations <= 50
+    assert calls.batch_sizes == sorted(calls.batch_sizes, reverse=True)  # converged restarts leave the batch
+
+    # The kept restart, run alone from its initial centroids, gives the same clustering.
+    alone = KMeans(5, init=kmeans.initial_centers_, n_init=1, max_iter=50, variant=variant).fit(X)
+    np.testing.assert_array_equal(alone.labels_, kmeans.labels_)
+    np.testing.assert_allclose(alone.cluster_centers_, kmeans.cluster_centers_, rtol=1e-12, atol=1e-12)
+    assert alone.n_iter_ == kmeans.n_iter_
+
+
+def test_the_lowest_inertia_restart_is_kept():
+    X = bundled("wine", True)
+    starts = [random_init(X, 4, seed) for seed in range(8)]
+    draws = iter(starts)
+    kmeans = KMeans(4, init=lambda X, k, random_state: next(draws), n_init=8).fit(X)
+    alone = [KMeans(4, init=start).fit(X) for start in starts]
+    best = alone[int(np.argmin([fit.inertia_ for fit in alone]))]
+    np.testing.assert_array_equal(kmeans.initial_centers_, best.initial_centers_)
+    np.testing.assert_array_equal(kmeans.labels_, best.labels_)
+    np.testing.assert_allclose(kmeans.cluster_centers_, best.cluster_centers_, rtol=1e-12, atol=1e-12)
+    assert kmeans.inertia_ == pytest.approx(reference.inertia(X, kmeans.labels_, kmeans.cluster_centers_), rel=1e-12)
+
+
+def test_max_iter_needs_no_new_weights_and_stops_where_asked():
+    X = bundled("iris", False) * 10
+    init = random_init(X, 3, 5)
+    for max_iter in (1, 2, 7):
+        kmeans = KMeans(3, init=init, max_iter=max_iter, tol=0).fit(X)
+        expected = reference.lloyd(X, init, max_iter)
+        assert kmeans.n_iter_ <= max_iter
+        np.testing.assert_allclose(kmeans.cluster_centers_, reference.lloyd(X, init, kmeans.n_iter_).centroids, rtol=1e-13)
+        if kmeans.n_iter_ == max_iter:
+            np.testing.assert_array_equal(kmeans.labels_, expected.labels)
+        assert len(kmeans.model_.layers) == 1 and kmeans.model_.config.share_layers
+
+
+def test_random_state_reproduces_a_fit_and_another_seed_changes_the_draws():
+    X = bundled("digits", True)[:400]
+    a = KMeans(8, random_state=7).fit(X)
+    b = KMeans(8, random_state=7).fit(X)
+    c = KMeans(8, random_state=8).fit(X)
+    np.testing.assert_array_equal(a.initial_centers_, b.initial_centers_)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert not np.array_equal(a.initial_centers_, c.initial_centers_)
+    initial_rows = {tuple(row) for row in a.initial_centers_}
+    assert initial_rows <= {tuple(row) for row in X}  # k-means++ draws data points
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Variants
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "variant, params",
+    [
+        ("soft", {"inverse_temperature": 0.5}),
+        ("spherical", {}),
+        ("trimmed", {"trim_fraction": 0.1}),
+        ("trimmed", {}),
+        ("sparse", {"inverse_temperature": 0.05}),
+        ("kmedoids", {}),
+        ("gmm", {"reg_covar": 1e-6}),
+    ],
+)
+def test_every_variant_follows_its_reference_for_its_iterations(variant, params, rng):
+    X = mixture(rng, 300, 3, 4) + 5.0  # away from the origin, for spherical
+    init = random_init(X, 4, 0)
+    kmeans = KMeans(4, init=init, max_iter=6, tol=0, variant=variant, **params).fit(X)
+    config = KMeansTransformerConfig(num_clusters=4, point_dim=3, num_iterations=kmeans.n_iter_, variant=variant, **params)
+    extra = {}
+    if variant == "gmm":  # the model's documented defaults: total variance per coordinate, equal weights
+        spread = ((X - X.mean(axis=0)) ** 2).sum(axis=1).mean() / X.shape[1]
+        extra = {"variances": np.full(4, spread), "weights": np.full(4, 0.25)}
+    expected = run_reference(config, X, init, **extra)
+    np.testing.assert_allclose(kmeans.cluster_centers_, expected.centroids, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(kmeans.labels_, expected.labels)
+    if variant == "trimmed":
+        assert (kmeans.labels_ == -1).sum() == expected.outliers.sum() > 0
+    if variant == "gmm":
+        np.testing.assert_allclose(kmeans.variances_, expected.variances, rtol=1e-8)
+        np.testing.assert_allclose(kmeans.weights_, expected.weights, rtol=1e-8)
+    assert kmeans.n_iter_ <= 6
+
+
+def test_gumbel_kmedoids_is_seeded_by_random_state(rng):
+    X = mixture(rng, 200, 2, 3)
+    fit = lambda seed: KMeans(3, variant="kmedoids", medoid_selection="gumbel", max_iter=5, random_state=seed).fit(X)
+    a, b = fit(0), fit(0)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert {tuple(c) for c in a.cluster_centers_} <= {tuple(x) for x in X}  # medoids are data points
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# scikit-learn conventions and input validation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_passes_scikit_learns_estimator_checks():
+    results = check_estimator(KMeans(n_clusters=3, max_iter=50), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert not failed
+    assert sum(r["status"] == "passed" for r in results) >= 40
+
+
+def test_clone_get_params_and_not_fitted():
+    kmeans = KMeans(5, init="random", n_init=3, variant="trimmed", trim_fraction=0.2, dtype="float32")
+    copy = clone(kmeans)
+    assert copy.get_params() == kmeans.get_params() and copy is not kmeans
+    assert KMeans().get_params()["n_init"] == "auto" and KMeans().get_params()["init"] == "k-means++"
+    for method in ("predict", "transform", "score", "centroid_trajectory"):
+        with pytest.raises(NotFittedError):
+            getattr(kmeans, method)(np.zeros((3, 2)))
+    with pytest.raises(NotFittedError):
+        kmeans.save_pretrained("never-written")
+    assert not os.path.exists("never-written")
+
+
+def test_dtype_follows_the_input_like_scikit_learn_unless_given():
+    X = bundled("iris", True)
+    assert KMeans(3, random_state=0).fit(X.astype(np.float32)).cluster_centers_.dtype == np.float32
+    assert KMeans(3, random_state=0).fit(X).cluster_centers_.dtype == np.float64
+    assert KMeans(3, random_state=0, dtype="float32").fit(X).model_.dtype == torch.float32
+    assert KMeans(3, random_state=0, dtype=torch.float64).fit(X.astype(np.float32)).model_.dtype == torch.float64
+
+
+def test_duplicate_points_warn_about_fewer_distinct_clusters():
+    X = np.repeat([[0.0, 0.0], [1.0, 1.0]], 10, axis=0)
+    with pytest.warns(ConvergenceWarning, match=r"Number of distinct clusters \(2\) found smaller than n_clusters \(3\)"):
+        KMeans(3, random_state=0).fit(X)
+
+
+def test_explicit_init_runs_once_with_a_warning():
+    X = bundled("iris", False)
+    with pytest.warns(RuntimeWarning, match="performing only one init"):
+        KMeans(3, init=X[:3], n_init=5).fit(X)
+
+
+@pytest.mark.parametrize(
+    "params, X, match",
+    [
+        ({"n_clusters": 5}, np.zeros((4, 2)), "n_samples=4 should be >= n_clusters=5"),
+        ({"n_clusters": 0}, np.zeros((4, 2)), "n_clusters must be an integer >= 1"),
+        ({"n_clusters": 2}, np.array([[0.0, np.nan], [1.0, 1.0], [2.0, 2.0]]), "NaN"),
+        ({"n_clusters": 2}, np.array([[0.0, np.inf], [1.0, 1.0], [2.0, 2.0]]), "infinity"),
+        ({"n_clusters": 2}, np.zeros(5), "Expected 2D array"),
+        ({"n_clusters": 2, "init": np.zeros((3, 2))}, np.zeros((5, 2)), r"initial centers \(3, 2\) does not match"),
+        ({"n_clusters": 2, "init": "farthest"}, np.zeros((5, 2)), r"init must be 'k-means\+\+', 'random', a callable or an array"),
+        ({"n_clusters": 2, "n_init": 0}, np.zeros((5, 2)), "n_init must be an integer >= 1 or 'auto'"),
+        ({"n_clusters": 2, "max_iter": 0}, np.zeros((5, 2)), "max_iter must be an integer >= 1"),
+        ({"n_clusters": 2, "tol": -1.0}, np.zeros((5, 2)), "tol must be a finite number >= 0"),
+        ({"n_clusters": 2, "variant": "fuzzy"}, np.zeros((5, 2)), "Unknown variant 'fuzzy'"),
+        ({"n_clusters": 2, "trim_quantile": 0.9}, np.zeros((5, 2)), "`trim_quantile` is not a parameter of variant 'lloyd'"),
+        ({"n_clusters": 2, "dtype": "float16"}, np.zeros((5, 2)), "dtype must be 'float32', 'float64' or None"),
+        ({"n_clusters": 2, "device": "nowhere"}, np.zeros((5, 2)), "device must name a torch device"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(params, X, match):
+    with pytest.raises(ValueError, match=match):
+        KMeans(**params).fit(X)
+
+
+def test_predict_checks_the_number_of_features():
+    kmeans = KMeans(2, random_state=0).fit(np.random.default_rng(0).normal(size=(20, 3)))
+    with pytest.raises(ValueError, match="X has 2 features, but KMeans is expecting 3 features"):
+        kmeans.predict(np.zeros((4, 2)))
+
+
+def test_predict_transform_and_score_against_numpy(rng):
+    X = mixture(rng, 400, 3, 5)
+    kmeans = KMeans(5, random_state=0).fit(X)
+    new = rng.normal(size=(50, 3)) * 3
+    distances = np.sqrt(((new[:, None, :] - kmeans.cluster_centers_[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(kmeans.transform(new), distances, rtol=1e-12)
+    np.testing.assert_array_equal(kmeans.predict(new), distances.argmin(axis=1))
+    assert kmeans.score(new) == pytest.approx(-(distances.min(axis=1) ** 2).sum(), rel=1e-12)
+    np.testing.assert_array_equal(kmeans.fit_predict(X), kmeans.labels_)
+
+
+def test_verbose_shows_a_progress_bar(capsys):
+    KMeans(3, n_init=4, init="random", random_state=0, verbose=1).fit(bundled("iris", True))
+    err = capsys.readouterr().err
+    assert "k-means iterations" in err and "restarts_running" in err
+
+
+def test_centroid_trajectory_is_the_reference_history():
+    X = bundled("iris", False) * 10
+    kmeans = KMeans(3, init=random_init(X, 3, 1), tol=0).fit(X)
+    trajectory = kmeans.centroid_trajectory(X)
+    expected = reference.lloyd(X, kmeans.initial_centers_, kmeans.n_iter_).centroid_history
+    assert trajectory.shape == (kmeans.n_iter_ + 1, 3, 4)
+    np.testing.assert_allclose(trajectory, expected, rtol=1e-13)
+    np.testing.assert_allclose(trajectory[-1], kmeans.cluster_centers_, rtol=1e-13)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_save_pretrained_stores_the_centroids_as_weights_for_automodel(tmp_path, rng):
+    X = mixture(rng, 500, 4, 6)
+    kmeans = KMeans(6, random_state=0).fit(X)
+    kmeans.save_pretrained(tmp_path / "fitted")
+    model = AutoModel.from_pretrained(tmp_path / "fitted")
+    assert model.config.num_iterations == 0 and model.config.fitted_centroids
+    np.testing.assert_array_equal(model.embeddings.fitted_centroids.detach().numpy(), kmeans.cluster_centers_)
+    new = rng.normal(size=(100, 4)) * 4
+    output = model(torch.tensor(new))  # num_iterations=0: assignment to the stored centroids
+    distances = ((new[:, None, :] - kmeans.cluster_centers_[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(output.labels[0].numpy(), distances.argmin(axis=1))
+    np.testing.assert_array_equal(output.labels[0].numpy(), kmeans.predict(new))
+    # The looped layer is still Lloyd's iteration: more iterations continue from the fitted centroids.
+    more = model(torch.tensor(X), num_iterations=3)
+    np.testing.assert_allclose(more.centroids[0].numpy(), reference.lloyd(X, kmeans.cluster_centers_, 3).centroids, rtol=1e-12)
+
+
+@pytest.mark.parametrize("variant, params", [("lloyd", {}), ("gmm", {"reg_covar": 1e-6}), ("trimmed", {"trim_fraction": 0.05})])
+def test_from_pretrained_gives_back_the_estimator(tmp_path, rng, variant, params):
+    X = mixture(rng, 300, 3, 4)
+    import pandas as pd
+
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    kmeans = KMeans(4, random_state=0, variant=variant, **params).fit(frame)
+    kmeans.save_pretrained(tmp_path / "fitted")
+    loaded = KMeans.from_pretrained(tmp_path / "fitted")
+    assert loaded.get_params() == kmeans.get_params()
+    for name in ("cluster_centers_", "labels_", "initial_centers_", "feature_names_in_"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(kmeans, name))
+    assert (loaded.inertia_, loaded.n_iter_, loaded.n_features_in_) == (kmeans.inertia_, kmeans.n_iter_, 3)
+    np.testing.assert_array_equal(loaded.predict(frame), kmeans.predict(frame))
+    if variant == "gmm":
+        np.testing.assert_array_equal(loaded.variances_, kmeans.variances_)
+        np.testing.assert_array_equal(loaded.weights_, kmeans.weights_)
+    card = (tmp_path / "fitted" / "README.md").read_text()
+    assert f"{kmeans.inertia_:.6g}" in card and "a, b, c" in card and f"variant = \"{variant}\"" not in card
+
+
+def test_explicit_init_round_trips_and_refit_from_loaded(tmp_path):
+    X = bundled("iris", False)
+    kmeans = KMeans(3, init=X[:3], n_init=1).fit(X)
+    kmeans.save_pretrained(tmp_path / "fitted")
+    loaded = KMeans.from_pretrained(tmp_path / "fitted")
+    np.testing.assert_array_equal(loaded.init, X[:3])
+    np.testing.assert_array_equal(clone(loaded).fit(X).labels_, kmeans.labels_)
+
+
+def test_save_refuses_a_non_empty_directory_and_loading_an_algorithm_checkpoint(tmp_path):
+    X = bundled("iris", False)
+    kmeans = KMeans(3, random_state=0).fit(X)
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not empty"):
+        kmeans.save_pretrained(target)
+    assert os.listdir(target) == ["notes.txt"]
+    kmeans.save_pretrained(target, overwrite=True)
+    assert (target / "notes.txt").read_text() == "keep me" and (target / "model.safetensors").exists()
+
+    algorithm = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, point_dim=4))
+    algorithm.save_pretrained(tmp_path / "algorithm")
+    with pytest.raises(ValueError, match="holds no fitted centroids"):
+        KMeans.from_pretrained(tmp_path / "algorithm")
+
+
+def test_fitted_checkpoint_loads_with_remote_code_in_a_fresh_process(tmp_path, rng):
+    X = mixture(rng, 300, 2, 3)
+    kmeans = KMeans(3, random_state=0).fit(X)
+    kmeans.save_pretrained(tmp_path / "fitted")
+    new = rng.normal(size=(60, 2)) * 3
+    np.save(tmp_path / "new.npy", new)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "fitted")!r}, trust_remote_code=True)
+        assert "kmeans_transformer" not in sys.modules, "the package must not be imported"
+        np.save({str(tmp_path / "labels.npy")!r}, model(torch.tensor(np.load({str(tmp_path / "new.npy")!r}))).labels[0].numpy())
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env)
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), kmeans.predict(new))
