@@ -13,7 +13,7 @@ import numpy as np
 
 
 OUTLIER_COLOUR = "#a0a0a0"
-# Up to 20 clusters take the colours of matplotlib's tab10 and tab20; more clusters sample a continuous colour map.
+# Up to this many clusters, centroids are annotated with their index.
 _NAMED_LIMIT = 20
 
 
@@ -166,21 +166,32 @@ def plot_estimator(estimator, X, path=None, **kwargs):
     """
     Plot a fitted `kmeans_transformer.KMeans` on `X`: its labels for `X` (`estimator.predict`), `cluster_centers_` and
     the trajectory of the chosen restart (`estimator.centroid_trajectory`). The title names the variant, k, the inertia
-    and the number of iterations; other keyword arguments go to `plot_clustering`.
+    and the number of iterations; other keyword arguments go to `plot_clustering`. For `"spherical"`, whose centroids
+    are unit vectors, the points and the trajectory are drawn unit-normalised, as the model sees them.
     """
     require_matplotlib()
     if kwargs.get("feature_names") is None and hasattr(estimator, "feature_names_in_"):
         kwargs["feature_names"] = [str(name) for name in estimator.feature_names_in_]
+    spherical = getattr(estimator, "variant", None) == "spherical"
     if kwargs.get("title") is None:
         k = len(estimator.cluster_centers_)
         kwargs["title"] = (
             f"{getattr(estimator, 'variant', 'lloyd')}, k={k}: inertia {estimator.inertia_:.6g}, "
             f"{estimator.n_iter_} iteration{'s' if estimator.n_iter_ != 1 else ''}"
+            + (" (unit-normalised points)" if spherical else "")
         )
     trajectory = estimator.centroid_trajectory(X)
     labels = estimator.predict(X)
     points = X.to_numpy(dtype=np.float64) if hasattr(X, "to_numpy") else np.asarray(X, dtype=np.float64)
+    if spherical:
+        points, trajectory = _unit(points), _unit(trajectory)
     return plot_clustering(points, labels, estimator.cluster_centers_, trajectory=trajectory, path=path, **kwargs)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; zero rows stay zero."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 def save_figure(figure, path, overwrite: bool = False) -> Path:
@@ -233,12 +244,13 @@ def _check_inputs(points, labels, centroids, trajectory):
 
 
 def _cluster_colours(k: int) -> np.ndarray:
+    """`k` RGB colours: tab10's, then tab20's, without their greys (grey marks outliers); a colour map beyond."""
     import matplotlib
 
-    if k <= 10:
-        return np.asarray(matplotlib.colormaps["tab10"].colors)[:k]
-    if k <= _NAMED_LIMIT:
-        return np.asarray(matplotlib.colormaps["tab20"].colors)[:k]
+    for name, greys in (("tab10", [7]), ("tab20", [14, 15])):
+        colours = np.delete(np.asarray(matplotlib.colormaps[name].colors), greys, axis=0)
+        if k <= len(colours):
+            return colours[:k]
     return matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, k))[:, :3]
 
 

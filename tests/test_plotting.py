@@ -175,3 +175,18 @@ def test_plot_estimator(tmp_path, rng):
         ax.collections[-2].get_offsets(), (estimator.initial_centers_ - mean) @ components.T, atol=1e-10
     )
     assert png_size(path) == (800, 600)
+
+
+def test_plot_estimator_draws_spherical_clusters_on_the_unit_sphere(rng):
+    from kmeans_transformer import KMeans
+
+    points, _, _, _ = clustering(rng, 3)
+    estimator = KMeans(3, variant="spherical", random_state=0).fit(points)
+    ax = plot_estimator(estimator, points).axes[0]
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    _, _, components, mean = project_2d(unit)
+    np.testing.assert_allclose(ax.collections[0].get_offsets(), (unit - mean) @ components.T, atol=1e-10)
+    np.testing.assert_allclose(
+        ax.collections[-1].get_offsets(), (estimator.cluster_centers_ - mean) @ components.T, atol=1e-10
+    )
+    assert ax.get_title().endswith("(unit-normalised points)")
