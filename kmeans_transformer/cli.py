@@ -220,8 +220,6 @@ def run_cluster(args: argparse.Namespace) -> None:
     fit_start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # Harmless: the points are only read; torch warns about read-only arrays (pandas' copy-on-write) anyway.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         estimator.fit(points)
     fit_seconds = time.perf_counter() - fit_start
     for warning in caught:
@@ -241,7 +239,7 @@ def run_cluster(args: argparse.Namespace) -> None:
     if "model" in outputs:
         estimator.save_pretrained(outputs["model"], overwrite=args.overwrite)
 
-    restarts = n_init if n_init != "auto" else (10 if args.init == "random" else 1)
+    restarts = estimator._n_restarts
     sizes = np.bincount(labels[labels >= 0], minlength=args.n_clusters)
     d = len(feature_names)
     features = f"{d} features: {', '.join(feature_names)}" if d <= 8 else f"{d} features"
@@ -268,6 +266,7 @@ def run_cluster(args: argparse.Namespace) -> None:
     }
     for name, path in outputs.items():
         print(f"  wrote {path}: {what[name]}")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-transformer", description=__doc__)
