@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .configuration_kmeans_transformer import MEDOID_SELECTIONS, VARIANTS
-from .convert import DTYPES, ValidationError, build_model, convert_checkpoint, gaussian_mixture
+from .configuration_kmeans_transformer import MEDOID_SELECTIONS, VARIANT_PARAMETER_NAMES, VARIANTS
+from .convert import DTYPES, ValidationError, build_model, check_checkpoint_directory, convert_checkpoint, gaussian_mixture
 from .plotting import MissingDependencyError
 from .reference import lloyd
 
@@ -45,11 +45,7 @@ def run_convert(args: argparse.Namespace) -> None:
         variant=args.variant,
         dtype=args.dtype,
         share_layers=not args.separate_layers,
-        inverse_temperature=args.inverse_temperature,
-        trim_quantile=args.trim_quantile,
-        trim_fraction=args.trim_fraction,
-        medoid_selection=args.medoid_selection,
-        reg_covar=args.reg_covar,
+        **{name: getattr(args, name) for name in VARIANT_PARAMETER_NAMES},
     )
     report = convert_checkpoint(model, args.output, overwrite=args.overwrite)
     print(
@@ -158,12 +154,7 @@ def _check_outputs(args: argparse.Namespace) -> dict[str, Path]:
     if args.plot is not None:
         outputs["plot"] = check_plot_path(args.plot, args.overwrite)
     if args.save_model is not None:
-        directory = Path(args.save_model)
-        if directory.exists() and not directory.is_dir():
-            raise FileExistsError(f"{directory} exists and is not a directory.")
-        if directory.is_dir() and any(directory.iterdir()) and not args.overwrite:
-            raise FileExistsError(f"{directory} is not empty; pass --overwrite to save the model into it.")
-        outputs["model"] = directory
+        outputs["model"] = check_checkpoint_directory(args.save_model, args.overwrite)
     flags = {"output": "--output", "centroids": "--centroids", "plot": "--plot", "model": "--save-model"}
     seen = {}
     for name, path in outputs.items():
@@ -207,11 +198,7 @@ def run_cluster(args: argparse.Namespace) -> None:
         tol=args.tol,
         random_state=args.random_state,
         variant=args.variant,
-        inverse_temperature=args.inverse_temperature,
-        trim_quantile=args.trim_quantile,
-        trim_fraction=args.trim_fraction,
-        medoid_selection=args.medoid_selection,
-        reg_covar=args.reg_covar,
+        **{name: getattr(args, name) for name in VARIANT_PARAMETER_NAMES},
         device=args.device,
         dtype=args.dtype,
         verbose=0 if args.no_progress else 1,

@@ -24,6 +24,9 @@ VARIANT_PARAMETERS = {
     "gmm": {"reg_covar": 0.0},
 }
 
+# Every variant parameter of the config, in order.
+VARIANT_PARAMETER_NAMES = ("inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar")
+
 # Extra token slices, beyond position, code, previous and is_centroid, that a variant's blocks read and write.
 VARIANT_SLICES = {
     "trimmed": (("assigned", "point_dim"), ("distance", 1), ("outlier", 1)),
@@ -134,7 +137,7 @@ class KMeansTransformerConfig(PreTrainedConfig):
             raise ValueError(f"Unknown `variant` {self.variant!r}; expected one of {list(VARIANTS)}.")
 
         defaults = VARIANT_PARAMETERS[self.variant]
-        for name in ("inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar"):
+        for name in VARIANT_PARAMETER_NAMES:
             if name not in defaults and getattr(self, name) is not None:
                 readers = [variant for variant, parameters in VARIANT_PARAMETERS.items() if name in parameters]
                 raise ValueError(

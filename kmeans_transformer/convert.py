@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 
-from .configuration_kmeans_transformer import KMeansTransformerConfig
+from .configuration_kmeans_transformer import VARIANT_PARAMETER_NAMES, KMeansTransformerConfig
 from .modeling_kmeans_transformer import KMeansTransformerModel
 from . import reference
 
@@ -295,7 +295,7 @@ def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: i
         variant_title=VARIANT_TITLES[config.variant],
         variant_parameters={
             name: getattr(config, name)
-            for name in ("inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar")
+            for name in VARIANT_PARAMETER_NAMES
             if getattr(config, name) is not None
         },
         n_samples=len(labels),
@@ -321,16 +321,22 @@ def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: i
     )
 
 
+def check_checkpoint_directory(directory, overwrite: bool, how: str = "pass --overwrite") -> Path:
+    """Refuse, before any work, a `directory` that is a file or is not empty (unless `overwrite`)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} exists and is not a directory.")
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        raise FileExistsError(f"{directory} is not empty; {how} to write the checkpoint into it anyway.")
+    return directory
+
+
 def convert_checkpoint(model: KMeansTransformerModel, output_dir: str | Path, overwrite: bool = False) -> ValidationReport:
     """
     Validate `model` against the reference, and only then write its checkpoint to `output_dir`. Refuses a
     non-empty `output_dir` unless `overwrite` (which replaces only the checkpoint's files).
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} exists and is not a directory.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} is not empty; pass --overwrite to write the checkpoint into it anyway.")
+    output_dir = check_checkpoint_directory(output_dir, overwrite)
     report = validate_against_reference(model)
     if not report.passed:
         raise ValidationError(f"The built model disagrees with the reference, not writing a checkpoint: {report}")
@@ -344,6 +350,7 @@ __all__ = [
     "ValidationError",
     "ValidationReport",
     "build_model",
+    "check_checkpoint_directory",
     "convert_checkpoint",
     "gaussian_mixture",
     "layer_trajectory",

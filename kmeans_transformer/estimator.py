@@ -15,8 +15,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from .configuration_kmeans_transformer import VARIANTS, KMeansTransformerConfig
-from .convert import render_fitted_card
+from .configuration_kmeans_transformer import VARIANT_PARAMETER_NAMES, VARIANTS, KMeansTransformerConfig
+from .convert import check_checkpoint_directory, render_fitted_card
 from .initialization import kmeans_plusplus, random_points
 from .modeling_kmeans_transformer import KMeansTransformerModel
 
@@ -148,12 +148,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             num_iterations=0,
             share_layers=True,
             variant=self.variant,
-            inverse_temperature=self.inverse_temperature,
-            trim_quantile=self.trim_quantile,
-            trim_fraction=self.trim_fraction,
-            medoid_selection=self.medoid_selection,
-            reg_covar=self.reg_covar,
             fitted_centroids=fitted,
+            **{name: getattr(self, name) for name in VARIANT_PARAMETER_NAMES},
         )
 
     def _check_params(self, X: np.ndarray) -> int:
@@ -415,11 +411,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         A non-empty directory is refused unless `overwrite`, which replaces only these files.
         """
         check_is_fitted(self)
-        directory = Path(save_directory)
-        if directory.exists() and not directory.is_dir():
-            raise FileExistsError(f"{directory} exists and is not a directory.")
-        if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-            raise FileExistsError(f"{directory} is not empty; pass overwrite=True to write the checkpoint into it.")
+        directory = check_checkpoint_directory(save_directory, overwrite, how="pass overwrite=True")
         card = render_fitted_card(self)
         directory.mkdir(parents=True, exist_ok=True)
         self.model_.save_pretrained(directory)
@@ -472,7 +464,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         parameters = {
             "n_clusters": config.num_clusters,
             "variant": config.variant,
-            **{name: getattr(config, name) for name in ("inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar")},
+            **{name: getattr(config, name) for name in VARIANT_PARAMETER_NAMES},
             **saved["parameters"],
         }
         arrays_path = cached_file(

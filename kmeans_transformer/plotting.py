@@ -209,14 +209,9 @@ def check_plot_path(path, overwrite: bool = False) -> Path:
 
 
 def _check_png_path(path, overwrite: bool) -> Path:
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"Cannot write {path}: the plot must be a .png file.")
-    if path.is_dir():
-        raise FileExistsError(f"{path} is a directory.")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
-    return path
+    from .tabular import check_output_path
+
+    return check_output_path(path, (".png",), overwrite, what="plot")
 
 
 def _check_inputs(points, labels, centroids, trajectory):
