@@ -130,18 +130,6 @@ def _columns(value: str | None) -> list[str] | None:
     return names
 
 
-def _check_device(name: str | None) -> None:
-    if name is None:
-        return
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"--device {name!r} is not a torch device (such as cpu or cuda).") from error
-    backend = getattr(torch, device.type, None) if device.type in ("cuda", "mps", "xpu") else None
-    if backend is not None and not backend.is_available():
-        raise ValueError(f"--device {name}: this torch has no {device.type} device available.")
-
-
 def _check_outputs(args: argparse.Namespace) -> dict[str, Path]:
     """Every output path, checked before any work: suffixes, nothing to overwrite without --overwrite, no two alike."""
     from .plotting import check_plot_path
@@ -167,7 +155,7 @@ def _check_outputs(args: argparse.Namespace) -> dict[str, Path]:
 
 def run_cluster(args: argparse.Namespace) -> None:
     """Cluster the rows of a table; write them with their labels, the centroids and, if asked, a plot and the model."""
-    from .estimator import KMeans
+    from .estimator import KMeans, check_device
     from .plotting import plot_estimator, save_figure
     from .tabular import read_points, write_table
 
@@ -177,7 +165,7 @@ def run_cluster(args: argparse.Namespace) -> None:
     n_init, columns = _n_init(args.n_init), _columns(args.columns)
     if not args.label_column:
         raise ValueError("--label-column must not be empty.")
-    _check_device(args.device)
+    check_device(args.device)
     outputs = _check_outputs(args)
 
     table, X, feature_names = read_points(args.input, columns)

@@ -68,6 +68,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             float64 otherwise (as scikit-learn).
         verbose (`int`, defaults to 0): if > 0, show a progress bar over the iterations.
 
+    Sample weights are not supported. Memory: the restarts share one batch of `n_init * (n + k)` tokens of width
+    `config.hidden_size`.
+
     Attributes:
         cluster_centers_ (`ndarray` of shape `(n_clusters, n_features)`): the centroids (medoids for `"kmedoids"`,
             means for `"gmm"`, unit vectors for `"spherical"`).
@@ -196,10 +199,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return DTYPES[name]
 
     def _torch_device(self) -> torch.device:
-        try:
-            return torch.device("cpu" if self.device is None else self.device)
-        except (RuntimeError, TypeError) as error:
-            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r}.") from error
+        return check_device(self.device)
 
     def _initial_centers(self, X: np.ndarray, points: torch.Tensor, n_restarts: int, random_state) -> torch.Tensor:
         """`(n_restarts, k, d)` initial centroids."""
@@ -491,6 +491,18 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if name in arrays:
                 setattr(estimator, name, arrays[name])
         return estimator
+
+
+def check_device(device) -> torch.device:
+    """`device` (`None` for the CPU) as a `torch.device`, or a ValueError if it is not one or is not available."""
+    try:
+        device = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}.") from error
+    backend = getattr(torch, device.type, None) if device.type in ("cuda", "mps", "xpu") else None
+    if backend is not None and not backend.is_available():
+        raise ValueError(f"device {str(device)!r} is not available to this torch installation.")
+    return device
 
 
 def _jsonable(value):

@@ -262,7 +262,7 @@ def existing(*names):
         (write_ragged, ["--columns", "embedding"], None, ["'embedding'", "different lengths"]),
         (write_iris, ["--variant", "lloyd", "--trim-fraction", 0.1], None, ["trim_fraction"]),
         (write_iris, ["--centroids", "out.csv"], None, ["--output and --centroids", "same path"]),
-        (write_iris, ["--device", "nowhere"], None, ["--device 'nowhere'"]),
+        (write_iris, ["--device", "nowhere"], None, ["device", "'nowhere'"]),
     ],
 )
 def test_errors_are_one_line_and_touch_nothing(tmp_path, monkeypatch, capsys, iris, make_input, arguments, prepare, words):

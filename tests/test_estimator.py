@@ -320,6 +320,12 @@ def test_bad_input_gives_a_clear_error(params, X, match):
         KMeans(**params).fit(X)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="device 'cuda' is not available"):
+        KMeans(2, device="cuda").fit(np.zeros((5, 2)))
+
+
 def test_predict_checks_the_number_of_features():
     kmeans = KMeans(2, random_state=0).fit(np.random.default_rng(0).normal(size=(20, 3)))
     with pytest.raises(ValueError, match="X has 2 features, but KMeans is expecting 3 features"):
