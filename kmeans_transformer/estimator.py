@@ -283,7 +283,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _run_restarts(self, model, points, initial, generator) -> dict:
         """
-        Run all restarts as one batch, one forward call of the looped layer per iteration, until each converges.
+        Run all restarts as one batch, one forward call of the looped layer per iteration (without the assignment
+        head), until each converges; then one call assigns the points to every restart's final centroids.
         Returns per restart: final `centroids`, `labels`, `inertia`, `n_iter` (and `variances`, `weights` for gmm).
         """
         n_restarts = initial.shape[0]
@@ -291,56 +292,42 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         label_determined = self.variant in LABEL_DETERMINED_VARIANTS and model.config.medoid_selection != "gumbel"
         call = {"generator": generator} if model.config.medoid_selection == "gumbel" else {}
 
-        def batch(active):
-            return points.expand(len(active), *points.shape)
+        def batch(size):
+            return points.expand(size, *points.shape)
 
-        final = {
-            "centroids": initial.clone(),
-            "labels": torch.full((n_restarts, points.shape[0]), -1, dtype=torch.long, device=points.device),
-            "inertia": initial.new_zeros(n_restarts),
-            "n_iter": torch.zeros(n_restarts, dtype=torch.long, device=points.device),
-        }
+        final = {"centroids": initial.clone(), "n_iter": torch.zeros(n_restarts, dtype=torch.long, device=points.device)}
         if self.variant == "gmm":
             final["variances"] = initial.new_zeros(n_restarts, self.n_clusters)
             final["weights"] = initial.new_zeros(n_restarts, self.n_clusters)
         active = torch.arange(n_restarts, device=points.device)
-        centroids, state = initial, {}
-        previous_labels = model(batch(active), centroids, num_iterations=0).labels if label_determined else None
+        centroids, state, previous_labels = initial, {}, None
         progress = tqdm(total=self.max_iter, desc="k-means iterations", unit="it", disable=not self.verbose, leave=False)
         with progress:
             for iteration in range(self.max_iter):
-                output = model(batch(active), centroids, num_iterations=1, **state, **call)
-                shift = ((output.centroids - centroids) ** 2).sum(dim=(1, 2))
-                done = shift <= tolerance
-                n_iter = torch.full_like(active, iteration + 1)
-                if label_determined:
-                    # Labels that repeat: scikit-learn runs one more iteration, which returns the same centroids.
-                    repeated = (output.labels == previous_labels).all(dim=1) & ~done
-                    n_iter = torch.where(repeated, min(iteration + 2, self.max_iter), n_iter)
-                    done |= repeated
+                # labels: the assignment made in this iteration, from the centroids entering it.
+                output = model(batch(len(active)), centroids, num_iterations=1, final_assignment=False, **state, **call)
+                done = ((output.centroids - centroids) ** 2).sum(dim=(1, 2)) <= tolerance
+                if previous_labels is not None:
+                    done |= (output.labels == previous_labels).all(dim=1)  # scikit-learn's strict convergence
                 if iteration + 1 == self.max_iter:
                     done[:] = True
                 finished = active[done]
-                for name, values in (
-                    ("centroids", output.centroids),
-                    ("labels", output.labels),
-                    ("inertia", output.inertia),
-                    ("n_iter", n_iter),
-                    ("variances", output.variances),
-                    ("weights", output.weights),
-                ):
-                    if name in final:
-                        final[name][finished] = values[done]
-                keep = ~done
-                active, centroids = active[keep], output.centroids[keep]
+                final["centroids"][finished] = output.centroids[done]
+                final["n_iter"][finished] = iteration + 1
                 if self.variant == "gmm":
-                    state = {"variances": output.variances[keep], "weights": output.weights[keep]}
-                if label_determined:
-                    previous_labels = output.labels[keep]
+                    final["variances"][finished] = output.variances[done]
+                    final["weights"][finished] = output.weights[done]
+                    state = {"variances": output.variances[~done], "weights": output.weights[~done]}
+                active, centroids = active[~done], output.centroids[~done]
+                previous_labels = output.labels[~done] if label_determined else None
                 progress.update()
                 progress.set_postfix(restarts_running=f"{len(active)}/{n_restarts}")
                 if len(active) == 0:
                     break
+        # The labels and inertia of the final centroids (scikit-learn's last E-step).
+        parameters = {"variances": final["variances"], "weights": final["weights"]} if self.variant == "gmm" else {}
+        assigned = model(batch(n_restarts), final["centroids"], num_iterations=0, **parameters)
+        final["labels"], final["inertia"] = assigned.labels, assigned.inertia
         return final
 
     # ------------------------------------------------------------------------------------------------------------

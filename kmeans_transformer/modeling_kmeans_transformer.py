@@ -1073,6 +1073,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         variances: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        final_assignment: bool = True,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -1099,6 +1100,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 fitted ones.
             generator (`torch.Generator`, *optional*):
                 Gumbel `"kmedoids"` only: the random generator of the medoid draws (seed it for reproducible runs).
+            final_assignment (`bool`, *optional*, defaults to `True`):
+                Run the assignment head, so that `labels`, `assignments`, `outliers` and `inertia` are those of the
+                returned centroids. If `False` (needs `num_iterations >= 1`), skip it, one assign block less: they
+                are then the assignment made by the last layer, from the centroids entering it, with `inertia`
+                measured against the returned centroids (the objective after the last update). The looped fit of
+                [`KMeans`] runs this way, one iteration per call.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -1111,13 +1118,17 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             weights = fitted.get("weights") if weights is None else weights
         points, centroids, point_mask = self._check_inputs(points, centroids, attention_mask)
         slot_values = self._variant_slot_values(points, centroids, point_mask, variances, weights, generator)
+        num_iterations = self._check_num_iterations(num_iterations)
+        if not final_assignment and num_iterations == 0:
+            raise ValueError("`final_assignment=False` needs `num_iterations >= 1`: with no layer there is no assignment.")
         outputs = self._run_layers(
             points,
             centroids,
             point_mask,
-            self._check_num_iterations(num_iterations),
+            num_iterations,
             slot_values,
             generator,
+            final_assignment,
             output_hidden_states=bool(output_hidden_states),
             **{f"output_{name}_attentions": bool(output_attentions) for name in BLOCK_NAMES},
         )
@@ -1130,7 +1141,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
     @capture_outputs(tie_last_hidden_states=False)
     def _run_layers(
-        self, points, centroids, point_mask, num_iterations, slot_values, generator, **kwargs
+        self, points, centroids, point_mask, num_iterations, slot_values, generator, final_assignment, **kwargs
     ) -> KMeansTransformerOutput:
         layer_kwargs = {"generator": generator} if generator is not None else {}
         hidden_states = self.embeddings(points, centroids, slot_values)
@@ -1139,7 +1150,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             hidden_states = layer(hidden_states, point_mask, **layer_kwargs)
 
         num_points, slices = points.shape[1], self.config.token_slices
-        final_points = self.assignment_head(hidden_states, point_mask)
+        final_points = (
+            self.assignment_head(hidden_states, point_mask) if final_assignment else hidden_states[:, :num_points]
+        )
         final_centroids = hidden_states[:, num_points:, slices["position"]]
         assignments = final_points[..., slices["code"]]
         labelled = point_mask & (assignments.amax(dim=-1) > 0)

@@ -48,6 +48,27 @@ def test_gaussian_mixtures_match_lloyd_every_iteration(rng, n, d, k, T):
     assert_matches_reference(points, initial, T)
 
 
+@pytest.mark.parametrize("variant, extra", [("lloyd", {}), ("trimmed", {"trim_fraction": 0.1})])
+def test_without_the_final_assignment_labels_are_the_last_layers(rng, variant, extra):
+    from kmeans_transformer.convert import run_reference
+
+    points = mixture(rng, 400, 3, 4)
+    initial = points[rng.choice(400, size=5, replace=False)]
+    model = make_model(5, 3, 4, variant=variant, **extra)
+    output = model(torch.tensor(points), torch.tensor(initial), final_assignment=False)
+    expected = run_reference(model.config, points, initial)
+    last_labels = expected.label_history[-1]
+    np.testing.assert_array_equal(output.labels[0].numpy(), last_labels)
+    np.testing.assert_allclose(output.centroids[0].numpy(), expected.centroids, rtol=1e-12)
+    kept = last_labels >= 0
+    objective = ((points[kept] - expected.centroids[last_labels[kept]]) ** 2).sum()  # after the last update
+    assert output.inertia.item() == pytest.approx(objective, rel=1e-12)
+    if variant == "trimmed":
+        np.testing.assert_array_equal(output.outliers[0].numpy(), expected.outlier_history[-1])
+    with pytest.raises(ValueError, match="needs `num_iterations >= 1`"):
+        model(torch.tensor(points), num_iterations=0, final_assignment=False)
+
+
 # Iris and wine are recorded on decimal grids (0.1 and 0.01); scaled to integers their distances are computed exactly,
 # so the many exact ties are ties in floating point too and must be broken like argmin. (Unscaled, a tie between
 # decimals that floats cannot represent is decided by rounding, which depends on how the distance is written.)
