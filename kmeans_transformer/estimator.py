@@ -35,7 +35,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     Every iteration is one pass of the looped (shared-weights) layer of a [`KMeansTransformerModel`], so `max_iter`
     needs no new weights. The `n_init` restarts run together as one batch through the model: one forward call per
-    iteration whatever `n_init` is; a restart leaves the batch when it converges. Convergence follows scikit-learn:
+    iteration whatever `n_init` is (`final_assignment=False`: one assign block per iteration), a restart leaving the
+    batch when it converges, then one call that assigns the points to every restart's centroids (the labels and
+    inertia of the result). Convergence follows scikit-learn:
     after iteration `i`, stop if the labels equal those of iteration `i - 1` ("strict" convergence; variants whose
     update depends on the labels only), or if `Σ_j |c_j^(i+1) - c_j^(i)|^2 <= tol * mean_l Var(x_l)` (the mean
     per-coordinate variance of the points as the model sees them: unit-normalised for `"spherical"`). The restart
