@@ -1,4 +1,4 @@
-"""The `kmeans-transformer` command: `demo`, `convert` and `cluster`."""
+"""The `kmeans-transformer` command: `demo`, `convert`, `cluster` and `infer`."""
 
 import argparse
 import sys
@@ -243,6 +243,116 @@ def run_cluster(args: argparse.Namespace) -> None:
         print(f"  wrote {path}: {what[name]}")
 
 
+def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR_OR_REPO", help="a checkpoint directory or Hub repository id")
+    parser.add_argument("--dataset", required=True, metavar="PATH", help="a datasets save_to_disk directory or a .parquet "
+                        "file (problems mode also reads .json/.jsonl)")
+    parser.add_argument("--output", required=True, metavar="OUT", help="problems: a .parquet file or a datasets "
+                        "directory; points: a directory (centroids.parquet, summary.json, labels/)")
+    parser.add_argument("--mode", choices=("problems", "points"), default="problems",
+                        help="problems: each row is a problem (default); points: the rows are the points of one problem")
+    parser.add_argument("--num-iterations", type=int, metavar="T", help="iterations (shared-layer models only; "
+                        "default: the model's num_iterations)")
+    problems = parser.add_argument_group("problems mode")
+    problems.add_argument("--points-column", default="points", help="column of each problem's points (default: points)")
+    problems.add_argument("--centroids-column", help="column of each problem's initial centroids (default: the model's)")
+    problems.add_argument("--batch-size", type=int, default=64, help="problems per batch and process (default: 64)")
+    points = parser.add_argument_group("points mode")
+    points.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column; a "
+                        "list-valued column such as an embedding counts as its coordinates)")
+    points.add_argument("--chunk-size", type=int, default=65536, help="points read and assigned at a time (default: 65536)")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is available")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def _load_model(name: str):
+    """The checkpoint `name` (directory or Hub id) as a `KMeansTransformerModel`, with a one-line error."""
+    from .modeling_kmeans_transformer import KMeansTransformerModel
+
+    try:
+        return KMeansTransformerModel.from_pretrained(name)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load the model {name!r}: {reason}") from error
+
+
+def _write_points_result(result, output: Path, args: argparse.Namespace) -> None:
+    """Points mode's results next to the labels: `centroids.parquet` (cluster, coordinates, size) and `summary.json`."""
+    import json
+
+    output.mkdir(parents=True, exist_ok=True)
+    centroids = pd.DataFrame(result.centroids, columns=[f"x{i}" for i in range(result.centroids.shape[1])])
+    centroids.insert(0, "cluster", np.arange(len(centroids)))
+    centroids["size"] = np.asarray(result.cluster_sizes, dtype=np.int64)
+    centroids.to_parquet(output / "centroids.parquet", index=False)
+    summary = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "num_points": int(result.num_points),
+        "num_clusters": len(centroids),
+        "num_iterations": int(result.num_iterations),
+        "inertia": float(result.inertia),
+    }
+    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def run_infer(args: argparse.Namespace) -> None:
+    """Run a checkpoint on a dataset under Accelerate: many problems (one per row), or one problem of many rows."""
+    from accelerate import Accelerator
+
+    if args.batch_size < 1 or args.chunk_size < 1:
+        raise ValueError("--batch-size and --chunk-size must be >= 1.")
+    output = Path(args.output)
+    if args.mode == "points":
+        check_checkpoint_directory(output, args.overwrite)  # a results directory: refused if not empty
+    elif output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
+    model = _load_model(args.model)
+    accelerator = Accelerator(cpu=args.cpu)
+    start = time.perf_counter()
+    if args.mode == "problems":
+        from .problems import infer_problems, load_problems, write_problem_results
+
+        results = infer_problems(
+            model,
+            load_problems(args.dataset),
+            points_column=args.points_column,
+            centroids_column=args.centroids_column,
+            batch_size=args.batch_size,
+            num_iterations=args.num_iterations,
+            accelerator=accelerator,
+            progress=not args.no_progress,
+        )
+        if accelerator.is_main_process:
+            write_problem_results(results, output, overwrite=args.overwrite)
+            print(
+                f"clustered {len(results)} problems of {args.dataset} on {accelerator.num_processes} process(es) "
+                f"({accelerator.device}) in {time.perf_counter() - start:.2f} s; wrote {output}"
+            )
+        return
+
+    from .points import cluster_points
+
+    result = cluster_points(
+        model,
+        args.dataset,
+        columns=_columns(args.columns),
+        chunk_size=args.chunk_size,
+        num_iterations=args.num_iterations,
+        accelerator=accelerator,
+        progress=not args.no_progress,
+        labels_output=output / "labels",
+    )
+    if accelerator.is_main_process:
+        _write_points_result(result, output, args)
+        print(
+            f"clustered {result.num_points} points of {args.dataset} into {len(result.centroids)} clusters on "
+            f"{accelerator.num_processes} process(es) ({accelerator.device}): {result.num_iterations} iterations, "
+            f"inertia {result.inertia:.10g}, {time.perf_counter() - start:.2f} s; wrote {output}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -262,6 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_cluster_arguments(cluster)
     cluster.set_defaults(run=run_cluster)
+    infer = commands.add_parser(
+        "infer",
+        help="run a checkpoint on a dataset under Accelerate (many problems, or one problem of many points)",
+        description="Run a checkpoint on a datasets-library dataset, on one process or several (launch with "
+        "torchrun --nproc_per_node N -m kmeans_transformer.cli infer ..., or accelerate launch). Problems mode: each "
+        "row is a problem; the results (labels, centroids, inertia per row, in input order) go to a Parquet file or a "
+        "datasets directory. Points mode: the rows are the points of one problem, read in chunks; each process "
+        "handles its shard and the update's sums are all-reduced.",
+    )
+    add_infer_arguments(infer)
+    infer.set_defaults(run=run_infer)
     return parser
 
 
