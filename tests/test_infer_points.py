@@ -1,0 +1,237 @@
+"""Points mode: one problem whose points are the rows of a dataset, read in chunks, on one or two processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
+from kmeans_transformer.points import cluster_points, update_statistics
+from kmeans_transformer.reference import lloyd
+
+
+K, D, T = 6, 3, 8
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small chunks: one thread is faster than several on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def blobs(rng, n=3000, k=K, d=D):
+    centres = rng.normal(scale=6.0, size=(k, d))
+    X = centres[rng.integers(k, size=n)] + rng.normal(size=(n, d))
+    return X
+
+
+def make_model(k=K, d=D, T=T, **config_kwargs):
+    config = KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=T, **config_kwargs)
+    return KMeansTransformerModel(config).double().eval()
+
+
+def write_parquet(path, X, row_group_size=700, **extra):
+    columns = {f"x{i}": X[:, i] for i in range(X.shape[1])}
+    pq.write_table(pa.table({**columns, **extra}), path, row_group_size=row_group_size)
+    return path
+
+
+def read_labels(directory):
+    parts = sorted(Path(directory).glob("part-*.parquet"))
+    table = pd.concat([pd.read_parquet(part) for part in parts]).sort_values("index")
+    return table["index"].to_numpy(), table["label"].to_numpy()
+
+
+def assert_matches_lloyd(result, labels_dir, X, initial, T=T):
+    reference = lloyd(X, initial, T)
+    np.testing.assert_allclose(result.centroids, reference.centroids, rtol=1e-12, atol=1e-12)
+    index, labels = read_labels(labels_dir)
+    np.testing.assert_array_equal(index, np.arange(len(X)))
+    np.testing.assert_array_equal(labels, reference.labels)
+    assert result.inertia == pytest.approx(reference.inertia, rel=1e-12)
+    np.testing.assert_array_equal(result.cluster_sizes, np.bincount(reference.labels, minlength=len(initial)))
+    assert result.num_points == len(X) and result.num_iterations == T
+
+
+def _no_model_calls(model):
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was called")
+
+    model.forward = fail
+    return model
+
+
+def test_update_statistics_is_the_update_attention_sums():
+    weights = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float32)
+    points = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float32)
+    numerators, denominators = update_statistics(weights, points)
+    assert numerators.dtype == denominators.dtype == torch.float64
+    np.testing.assert_array_equal(numerators.numpy(), [[6.0, 8.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(denominators.numpy(), [2.0, 1.0])
+
+
+def test_parquet_file_matches_lloyd(tmp_path, rng):
+    X = blobs(rng)
+    path = write_parquet(tmp_path / "points.parquet", X, label=np.array(["a"] * len(X)))  # a text column is skipped
+    result = cluster_points(make_model(), path, chunk_size=256, progress=False, labels_output=tmp_path / "labels")
+    assert_matches_lloyd(result, tmp_path / "labels", X, X[:K])
+
+
+def test_streaming_dataset_matches_lloyd(tmp_path, rng):
+    X = blobs(rng)
+    path = write_parquet(tmp_path / "points.parquet", X)
+    stream = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
+    assert isinstance(stream, datasets.IterableDataset)
+    result = cluster_points(make_model(), stream, chunk_size=300, progress=False, labels_output=tmp_path / "labels")
+    assert_matches_lloyd(result, tmp_path / "labels", X, X[:K])
+
+
+def test_saved_dataset_with_embedding_column_matches_lloyd(tmp_path, rng):
+    X = blobs(rng, n=2000)
+    dataset = datasets.Dataset.from_dict({"id": np.arange(len(X)), "embedding": X.tolist()})
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    result = cluster_points(
+        make_model(), tmp_path / "saved", columns=["embedding"], chunk_size=512, progress=False,
+        labels_output=tmp_path / "labels",
+    )
+    assert_matches_lloyd(result, tmp_path / "labels", X, X[:K])
+
+
+def test_chunks_smaller_than_k(tmp_path, rng):
+    X = blobs(rng, n=200)
+    dataset = datasets.Dataset.from_dict({f"x{i}": X[:, i] for i in range(D)})
+    result = cluster_points(make_model(), dataset, chunk_size=4, progress=False, labels_output=tmp_path / "labels")
+    assert_matches_lloyd(result, tmp_path / "labels", X, X[:K])
+
+
+@pytest.mark.parametrize("iterations", [1, T])
+def test_empty_cluster_keeps_its_centroid(iterations, tmp_path, rng):
+    X = blobs(rng, n=1000)
+    X[1] = X[0]  # two equal initial centroids: the second one gets no point in the first iteration (lowest index)
+    path = write_parquet(tmp_path / "points.parquet", X)
+    result = cluster_points(
+        make_model(T=iterations), path, chunk_size=128, progress=False, labels_output=tmp_path / "labels"
+    )
+    if iterations == 1:
+        np.testing.assert_array_equal(result.centroids[1], X[1])
+        assert not np.array_equal(result.centroids[0], X[0])
+    assert_matches_lloyd(result, tmp_path / "labels", X, X[:K], T=iterations)
+
+
+def test_fitted_centroids_are_the_start(tmp_path, rng):
+    X = blobs(rng, n=1000)
+    initial = np.concatenate([X[10 : 10 + K - 1], [[1e3, 1e3, 1e3]]])  # a far centroid: an empty cluster
+    model = make_model(fitted_centroids=True)
+    model.embeddings.fitted_centroids.data = torch.from_numpy(initial)
+    path = write_parquet(tmp_path / "points.parquet", X)
+    result = cluster_points(model, path, chunk_size=100, progress=False, labels_output=tmp_path / "labels")
+    assert_matches_lloyd(result, tmp_path / "labels", X, initial)
+
+
+@pytest.mark.parametrize("variant", ["soft", "spherical"])
+def test_soft_and_spherical_match_one_forward(variant, rng):
+    X = blobs(rng, n=600) + 0.5
+    model = make_model(T=5, variant=variant)
+    expected = model(torch.from_numpy(X))
+    dataset = datasets.Dataset.from_dict({f"x{i}": X[:, i] for i in range(D)})
+    result = cluster_points(model, dataset, chunk_size=64, progress=False)
+    np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=1e-10, atol=1e-12)
+    assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-10)
+    np.testing.assert_array_equal(result.cluster_sizes, np.bincount(expected.labels[0].numpy(), minlength=K))
+
+
+def test_spherical_zero_point_is_refused_before_any_model_call(rng):
+    X = blobs(rng, n=300)
+    X[250] = 0.0
+    dataset = datasets.Dataset.from_dict({f"x{i}": X[:, i] for i in range(D)})
+    with pytest.raises(ValueError, match="non-zero points, but row 250"):
+        cluster_points(_no_model_calls(make_model(variant="spherical")), dataset, chunk_size=64, progress=False)
+
+
+def test_other_variants_are_refused(rng):
+    dataset = datasets.Dataset.from_dict({f"x{i}": blobs(rng, n=50)[:, i] for i in range(D)})
+    with pytest.raises(ValueError, match="lloyd, soft, spherical.*'kmedoids'"):
+        cluster_points(make_model(variant="kmedoids"), dataset, progress=False)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing column", "has no column 'x9'; available columns: x0, x1, x2, name"),
+        ("text column", "Column 'name' of .* is not numeric"),
+        ("wrong dimension", "dimension 2 .* point_dim=3"),
+        ("empty", "has no rows"),
+        ("too few points", "num_clusters=6 is larger than the number of points \\(4\\)"),
+        ("nan", "NaN or infinite value in row 1234 \\(chunk of rows 1200-1299\\)"),
+        ("missing value", "missing value in row 777 \\(chunk of rows 700-799\\)"),
+        ("ragged embedding", "list of length 2 in row 5 .* every row needs 3 entries"),
+    ],
+)
+def test_bad_datasets_fail_before_any_model_call(case, message, tmp_path, rng):
+    X = blobs(rng, n=2000)
+    columns, data = None, {f"x{i}": X[:, i] for i in range(D)}
+    data["name"] = ["p"] * len(X)
+    if case == "missing column":
+        columns = ["x0", "x1", "x9"]
+    elif case == "text column":
+        columns = ["x0", "x1", "name"]
+    elif case == "wrong dimension":
+        columns = ["x0", "x1"]
+    elif case == "empty":
+        data = {name: values[:0] for name, values in data.items()}
+    elif case == "too few points":
+        data = {name: values[:4] for name, values in data.items()}
+    elif case == "nan":
+        data["x2"] = data["x2"].copy()
+        data["x2"][1234] = np.nan
+    elif case == "missing value":
+        data["x1"] = [None if i == 777 else value for i, value in enumerate(data["x1"])]
+    elif case == "ragged embedding":
+        embedding = X.tolist()
+        embedding[5] = embedding[5][:2]
+        data, columns = {"embedding": embedding}, ["embedding"]
+    path = tmp_path / "points.parquet"
+    pq.write_table(pa.table(data), path)
+    with pytest.raises(ValueError, match=message):
+        cluster_points(_no_model_calls(make_model()), path, columns=columns, chunk_size=100, progress=False)
+
+
+def test_two_gloo_processes_match_one(tmp_path, rng):
+    X = blobs(rng, n=2001)
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=333)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    worker = Path(__file__).parent / "scripts" / "infer_points_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(worker), str(path), str(tmp_path), str(K), str(T), "97"],
+        check=True, timeout=180, env=env, capture_output=True,
+    )
+    records = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all(record["num_processes"] == 2 and "MULTI_CPU" in record["distributed_type"] for record in records)
+    single = cluster_points(make_model(), path, chunk_size=97, progress=False, labels_output=tmp_path / "labels_single")
+    _, single_labels = read_labels(tmp_path / "labels_single")
+    for name in ("path", "stream"):
+        assert sorted(p.name for p in (tmp_path / f"labels_{name}").iterdir()) == [
+            "part-00000-of-00002.parquet", "part-00001-of-00002.parquet"
+        ]
+        result = np.load(tmp_path / f"result_{name}.npz")
+        np.testing.assert_allclose(result["centroids"], single.centroids, rtol=1e-12, atol=1e-12)
+        assert float(result["inertia"]) == pytest.approx(single.inertia, rel=1e-12)
+        np.testing.assert_array_equal(result["cluster_sizes"], single.cluster_sizes)
+        assert int(result["num_points"]) == len(X)
+        index, labels = read_labels(tmp_path / f"labels_{name}")
+        np.testing.assert_array_equal(index, np.arange(len(X)))
+        np.testing.assert_array_equal(labels, single_labels)
+    assert_matches_lloyd(single, tmp_path / "labels_single", X, X[:K])
