@@ -1,0 +1,386 @@
+"""Problems mode: cluster every row of a dataset, one clustering problem per row, under Accelerate.
+
+A problems dataset is a `datasets.Dataset` whose points column holds, per row, a list of `point_dim`-dimensional
+vectors (`n` varies from row to row) and, optionally, a centroids column with the `num_clusters` initial centroids of
+each row. [`infer_problems`] checks the whole dataset first ([`validate_problems`], on the Arrow table, before any
+model work), then runs the model on padded batches of problems and returns one result row per problem, in input order:
+
+    problem    int                  the row's index in the input
+    labels     list of n ints       the cluster of each point
+    centroids  k lists of d floats  the centroids after the last iteration
+    inertia    float                the k-means objective of the returned centroids
+
+Under several processes (`torchrun`, `accelerate launch`) the batches are shared out by the `Accelerator`, the results
+gathered, and the main process alone gets the dataset; the others get None.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+
+LOAD_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def validate_problems(dataset, points_column: str, centroids_column: str | None, config) -> None:
+    """
+    Check a problems dataset against a model's `config` without running the model; raise a one-line `ValueError` on
+    the first problem found:
+
+    - the dataset is empty, or a named column is missing (the message lists the available columns);
+    - a row of `points_column` is missing, or is not a list of equally long vectors of numbers (the row is named);
+    - the points have a dimension other than `config.point_dim`;
+    - a coordinate is NaN, infinite or missing (the row is named);
+    - a row has fewer than `config.num_clusters` points;
+    - a row of `centroids_column` is not `num_clusters` vectors of dimension `point_dim` of finite numbers.
+
+    The checks run with `pyarrow.compute` on whole columns of the dataset's Arrow table, not row by row.
+    """
+    _validated_table(dataset, points_column, centroids_column, config)
+
+
+def _validated_table(dataset, points_column, centroids_column, config) -> pa.Table:
+    """The checked columns as an Arrow table, rows in the dataset's order (see `validate_problems`)."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(
+            f"Expected a datasets.Dataset, got a DatasetDict with splits {', '.join(dataset)}; pass one split, "
+            "e.g. dataset['train']."
+        )
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"Expected a datasets.Dataset, got {type(dataset).__name__}.")
+    columns = [points_column] + ([centroids_column] if centroids_column is not None else [])
+    for name in columns:
+        if name not in dataset.column_names:
+            available = ", ".join(dataset.column_names) or "(none)"
+            raise ValueError(f"The dataset has no column {name!r}; available columns: {available}.")
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty: there is no problem to cluster.")
+    if centroids_column is not None and centroids_column == points_column:
+        raise ValueError(f"The points and the centroids cannot both be column {points_column!r}.")
+
+    # The rows in the dataset's order (an indices mapping from select/shuffle is applied), only the needed columns.
+    table = dataset.select_columns(columns).with_format("arrow")[:]
+    k, d = config.num_clusters, config.point_dim
+    counts = _check_vectors(table.column(points_column), points_column, "points", d)
+    too_few = np.flatnonzero(counts < k)
+    if too_few.size:
+        row = int(too_few[0])
+        raise ValueError(
+            f"Row {row} of column {points_column!r} has {int(counts[row])} points, fewer than num_clusters={k}; "
+            f"every problem needs at least {k} points ({too_few.size} rows have too few)."
+        )
+    if centroids_column is not None:
+        counts = _check_vectors(table.column(centroids_column), centroids_column, "centroids", d)
+        wrong = np.flatnonzero(counts != k)
+        if wrong.size:
+            row = int(wrong[0])
+            raise ValueError(
+                f"Row {row} of column {centroids_column!r} has {int(counts[row])} centroids, but the model has "
+                f"num_clusters={k}: each row needs {k} centroids of dimension {d}."
+            )
+    return table
+
+
+def _is_list_type(arrow_type) -> bool:
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+
+
+def _check_vectors(column: pa.ChunkedArray, name: str, what: str, dim: int) -> np.ndarray:
+    """Check one column of lists of `dim`-dimensional finite vectors; return the number of vectors of each row."""
+    shape = f"a list of {dim}-dimensional vectors of numbers"
+    outer_type = column.type
+    if not (_is_list_type(outer_type) and _is_list_type(outer_type.value_type)):
+        raise ValueError(f"Column {name!r} must hold, per row, {shape}; it holds {outer_type}.")
+    value_type = outer_type.value_type.value_type
+    if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
+        raise ValueError(f"Column {name!r} must hold, per row, {shape}; its values are of type {value_type}.")
+    rows = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if rows.null_count:
+        row = _first_true(rows.is_null())
+        raise ValueError(f"Row {row} of column {name!r} is missing: each row needs {shape}.")
+    counts = pc.list_value_length(rows).to_numpy(zero_copy_only=False)
+    vectors = pc.list_flatten(rows)
+    vector_rows = pc.list_parent_indices(rows).to_numpy(zero_copy_only=False)
+    if vectors.null_count:
+        row = int(vector_rows[_first_true(vectors.is_null())])
+        raise ValueError(f"Row {row} of column {name!r} has a missing {what[:-1]}: each row needs {shape}.")
+    lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
+    off = np.flatnonzero(lengths != dim)
+    if off.size:
+        row = int(vector_rows[off[0]])
+        row_lengths = np.unique(lengths[vector_rows == row])
+        if row_lengths.size > 1:
+            raise ValueError(
+                f"Row {row} of column {name!r} has {what} of different dimensions "
+                f"({', '.join(map(str, row_lengths))}): each row needs {shape}."
+            )
+        raise ValueError(
+            f"Row {row} of column {name!r} has {what} of dimension {int(row_lengths[0])}, but the model was built "
+            f"for point_dim={dim}."
+        )
+    values = pc.list_flatten(vectors)
+    if values.null_count or pa.types.is_floating(value_type):
+        finite = pc.is_finite(values) if pa.types.is_floating(value_type) else pc.is_valid(values)
+        bad = pc.invert(pc.fill_null(finite, False))
+        if pc.any(bad).as_py():
+            row = int(vector_rows[_first_true(bad) // dim])
+            raise ValueError(f"Row {row} of column {name!r} has NaN, infinite or missing values in its {what}.")
+    return counts
+
+
+def _first_true(mask) -> int:
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inference
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _vectors_array(rows: pa.Array, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
+    """All vectors of `rows` (checked lists of `dim`-vectors) as one `(total, dim)` tensor, and each row's count."""
+    counts = pc.list_value_length(rows).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(pc.list_flatten(rows)).to_numpy(zero_copy_only=False)
+    values = np.array(values, copy=not values.flags.writeable or not values.flags.c_contiguous)
+    return torch.from_numpy(values.reshape(-1, dim)).to(dtype), counts
+
+
+class _ProblemCollator:
+    """Turns a list of row indices into a padded batch: points, attention mask, centroids, row indices and sizes."""
+
+    def __init__(self, table: pa.Table, points_column: str, centroids_column: str | None, dim: int, dtype):
+        self.points = table.column(points_column)
+        self.centroids = None if centroids_column is None else table.column(centroids_column)
+        self.dim, self.dtype = dim, dtype
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        take = pa.array(indices, type=pa.int64())
+        flat, counts = _vectors_array(self.points.take(take).combine_chunks(), self.dim, self.dtype)
+        batch_size, width = len(indices), int(counts.max())
+        # a point's position in the padded batch: its row's index times `width` plus its rank inside the row
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        slots = np.repeat(np.arange(batch_size) * width, counts) + np.arange(flat.shape[0]) - starts
+        slots = torch.from_numpy(slots)
+        points = flat.new_zeros(batch_size * width, self.dim).index_copy_(0, slots, flat)
+        mask = torch.zeros(batch_size * width, dtype=torch.long).index_fill_(0, slots, 1)
+        batch = {
+            "points": points.view(batch_size, width, self.dim),
+            "attention_mask": mask.view(batch_size, width),
+            "problem": torch.as_tensor(indices, dtype=torch.long),
+            "num_points": torch.from_numpy(counts),
+        }
+        if self.centroids is not None:
+            centroids, _ = _vectors_array(self.centroids.take(take).combine_chunks(), self.dim, self.dtype)
+            batch["centroids"] = centroids.view(batch_size, -1, self.dim)
+        return batch
+
+
+def infer_problems(
+    model,
+    dataset,
+    *,
+    points_column: str = "points",
+    centroids_column: str | None = None,
+    batch_size: int = 64,
+    num_iterations: int | None = None,
+    accelerator=None,
+    progress: bool = True,
+):
+    """
+    Cluster every row of `dataset` with `model`, a [`KMeansTransformerModel`]: one independent problem per row.
+
+    Args:
+        model: the model; put in eval mode and moved to `accelerator.device` (inference only: every process runs its
+            own copy on its own batches and no gradient is exchanged, so the model is not wrapped for distributed
+            training).
+        dataset (`datasets.Dataset`): `points_column` holds, per row, a list of `point_dim`-dimensional vectors
+            (the number of points may differ between rows, but each row needs at least `num_clusters`);
+            `centroids_column`, if given, the row's `num_clusters` initial centroids. Without it, the model's
+            default initial centroids are used (the stored fitted ones, else the first `num_clusters` points of each
+            row). Values are cast to the model's dtype.
+        batch_size (`int`): problems per batch and process; each batch is padded to its largest problem.
+        num_iterations (`int`, *optional*): overrides `config.num_iterations` (shared layers only).
+        accelerator (`accelerate.Accelerator`, *optional*): shares the batches out between processes and gathers the
+            results. Defaults to a new `Accelerator()`, which picks up the launcher's processes and device. Its
+            `even_batches` must be True (the default).
+        progress (`bool`): show a progress bar over the batches, on the main process only.
+
+    Returns:
+        On the main process, a `datasets.Dataset` with one row per input row, in input order, and columns `problem`
+        (the input row's index), `labels` (one int per point), `centroids` (`num_clusters` lists of `point_dim`
+        floats) and `inertia`; float64 for a float64 model, else float32. None on the other processes.
+
+    The whole dataset is checked by [`validate_problems`] before the model runs; its errors are `ValueError`s.
+    """
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    config = model.config
+    table = _validated_table(dataset, points_column, centroids_column, config)
+    accelerator = accelerator if accelerator is not None else Accelerator()
+    if not accelerator.even_batches:
+        raise ValueError("infer_problems needs an Accelerator with even_batches=True (the default).")
+
+    dtype = model.dtype
+    collate = _ProblemCollator(table, points_column, centroids_column, config.point_dim, dtype)
+    loader = DataLoader(range(table.num_rows), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = accelerator.prepare_data_loader(loader)
+    model = model.to(accelerator.device).eval()
+
+    parts = {"problem": [], "num_points": [], "labels": [], "centroids": [], "inertia": []}
+    bar = tqdm(loader, total=len(loader), desc="problems", unit="batch", disable=not (progress and accelerator.is_main_process))
+    with torch.no_grad():
+        for batch in bar:
+            output = model(
+                batch["points"],
+                batch.get("centroids"),
+                attention_mask=batch["attention_mask"],
+                num_iterations=num_iterations,
+            )
+            labels = accelerator.pad_across_processes(output.labels, dim=1, pad_index=-1)
+            gathered = accelerator.gather_for_metrics(
+                (batch["problem"], batch["num_points"], labels, output.centroids, output.inertia)
+            )
+            for key, value in zip(("problem", "num_points", "labels", "centroids", "inertia"), gathered, strict=True):
+                parts[key].append(value.cpu())
+    bar.close()
+    if not accelerator.is_main_process:
+        return None
+    return _results_dataset(parts, dtype)
+
+
+def _results_dataset(parts: dict[str, list[torch.Tensor]], dtype: torch.dtype):
+    """The gathered batches as a `datasets.Dataset`, rows sorted by problem, padding removed."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    float_type = np.float64 if dtype == torch.float64 else np.float32
+    problem = torch.cat(parts["problem"]).numpy()
+    counts = torch.cat(parts["num_points"]).numpy()
+    centroids = torch.cat(parts["centroids"]).to(torch.float64).numpy().astype(float_type)
+    inertia = torch.cat(parts["inertia"]).to(torch.float64).numpy().astype(float_type)
+    # each batch's labels, trimmed of its padding column by column, then of each row's padding
+    labels = np.concatenate(
+        [block.numpy()[np.arange(block.shape[1]) < count[:, None]] for block, count in zip(
+            parts["labels"], np.split(counts, np.cumsum([len(block) for block in parts["labels"]])[:-1]), strict=True
+        )]
+    )
+    order = np.argsort(problem, kind="stable")
+    if not np.array_equal(problem[order], np.arange(len(problem))):
+        raise RuntimeError("The gathered results do not cover each problem exactly once.")
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    sorted_counts = counts[order]
+    sorted_offsets = np.concatenate([[0], np.cumsum(sorted_counts)])
+    ranks = np.arange(sorted_offsets[-1]) - np.repeat(sorted_offsets[:-1], sorted_counts)
+    label_index = np.repeat(offsets[:-1][order], sorted_counts) + ranks
+    num_clusters, dim = centroids.shape[1:]
+    centroid_values = pa.array(centroids[order].reshape(-1))
+    table = pa.table(
+        {
+            "problem": pa.array(problem[order].astype(np.int64)),
+            "labels": pa.ListArray.from_arrays(
+                pa.array(sorted_offsets.astype(np.int32)),
+                pa.array(labels[label_index].astype(np.int64)),
+            ),
+            "centroids": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, len(order) * num_clusters + 1, num_clusters, dtype=np.int32)),
+                pa.ListArray.from_arrays(
+                    pa.array(np.arange(0, len(order) * num_clusters * dim + 1, dim, dtype=np.int32)), centroid_values
+                ),
+            ),
+            "inertia": pa.array(inertia[order]),
+        }
+    )
+    return datasets.Dataset(InMemoryTable(table))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def write_problem_results(results, path, overwrite: bool = False) -> None:
+    """
+    Write the dataset returned by [`infer_problems`]: a `.parquet` path gets one Parquet file, any other path a
+    directory written by `save_to_disk`. An existing path is refused (`FileExistsError`) unless `overwrite`, which
+    replaces a Parquet file, or a directory that is empty or holds a `save_to_disk` dataset. `results=None` (what the
+    other processes of a multi-process run get) writes nothing.
+    """
+    import datasets
+
+    if results is None:
+        return
+    if not isinstance(results, datasets.Dataset):
+        raise TypeError(f"Expected the datasets.Dataset of infer_problems, got {type(results).__name__}.")
+    path = Path(path)
+    parquet = path.suffix.lower() == ".parquet"
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        if parquet and path.is_dir():
+            raise FileExistsError(f"{path} is a directory, not a Parquet file; refusing to replace it.")
+        if not parquet:
+            if not path.is_dir():
+                raise FileExistsError(f"{path} is a file, not a dataset directory; refusing to replace it.")
+            if any(path.iterdir()) and not (path / "state.json").is_file():
+                raise FileExistsError(f"{path} is a non-empty directory that is not a saved dataset; refusing to replace it.")
+            sources = {Path(entry["filename"]).resolve().parent for entry in results.cache_files}
+            if path.resolve() in sources:
+                raise FileExistsError(f"{path} holds the results being written; write them elsewhere.")
+            shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if parquet:
+        results.to_parquet(str(path))
+    else:
+        results.save_to_disk(str(path))
+
+
+def load_problems(path):
+    """
+    Open a problems dataset: a directory written by `datasets.Dataset.save_to_disk`, a `.parquet` file or a
+    `.jsonl`/`.json` file (JSON Lines, one problem per line). A missing path, another file type or a `DatasetDict`
+    directory (its splits are named: give one split's directory) is a one-line `ValueError`.
+    """
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist.")
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            try:
+                splits = list(json.loads((path / "dataset_dict.json").read_text())["splits"])
+            except (OSError, ValueError, KeyError, TypeError):
+                splits = sorted(child.name for child in path.iterdir() if child.is_dir())
+            example = f"e.g. {path / splits[0]}" if splits else "there is none"
+            raise ValueError(f"{path} holds a DatasetDict with splits {', '.join(splits) or '(none)'}; give one split's directory, {example}.")
+        if not (path / "state.json").is_file():
+            raise ValueError(f"{path} is a directory but not a dataset written by datasets' save_to_disk.")
+        return datasets.load_from_disk(str(path))
+    suffix = path.suffix.lower()
+    if suffix not in LOAD_SUFFIXES:
+        raise ValueError(
+            f"Cannot read {path}: unsupported file type {path.suffix or '(none)'!r}; expected "
+            f"{', '.join(LOAD_SUFFIXES)} or a directory written by datasets' save_to_disk."
+        )
+    if suffix == ".parquet":
+        return datasets.Dataset.from_parquet(str(path))
+    return datasets.Dataset.from_json(str(path))
+
+
+__all__ = ["infer_problems", "load_problems", "validate_problems", "write_problem_results"]
