@@ -270,6 +270,8 @@ def _load_model(name: str):
     """The checkpoint `name` (directory or Hub id) as a `KMeansTransformerModel`, with a one-line error."""
     from .modeling_kmeans_transformer import KMeansTransformerModel
 
+    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ValueError(f"cannot load the model {name!r}: no such directory (nor a Hub repository id OWNER/NAME).")
     try:
         return KMeansTransformerModel.from_pretrained(name)
     except OSError as error:
@@ -308,6 +310,12 @@ def run_infer(args: argparse.Namespace) -> None:
         check_checkpoint_directory(output, args.overwrite)  # a results directory: refused if not empty
     elif output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
+    if args.no_progress:
+        import datasets
+        from transformers.utils import logging as transformers_logging
+
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
     model = _load_model(args.model)
     accelerator = Accelerator(cpu=args.cpu)
     start = time.perf_counter()
