@@ -261,3 +261,14 @@ def test_load_problems_files_and_errors(tmp_path):
         load_problems(tmp_path / "plain")
     with pytest.raises(ValueError, match="DatasetDict with splits train, test"):
         infer_problems(make_model(), datasets.load_from_disk(str(tmp_path / "splits")), progress=False)
+
+
+def test_rows_are_named_in_the_selected_dataset():
+    rows = [GOOD] * 20
+    rows[12] = GOOD + [[float("nan"), 0.0]]
+    dataset = _points(rows)
+    config = make_model().config
+    for subset, row in ((dataset.select(range(10, 20)), 2), (dataset.select([3, 12, 0]), 1)):
+        with pytest.raises(ValueError, match=f"Row {row} of column 'points' has NaN"):
+            validate_problems(subset, "points", None, config)
+    validate_problems(dataset.select(range(13, 20)), "points", None, config)
