@@ -27,7 +27,7 @@ reads a contiguous block of rows (the rows `Dataset.shard(world, rank, contiguou
 only the row groups that overlap its block), or, for an `IterableDataset`, every `world`-th row starting at `rank`
 (`split_dataset_by_node(..., strategy="examples")`, which knows each row's global index; every process then streams
 the whole dataset and skips the others' rows). A Parquet row group is decoded as a whole: memory also holds one row
-group of the selected columns.
+group of the selected columns (pre-buffering is turned off: it would read the whole block ahead).
 
 Validation. Before the first model call, a reading pass over the shard checks every row (nulls, NaN and infinite
 values, lists of the wrong length) and counts the rows; the processes agree on the outcome with one small all-reduce,
@@ -309,7 +309,8 @@ class _ParquetSource:
     def __init__(self, path: Path):
         self.path, self.name = path, str(path)
         try:
-            self.file = pq.ParquetFile(path)
+            # pre_buffer=False: pre-buffering reads every selected row group ahead, i.e. the whole block into memory
+            self.file = pq.ParquetFile(path, pre_buffer=False)
         except (OSError, pa.ArrowException) as error:
             raise ValueError(f"Cannot read {path} as Parquet: {' '.join(str(error).split())}") from error
         self.schema = self.file.schema_arrow
@@ -335,7 +336,7 @@ class _ParquetSource:
             if not groups:
                 return
             position = int(offsets[groups[0]])
-            file = pq.ParquetFile(self.path)
+            file = pq.ParquetFile(self.path, pre_buffer=False)
             for batch in file.iter_batches(batch_size=chunk_size, row_groups=groups, columns=columns):
                 first, last = max(position, start), min(position + batch.num_rows, end)
                 if last > first:
