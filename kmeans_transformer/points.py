@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .modeling_kmeans_transformer import unit_normalize
+from .tabular import load_saved_dataset
 
 
 SUPPORTED_VARIANTS = ("lloyd", "soft", "spherical")
@@ -423,11 +424,7 @@ def _open_source(dataset):
     if not path.exists():
         raise ValueError(f"{path} does not exist.")
     if path.is_dir():
-        if (path / "dataset_dict.json").is_file():
-            raise ValueError(f"{path} holds a DatasetDict; give one split's directory, e.g. {path}/train.")
-        if not (path / "state.json").is_file():
-            raise ValueError(f"{path} is a directory but not a dataset written by datasets' save_to_disk.")
-        return _DatasetSource(datasets.load_from_disk(str(path)), str(path))
+        return _DatasetSource(load_saved_dataset(path), str(path))
     if path.suffix.lower() != ".parquet":
         raise ValueError(f"Cannot read {path}: points mode reads .parquet files and save_to_disk directories.")
     return _ParquetSource(path)

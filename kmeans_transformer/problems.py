@@ -14,7 +14,6 @@ Under several processes (`torchrun`, `accelerate launch`) the batches are shared
 gathered, and the main process alone gets the dataset; the others get None.
 """
 
-import json
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+
+from .tabular import load_saved_dataset
 
 
 LOAD_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -362,16 +363,7 @@ def load_problems(path):
     if not path.exists():
         raise ValueError(f"{path} does not exist.")
     if path.is_dir():
-        if (path / "dataset_dict.json").is_file():
-            try:
-                splits = list(json.loads((path / "dataset_dict.json").read_text())["splits"])
-            except (OSError, ValueError, KeyError, TypeError):
-                splits = sorted(child.name for child in path.iterdir() if child.is_dir())
-            example = f"e.g. {path / splits[0]}" if splits else "there is none"
-            raise ValueError(f"{path} holds a DatasetDict with splits {', '.join(splits) or '(none)'}; give one split's directory, {example}.")
-        if not (path / "state.json").is_file():
-            raise ValueError(f"{path} is a directory but not a dataset written by datasets' save_to_disk.")
-        return datasets.load_from_disk(str(path))
+        return load_saved_dataset(path)
     suffix = path.suffix.lower()
     if suffix not in LOAD_SUFFIXES:
         raise ValueError(

@@ -136,7 +136,12 @@ def _read_npy(path: Path) -> pd.DataFrame:
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
 
 
-def _read_dataset(path: Path) -> pd.DataFrame:
+def load_saved_dataset(path):
+    """
+    The `datasets.Dataset` that `save_to_disk` wrote in the directory `path`. A `DatasetDict` directory (its splits are
+    named: give one split's directory) or any other directory is a one-line `ValueError`.
+    """
+    path = Path(path)
     if (path / "dataset_dict.json").is_file():
         try:
             splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
@@ -151,9 +156,13 @@ def _read_dataset(path: Path) -> pd.DataFrame:
     import datasets
 
     try:
-        return datasets.load_from_disk(str(path)).to_pandas()
+        return datasets.load_from_disk(str(path))
     except _PARSER_ERRORS as error:
         raise ValueError(f"Cannot read the dataset in {path}: {_one_line(error)}") from error
+
+
+def _read_dataset(path: Path) -> pd.DataFrame:
+    return load_saved_dataset(path).to_pandas()
 
 
 def _is_numeric(dtype) -> bool:
