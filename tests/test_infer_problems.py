@@ -85,6 +85,17 @@ def test_many_problems_match_each_problem_alone(many):
             np.testing.assert_array_equal(alone.centroids[0].numpy(), final[i])
 
 
+@pytest.mark.slow
+def test_every_one_of_the_many_problems_run_alone(many):
+    """All 10,000 problems, each alone through the model (one call per problem): identical labels and centroids."""
+    model, points, _, results, _ = many
+    labels, final = _labels(results), np.array(results["centroids"])
+    for i, problem in enumerate(points):
+        alone = model(torch.from_numpy(problem))
+        np.testing.assert_array_equal(alone.labels[0].numpy(), labels[i])
+        np.testing.assert_array_equal(alone.centroids[0].numpy(), final[i])
+
+
 def test_many_problems_match_lloyd(many):
     _, points, inits, results, results_explicit = many
     for outcome, centroids in ((results, None), (results_explicit, inits)):
