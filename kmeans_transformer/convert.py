@@ -322,12 +322,15 @@ def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: i
 
 
 def check_checkpoint_directory(directory, overwrite: bool, how: str = "pass --overwrite") -> Path:
-    """Refuse, before any work, a `directory` that is a file or is not empty (unless `overwrite`)."""
+    """
+    Refuse, before any work, an output `directory` (a checkpoint, or results) that is a file or is not empty (unless
+    `overwrite`).
+    """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise FileExistsError(f"{directory} exists and is not a directory.")
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-        raise FileExistsError(f"{directory} is not empty; {how} to write the checkpoint into it anyway.")
+        raise FileExistsError(f"{directory} is not empty; {how} to write into it anyway.")
     return directory
 
 
