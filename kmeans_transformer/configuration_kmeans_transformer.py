@@ -89,6 +89,15 @@ class KMeansTransformerConfig(PreTrainedConfig):
             point_dim)`; for `"gmm"` also `embeddings.fitted_variances` and `embeddings.fitted_weights`), used when
             `forward` is given no `centroids` (variances, weights). A fitted [`KMeans`] estimator saves itself this
             way, with `num_iterations=0`, so that the model assigns new points to the fitted clusters.
+        fast_hardmax (`bool`, *optional*, defaults to `True`):
+            Run `"lloyd"` and `"spherical"` under the `"hardmax"` attention through the fast kernels when they apply
+            (see [`KMeansTransformerModel`]): the same attention blocks on a compact state (the points, their labels
+            in index form and the centroids) instead of the full tokens, in time and memory linear in the number of
+            points. The labels are the dense path's; sums are taken in another order. `False` always runs the dense
+            tokens.
+        score_chunk_size (`int`, *optional*, defaults to 4194304):
+            The fast kernels hold at most this many attention scores at once (queries are processed in blocks of
+            `score_chunk_size // (batch_size * num_clusters)` rows): 16 MiB in float32 by default.
 
     Example:
 
@@ -116,6 +125,8 @@ class KMeansTransformerConfig(PreTrainedConfig):
     medoid_selection: str | None = None
     reg_covar: float | None = None
     fitted_centroids: bool = False
+    fast_hardmax: bool = True
+    score_chunk_size: int = 2**22
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -126,11 +137,11 @@ class KMeansTransformerConfig(PreTrainedConfig):
         Check every field and their combinations, raising `ValueError` naming the field and what it accepts; fill
         the variant's unset parameters with their defaults.
         """
-        for name, minimum in (("num_clusters", 1), ("point_dim", 1), ("num_iterations", 0)):
+        for name, minimum in (("num_clusters", 1), ("point_dim", 1), ("num_iterations", 0), ("score_chunk_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-        for name in ("share_layers", "fitted_centroids"):
+        for name in ("share_layers", "fitted_centroids", "fast_hardmax"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
         if self.variant not in VARIANTS:

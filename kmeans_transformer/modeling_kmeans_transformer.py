@@ -166,6 +166,97 @@ def hardmax_attention_forward(
     return output, maximisers / counts
 
 
+def chunked_hardmax_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """
+    `hardmax_attention_forward` in blocks of query rows, without its `(q_len, kv_len)` weights: each block's scores
+    are the same products of the same queries and keys, so its maximisers, and its output, are those of the dense
+    kernel. At most `module.config.score_chunk_size` scores are held at once. With `"first"` ties the output is the
+    maximiser's value, gathered (the dense kernel's one-hot product gives the same numbers). Returns no weights.
+    """
+    batch, heads, q_len, _ = query.shape
+    budget = getattr(getattr(module, "config", None), "score_chunk_size", None) or 2**22
+    rows = max(1, budget // max(1, batch * heads * key.shape[-2]))
+    first = getattr(module, "hardmax_ties", "average") == "first"
+    outputs = []
+    for start in range(0, q_len, rows):
+        block = slice(start, start + rows)
+        mask = attention_mask
+        if mask is not None and mask.shape[-2] != 1:
+            mask = mask[..., block, :]
+        scores = _masked_scores(query[:, :, block], key, mask, None)
+        if first:
+            index = scores.argmax(dim=-1, keepdim=True).expand(*scores.shape[:-1], value.shape[-1])
+            output = value.expand(*scores.shape[:2], -1, -1).gather(2, index)
+            if mask is not None:
+                output = output.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+            outputs.append(output.transpose(1, 2))
+        else:
+            maximisers = (scores == scores.amax(dim=-1, keepdim=True)).to(value.dtype)
+            if mask is not None:
+                maximisers = maximisers.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+            counts = maximisers.sum(dim=-1, keepdim=True).clamp(min=1)
+            outputs.append((torch.matmul(maximisers, value) / counts).transpose(1, 2))
+    return torch.cat(outputs, dim=1).contiguous(), None
+
+
+def index_hardmax_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """
+    Hardmax attention between one-hot codes given in index form (as `input_ids` stand for one-hot rows): `query`
+    `(batch, heads, q_len, 1)` and `key` `(batch, heads, kv_len, 1)` hold integer codes (-1 for the zero code), so
+    `s_ij = [key_j = query_i]`. `attention_mask` is a key-padding mask broadcastable to `(batch, heads, 1, kv_len)`.
+    Query `i`'s maximisers are its matching visible keys, or, when none matches, every visible key (all score 0),
+    and the output is the sum of their values divided by their number (0 when no key is visible): the dense hardmax
+    kernel's output, computed by index-add in `O(kv_len * value_dim)` without the `(q_len, kv_len)` scores. Returns no
+    weights.
+    """
+    batch, heads, q_len, _ = query.shape
+    kv_len, value_dim = key.shape[-2], value.shape[-1]
+    groups = batch * heads
+    query_codes = query.reshape(groups, q_len).long()
+    key_codes = key.expand(batch, heads, kv_len, 1).reshape(groups, kv_len).long()
+    values = value.expand(batch, heads, kv_len, value_dim).reshape(groups * kv_len, value_dim)
+    visible = torch.ones(groups, kv_len, dtype=torch.bool, device=key.device)
+    if attention_mask is not None:
+        visible = attention_mask.expand(batch, heads, 1, kv_len).reshape(groups, kv_len)
+    num_codes = int(query_codes.max()) + 1 if query_codes.numel() else 0
+    matched = visible & (key_codes >= 0) & (key_codes < num_codes)
+    # one bin per (group, code), and a last bin for the keys that match no code
+    offsets = torch.arange(groups, device=key.device)[:, None] * num_codes
+    bins = torch.where(matched, key_codes + offsets, groups * num_codes).reshape(-1)
+    sums = value.new_zeros(groups * num_codes + 1, value_dim).index_add_(0, bins, values)[:-1]
+    counts = torch.bincount(bins, minlength=groups * num_codes + 1)[:-1]
+    query_bins = (query_codes.clamp(min=0) + offsets).reshape(-1)
+    query_sums, query_counts = sums[query_bins], counts[query_bins]
+    has_match = (query_counts > 0) & (query_codes.reshape(-1) >= 0)
+    if not bool(has_match.all()):  # unmatched queries average every visible key
+        visible_values = values * visible.reshape(-1, 1).to(values.dtype)
+        all_sums = visible_values.reshape(groups, kv_len, value_dim).sum(dim=1)
+        all_counts = visible.sum(dim=1)
+        group = torch.arange(groups, device=key.device).repeat_interleave(q_len)
+        query_sums = torch.where(has_match[:, None], query_sums, all_sums[group])
+        query_counts = torch.where(has_match, query_counts, all_counts[group])
+    output = query_sums / query_counts.clamp(min=1).to(value.dtype)[:, None]
+    return output.reshape(batch, heads, q_len, value_dim).transpose(1, 2).contiguous(), None
+
+
 def linear_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -269,6 +360,8 @@ def distance_attention_forward(
 
 for _name, _function in (
     ("hardmax", hardmax_attention_forward),
+    ("hardmax_chunked", chunked_hardmax_attention_forward),
+    ("hardmax_index", index_hardmax_attention_forward),
     ("linear_attention", linear_attention_forward),
     ("sparsemax", sparsemax_attention_forward),
     ("gumbel_max", gumbel_max_attention_forward),
@@ -445,12 +538,17 @@ class KMeansTransformerAttention(nn.Module):
     def prepare_query_key(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return query, key
 
-    def attention_interface(self) -> Callable:
+    def attention_interface(self, need_weights: bool = False) -> Callable:
+        """
+        The kernel: `attention_function`, or the model's implementation for an argmax block. The `"softmax"` blocks
+        of a `"hardmax"` model run `"sdpa"` (the fused kernels, on the augmented queries and keys) unless their
+        weights are asked for, which only `"eager"` returns.
+        """
         name, implementation = self.attention_function, self.config._attn_implementation
         if name is None:
             name = implementation
         elif name == "softmax":
-            name = "eager" if implementation == "hardmax" else implementation
+            name = implementation if implementation != "hardmax" else ("eager" if need_weights else "sdpa")
         return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
 
     def forward(
@@ -458,17 +556,24 @@ class KMeansTransformerAttention(nn.Module):
         query_states: torch.Tensor,
         key_value_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(batch, q_len, D)` attends to `(batch, kv_len, D)`; returns `(batch, q_len, D)` and the weights."""
+        """
+        `(batch, q_len, D)` attends to `(batch, kv_len, D)`; returns `(batch, q_len, D)` and the weights. A query
+        that sees no key gets a zero output whatever the kernel.
+        """
         query = self.q_proj(query_states).unsqueeze(1)
         key = self.k_proj(key_value_states).unsqueeze(1)
         value = self.v_proj(key_value_states).unsqueeze(1)
         query, key = self.prepare_query_key(query, key)
-        attn_output, attn_weights = self.attention_interface()(
+        attn_output, attn_weights = self.attention_interface(need_weights)(
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, **kwargs
         )
         attn_output = attn_output.reshape(*query_states.shape[:-1], -1)
+        if attention_mask is not None:
+            sees_a_key = attention_mask.any(dim=-1).expand(attn_output.shape[0], 1, -1).transpose(1, 2)
+            attn_output = attn_output.masked_fill(~sees_a_key, 0.0)
         return self.o_proj(attn_output), attn_weights
 
 
@@ -556,6 +661,22 @@ class KMeansTransformerAssign(KMeansTransformerAttention):
         """`point_states` `(batch, n, D)`, `centroid_states` `(batch, k, D)`, `point_mask` `(batch, n)` bool."""
         attention_mask = point_mask[:, None, :, None].expand(-1, 1, -1, centroid_states.shape[1])
         return super().forward(point_states, centroid_states, attention_mask, **kwargs)
+
+    def assign_labels(self, points: torch.Tensor, centroids: torch.Tensor, point_mask: torch.Tensor) -> torch.LongTensor:
+        """
+        The fast path: this block on the compact state, for the analytic weights (`q_proj(p_i) = x_i`, `k_proj(q_j) =
+        c_j`). The same queries and keys through the `"hardmax_chunked"` kernel, with the value `v_j = j`, the index
+        form of the code `e_j`: the output is the label `a(i)` itself. `(batch, n, d)`, `(batch, k, d)` -> `(batch,
+        n)`, -1 for padded points.
+        """
+        batch_size, num_clusters = centroids.shape[:2]
+        query, key = self.prepare_query_key(points.unsqueeze(1), centroids.unsqueeze(1))
+        codes = torch.arange(num_clusters, dtype=points.dtype, device=points.device)
+        attention_mask = point_mask[:, None, :, None]
+        labels, _ = ALL_ATTENTION_FUNCTIONS["hardmax_chunked"](
+            self, query, key, codes[None, None, :, None].expand(batch_size, 1, -1, -1), attention_mask
+        )
+        return labels[..., 0, 0].long().masked_fill(~point_mask, -1)
 
 
 class KMeansTransformerSoftAssign(KMeansTransformerAssign):
@@ -766,6 +887,29 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         memory = torch.cat([point_states, centroid_states], dim=1)
         return super().forward(centroid_states, memory, attention_mask, **kwargs)
 
+    def update_from_labels(
+        self, centroids: torch.Tensor, points: torch.Tensor, labels: torch.LongTensor, point_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        The fast path (`"lloyd"`, `"spherical"`): this block on the compact state, for the analytic weights. Queries
+        `e_j` and keys `y_i` (points) and `e_j` (centroid tokens) in index form, `j` and `a(i)`, through the
+        `"hardmax_index"` kernel, with the same visible keys (the real points, and a centroid's own token only when
+        its cluster is empty) and values (`x_i`, and the previous centroid `c_j`): the mean of each cluster's
+        members, or `c_j` for an empty one. `(batch, k, d)` centroids entering the iteration -> the new ones.
+        """
+        batch_size, num_clusters = centroids.shape[:2]
+        own = torch.arange(num_clusters, device=labels.device).expand(batch_size, -1)
+        offsets = torch.arange(batch_size, device=labels.device)[:, None] * num_clusters
+        members = torch.bincount((labels + offsets)[labels >= 0], minlength=batch_size * num_clusters)
+        empty = members.reshape(batch_size, num_clusters) == 0
+        key = torch.cat([labels, own], dim=1)[:, None, :, None]
+        value = torch.cat([points, centroids], dim=1)[:, None]
+        attention_mask = torch.cat([point_mask, empty], dim=1)[:, None, None, :]
+        new_centroids, _ = ALL_ATTENTION_FUNCTIONS["hardmax_index"](
+            self, own[:, None, :, None], key, value, attention_mask
+        )
+        return new_centroids[:, :, 0]
+
 
 class KMeansTransformerSoftUpdate(KMeansTransformerUpdate):
     """
@@ -869,13 +1013,17 @@ class KMeansTransformerCentroidNorm(nn.Module):
         super().__init__()
         self.config = config
 
+    @staticmethod
+    def normalize(mean: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """`m_j / |m_j|`, or `previous` where `m_j = 0`."""
+        norm = torch.linalg.vector_norm(mean, dim=-1, keepdim=True)
+        return torch.where(norm > 0, unit_normalize(mean), previous)
+
     def forward(self, centroid_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
         slices = self.config.token_slices
         mean, previous = centroid_states[..., slices["position"]], centroid_states[..., slices["previous"]]
-        norm = torch.linalg.vector_norm(mean, dim=-1, keepdim=True)
-        normalized = torch.where(norm > 0, unit_normalize(mean), previous)
         delta = torch.zeros_like(centroid_states)
-        delta[..., slices["position"]] = normalized - mean
+        delta[..., slices["position"]] = self.normalize(mean, previous) - mean
         return delta
 
 
@@ -965,6 +1113,20 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         for block in self.centroid_blocks.values():
             centroids = centroids + block(centroids, point_mask)
         return torch.cat([points, centroids], dim=1)
+
+    def compact_forward(
+        self, points: torch.Tensor, centroids: torch.Tensor, point_mask: torch.Tensor
+    ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """
+        The fast path: this iteration on the compact state (points `(batch, n, d)`, centroids `(batch, k, d)`),
+        returning the labels it assigned and the new centroids. Blocks 1 and 3 are bookkeeping there (the labels
+        are made anew; the centroids entering the iteration are the `previous` values).
+        """
+        labels = self.assign.assign_labels(points, centroids, point_mask)
+        new_centroids = self.update.update_from_labels(centroids, points, labels, point_mask)
+        for block in self.centroid_blocks.values():  # "spherical": the centroid normalisation
+            new_centroids = block.normalize(new_centroids, centroids)
+        return labels, new_centroids
 
 
 class KMeansTransformerAssignmentHead(nn.Module):
@@ -1074,6 +1236,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         weights: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         final_assignment: bool = True,
+        output_assignments: bool = True,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -1106,6 +1269,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 are then the assignment made by the last layer, from the centroids entering it, with `inertia`
                 measured against the returned centroids (the objective after the last update). The looped fit of
                 [`KMeans`] runs this way, one iteration per call.
+            output_assignments (`bool`, *optional*, defaults to `True`):
+                Return the `(batch_size, num_points, num_clusters)` `assignments` (and `responsibilities`); `False`
+                leaves them out, so that the fast path never holds a tensor of that size.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -1121,33 +1287,91 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         num_iterations = self._check_num_iterations(num_iterations)
         if not final_assignment and num_iterations == 0:
             raise ValueError("`final_assignment=False` needs `num_iterations >= 1`: with no layer there is no assignment.")
-        outputs = self._run_layers(
-            points,
-            centroids,
-            point_mask,
-            num_iterations,
-            slot_values,
-            generator,
-            final_assignment,
-            output_hidden_states=bool(output_hidden_states),
-            **{f"output_{name}_attentions": bool(output_attentions) for name in BLOCK_NAMES},
-        )
-        if output_attentions and outputs.assign_attentions:
-            outputs.attentions = tuple(
-                zip(*(getattr(outputs, f"{name}_attentions") for name in BLOCK_NAMES), strict=True)
+        if self.fast_path_applies(bool(output_attentions), bool(output_hidden_states)):
+            outputs = self._run_compact(points, centroids, point_mask, num_iterations, final_assignment)
+        else:
+            outputs = self._run_layers(
+                points,
+                centroids,
+                point_mask,
+                num_iterations,
+                slot_values,
+                generator,
+                final_assignment,
+                need_weights=bool(output_attentions),
+                output_hidden_states=bool(output_hidden_states),
+                **{f"output_{name}_attentions": bool(output_attentions) for name in BLOCK_NAMES},
             )
+            if output_attentions and outputs.assign_attentions:
+                outputs.attentions = tuple(
+                    zip(*(getattr(outputs, f"{name}_attentions") for name in BLOCK_NAMES), strict=True)
+                )
+        if not output_assignments:
+            outputs.assignments = outputs.responsibilities = None
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return outputs if return_dict else outputs.to_tuple()
 
+    def fast_path_applies(self, output_attentions: bool = False, output_hidden_states: bool = False) -> bool:
+        """
+        Whether `forward` runs the fast path: `config.fast_hardmax`, the `"hardmax"` attention, variant `"lloyd"` or
+        `"spherical"`, no attentions or hidden states asked for (the compact state has no tokens), no gradient to
+        record for the weights (call the model under `torch.no_grad()` or with frozen weights), and the weights of the
+        analytic construction (checked once per change of the weights), so that the compact state is exact.
+        """
+        if not (self.config.fast_hardmax and self.config._attn_implementation == "hardmax"):
+            return False
+        if self.config.variant not in ("lloyd", "spherical") or output_attentions or output_hidden_states:
+            return False
+        if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in self.parameters()):
+            return False
+        return self.has_analytic_weights()
+
+    def has_analytic_weights(self) -> bool:
+        """
+        Whether every analytic weight (and the cluster embeddings) still holds the construction's value: checked once
+        per change of the weights (inference tensors, which keep no version counter, are checked every time).
+        """
+        parameters = list(self.parameters())
+        state = tuple((id(p), p._version, p.dtype, p.device) for p in parameters if not p.is_inference())
+        if len(state) < len(parameters) or getattr(self, "_analytic_state", None) != state:
+            analytic = True
+            for module in self.modules():
+                if isinstance(module, nn.Linear) and hasattr(module, "analytic_key"):
+                    owner, name = module.analytic_key
+                    weight, bias = owner.analytic_projections(self.config)[name]
+                    analytic &= torch.equal(module.weight, weight.to(module.weight))
+                    analytic &= module.bias is None or torch.equal(module.bias, bias.to(module.bias))
+                elif isinstance(module, KMeansTransformerEmbeddings):
+                    expected = module.analytic_cluster_embeddings(self.config).to(module.cluster_embeddings)
+                    analytic &= torch.equal(module.cluster_embeddings, expected)
+            self._analytic_state, self._analytic = state, analytic
+        return self._analytic
+
+    def _run_compact(self, points, centroids, point_mask, num_iterations, final_assignment) -> KMeansTransformerOutput:
+        """The layers and the assignment head on the compact state (see `fast_path_applies`)."""
+        if self.config.variant == "spherical":
+            points, centroids = unit_normalize(points), unit_normalize(centroids)
+        for iteration in range(num_iterations):
+            layer = self.layers[0] if self.config.share_layers else self.layers[iteration]
+            labels, centroids = layer.compact_forward(points, centroids, point_mask)
+        if final_assignment:
+            labels = self.assignment_head.assign.assign_labels(points, centroids, point_mask)
+        assignments = nn.functional.one_hot(labels.clamp(min=0), self.config.num_clusters).to(points.dtype)
+        assignments = assignments.masked_fill_((labels < 0)[..., None], 0.0)
+        return KMeansTransformerOutput(
+            labels=labels, centroids=centroids, inertia=_inertia(points, centroids, labels), assignments=assignments
+        )
+
     @capture_outputs(tie_last_hidden_states=False)
     def _run_layers(
-        self, points, centroids, point_mask, num_iterations, slot_values, generator, final_assignment, **kwargs
+        self, points, centroids, point_mask, num_iterations, slot_values, generator, final_assignment, need_weights,
+        **kwargs,
     ) -> KMeansTransformerOutput:
         layer_kwargs = {"generator": generator} if generator is not None else {}
         hidden_states = self.embeddings(points, centroids, slot_values)
         for iteration in range(num_iterations):
             layer = self.layers[0] if self.config.share_layers else self.layers[iteration]
-            hidden_states = layer(hidden_states, point_mask, **layer_kwargs)
+            hidden_states = layer(hidden_states, point_mask, need_weights=need_weights, **layer_kwargs)
 
         num_points, slices = points.shape[1], self.config.token_slices
         final_points = (
@@ -1158,10 +1382,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         labelled = point_mask & (assignments.amax(dim=-1) > 0)
         labels = assignments.argmax(dim=-1).masked_fill(~labelled, -1)
         seen_points = hidden_states[:, :num_points, slices["position"]]  # the points as the model sees them
-        nearest = final_centroids.gather(1, labels.clamp(min=0)[..., None].expand_as(seen_points))
-        inertia = (((seen_points - nearest) ** 2).sum(dim=-1) * labelled).sum(dim=-1)
         output = KMeansTransformerOutput(
-            labels=labels, centroids=final_centroids, inertia=inertia, assignments=assignments
+            labels=labels,
+            centroids=final_centroids,
+            inertia=_inertia(seen_points, final_centroids, labels),
+            assignments=assignments,
         )
         if "outlier" in slices:
             output.outliers = final_points[..., slices["outlier"]][..., 0] > 0
@@ -1281,9 +1506,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 f"num_clusters={k} is larger than the number of points ({int(real_counts[problem])}) of problem "
                 f"{problem}: every problem needs at least k points."
             )
-        if not torch.isfinite(points[point_mask]).all():
+        if attention_mask is not None and not bool(point_mask.all()):
+            points = points.masked_fill(~point_mask[..., None], 0.0)  # padding's values do not count
+        if not all(bool(torch.isfinite(block).all()) for block in points.reshape(-1, d).split(2**20)):
             raise ValueError("`points` contain NaN or infinite values.")
-        points = points.masked_fill(~point_mask[..., None], 0.0)
 
         if centroids is None:
             first_real = torch.argsort((~point_mask).to(torch.int8), dim=1, stable=True)[:, :k]
@@ -1300,6 +1526,16 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             if not torch.isfinite(centroids).all():
                 raise ValueError("`centroids` contain NaN or infinite values.")
         return points, centroids, point_mask
+
+
+def _inertia(points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor, rows: int = 2**16) -> torch.Tensor:
+    """`Σ_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`), per problem, in blocks of `rows` points."""
+    total = points.new_zeros(points.shape[0])
+    for start in range(0, points.shape[1], rows):
+        block, block_labels = points[:, start : start + rows], labels[:, start : start + rows]
+        nearest = centroids.gather(1, block_labels.clamp(min=0)[..., None].expand_as(block))
+        total += (((block - nearest) ** 2).sum(dim=-1) * (block_labels >= 0)).sum(dim=-1)
+    return total
 
 
 def _as_float_tensor(values, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
