@@ -4,9 +4,10 @@ and torch-kmeans, side by side in one run.
 Every library gets the same float32 data (a seeded Gaussian mixture: k centres, unit noise, centres spread so that
 neighbouring clusters overlap a little) and the same initial centroids (k distinct data points picked by a seeded
 permutation), and runs exactly `--iterations` Lloyd iterations (early stopping disabled; where a library may still
-stop, its time is divided by the iterations it ran). Each measurement is one warm-up run, untimed, then `--repeats`
-timed runs (`time.perf_counter`, CUDA synchronised); the tables give the median and the spread (min-max) of the
-per-iteration milliseconds. A run slower than 20 s gets fewer repeats, and the report says so.
+stop, its time is divided by the iterations it ran). Each measurement is one untimed warm-up run of one iteration,
+then `--repeats` timed runs (`time.perf_counter`, CUDA synchronised); the tables give the median and the spread
+(min-max) of the per-iteration milliseconds. No further timed run starts once a measurement has spent 30 s in timed
+runs, so a slow library gets fewer repeats (at least one), and the report says so.
 
 Cases: five single problems, plus two batches of small problems that the model and torch-kmeans take in one call and
 the other libraries loop over in Python (the per-iteration time of a batch is the loop time divided by the
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import importlib.metadata
 import inspect
 import json
@@ -63,8 +65,7 @@ LIBRARIES = (OURS, "scikit-learn", "faiss", "fast-pytorch-kmeans", "torch-kmeans
 CPU_ONLY = ("scikit-learn", "faiss")
 MEMORY_LIBRARIES = (OURS, "scikit-learn", "faiss")
 CENTRE_DISTANCE = 4.0  # typical distance between two mixture centres, in units of the noise's standard deviation
-SLOW_RUN_S = 20.0  # a warm-up slower than this reduces the repeats ...
-SLOW_BUDGET_S = 60.0  # ... to what fits in about this many seconds (at least one)
+TIME_BUDGET_S = 30.0  # no further timed run starts once a measurement's timed runs have taken this long
 MIB = 2**20
 
 
@@ -153,13 +154,18 @@ def make_problem(case: Case, seed: int) -> Problem:
 
 
 def configure_threads(threads: int) -> Any:
-    """Give torch, the OpenMP/BLAS pools and faiss `threads` threads; keep the returned limiter alive."""
-    import faiss
+    """Give torch, the OpenMP/BLAS pools and faiss (where installed) `threads` threads; keep the returned limiter
+    alive."""
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    try:
+        import faiss
+    except ImportError:  # its runner reports it unavailable
+        pass
+    else:
+        faiss.omp_set_num_threads(threads)
     return threadpool_limits(limits=threads)
 
 
@@ -179,7 +185,7 @@ def synchronizer(device: str) -> Callable[[], None]:
 
 
 def machine_description(device: str) -> dict[str, Any]:
-    """CPU model, cores, RAM, OS, Python, GPU (on CUDA) and library versions."""
+    """CPU model, cores, RAM, OS, Python, GPU (on CUDA), load average and library versions."""
     import torch
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -187,12 +193,17 @@ def machine_description(device: str) -> dict[str, Any]:
     mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal:"))
     versions = {}
-    for dist in ("torch", "transformers", "kmeans-transformer", "scikit-learn", "faiss-cpu", "fast-pytorch-kmeans",
-                 "torch-kmeans", "numpy"):
+    for dist, module in (("torch", "torch"), ("transformers", "transformers"), ("kmeans-transformer", OURS),
+                         ("scikit-learn", "sklearn"), ("faiss-cpu", "faiss"),
+                         ("fast-pytorch-kmeans", "fast_pytorch_kmeans"), ("torch-kmeans", "torch_kmeans"),
+                         ("numpy", "numpy")):
         try:
             versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
+        except importlib.metadata.PackageNotFoundError:  # importable from a path without its metadata?
+            try:
+                versions[dist] = getattr(importlib.import_module(module), "__version__", "unknown version")
+            except ImportError:
+                versions[dist] = "not installed"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -200,6 +211,7 @@ def machine_description(device: str) -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "load_average": " ".join(f"{load:.2f}" for load in os.getloadavg()),
         "versions": versions,
     }
 
@@ -243,21 +255,20 @@ class Unavailable(Exception):
     """A library cannot run a case; the message says why."""
 
 
-def ours_runner(problem: Problem, iterations: int, device: str) -> Callable[[], Fit]:
+def ours_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
     """The model, shared layers, batch in one call; `output_assignments=False` where the forward accepts it."""
     import torch
 
     from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
 
     case = problem.case
-    config = KMeansTransformerConfig(num_clusters=case.k, point_dim=case.d, num_iterations=iterations,
-                                     share_layers=True)
+    config = KMeansTransformerConfig(num_clusters=case.k, point_dim=case.d, num_iterations=1, share_layers=True)
     model = KMeansTransformerModel(config).eval().to(device=device, dtype=torch.float32)
     points = torch.from_numpy(problem.points if case.batched else problem.points[0]).to(device)
     init = torch.from_numpy(problem.init if case.batched else problem.init[0]).to(device)
     extra = {"output_assignments": False} if "output_assignments" in inspect.signature(model.forward).parameters else {}
 
-    def fit() -> Fit:
+    def fit(iterations: int) -> Fit:
         with torch.no_grad():
             out = model(points, centroids=init, num_iterations=iterations, **extra)
         return Fit(out.centroids, out.labels, iterations)
@@ -265,14 +276,14 @@ def ours_runner(problem: Problem, iterations: int, device: str) -> Callable[[], 
     return fit
 
 
-def sklearn_runner(problem: Problem, iterations: int, device: str) -> Callable[[], Fit]:
+def sklearn_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
     """`KMeans(algorithm="lloyd", init=c0, n_init=1, max_iter=N, tol=0)`, one fit per problem. It still stops at
     strict convergence (labels unchanged), so the iterations are its `n_iter_` (mean over a loop)."""
     from sklearn.cluster import KMeans
 
     case = problem.case
 
-    def fit() -> Fit:
+    def fit(iterations: int) -> Fit:
         centroids, labels, ran = [], [], []
         for points, init in zip(problem.points, problem.init):
             km = KMeans(n_clusters=case.k, algorithm="lloyd", init=init, n_init=1, max_iter=iterations, tol=0.0)
@@ -285,7 +296,7 @@ def sklearn_runner(problem: Problem, iterations: int, device: str) -> Callable[[
     return fit
 
 
-def faiss_runner(problem: Problem, iterations: int, device: str) -> Callable[[], Fit]:
+def faiss_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
     """`faiss.Kmeans(...).train(x, init_centroids=c0)`, one per problem. `max_points_per_centroid = n` stops the
     subsampling (it samples when n > k * max_points_per_centroid), and `early_stop_threshold = -1` stops the early
     exit on an unchanged objective (the default 0.0 exits then); the iterations are those in `iteration_stats`."""
@@ -293,7 +304,7 @@ def faiss_runner(problem: Problem, iterations: int, device: str) -> Callable[[],
 
     case = problem.case
 
-    def fit() -> Fit:
+    def fit(iterations: int) -> Fit:
         centroids, ran = [], []
         for points, init in zip(problem.points, problem.init):
             km = faiss.Kmeans(case.d, case.k, niter=iterations, max_points_per_centroid=case.n,
@@ -306,7 +317,7 @@ def faiss_runner(problem: Problem, iterations: int, device: str) -> Callable[[],
     return fit
 
 
-def fast_pytorch_kmeans_runner(problem: Problem, iterations: int, device: str) -> Callable[[], Fit]:
+def fast_pytorch_kmeans_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
     """`KMeans(max_iter=N, tol=-1, mode="euclidean").fit_predict(x, centroids=c0)`, one per problem: it stops when
     the squared centroid shift is <= tol, never for tol = -1. Its labels are those of the last assignment (before the
     last update), so they are not compared."""
@@ -320,7 +331,7 @@ def fast_pytorch_kmeans_runner(problem: Problem, iterations: int, device: str) -
     points = torch.from_numpy(problem.points).to(device)
     init = torch.from_numpy(problem.init).to(device)
 
-    def fit() -> Fit:
+    def fit(iterations: int) -> Fit:
         centroids = []
         for x, c0 in zip(points, init):
             km = KMeans(n_clusters=case.k, max_iter=iterations, tol=-1, mode="euclidean", verbose=0)
@@ -331,7 +342,7 @@ def fast_pytorch_kmeans_runner(problem: Problem, iterations: int, device: str) -
     return fit
 
 
-def torch_kmeans_runner(problem: Problem, iterations: int, device: str) -> Callable[[], Fit]:
+def torch_kmeans_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
     """`torch_kmeans.KMeans(num_init=1, max_iter=N, tol=0, verbose=False)(x, centers=c0)` on `(batch, n, d)` in one
     call: it stops when every centre shift is < tol, never for tol = 0 (None is refused). Its distances expand points
     and centres to `batch n k` rows of d floats each, so large cases do not fit."""
@@ -344,9 +355,8 @@ def torch_kmeans_runner(problem: Problem, iterations: int, device: str) -> Calla
         raise Unavailable(f"needs about {needed / 2**30:.0f} GiB (expands points x centres to B n k d floats)")
     points = torch.from_numpy(problem.points).to(device)
     init = torch.from_numpy(problem.init).to(device)
-    km = KMeans(init_method="rnd", num_init=1, max_iter=iterations, tol=0.0, n_clusters=case.k, verbose=False)
-
-    def fit() -> Fit:
+    def fit(iterations: int) -> Fit:
+        km = KMeans(init_method="rnd", num_init=1, max_iter=iterations, tol=0.0, n_clusters=case.k, verbose=False)
         with torch.no_grad():
             result = km(points, k=case.k, centers=init.clone())
         return Fit(result.centers, result.labels, iterations)
@@ -354,7 +364,7 @@ def torch_kmeans_runner(problem: Problem, iterations: int, device: str) -> Calla
     return fit
 
 
-RUNNERS: dict[str, Callable[[Problem, int, str], Callable[[], Fit]]] = {
+RUNNERS: dict[str, Callable[[Problem, str], Callable[[int], Fit]]] = {
     OURS: ours_runner,
     "scikit-learn": sklearn_runner,
     "faiss": faiss_runner,
@@ -369,25 +379,22 @@ def as_numpy(values: Any) -> np.ndarray | None:
     return values.detach().cpu().numpy()
 
 
-def measure(fit: Callable[[], Fit], repeats: int, device: str) -> tuple[Timing, Fit]:
-    """One untimed warm-up, then `repeats` timed runs (fewer when the warm-up took over `SLOW_RUN_S`)."""
+def measure(fit: Callable[[int], Fit], iterations: int, repeats: int, device: str) -> tuple[Timing, Fit]:
+    """A warm-up run of one iteration (untimed), then up to `repeats` timed runs of `iterations`: no further run
+    starts once the timed runs have taken `TIME_BUDGET_S` (so a slow case gets fewer repeats, at least one)."""
     sync = synchronizer(device)
+    fit(1)
     sync()
-    start = time.perf_counter()
-    result = fit()
-    sync()
-    warm_up = time.perf_counter() - start
-    timing = Timing()
-    if warm_up > SLOW_RUN_S and repeats > 1:
-        repeats = max(1, min(repeats, int(SLOW_BUDGET_S // warm_up)))
-        timing.note = f"{repeats} repeat(s): one run took {warm_up:.0f} s"
-    for _ in range(repeats):
-        sync()
+    timing, spent = Timing(), 0.0
+    while len(timing.per_iteration_ms) < repeats and (not timing.per_iteration_ms or spent < TIME_BUDGET_S):
         start = time.perf_counter()
-        result = fit()
+        result = fit(iterations)
         sync()
         elapsed = time.perf_counter() - start
+        spent += elapsed
         timing.per_iteration_ms.append(1000 * elapsed / result.iterations)
+    if len(timing.per_iteration_ms) < repeats:
+        timing.note = f"{len(timing.per_iteration_ms)} timed run(s) of {spent / len(timing.per_iteration_ms):.0f} s"
     timing.iterations = result.iterations
     return timing, result
 
@@ -410,11 +417,11 @@ def memory_worker(library: str, case: Case, iterations: int, threads: int, seed:
     problem = make_problem(case, seed)
     small = min(case.n, max(1000, 4 * case.k))
     slice_ = Problem(Case(small, case.d, case.k), problem.points[:, :small].copy(), problem.init)
-    RUNNERS[library](slice_, 1, "cpu")()
-    fit = RUNNERS[library](problem, iterations, "cpu")
+    RUNNERS[library](slice_, "cpu")(1)
+    fit = RUNNERS[library](problem, "cpu")
     before = proc_status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
-    fit()
+    fit(iterations)
     peak = proc_status_kib("VmHWM")
     del limiter
     return {"input_bytes": problem.points.nbytes, "extra_bytes": (peak - before) * 1024, "method": "VmHWM - VmRSS"}
@@ -426,12 +433,12 @@ def measure_memory(library: str, case: Case, args: argparse.Namespace) -> dict[s
         import torch
 
         problem = make_problem(case, args.seed)
-        fit = ours_runner(problem, args.iterations, "cuda")
-        fit()
+        fit = ours_runner(problem, "cuda")
+        fit(1)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        fit()
+        fit(args.iterations)
         torch.cuda.synchronize()
         return {"input_bytes": problem.points.nbytes, "extra_bytes": torch.cuda.max_memory_allocated() - base,
                 "method": "torch.cuda.max_memory_allocated"}
@@ -461,7 +468,7 @@ def run_case(case: Case, args: argparse.Namespace, progress: Any) -> dict[str, A
             timings[library] = Timing(unavailable="CPU reference skipped for the GPU-only case")
         else:
             try:
-                timings[library], fits[library] = measure(RUNNERS[library](problem, args.iterations, device),
+                timings[library], fits[library] = measure(RUNNERS[library](problem, device), args.iterations,
                                                           args.repeats, device)
             except Exception as error:  # a peer that cannot run a case is recorded, not fatal
                 reason = str(error).splitlines()[0] if str(error) else ""
@@ -566,8 +573,10 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
         f"- Python {machine['python']}; {versions}",
         f"- Device of the model and the torch peers: {meta['device']}"
         + ("; scikit-learn and faiss-cpu on the CPU as references; TF32 off" if meta["device"] == "cuda" else ""),
-        f"- Threads: {meta['threads']}; iterations: {meta['iterations']}; repeats: {meta['repeats']} after one "
-        "untimed warm-up; float32 everywhere, same data and initial centroids for every library",
+        f"- Load average when the run started: {machine['load_average']}",
+        f"- Threads: {meta['threads']}; iterations: {meta['iterations']}; repeats: {meta['repeats']} after an "
+        f"untimed one-iteration warm-up (fewer once a measurement has spent {TIME_BUDGET_S:.0f} s in timed runs); "
+        "float32 everywhere, same data and initial centroids for every library",
         f"- Measured float32 matmul throughput ({meta['gemm_size']}² @ {meta['gemm_size']}², torch): "
         f"{meta['gemm_gflops']:.0f} GFLOP/s",
         "",
@@ -577,7 +586,7 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
         "fast-pytorch-kmeans loop over the problems, and their time is that of the whole loop. scikit-learn may stop "
         "at strict convergence: its time is divided by the iterations it ran (mean `n_iter_` over a loop).",
         "",
-        "| case | " + " | ".join(LIBRARIES) + " | ours / fastest of sklearn, faiss | ours / fastest peer "
+        "| case | " + " | ".join(LIBRARIES) + " | ours / fastest of sklearn, faiss (x) | ours / fastest peer (x) "
         "| GEMM fraction | labels = sklearn | max abs Δ centroid vs sklearn |",
         "|---" * (len(LIBRARIES) + 6) + "|",
     ]
@@ -585,7 +594,7 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
         agreement = result["agreement"].get(OURS, {})
         lines.append(
             f"| {result['case'].name} | " + " | ".join(cell(result["timings"][lib]) for lib in LIBRARIES)
-            + f" | {number(summary['vs_cpu_peers'], '.2f')}x | {number(summary['vs_all_peers'], '.2f')}x"
+            + f" | {number(summary['vs_cpu_peers'], '.2f')} | {number(summary['vs_all_peers'], '.2f')}"
             + f" | {number(summary['gemm_fraction'], '.1%')}"
             + f" | {number(agreement.get('label_agreement', math.nan), '.4%')}"
             + f" | {number(agreement.get('max_abs_centroid_difference', math.nan), '.2g')} |"
@@ -624,8 +633,8 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
             verdict = ("yes" if memory_fits(ours) else "no") if "extra_bytes" in ours else "n/a"
             lines.append(f"| {result['case'].name} | {number(input_bytes / MIB, '.1f')} | " + " | ".join(extras)
                          + f" | {verdict} |")
-        method = {e.get("method") for r in memory_rows for e in r["memory"].values() if "method" in e}
-        lines += ["", f"Measured with: {', '.join(sorted(method))}."]
+        methods = {lib: e["method"] for r in memory_rows for lib, e in r["memory"].items() if "method" in e}
+        lines += ["", "Measured with: " + "; ".join(f"{lib}, {method}" for lib, method in methods.items()) + "."]
         unavailable = [(r["case"].name, lib, e["unavailable"]) for r in memory_rows
                        for lib, e in r["memory"].items() if "unavailable" in e]
         lines += [f"- {name}, {lib}: n/a ({why})" for name, lib, why in unavailable]
