@@ -427,12 +427,12 @@ def memory_worker(library: str, case: Case, iterations: int, threads: int, seed:
     return {"input_bytes": problem.points.nbytes, "extra_bytes": (peak - before) * 1024, "method": "VmHWM - VmRSS"}
 
 
-def measure_memory(library: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
-    """Memory of one library on one single problem: a subprocess on the CPU, torch's allocator stats on CUDA."""
+def measure_memory(library: str, problem: Problem, args: argparse.Namespace) -> dict[str, Any]:
+    """Memory of one library on one single problem: a subprocess on the CPU (which makes the data again), torch's
+    allocator statistics for the model on CUDA."""
     if args.device == "cuda" and library == OURS:
         import torch
 
-        problem = make_problem(case, args.seed)
         fit = ours_runner(problem, "cuda")
         fit(1)
         torch.cuda.synchronize()
@@ -442,7 +442,7 @@ def measure_memory(library: str, case: Case, args: argparse.Namespace) -> dict[s
         torch.cuda.synchronize()
         return {"input_bytes": problem.points.nbytes, "extra_bytes": torch.cuda.max_memory_allocated() - base,
                 "method": "torch.cuda.max_memory_allocated"}
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", library, "--cases", case.name,
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", library, "--cases", problem.case.name,
                "--iterations", str(args.iterations), "--threads", str(args.threads), "--seed", str(args.seed)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -470,7 +470,7 @@ def run_case(case: Case, args: argparse.Namespace, progress: Any) -> dict[str, A
             try:
                 timings[library], fits[library] = measure(RUNNERS[library](problem, device), args.iterations,
                                                           args.repeats, device)
-            except Exception as error:  # a peer that cannot run a case is recorded, not fatal
+            except Exception as error:  # a library that cannot run a case is recorded, not fatal
                 reason = str(error).splitlines()[0] if str(error) else ""
                 timings[library] = Timing(unavailable=f"{type(error).__name__}: {reason}"[:160])
         progress.update()
@@ -489,7 +489,7 @@ def run_case(case: Case, args: argparse.Namespace, progress: Any) -> dict[str, A
     if not case.batched and not args.no_memory and case not in GPU_LARGE:
         for library in MEMORY_LIBRARIES:
             progress.set_description(f"{case.name}: memory of {library}")
-            memory[library] = measure_memory(library, case, args)
+            memory[library] = measure_memory(library, problem, args)
     return {"case": case, "timings": timings, "agreement": agreement, "memory": memory}
 
 
