@@ -665,7 +665,8 @@ def write_plot(path: Path, meta: dict[str, Any], results: list[dict[str, Any]]) 
     ax.set_xticks(range(len(results)), [r["case"].name for r in results], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("per-iteration time (ms, log scale)")
     machine = meta["machine"]
-    where = machine["gpu"] if meta["device"] == "cuda" else f"{machine['cpu']}, {meta['threads']} threads"
+    threads = f"{meta['threads']} thread" + ("s" if meta["threads"] != 1 else "")
+    where = machine["gpu"] if meta["device"] == "cuda" else f"{machine['cpu']}, {threads}"
     ax.set_title(f"Lloyd k-means, {meta['iterations']} iterations: {where}, {meta['date']}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", which="both", alpha=0.3)
