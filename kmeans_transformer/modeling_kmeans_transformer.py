@@ -34,6 +34,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from . import cpu_kernels
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 
 
@@ -180,12 +181,28 @@ def chunked_hardmax_attention_forward(
     `hardmax_attention_forward` in blocks of query rows, without its `(q_len, kv_len)` weights: each block's scores
     are the same products of the same queries and keys, so its maximisers, and its output, are those of the dense
     kernel. At most `module.config.score_chunk_size` scores are held at once. With `"first"` ties the output is the
-    maximiser's value, gathered (the dense kernel's one-hot product gives the same numbers). Returns no weights.
+    maximiser's value, gathered (the dense kernel's one-hot product gives the same numbers); on CPU, when the mask
+    hides whole query rows only, the maximisers come from the compiled `cpu_kernels.nearest_keys` (blocks of scores
+    kept in cache). Returns no weights.
     """
-    batch, heads, q_len, _ = query.shape
+    batch, heads, q_len, head_dim = query.shape
+    kv_len = key.shape[-2]
     budget = getattr(getattr(module, "config", None), "score_chunk_size", None) or 2**22
-    rows = max(1, budget // max(1, batch * heads * key.shape[-2]))
+    rows = max(1, budget // max(1, batch * heads * kv_len))
     first = getattr(module, "hardmax_ties", "average") == "first"
+    if first and (attention_mask is None or attention_mask.shape[-1] == 1):
+        block_rows = max(1, min(rows, 4096, max(16, 2**16 // max(1, kv_len))))
+        index = cpu_kernels.nearest_keys(
+            query.reshape(batch * heads, q_len, head_dim),
+            key.expand(batch, heads, kv_len, head_dim).reshape(batch * heads, kv_len, head_dim),
+            block_rows,
+        )
+        if index is not None:
+            index = index.reshape(batch, heads, q_len, 1).expand(-1, -1, -1, value.shape[-1])
+            output = value.expand(batch, heads, -1, -1).gather(2, index)
+            if attention_mask is not None:
+                output = output.masked_fill(~attention_mask, 0.0)
+            return output.transpose(1, 2).contiguous(), None
     outputs = []
     for start in range(0, q_len, rows):
         block = slice(start, start + rows)
@@ -232,28 +249,32 @@ def index_hardmax_attention_forward(
     groups = batch * heads
     query_codes = query.reshape(groups, q_len).long()
     key_codes = key.expand(batch, heads, kv_len, 1).reshape(groups, kv_len).long()
-    values = value.expand(batch, heads, kv_len, value_dim).reshape(groups * kv_len, value_dim)
-    visible = torch.ones(groups, kv_len, dtype=torch.bool, device=key.device)
-    if attention_mask is not None:
-        visible = attention_mask.expand(batch, heads, 1, kv_len).reshape(groups, kv_len)
+    values = value.expand(batch, heads, kv_len, value_dim).reshape(groups, kv_len, value_dim)
+    visible = None if attention_mask is None else attention_mask.expand(batch, heads, 1, kv_len).reshape(groups, kv_len)
     num_codes = int(query_codes.max()) + 1 if query_codes.numel() else 0
-    matched = visible & (key_codes >= 0) & (key_codes < num_codes)
-    # one bin per (group, code), and a last bin for the keys that match no code
-    offsets = torch.arange(groups, device=key.device)[:, None] * num_codes
-    bins = torch.where(matched, key_codes + offsets, groups * num_codes).reshape(-1)
-    sums = value.new_zeros(groups * num_codes + 1, value_dim).index_add_(0, bins, values)[:-1]
-    counts = torch.bincount(bins, minlength=groups * num_codes + 1)[:-1]
-    query_bins = (query_codes.clamp(min=0) + offsets).reshape(-1)
-    query_sums, query_counts = sums[query_bins], counts[query_bins]
-    has_match = (query_counts > 0) & (query_codes.reshape(-1) >= 0)
-    if not bool(has_match.all()):  # unmatched queries average every visible key
-        visible_values = values * visible.reshape(-1, 1).to(values.dtype)
-        all_sums = visible_values.reshape(groups, kv_len, value_dim).sum(dim=1)
-        all_counts = visible.sum(dim=1)
-        group = torch.arange(groups, device=key.device).repeat_interleave(q_len)
-        query_sums = torch.where(has_match[:, None], query_sums, all_sums[group])
-        query_counts = torch.where(has_match, query_counts, all_counts[group])
-    output = query_sums / query_counts.clamp(min=1).to(value.dtype)[:, None]
+    compiled = cpu_kernels.segment_sums(values, key_codes, visible, num_codes)
+    if compiled is not None:
+        sums, counts = compiled
+    else:  # one bin per (group, code), and a last bin for the keys that match no code
+        matched = (key_codes >= 0) & (key_codes < num_codes) if visible is None else visible & (key_codes >= 0) & (key_codes < num_codes)
+        offsets = torch.arange(groups, device=key.device)[:, None] * num_codes
+        bins = torch.where(matched, key_codes + offsets, groups * num_codes).reshape(-1)
+        flat_values = values.reshape(groups * kv_len, value_dim)
+        sums = value.new_zeros(groups * num_codes + 1, value_dim).index_add_(0, bins, flat_values)[:-1]
+        counts = torch.bincount(bins, minlength=groups * num_codes + 1)[:-1]
+        sums, counts = sums.reshape(groups, num_codes, value_dim), counts.reshape(groups, num_codes)
+    safe_codes = query_codes.clamp(min=0)
+    query_sums = sums.gather(1, safe_codes[..., None].expand(-1, -1, value_dim))
+    query_counts = counts.gather(1, safe_codes)
+    has_match = (query_counts > 0) & (query_codes >= 0)
+    if not bool(has_match.all()):  # an unmatched query averages every visible key (all score 0)
+        weights = torch.ones(groups, kv_len, 1, dtype=value.dtype, device=value.device)
+        if visible is not None:
+            weights = visible[..., None].to(value.dtype)
+        all_sums, all_counts = (values * weights).sum(dim=1), weights[..., 0].sum(dim=1).long()
+        query_sums = torch.where(has_match[..., None], query_sums, all_sums[:, None])
+        query_counts = torch.where(has_match, query_counts, all_counts[:, None])
+    output = query_sums / query_counts.clamp(min=1).to(value.dtype)[..., None]
     return output.reshape(batch, heads, q_len, value_dim).transpose(1, 2).contiguous(), None
 
 
@@ -376,9 +397,12 @@ def augment_for_squared_distance(query: torch.Tensor, key: torch.Tensor) -> tupl
     the keys like the negative squared distance (`|x|^2` is the same for every key), so the distance kernel runs
     through any standard attention kernel. Shapes `(..., dim)` -> `(..., dim + 1)`.
     """
-    query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)
-    key = torch.cat([2 * key, -(key * key).sum(dim=-1, keepdim=True)], dim=-1)
-    return query, key
+    return torch.cat([query, torch.ones_like(query[..., :1])], dim=-1), squared_distance_key(key)
+
+
+def squared_distance_key(key: torch.Tensor) -> torch.Tensor:
+    """The key `[2c ; -|c|^2]` of `augment_for_squared_distance`."""
+    return torch.cat([2 * key, -(key * key).sum(dim=-1, keepdim=True)], dim=-1)
 
 
 def augment_for_negative_squared_distance(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -662,21 +686,30 @@ class KMeansTransformerAssign(KMeansTransformerAttention):
         attention_mask = point_mask[:, None, :, None].expand(-1, 1, -1, centroid_states.shape[1])
         return super().forward(point_states, centroid_states, attention_mask, **kwargs)
 
-    def assign_labels(self, points: torch.Tensor, centroids: torch.Tensor, point_mask: torch.Tensor) -> torch.LongTensor:
+    def compact_query_key(self, point_tokens: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The fast path's queries and keys: the compact point token `[x_i ; 1]` is already the augmented query of
+        `augment_for_squared_distance`, and the key is its `[2 c_j ; -|c_j|^2]`.
+        """
+        return point_tokens, squared_distance_key(centroids)
+
+    def assign_labels(self, point_tokens: torch.Tensor, centroids: torch.Tensor, point_mask: torch.Tensor) -> torch.LongTensor:
         """
         The fast path: this block on the compact state, for the analytic weights (`q_proj(p_i) = x_i`, `k_proj(q_j) =
         c_j`). The same queries and keys through the `"hardmax_chunked"` kernel, with the value `v_j = j`, the index
-        form of the code `e_j`: the output is the label `a(i)` itself. `(batch, n, d)`, `(batch, k, d)` -> `(batch,
-        n)`, -1 for padded points.
+        form of the code `e_j`, so the output is the label `a(i)` itself. Compact point tokens `[x_i ; 1]` `(batch,
+        n, d + 1)` and centroids `(batch, k, d)` -> labels `(batch, n)`, -1 for padded points (`point_mask` None:
+        every point is real).
         """
         batch_size, num_clusters = centroids.shape[:2]
-        query, key = self.prepare_query_key(points.unsqueeze(1), centroids.unsqueeze(1))
-        codes = torch.arange(num_clusters, dtype=points.dtype, device=points.device)
-        attention_mask = point_mask[:, None, :, None]
+        query, key = self.compact_query_key(point_tokens, centroids)
+        codes = torch.arange(num_clusters, device=centroids.device)[None, None, :, None].expand(batch_size, 1, -1, -1)
+        attention_mask = None if point_mask is None else point_mask[:, None, :, None]
         labels, _ = ALL_ATTENTION_FUNCTIONS["hardmax_chunked"](
-            self, query, key, codes[None, None, :, None].expand(batch_size, 1, -1, -1), attention_mask
+            self, query.unsqueeze(1), key.unsqueeze(1), codes, attention_mask
         )
-        return labels[..., 0, 0].long().masked_fill(~point_mask, -1)
+        labels = labels[..., 0, 0]
+        return labels if point_mask is None else labels.masked_fill(~point_mask, -1)
 
 
 class KMeansTransformerSoftAssign(KMeansTransformerAssign):
@@ -690,6 +723,9 @@ class KMeansTransformerCosineAssign(KMeansTransformerAssign):
 
     def prepare_query_key(self, query, key):
         return query, key
+
+    def compact_query_key(self, point_tokens, centroids):
+        return point_tokens[..., :-1], centroids
 
 
 class KMeansTransformerTrimmedAssign(KMeansTransformerAssign):
@@ -887,28 +923,30 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         memory = torch.cat([point_states, centroid_states], dim=1)
         return super().forward(centroid_states, memory, attention_mask, **kwargs)
 
-    def update_from_labels(
-        self, centroids: torch.Tensor, points: torch.Tensor, labels: torch.LongTensor, point_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def update_from_labels(self, tokens: torch.Tensor, labels: torch.LongTensor, point_mask: torch.Tensor) -> torch.Tensor:
         """
-        The fast path (`"lloyd"`, `"spherical"`): this block on the compact state, for the analytic weights. Queries
-        `e_j` and keys `y_i` (points) and `e_j` (centroid tokens) in index form, `j` and `a(i)`, through the
-        `"hardmax_index"` kernel, with the same visible keys (the real points, and a centroid's own token only when
-        its cluster is empty) and values (`x_i`, and the previous centroid `c_j`): the mean of each cluster's
-        members, or `c_j` for an empty one. `(batch, k, d)` centroids entering the iteration -> the new ones.
+        The fast path (`"lloyd"`, `"spherical"`): this block on the compact state, for the analytic weights. The
+        compact tokens `(batch, n + k, d + 1)` (`[x_i ; 1]` for points, `[c_j ; 1]` for centroids, `c_j` the centroid
+        entering the iteration) are the values; the queries `e_j` and the keys `y_i` (points) and `e_j` (centroid
+        tokens) are in index form, `j` and `a(i)`; the visible keys are the dense block's (the real points, and a
+        centroid's own token only when its cluster is empty). Through the `"hardmax_index"` kernel: the mean of each
+        cluster's members, or `c_j` for an empty one, `(batch, k, d)`.
         """
-        batch_size, num_clusters = centroids.shape[:2]
+        batch_size, num_clusters = tokens.shape[0], tokens.shape[1] - labels.shape[1]
         own = torch.arange(num_clusters, device=labels.device).expand(batch_size, -1)
-        offsets = torch.arange(batch_size, device=labels.device)[:, None] * num_clusters
-        members = torch.bincount((labels + offsets)[labels >= 0], minlength=batch_size * num_clusters)
+        bins = labels if batch_size == 1 else labels + torch.arange(batch_size, device=labels.device)[:, None] * num_clusters
+        if point_mask is not None:
+            bins = torch.where(labels >= 0, bins, batch_size * num_clusters)
+        members = torch.bincount(bins.reshape(-1), minlength=batch_size * num_clusters + 1)[: batch_size * num_clusters]
         empty = members.reshape(batch_size, num_clusters) == 0
         key = torch.cat([labels, own], dim=1)[:, None, :, None]
-        value = torch.cat([points, centroids], dim=1)[:, None]
+        if point_mask is None:
+            point_mask = torch.ones_like(labels, dtype=torch.bool)
         attention_mask = torch.cat([point_mask, empty], dim=1)[:, None, None, :]
         new_centroids, _ = ALL_ATTENTION_FUNCTIONS["hardmax_index"](
-            self, own[:, None, :, None], key, value, attention_mask
+            self, own[:, None, :, None], key, tokens[:, None], attention_mask
         )
-        return new_centroids[:, :, 0]
+        return new_centroids[:, :, 0, :-1]
 
 
 class KMeansTransformerSoftUpdate(KMeansTransformerUpdate):
@@ -1114,19 +1152,21 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
             centroids = centroids + block(centroids, point_mask)
         return torch.cat([points, centroids], dim=1)
 
-    def compact_forward(
-        self, points: torch.Tensor, centroids: torch.Tensor, point_mask: torch.Tensor
-    ) -> tuple[torch.LongTensor, torch.Tensor]:
+    def compact_forward(self, tokens: torch.Tensor, point_mask: torch.Tensor | None) -> torch.LongTensor:
         """
-        The fast path: this iteration on the compact state (points `(batch, n, d)`, centroids `(batch, k, d)`),
-        returning the labels it assigned and the new centroids. Blocks 1 and 3 are bookkeeping there (the labels
-        are made anew; the centroids entering the iteration are the `previous` values).
+        The fast path: this iteration on the compact tokens `(batch, n + k, d + 1)`, `[x_i ; 1]` then `[c_j ; 1]`
+        (see `KMeansTransformerModel.fast_path_applies`), with `point_mask` None when every point is real. Blocks 1 and 3 are bookkeeping there: the labels are made
+        anew, and the centroid tokens hold the previous centroids until the update's result replaces them, in place.
+        Returns the labels this iteration assigned.
         """
-        labels = self.assign.assign_labels(points, centroids, point_mask)
-        new_centroids = self.update.update_from_labels(centroids, points, labels, point_mask)
+        num_points = tokens.shape[1] - self.update.config.num_clusters
+        centroids = tokens[:, num_points:, :-1]
+        labels = self.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
+        new_centroids = self.update.update_from_labels(tokens, labels, point_mask)
         for block in self.centroid_blocks.values():  # "spherical": the centroid normalisation
             new_centroids = block.normalize(new_centroids, centroids)
-        return labels, new_centroids
+        centroids.copy_(new_centroids)
+        return labels
 
 
 class KMeansTransformerAssignmentHead(nn.Module):
@@ -1288,7 +1328,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if not final_assignment and num_iterations == 0:
             raise ValueError("`final_assignment=False` needs `num_iterations >= 1`: with no layer there is no assignment.")
         if self.fast_path_applies(bool(output_attentions), bool(output_hidden_states)):
-            outputs = self._run_compact(points, centroids, point_mask, num_iterations, final_assignment)
+            outputs = self._run_compact(
+                points, centroids, point_mask, num_iterations, final_assignment, output_assignments
+            )
         else:
             outputs = self._run_layers(
                 points,
@@ -1347,20 +1389,34 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             self._analytic_state, self._analytic = state, analytic
         return self._analytic
 
-    def _run_compact(self, points, centroids, point_mask, num_iterations, final_assignment) -> KMeansTransformerOutput:
-        """The layers and the assignment head on the compact state (see `fast_path_applies`)."""
+    def _run_compact(
+        self, points, centroids, point_mask, num_iterations, final_assignment, output_assignments
+    ) -> KMeansTransformerOutput:
+        """
+        The layers and the assignment head on the compact tokens (see `fast_path_applies`): `[x_i ; 1]` for points
+        and `[c_j ; 1]` for centroids, the position slice and a constant feature, one `(batch, n + k, d + 1)` tensor
+        written once; the labels are carried in index form.
+        """
         if self.config.variant == "spherical":
             points, centroids = unit_normalize(points), unit_normalize(centroids)
+        batch_size, num_points, point_dim = points.shape
+        tokens = points.new_empty(batch_size, num_points + centroids.shape[1], point_dim + 1)
+        tokens[:, :num_points, :-1] = points
+        tokens[:, num_points:, :-1] = centroids
+        tokens[..., -1] = 1.0
+        points, centroids = tokens[:, :num_points, :-1], tokens[:, num_points:, :-1]
+        point_mask = None if bool(point_mask.all()) else point_mask
         for iteration in range(num_iterations):
             layer = self.layers[0] if self.config.share_layers else self.layers[iteration]
-            labels, centroids = layer.compact_forward(points, centroids, point_mask)
+            labels = layer.compact_forward(tokens, point_mask)
         if final_assignment:
-            labels = self.assignment_head.assign.assign_labels(points, centroids, point_mask)
-        assignments = nn.functional.one_hot(labels.clamp(min=0), self.config.num_clusters).to(points.dtype)
-        assignments = assignments.masked_fill_((labels < 0)[..., None], 0.0)
-        return KMeansTransformerOutput(
-            labels=labels, centroids=centroids, inertia=_inertia(points, centroids, labels), assignments=assignments
-        )
+            labels = self.assignment_head.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
+        centroids = centroids.clone()
+        output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=_inertia(points, centroids, labels))
+        if output_assignments:
+            assignments = nn.functional.one_hot(labels.clamp(min=0), self.config.num_clusters).to(points.dtype)
+            output.assignments = assignments.masked_fill_((labels < 0)[..., None], 0.0)
+        return output
 
     @capture_outputs(tie_last_hidden_states=False)
     def _run_layers(
@@ -1508,7 +1564,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             )
         if attention_mask is not None and not bool(point_mask.all()):
             points = points.masked_fill(~point_mask[..., None], 0.0)  # padding's values do not count
-        if not all(bool(torch.isfinite(block).all()) for block in points.reshape(-1, d).split(2**20)):
+        # a sum is finite when every term is (a finite sum that overflows is told apart by the full check)
+        if not bool(torch.isfinite(points.sum())) and not all(
+            bool(torch.isfinite(block).all()) for block in points.reshape(-1, d).split(2**20)
+        ):
             raise ValueError("`points` contain NaN or infinite values.")
 
         if centroids is None:

@@ -1,0 +1,247 @@
+# Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
+"""
+Compiled CPU loops for the fast hardmax kernels, built on first use with `torch.utils.cpp_extension` for the machine's
+own instruction set (a C++ compiler and ninja are needed, about a minute once; without them the kernels run their
+PyTorch code, with the same labels up to the rounding of the scores, and less speed).
+
+- `nearest_keys(query, key)`: for each query row the first index of its largest dot product with the keys,
+  `argmax_j query_i . key_j`, without the `(n, k)` scores: rows are taken a vector register at a time (16 in float32,
+  8 in float64), each key's score is accumulated in coordinate order, and the best so far is kept in registers.
+  Groups of rows run in parallel on PyTorch's intra-op threads; the result does not depend on their number.
+- `segment_sums(values, codes, visible, num_codes)`: per group, `sums[j] = Σ_{i visible, code_i = j} values_i` and
+  the counts. Every coordinate is summed over the rows in order, so the result does not depend on the number of
+  threads (they split the groups and coordinates).
+
+Set `KMEANS_TRANSFORMER_CPU_KERNELS=0` to use the PyTorch code only.
+"""
+
+import hashlib
+import os
+import platform
+import warnings
+
+import torch
+
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+// Vectors of query rows: one 64-byte register of floats (16 lanes) or doubles (8), and their labels.
+typedef float FloatVec __attribute__((vector_size(64)));
+typedef int32_t FloatIndex __attribute__((vector_size(64)));
+typedef double DoubleVec __attribute__((vector_size(64)));
+typedef int64_t DoubleIndex __attribute__((vector_size(64)));
+template <typename T> struct Lanes;
+template <> struct Lanes<float> { using vec = FloatVec; using index = FloatIndex; using label = int32_t; static constexpr int value = 16; };
+template <> struct Lanes<double> { using vec = DoubleVec; using index = DoubleIndex; using label = int64_t; static constexpr int value = 8; };
+template <typename T> using Vec = typename Lanes<T>::vec;
+template <typename T> using Index = typename Lanes<T>::index;
+
+// Labels of up to `kRowVectors * Lanes` rows: the rows are transposed into `columns` (e x kRowVectors vectors), and
+// every key's score `Σ_e q_ie key_je` is accumulated in coordinate order, 4 keys at a time, then compared with the
+// best so far (strictly greater wins, so the first maximiser is kept).
+constexpr int kRowVectors = 1, kKeys = 8;
+
+template <typename T>
+static void nearest_group(const T* rows, int64_t count, int64_t ldq, const T* keys, int64_t k, int64_t e,
+                          std::vector<Vec<T>>& columns, int64_t* out) {
+  constexpr int L = Lanes<T>::value, R = kRowVectors;
+  T* lanes = reinterpret_cast<T*>(columns.data());  // lane r of vector (c, v) is lanes[(c * R + v) * L + r]
+  if (count < R * L) std::fill(lanes, lanes + e * R * L, T(0));
+  for (int64_t r = 0; r < count; ++r) {
+    const T* row = rows + r * ldq;
+    T* target = lanes + (r / L) * L + r % L;
+    for (int64_t c = 0; c < e; ++c) target[c * R * L] = row[c];
+  }
+  Vec<T> best[R];
+  Index<T> best_index[R];
+  for (int v = 0; v < R; ++v) {
+    best_index[v] = Index<T>{};
+    for (int r = 0; r < L; ++r) best[v][r] = -std::numeric_limits<T>::infinity();
+  }
+  auto keep = [&](const Vec<T>& score, int v, int64_t j) {
+    auto better = score > best[v];
+    best[v] = better ? score : best[v];
+    best_index[v] = better ? Index<T>{} + (typename Lanes<T>::label)j : best_index[v];
+  };
+  int64_t j = 0;
+  for (; j + kKeys <= k; j += kKeys) {
+    const T* k0 = keys + j * e;
+    Vec<T> s[R][kKeys] = {};
+    for (int64_t c = 0; c < e; ++c) {
+      for (int v = 0; v < R; ++v) {
+        const Vec<T> column = columns[c * R + v];
+        for (int t = 0; t < kKeys; ++t) s[v][t] += column * k0[t * e + c];
+      }
+    }
+    for (int v = 0; v < R; ++v) for (int t = 0; t < kKeys; ++t) keep(s[v][t], v, j + t);
+  }
+  for (; j < k; ++j) {
+    Vec<T> s[R] = {};
+    for (int64_t c = 0; c < e; ++c) for (int v = 0; v < R; ++v) s[v] += columns[c * R + v] * keys[j * e + c];
+    for (int v = 0; v < R; ++v) keep(s[v], v, j);
+  }
+  for (int64_t r = 0; r < count; ++r) out[r] = best_index[r / L][r % L];
+}
+
+template <typename scalar_t>
+static void nearest_keys_impl(const at::Tensor& query, const at::Tensor& key, at::Tensor& labels, int64_t block_rows) {
+  constexpr int L = Lanes<scalar_t>::value * kRowVectors;
+  const int64_t groups = query.size(0), n = query.size(1), e = query.size(2), k = key.size(1);
+  const int64_t lane_groups = (n + L - 1) / L;
+  const scalar_t* q = query.data_ptr<scalar_t>();
+  const scalar_t* keys = key.data_ptr<scalar_t>();
+  int64_t* out = labels.data_ptr<int64_t>();
+  const int64_t ldq = query.stride(1), group_stride = query.stride(0);
+  const int64_t grain = std::max<int64_t>(1, block_rows / L);
+  at::parallel_for(0, groups * lane_groups, grain, [&](int64_t begin, int64_t end) {
+    std::vector<Vec<scalar_t>> columns(e * kRowVectors);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t group = task / lane_groups, start = (task % lane_groups) * L;
+      nearest_group<scalar_t>(q + group * group_stride + start * ldq, std::min<int64_t>(L, n - start), ldq,
+                              keys + group * k * e, k, e, columns, out + group * n + start);
+    }
+  });
+}
+
+at::Tensor nearest_keys(at::Tensor query, at::Tensor key, int64_t block_rows) {
+  TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && query.size(0) == key.size(0) && query.size(2) == key.size(2),
+              "nearest_keys: query (groups, n, e) and key (groups, k, e)");
+  TORCH_CHECK(query.stride(2) == 1 && query.stride(1) >= query.size(2) && key.is_contiguous() &&
+              query.scalar_type() == key.scalar_type(),
+              "nearest_keys: rows of query and key must be contiguous, of one dtype");
+  auto labels = at::empty({query.size(0), query.size(1)}, query.options().dtype(at::kLong));
+  if (query.scalar_type() == at::kFloat) nearest_keys_impl<float>(query, key, labels, block_rows);
+  else if (query.scalar_type() == at::kDouble) nearest_keys_impl<double>(query, key, labels, block_rows);
+  else TORCH_CHECK(false, "nearest_keys: float32 or float64 only");
+  return labels;
+}
+
+template <typename scalar_t>
+static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes, const at::Tensor& visible,
+                              at::Tensor& sums, at::Tensor& counts) {
+  const int64_t groups = values.size(0), rows = values.size(1), width = values.size(2), num_codes = sums.size(1);
+  const scalar_t* v = values.data_ptr<scalar_t>();
+  const int64_t* code = codes.data_ptr<int64_t>();
+  const bool* seen = visible.defined() ? visible.data_ptr<bool>() : nullptr;
+  scalar_t* s = sums.data_ptr<scalar_t>();
+  int64_t* c = counts.data_ptr<int64_t>();
+  // Task (group, t): t < width sums coordinate t, t = width counts. A thread takes a range of tasks and, per group,
+  // passes over that group's rows once, in order.
+  const int64_t tasks_per_group = width + 1;
+  at::parallel_for(0, groups * tasks_per_group, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t group = begin / tasks_per_group; group * tasks_per_group < end; ++group) {
+      const int64_t first = std::max(begin - group * tasks_per_group, int64_t(0));
+      const int64_t stop = std::min(end - group * tasks_per_group, tasks_per_group);
+      const int64_t last = std::min(stop, width);
+      const bool counting = stop > width;
+      for (int64_t i = group * rows; i < (group + 1) * rows; ++i) {
+        const int64_t bin = code[i];
+        if (bin < 0 || bin >= num_codes || (seen && !seen[i])) continue;
+        const scalar_t* row = v + i * width;
+        scalar_t* total = s + (group * num_codes + bin) * width;
+        for (int64_t column = first; column < last; ++column) total[column] += row[column];
+        if (counting) c[group * num_codes + bin] += 1;
+      }
+    }
+  });
+}
+
+std::vector<at::Tensor> segment_sums(at::Tensor values, at::Tensor codes, c10::optional<at::Tensor> visible,
+                                     int64_t num_codes) {
+  TORCH_CHECK(values.dim() == 3 && values.is_contiguous() && codes.dim() == 2 && codes.is_contiguous() &&
+              codes.scalar_type() == at::kLong && codes.size(0) == values.size(0) && codes.size(1) == values.size(1),
+              "segment_sums: contiguous values (groups, rows, width) and int64 codes (groups, rows)");
+  at::Tensor mask;
+  if (visible.has_value()) {
+    mask = visible->contiguous();
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.sizes() == codes.sizes(), "segment_sums: bool visible (groups, rows)");
+  }
+  auto sums = at::zeros({values.size(0), num_codes, values.size(2)}, values.options());
+  auto counts = at::zeros({values.size(0), num_codes}, codes.options());
+  if (values.scalar_type() == at::kFloat) segment_sums_impl<float>(values, codes, mask, sums, counts);
+  else if (values.scalar_type() == at::kDouble) segment_sums_impl<double>(values, codes, mask, sums, counts);
+  else TORCH_CHECK(false, "segment_sums: float32 or float64 only");
+  return {sums, counts};
+}
+"""
+
+_module = None
+_failed = False
+
+
+def _build_tag() -> str:
+    """A hash of the source and of this CPU's model and flags: a build for one CPU is never loaded on another."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = "".join(line for line in info if line.startswith(("model name", "flags")))
+    except OSError:
+        pass
+    return hashlib.sha1((_SOURCE + cpu).encode()).hexdigest()[:12]
+
+
+def _load():
+    """The compiled module, built once per machine (cached by torch under `TORCH_EXTENSIONS_DIR`), or None."""
+    global _module, _failed
+    if _module is not None or _failed:
+        return _module
+    if os.environ.get("KMEANS_TRANSFORMER_CPU_KERNELS", "1") == "0":
+        _failed = True
+        return None
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        _module = load_inline(
+            name=f"kmeans_transformer_cpu_kernels_{_build_tag()}",
+            cpp_sources=[_SOURCE],
+            functions=["nearest_keys", "segment_sums"],
+            extra_cflags=["-O3", "-march=native"],
+            verbose=False,
+        )
+    except Exception as error:  # no compiler, no ninja, no BLAS symbols: the PyTorch code stands in
+        _failed = True
+        warnings.warn(
+            f"kmeans_transformer: the compiled CPU kernels could not be built ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[-1] if str(error).strip() else ''}); the fast path runs its PyTorch "
+            "code instead (same results, slower).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return _module
+
+
+def _usable(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad for t in tensors)
+
+
+def nearest_keys(query: torch.Tensor, key: torch.Tensor, block_rows: int) -> torch.LongTensor | None:
+    """`argmax_j query_i . key_j` (first maximiser) for `(groups, n, e)` queries and `(groups, k, e)` keys, or None."""
+    if not _usable(query, key) or key.shape[1] == 0 or max(query.shape[1], key.shape[1], query.shape[2]) >= 2**31:
+        return None
+    module = _load()
+    if module is None:
+        return None
+    if query.stride(2) != 1:
+        query = query.contiguous()
+    return module.nearest_keys(query, key.contiguous(), max(1, block_rows))
+
+
+def segment_sums(
+    values: torch.Tensor, codes: torch.LongTensor, visible: torch.BoolTensor | None, num_codes: int
+) -> tuple[torch.Tensor, torch.LongTensor] | None:
+    """
+    Per-group, per-code sums `(groups, num_codes, width)` and counts `(groups, num_codes)` of `(groups, rows, width)`
+    values, over the visible rows whose code is in `[0, num_codes)`; or None.
+    """
+    if not _usable(values):
+        return None
+    module = _load()
+    if module is None:
+        return None
+    return tuple(module.segment_sums(values.contiguous(), codes.contiguous(), visible, num_codes))
