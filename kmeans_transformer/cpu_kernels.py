@@ -9,8 +9,8 @@ PyTorch code, with the same labels up to the rounding of the scores, and less sp
   8 in float64), each key's score is accumulated in coordinate order, and the best so far is kept in registers.
   Groups of rows run in parallel on PyTorch's intra-op threads; the result does not depend on their number.
 - `segment_sums(values, codes, visible, num_codes)`: per group, `sums[j] = Σ_{i visible, code_i = j} values_i` and
-  the counts. Every coordinate is summed over the rows in order, so the result does not depend on the number of
-  threads (they split the groups and coordinates).
+  the counts. Rows are summed in order within fixed blocks of rows, blocks in parallel, and the blocks' partial sums
+  are added in order: the result does not depend on the number of threads.
 
 Set `KMEANS_TRANSFORMER_CPU_KERNELS=0` to use the PyTorch code only.
 """
@@ -122,31 +122,47 @@ at::Tensor nearest_keys(at::Tensor query, at::Tensor key, int64_t block_rows) {
   return labels;
 }
 
+// Rows are summed in blocks of kSumRows, each block into its own partial sums (in parallel), and the partial sums of
+// a group are then added block after block: the order of every addition is fixed by the shapes alone.
+constexpr int64_t kSumRows = 1 << 15;
+
 template <typename scalar_t>
 static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes, const at::Tensor& visible,
                               at::Tensor& sums, at::Tensor& counts) {
   const int64_t groups = values.size(0), rows = values.size(1), width = values.size(2), num_codes = sums.size(1);
+  const int64_t blocks = (rows + kSumRows - 1) / kSumRows;
   const scalar_t* v = values.data_ptr<scalar_t>();
   const int64_t* code = codes.data_ptr<int64_t>();
   const bool* seen = visible.defined() ? visible.data_ptr<bool>() : nullptr;
-  scalar_t* s = sums.data_ptr<scalar_t>();
-  int64_t* c = counts.data_ptr<int64_t>();
-  // Task (group, t): t < width sums coordinate t, t = width counts. A thread takes a range of tasks and, per group,
-  // passes over that group's rows once, in order.
-  const int64_t tasks_per_group = width + 1;
-  at::parallel_for(0, groups * tasks_per_group, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t group = begin / tasks_per_group; group * tasks_per_group < end; ++group) {
-      const int64_t first = std::max(begin - group * tasks_per_group, int64_t(0));
-      const int64_t stop = std::min(end - group * tasks_per_group, tasks_per_group);
-      const int64_t last = std::min(stop, width);
-      const bool counting = stop > width;
-      for (int64_t i = group * rows; i < (group + 1) * rows; ++i) {
+  auto partial = blocks == 1 ? sums : at::zeros({groups * blocks, num_codes, width}, sums.options());
+  auto partial_counts = blocks == 1 ? counts : at::zeros({groups * blocks, num_codes}, counts.options());
+  scalar_t* ps = partial.data_ptr<scalar_t>();
+  int64_t* pc = partial_counts.data_ptr<int64_t>();
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t group = task / blocks, start = group * rows + (task % blocks) * kSumRows;
+      const int64_t stop = std::min(start + kSumRows, (group + 1) * rows);
+      scalar_t* __restrict__ task_sums = ps + task * num_codes * width;
+      int64_t* __restrict__ task_counts = pc + task * num_codes;
+      for (int64_t i = start; i < stop; ++i) {
         const int64_t bin = code[i];
         if (bin < 0 || bin >= num_codes || (seen && !seen[i])) continue;
-        const scalar_t* row = v + i * width;
-        scalar_t* total = s + (group * num_codes + bin) * width;
-        for (int64_t column = first; column < last; ++column) total[column] += row[column];
-        if (counting) c[group * num_codes + bin] += 1;
+        const scalar_t* __restrict__ row = v + i * width;
+        scalar_t* __restrict__ total = task_sums + bin * width;
+        for (int64_t column = 0; column < width; ++column) total[column] += row[column];
+        task_counts[bin] += 1;
+      }
+    }
+  });
+  if (blocks == 1) return;
+  scalar_t* s = sums.data_ptr<scalar_t>();
+  int64_t* c = counts.data_ptr<int64_t>();
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t group = begin; group < end; ++group) {
+      for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t task = group * blocks + block;
+        for (int64_t j = 0; j < num_codes * width; ++j) s[group * num_codes * width + j] += ps[task * num_codes * width + j];
+        for (int64_t j = 0; j < num_codes; ++j) c[group * num_codes + j] += pc[task * num_codes + j];
       }
     }
   });
@@ -201,7 +217,8 @@ def _load():
             name=f"kmeans_transformer_cpu_kernels_{_build_tag()}",
             cpp_sources=[_SOURCE],
             functions=["nearest_keys", "segment_sums"],
-            extra_cflags=["-O3", "-march=native"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as error:  # no compiler, no ninja, no BLAS symbols: the PyTorch code stands in
