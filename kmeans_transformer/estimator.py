@@ -70,8 +70,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             float64 otherwise (as scikit-learn).
         verbose (`int`, defaults to 0): if > 0, show a progress bar over the iterations.
 
-    Sample weights are not supported. Memory: the restarts share one batch of `n_init * (n + k)` tokens of width
-    `config.hidden_size`.
+    Sample weights are not supported. Memory: the restarts share one batch of `n_init * (n + k)` tokens, of width
+    `d + 1` on the fast path (`"lloyd"`, `"spherical"`) and `config.hidden_size` otherwise.
 
     Attributes:
         cluster_centers_ (`ndarray` of shape `(n_clusters, n_features)`): the centroids (medoids for `"kmedoids"`,
@@ -307,7 +307,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         with progress:
             for iteration in range(self.max_iter):
                 # labels: the assignment made in this iteration, from the centroids entering it.
-                output = model(batch(len(active)), centroids, num_iterations=1, final_assignment=False, **state, **call)
+                output = model(
+                    batch(len(active)), centroids, num_iterations=1, final_assignment=False, output_assignments=False,
+                    **state, **call,
+                )
                 done = ((output.centroids - centroids) ** 2).sum(dim=(1, 2)) <= tolerance
                 if previous_labels is not None:
                     done |= (output.labels == previous_labels).all(dim=1)  # scikit-learn's strict convergence
@@ -328,7 +331,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                     break
         # The labels and inertia of the final centroids (scikit-learn's last E-step).
         parameters = {"variances": final["variances"], "weights": final["weights"]} if self.variant == "gmm" else {}
-        assigned = model(batch(n_restarts), final["centroids"], num_iterations=0, **parameters)
+        assigned = model(batch(n_restarts), final["centroids"], num_iterations=0, output_assignments=False, **parameters)
         final["labels"], final["inertia"] = assigned.labels, assigned.inertia
         return final
 
@@ -347,7 +350,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """The fitted model's output on `X`: assignment to the stored centroids (`num_iterations=0`)."""
         points = self._fitted_points(X)
         with torch.no_grad():
-            return self.model_(points, num_iterations=0)
+            return self.model_(points, num_iterations=0, output_assignments=False)
 
     def predict(self, X):
         """The cluster of each row of `X` under the fitted centroids (-1 for points trimmed by `"trimmed"`)."""

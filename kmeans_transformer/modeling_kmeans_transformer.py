@@ -34,7 +34,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from . import cpu_kernels
+from .cpu_kernels import nearest_keys, segment_sums
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 
 
@@ -182,8 +182,8 @@ def chunked_hardmax_attention_forward(
     are the same products of the same queries and keys, so its maximisers, and its output, are those of the dense
     kernel. At most `module.config.score_chunk_size` scores are held at once. With `"first"` ties the output is the
     maximiser's value, gathered (the dense kernel's one-hot product gives the same numbers); on CPU, when the mask
-    hides whole query rows only, the maximisers come from the compiled `cpu_kernels.nearest_keys` (blocks of scores
-    kept in cache). Returns no weights.
+    hides whole query rows only, the compiled `cpu_kernels.nearest_keys` finds the maximisers without storing the
+    scores (they are then rounded in its own order, so only near-ties could resolve otherwise). Returns no weights.
     """
     batch, heads, q_len, head_dim = query.shape
     kv_len = key.shape[-2]
@@ -192,7 +192,7 @@ def chunked_hardmax_attention_forward(
     first = getattr(module, "hardmax_ties", "average") == "first"
     if first and (attention_mask is None or attention_mask.shape[-1] == 1):
         block_rows = max(1, min(rows, 4096, max(16, 2**16 // max(1, kv_len))))
-        index = cpu_kernels.nearest_keys(
+        index = nearest_keys(
             query.reshape(batch * heads, q_len, head_dim),
             key.expand(batch, heads, kv_len, head_dim).reshape(batch * heads, kv_len, head_dim),
             block_rows,
@@ -252,7 +252,7 @@ def index_hardmax_attention_forward(
     values = value.expand(batch, heads, kv_len, value_dim).reshape(groups, kv_len, value_dim)
     visible = None if attention_mask is None else attention_mask.expand(batch, heads, 1, kv_len).reshape(groups, kv_len)
     num_codes = int(query_codes.max()) + 1 if query_codes.numel() else 0
-    compiled = cpu_kernels.segment_sums(values, key_codes, visible, num_codes)
+    compiled = segment_sums(values, key_codes, visible, num_codes)
     if compiled is not None:
         sums, counts = compiled
     else:  # one bin per (group, code), and a last bin for the keys that match no code

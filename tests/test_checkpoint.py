@@ -34,7 +34,7 @@ def test_convert_writes_a_safetensors_checkpoint_with_code_and_card(tmp_path, dt
     files = {path.name for path in output.iterdir()}
     assert files == {
         "config.json", "model.safetensors", "README.md",
-        "configuration_kmeans_transformer.py", "modeling_kmeans_transformer.py",
+        "configuration_kmeans_transformer.py", "modeling_kmeans_transformer.py", "cpu_kernels.py",
     }
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)  # no pickle anywhere
     config = json.loads((output / "config.json").read_text())

@@ -1,0 +1,244 @@
+"""The fast hardmax path: its kernels against the dense hardmax kernel, and the compact layers against the dense tokens."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel, cpu_kernels
+from kmeans_transformer.modeling_kmeans_transformer import (
+    ALL_ATTENTION_FUNCTIONS,
+    chunked_hardmax_attention_forward,
+    hardmax_attention_forward,
+    index_hardmax_attention_forward,
+)
+
+
+class Block(nn.Module):
+    """What the kernels read from a module: its tie rule and the score budget."""
+
+    def __init__(self, ties, score_chunk_size=2**22):
+        super().__init__()
+        self.hardmax_ties = ties
+        self.config = KMeansTransformerConfig(score_chunk_size=score_chunk_size)
+
+
+@pytest.fixture(params=[True, False], ids=["compiled", "pytorch"])
+def compiled(request, monkeypatch):
+    """Run a test with the compiled CPU kernels and again with the kernels' PyTorch code."""
+    if request.param:
+        assert cpu_kernels._load() is not None, "the compiled CPU kernels must build on this machine"
+    else:
+        monkeypatch.setattr(cpu_kernels, "_module", None)
+        monkeypatch.setattr(cpu_kernels, "_failed", True)
+    return request.param
+
+
+def integer_tensor(generator, *shape, dtype=torch.float64, low=-3, high=4):
+    """Small integers: products and sums are exact in any order, and ties are frequent."""
+    return torch.randint(low, high, shape, generator=generator).to(dtype)
+
+
+@pytest.mark.parametrize("ties", ["first", "average"])
+@pytest.mark.parametrize("mask_kind", [None, "rows", "keys"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_kernel_equals_the_dense_kernel(ties, mask_kind, dtype, compiled):
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, q_len, kv_len, head_dim, value_dim = 3, 2, 157, 11, 5, 4
+    query = integer_tensor(generator, batch, heads, q_len, head_dim, dtype=dtype)
+    key = integer_tensor(generator, batch, heads, kv_len, head_dim, dtype=dtype)
+    value = integer_tensor(generator, batch, heads, kv_len, value_dim, dtype=dtype)
+    mask = None
+    if mask_kind == "rows":
+        mask = torch.rand(batch, 1, q_len, 1, generator=generator) > 0.2
+    elif mask_kind == "keys":
+        mask = torch.rand(batch, 1, q_len, kv_len, generator=generator) > 0.5
+        mask[:, :, :3] = False  # rows that see no key
+    module = Block(ties, score_chunk_size=kv_len * batch * heads * 16)  # blocks of 16 query rows
+    dense, _ = hardmax_attention_forward(module, query, key, value, mask)
+    chunked, weights = chunked_hardmax_attention_forward(module, query, key, value, mask)
+    assert weights is None
+    assert torch.equal(chunked, dense)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_index_kernel_equals_the_dense_kernel_on_one_hot_codes(with_mask, compiled):
+    generator = torch.Generator().manual_seed(1)
+    batch, heads, q_len, kv_len, num_codes, value_dim = 2, 1, 9, 300, 7, 3
+    query = torch.randint(0, num_codes + 2, (batch, heads, q_len, 1), generator=generator)  # codes 7, 8: unmatched
+    query[0, 0, :2] = torch.tensor([[3], [3]])  # a repeated query code
+    key = torch.randint(-1, num_codes, (batch, heads, kv_len, 1), generator=generator)  # -1: the zero code
+    value = integer_tensor(generator, batch, heads, kv_len, value_dim)
+    mask = (torch.rand(batch, 1, 1, kv_len, generator=generator) > 0.3) if with_mask else None
+    width = num_codes + 2
+
+    def one_hot(codes):
+        return nn.functional.one_hot(codes.clamp(min=0)[..., 0], width).to(torch.float64) * (codes >= 0)
+
+    dense, _ = hardmax_attention_forward(Block("average"), one_hot(query), one_hot(key), value, mask)
+    fast, weights = index_hardmax_attention_forward(Block("average"), query, key, value, mask)
+    assert weights is None
+    assert torch.equal(fast, dense)
+
+
+def test_nearest_keys_against_a_plain_loop():
+    generator = torch.Generator().manual_seed(2)
+    assert cpu_kernels._load() is not None
+    for dtype in (torch.float32, torch.float64):
+        for groups, n, k, e in ((1, 1, 1, 1), (2, 37, 13, 3), (3, 129, 8, 17), (1, 1000, 70, 33)):
+            query = integer_tensor(generator, groups, n, e + 2, dtype=dtype)[..., :e]  # rows with a stride
+            key = integer_tensor(generator, groups, k, e, dtype=dtype)
+            labels = cpu_kernels.nearest_keys(query, key, block_rows=64)
+            expected = np.empty((groups, n), dtype=np.int64)
+            q, c = query.numpy(), key.numpy()
+            for g in range(groups):
+                for i in range(n):
+                    scores = [float(np.dot(q[g, i], c[g, j])) for j in range(k)]
+                    expected[g, i] = scores.index(max(scores))  # the first maximiser
+            np.testing.assert_array_equal(labels.numpy(), expected)
+
+
+def test_segment_sums_against_a_plain_loop():
+    generator = torch.Generator().manual_seed(3)
+    assert cpu_kernels._load() is not None
+    groups, rows, width, num_codes = 2, 70_000, 3, 5  # more rows than one summing block
+    values = integer_tensor(generator, groups, rows, width)
+    codes = torch.randint(-1, num_codes + 1, (groups, rows), generator=generator)
+    visible = torch.rand(groups, rows, generator=generator) > 0.1
+    sums, counts = cpu_kernels.segment_sums(values, codes, visible, num_codes)
+    expected_sums = np.zeros((groups, num_codes, width))
+    expected_counts = np.zeros((groups, num_codes), dtype=np.int64)
+    for g, i in zip(*np.nonzero(visible.numpy() & (codes.numpy() >= 0) & (codes.numpy() < num_codes)), strict=True):
+        expected_sums[g, codes[g, i]] += values[g, i].numpy()
+        expected_counts[g, codes[g, i]] += 1
+    np.testing.assert_array_equal(sums.numpy(), expected_sums)
+    np.testing.assert_array_equal(counts.numpy(), expected_counts)
+
+
+def dense_and_fast(model, points, **kwargs):
+    """The model's output on the dense tokens and on the fast path."""
+    assert model.fast_path_applies()
+    fast = model(points, **kwargs)
+    model.config.fast_hardmax = False
+    try:
+        assert not model.fast_path_applies()
+        dense = model(points, **kwargs)
+    finally:
+        model.config.fast_hardmax = True
+    return dense, fast
+
+
+@pytest.mark.parametrize("variant", ["lloyd", "spherical"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("num_iterations,final_assignment", [(0, True), (1, False), (6, True)])
+def test_fast_path_is_the_dense_path_on_integer_points(variant, dtype, num_iterations, final_assignment, compiled):
+    """
+    Integer points (many exact ties, an emptied cluster, padding). Lloyd: every number is exact, so all are
+    identical. Spherical: the unit vectors are not integers, so the centroids' sums round in their own order.
+    """
+    generator = torch.Generator().manual_seed(4)
+    batch, n, d, k = 3, 240, 3, 6
+    points = integer_tensor(generator, batch, n, d, dtype=dtype, low=1, high=5)  # > 0: spherical needs no zero point
+    mask = torch.ones(batch, n, dtype=torch.bool)
+    mask[1, 200:] = False
+    centroids = points[:, :k].clone()
+    centroids[:, -1] = -50.0  # far from (and opposite to) every point: its cluster is empty
+    model = KMeansTransformerModel(
+        KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=num_iterations, variant=variant)
+    ).to(dtype)
+    dense, fast = dense_and_fast(
+        model, points, centroids=centroids, attention_mask=mask, final_assignment=final_assignment
+    )
+    assert (dense.labels == k - 1).sum() == 0 or num_iterations == 0
+    assert torch.equal(fast.labels, dense.labels) and torch.equal(fast.assignments, dense.assignments)
+    if variant == "lloyd":
+        assert torch.equal(fast.centroids, dense.centroids) and torch.equal(fast.inertia, dense.inertia)
+    else:
+        tolerance = 1e-6 if dtype == torch.float32 else 1e-14
+        torch.testing.assert_close(fast.centroids, dense.centroids, rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(fast.inertia, dense.inertia, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("variant", ["lloyd", "spherical"])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_fast_path_is_the_dense_path_on_real_points(variant, dtype, rtol, compiled):
+    """Gaussian points: the same labels; centroids that differ only by the order of their sums."""
+    generator = torch.Generator().manual_seed(5)
+    points = (torch.randn(2, 3000, 8, generator=generator) * 3).to(dtype)
+    model = KMeansTransformerModel(
+        KMeansTransformerConfig(num_clusters=12, point_dim=8, num_iterations=5, variant=variant)
+    ).to(dtype)
+    dense, fast = dense_and_fast(model, points)
+    assert torch.equal(fast.labels, dense.labels)
+    torch.testing.assert_close(fast.centroids, dense.centroids, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(fast.inertia, dense.inertia, rtol=rtol, atol=0)
+
+
+def test_fast_path_runs_only_where_it_is_exact():
+    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, point_dim=2, num_iterations=2))
+    points = torch.randn(50, 2, generator=torch.Generator().manual_seed(6))
+    assign_calls = []
+    model.layers[0].assign.register_forward_hook(lambda *args: assign_calls.append(1))
+
+    def runs_dense(**kwargs):
+        assign_calls.clear()
+        model(points, **kwargs)
+        return len(assign_calls) > 0
+
+    assert model.fast_path_applies() and not runs_dense()
+    assert runs_dense(output_attentions=True) and runs_dense(output_hidden_states=True)
+    with torch.enable_grad():  # the dense path records the gradient of the weights
+        assert not model.fast_path_applies() and runs_dense()
+        model.requires_grad_(False)
+        assert model.fast_path_applies() and not runs_dense()
+        model.requires_grad_(True)
+    update = model.layers[0].update.v_proj.weight
+    with torch.no_grad():
+        update[0, 0] += 1e-3  # no longer the construction
+    assert not model.has_analytic_weights() and runs_dense()
+    with torch.no_grad():
+        update[0, 0] -= 1e-3
+    assert model.has_analytic_weights() and not runs_dense()
+    for variant in ("soft", "trimmed", "kmedoids", "gmm"):
+        assert not KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, variant=variant)).fast_path_applies()
+    eager = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, attn_implementation="eager"))
+    assert eager.config._attn_implementation == "eager" and not eager.fast_path_applies()
+
+
+def test_fast_path_never_holds_the_assignment_matrix():
+    """With `output_assignments=False`, the largest tensor is the compact tokens, however large k is."""
+    n, d, k = 20_000, 4, 512
+    points = torch.randn(n, d, generator=torch.Generator().manual_seed(7))
+    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=2, score_chunk_size=2**16))
+    largest = []
+
+    class TensorSizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            largest.extend(t.numel() for t in (result if isinstance(result, (tuple, list)) else [result]) if isinstance(t, torch.Tensor))
+            return result
+
+    assert model.fast_path_applies()  # checks the weights once (tensors of hidden_size ** 2), outside the count
+    with TensorSizes():
+        output = model(points, output_assignments=False)
+    assert output.assignments is None and output.labels.shape == (1, n)
+    assert max(largest) <= (n + k) * (d + 1)  # the compact tokens; never n * k = 10,240,000
+
+
+def test_softmax_blocks_run_sdpa_unless_weights_are_asked_for():
+    generator = torch.Generator().manual_seed(8)
+    points = torch.randn(2, 60, 3, generator=generator, dtype=torch.float64)
+    mask = torch.ones(2, 60, dtype=torch.bool)
+    mask[0, 50:] = False
+    for variant in ("soft", "gmm"):
+        model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=4, point_dim=3, num_iterations=3, variant=variant)).double()
+        assign = model.layers[0].assign
+        assert assign.attention_interface(need_weights=False) is ALL_ATTENTION_FUNCTIONS["sdpa"]
+        assert assign.attention_interface(need_weights=True) is not ALL_ATTENTION_FUNCTIONS["sdpa"]
+        fused = model(points, attention_mask=mask)
+        eager = model(points, attention_mask=mask, output_attentions=True)
+        assert eager.attentions is not None
+        torch.testing.assert_close(fused.centroids, eager.centroids, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(fused.assignments, eager.assignments, rtol=1e-10, atol=1e-12)
+        assert torch.equal(fused.assignments[0, 50:], torch.zeros_like(fused.assignments[0, 50:]))
