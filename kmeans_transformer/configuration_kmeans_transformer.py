@@ -95,9 +95,10 @@ class KMeansTransformerConfig(PreTrainedConfig):
             in index form and the centroids) instead of the full tokens, in time and memory linear in the number of
             points. The labels are the dense path's; sums are taken in another order. `False` always runs the dense
             tokens.
-        score_chunk_size (`int`, *optional*, defaults to 4194304):
+        score_chunk_size (`int`, *optional*):
             The fast kernels hold at most this many attention scores at once (queries are processed in blocks of
-            `score_chunk_size // (batch_size * num_clusters)` rows): 16 MiB in float32 by default.
+            `score_chunk_size // (batch_size * num_clusters)` rows). Defaults to `2**22` on the CPU (16 MiB in
+            float32) and `2**28` on accelerators (1 GiB), where fewer, larger blocks keep the device busy.
 
     Example:
 
@@ -126,7 +127,7 @@ class KMeansTransformerConfig(PreTrainedConfig):
     reg_covar: float | None = None
     fitted_centroids: bool = False
     fast_hardmax: bool = True
-    score_chunk_size: int = 2**22
+    score_chunk_size: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -139,6 +140,8 @@ class KMeansTransformerConfig(PreTrainedConfig):
         """
         for name, minimum in (("num_clusters", 1), ("point_dim", 1), ("num_iterations", 0), ("score_chunk_size", 1)):
             value = getattr(self, name)
+            if name == "score_chunk_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
         for name in ("share_layers", "fitted_centroids", "fast_hardmax"):

@@ -187,7 +187,8 @@ def chunked_hardmax_attention_forward(
     """
     batch, heads, q_len, head_dim = query.shape
     kv_len = key.shape[-2]
-    budget = getattr(getattr(module, "config", None), "score_chunk_size", None) or 2**22
+    budget = getattr(getattr(module, "config", None), "score_chunk_size", None)
+    budget = budget or (2**22 if query.device.type == "cpu" else 2**28)
     rows = max(1, budget // max(1, batch * heads * kv_len))
     first = getattr(module, "hardmax_ties", "average") == "first"
     if first and (attention_mask is None or attention_mask.shape[-1] == 1):
