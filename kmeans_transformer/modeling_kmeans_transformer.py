@@ -199,8 +199,9 @@ def chunked_hardmax_attention_forward(
             block_rows,
         )
         if index is not None:
-            index = index.reshape(batch, heads, q_len, 1).expand(-1, -1, -1, value.shape[-1])
-            output = value.expand(batch, heads, -1, -1).gather(2, index)
+            values = value.expand(batch, heads, kv_len, value.shape[-1]).reshape(batch * heads * kv_len, -1)
+            offsets = torch.arange(0, batch * heads * kv_len, kv_len, device=index.device)[:, None]
+            output = values.index_select(0, (index + offsets).reshape(-1)).reshape(batch, heads, q_len, -1)
             if attention_mask is not None:
                 output = output.masked_fill(~attention_mask, 0.0)
             return output.transpose(1, 2).contiguous(), None
@@ -257,7 +258,9 @@ def index_hardmax_attention_forward(
     if compiled is not None:
         sums, counts = compiled
     else:  # one bin per (group, code), and a last bin for the keys that match no code
-        matched = (key_codes >= 0) & (key_codes < num_codes) if visible is None else visible & (key_codes >= 0) & (key_codes < num_codes)
+        matched = (key_codes >= 0) & (key_codes < num_codes)
+        if visible is not None:
+            matched &= visible
         offsets = torch.arange(groups, device=key.device)[:, None] * num_codes
         bins = torch.where(matched, key_codes + offsets, groups * num_codes).reshape(-1)
         flat_values = values.reshape(groups * kv_len, value_dim)
@@ -1266,6 +1269,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         self.assignment_head = KMeansTransformerAssignmentHead(config)
         self.gradient_checkpointing = False
         self.post_init()
+        if not any(p.is_meta for p in self.parameters()):  # `_init_weights` has just written the construction
+            self._analytic_state, self._analytic = self._parameter_state(), True
 
     def forward(
         self,
@@ -1372,23 +1377,35 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def has_analytic_weights(self) -> bool:
         """
         Whether every analytic weight (and the cluster embeddings) still holds the construction's value: checked once
-        per change of the weights (inference tensors, which keep no version counter, are checked every time).
+        per change of the weights (inference tensors, which keep no version counter, are checked every time). A model
+        just built from its config holds the construction without a check.
         """
-        parameters = list(self.parameters())
-        state = tuple((id(p), p._version, p.dtype, p.device) for p in parameters if not p.is_inference())
-        if len(state) < len(parameters) or getattr(self, "_analytic_state", None) != state:
+        state = self._parameter_state()
+        if state is None or getattr(self, "_analytic_state", None) != state:
             analytic = True
             for module in self.modules():
-                if isinstance(module, nn.Linear) and hasattr(module, "analytic_key"):
-                    owner, name = module.analytic_key
-                    weight, bias = owner.analytic_projections(self.config)[name]
-                    analytic &= torch.equal(module.weight, weight.to(module.weight))
-                    analytic &= module.bias is None or torch.equal(module.bias, bias.to(module.bias))
-                elif isinstance(module, KMeansTransformerEmbeddings):
+                linears = [
+                    child for child in module.children()
+                    if isinstance(child, nn.Linear) and getattr(child, "analytic_key", (None,))[0] is type(module)
+                ]
+                if linears:  # one module's projections at a time
+                    projections = type(module).analytic_projections(self.config)
+                    for linear in linears:
+                        weight, bias = projections[linear.analytic_key[1]]
+                        analytic &= torch.equal(linear.weight, weight.to(linear.weight))
+                        analytic &= linear.bias is None or torch.equal(linear.bias, bias.to(linear.bias))
+                if isinstance(module, KMeansTransformerEmbeddings):
                     expected = module.analytic_cluster_embeddings(self.config).to(module.cluster_embeddings)
                     analytic &= torch.equal(module.cluster_embeddings, expected)
             self._analytic_state, self._analytic = state, analytic
         return self._analytic
+
+    def _parameter_state(self) -> tuple | None:
+        """Identity, version, dtype and device of every parameter; None if one keeps no version counter."""
+        parameters = list(self.parameters())
+        if any(p.is_inference() for p in parameters):
+            return None
+        return tuple((id(p), p._version, p.dtype, p.device) for p in parameters)
 
     def _run_compact(
         self, points, centroids, point_mask, num_iterations, final_assignment, output_assignments
