@@ -18,6 +18,8 @@ Set `KMEANS_TRANSFORMER_CPU_KERNELS=0` to use the PyTorch code only.
 import hashlib
 import os
 import platform
+import shutil
+import sysconfig
 import warnings
 
 import torch
@@ -210,6 +212,8 @@ def _load():
     if os.environ.get("KMEANS_TRANSFORMER_CPU_KERNELS", "1") == "0":
         _failed = True
         return None
+    if shutil.which("ninja") is None:  # the `ninja` dependency sits beside this interpreter, maybe not on PATH
+        os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
     try:
         from torch.utils.cpp_extension import load_inline
 

@@ -1605,13 +1605,21 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         return points, centroids, point_mask
 
 
-def _inertia(points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor, rows: int = 2**16) -> torch.Tensor:
-    """`Σ_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`), per problem, in blocks of `rows` points."""
-    total = points.new_zeros(points.shape[0])
-    for start in range(0, points.shape[1], rows):
+def _inertia(points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+    """
+    `Σ_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`), per problem, in blocks of points small
+    enough (about 2**18 numbers) that the temporaries stay in cache.
+    """
+    batch_size, num_points, point_dim = points.shape
+    rows = max(1, 2**18 // (batch_size * point_dim))
+    flat_centroids = centroids.reshape(-1, point_dim)
+    offsets = torch.arange(batch_size, device=labels.device)[:, None] * centroids.shape[1]
+    total = points.new_zeros(batch_size)
+    for start in range(0, num_points, rows):
         block, block_labels = points[:, start : start + rows], labels[:, start : start + rows]
-        nearest = centroids.gather(1, block_labels.clamp(min=0)[..., None].expand_as(block))
-        total += (((block - nearest) ** 2).sum(dim=-1) * (block_labels >= 0)).sum(dim=-1)
+        nearest = flat_centroids.index_select(0, (block_labels.clamp(min=0) + offsets).reshape(-1))
+        squares = (block - nearest.reshape(block.shape)).square_().sum(dim=-1)
+        total += (squares * (block_labels >= 0)).sum(dim=-1)
     return total
 
 
