@@ -8,6 +8,7 @@ PyTorch code, with the same labels up to the rounding of the scores, and less sp
   `argmax_j query_i . key_j`, without the `(n, k)` scores: rows are taken a vector register at a time (16 in float32,
   8 in float64), each key's score is accumulated in coordinate order, and the best so far is kept in registers.
   Groups of rows run in parallel on PyTorch's intra-op threads; the result does not depend on their number.
+  `nearest_values(query, key, values)` returns each row's maximiser's value row instead.
 - `segment_sums(values, codes, visible, num_codes)`: per group, `sums[j] = Σ_{i visible, code_i = j} values_i` and
   the counts. Rows are summed in order within fixed blocks of rows, blocks in parallel, and the blocks' partial sums
   are added in order: the result does not depend on the number of threads.
@@ -29,6 +30,7 @@ _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -128,6 +130,24 @@ at::Tensor nearest_keys(at::Tensor query, at::Tensor key, int64_t block_rows) {
 // a group are then added block after block: the order of every addition is fixed by the shapes alone.
 constexpr int64_t kSumRows = 1 << 15;
 
+// The value row of each row's maximiser: out[g, i] = values[g, labels[g, i]], rows of `row_bytes` bytes.
+at::Tensor nearest_values(at::Tensor query, at::Tensor key, at::Tensor values, int64_t block_rows) {
+  TORCH_CHECK(values.dim() == 3 && values.is_contiguous() && values.size(0) == key.size(0) &&
+              values.size(1) == key.size(1), "nearest_values: contiguous values (groups, k, width)");
+  const at::Tensor labels = nearest_keys(query, key, block_rows);
+  const int64_t groups = labels.size(0), n = labels.size(1), k = values.size(1);
+  auto out = at::empty({groups, n, values.size(2)}, values.options());
+  const int64_t row_bytes = values.size(2) * values.element_size();
+  const char* source = static_cast<const char*>(values.data_ptr());
+  char* target = static_cast<char*>(out.data_ptr());
+  const int64_t* label = labels.data_ptr<int64_t>();
+  at::parallel_for(0, groups * n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      std::memcpy(target + i * row_bytes, source + ((i / n) * k + label[i]) * row_bytes, row_bytes);
+  });
+  return out;
+}
+
 template <typename scalar_t>
 static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes, const at::Tensor& visible,
                               at::Tensor& sums, at::Tensor& counts) {
@@ -220,7 +240,7 @@ def _load():
         _module = load_inline(
             name=f"kmeans_transformer_cpu_kernels_{_build_tag()}",
             cpp_sources=[_SOURCE],
-            functions=["nearest_keys", "segment_sums"],
+            functions=["nearest_keys", "nearest_values", "segment_sums"],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
@@ -241,16 +261,32 @@ def _usable(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad for t in tensors)
 
 
-def nearest_keys(query: torch.Tensor, key: torch.Tensor, block_rows: int) -> torch.LongTensor | None:
-    """`argmax_j query_i . key_j` (first maximiser) for `(groups, n, e)` queries and `(groups, k, e)` keys, or None."""
+def _for_scores(query: torch.Tensor, key: torch.Tensor):
+    """The compiled module when it can score these queries and keys, else None."""
     if not _usable(query, key) or key.shape[1] == 0 or max(query.shape[1], key.shape[1], query.shape[2]) >= 2**31:
         return None
-    module = _load()
+    return _load()
+
+
+def nearest_keys(query: torch.Tensor, key: torch.Tensor, block_rows: int) -> torch.LongTensor | None:
+    """`argmax_j query_i . key_j` (first maximiser) for `(groups, n, e)` queries and `(groups, k, e)` keys, or None."""
+    module = _for_scores(query, key)
     if module is None:
         return None
-    if query.stride(2) != 1:
-        query = query.contiguous()
+    query = query if query.stride(2) == 1 else query.contiguous()
     return module.nearest_keys(query, key.contiguous(), max(1, block_rows))
+
+
+def nearest_values(query: torch.Tensor, key: torch.Tensor, values: torch.Tensor, block_rows: int) -> torch.Tensor | None:
+    """
+    `values[g, argmax_j query_i . key_j]` (first maximiser) for `(groups, n, e)` queries, `(groups, k, e)` keys and
+    `(groups, k, width)` values of any dtype: `(groups, n, width)`, or None.
+    """
+    module = _for_scores(query, key)
+    if module is None or values.requires_grad or values.device.type != "cpu":
+        return None
+    query = query if query.stride(2) == 1 else query.contiguous()
+    return module.nearest_values(query, key.contiguous(), values.contiguous(), max(1, block_rows))
 
 
 def segment_sums(

@@ -34,7 +34,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .cpu_kernels import nearest_keys, segment_sums
+from .cpu_kernels import nearest_values, segment_sums
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 
 
@@ -182,8 +182,8 @@ def chunked_hardmax_attention_forward(
     are the same products of the same queries and keys, so its maximisers, and its output, are those of the dense
     kernel. At most `module.config.score_chunk_size` scores are held at once. With `"first"` ties the output is the
     maximiser's value, gathered (the dense kernel's one-hot product gives the same numbers); on CPU, when the mask
-    hides whole query rows only, the compiled `cpu_kernels.nearest_keys` finds the maximisers without storing the
-    scores (they are then rounded in its own order, so only near-ties could resolve otherwise). Returns no weights.
+    hides whole query rows only, the compiled `cpu_kernels.nearest_values` finds and gathers them without storing
+    the scores (rounded in its own order, so only near-ties could resolve otherwise). Returns no weights.
     """
     batch, heads, q_len, head_dim = query.shape
     kv_len = key.shape[-2]
@@ -192,16 +192,14 @@ def chunked_hardmax_attention_forward(
     rows = max(1, budget // max(1, batch * heads * kv_len))
     first = getattr(module, "hardmax_ties", "average") == "first"
     if first and (attention_mask is None or attention_mask.shape[-1] == 1):
-        block_rows = max(1, min(rows, 4096, max(16, 2**16 // max(1, kv_len))))
-        index = nearest_keys(
+        output = nearest_values(
             query.reshape(batch * heads, q_len, head_dim),
             key.expand(batch, heads, kv_len, head_dim).reshape(batch * heads, kv_len, head_dim),
-            block_rows,
+            value.expand(batch, heads, kv_len, value.shape[-1]).reshape(batch * heads, kv_len, -1),
+            block_rows=max(1, min(rows, 4096, max(16, 2**16 // max(1, kv_len)))),
         )
-        if index is not None:
-            values = value.expand(batch, heads, kv_len, value.shape[-1]).reshape(batch * heads * kv_len, -1)
-            offsets = torch.arange(0, batch * heads * kv_len, kv_len, device=index.device)[:, None]
-            output = values.index_select(0, (index + offsets).reshape(-1)).reshape(batch, heads, q_len, -1)
+        if output is not None:
+            output = output.reshape(batch, heads, q_len, -1)
             if attention_mask is not None:
                 output = output.masked_fill(~attention_mask, 0.0)
             return output.transpose(1, 2).contiguous(), None
@@ -927,26 +925,31 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         memory = torch.cat([point_states, centroid_states], dim=1)
         return super().forward(centroid_states, memory, attention_mask, **kwargs)
 
-    def update_from_labels(self, tokens: torch.Tensor, labels: torch.LongTensor, point_mask: torch.Tensor) -> torch.Tensor:
+    def update_from_labels(
+        self, tokens: torch.Tensor, labels: torch.LongTensor, point_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """
         The fast path (`"lloyd"`, `"spherical"`): this block on the compact state, for the analytic weights. The
         compact tokens `(batch, n + k, d + 1)` (`[x_i ; 1]` for points, `[c_j ; 1]` for centroids, `c_j` the centroid
         entering the iteration) are the values; the queries `e_j` and the keys `y_i` (points) and `e_j` (centroid
-        tokens) are in index form, `j` and `a(i)`; the visible keys are the dense block's (the real points, and a
-        centroid's own token only when its cluster is empty). Through the `"hardmax_index"` kernel: the mean of each
-        cluster's members, or `c_j` for an empty one, `(batch, k, d)`.
+        tokens) are in index form, `j` and `a(i)`, through the `"hardmax_index"` kernel: the mean of each cluster's
+        members. A centroid's own token is the dense block's too: it counts only for an empty cluster, where it is the
+        one maximiser and keeps `c_j`. Here it carries the zero code (-1) when its cluster has members, scoring 0 below
+        them, rather than being masked: the same maximisers, without a mask over every key. `(batch, k, d)`.
         """
         batch_size, num_clusters = tokens.shape[0], tokens.shape[1] - labels.shape[1]
-        own = torch.arange(num_clusters, device=labels.device).expand(batch_size, -1)
-        bins = labels if batch_size == 1 else labels + torch.arange(batch_size, device=labels.device)[:, None] * num_clusters
-        if point_mask is not None:
-            bins = torch.where(labels >= 0, bins, batch_size * num_clusters)
-        members = torch.bincount(bins.reshape(-1), minlength=batch_size * num_clusters + 1)[: batch_size * num_clusters]
-        empty = members.reshape(batch_size, num_clusters) == 0
-        key = torch.cat([labels, own], dim=1)[:, None, :, None]
         if point_mask is None:
-            point_mask = torch.ones_like(labels, dtype=torch.bool)
-        attention_mask = torch.cat([point_mask, empty], dim=1)[:, None, None, :]
+            occupied = labels.new_zeros(batch_size, num_clusters, dtype=torch.bool).scatter_(1, labels, True)
+        else:  # padded points (label -1) go to an extra column
+            padded = labels.masked_fill(labels < 0, num_clusters)
+            occupied = labels.new_zeros(batch_size, num_clusters + 1, dtype=torch.bool).scatter_(1, padded, True)
+            occupied = occupied[:, :num_clusters]
+        own = torch.arange(num_clusters, device=labels.device).expand(batch_size, -1)
+        key = torch.cat([labels, own.masked_fill(occupied, -1)], dim=1)[:, None, :, None]
+        attention_mask = None
+        if point_mask is not None:
+            attention_mask = torch.cat([point_mask, point_mask.new_ones(batch_size, num_clusters)], dim=1)
+            attention_mask = attention_mask[:, None, None, :]
         new_centroids, _ = ALL_ATTENTION_FUNCTIONS["hardmax_index"](
             self, own[:, None, :, None], key, tokens[:, None], attention_mask
         )
