@@ -82,7 +82,7 @@ def test_index_kernel_equals_the_dense_kernel_on_one_hot_codes(with_mask, compil
     assert torch.equal(fast, dense)
 
 
-def test_nearest_keys_against_a_plain_loop():
+def test_nearest_keys_and_values_against_a_plain_loop():
     generator = torch.Generator().manual_seed(2)
     assert cpu_kernels._load() is not None
     for dtype in (torch.float32, torch.float64):
@@ -97,6 +97,9 @@ def test_nearest_keys_against_a_plain_loop():
                     scores = [float(np.dot(q[g, i], c[g, j])) for j in range(k)]
                     expected[g, i] = scores.index(max(scores))  # the first maximiser
             np.testing.assert_array_equal(labels.numpy(), expected)
+            values = torch.randint(-9, 9, (groups, k, 3), generator=generator)  # any dtype: here int64
+            gathered = cpu_kernels.nearest_values(query, key, values, block_rows=64)
+            np.testing.assert_array_equal(gathered.numpy(), np.take_along_axis(values.numpy(), expected[..., None], 1))
 
 
 def test_segment_sums_against_a_plain_loop():
