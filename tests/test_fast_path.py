@@ -1,5 +1,7 @@
 """The fast hardmax path: its kernels against the dense hardmax kernel, and the compact layers against the dense tokens."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -24,11 +26,18 @@ class Block(nn.Module):
         self.config = KMeansTransformerConfig(score_chunk_size=score_chunk_size)
 
 
+def require_compiled():
+    """The compiled loops must build wherever a C++ compiler is found (as in CI); without one the tests skip."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: the kernels run their PyTorch code")
+    assert cpu_kernels._load() is not None, "the compiled CPU kernels must build on this machine"
+
+
 @pytest.fixture(params=[True, False], ids=["compiled", "pytorch"])
 def compiled(request, monkeypatch):
     """Run a test with the compiled CPU kernels and again with the kernels' PyTorch code."""
     if request.param:
-        assert cpu_kernels._load() is not None, "the compiled CPU kernels must build on this machine"
+        require_compiled()
     else:
         monkeypatch.setattr(cpu_kernels, "_module", None)
         monkeypatch.setattr(cpu_kernels, "_failed", True)
@@ -84,7 +93,7 @@ def test_index_kernel_equals_the_dense_kernel_on_one_hot_codes(with_mask, compil
 
 def test_nearest_keys_and_values_against_a_plain_loop():
     generator = torch.Generator().manual_seed(2)
-    assert cpu_kernels._load() is not None
+    require_compiled()
     for dtype in (torch.float32, torch.float64):
         for groups, n, k, e in ((1, 1, 1, 1), (2, 37, 13, 3), (3, 129, 8, 17), (1, 1000, 70, 33)):
             query = integer_tensor(generator, groups, n, e + 2, dtype=dtype)[..., :e]  # rows with a stride
@@ -104,7 +113,7 @@ def test_nearest_keys_and_values_against_a_plain_loop():
 
 def test_segment_sums_against_a_plain_loop():
     generator = torch.Generator().manual_seed(3)
-    assert cpu_kernels._load() is not None
+    require_compiled()
     groups, rows, width, num_codes = 2, 70_000, 3, 5  # more rows than one summing block
     values = integer_tensor(generator, groups, rows, width)
     codes = torch.randint(-1, num_codes + 1, (groups, rows), generator=generator)
