@@ -1,4 +1,4 @@
-"""The `kmeans-transformer` command: `demo`, `convert`, `cluster` and `infer`."""
+"""The `kmeans-transformer` command: `demo`, `convert`, `cluster`, `infer`, `push` and `zoo`."""
 
 import argparse
 import sys
@@ -12,6 +12,7 @@ import torch
 
 from .configuration_kmeans_transformer import MEDOID_SELECTIONS, VARIANT_PARAMETER_NAMES, VARIANTS
 from .convert import DTYPES, ValidationError, build_model, check_checkpoint_directory, convert_checkpoint, gaussian_mixture
+from .hub import HubError
 from .plotting import MissingDependencyError
 from .reference import lloyd
 
@@ -361,6 +362,85 @@ def run_infer(args: argparse.Namespace) -> None:
         )
 
 
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="checkpoint directory (from convert, cluster --save-model, zoo)")
+    parser.add_argument("--repo-id", required=True, help="Hub model repository OWNER/NAME (or NAME in your namespace)")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--revision", help="branch to commit to (created from main if new)")
+    parser.add_argument("--commit-message", help="commit message (default: names the variant and size)")
+    parser.add_argument("--exist-ok", action="store_true", help="commit to the repository even if it already exists")
+
+
+def run_push(args: argparse.Namespace) -> None:
+    from .hub import push_checkpoint
+
+    commit = push_checkpoint(
+        args.directory,
+        args.repo_id,
+        private=args.private or None,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        exist_ok=args.exist_ok,
+        exists_hint="pass --exist-ok",
+    )
+    print(f"pushed {args.directory} to {commit.repo_url.repo_id}: {commit.commit_url}")
+
+
+def _sizes(value: str) -> list[tuple[int, int, int]]:
+    try:
+        sizes = [tuple(int(part) for part in size.split("x")) for size in value.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(size) != 3 or min(size) < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"expected sizes KxDxT[,KxDxT...] of positive integers, got {value!r}")
+    return sizes
+
+
+def _variants(value: str) -> list[str]:
+    variants = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in variants if name not in VARIANTS]
+    if not variants or unknown:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown or value!r}; expected some of {', '.join(VARIANTS)}")
+    return variants
+
+
+def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .zoo import STANDARD_SIZES
+
+    parser.add_argument("--output", required=True, help="folder to write the checkpoints and the README table into")
+    parser.add_argument("--owner", help="Hub namespace the checkpoints will be pushed to (named in cards and table)")
+    parser.add_argument(
+        "--variants", type=_variants, default=list(VARIANTS), help=f"comma-separated variants (default: all: {','.join(VARIANTS)})"
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=list(STANDARD_SIZES),
+        help="comma-separated KxDxT sizes (default: " + ",".join("x".join(map(str, size)) for size in STANDARD_SIZES) + ")",
+    )
+    parser.add_argument("--dtype", default="float64", choices=list(DTYPES), help="weight dtype (default: float64, exact)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_zoo(args: argparse.Namespace) -> None:
+    from .zoo import build_zoo, standard_zoo
+
+    if args.no_progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    results = build_zoo(
+        args.output,
+        standard_zoo(args.variants, args.sizes),
+        owner=args.owner,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {len(results)} validated checkpoints and their table to {args.output}/README.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -391,6 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_infer_arguments(infer)
     infer.set_defaults(run=run_infer)
+    push = commands.add_parser(
+        "push",
+        help="push a checkpoint directory to a Hugging Face Hub model repository",
+        description="Push the checkpoint in DIR to the Hub (HF_ENDPOINT, default https://huggingface.co) as one commit, "
+        "with the token in HF_TOKEN or from `hf auth login`. The card is sent naming the repository; DIR is only read. "
+        "A repository that already exists is refused unless --exist-ok.",
+    )
+    add_push_arguments(push)
+    push.set_defaults(run=run_push)
+    zoo = commands.add_parser(
+        "zoo",
+        help="write the standard set of validated checkpoints (every variant at a few sizes) and a README table",
+    )
+    add_zoo_arguments(zoo)
+    zoo.set_defaults(run=run_zoo)
     return parser
 
 
@@ -399,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, TypeError, OSError, ValidationError, MissingDependencyError) as error:
+    except (ValueError, TypeError, OSError, ValidationError, MissingDependencyError, HubError) as error:
         print(f"kmeans-transformer {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

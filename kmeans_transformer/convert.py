@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_kmeans_transformer import VARIANT_PARAMETER_NAMES, KMeansTransformerConfig
 from .modeling_kmeans_transformer import KMeansTransformerModel
@@ -239,17 +239,47 @@ def _gumbel_medoid_expectations(points, initial, centroid_trajectory) -> dict[st
     return {"labels": labels, "centroids": allowed}
 
 
+def validation_results(config: KMeansTransformerConfig, report: ValidationReport) -> list[EvalResult]:
+    """The figures of `report` as model-index entries (task `clustering`, dataset: the generated mixtures)."""
+    dataset = {
+        "task_type": "clustering",
+        "task_name": f"{VARIANT_TITLES[config.variant]}, agreement with the reference",
+        "dataset_type": "synthetic-gaussian-mixtures",
+        "dataset_name": "Generated Gaussian mixtures",
+        "dataset_config": (
+            f"{report.num_problems} problems of {report.num_points} points, d={config.point_dim}, "
+            f"k={config.num_clusters}, seed {report.seed}, {report.dtype}"
+        ),
+    }
+    metrics = [
+        ("label_agreement", "Labels identical to the reference, every iteration", report.label_agreement),
+        ("max_relative_centroid_error", "Max centroid error relative to the data scale", report.max_relative_centroid_error),
+    ]
+    if report.outlier_agreement is not None:
+        metrics.append(("outlier_agreement", "Outlier flags identical to the reference", report.outlier_agreement))
+    if report.max_relative_parameter_error is not None:
+        metrics.append(("max_relative_parameter_error", "Max variance and weight error", report.max_relative_parameter_error))
+    return [
+        EvalResult(**dataset, metric_type=kind, metric_name=name, metric_value=float(value)) for kind, name, value in metrics
+    ]
+
+
 def render_model_card(model: KMeansTransformerModel, report: ValidationReport, repo_id: str | None = None) -> ModelCard:
-    """The model card of a checkpoint, from `hub_cards/<variant>.md`, with the validation figures of `report`."""
+    """
+    The model card of a checkpoint, from `hub_cards/<variant>.md`, with the validation figures of `report` in the text
+    and in the `model-index` metadata. A model whose weights are no longer the analytic construction (trained or
+    edited) gets a notice under the title saying so, and its figures show how far it now is from the reference.
+    """
     config = model.config
     card_data = ModelCardData(
         library_name="transformers",
         license="apache-2.0",
         tags=["clustering", "k-means", "kmeans-transformer", config.variant],
         model_name=repo_id or f"kmeans-transformer-{config.variant}",
+        eval_results=validation_results(config, report),
     )
     template = resources.files("kmeans_transformer.hub_cards").joinpath(f"{config.variant}.md").read_text()
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data,
         template_str=template,
         config=config,
@@ -259,6 +289,17 @@ def render_model_card(model: KMeansTransformerModel, report: ValidationReport, r
         repo_id=repo_id or "path/to/checkpoint",
         model_name=card_data.model_name,
     )
+    if not model.has_analytic_weights() or not report.passed:
+        title, _, body = card.text.lstrip("\n").partition("\n")
+        card.text = f"{title}\n\n{MODIFIED_WEIGHTS_NOTICE.format(passed='passed' if report.passed else 'did not pass')}\n{body}"
+    return card
+
+
+MODIFIED_WEIGHTS_NOTICE = (
+    "> **These weights are not the analytic construction**: they were trained or edited after it was written. The "
+    "sections below describe the construction they started from; the validation below was run on these weights and "
+    "{passed} its requirements."
+)
 
 
 VARIANT_TITLES = {
@@ -283,6 +324,18 @@ def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: i
         license="apache-2.0",
         tags=["clustering", "k-means", "kmeans-transformer", config.variant, "fitted"],
         model_name=repo_id or f"kmeans-transformer-{config.variant}-fitted",
+        eval_results=[
+            EvalResult(
+                task_type="clustering",
+                task_name=f"{VARIANT_TITLES[config.variant]} fit",
+                dataset_type="training-data",
+                dataset_name="Training points",
+                dataset_config=f"{len(labels)} points, d={config.point_dim}",
+                metric_type="inertia",
+                metric_name="Inertia (sum of squared distances to the assigned centroid)",
+                metric_value=float(estimator.inertia_),
+            )
+        ],
     )
     template = resources.files("kmeans_transformer.hub_cards").joinpath("fitted.md").read_text()
     centers = estimator.cluster_centers_
@@ -334,16 +387,19 @@ def check_checkpoint_directory(directory, overwrite: bool, how: str = "pass --ov
     return directory
 
 
-def convert_checkpoint(model: KMeansTransformerModel, output_dir: str | Path, overwrite: bool = False) -> ValidationReport:
+def convert_checkpoint(
+    model: KMeansTransformerModel, output_dir: str | Path, overwrite: bool = False, repo_id: str | None = None
+) -> ValidationReport:
     """
-    Validate `model` against the reference, and only then write its checkpoint to `output_dir`. Refuses a
-    non-empty `output_dir` unless `overwrite` (which replaces only the checkpoint's files).
+    Validate `model` against the reference, and only then write its checkpoint to `output_dir`, with a card naming
+    the Hub repository `repo_id` if given. Refuses a non-empty `output_dir` unless `overwrite` (which replaces only
+    the checkpoint's files).
     """
     output_dir = check_checkpoint_directory(output_dir, overwrite)
     report = validate_against_reference(model)
     if not report.passed:
         raise ValidationError(f"The built model disagrees with the reference, not writing a checkpoint: {report}")
-    card = render_model_card(model, report)
+    card = render_model_card(model, report, repo_id=repo_id)
     model.save_pretrained(output_dir)
     card.save(output_dir / "README.md")
     return report
@@ -361,4 +417,5 @@ __all__ = [
     "render_model_card",
     "run_reference",
     "validate_against_reference",
+    "validation_results",
 ]

@@ -3,6 +3,7 @@
 
 import json
 import numbers
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .configuration_kmeans_transformer import VARIANT_PARAMETER_NAMES, VARIANTS, KMeansTransformerConfig
 from .convert import check_checkpoint_directory, render_fitted_card
+from .hub import push_checkpoint
 from .initialization import kmeans_plusplus, random_points
 from .modeling_kmeans_transformer import KMeansTransformerModel
 
@@ -430,6 +432,19 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             arrays["init"] = np.ascontiguousarray(np.asarray(self.init, dtype=np.float64))
         save_file(arrays, str(directory / ESTIMATOR_ARRAYS_NAME))
         card.save(directory / "README.md")
+
+    def push_to_hub(self, repo_id: str, *, exist_ok: bool = True, **push_options):
+        """
+        Push the fitted estimator to the Hub repository `repo_id`: what [`save_pretrained`] writes (the model, the
+        estimator's files, the card), written to a temporary directory and pushed as one commit by
+        `kmeans_transformer.hub.push_checkpoint` (`push_options`: `private`, `revision`, `commit_message`,
+        `commit_description`, `create_pr`, `token`). As with transformers' `push_to_hub`, an existing repository
+        gets a new commit unless `exist_ok=False`. [`KMeans.from_pretrained`]`(repo_id)` loads it back.
+        """
+        check_is_fitted(self)
+        with tempfile.TemporaryDirectory() as directory:
+            self.save_pretrained(directory, overwrite=True)
+            return push_checkpoint(directory, repo_id, exist_ok=exist_ok, **push_options)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "KMeans":

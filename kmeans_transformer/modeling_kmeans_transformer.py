@@ -1362,6 +1362,19 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return outputs if return_dict else outputs.to_tuple()
 
+    def push_to_hub(self, repo_id: str, *, exist_ok: bool = True, **push_options):
+        """
+        Push the model with its card: validated against its variant's reference now, the figures in the card's text
+        and `model-index` (`kmeans_transformer.hub.push_model`; `push_options`: `private`, `revision`,
+        `commit_message`, `commit_description`, `create_pr`, `token`). Without the `kmeans_transformer` package (a
+        model loaded with `trust_remote_code`), transformers' own `push_to_hub` and card are used.
+        """
+        try:
+            from kmeans_transformer.hub import push_model
+        except ImportError:
+            return super().push_to_hub(repo_id, **push_options)
+        return push_model(self, repo_id, exist_ok=exist_ok, **push_options)
+
     def fast_path_applies(self, output_attentions: bool = False, output_hidden_states: bool = False) -> bool:
         """
         Whether `forward` runs the fast path: `config.fast_hardmax`, the `"hardmax"` attention, variant `"lloyd"` or

@@ -1,0 +1,129 @@
+"""The zoo: a standard set of validated checkpoints, every variant at a few sizes, in one folder ready to push.
+
+Each checkpoint is written by [`convert.convert_checkpoint`] (validated against its variant's reference before it is
+written, with a card holding the figures) into `OUTPUT/<name>`; `OUTPUT/README.md` lists them all in one table with
+their validation figures and the command that pushes them.
+
+Decisions: the zoo is written in float64, where every variant agrees with its reference exactly (identical labels at
+every iteration, centroids to rounding). In float32 the soft variant's responsibilities underflow to 0 for far
+clusters in 32 or more dimensions (the float64 reference still moves such a centroid), so its float32 trajectories
+leave the reference. The `"gmm"` entries set `reg_covar = 1e-6` (scikit-learn's `GaussianMixture` default): without
+it a component that closes on a single point has zero variance.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .configuration_kmeans_transformer import VARIANTS
+from .convert import ValidationReport, build_model, check_checkpoint_directory, convert_checkpoint
+
+
+STANDARD_SIZES = ((3, 2, 10), (8, 16, 20), (32, 64, 10))  # (k, d, T): a picture, a small embedding, a wide one
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One checkpoint of the zoo: a variant, its size, and the variant parameters it sets (the others default)."""
+
+    variant: str
+    num_clusters: int
+    point_dim: int
+    num_iterations: int
+    medoid_selection: str | None = None
+    reg_covar: float | None = None
+
+    @property
+    def name(self) -> str:
+        suffix = f"-{self.medoid_selection}" if self.medoid_selection else ""
+        return f"kmeans-transformer-{self.variant}{suffix}-k{self.num_clusters}-d{self.point_dim}-t{self.num_iterations}"
+
+
+def standard_zoo(variants=VARIANTS, sizes=STANDARD_SIZES) -> list[ZooEntry]:
+    """Every variant in `variants` at every `(k, d, T)` of `sizes`, and Gumbel k-medoids beside the deterministic one."""
+    entries = []
+    for variant in variants:
+        for k, d, T in sizes:
+            entries.append(ZooEntry(variant, k, d, T))
+            if variant == "kmedoids":
+                entries.append(ZooEntry(variant, k, d, T, medoid_selection="gumbel"))
+            if variant == "gmm":
+                entries[-1] = ZooEntry(variant, k, d, T, reg_covar=1e-6)
+    return entries
+
+
+def build_zoo(
+    output_dir,
+    entries: list[ZooEntry] | None = None,
+    owner: str | None = None,
+    dtype: str = "float64",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[tuple[ZooEntry, ValidationReport]]:
+    """
+    Convert `entries` (default: `standard_zoo()`) into `output_dir/<entry.name>` and write `output_dir/README.md`.
+    With `owner`, the cards and the table name the repositories `owner/<entry.name>`. A non-empty `output_dir` is
+    refused unless `overwrite`. Returns each entry with its validation report.
+    """
+    output_dir = check_checkpoint_directory(output_dir, overwrite)
+    entries = standard_zoo() if entries is None else entries
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for entry in tqdm(entries, desc="zoo", unit="checkpoint", disable=not progress):
+        model = build_model(
+            entry.num_clusters, entry.point_dim, entry.num_iterations, variant=entry.variant, dtype=dtype,
+            medoid_selection=entry.medoid_selection, reg_covar=entry.reg_covar,
+        )
+        repo_id = f"{owner}/{entry.name}" if owner else None
+        report = convert_checkpoint(model, output_dir / entry.name, overwrite=overwrite, repo_id=repo_id)
+        results.append((entry, report))
+    (output_dir / "README.md").write_text(zoo_index(results, owner))
+    return results
+
+
+def zoo_index(results: list[tuple[ZooEntry, ValidationReport]], owner: str | None = None) -> str:
+    """The zoo's README: one row per checkpoint with its size and validation figures, and how to push them."""
+    namespace = owner or "OWNER"
+    lines = [
+        "# kmeans-transformer zoo",
+        "",
+        "Analytic k-means transformer checkpoints: every variant at a few sizes (k clusters, d dimensions, T",
+        "iterations). Each was checked against its variant's independent reference on generated Gaussian mixtures",
+        "before it was written; its card has the maths, the construction and the figures below.",
+        "",
+        "| checkpoint | variant | k | d | T | dtype | labels identical | max relative centroid error | reference |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry, report in results:
+        link = f"[{namespace}/{entry.name}](https://huggingface.co/{owner}/{entry.name})" if owner else f"[{entry.name}]({entry.name}/)"
+        variant = entry.variant + (f" ({entry.medoid_selection})" if entry.medoid_selection else "")
+        lines.append(
+            f"| {link} | {variant} | {entry.num_clusters} | {entry.point_dim} | {entry.num_iterations} | "
+            f"{report.dtype} | {report.label_agreement:.6f} | {report.max_relative_centroid_error:.3e} | "
+            f"`{report.reference}` |"
+        )
+    lines += [
+        "",
+        "Push them all from this folder (with a token that has write access to the namespace, in `HF_TOKEN` or from",
+        "`hf auth login`):",
+        "",
+        "```bash",
+        "for name in kmeans-transformer-*/; do",
+        f'    kmeans-transformer push "$name" --repo-id "{namespace}/${{name%/}}"',
+        "done",
+        "```",
+        "",
+        "Load one back, with the package or with the code stored in the checkpoint:",
+        "",
+        "```python",
+        "from transformers import AutoModel",
+        "",
+        f'model = AutoModel.from_pretrained("{namespace}/{results[0][0].name if results else "NAME"}", trust_remote_code=True)',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["STANDARD_SIZES", "ZooEntry", "build_zoo", "standard_zoo", "zoo_index"]
