@@ -16,6 +16,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -57,8 +58,8 @@ def check_checkpoint(directory) -> Path:
         raise HubError(f"{directory} holds a {model_type!r} checkpoint, not a {KMeansTransformerConfig.model_type!r} one.")
     try:
         ModelCard.load(directory / "README.md")
-    except ValueError as error:
-        raise HubError(f"{directory / 'README.md'} has invalid metadata: {error}") from None
+    except (ValueError, yaml.YAMLError) as error:
+        raise HubError(f"{directory / 'README.md'} has invalid metadata: {' '.join(str(error).split())}") from None
     return directory
 
 
