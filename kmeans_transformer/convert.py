@@ -92,7 +92,10 @@ def layer_trajectory(config: KMeansTransformerConfig, hidden_states, num_points:
     variant has them `outliers` `(T, n)`, `variances` and `weights` `(T, k)`.
     """
     slices = config.token_slices
-    states = torch.stack([h[0] for h in hidden_states[1:]]) if len(hidden_states) > 1 else hidden_states[0][:0]
+    if len(hidden_states) > 1:
+        states = torch.stack([h[0] for h in hidden_states[1:]])
+    else:  # no layer ran (num_iterations = 0)
+        states = torch.zeros(0, num_points + config.num_clusters, config.hidden_size, dtype=torch.float64)
     points, centroids = states[:, :num_points], states[:, num_points:]
     codes = points[..., slices["code"]]
     trajectory = {
@@ -289,9 +292,14 @@ def render_model_card(model: KMeansTransformerModel, report: ValidationReport, r
         repo_id=repo_id or "path/to/checkpoint",
         model_name=card_data.model_name,
     )
+    notices = []
     if not model.has_analytic_weights() or not report.passed:
+        notices.append(MODIFIED_WEIGHTS_NOTICE.format(passed="passed" if report.passed else "did not pass"))
+    if config.fitted_centroids:
+        notices.append(FITTED_CENTROIDS_NOTICE)
+    if notices:
         title, _, body = card.text.lstrip("\n").partition("\n")
-        card.text = f"{title}\n\n{MODIFIED_WEIGHTS_NOTICE.format(passed='passed' if report.passed else 'did not pass')}\n{body}"
+        card.text = "\n\n".join([title, *notices]) + "\n" + body
     return card
 
 
@@ -299,6 +307,10 @@ MODIFIED_WEIGHTS_NOTICE = (
     "> **These weights are not the analytic construction**: they were trained or edited after it was written. The "
     "sections below describe the construction they started from; the validation below was run on these weights and "
     "{passed} its requirements."
+)
+FITTED_CENTROIDS_NOTICE = (
+    "> This model also stores fitted centroids (`embeddings.fitted_centroids`), which are its default `centroids` "
+    "input. Push the fitted `kmeans_transformer.KMeans` estimator for a card that describes the fit."
 )
 
 

@@ -332,3 +332,11 @@ def test_zoo_entries_are_named_by_variant_and_size(tmp_path):
     assert results[0][1].passed and "[kmeans-transformer-spherical-k2-d3-t1](kmeans-transformer-spherical-k2-d3-t1/)" in (
         tmp_path / "z" / "README.md"
     ).read_text()
+
+
+def test_card_of_a_model_with_fitted_centroids_says_so():
+    from sklearn.datasets import load_iris
+
+    model = KMeans(n_clusters=3, n_init=1, random_state=0).fit(load_iris().data).model_
+    card = render_model_card(model, validate_against_reference(model))
+    assert "stores fitted centroids" in card.text and "not the analytic construction" not in card.text
