@@ -58,7 +58,7 @@ def check_checkpoint(directory) -> Path:
         raise HubError(f"{directory} holds a {model_type!r} checkpoint, not a {KMeansTransformerConfig.model_type!r} one.")
     try:
         ModelCard.load(directory / "README.md")
-    except (ValueError, yaml.YAMLError) as error:
+    except (ValueError, TypeError, yaml.YAMLError) as error:
         raise HubError(f"{directory / 'README.md'} has invalid metadata: {' '.join(str(error).split())}") from None
     return directory
 
@@ -176,6 +176,8 @@ def hub_errors(endpoint: str, repo_id: str, exists_hint: str):
         else:
             message = f"pushing to {repo_id} on {endpoint} failed ({status}: {reason})."
         raise HubError(message) from None
+    except ValueError as error:  # the client's own checks, and a card the Hub refused ("Invalid metadata in README.md")
+        raise HubError(f"pushing to {repo_id} on {endpoint} failed: {' '.join(str(error).split())}") from None
     except (TransportError, OfflineModeIsEnabled, ConnectionError) as error:
         raise HubError(
             f"cannot reach the Hub at {endpoint} ({type(error).__name__}: {error}); check HF_ENDPOINT and the network."

@@ -1207,7 +1207,11 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["KMeansTransformerLayer"]
     _supports_sdpa = True
     _can_record_outputs = {
-        "hidden_states": OutputRecorder(KMeansTransformerLayer, index=0),
+        # The tokens as embedded, then after each layer: T + 1 states, also for T = 0.
+        "hidden_states": [
+            OutputRecorder(KMeansTransformerEmbeddings, index=0, capture_initial_hidden_state=False),
+            OutputRecorder(KMeansTransformerLayer, index=0, capture_initial_hidden_state=False),
+        ],
         **{
             f"{name}_attentions": OutputRecorder(block, index=1, layer_name="layers")
             for name, block in zip(

@@ -288,9 +288,10 @@ def test_incomplete_or_foreign_directories_are_refused_before_any_request(hub, c
     (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     assert "'bert' checkpoint" in cli_error(capsys, "push", str(checkpoint), "--repo-id", "alice/x")
     (checkpoint / "config.json").write_text(json.dumps(config))
-    (checkpoint / "README.md").write_text("---\ntags: [unclosed\n---\ntext\n")
-    with pytest.raises(HubError, match="invalid metadata"):
-        check_checkpoint(checkpoint)
+    for metadata in ("tags: [unclosed", "tags: 3"):
+        (checkpoint / "README.md").write_text(f"---\n{metadata}\n---\ntext\n")
+        with pytest.raises(HubError, match="invalid metadata"):
+            check_checkpoint(checkpoint)
     assert hub.requests == []
 
 
@@ -340,3 +341,12 @@ def test_card_of_a_model_with_fitted_centroids_says_so():
     model = KMeans(n_clusters=3, n_init=1, random_state=0).fit(load_iris().data).model_
     card = render_model_card(model, validate_against_reference(model))
     assert "stores fitted centroids" in card.text and "not the analytic construction" not in card.text
+
+
+def test_card_refused_by_the_hub_is_one_line(hub, checkpoint, monkeypatch, capsys):
+    card = (checkpoint / "README.md").read_text()
+    (checkpoint / "README.md").write_text(card.replace("license: apache-2.0", "license: [apache-2.0, mit]", 1))  # parses
+    monkeypatch.setenv("HF_TOKEN", "hf_write_token")
+    message = cli_error(capsys, "push", str(checkpoint), "--repo-id", "alice/bad-card")
+    assert "Invalid metadata in README.md" in message and "license" in message
+    assert "README.md" not in hub.files("alice/bad-card")
