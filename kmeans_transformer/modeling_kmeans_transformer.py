@@ -67,8 +67,9 @@ class KMeansTransformerOutput(ModelOutput):
     responsibilities (`torch.FloatTensor` of shape `(batch_size, num_points, num_clusters)`, *optional*):
         `"soft"` and `"gmm"`: the responsibilities of the returned parameters (the same tensor as `assignments`).
     hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
-        The tokens before the first layer and after each layer, each of shape
-        `(batch_size, num_points + num_clusters, hidden_size)`: the point tokens first, then the centroid tokens.
+        The tokens as embedded and after each layer (`num_iterations + 1` states), each of shape
+        `(batch_size, num_points + num_clusters, hidden_size)`: the point tokens first, then the centroid tokens
+        (`point_hidden_states` and `centroid_hidden_states` split them).
     attentions (`tuple(tuple(torch.FloatTensor))`, *optional*, returned when `output_attentions=True`):
         One tuple per layer holding the weights of its four attention blocks, in the order `BLOCK_NAMES`: point
         erase `(batch_size, 1, num_points, 1)` (each token's weight on itself), assign `(batch_size, 1, num_points,
@@ -93,6 +94,20 @@ class KMeansTransformerOutput(ModelOutput):
     assign_attentions: tuple[torch.FloatTensor, ...] | None = None
     centroid_erase_attentions: tuple[torch.FloatTensor, ...] | None = None
     update_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def point_hidden_states(self) -> tuple[torch.FloatTensor, ...] | None:
+        """The point stream of `hidden_states`: the `(batch_size, num_points, hidden_size)` point tokens per state."""
+        if self.hidden_states is None:
+            return None
+        return tuple(state[:, : self.labels.shape[1]] for state in self.hidden_states)
+
+    @property
+    def centroid_hidden_states(self) -> tuple[torch.FloatTensor, ...] | None:
+        """The centroid stream of `hidden_states`: the `(batch_size, num_clusters, hidden_size)` centroid tokens per state."""
+        if self.hidden_states is None:
+            return None
+        return tuple(state[:, self.labels.shape[1] :] for state in self.hidden_states)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

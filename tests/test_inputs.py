@@ -93,3 +93,23 @@ def test_output_shapes_and_tuple_return():
     assert len(output.hidden_states) == 3 and output.hidden_states[0].shape == (2, 14, model.config.hidden_size)
     as_tuple = model(POINTS, return_dict=False)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], output.labels)
+
+
+def test_hidden_states_are_the_embedded_tokens_then_each_layer_split_into_streams():
+    model = make_model(4, 3, 0)
+    output = model(POINTS, output_hidden_states=True)
+    assert len(output.hidden_states) == 1  # no layer: the embedded tokens only
+    slices = model.config.token_slices
+    points, centroids = output.point_hidden_states[0], output.centroid_hidden_states[0]
+    assert points.shape == (2, 10, model.config.hidden_size) and centroids.shape == (2, 4, model.config.hidden_size)
+    # point tokens [x_i ; 0 ; 0 ; 0], centroid tokens [c_j ; e_j ; 0 ; 1] with the default centroids: the first k points
+    assert torch.equal(points[..., slices["position"]], POINTS.to(points.dtype))
+    assert (points[..., slices["position"].stop :] == 0).all()
+    assert torch.equal(centroids[..., slices["position"]], POINTS[:, :4].to(points.dtype))
+    assert torch.equal(centroids[0, :, slices["code"]], torch.eye(4, dtype=points.dtype))
+    assert (centroids[..., slices["is_centroid"]] == 1).all() and (centroids[..., slices["previous"]] == 0).all()
+    layered = make_model(4, 3, 2)(POINTS, output_hidden_states=True)
+    assert len(layered.centroid_hidden_states) == 3
+    for state, points_part, centroids_part in zip(layered.hidden_states, layered.point_hidden_states, layered.centroid_hidden_states):
+        assert torch.equal(torch.cat([points_part, centroids_part], dim=1), state)
+    assert make_model(4, 3, 2)(POINTS).point_hidden_states is None
