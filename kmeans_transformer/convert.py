@@ -85,30 +85,8 @@ def run_reference(config: KMeansTransformerConfig, points, centroids, variances=
     raise ValueError(f"Variant {variant!r} ({config.medoid_selection}) has no deterministic reference.")
 
 
-def layer_trajectory(config: KMeansTransformerConfig, hidden_states, num_points: int) -> dict[str, torch.Tensor]:
-    """
-    What each layer left in the tokens of problem 0, read off `hidden_states[1:]`: `assignments` `(T, n, k)` (the code
-    slot), `labels` `(T, n)` (its argmax; -1 for a point with no assignment, such as a trimmed one), `centroids` `(T, k, d)`, and where the
-    variant has them `outliers` `(T, n)`, `variances` and `weights` `(T, k)`.
-    """
-    slices = config.token_slices
-    if len(hidden_states) > 1:
-        states = torch.stack([h[0] for h in hidden_states[1:]])
-    else:  # no layer ran (num_iterations = 0)
-        states = torch.zeros(0, num_points + config.num_clusters, config.hidden_size, dtype=torch.float64)
-    points, centroids = states[:, :num_points], states[:, num_points:]
-    codes = points[..., slices["code"]]
-    trajectory = {
-        "assignments": codes,
-        "labels": codes.argmax(dim=-1).masked_fill(codes.amax(dim=-1) <= 0, -1),
-        "centroids": centroids[..., slices["position"]],
-    }
-    if "outlier" in slices:
-        trajectory["outliers"] = points[..., slices["outlier"]][..., 0] > 0
-    if "variance" in slices:
-        trajectory["variances"] = centroids[..., slices["variance"]][..., 0]
-        trajectory["weights"] = centroids[..., slices["mixing_weight"]][..., 0]
-    return trajectory
+# `layer_trajectory` lives in `probe`; imported here for the callers that know it from this module.
+from .probe import layer_trajectory  # noqa: E402
 
 
 def gaussian_mixture(
