@@ -202,16 +202,16 @@ def save_figure(figure, path, overwrite: bool = False) -> Path:
     return path
 
 
-def check_plot_path(path, overwrite: bool = False) -> Path:
+def check_plot_path(path, overwrite: bool = False, how: str = "pass --overwrite") -> Path:
     """Check, before any work, that matplotlib imports and that `path` ends in .png and does not exist (unless `overwrite`)."""
     require_matplotlib()
-    return _check_png_path(path, overwrite)
+    return _check_png_path(path, overwrite, how)
 
 
-def _check_png_path(path, overwrite: bool) -> Path:
+def _check_png_path(path, overwrite: bool, how: str = "pass --overwrite") -> Path:
     from .tabular import check_output_path
 
-    return check_output_path(path, (".png",), overwrite, what="plot")
+    return check_output_path(path, (".png",), overwrite, what="plot", how=how)
 
 
 def _check_inputs(points, labels, centroids, trajectory):

@@ -222,7 +222,7 @@ def plot_centroid_trajectories(trace: Trace, path=None, overwrite: bool = False,
     """
     plotting.require_matplotlib()
     if path is not None:
-        plotting.check_plot_path(path, overwrite)
+        plotting.check_plot_path(path, overwrite, how="pass overwrite=True")
     T = trace.num_layers
     title = f"Centroid trajectories: n={len(trace.points)}, k={trace.num_clusters}, {T} layer{'s' if T != 1 else ''}"
     return plotting.plot_clustering(
@@ -249,7 +249,7 @@ def plot_assignment_changes(trace: Trace, path=None, overwrite: bool = False):
     """
     plotting.require_matplotlib()
     if path is not None:
-        plotting.check_plot_path(path, overwrite)
+        plotting.check_plot_path(path, overwrite, how="pass overwrite=True")
     figure = _new_figure(CHANGES_FIGSIZE)
     bars_ax, raster_ax = figure.subplots(2, 1, gridspec_kw={"height_ratios": [1, 2]}, sharex=True)
     T, n, k = trace.num_layers, len(trace.points), trace.num_clusters
@@ -306,7 +306,7 @@ def plot_attention_maps(trace: Trace, layer: int = 0, path=None, overwrite: bool
         raise ValueError(f"`layer` must be an integer in [{-T}, {T - 1}] for a trace of {T} layers, got {layer!r}.")
     layer = int(layer) % T
     if path is not None:
-        plotting.check_plot_path(path, overwrite)
+        plotting.check_plot_path(path, overwrite, how="pass overwrite=True")
     n, k = len(trace.points), trace.num_clusters
     order = np.argsort(trace.labels[layer], kind="stable")
     weights = {name: trace.attentions[name][layer] for name in BLOCK_NAMES}
@@ -376,7 +376,7 @@ def export_bertviz(trace: Trace, path, overwrite: bool = False, layers=None) -> 
     """
     from .tabular import check_output_path
 
-    path = check_output_path(path, (".html",), overwrite, what="bertviz export")
+    path = check_output_path(path, (".html",), overwrite, what="bertviz export", how="pass overwrite=True")
     try:
         from bertviz import head_view
     except ImportError as error:

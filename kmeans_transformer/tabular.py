@@ -78,15 +78,17 @@ def write_table(table: pd.DataFrame, path, overwrite: bool = False) -> None:
         table.to_parquet(path, index=_meaningful_index(table))
 
 
-def check_output_path(path, suffixes: tuple[str, ...], overwrite: bool = False, what: str = "output") -> Path:
-    """Check that `path` ends in one of `suffixes` and, unless `overwrite`, does not exist yet."""
+def check_output_path(
+    path, suffixes: tuple[str, ...], overwrite: bool = False, what: str = "output", how: str = "pass --overwrite"
+) -> Path:
+    """Check that `path` ends in one of `suffixes` and, unless `overwrite`, does not exist yet (the error says `how`)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"Cannot write {path}: the {what} must end in {' or '.join(suffixes)}.")
     if path.is_dir():
         raise FileExistsError(f"{path} is a directory.")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+        raise FileExistsError(f"{path} exists; {how} to replace it.")
     return path
 
 
