@@ -353,7 +353,7 @@ def plot_attention_maps(trace: Trace, layer: int = 0, path=None, overwrite: bool
     axes["update"].set_ylabel("centroids")
     axes["update"].set_xlabel("points (sorted as above) | centroid tokens")
     figure.colorbar(image, cax=figure.add_subplot(grid[:, 2]), label="attention weight (square-root scale)")
-    figure.suptitle(f"Attention weights of layer {layer} (of {T}; head 0)", fontsize=11)
+    figure.suptitle(f"Attention weights of layer {layer} (iteration {layer + 1} of {T}; head 0)", fontsize=11)
     if path is not None:
         plotting.save_figure(figure, path, overwrite=overwrite)
     return figure
