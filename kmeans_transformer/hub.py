@@ -104,7 +104,7 @@ def push_checkpoint(
         operations = [
             CommitOperationAdd(path_in_repo=path.relative_to(directory).as_posix(), path_or_fileobj=str(path))
             for path in sorted(directory.rglob("*"))
-            if path.is_file() and path.name != "README.md" and not _hidden(path.relative_to(directory))
+            if path.is_file() and path != directory / "README.md" and not _hidden(path.relative_to(directory))
         ]
         card = card_for_repository(directory / "README.md", repo_id)
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))

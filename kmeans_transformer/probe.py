@@ -45,10 +45,7 @@ def layer_trajectory(config: KMeansTransformerConfig, hidden_states, num_points:
     variant has them `outliers` `(T, n)`, `variances` and `weights` `(T, k)`.
     """
     slices = config.token_slices
-    if len(hidden_states) > 1:
-        states = torch.stack([h[0] for h in hidden_states[1:]])
-    else:  # no layer ran (num_iterations = 0)
-        states = torch.zeros(0, num_points + config.num_clusters, config.hidden_size, dtype=torch.float64)
+    states = torch.stack([h[0] for h in hidden_states])[1:]  # (T, n + k, hidden); T = 0 gives an empty stack
     points, centroids = states[:, :num_points], states[:, num_points:]
     codes = points[..., slices["code"]]
     trajectory = {

@@ -44,12 +44,11 @@ def standard_zoo(variants=VARIANTS, sizes=STANDARD_SIZES) -> list[ZooEntry]:
     """Every variant in `variants` at every `(k, d, T)` of `sizes`, and Gumbel k-medoids beside the deterministic one."""
     entries = []
     for variant in variants:
+        reg_covar = 1e-6 if variant == "gmm" else None
         for k, d, T in sizes:
-            entries.append(ZooEntry(variant, k, d, T))
+            entries.append(ZooEntry(variant, k, d, T, reg_covar=reg_covar))
             if variant == "kmedoids":
                 entries.append(ZooEntry(variant, k, d, T, medoid_selection="gumbel"))
-            if variant == "gmm":
-                entries[-1] = ZooEntry(variant, k, d, T, reg_covar=1e-6)
     return entries
 
 

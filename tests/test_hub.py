@@ -21,7 +21,9 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from hub_server import hub  # noqa: F401  (the fixture)
 from kmeans_transformer import KMeans
 from kmeans_transformer.cli import main
-from kmeans_transformer.convert import build_model, convert_checkpoint, render_model_card, validate_against_reference
+from kmeans_transformer.convert import (
+    build_model, convert_checkpoint, gaussian_mixture, render_model_card, validate_against_reference,
+)
 from kmeans_transformer.hub import HubError, check_checkpoint, push_checkpoint
 from kmeans_transformer.reference import lloyd
 from kmeans_transformer.zoo import ZooEntry, build_zoo
@@ -132,7 +134,7 @@ def test_push_command_then_pull_with_remote_code_in_fresh_processes_and_offline(
     assert 'from_pretrained("alice/lloyd-k4"' in card.text and "path/to/checkpoint" not in card.text
     assert f"{report.max_relative_centroid_error:.3e}" in card.text
 
-    points = mixture(rng, 300, 3, 4)
+    points = gaussian_mixture(rng, 300, 3, 4)
     initial = points[:4].copy()
     expected = lloyd(points, initial, 5)
     fresh = {"HF_HOME": str(tmp_path / "fresh-home"), "HF_TOKEN": ""}
@@ -151,12 +153,6 @@ def test_push_command_then_pull_with_remote_code_in_fresh_processes_and_offline(
     assert len(hub.requests) == requests_before  # everything came from the cache
     for key in ("labels", "centroids", "inertia"):
         np.testing.assert_array_equal(offline[key], online[key])
-
-
-def mixture(rng, n, d, k):
-    from kmeans_transformer.convert import gaussian_mixture
-
-    return gaussian_mixture(rng, n, d, k)
 
 
 def test_model_push_to_hub_writes_the_card_with_figures_measured_now(hub, monkeypatch):
@@ -240,16 +236,21 @@ def test_refused_tokens(hub, checkpoint, monkeypatch, capsys, token, repo_id, ex
     assert tree_digest(checkpoint) == before
 
 
-def test_existing_repository_needs_exist_ok(hub, checkpoint, monkeypatch, capsys):
+def test_existing_repository_needs_exist_ok(hub, checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_write_token")
     assert main(["push", str(checkpoint), "--repo-id", "alice/twice"]) == 0
     first = hub.files("alice/twice")
-    message = cli_error(capsys, "push", str(checkpoint), "--repo-id", "alice/twice")
+    replacement = tmp_path / "spherical"
+    write_checkpoint(replacement, variant="spherical")
+    message = cli_error(capsys, "push", str(replacement), "--repo-id", "alice/twice")
     assert "alice/twice already exists" in message and "--exist-ok" in message
     with pytest.raises(HubError, match="pass exist_ok=True"):
-        push_checkpoint(checkpoint, "alice/twice")
-    assert main(["push", str(checkpoint), "--repo-id", "alice/twice", "--exist-ok"]) == 0
-    assert hub.files("alice/twice") == first
+        push_checkpoint(replacement, "alice/twice")
+    assert hub.files("alice/twice") == first  # refused: nothing changed on the Hub
+    commits = len(hub.commits("alice/twice"))
+    assert main(["push", str(replacement), "--repo-id", "alice/twice", "--exist-ok"]) == 0
+    assert json.loads(hub.files("alice/twice")["config.json"])["variant"] == "spherical"
+    assert len(hub.commits("alice/twice")) == commits + 1
 
 
 def test_unreachable_endpoint(hub, checkpoint, monkeypatch, capsys):
