@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
-from kmeans_transformer.modeling_kmeans_transformer import KMeansTransformerAssign
+from kmeans_transformer.blocks import KMeansTransformerAssign
 
 
 def scale_feature(model: KMeansTransformerModel, feature: int, scale: float) -> KMeansTransformerModel:

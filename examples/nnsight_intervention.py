@@ -24,7 +24,7 @@ t - 1), and `tracer.iter[:T]` walks all of them. With `share_layers=False` each 
 `model.layers[t - 1]`, reached once, and no `tracer.iter` is needed. Both are shown and give the same result.
 
 The dense path. Under `torch.no_grad()`, with the analytic weights and no attentions or hidden states requested, the
-model runs a compact fast path that never calls the blocks (`model.fast_path_applies()`), and there would be nothing
+model runs a compact fast path that never calls the blocks (`model.engine() == "compact"`), and there would be nothing
 for nnsight to read. The model here is built with `fast_hardmax=False` (a config field, which `build_model` passes
 through), so the blocks always run; passing `output_hidden_states=True` to the traced call would do as well.
 """

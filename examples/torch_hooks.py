@@ -23,7 +23,7 @@ with that point and the other cluster without it. Predicted by a NumPy loop that
 (`predicted_forced_trajectory`): the model's centroids after every iteration and its final labels equal it.
 
 The dense path. Under `torch.no_grad()`, with the analytic weights and no attentions or hidden states requested,
-`"lloyd"` runs a compact fast path that never calls the blocks (`model.fast_path_applies()`): hooks on them do not
+`"lloyd"` runs a compact fast path that never calls the blocks (`model.engine() == "compact"`): hooks on them do not
 fire (`count_block_calls` shows it). Build with `fast_hardmax=False` (as here) or pass `output_hidden_states=True`
 to run the blocks.
 """

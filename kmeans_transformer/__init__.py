@@ -15,6 +15,16 @@ from .reference import lloyd
 
 __version__ = "0.1.0"
 
+# `model.push_to_hub` writes this package's card; the modeling file itself never imports the Hub code.
+KMeansTransformerModel.carded_push = staticmethod(lambda *args, **kwargs: _push_model(*args, **kwargs))
+
+
+def _push_model(*args, **kwargs):
+    from .hub import push_model
+
+    return push_model(*args, **kwargs)
+
+
 AutoConfig.register(KMeansTransformerConfig.model_type, KMeansTransformerConfig)
 AutoModel.register(KMeansTransformerConfig, KMeansTransformerModel)
 # Checkpoints carry the two modeling files and an `auto_map`, so they also load with `trust_remote_code=True`.

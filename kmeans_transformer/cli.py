@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .configuration_kmeans_transformer import MEDOID_SELECTIONS, VARIANT_PARAMETER_NAMES, VARIANTS
+from .variants import MEDOID_SELECTIONS, PARAMETER_NAMES as VARIANT_PARAMETER_NAMES, VARIANT_NAMES as VARIANTS
 from .convert import DTYPES, ValidationError, build_model, check_checkpoint_directory, convert_checkpoint, gaussian_mixture
 from .hub import HubError
 from .plotting import MissingDependencyError

@@ -1,38 +1,11 @@
 # Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
 """Configuration of the exact k-means transformer and its variants."""
 
-import math
 from typing import ClassVar
 
 from transformers.configuration_utils import PreTrainedConfig
 
-
-VARIANTS = ("lloyd", "soft", "spherical", "trimmed", "sparse", "kmedoids", "gmm")
-MEDOID_SELECTIONS = ("deterministic", "gumbel")
-
-# The parameters each variant reads, with their defaults. A parameter left unset (None) takes its variant's default;
-# setting one that the variant does not read is an error. `inverse_temperature` is read by every variant but "gmm":
-# by "soft", "sparse" and gumbel "kmedoids" in their own blocks, and by the others when an argmax block runs as softmax
-# (`attn_implementation="eager"` or `"sdpa"`). "trimmed" takes one of `trim_quantile` and `trim_fraction`.
-VARIANT_PARAMETERS = {
-    "lloyd": {"inverse_temperature": 1.0},
-    "soft": {"inverse_temperature": 1.0},
-    "spherical": {"inverse_temperature": 1.0},
-    "trimmed": {"inverse_temperature": 1.0, "trim_quantile": 0.95, "trim_fraction": None},
-    "sparse": {"inverse_temperature": 0.01},
-    "kmedoids": {"inverse_temperature": 1.0, "medoid_selection": "deterministic"},
-    "gmm": {"reg_covar": 0.0},
-}
-
-# Every variant parameter of the config, in order.
-VARIANT_PARAMETER_NAMES = ("inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar")
-
-# Extra token slices, beyond position, code, previous and is_centroid, that a variant's blocks read and write.
-VARIANT_SLICES = {
-    "trimmed": (("assigned", "point_dim"), ("distance", 1), ("outlier", 1)),
-    "kmedoids": (("medoid_cost", 1),),
-    "gmm": (("square_norm", 1), ("variance", 1), ("mixing_weight", 1)),
-}
+from .variants import PARAMETER_NAMES, VariantSpec, get_variant
 
 
 class KMeansTransformerConfig(PreTrainedConfig):
@@ -47,7 +20,7 @@ class KMeansTransformerConfig(PreTrainedConfig):
     - `code` (`num_clusters`): the point's assignment `y_i`, or the centroid's one-hot identity `e_j`;
     - `previous` (`point_dim`): for centroid tokens, the centroid entering the current iteration (0 for points);
     - `is_centroid` (1): 1 on centroid tokens, 0 on point tokens;
-    - and the variant's own slots: `"trimmed"`: `assigned` (`point_dim`, a point's assigned centroid), `distance`
+    - and the variant's own slots (its `VariantSpec.slots`): `"trimmed"`: `assigned` (`point_dim`, a point's assigned centroid), `distance`
       (its squared distance to it), `outlier` (1 if trimmed); `"kmedoids"`: `medoid_cost` (a point's summed
       distance to its cluster); `"gmm"`: `square_norm` (`|x_i|^2` on points), `variance` and `mixing_weight` (the
       component's `σ_j^2` and `π_j` on centroids).
@@ -66,7 +39,8 @@ class KMeansTransformerConfig(PreTrainedConfig):
         variant (`str`, *optional*, defaults to `"lloyd"`):
             The clustering algorithm the analytic weights realise: `"lloyd"` (k-means), `"soft"` (soft k-means),
             `"spherical"` (cosine k-means), `"trimmed"` (trimmed k-means), `"sparse"` (robust sparsemax update),
-            `"kmedoids"` (k-medoids) or `"gmm"` (EM for an isotropic Gaussian mixture).
+            `"kmedoids"` (k-medoids), `"gmm"` (EM for an isotropic Gaussian mixture) or `"fuzzy"` (fuzzy c-means); each
+            is declared, with its parameters, slots and blocks, in `kmeans_transformer.variants.VARIANTS`.
         inverse_temperature (`float`, *optional*):
             Stiffness `γ > 0`. `"soft"`: responsibilities `softmax_j(-γ |x_i - c_j|^2)`. `"sparse"`: the update's
             sparsemax of `-γ |x_i - c_j|^2 / sqrt(d)` (default 0.01). Gumbel `"kmedoids"`: the medoid draw's weights
@@ -84,6 +58,9 @@ class KMeansTransformerConfig(PreTrainedConfig):
             the other members) or `"gumbel"` (a member drawn with weights `softmax(-γ |x_i - c_j|^2)` by Gumbel-max).
         reg_covar (`float`, *optional*):
             `"gmm"` only, >= 0: added to every re-estimated variance (scikit-learn's `reg_covar`). Defaults to 0.
+        fuzzifier (`float`, *optional*):
+            `"fuzzy"` only, > 1: the exponent `m` of fuzzy c-means, memberships `u_ij ∝ |x_i - c_j|^(-2/(m-1))` and
+            centroids the `u^m`-weighted means. Defaults to 2.
         fitted_centroids (`bool`, *optional*, defaults to `False`):
             If `True`, the model stores centroids as weights (`embeddings.fitted_centroids`, `(num_clusters,
             point_dim)`; for `"gmm"` also `embeddings.fitted_variances` and `embeddings.fitted_weights`), used when
@@ -125,6 +102,7 @@ class KMeansTransformerConfig(PreTrainedConfig):
     trim_fraction: float | None = None
     medoid_selection: str | None = None
     reg_covar: float | None = None
+    fuzzifier: float | None = None
     fitted_centroids: bool = False
     fast_hardmax: bool = True
     score_chunk_size: int | None = None
@@ -147,41 +125,14 @@ class KMeansTransformerConfig(PreTrainedConfig):
         for name in ("share_layers", "fitted_centroids", "fast_hardmax"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"Unknown `variant` {self.variant!r}; expected one of {list(VARIANTS)}.")
+        values = get_variant(self.variant).resolve_parameters({name: getattr(self, name) for name in PARAMETER_NAMES})
+        for name, value in values.items():
+            setattr(self, name, value)
 
-        defaults = VARIANT_PARAMETERS[self.variant]
-        for name in VARIANT_PARAMETER_NAMES:
-            if name not in defaults and getattr(self, name) is not None:
-                readers = [variant for variant, parameters in VARIANT_PARAMETERS.items() if name in parameters]
-                raise ValueError(
-                    f"`{name}` is not a parameter of variant {self.variant!r} (it is read by {readers})."
-                )
-        if self.variant == "trimmed":
-            if self.trim_quantile is not None and self.trim_fraction is not None:
-                raise ValueError("Give one of `trim_quantile` and `trim_fraction` for variant 'trimmed', not both.")
-            if self.trim_fraction is not None:
-                defaults = {**defaults, "trim_quantile": None}
-        for name, default in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, default)
-
-        def is_number(value):
-            return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-        gamma = self.inverse_temperature
-        if gamma is not None and not (is_number(gamma) and gamma > 0):
-            raise ValueError(f"`inverse_temperature` must be a finite number > 0, got {gamma!r}.")
-        if self.trim_quantile is not None and not (is_number(self.trim_quantile) and 0 < self.trim_quantile <= 1):
-            raise ValueError(f"`trim_quantile` must be a number in (0, 1], got {self.trim_quantile!r}.")
-        if self.trim_fraction is not None and not (is_number(self.trim_fraction) and 0 <= self.trim_fraction < 1):
-            raise ValueError(f"`trim_fraction` must be a number in [0, 1), got {self.trim_fraction!r}.")
-        if self.medoid_selection is not None and self.medoid_selection not in MEDOID_SELECTIONS:
-            raise ValueError(
-                f"Unknown `medoid_selection` {self.medoid_selection!r}; expected one of {list(MEDOID_SELECTIONS)}."
-            )
-        if self.reg_covar is not None and not (is_number(self.reg_covar) and self.reg_covar >= 0):
-            raise ValueError(f"`reg_covar` must be a finite number >= 0, got {self.reg_covar!r}.")
+    @property
+    def variant_spec(self) -> VariantSpec:
+        """The declaration of `variant` (in the form its parameters select): blocks, slots, state, capabilities."""
+        return get_variant(self.variant).resolve({name: getattr(self, name) for name in PARAMETER_NAMES})
 
     @property
     def token_slices(self) -> dict[str, slice]:
@@ -192,7 +143,7 @@ class KMeansTransformerConfig(PreTrainedConfig):
             ("previous", self.point_dim),
             ("is_centroid", 1),
         ]
-        widths += [(name, self.point_dim if width == "point_dim" else width) for name, width in VARIANT_SLICES.get(self.variant, ())]
+        widths += self.variant_spec.slot_widths(self.point_dim)
         slices, start = {}, 0
         for name, width in widths:
             slices[name] = slice(start, start + width)

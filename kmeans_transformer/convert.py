@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .configuration_kmeans_transformer import VARIANT_PARAMETER_NAMES, KMeansTransformerConfig
+from .configuration_kmeans_transformer import KMeansTransformerConfig
+from .variants import PARAMETER_NAMES as VARIANT_PARAMETER_NAMES
 from .modeling_kmeans_transformer import KMeansTransformerModel
 from . import reference
 

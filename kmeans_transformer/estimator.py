@@ -16,7 +16,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from .configuration_kmeans_transformer import VARIANT_PARAMETER_NAMES, VARIANTS, KMeansTransformerConfig
+from .configuration_kmeans_transformer import KMeansTransformerConfig
+from .variants import PARAMETER_NAMES as VARIANT_PARAMETER_NAMES, VARIANT_NAMES as VARIANTS
 from .convert import check_checkpoint_directory, render_fitted_card
 from .hub import push_checkpoint
 from .initialization import kmeans_plusplus, random_points

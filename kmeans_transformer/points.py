@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from .modeling_kmeans_transformer import unit_normalize
+from .attention import unit_normalize
 from .tabular import load_saved_dataset
 
 

@@ -425,11 +425,99 @@ def gaussian_mixture_em(points, means, variances, weights, num_iterations: int, 
     )
 
 
+# Fuzzy c-means
+
+
+def _check_fuzzifier(fuzzifier: float) -> float:
+    fuzzifier = float(fuzzifier)
+    if not fuzzifier > 1:
+        raise ValueError(f"fuzzy c-means needs a fuzzifier m > 1, got {fuzzifier}")
+    return fuzzifier
+
+
+def euclidean_distances(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """`(n, k)` matrix of `|x_i - c_j|` (not squared), one cluster at a time, from the differences `x_i - c_j`.
+
+    `np.hypot.reduce` accumulates `sqrt(a^2 + b^2)` without forming the squares, so neither a huge distance overflows
+    nor a tiny one underflows to 0.
+    """
+    distances = np.empty((points.shape[0], centroids.shape[0]), dtype=points.dtype)
+    for j, centroid in enumerate(centroids):
+        distances[:, j] = np.hypot.reduce(points - centroid, axis=1)
+    return distances
+
+
+def fuzzy_memberships(points, centroids, fuzzifier: float) -> np.ndarray:
+    """`(n, k)` fuzzy c-means memberships `u_ij = 1 / Σ_l (d_ij / d_il)^(2/(m-1))`, `d_ij = |x_i - c_j|`, `m > 1`.
+
+    Computed stably against the nearest distance `δ_i = min_l d_il`: with `p = 2/(m-1)`,
+    `u_ij = d_ij^-p / Σ_l d_il^-p = w_ij / Σ_l w_il`, `w_ij = (δ_i / d_ij)^p` in `[0, 1]`, so no power overflows.
+    A point at zero distance from one or more centroids (`δ_i = 0`, the limit of the formula) splits its membership
+    equally among those coinciding centroids and has 0 elsewhere. Each row sums to 1; `m → ∞` gives `1/k`.
+
+    >>> fuzzy_memberships(np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]]), 2.0)
+    array([[1. , 0. ],
+           [0.5, 0.5]])
+    """
+    exponent = 2.0 / (_check_fuzzifier(fuzzifier) - 1.0)
+    points = np.asarray(points)
+    centroids = np.asarray(centroids, dtype=points.dtype)
+    distances = euclidean_distances(points, centroids)
+    nearest = distances.min(axis=1)
+    memberships = np.empty_like(distances)
+    on_centroid = nearest == 0
+    coinciding = (distances[on_centroid] == 0).astype(points.dtype)
+    memberships[on_centroid] = coinciding / coinciding.sum(axis=1, keepdims=True)
+    off = ~on_centroid
+    weights = (nearest[off, None] / distances[off]) ** exponent
+    memberships[off] = weights / weights.sum(axis=1, keepdims=True)
+    return memberships
+
+
+def fuzzy_cmeans(points, centroids, num_iterations: int, fuzzifier: float) -> ClusteringResult:
+    """Fuzzy c-means (Bezdek): `u = fuzzy_memberships(x, c, m)` from the centroids entering the iteration, then
+    `c_j = Σ_i u_ij^m x_i / Σ_i u_ij^m`.
+
+    A centroid with zero mass `Σ_i u_ij^m` keeps its value. `label_history` and `labels` are `argmax_j u_ij` (the first
+    on ties), i.e. the nearest centroids; `responsibilities` holds the memberships `u` against the returned centroids;
+    `inertia` is Lloyd's, of those labels. (scikit-fuzzy's `cmeans` runs each iteration as update-then-assign from
+    initial memberships: started from `fuzzy_memberships(x, c0, m)` it gives the same centroids.)
+    """
+    fuzzifier = _check_fuzzifier(fuzzifier)
+    points = np.asarray(points)
+    centroids = np.array(centroids, dtype=points.dtype)
+    label_history, centroid_history = [], [centroids]
+    for _ in range(num_iterations):
+        memberships = fuzzy_memberships(points, centroids, fuzzifier)
+        weights = memberships**fuzzifier
+        new_centroids = centroids.copy()
+        for j in range(centroids.shape[0]):
+            mass = weights[:, j].sum()
+            if mass > 0:
+                new_centroids[j] = (weights[:, j, None] * points).sum(axis=0) / mass
+        label_history.append(memberships.argmax(axis=1))
+        centroids = new_centroids
+        centroid_history.append(centroids)
+    memberships = fuzzy_memberships(points, centroids, fuzzifier)
+    labels = memberships.argmax(axis=1)
+    return ClusteringResult(
+        centroids=centroids,
+        labels=labels,
+        inertia=inertia(points, labels, centroids),
+        label_history=_label_array(label_history, len(points)),
+        centroid_history=np.array(centroid_history),
+        responsibilities=memberships,
+    )
+
+
 __all__ = [
     "ClusteringResult",
     "LloydResult",
     "assign_labels",
     "cosine_labels",
+    "euclidean_distances",
+    "fuzzy_cmeans",
+    "fuzzy_memberships",
     "gaussian_mixture_em",
     "gaussian_responsibilities",
     "inertia",

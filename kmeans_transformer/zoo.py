@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .configuration_kmeans_transformer import VARIANTS
+from .variants import VARIANT_NAMES as VARIANTS
 from .convert import ValidationReport, build_model, check_checkpoint_directory, convert_checkpoint
 
 

@@ -54,7 +54,7 @@ def test_scaled_feature_makes_the_model_feature_weighted_lloyd_at_every_layer(fe
     points = gaussian_mixture(rng, 300, 3, 4, spread=2.0)
     initial = points[rng.choice(300, 4, replace=False)]
     model = example.scale_feature(build_model(4, 3, 6, dtype="float64"), feature, scale)
-    assert not model.fast_path_applies()  # edited weights run the dense tokens
+    assert model.engine() == "tokens"  # edited weights run the dense tokens
     output = model(torch.from_numpy(points), centroids=torch.from_numpy(initial), output_attentions=True)
     weights = np.ones(3)
     weights[feature] = scale**2

@@ -57,7 +57,7 @@ def test_load_with_package_gives_identical_outputs(tmp_path, rng):
     output, _ = convert(tmp_path, "--dtype", "float64")
     model = AutoModel.from_pretrained(output)
     assert isinstance(model, kmeans_transformer.KMeansTransformerModel)
-    assert model.dtype == torch.float64 and model.config._attn_implementation == "hardmax"
+    assert model.dtype == torch.float64 and model.config._attn_implementation == "kmeans_hardmax"
     points = mixture(rng, 500, 3, 4)
     loaded = model(torch.tensor(points))
     fresh = make_model(4, 3, 6)(torch.tensor(points))

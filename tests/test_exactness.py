@@ -6,7 +6,7 @@ import torch
 from sklearn import datasets
 from sklearn.cluster import KMeans
 
-from kmeans_transformer.modeling_kmeans_transformer import hardmax_attention_forward
+from kmeans_transformer.attention import hardmax_attention_forward
 from kmeans_transformer.reference import lloyd
 
 from conftest import make_model, mixture, trajectory

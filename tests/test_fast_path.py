@@ -9,8 +9,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel, cpu_kernels
-from kmeans_transformer.modeling_kmeans_transformer import (
-    ALL_ATTENTION_FUNCTIONS,
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from kmeans_transformer.attention import (
     chunked_hardmax_attention_forward,
     hardmax_attention_forward,
     index_hardmax_attention_forward,
@@ -130,11 +131,11 @@ def test_segment_sums_against_a_plain_loop():
 
 def dense_and_fast(model, points, **kwargs):
     """The model's output on the dense tokens and on the fast path."""
-    assert model.fast_path_applies()
+    assert model.engine() == "compact"
     fast = model(points, **kwargs)
     model.config.fast_hardmax = False
     try:
-        assert not model.fast_path_applies()
+        assert model.engine() == "tokens"
         dense = model(points, **kwargs)
     finally:
         model.config.fast_hardmax = True
@@ -198,12 +199,12 @@ def test_fast_path_runs_only_where_it_is_exact():
         model(points, **kwargs)
         return len(assign_calls) > 0
 
-    assert model.fast_path_applies() and not runs_dense()
+    assert model.engine() == "compact" and not runs_dense()
     assert runs_dense(output_attentions=True) and runs_dense(output_hidden_states=True)
     with torch.enable_grad():  # the dense path records the gradient of the weights
-        assert not model.fast_path_applies() and runs_dense()
+        assert model.engine() == "tokens" and runs_dense()
         model.requires_grad_(False)
-        assert model.fast_path_applies() and not runs_dense()
+        assert model.engine() == "compact" and not runs_dense()
         model.requires_grad_(True)
     update = model.layers[0].update.v_proj.weight
     with torch.no_grad():
@@ -213,9 +214,9 @@ def test_fast_path_runs_only_where_it_is_exact():
         update[0, 0] -= 1e-3
     assert model.has_analytic_weights() and not runs_dense()
     for variant in ("soft", "trimmed", "kmedoids", "gmm"):
-        assert not KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, variant=variant)).fast_path_applies()
+        assert not KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, variant=variant)).engine() == "compact"
     eager = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, attn_implementation="eager"))
-    assert eager.config._attn_implementation == "eager" and not eager.fast_path_applies()
+    assert eager.config._attn_implementation == "eager" and not eager.engine() == "compact"
 
 
 def test_fast_path_never_holds_the_assignment_matrix():
@@ -231,7 +232,7 @@ def test_fast_path_never_holds_the_assignment_matrix():
             largest.extend(t.numel() for t in (result if isinstance(result, (tuple, list)) else [result]) if isinstance(t, torch.Tensor))
             return result
 
-    assert model.fast_path_applies()  # checks the weights once (tensors of hidden_size ** 2), outside the count
+    assert model.engine() == "compact"  # checks the weights once (tensors of hidden_size ** 2), outside the count
     with TensorSizes():
         output = model(points, output_assignments=False)
     assert output.assignments is None and output.labels.shape == (1, n)

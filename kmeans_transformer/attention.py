@@ -1,0 +1,414 @@
+# Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
+"""
+Attention kernels of the k-means transformer and the query/key augmentations that turn distances into dot products.
+
+Every kernel follows transformers' eager signature and is registered with `AttentionInterface` under a name that
+says whose it is (`kmeans_hardmax`, ...); the earlier generic names (`hardmax`, ...) stay registered as aliases, so
+configs that name them keep loading.
+"""
+
+import torch
+from torch import nn
+
+from transformers.modeling_utils import AttentionInterface
+
+from .cpu_kernels import nearest_values, segment_sums
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Attention kernels: the eager signature, `(module, query, key, value, attention_mask, ...) -> (output, weights)`, with
+# `query` `(batch, heads, q_len, head_dim)`, `key` `(batch, heads, kv_len, head_dim)`, `value` `(batch, heads, kv_len,
+# value_dim)` and a boolean `attention_mask` broadcastable to `(batch, heads, q_len, kv_len)`, True where attending.
+# A query row that sees no key gets all-zero weights. Scores are `s_ij = scaling * query_i . key_j`.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _masked_scores(query, key, attention_mask, scaling):
+    scores = torch.matmul(query, key.transpose(-1, -2))
+    if scaling is not None and scaling != 1:
+        scores = scores * scaling
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    return scores
+
+
+def _attend(weights, value, attention_mask):
+    """Zero the rows that see no key, then `(weights @ value)` as `(batch, q_len, heads, value_dim)`."""
+    if attention_mask is not None:
+        weights = weights.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention: `weights_i = softmax_j(s_ij)` over the visible keys."""
+    weights = torch.softmax(_masked_scores(query, key, attention_mask, scaling), dim=-1)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return _attend(weights, value, attention_mask)
+
+
+def hardmax_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The exact `γ -> ∞` limit of softmax attention. With `M_i = argmax_j s_ij` over the visible keys:
+
+    - `module.hardmax_ties == "average"` (the limit itself): `weights_ij = 1 / |M_i|` for `j` in `M_i`, else 0;
+    - `module.hardmax_ties == "first"`: `weights_ij = 1` for the lowest index in `M_i`, else 0 (an argmax that breaks
+      ties like Lloyd's argmin).
+
+    A positive `scaling` does not change the maximisers and is ignored.
+    """
+    scores = _masked_scores(query, key, attention_mask, None)
+    if getattr(module, "hardmax_ties", "average") == "first":
+        weights = nn.functional.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(value.dtype)
+        return _attend(weights, value, attention_mask)
+    maximisers = (scores == scores.amax(dim=-1, keepdim=True)).to(value.dtype)
+    if attention_mask is not None:
+        maximisers = maximisers.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
+    counts = maximisers.sum(dim=-1, keepdim=True).clamp(min=1)
+    # the sum of the maximisers' values divided by their number: the mean as a sum and one rounding per coordinate
+    output = (torch.matmul(maximisers, value) / counts).transpose(1, 2).contiguous()
+    return output, maximisers / counts
+
+
+def chunked_hardmax_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """
+    `hardmax_attention_forward` in blocks of query rows, without its `(q_len, kv_len)` weights: each block's scores
+    are the same products of the same queries and keys, so its maximisers, and its output, are those of the dense
+    kernel. At most `module.config.score_chunk_size` scores are held at once. With `"first"` ties the output is the
+    maximiser's value, gathered (the dense kernel's one-hot product gives the same numbers); on CPU, when the mask
+    hides whole query rows only, the compiled `cpu_kernels.nearest_values` finds and gathers them without storing
+    the scores (rounded in its own order, so only near-ties could resolve otherwise). Returns no weights.
+    """
+    batch, heads, q_len, head_dim = query.shape
+    kv_len = key.shape[-2]
+    budget = getattr(getattr(module, "config", None), "score_chunk_size", None)
+    budget = budget or (2**22 if query.device.type == "cpu" else 2**28)
+    rows = max(1, budget // max(1, batch * heads * kv_len))
+    first = getattr(module, "hardmax_ties", "average") == "first"
+    if first and (attention_mask is None or attention_mask.shape[-1] == 1):
+        output = nearest_values(
+            query.reshape(batch * heads, q_len, head_dim),
+            key.expand(batch, heads, kv_len, head_dim).reshape(batch * heads, kv_len, head_dim),
+            value.expand(batch, heads, kv_len, value.shape[-1]).reshape(batch * heads, kv_len, -1),
+            block_rows=max(1, min(rows, 4096, max(16, 2**16 // max(1, kv_len)))),
+        )
+        if output is not None:
+            output = output.reshape(batch, heads, q_len, -1)
+            if attention_mask is not None:
+                output = output.masked_fill(~attention_mask, 0.0)
+            return output.transpose(1, 2).contiguous(), None
+    outputs = []
+    for start in range(0, q_len, rows):
+        block = slice(start, start + rows)
+        mask = attention_mask
+        if mask is not None and mask.shape[-2] != 1:
+            mask = mask[..., block, :]
+        scores = _masked_scores(query[:, :, block], key, mask, None)
+        if first:
+            index = scores.argmax(dim=-1, keepdim=True).expand(*scores.shape[:-1], value.shape[-1])
+            output = value.expand(*scores.shape[:2], -1, -1).gather(2, index)
+            if mask is not None:
+                output = output.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+            outputs.append(output.transpose(1, 2))
+        else:
+            maximisers = (scores == scores.amax(dim=-1, keepdim=True)).to(value.dtype)
+            if mask is not None:
+                maximisers = maximisers.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+            counts = maximisers.sum(dim=-1, keepdim=True).clamp(min=1)
+            outputs.append((torch.matmul(maximisers, value) / counts).transpose(1, 2))
+    return torch.cat(outputs, dim=1).contiguous(), None
+
+
+def code_sums(
+    values: torch.Tensor, codes: torch.LongTensor, visible: torch.BoolTensor | None, num_codes: int
+) -> tuple[torch.Tensor, torch.LongTensor]:
+    """
+    Per-group, per-code sums `(groups, num_codes, width)` and counts `(groups, num_codes)` of the rows of `values`
+    `(groups, rows, width)` whose code (`codes` `(groups, rows)`) is in `[0, num_codes)` and that are visible: the
+    compiled `cpu_kernels.segment_sums` where it runs, else an index-add (one bin per (group, code), and a last bin
+    for the rows that match no code).
+    """
+    compiled = segment_sums(values, codes, visible, num_codes)
+    if compiled is not None:
+        return compiled
+    groups, rows, width = values.shape
+    matched = (codes >= 0) & (codes < num_codes)
+    if visible is not None:
+        matched &= visible
+    offsets = torch.arange(groups, device=values.device)[:, None] * num_codes
+    bins = torch.where(matched, codes + offsets, groups * num_codes).reshape(-1)
+    sums = values.new_zeros(groups * num_codes + 1, width).index_add_(0, bins, values.reshape(groups * rows, width))[:-1]
+    counts = torch.bincount(bins, minlength=groups * num_codes + 1)[:-1]
+    return sums.reshape(groups, num_codes, width), counts.reshape(groups, num_codes)
+
+
+def index_hardmax_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """
+    Hardmax attention between one-hot codes given in index form (as `input_ids` stand for one-hot rows): `query`
+    `(batch, heads, q_len, 1)` and `key` `(batch, heads, kv_len, 1)` hold integer codes (-1 for the zero code), so
+    `s_ij = [key_j = query_i]`. `attention_mask` is a key-padding mask broadcastable to `(batch, heads, 1, kv_len)`.
+    Query `i`'s maximisers are its matching visible keys, or, when none matches, every visible key (all score 0),
+    and the output is the sum of their values divided by their number (0 when no key is visible): the dense hardmax
+    kernel's output, computed by index-add in `O(kv_len * value_dim)` without the `(q_len, kv_len)` scores. Returns no
+    weights.
+    """
+    batch, heads, q_len, _ = query.shape
+    kv_len, value_dim = key.shape[-2], value.shape[-1]
+    groups = batch * heads
+    query_codes = query.reshape(groups, q_len).long()
+    key_codes = key.expand(batch, heads, kv_len, 1).reshape(groups, kv_len).long()
+    values = value.expand(batch, heads, kv_len, value_dim).reshape(groups, kv_len, value_dim)
+    visible = None if attention_mask is None else attention_mask.expand(batch, heads, 1, kv_len).reshape(groups, kv_len)
+    num_codes = int(query_codes.max()) + 1 if query_codes.numel() else 0
+    sums, counts = code_sums(values, key_codes, visible, num_codes)
+    safe_codes = query_codes.clamp(min=0)
+    query_sums = sums.gather(1, safe_codes[..., None].expand(-1, -1, value_dim))
+    query_counts = counts.gather(1, safe_codes)
+    has_match = (query_counts > 0) & (query_codes >= 0)
+    if not bool(has_match.all()):  # an unmatched query averages every visible key (all score 0)
+        weights = torch.ones(groups, kv_len, 1, dtype=value.dtype, device=value.device)
+        if visible is not None:
+            weights = visible[..., None].to(value.dtype)
+        all_sums, all_counts = (values * weights).sum(dim=1), weights[..., 0].sum(dim=1).long()
+        query_sums = torch.where(has_match[..., None], query_sums, all_sums[:, None])
+        query_counts = torch.where(has_match, query_counts, all_counts[:, None])
+    output = query_sums / query_counts.clamp(min=1).to(value.dtype)[..., None]
+    return output.reshape(batch, heads, q_len, value_dim).transpose(1, 2).contiguous(), None
+
+
+def linear_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Linear attention on non-negative scores: `weights_ij = s_ij / Σ_j' s_ij'` over the visible keys (normalised), or
+    `weights_ij = s_ij` when `module.normalize_weights` is False (sums). With `module.score_power` p (default 1) the
+    scores are first raised to the power p (fuzzy c-means' `u^m`). A row whose scores sum to 0 gets zero weights.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2))
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, 0.0)
+    power = getattr(module, "score_power", 1)
+    if power != 1:
+        scores = scores.clamp(min=0) ** power
+    if getattr(module, "normalize_weights", True):
+        total = scores.sum(dim=-1, keepdim=True)
+        scores = scores / torch.where(total == 0, torch.ones_like(total), total)
+    return _attend(scores, value, attention_mask)
+
+
+def sparsemax_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Sparsemax attention (Martins & Astudillo, 2016), the Euclidean projection of the scores onto the simplex:
+    `weights_ij = max(s_ij - τ_i, 0)` with `τ_i` such that the weights sum to 1. With the visible scores sorted
+    decreasingly `z_(1) >= z_(2) >= ...`, the support size is `K = max{r : 1 + r z_(r) > Σ_{s<=r} z_(s)}` and
+    `τ = (Σ_{s<=K} z_(s) - 1) / K`. Low scores get exactly zero weight.
+    """
+    scores = _masked_scores(query, key, attention_mask, scaling)
+    ordered = scores.sort(dim=-1, descending=True).values
+    cumulative = ordered.cumsum(dim=-1)
+    ranks = torch.arange(1, scores.shape[-1] + 1, device=scores.device, dtype=scores.dtype)
+    support = (1 + ranks * ordered > cumulative).sum(dim=-1, keepdim=True).clamp(min=1)
+    threshold = (cumulative.gather(-1, support - 1) - 1) / support
+    weights = (scores - threshold).clamp(min=0).nan_to_num(0.0)
+    return _attend(weights, value, attention_mask)
+
+
+def gumbel_max_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    A one-hot draw from `softmax_j(s_ij)` over the visible keys by the Gumbel-max trick: `weights_ij = 1` for
+    `j = argmax_j (s_ij + g_ij)`, `g_ij` independent standard Gumbel noise from `generator` (the global generator if
+    None), so a seeded generator makes the draw reproducible.
+    """
+    scores = _masked_scores(query, key, attention_mask, scaling)
+    uniform = torch.rand(scores.shape, generator=generator, dtype=scores.dtype, device=scores.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(scores.dtype).tiny)))
+    weights = nn.functional.one_hot((scores + gumbel).argmax(dim=-1), scores.shape[-1]).to(value.dtype)
+    return _attend(weights, value, attention_mask)
+
+
+def distance_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    Distance-weighted sums: `weights_ij = |query_i - key_j|` (Euclidean) on the visible keys, 0 elsewhere, and
+    `output_i = Σ_j weights_ij value_j`. Computed in chunks of queries so that no `(q_len, kv_len, head_dim)` tensor
+    is held at once; returns no weights.
+    """
+    batch, heads, q_len, _ = query.shape
+    chunk = max(1, 2**22 // max(1, key.shape[-2] * key.shape[-1]))
+    outputs = []
+    for start in range(0, q_len, chunk):
+        stop = min(start + chunk, q_len)
+        difference = query[:, :, start:stop, None, :] - key[:, :, None, :, :]
+        weights = (difference * difference).sum(dim=-1).sqrt()
+        if attention_mask is not None:
+            mask = attention_mask.expand(batch, heads, q_len, -1)[:, :, start:stop]
+            weights = weights.masked_fill(~mask, 0.0)
+        outputs.append(torch.matmul(weights, value))
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+
+def fuzzy_membership_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Fuzzy c-means memberships as attention weights (Bezdek): with `D_ij = |query_i - key_j|` (Euclidean, from the
+    differences) and `module.fuzzifier` m > 1, `weights_ij = D_ij^(-2/(m-1)) / Σ_j' D_ij'^(-2/(m-1))` over the
+    visible keys, the softmax of the scores `-(2/(m-1)) log D_ij`. A query at distance 0 from some keys shares its
+    weight equally among them (the limit of the formula), so no weight is NaN.
+    """
+    exponent = 2.0 / (module.fuzzifier - 1.0)
+    difference = query[..., :, None, :] - key[..., None, :, :]
+    distances = torch.linalg.vector_norm(difference, dim=-1)
+    if attention_mask is not None:
+        distances = distances.masked_fill(~attention_mask, float("inf"))
+    nearest = distances.amin(dim=-1, keepdim=True)
+    coincide = nearest == 0
+    ratios = nearest / torch.where(distances > 0, distances, torch.ones_like(distances))  # in [0, 1], no overflow
+    scores = torch.where(coincide, (distances == 0).to(query.dtype), ratios.pow(exponent))
+    weights = scores / scores.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
+    return _attend(weights, value, attention_mask)
+
+
+# name -> kernel; each is also registered under its earlier generic name (`KERNEL_ALIASES`).
+KMEANS_ATTENTION_FUNCTIONS = {
+    "kmeans_hardmax": hardmax_attention_forward,
+    "kmeans_hardmax_chunked": chunked_hardmax_attention_forward,
+    "kmeans_hardmax_index": index_hardmax_attention_forward,
+    "kmeans_linear": linear_attention_forward,
+    "kmeans_sparsemax": sparsemax_attention_forward,
+    "kmeans_gumbel_max": gumbel_max_attention_forward,
+    "kmeans_distance": distance_attention_forward,
+    "kmeans_fuzzy": fuzzy_membership_attention_forward,
+}
+KERNEL_ALIASES = {
+    "hardmax": "kmeans_hardmax",
+    "hardmax_chunked": "kmeans_hardmax_chunked",
+    "hardmax_index": "kmeans_hardmax_index",
+    "linear_attention": "kmeans_linear",
+    "sparsemax": "kmeans_sparsemax",
+    "gumbel_max": "kmeans_gumbel_max",
+    "distance": "kmeans_distance",
+}
+for _name, _function in KMEANS_ATTENTION_FUNCTIONS.items():
+    AttentionInterface.register(_name, _function)
+for _alias, _name in KERNEL_ALIASES.items():
+    AttentionInterface.register(_alias, KMEANS_ATTENTION_FUNCTIONS[_name])
+
+
+def augment_for_squared_distance(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Augmented query `[x ; 1]` and key `[2c ; -|c|^2]`, whose dot product `2 x.c - |c|^2 = |x|^2 - |x - c|^2` ranks
+    the keys like the negative squared distance (`|x|^2` is the same for every key), so the distance kernel runs
+    through any standard attention kernel. Shapes `(..., dim)` -> `(..., dim + 1)`.
+    """
+    return torch.cat([query, torch.ones_like(query[..., :1])], dim=-1), squared_distance_key(key)
+
+
+def squared_distance_key(key: torch.Tensor) -> torch.Tensor:
+    """The key `[2c ; -|c|^2]` of `augment_for_squared_distance`."""
+    return torch.cat([2 * key, -(key * key).sum(dim=-1, keepdim=True)], dim=-1)
+
+
+def augment_for_negative_squared_distance(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Augmented query `[2c ; -1 ; -|c|^2]` and key `[x ; |x|^2 ; 1]`, whose dot product is `-|x - c|^2` itself (for
+    kernels that are not shift-invariant per query, or whose scores are reported). Shapes `(..., dim)` ->
+    `(..., dim + 2)`.
+    """
+    query = torch.cat([2 * query, -torch.ones_like(query[..., :1]), -(query * query).sum(dim=-1, keepdim=True)], dim=-1)
+    key = torch.cat([key, (key * key).sum(dim=-1, keepdim=True), torch.ones_like(key[..., :1])], dim=-1)
+    return query, key
+
+
+def gaussian_log_density_key(key: torch.Tensor) -> torch.Tensor:
+    """
+    From a component's `[μ ; σ^2 ; π]` `(..., d + 2)`, the key `[μ / σ^2 ; -1 / (2σ^2) ; log π - (d/2) log σ^2 -
+    |μ|^2 / (2σ^2)]`, whose dot product with the query `[x ; |x|^2 ; 1]` is the isotropic Gaussian log-density
+    `log π - (d/2) log σ^2 - |x - μ|^2 / (2σ^2)` up to the constant `-(d/2) log 2π`.
+    """
+    mean, variance, weight = key[..., :-2], key[..., -2:-1], key[..., -1:]
+    precision = 1 / variance
+    bias = torch.log(weight) - 0.5 * mean.shape[-1] * torch.log(variance) - 0.5 * precision * (mean * mean).sum(-1, keepdim=True)
+    return torch.cat([mean * precision, -0.5 * precision, bias], dim=-1)
+
+
+def unit_normalize(vectors: torch.Tensor) -> torch.Tensor:
+    """`x / |x|` along the last dimension; the zero vector stays 0."""
+    norms = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+    return vectors / torch.where(norms > 0, norms, torch.ones_like(norms))

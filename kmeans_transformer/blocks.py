@@ -1,0 +1,743 @@
+# Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
+"""
+The blocks of the k-means transformer: the four attention blocks of one iteration, their variants, and the
+feed-forward blocks some variants add. Each block that holds projections says how they realise the construction in
+`analytic_projections`, which `KMeansTransformerPreTrainedModel._init_weights` writes into its `nn.Linear`s. The update
+blocks also expose the iteration as sufficient statistics (`accumulate`, `finalize`), which the compact engine and
+points mode run. Which blocks a variant uses is declared in `variants.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .attention import (
+    augment_for_negative_squared_distance,
+    augment_for_squared_distance,
+    code_sums,
+    eager_attention_forward,
+    gaussian_log_density_key,
+    hardmax_attention_forward,
+    squared_distance_key,
+    unit_normalize,
+)
+
+if TYPE_CHECKING:  # the config imports the variants, which import these blocks
+    from .configuration_kmeans_transformer import KMeansTransformerConfig
+
+
+def _projection(out_features: int, in_features: int, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.zeros(out_features, in_features), (torch.zeros(out_features) if bias else None)
+
+
+def tag_analytic(module: nn.Module, *names: str) -> None:
+    """Mark `module`'s `nn.Linear`s as analytic: `_init_weights` reads them from `type(module).analytic_projections`."""
+    for name in names:
+        getattr(module, name).analytic_key = (type(module), name)
+
+
+
+class KMeansTransformerAttention(nn.Module):
+    """
+    One-head attention with `q_proj`, `k_proj`, `v_proj` and `o_proj`. Subclasses fix which tokens attend to which,
+    the analytic projections, and the kernel: `attention_function = None` is an argmax block that runs the model's
+    `config._attn_implementation` (exact `"hardmax"` by default, softmax at `γ` under `"eager"`/`"sdpa"`);
+    `"softmax"` is the model's softmax kernel (`"eager"` when the model runs `"kmeans_hardmax"`); any other name is a kernel
+    registered with transformers' `AttentionInterface`, used whatever the model's implementation.
+    """
+
+    attention_function: str | None = None
+    hardmax_ties = "average"  # read by `hardmax_attention_forward`
+    query_bias = False
+    value_bias = False
+
+    @staticmethod
+    def query_key_dim(config: KMeansTransformerConfig) -> int:
+        """Width of the projected queries and keys (before `prepare_query_key`)."""
+        return 1
+
+    @staticmethod
+    def attention_scaling(config: KMeansTransformerConfig) -> float:
+        """The `scaling` of the scores: `γ` (1 where the variant has none)."""
+        return config.inverse_temperature or 1.0
+
+    def __init__(self, config: KMeansTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.scaling = self.attention_scaling(config)
+        self.is_causal = False
+        width, head_dim = config.hidden_size, self.query_key_dim(config)
+        self.q_proj = nn.Linear(width, head_dim, bias=self.query_bias)
+        self.k_proj = nn.Linear(width, head_dim, bias=False)
+        self.v_proj = nn.Linear(width, width, bias=self.value_bias)
+        self.o_proj = nn.Linear(width, width, bias=False)
+        tag_analytic(self, "q_proj", "k_proj", "v_proj", "o_proj")
+
+    @classmethod
+    def analytic_projections(cls, config: KMeansTransformerConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Zero query, key and value maps, identity output map; subclasses set what differs."""
+        width, head_dim = config.hidden_size, cls.query_key_dim(config)
+        return {
+            "q_proj": _projection(head_dim, width, cls.query_bias),
+            "k_proj": _projection(head_dim, width, False),
+            "v_proj": _projection(width, width, cls.value_bias),
+            "o_proj": (torch.eye(width), None),
+        }
+
+    def prepare_query_key(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return query, key
+
+    def attention_interface(self, need_weights: bool = False) -> Callable:
+        """
+        The kernel: `attention_function`, or the model's implementation for an argmax block. The `"softmax"` blocks
+        of a `"hardmax"` model run `"sdpa"` (the fused kernels, on the augmented queries and keys) unless their
+        weights are asked for, which only `"eager"` returns.
+        """
+        name, implementation = self.attention_function, self.config._attn_implementation
+        if name is None:
+            name = implementation
+        elif name == "softmax" and ALL_ATTENTION_FUNCTIONS.get(implementation) is hardmax_attention_forward:
+            name = "eager" if need_weights else "sdpa"
+        elif name == "softmax":
+            name = implementation
+        return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
+
+    def forward(
+        self,
+        query_states: torch.Tensor,
+        key_value_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        `(batch, q_len, D)` attends to `(batch, kv_len, D)`; returns `(batch, q_len, D)` and the weights. A query
+        that sees no key gets a zero output whatever the kernel.
+        """
+        query = self.q_proj(query_states).unsqueeze(1)
+        key = self.k_proj(key_value_states).unsqueeze(1)
+        value = self.v_proj(key_value_states).unsqueeze(1)
+        query, key = self.prepare_query_key(query, key)
+        attn_output, attn_weights = self.attention_interface(need_weights)(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, **kwargs
+        )
+        attn_output = attn_output.reshape(*query_states.shape[:-1], -1)
+        if attention_mask is not None:
+            sees_a_key = attention_mask.any(dim=-1).expand(attn_output.shape[0], 1, -1).transpose(1, 2)
+            attn_output = attn_output.masked_fill(~sees_a_key, 0.0)
+        return self.o_proj(attn_output), attn_weights
+
+
+class KMeansTransformerErase(KMeansTransformerAttention):
+    """
+    Every token attends only to itself (a diagonal mask). Its value subtracts the slices in `erased_slices` and moves
+    each slice of `moved_slices` into its target (clearing the target first), so after the residual those slices
+    are 0 and the targets hold what they held. Slices the variant has not got are skipped. Evaluated as windows of one
+    token, so the cost is linear in the number of tokens; a single visible key has weight 1 under every kernel.
+    Weights are returned as `(batch, 1, seq_len, 1)`.
+    """
+
+    moved_slices: tuple[tuple[str, str], ...] = ()
+
+    @staticmethod
+    def erased_slots(config) -> tuple[str, ...]:
+        """The slots this block clears, read from the config's token layout."""
+        return ()
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        value, slices = projections["v_proj"][0], config.token_slices
+        for name in cls.erased_slots(config):
+            value[slices[name], slices[name]] = -torch.eye(slices[name].stop - slices[name].start)
+        for source, target in cls.moved_slices:
+            identity = torch.eye(slices[source].stop - slices[source].start)
+            value[slices[source], slices[source]] = -identity
+            value[slices[target], slices[source]] = identity
+            value[slices[target], slices[target]] = -identity
+        return projections
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_len, width = hidden_states.shape
+        windows = hidden_states.reshape(batch_size * seq_len, 1, width)
+        attn_output, attn_weights = super().forward(windows, windows, None, **kwargs)
+        if attn_weights is not None:
+            attn_weights = attn_weights.reshape(batch_size, 1, seq_len, 1)
+        return attn_output.reshape(batch_size, seq_len, width), attn_weights
+
+
+class KMeansTransformerPointErase(KMeansTransformerErase):
+    """
+    Block 1. Point `i` attends to itself; its value subtracts the assignment `y_i` and the variant's per-iteration
+    point slots (the slots its variant declares with `erased_by="point_erase"`), so after the residual `p_i = [x_i ;
+    0 ; ...]`.
+    """
+
+    @staticmethod
+    def erased_slots(config):
+        return ("code", *config.variant_spec.erased_slots("point_erase"))
+
+
+class KMeansTransformerCentroidErase(KMeansTransformerErase):
+    """
+    Block 3. Centroid `j` attends to itself; its value moves `c_j` from the position slice into `previous` (and
+    clears the slots its variant declares with `erased_by="centroid_erase"`), so after the residual `q_j = [0 ; e_j ;
+    c_j ; 1 ; ...]`.
+    """
+
+    moved_slices = (("position", "previous"),)
+
+    @staticmethod
+    def erased_slots(config):
+        return config.variant_spec.erased_slots("centroid_erase")
+
+
+class KMeansTransformerAssign(KMeansTransformerAttention):
+    """
+    Block 2, cross-attention from points to centroids. Query `[x_i ; 1]`, key `[2 c_j ; -|c_j|^2]` (built by
+    `augment_for_squared_distance` from `q_proj(p_i) = x_i` and `k_proj(q_j) = c_j`), score `γ (|x_i|^2 - |x_i -
+    c_j|^2)`; value `[0 ; e_j ; ...]`. Under hardmax, ties go to the lowest cluster index, so after the residual `p_i =
+    [x_i ; e_a(i) ; ...]` with `a(i)` Lloyd's argmin. Padded points attend to nothing. Weights `(batch, 1, n, k)`.
+    """
+
+    hardmax_ties = "first"
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.point_dim
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        position, code = config.token_slices["position"], config.token_slices["code"]
+        projections["q_proj"][0][:, position] = torch.eye(config.point_dim)
+        projections["k_proj"][0][:, position] = torch.eye(config.point_dim)
+        projections["v_proj"][0][code, code] = torch.eye(config.num_clusters)
+        return projections
+
+    def prepare_query_key(self, query, key):
+        return augment_for_squared_distance(query, key)
+
+    def forward(self, point_states, centroid_states, point_mask, **kwargs):
+        """`point_states` `(batch, n, D)`, `centroid_states` `(batch, k, D)`, `point_mask` `(batch, n)` bool."""
+        attention_mask = point_mask[:, None, :, None].expand(-1, 1, -1, centroid_states.shape[1])
+        return super().forward(point_states, centroid_states, attention_mask, **kwargs)
+
+    def compact_query_key(self, point_tokens: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The fast path's queries and keys: the compact point token `[x_i ; 1]` is already the augmented query of
+        `augment_for_squared_distance`, and the key is its `[2 c_j ; -|c_j|^2]`.
+        """
+        return point_tokens, squared_distance_key(centroids)
+
+    def assign_labels(self, point_tokens: torch.Tensor, centroids: torch.Tensor, point_mask: torch.Tensor) -> torch.LongTensor:
+        """
+        The fast path: this block on the compact state, for the analytic weights (`q_proj(p_i) = x_i`, `k_proj(q_j) =
+        c_j`). The same queries and keys through the `"kmeans_hardmax_chunked"` kernel, with the value `v_j = j`, the index
+        form of the code `e_j`, so the output is the label `a(i)` itself. Compact point tokens `[x_i ; 1]` `(batch,
+        n, d + 1)` and centroids `(batch, k, d)` -> labels `(batch, n)`, -1 for padded points (`point_mask` None:
+        every point is real).
+        """
+        batch_size, num_clusters = centroids.shape[:2]
+        query, key = self.compact_query_key(point_tokens, centroids)
+        codes = torch.arange(num_clusters, device=centroids.device)[None, None, :, None].expand(batch_size, 1, -1, -1)
+        attention_mask = None if point_mask is None else point_mask[:, None, :, None]
+        labels, _ = ALL_ATTENTION_FUNCTIONS["kmeans_hardmax_chunked"](
+            self, query.unsqueeze(1), key.unsqueeze(1), codes, attention_mask
+        )
+        labels = labels[..., 0, 0]
+        return labels if point_mask is None else labels.masked_fill(~point_mask, -1)
+
+
+class KMeansTransformerSoftAssign(KMeansTransformerAssign):
+    """`"soft"`: the assign block under softmax at `γ`: `y_i` holds the responsibilities `r_ij = softmax_j(-γ |x_i - c_j|^2)`."""
+
+    attention_function = "softmax"
+
+
+class KMeansTransformerCosineAssign(KMeansTransformerAssign):
+    """`"spherical"`: score `x_i . c_j`, the cosine of unit vectors; under hardmax `a(i)` is the largest cosine (first on ties)."""
+
+    def prepare_query_key(self, query, key):
+        return query, key
+
+    def compact_query_key(self, point_tokens, centroids):
+        return point_tokens[..., :-1], centroids
+
+
+class KMeansTransformerFuzzyAssign(KMeansTransformerAssign):
+    """
+    `"fuzzy"`: the memberships of fuzzy c-means, `u_ij = D_ij^(-2/(m-1)) / Σ_l D_il^(-2/(m-1))` with `D_ij = |x_i -
+    c_j|`, through the `"kmeans_fuzzy"` kernel on the query `x_i` and key `c_j` (no augmentation: the kernel takes the
+    distances from the differences). A point on a centroid gets membership 1 there. `y_i` holds the memberships.
+    """
+
+    attention_function = "kmeans_fuzzy"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.fuzzifier = config.fuzzifier  # read by `fuzzy_membership_attention_forward`
+
+    def prepare_query_key(self, query, key):
+        return query, key
+
+
+class KMeansTransformerTrimmedAssign(KMeansTransformerAssign):
+    """`"trimmed"`: Lloyd's assign whose value also copies the centroid into the point's `assigned` slot: `[0 ; e_j ; ... ; c_j]`."""
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        slices = config.token_slices
+        projections["v_proj"][0][slices["assigned"], slices["position"]] = torch.eye(config.point_dim)
+        return projections
+
+
+class KMeansTransformerGaussianAssign(KMeansTransformerAssign):
+    """
+    `"gmm"`, the E-step: softmax over `j` of the log-density `log π_j - (d/2) log σ_j^2 - |x_i - μ_j|^2 / (2σ_j^2)`.
+    Query `[x_i ; |x_i|^2 ; 1]` (`q_proj` reads the position and `square_norm` slots, bias 1), key built by
+    `gaussian_log_density_key` from `k_proj(q_j) = [μ_j ; σ_j^2 ; π_j]`; scaling 1. `y_i` holds the responsibilities.
+    """
+
+    attention_function = "softmax"
+    query_bias = True
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.point_dim + 2
+
+    @staticmethod
+    def attention_scaling(config):
+        return 1.0
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super(KMeansTransformerAssign, cls).analytic_projections(config)
+        slices, d = config.token_slices, config.point_dim
+        query_weight, query_bias = projections["q_proj"]
+        query_weight[:d, slices["position"]] = torch.eye(d)
+        query_weight[d, slices["square_norm"]] = 1.0
+        query_bias[d + 1] = 1.0
+        key_weight = projections["k_proj"][0]
+        key_weight[:d, slices["position"]] = torch.eye(d)
+        key_weight[d, slices["variance"]] = 1.0
+        key_weight[d + 1, slices["mixing_weight"]] = 1.0
+        projections["v_proj"][0][slices["code"], slices["code"]] = torch.eye(config.num_clusters)
+        return projections
+
+    def prepare_query_key(self, query, key):
+        return query, gaussian_log_density_key(key)
+
+
+class KMeansTransformerTrimGate(nn.Module):
+    """
+    `"trimmed"`, a feed-forward gate on the point stream after the assign block. `distance_proj` reads `x_i - a_i`
+    (the position minus the `assigned` centroid), and `δ_i = |x_i - a_i|^2` is written into the `distance` slot. A
+    point is trimmed when `δ_i` is too large for its cluster:
+
+    - `trim_quantile` q: `δ_i > τ_a(i)`, `τ_j` the q-quantile (linear interpolation at `h = (m_j - 1) q` of the
+      sorted distances) of the `m_j` members of cluster `j`;
+    - `trim_fraction` α: `δ_i` is among the `floor(α n)` largest of the problem's `n` points (the higher index first
+      among equal distances).
+
+    The gate erases a trimmed point's assignment (`y_i <- 0`, so the update does not count it) and sets its
+    `outlier` slot to 1.
+    """
+
+    reports_assignment = True  # the assignment head runs it too: `outliers` are those of the returned centroids
+
+    def __init__(self, config: KMeansTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.distance_proj = nn.Linear(config.hidden_size, config.point_dim, bias=False)
+        tag_analytic(self, "distance_proj")
+
+    @staticmethod
+    def analytic_projections(config: KMeansTransformerConfig) -> dict[str, tuple[torch.Tensor, None]]:
+        slices = config.token_slices
+        weight = torch.zeros(config.point_dim, config.hidden_size)
+        weight[:, slices["position"]] = torch.eye(config.point_dim)
+        weight[:, slices["assigned"]] = -torch.eye(config.point_dim)
+        return {"distance_proj": (weight, None)}
+
+    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
+        slices = self.config.token_slices
+        difference = self.distance_proj(point_states)
+        distance = (difference * difference).sum(dim=-1)
+        codes = point_states[..., slices["code"]]
+        assigned = point_mask & (codes.amax(dim=-1) > 0)
+        if self.config.trim_quantile is not None:
+            trimmed = assigned & (distance > self.cluster_quantiles(distance, codes.argmax(dim=-1), assigned))
+        else:
+            trimmed = self.largest_fraction(distance, assigned)
+        new = point_states.clone()
+        new[..., slices["distance"]] = distance[..., None]
+        new[..., slices["code"]] = codes.masked_fill(trimmed[..., None], 0.0)
+        new[..., slices["outlier"]] = trimmed[..., None].to(point_states.dtype)
+        return new - point_states
+
+    def cluster_quantiles(self, distance, labels, assigned) -> torch.Tensor:
+        """For every point, the `trim_quantile` quantile of the distances in its cluster, `(batch, n)`."""
+        k = self.config.num_clusters
+        members = nn.functional.one_hot(labels, k).bool() & assigned[..., None]
+        values = distance[:, None, :].expand(-1, k, -1).masked_fill(~members.transpose(1, 2), float("inf"))
+        ordered = values.sort(dim=-1).values
+        counts = members.sum(dim=1)
+        position = self.config.trim_quantile * (counts - 1).clamp(min=0).to(torch.float64)
+        below = position.floor().long()
+        above = torch.minimum(below + 1, (counts - 1).clamp(min=0))
+        fraction = (position - below).to(distance.dtype)
+        low, high = ordered.gather(-1, below[..., None])[..., 0], ordered.gather(-1, above[..., None])[..., 0]
+        step = torch.where(fraction > 0, high - low, torch.zeros_like(low))
+        quantiles = torch.where(fraction < 0.5, low + fraction * step, high - step * (1 - fraction))
+        return quantiles.gather(1, labels)
+
+    def largest_fraction(self, distance, assigned) -> torch.Tensor:
+        """The `floor(trim_fraction * n)` points with the largest distances (stable order), `(batch, n)` bool."""
+        counts = assigned.sum(dim=1)
+        num_trimmed = torch.floor(self.config.trim_fraction * counts.to(torch.float64)).long()
+        order = distance.masked_fill(~assigned, float("inf")).argsort(dim=-1, stable=True)
+        ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+        return assigned & (ranks >= (counts - num_trimmed)[:, None])
+
+
+class KMeansTransformerMedoidCost(KMeansTransformerAttention):
+    """
+    Deterministic `"kmedoids"`, self-attention among the points of one cluster under the `"distance"` kernel (weights
+    `|x_i - x_i'|`): query = key = `x_i`, value 1 on the `medoid_cost` slot (the `v_proj` bias), so the slot holds
+    `cost_i = Σ_{i' : a(i') = a(i)} |x_i - x_i'|`, the summed distance to the point's cluster.
+    """
+
+    attention_function = "kmeans_distance"
+    value_bias = True
+    reports_assignment = False  # read by the assignment head: the cost matters to the update only
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.point_dim
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        slices = config.token_slices
+        projections["q_proj"][0][:, slices["position"]] = torch.eye(config.point_dim)
+        projections["k_proj"][0][:, slices["position"]] = torch.eye(config.point_dim)
+        projections["v_proj"][1][slices["medoid_cost"]] = 1.0
+        return projections
+
+    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        codes = point_states[..., self.config.token_slices["code"]]
+        labels = codes.argmax(dim=-1).masked_fill(~point_mask | (codes.amax(dim=-1) <= 0), -1)
+        same_cluster = (labels[:, :, None] == labels[:, None, :]) & (labels >= 0)[:, :, None]
+        return super().forward(point_states, point_states, same_cluster[:, None], **kwargs)[0]
+
+
+class KMeansTransformerUpdate(KMeansTransformerAttention):
+    """
+    Block 4, cross-attention from the centroids to the points and to the centroid tokens. Query `e_j`, key `y_i` for
+    points and `e_j'` for centroid tokens, so point `i` scores `y_ij` (1 for the members of cluster `j` under a hard
+    assignment). Visible keys: the real points (only the members when `candidates == "members"`) and, only when no
+    point has weight for the cluster (`y_ij = 0` for all `i`: an empty cluster), the centroid's own token. Value: the
+    position slice of points (`x_i`) and the `previous` slice of centroid tokens (`c_j`). Under hardmax the maximisers
+    are the members, averaged: the new centroid is the mean of `S_j`; an empty cluster sees only its own token and
+    keeps `c_j`. Padded points are invisible. Weights `(batch, 1, k, n + k)`.
+    """
+
+    candidates = "points"
+    sums_over_points = True  # False for an update that is not a function of sums over points (medoids, sparsemax)
+    assignment_kind = "labels"  # what `accumulate` takes: the labels (a hard mean update) or the weights
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.num_clusters
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        cls.write_score_projections(config, projections["q_proj"], projections["k_proj"][0])
+        slices, value = config.token_slices, projections["v_proj"][0]
+        value[slices["position"], slices["position"]] = torch.eye(config.point_dim)
+        value[slices["position"], slices["previous"]] = torch.eye(config.point_dim)
+        return projections
+
+    @staticmethod
+    def write_score_projections(config, query: tuple[torch.Tensor, torch.Tensor | None], key_weight: torch.Tensor):
+        """The query and key maps (written in place): `e_j` from the centroid's code, `y_i` or `e_j'` from the key's."""
+        code = config.token_slices["code"]
+        query[0][:, code] = torch.eye(config.num_clusters)
+        key_weight[:, code] = torch.eye(config.num_clusters)
+
+    def forward(self, centroid_states, point_states, point_mask, **kwargs):
+        k = centroid_states.shape[1]
+        codes = point_states[..., self.config.token_slices["code"]]
+        weighted = (codes > 0) & point_mask[..., None]
+        if self.candidates == "members":
+            visible_points = weighted.transpose(1, 2)
+        else:
+            visible_points = point_mask[:, None, :].expand(-1, k, -1)
+        identity = torch.eye(k, dtype=torch.bool, device=point_mask.device)
+        own_token = identity[None] & ~weighted.any(dim=1)[:, :, None]
+        attention_mask = torch.cat([visible_points, own_token], dim=-1)[:, None]
+        memory = torch.cat([point_states, centroid_states], dim=1)
+        return super().forward(centroid_states, memory, attention_mask, **kwargs)
+
+    # The update as sufficient statistics: sums over points that add up over chunks and processes (the compact engine
+    # and points mode run one iteration as `finalize(accumulate(...))`, whatever splits the points).
+
+    def accumulate(self, assignment: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """
+        The sums this update reads, over a set of points: `assignment` holds the labels `a(i)` `(batch, n)` (-1 for a
+        point that counts nowhere: padding, a trimmed outlier), `values` the compact point tokens `[x_i ; 1]`
+        `(batch, n, d + 1)`. Returns `[Σ_{a(i)=j} x_i ; |S_j|]` `(batch, k, d + 1)`: the numerators and denominators of
+        the hardmax update, whose keys `y_i` are the labels in index form (the `"kmeans_hardmax_index"` sums).
+        """
+        if not self.sums_over_points:
+            raise NotImplementedError(f"{type(self).__name__}'s update is not a function of sums over the points.")
+        sums, counts = code_sums(values, assignment, None, self.config.num_clusters)
+        return torch.cat([sums[..., :-1], counts[..., None].to(sums.dtype)], dim=-1)
+
+    def finalize(self, statistics: torch.Tensor, parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """
+        The new parameters from summed `statistics` and the entering `parameters` (`{"centroids": (batch, k, d)}`):
+        `c_j = numerator_j / denominator_j`, or the entering `c_j` when the denominator is 0 (an empty cluster, whose
+        only maximiser in the update block is its own token).
+        """
+        numerators, denominators = statistics[..., :-1], statistics[..., -1:]
+        safe = torch.where(denominators > 0, denominators, torch.ones_like(denominators))
+        centroids = torch.where(denominators > 0, numerators / safe, parameters["centroids"])
+        return {**parameters, "centroids": centroids}
+
+
+class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
+    """
+    An update that averages every point with the weights in its assignment slot, `c_j = Σ_i w_ij x_i / Σ_i w_ij`
+    (normalised linear attention on the scores `y_ij`, raised to `score_power`); a cluster whose weights are all 0
+    keeps `c_j`.
+    """
+
+    attention_function = "kmeans_linear"
+    score_power = 1  # read by `linear_attention_forward`
+    assignment_kind = "weights"
+
+    def accumulate(self, assignment: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """
+        `assignment` `(batch, n, k)`: the assignment slots `y_ij` (zero rows for points that count nowhere); `values`
+        `[x_i ; 1]` `(batch, n, d + 1)`. Returns `[Σ_i w_ij x_i ; Σ_i w_ij]` `(batch, k, d + 1)`, `w = y^score_power`.
+        """
+        weights = assignment if self.score_power == 1 else assignment.clamp(min=0) ** self.score_power
+        return weights.transpose(1, 2) @ values
+
+
+class KMeansTransformerSoftUpdate(KMeansTransformerWeightedUpdate):
+    """
+    `"soft"`: normalised linear attention on the same scores, `c_j = Σ_i r_ij x_i / Σ_i r_ij` (a softmax update would
+    not be soft k-means). A cluster whose responsibilities all underflow to 0 keeps `c_j`.
+    """
+
+
+class KMeansTransformerFuzzyUpdate(KMeansTransformerWeightedUpdate):
+    """
+    `"fuzzy"`: normalised linear attention on the memberships raised to the fuzzifier, `c_j = Σ_i u_ij^m x_i /
+    Σ_i u_ij^m` (Bezdek's centroid step).
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.score_power = config.fuzzifier
+
+
+class KMeansTransformerMixtureUpdate(KMeansTransformerUpdate):
+    """
+    `"gmm"`, the sums of the M-step: linear attention without normalisation on the responsibilities, with values
+    `[x_i ; |x_i|^2 ; 1]` (the 1 is the `v_proj` bias minus `is_centroid`), so the centroid token receives
+    `N_j = Σ_i r_ij x_i`, `S_j = Σ_i r_ij |x_i|^2` and `R_j = Σ_i r_ij` in its position, `square_norm` and
+    `mixing_weight` slots. The M-step block turns them into parameters.
+    """
+
+    attention_function = "kmeans_linear"
+    normalize_weights = False  # read by `linear_attention_forward`
+    value_bias = True
+    assignment_kind = "weights"
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        slices = config.token_slices
+        value_weight, value_bias = projections["v_proj"]
+        value_weight[slices["square_norm"], slices["square_norm"]] = 1.0
+        value_weight[slices["mixing_weight"], slices["is_centroid"]] = -1.0
+        value_bias[slices["mixing_weight"]] = 1.0
+        return projections
+
+    def accumulate(self, assignment: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """
+        `assignment` `(batch, n, k)`: the responsibilities `r_ij`; `values` `[x_i ; 1]` `(batch, n, d + 1)`. Returns
+        `[N_j ; S_j ; R_j ; n]` `(batch, k, d + 3)`: this block's sums and the number of points (for `π_j = R_j / n`).
+        """
+        square_norms = (values[..., :-1] * values[..., :-1]).sum(dim=-1, keepdim=True)
+        sums = assignment.transpose(1, 2) @ torch.cat([values[..., :-1], square_norms, values[..., -1:]], dim=-1)
+        counts = values[..., -1:].sum(dim=1, keepdim=True).expand(-1, sums.shape[1], -1)
+        return torch.cat([sums, counts], dim=-1)
+
+    def finalize(self, statistics, parameters):
+        """The M-step (`mixture_parameters`) from the summed `[N_j ; S_j ; R_j ; n]`."""
+        d = self.config.point_dim
+        means, variances, weights = mixture_parameters(
+            statistics[..., :d], statistics[..., d : d + 1], statistics[..., d + 1 : d + 2], statistics[..., d + 2 :],
+            {"centroids": parameters["centroids"], "variances": parameters["variances"][..., None]}, self.config,
+        )
+        return {"centroids": means, "variances": variances[..., 0], "weights": weights[..., 0]}
+
+
+class KMeansTransformerMedoidUpdate(KMeansTransformerUpdate):
+    """
+    Deterministic `"kmedoids"`: the members only, scored `-cost_i` (query 1 from the `q_proj` bias, key `-cost_i`
+    from the `medoid_cost` slot), under hardmax with the first maximiser: the new centre is the member with the least
+    summed distance to its cluster, the first one on ties.
+    """
+
+    attention_function = "kmeans_hardmax"
+    hardmax_ties = "first"
+    candidates = "members"
+    sums_over_points = False
+    query_bias = True
+
+    @staticmethod
+    def query_key_dim(config):
+        return 1
+
+    @staticmethod
+    def write_score_projections(config, query, key_weight):
+        query[1][0] = 1.0
+        key_weight[0, config.token_slices["medoid_cost"]] = -1.0
+
+
+class KMeansTransformerDistanceUpdate(KMeansTransformerUpdate):
+    """
+    An update over the members scored by the distance to the centroid entering the iteration: query `c_j` (from the
+    `previous` slot), key `x_i`, augmented by `augment_for_negative_squared_distance` into the score `-|x_i - c_j|^2`,
+    times `scaling`. The kernel makes the variant.
+    """
+
+    candidates = "members"
+    sums_over_points = False
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.point_dim
+
+    @staticmethod
+    def write_score_projections(config, query, key_weight):
+        query[0][:, config.token_slices["previous"]] = torch.eye(config.point_dim)
+        key_weight[:, config.token_slices["position"]] = torch.eye(config.point_dim)
+
+    def prepare_query_key(self, query, key):
+        return augment_for_negative_squared_distance(query, key)
+
+
+class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
+    """`"sparse"`: sparsemax over the members of `-γ |x_i - c_j|^2 / sqrt(d)`; far members get exactly zero weight."""
+
+    attention_function = "kmeans_sparsemax"
+
+    @staticmethod
+    def attention_scaling(config):
+        return config.inverse_temperature / math.sqrt(config.point_dim)
+
+
+class KMeansTransformerGumbelMedoidUpdate(KMeansTransformerDistanceUpdate):
+    """Gumbel `"kmedoids"`: one member drawn with weights `softmax(-γ |x_i - c_j|^2)` by Gumbel-max: the new medoid."""
+
+    attention_function = "kmeans_gumbel_max"
+
+
+class KMeansTransformerCentroidNorm(nn.Module):
+    """
+    `"spherical"`, a normalisation of the centroids' position slice: `c_j <- m_j / |m_j|` for the members' mean `m_j`.
+    A mean of norm 0 (members that cancel) has no direction, and the centroid keeps its previous one (`previous`).
+    """
+
+    def __init__(self, config: KMeansTransformerConfig):
+        super().__init__()
+        self.config = config
+
+    @staticmethod
+    def normalize(mean: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """`m_j / |m_j|`, or `previous` where `m_j = 0`."""
+        norm = torch.linalg.vector_norm(mean, dim=-1, keepdim=True)
+        return torch.where(norm > 0, unit_normalize(mean), previous)
+
+    def finalize(self, parameters: dict[str, torch.Tensor], previous: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This block on the statistics path: the update's means normalised, `previous` where a mean is 0."""
+        return {**parameters, "centroids": self.normalize(parameters["centroids"], previous["centroids"])}
+
+    def forward(self, centroid_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
+        slices = self.config.token_slices
+        mean, previous = centroid_states[..., slices["position"]], centroid_states[..., slices["previous"]]
+        delta = torch.zeros_like(centroid_states)
+        delta[..., slices["position"]] = self.normalize(mean, previous) - mean
+        return delta
+
+
+class KMeansTransformerMixtureMStep(nn.Module):
+    """
+    `"gmm"`, the M-step as a feed-forward block on the centroid stream. From the sums `N_j`, `S_j`, `R_j` left by the
+    update block it writes `μ_j = N_j / R_j`, `σ_j^2 = (S_j / R_j - |μ_j|^2) / d + reg_covar` and `π_j = R_j / n`, and
+    clears `square_norm`. A component whose responsibilities all underflow (`R_j = 0`) saw only its own token, which
+    wrote its previous mean: it keeps `μ_j` and `σ_j^2`, and `π_j = 0`. A variance that reaches 0 (a component on a
+    single point, `reg_covar = 0`) raises an error. The variance is the moment form scikit-learn also uses; it loses
+    digits when the data sit far from the origin compared with their spread (notably in float32): centre the data.
+    """
+
+    def __init__(self, config: KMeansTransformerConfig):
+        super().__init__()
+        self.config = config
+
+    def finalize(self, parameters: dict[str, torch.Tensor], previous: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """On the statistics path the update's `finalize` has applied the M-step (`mixture_parameters`) already."""
+        return parameters
+
+    def forward(self, centroid_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
+        slices = self.config.token_slices
+        sums = centroid_states[..., slices["position"]]
+        means, variances, weights = mixture_parameters(
+            sums,
+            centroid_states[..., slices["square_norm"]],
+            centroid_states[..., slices["mixing_weight"]],
+            point_mask.sum(dim=1).to(sums.dtype)[:, None, None],
+            {"centroids": sums, "variances": centroid_states[..., slices["variance"]]},
+            self.config,
+        )
+        new = centroid_states.clone()
+        new[..., slices["position"]] = means
+        new[..., slices["square_norm"]] = 0.0
+        new[..., slices["variance"]] = variances
+        new[..., slices["mixing_weight"]] = weights
+        return new - centroid_states
+
+
+def mixture_parameters(sums, square_sums, masses, num_points, previous, config):
+    """
+    The M-step of an isotropic Gaussian mixture from the sums `N_j` `(..., d)`, `S_j` and `R_j` `(..., 1)` over `n`
+    points: `μ_j = N_j / R_j`, `σ_j^2 = (S_j / R_j - |μ_j|^2) / d + reg_covar`, `π_j = R_j / n`; a component with
+    `R_j = 0` keeps `previous["centroids"]` and `previous["variances"]` (`(..., 1)`). Returns `(μ, σ^2, π)`.
+    """
+    has_mass = masses > 0
+    safe_masses = torch.where(has_mass, masses, torch.ones_like(masses))
+    means = torch.where(has_mass, sums / safe_masses, previous["centroids"])
+    spread = (square_sums / safe_masses - (means * means).sum(dim=-1, keepdim=True)) / config.point_dim
+    variances = torch.where(has_mass, spread + config.reg_covar, previous["variances"])
+    if not bool((variances > 0).all()):
+        raise ValueError(
+            "A mixture component's variance collapsed to 0 (a component on a single point); build the model with "
+            "reg_covar > 0 or start from other parameters."
+        )
+    return means, variances, masses / num_points
