@@ -98,20 +98,7 @@ def plot_clustering(
     if feature_names is not None and len(feature_names) != d:
         raise ValueError(f"`feature_names` has {len(feature_names)} names for {d} features.")
 
-    if d == 1:
-        jitter = np.random.default_rng(random_state).uniform(-0.5, 0.5, size=n)
-        to_plane = lambda values: np.concatenate([values, np.zeros((*values.shape[:-1], 1))], axis=-1)  # noqa: E731
-        xy = np.stack([points[:, 0], jitter], axis=1)
-        name = feature_names[0] if feature_names else "x0"
-        axis_labels = (name, "jitter (no meaning)")
-    elif d == 2:
-        to_plane = lambda values: values  # noqa: E731
-        xy = points
-        axis_labels = tuple(feature_names) if feature_names else ("x0", "x1")
-    else:
-        xy, ratio, components, mean = project_2d(points)
-        to_plane = lambda values: (values - mean) @ components.T  # noqa: E731
-        axis_labels = tuple(f"PC{i + 1} ({100 * r:.1f}% of variance)" for i, r in enumerate(ratio))
+    xy, to_plane, axis_labels = _plane(points, random_state, feature_names)
 
     if ax is None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -134,6 +121,45 @@ def plot_clustering(
     if len(outliers):
         ax.scatter(xy[outliers, 0], xy[outliers, 1], c=OUTLIER_COLOUR, s=size, marker="x", linewidths=0.8, zorder=1)
 
+    _draw_centroids(ax, to_plane, centroids, trajectory, colours)
+
+    handles = _legend_handles(n, len(shown), int((labels < 0).sum()), trajectory)
+    ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    if d == 1:
+        ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title)
+    if path is not None:
+        save_figure(figure, path, overwrite=overwrite)
+    return figure
+
+
+def _plane(points, random_state, feature_names):
+    """
+    The points' 2-D coordinates, the map of any `(..., d)` values onto that plane, and the axis labels: the feature
+    and a jitter for d = 1, the features for d = 2, the first two principal components above.
+    """
+    n, d = points.shape
+    if d == 1:
+        jitter = np.random.default_rng(random_state).uniform(-0.5, 0.5, size=n)
+        name = feature_names[0] if feature_names else "x0"
+
+        def to_plane(values):
+            return np.concatenate([values, np.zeros((*values.shape[:-1], 1))], axis=-1)
+
+        return np.stack([points[:, 0], jitter], axis=1), to_plane, (name, "jitter (no meaning)")
+    if d == 2:
+        return points, (lambda values: values), tuple(feature_names) if feature_names else ("x0", "x1")
+    xy, ratio, components, mean = project_2d(points)
+    axis_labels = tuple(f"PC{i + 1} ({100 * r:.1f}% of variance)" for i, r in enumerate(ratio))
+    return xy, (lambda values: (values - mean) @ components.T), axis_labels
+
+
+def _draw_centroids(ax, to_plane, centroids, trajectory, colours) -> None:
+    """Each centroid's path (hollow start, dots per iteration) if `trajectory` is given, and its final position."""
+    k = len(centroids)
     if trajectory is not None:
         paths = to_plane(trajectory)  # (T + 1, k, 2)
         for j in range(k):
@@ -148,18 +174,6 @@ def plot_clustering(
     if k <= _NAMED_LIMIT:
         for j, (x, y) in enumerate(final):
             ax.annotate(str(j), (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold", zorder=6)
-
-    handles = _legend_handles(n, len(shown), int((labels < 0).sum()), trajectory)
-    ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
-    ax.set_xlabel(axis_labels[0])
-    ax.set_ylabel(axis_labels[1])
-    if d == 1:
-        ax.set_yticks([])
-    if title is not None:
-        ax.set_title(title)
-    if path is not None:
-        save_figure(figure, path, overwrite=overwrite)
-    return figure
 
 
 def plot_estimator(estimator, X, path=None, **kwargs):

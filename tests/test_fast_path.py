@@ -255,3 +255,19 @@ def test_softmax_blocks_run_sdpa_unless_weights_are_asked_for():
         torch.testing.assert_close(fused.centroids, eager.centroids, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(fused.assignments, eager.assignments, rtol=1e-10, atol=1e-12)
         assert torch.equal(fused.assignments[0, 50:], torch.zeros_like(fused.assignments[0, 50:]))
+
+
+def test_an_edit_through_data_is_seen_and_both_engines_agree_with_it():
+    """An edit that bypasses autograd's version counters (`.data`, in place or replaced) switches to the tokens."""
+    points = torch.randn(200, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=4, point_dim=3, num_iterations=3)).double()
+    assert model.engine() == "compact"
+    assign = model.layers[0].assign
+    assign.q_proj.weight.data[0] *= 3.0  # feature-weighted assignment, by an in-place edit of .data
+    assert not model.has_analytic_weights() and model.engine() == "tokens"
+    edited = model(points)
+    dense = model(points, output_hidden_states=True)
+    torch.testing.assert_close(edited.centroids, dense.centroids, rtol=0, atol=0)
+    assign.q_proj.weight.data = assign.q_proj.weight.data.clone()
+    assign.q_proj.weight.data[0] /= 3.0  # back to the construction through a replaced .data tensor
+    assert model.has_analytic_weights() and model.engine() == "compact"
