@@ -39,14 +39,7 @@ def _attend(weights, value, attention_mask):
 
 
 def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
+    module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention: `weights_i = softmax_j(s_ij)` over the visible keys."""
     weights = torch.softmax(_masked_scores(query, key, attention_mask, scaling), dim=-1)
@@ -55,14 +48,7 @@ def eager_attention_forward(
 
 
 def hardmax_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     The exact `γ -> ∞` limit of softmax attention. With `M_i = argmax_j s_ij` over the visible keys:
@@ -87,14 +73,7 @@ def hardmax_attention_forward(
 
 
 def chunked_hardmax_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, None]:
     """
     `hardmax_attention_forward` in blocks of query rows, without its `(q_len, kv_len)` weights: each block's scores
@@ -168,14 +147,7 @@ def code_sums(
 
 
 def index_hardmax_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, None]:
     """
     Hardmax attention between one-hot codes given in index form (as `input_ids` stand for one-hot rows): `query`
@@ -211,14 +183,7 @@ def index_hardmax_attention_forward(
 
 
 def linear_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Linear attention on non-negative scores: `weights_ij = s_ij / Σ_j' s_ij'` over the visible keys (normalised), or
@@ -238,14 +203,7 @@ def linear_attention_forward(
 
 
 def sparsemax_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Sparsemax attention (Martins & Astudillo, 2016), the Euclidean projection of the scores onto the simplex:
@@ -264,15 +222,7 @@ def sparsemax_attention_forward(
 
 
 def gumbel_max_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    generator: torch.Generator | None = None,
-    **kwargs,
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, generator=None, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     A one-hot draw from `softmax_j(s_ij)` over the visible keys by the Gumbel-max trick: `weights_ij = 1` for
@@ -287,14 +237,7 @@ def gumbel_max_attention_forward(
 
 
 def distance_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
     Distance-weighted sums: `weights_ij = |query_i - key_j|` (Euclidean) on the visible keys, 0 elsewhere, and
@@ -317,14 +260,7 @@ def distance_attention_forward(
 
 
 def fuzzy_membership_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Fuzzy c-means memberships as attention weights (Bezdek): with `D_ij = |query_i - key_j|` (Euclidean, from the

@@ -37,6 +37,14 @@ def _projection(out_features: int, in_features: int, bias: bool) -> tuple[torch.
     return torch.zeros(out_features, in_features), (torch.zeros(out_features) if bias else None)
 
 
+def read_positions(projections: dict, config) -> dict:
+    """Query and key maps that read the position slice: `q_proj(p_i) = x_i`, `k_proj(t) = ` the token's position."""
+    position = config.token_slices["position"]
+    projections["q_proj"][0][:, position] = torch.eye(config.point_dim)
+    projections["k_proj"][0][:, position] = torch.eye(config.point_dim)
+    return projections
+
+
 def tag_analytic(module: nn.Module, *names: str) -> None:
     """Mark `module`'s `nn.Linear`s as analytic: `_init_weights` reads them from `type(module).analytic_projections`."""
     for name in names:
@@ -215,10 +223,8 @@ class KMeansTransformerAssign(KMeansTransformerAttention):
 
     @classmethod
     def analytic_projections(cls, config):
-        projections = super().analytic_projections(config)
-        position, code = config.token_slices["position"], config.token_slices["code"]
-        projections["q_proj"][0][:, position] = torch.eye(config.point_dim)
-        projections["k_proj"][0][:, position] = torch.eye(config.point_dim)
+        projections = read_positions(super().analytic_projections(config), config)
+        code = config.token_slices["code"]
         projections["v_proj"][0][code, code] = torch.eye(config.num_clusters)
         return projections
 
@@ -426,11 +432,8 @@ class KMeansTransformerMedoidCost(KMeansTransformerAttention):
 
     @classmethod
     def analytic_projections(cls, config):
-        projections = super().analytic_projections(config)
-        slices = config.token_slices
-        projections["q_proj"][0][:, slices["position"]] = torch.eye(config.point_dim)
-        projections["k_proj"][0][:, slices["position"]] = torch.eye(config.point_dim)
-        projections["v_proj"][1][slices["medoid_cost"]] = 1.0
+        projections = read_positions(super().analytic_projections(config), config)
+        projections["v_proj"][1][config.token_slices["medoid_cost"]] = 1.0
         return projections
 
     def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -119,10 +119,32 @@ def lloyd(points, centroids, num_iterations: int) -> ClusteringResult:
 # Soft k-means
 
 
+def weighted_means(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """`c_j = Σ_i w_ij x_i / Σ_i w_ij` for each cluster `j` (`weights` `(n, k)`); a cluster of total weight 0 keeps `c_j`."""
+    new_centroids = centroids.copy()
+    for j in range(centroids.shape[0]):
+        mass = weights[:, j].sum()
+        if mass > 0:
+            new_centroids[j] = (weights[:, j, None] * points).sum(axis=0) / mass
+    return new_centroids
+
+
 def soft_responsibilities(distances: np.ndarray, inverse_temperature: float) -> np.ndarray:
     """`r_ij = softmax_j(-γ D_ij)`, stably: `exp(-γ (D_ij - min_l D_il))` normalised over `j`."""
     weights = np.exp(-float(inverse_temperature) * (distances - distances.min(axis=1, keepdims=True)))
     return weights / weights.sum(axis=1, keepdims=True)
+
+
+def _soft_result(points, centroids, labels, label_history, centroid_history, responsibilities) -> ClusteringResult:
+    """The result of a soft-assignment loop: Lloyd's inertia of `labels`, and the final `responsibilities`."""
+    return ClusteringResult(
+        centroids=centroids,
+        labels=labels,
+        inertia=inertia(points, labels, centroids),
+        label_history=_label_array(label_history, len(points)),
+        centroid_history=np.array(centroid_history),
+        responsibilities=responsibilities,
+    )
 
 
 def soft_kmeans(points, centroids, num_iterations: int, inverse_temperature: float) -> ClusteringResult:
@@ -137,24 +159,13 @@ def soft_kmeans(points, centroids, num_iterations: int, inverse_temperature: flo
     for _ in range(num_iterations):
         distances = squared_distances(points, centroids)
         responsibilities = soft_responsibilities(distances, inverse_temperature)
-        new_centroids = centroids.copy()
-        for j in range(centroids.shape[0]):
-            mass = responsibilities[:, j].sum()
-            if mass > 0:
-                new_centroids[j] = (responsibilities[:, j, None] * points).sum(axis=0) / mass
         label_history.append(distances.argmin(axis=1))
-        centroids = new_centroids
+        centroids = weighted_means(points, responsibilities, centroids)
         centroid_history.append(centroids)
     distances = squared_distances(points, centroids)
     labels = distances.argmin(axis=1)
-    return ClusteringResult(
-        centroids=centroids,
-        labels=labels,
-        inertia=inertia(points, labels, centroids),
-        label_history=_label_array(label_history, len(points)),
-        centroid_history=np.array(centroid_history),
-        responsibilities=soft_responsibilities(distances, inverse_temperature),
-    )
+    responsibilities = soft_responsibilities(distances, inverse_temperature)
+    return _soft_result(points, centroids, labels, label_history, centroid_history, responsibilities)
 
 
 # Spherical k-means
@@ -490,30 +501,19 @@ def fuzzy_cmeans(points, centroids, num_iterations: int, fuzzifier: float) -> Cl
     for _ in range(num_iterations):
         memberships = fuzzy_memberships(points, centroids, fuzzifier)
         weights = memberships**fuzzifier
-        new_centroids = centroids.copy()
-        for j in range(centroids.shape[0]):
-            mass = weights[:, j].sum()
-            if mass > 0:
-                new_centroids[j] = (weights[:, j, None] * points).sum(axis=0) / mass
         label_history.append(memberships.argmax(axis=1))
-        centroids = new_centroids
+        centroids = weighted_means(points, weights, centroids)
         centroid_history.append(centroids)
     memberships = fuzzy_memberships(points, centroids, fuzzifier)
     labels = memberships.argmax(axis=1)
-    return ClusteringResult(
-        centroids=centroids,
-        labels=labels,
-        inertia=inertia(points, labels, centroids),
-        label_history=_label_array(label_history, len(points)),
-        centroid_history=np.array(centroid_history),
-        responsibilities=memberships,
-    )
+    return _soft_result(points, centroids, labels, label_history, centroid_history, memberships)
 
 
 __all__ = [
     "ClusteringResult",
     "LloydResult",
     "assign_labels",
+    "weighted_means",
     "cosine_labels",
     "euclidean_distances",
     "fuzzy_cmeans",

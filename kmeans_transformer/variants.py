@@ -295,126 +295,65 @@ def _mixture_reference(points, centroids, num_iterations, reg_covar, variances=N
 
 _POINT_SCRATCH = "point_erase"
 
-VARIANTS: dict[str, VariantSpec] = {
-    spec.name: spec
-    for spec in (
-        VariantSpec(
-            name="lloyd",
-            title="k-means",
-            parameters={"inverse_temperature": 1.0},
-            assign=KMeansTransformerAssign,
-            update=KMeansTransformerUpdate,
-            sums_over_points=True,
-            compact=True,
-            reference=lloyd,
+# name, title, parameters (defaults), assign block, update block, then what differs from the defaults.
+_SPECS = (
+    VariantSpec(
+        "lloyd", "k-means", {"inverse_temperature": 1.0}, KMeansTransformerAssign, KMeansTransformerUpdate,
+        sums_over_points=True, compact=True, reference=lloyd,
+    ),
+    VariantSpec(
+        "soft", "soft k-means", {"inverse_temperature": 1.0}, KMeansTransformerSoftAssign, KMeansTransformerSoftUpdate,
+        soft_assignment=True, label_determined=False, sums_over_points=True,
+        reference=soft_kmeans, reference_parameters=("inverse_temperature",),
+    ),
+    VariantSpec(
+        "spherical", "spherical k-means", {"inverse_temperature": 1.0}, KMeansTransformerCosineAssign,
+        KMeansTransformerUpdate, centroid_blocks={"centroid_norm": KMeansTransformerCentroidNorm}, unit_norm=True,
+        sums_over_points=True, compact=True, reference=spherical_kmeans,
+    ),
+    VariantSpec(
+        "trimmed", "trimmed k-means", {"inverse_temperature": 1.0, "trim_quantile": 0.95, "trim_fraction": None},
+        KMeansTransformerTrimmedAssign, KMeansTransformerUpdate, point_blocks={"trim_gate": KMeansTransformerTrimGate},
+        slots=(
+            TokenSlot("assigned", "point_dim", _POINT_SCRATCH), TokenSlot("distance", 1, _POINT_SCRATCH),
+            TokenSlot("outlier", 1, _POINT_SCRATCH),
         ),
-        VariantSpec(
-            name="soft",
-            title="soft k-means",
-            parameters={"inverse_temperature": 1.0},
-            assign=KMeansTransformerSoftAssign,
-            update=KMeansTransformerSoftUpdate,
-            soft_assignment=True,
-            label_determined=False,
-            sums_over_points=True,
-            reference=soft_kmeans,
-            reference_parameters=("inverse_temperature",),
+        exclusive=(("trim_quantile", "trim_fraction"),),
+        reference=trimmed_kmeans, reference_parameters=("trim_quantile", "trim_fraction"),
+    ),
+    VariantSpec(
+        "sparse", "sparse-update k-means", {"inverse_temperature": 0.01}, KMeansTransformerAssign,
+        KMeansTransformerSparseUpdate, label_determined=False,
+        reference=sparse_kmeans, reference_parameters=("inverse_temperature",),
+    ),
+    VariantSpec(
+        "kmedoids", "k-medoids", {"inverse_temperature": 1.0, "medoid_selection": "deterministic"},
+        KMeansTransformerAssign, KMeansTransformerMedoidUpdate, point_blocks={"medoid_cost": KMeansTransformerMedoidCost},
+        slots=(TokenSlot("medoid_cost", 1, _POINT_SCRATCH),), reference=kmedoids, form_parameter="medoid_selection",
+        forms={
+            "deterministic": {},
+            "gumbel": {"update": KMeansTransformerGumbelMedoidUpdate, "point_blocks": {}, "slots": (),
+                       "label_determined": False, "random": True, "reference": None},
+        },
+        zoo_parameters=({}, {"medoid_selection": "gumbel"}),
+    ),
+    VariantSpec(
+        "gmm", "Gaussian-mixture", {"reg_covar": 0.0}, KMeansTransformerGaussianAssign, KMeansTransformerMixtureUpdate,
+        centroid_blocks={"m_step": KMeansTransformerMixtureMStep},
+        slots=(
+            TokenSlot("square_norm", 1, point_value=_square_norms), TokenSlot("variance", 1),
+            TokenSlot("mixing_weight", 1, "centroid_erase"),
         ),
-        VariantSpec(
-            name="spherical",
-            title="spherical k-means",
-            parameters={"inverse_temperature": 1.0},
-            assign=KMeansTransformerCosineAssign,
-            update=KMeansTransformerUpdate,
-            centroid_blocks={"centroid_norm": KMeansTransformerCentroidNorm},
-            unit_norm=True,
-            sums_over_points=True,
-            compact=True,
-            reference=spherical_kmeans,
-        ),
-        VariantSpec(
-            name="trimmed",
-            title="trimmed k-means",
-            parameters={"inverse_temperature": 1.0, "trim_quantile": 0.95, "trim_fraction": None},
-            exclusive=(("trim_quantile", "trim_fraction"),),
-            assign=KMeansTransformerTrimmedAssign,
-            update=KMeansTransformerUpdate,
-            point_blocks={"trim_gate": KMeansTransformerTrimGate},
-            slots=(
-                TokenSlot("assigned", "point_dim", _POINT_SCRATCH),
-                TokenSlot("distance", 1, _POINT_SCRATCH),
-                TokenSlot("outlier", 1, _POINT_SCRATCH),
-            ),
-            reference=trimmed_kmeans,
-            reference_parameters=("trim_quantile", "trim_fraction"),
-        ),
-        VariantSpec(
-            name="sparse",
-            title="sparse-update k-means",
-            parameters={"inverse_temperature": 0.01},
-            assign=KMeansTransformerAssign,
-            update=KMeansTransformerSparseUpdate,
-            label_determined=False,
-            reference=sparse_kmeans,
-            reference_parameters=("inverse_temperature",),
-        ),
-        VariantSpec(
-            name="kmedoids",
-            title="k-medoids",
-            parameters={"inverse_temperature": 1.0, "medoid_selection": "deterministic"},
-            assign=KMeansTransformerAssign,
-            update=KMeansTransformerMedoidUpdate,
-            point_blocks={"medoid_cost": KMeansTransformerMedoidCost},
-            slots=(TokenSlot("medoid_cost", 1, _POINT_SCRATCH),),
-            reference=kmedoids,
-            form_parameter="medoid_selection",
-            forms={
-                "deterministic": {},
-                "gumbel": {
-                    "update": KMeansTransformerGumbelMedoidUpdate,
-                    "point_blocks": {},
-                    "slots": (),
-                    "label_determined": False,
-                    "random": True,
-                    "reference": None,
-                },
-            },
-            zoo_parameters=({}, {"medoid_selection": "gumbel"}),
-        ),
-        VariantSpec(
-            name="gmm",
-            title="Gaussian-mixture",
-            parameters={"reg_covar": 0.0},
-            assign=KMeansTransformerGaussianAssign,
-            update=KMeansTransformerMixtureUpdate,
-            centroid_blocks={"m_step": KMeansTransformerMixtureMStep},
-            slots=(
-                TokenSlot("square_norm", 1, point_value=_square_norms),
-                TokenSlot("variance", 1),
-                TokenSlot("mixing_weight", 1, "centroid_erase"),
-            ),
-            state=MIXTURE_STATE,
-            soft_assignment=True,
-            label_determined=False,
-            sums_over_points=True,
-            reference=_mixture_reference,
-            reference_parameters=("reg_covar",),
-            zoo_parameters=({"reg_covar": 1e-6},),
-        ),
-        VariantSpec(
-            name="fuzzy",
-            title="fuzzy c-means",
-            parameters={"fuzzifier": 2.0},
-            assign=KMeansTransformerFuzzyAssign,
-            update=KMeansTransformerFuzzyUpdate,
-            soft_assignment=True,
-            label_determined=False,
-            sums_over_points=True,
-            reference=fuzzy_cmeans,
-            reference_parameters=("fuzzifier",),
-        ),
-    )
-}
+        state=MIXTURE_STATE, soft_assignment=True, label_determined=False, sums_over_points=True,
+        reference=_mixture_reference, reference_parameters=("reg_covar",), zoo_parameters=({"reg_covar": 1e-6},),
+    ),
+    VariantSpec(
+        "fuzzy", "fuzzy c-means", {"fuzzifier": 2.0}, KMeansTransformerFuzzyAssign, KMeansTransformerFuzzyUpdate,
+        soft_assignment=True, label_determined=False, sums_over_points=True,
+        reference=fuzzy_cmeans, reference_parameters=("fuzzifier",),
+    ),
+)
+VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in _SPECS}
 VARIANT_NAMES = tuple(VARIANTS)
 
 
