@@ -30,7 +30,7 @@ import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
 from kmeans_transformer import reference
-from kmeans_transformer.convert import gaussian_mixture
+from kmeans_transformer.validation import gaussian_mixture
 
 
 NUM_CLUSTERS = 4

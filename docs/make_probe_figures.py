@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 from sklearn.datasets import load_iris  # noqa: E402
 
 from kmeans_transformer import probe  # noqa: E402
-from kmeans_transformer.convert import build_model, gaussian_mixture  # noqa: E402
+from kmeans_transformer.convert import build_model  # noqa: E402
+from kmeans_transformer.validation import gaussian_mixture  # noqa: E402
 
 HERE = Path(__file__).parent
 spec = importlib.util.spec_from_file_location("feature_weighted_kmeans", HERE.parent / "examples" / "feature_weighted_kmeans.py")

@@ -37,7 +37,8 @@ import torch
 from captum.attr import IntegratedGradients, Saliency
 
 from kmeans_transformer import reference
-from kmeans_transformer.convert import build_model, gaussian_mixture
+from kmeans_transformer.convert import build_model
+from kmeans_transformer.validation import gaussian_mixture
 
 
 FIXED_CENTROIDS = np.array([[-2.0, 0.0], [0.0, 2.0], [2.0, -1.0]])

@@ -35,7 +35,8 @@ import nnsight
 from nnsight import NNsight
 
 from kmeans_transformer import reference
-from kmeans_transformer.convert import build_model, gaussian_mixture
+from kmeans_transformer.convert import build_model
+from kmeans_transformer.validation import gaussian_mixture
 
 
 def make_problem(seed: int = 0, num_points: int = 60, point_dim: int = 2, num_clusters: int = 3):

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from kmeans_transformer import reference
-from kmeans_transformer.convert import build_model, gaussian_mixture
+from kmeans_transformer.convert import build_model
+from kmeans_transformer.validation import gaussian_mixture
 from kmeans_transformer.modeling_kmeans_transformer import BLOCK_NAMES
 
 

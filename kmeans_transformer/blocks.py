@@ -37,14 +37,6 @@ def _projection(out_features: int, in_features: int, bias: bool) -> tuple[torch.
     return torch.zeros(out_features, in_features), (torch.zeros(out_features) if bias else None)
 
 
-def read_positions(projections: dict, config) -> dict:
-    """Query and key maps that read the position slice: `q_proj(p_i) = x_i`, `k_proj(t) = ` the token's position."""
-    position = config.token_slices["position"]
-    projections["q_proj"][0][:, position] = torch.eye(config.point_dim)
-    projections["k_proj"][0][:, position] = torch.eye(config.point_dim)
-    return projections
-
-
 def tag_analytic(module: nn.Module, *names: str) -> None:
     """Mark `module`'s `nn.Linear`s as analytic: `_init_weights` reads them from `type(module).analytic_projections`."""
     for name in names:
@@ -207,7 +199,23 @@ class KMeansTransformerCentroidErase(KMeansTransformerErase):
         return config.variant_spec.erased_slots("centroid_erase")
 
 
-class KMeansTransformerAssign(KMeansTransformerAttention):
+class KMeansTransformerPositionAttention(KMeansTransformerAttention):
+    """Attention whose query and key maps read the position slice: `q_proj(p_i) = x_i`, `k_proj(t) = ` t's position."""
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.point_dim
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        position = config.token_slices["position"]
+        projections["q_proj"][0][:, position] = torch.eye(config.point_dim)
+        projections["k_proj"][0][:, position] = torch.eye(config.point_dim)
+        return projections
+
+
+class KMeansTransformerAssign(KMeansTransformerPositionAttention):
     """
     Block 2, cross-attention from points to centroids. Query `[x_i ; 1]`, key `[2 c_j ; -|c_j|^2]` (built by
     `augment_for_squared_distance` from `q_proj(p_i) = x_i` and `k_proj(q_j) = c_j`), score `γ (|x_i|^2 - |x_i -
@@ -217,13 +225,9 @@ class KMeansTransformerAssign(KMeansTransformerAttention):
 
     hardmax_ties = "first"
 
-    @staticmethod
-    def query_key_dim(config):
-        return config.point_dim
-
     @classmethod
     def analytic_projections(cls, config):
-        projections = read_positions(super().analytic_projections(config), config)
+        projections = super().analytic_projections(config)
         code = config.token_slices["code"]
         projections["v_proj"][0][code, code] = torch.eye(config.num_clusters)
         return projections
@@ -326,7 +330,7 @@ class KMeansTransformerGaussianAssign(KMeansTransformerAssign):
 
     @classmethod
     def analytic_projections(cls, config):
-        projections = super(KMeansTransformerAssign, cls).analytic_projections(config)
+        projections = super(KMeansTransformerPositionAttention, cls).analytic_projections(config)  # its own q, k
         slices, d = config.token_slices, config.point_dim
         query_weight, query_bias = projections["q_proj"]
         query_weight[:d, slices["position"]] = torch.eye(d)
@@ -415,7 +419,7 @@ class KMeansTransformerTrimGate(nn.Module):
         return assigned & (ranks >= (counts - num_trimmed)[:, None])
 
 
-class KMeansTransformerMedoidCost(KMeansTransformerAttention):
+class KMeansTransformerMedoidCost(KMeansTransformerPositionAttention):
     """
     Deterministic `"kmedoids"`, self-attention among the points of one cluster under the `"distance"` kernel (weights
     `|x_i - x_i'|`): query = key = `x_i`, value 1 on the `medoid_cost` slot (the `v_proj` bias), so the slot holds
@@ -426,13 +430,9 @@ class KMeansTransformerMedoidCost(KMeansTransformerAttention):
     value_bias = True
     reports_assignment = False  # read by the assignment head: the cost matters to the update only
 
-    @staticmethod
-    def query_key_dim(config):
-        return config.point_dim
-
     @classmethod
     def analytic_projections(cls, config):
-        projections = read_positions(super().analytic_projections(config), config)
+        projections = super().analytic_projections(config)
         projections["v_proj"][1][config.token_slices["medoid_cost"]] = 1.0
         return projections
 
@@ -481,7 +481,7 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
     def forward(self, centroid_states, point_states, point_mask, **kwargs):
         k = centroid_states.shape[1]
         codes = point_states[..., self.config.token_slices["code"]]
-        weighted = (codes > 0) & point_mask[..., None]
+        weighted = (self.score_weights(codes) > 0) & point_mask[..., None]
         if self.candidates == "members":
             visible_points = weighted.transpose(1, 2)
         else:
@@ -491,6 +491,10 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         attention_mask = torch.cat([visible_points, own_token], dim=-1)[:, None]
         memory = torch.cat([point_states, centroid_states], dim=1)
         return super().forward(centroid_states, memory, attention_mask, **kwargs)
+
+    def score_weights(self, codes: torch.Tensor) -> torch.Tensor:
+        """The weight each point gives each cluster, from its assignment slot: `y_ij` itself."""
+        return codes
 
     # The update as sufficient statistics: sums over points that add up over chunks and processes (the compact engine
     # and points mode run one iteration as `finalize(accumulate(...))`, whatever splits the points).
@@ -535,8 +539,11 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
         `assignment` `(batch, n, k)`: the assignment slots `y_ij` (zero rows for points that count nowhere); `values`
         `[x_i ; 1]` `(batch, n, d + 1)`. Returns `[Σ_i w_ij x_i ; Σ_i w_ij]` `(batch, k, d + 1)`, `w = y^score_power`.
         """
-        weights = assignment if self.score_power == 1 else assignment.clamp(min=0) ** self.score_power
-        return weights.transpose(1, 2) @ values
+        return self.score_weights(assignment).transpose(1, 2) @ values
+
+    def score_weights(self, codes: torch.Tensor) -> torch.Tensor:
+        """`y_ij^score_power`: a cluster whose powers all round to 0 sees only its own token, and keeps `c_j`."""
+        return codes if self.score_power == 1 else codes.clamp(min=0) ** self.score_power
 
 
 class KMeansTransformerSoftUpdate(KMeansTransformerWeightedUpdate):

@@ -10,15 +10,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .variants import MEDOID_SELECTIONS, PARAMETER_NAMES as VARIANT_PARAMETER_NAMES, VARIANT_NAMES as VARIANTS
-from .convert import DTYPES, ValidationError, build_model, check_checkpoint_directory, convert_checkpoint, gaussian_mixture
+from .convert import build_model, check_checkpoint_directory, convert_checkpoint
+from .validation import ValidationError, gaussian_mixture
 from .hub import HubError
+from .modeling_kmeans_transformer import DTYPES
 from .plotting import MissingDependencyError
 from .reference import lloyd
+from .variants import PARAMETER_NAMES, PARAMETERS, VARIANT_NAMES, VARIANTS
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", default="lloyd", choices=VARIANTS, help="clustering algorithm (default: lloyd)")
+    parser.add_argument(
+        "--variant", default="lloyd", choices=VARIANT_NAMES, help="clustering algorithm (default: lloyd)"
+    )
     parser.add_argument("--num-clusters", type=int, required=True, help="number of clusters k")
     parser.add_argument("--point-dim", type=int, required=True, help="dimension d of the points")
     parser.add_argument("--num-iterations", type=int, required=True, help="number of iterations T (layers)")
@@ -30,12 +34,26 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
-    variant = parser.add_argument_group("variant parameters (each only for the variants that read it)")
-    variant.add_argument("--inverse-temperature", type=float, help="stiffness γ (soft, sparse, gumbel kmedoids, softmax paths)")
-    variant.add_argument("--trim-quantile", type=float, help="trimmed: per-cluster quantile in (0, 1] (default 0.95)")
-    variant.add_argument("--trim-fraction", type=float, help="trimmed: global fraction in [0, 1) instead of the quantile")
-    variant.add_argument("--medoid-selection", choices=MEDOID_SELECTIONS, help="kmedoids: deterministic (default) or gumbel")
-    variant.add_argument("--reg-covar", type=float, help="gmm: added to every variance (default 0)")
+    """One option per variant parameter (`variants.PARAMETERS`), its values, readers and defaults from the specs."""
+    group = parser.add_argument_group("variant parameters (each only for the variants that read it)")
+    for name, parameter in PARAMETERS.items():
+        forms = [value for spec in VARIANTS.values() if spec.form_parameter == name for value in spec.forms]
+        kind = {"choices": forms} if forms else {"type": float, "metavar": "X"}
+        help_text = f"{parameter.description}; " + _parameter_help(name, parameter.requirement)
+        group.add_argument(f"--{name.replace('_', '-')}", **kind, help=help_text)
+
+
+def _parameter_help(name: str, requirement: str) -> str:
+    """`readers: requirement (default: the most common one; a variant: its own)`, and the exclusive parameters."""
+    defaults = {spec.name: spec.parameters[name] for spec in VARIANTS.values() if name in spec.parameters}
+    shown = {variant: "unset" if value is None else str(value) for variant, value in defaults.items()}
+    common = max(shown.values(), key=list(shown.values()).count)
+    others = "".join(f"; {variant}: {value}" for variant, value in shown.items() if value != common)
+    pairs = [pair for spec in VARIANTS.values() for pair in spec.exclusive if name in pair]
+    exclusive = [other for pair in pairs for other in pair if other != name]
+    text = f"{', '.join(defaults)}: {requirement} (default: {common}{others})"
+    text += "".join(f"; exclusive with --{other.replace('_', '-')}" for other in dict.fromkeys(exclusive))
+    return text.replace("%", "%%")
 
 
 def run_convert(args: argparse.Namespace) -> None:
@@ -46,7 +64,7 @@ def run_convert(args: argparse.Namespace) -> None:
         variant=args.variant,
         dtype=args.dtype,
         share_layers=not args.separate_layers,
-        **{name: getattr(args, name) for name in VARIANT_PARAMETER_NAMES},
+        **{name: getattr(args, name) for name in PARAMETER_NAMES},
     )
     report = convert_checkpoint(model, args.output, overwrite=args.overwrite)
     print(
@@ -86,7 +104,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="points: .csv, .parquet, .npy or a datasets save_to_disk directory")
     parser.add_argument("--n-clusters", type=int, required=True, metavar="K", help="number of clusters k")
     parser.add_argument("--output", required=True, metavar="OUT", help="the rows with their labels: .csv or .parquet")
-    parser.add_argument("--variant", default="lloyd", choices=VARIANTS, help="clustering algorithm (default: lloyd)")
+    parser.add_argument(
+        "--variant", default="lloyd", choices=VARIANT_NAMES, help="clustering algorithm (default: lloyd)"
+    )
     add_variant_arguments(parser)
     fit = parser.add_argument_group("fitting")
     fit.add_argument("--init", default="k-means++", choices=("k-means++", "random"), help="initial centroids (default: k-means++)")
@@ -187,7 +207,7 @@ def run_cluster(args: argparse.Namespace) -> None:
         tol=args.tol,
         random_state=args.random_state,
         variant=args.variant,
-        **{name: getattr(args, name) for name in VARIANT_PARAMETER_NAMES},
+        **{name: getattr(args, name) for name in PARAMETER_NAMES},
         device=args.device,
         dtype=args.dtype,
         verbose=0 if args.no_progress else 1,
@@ -215,12 +235,18 @@ def run_cluster(args: argparse.Namespace) -> None:
     if "model" in outputs:
         estimator.save_pretrained(outputs["model"], overwrite=args.overwrite)
 
-    restarts = estimator._n_restarts
+    _print_cluster_summary(args, estimator, feature_names, outputs, fit_seconds, time.perf_counter() - start)
+
+
+def _print_cluster_summary(args, estimator, feature_names, outputs, fit_seconds: float, seconds: float) -> None:
+    """What `cluster` did: the data, the fit, the cluster sizes (and outliers, for a variant that reports them)."""
+    labels = np.asarray(estimator.labels_, dtype=np.int64)
+    restarts = estimator.n_restarts_
     sizes = np.bincount(labels[labels >= 0], minlength=args.n_clusters)
     d = len(feature_names)
     features = f"{d} features: {', '.join(feature_names)}" if d <= 8 else f"{d} features"
     stopped = " (the --max-iter limit)" if estimator.n_iter_ >= args.max_iter else ""
-    print(f"clustered {len(X)} rows of {args.input}, {features}")
+    print(f"clustered {len(labels)} rows of {args.input}, {features}")
     print(
         f"  {args.variant}, k={args.n_clusters}, {restarts} restart{'s' if restarts != 1 else ''} ({args.init}, "
         f"random state {args.random_state})"
@@ -231,9 +257,9 @@ def run_cluster(args: argparse.Namespace) -> None:
         print(f"  cluster sizes: {', '.join(f'{j}: {size}' for j, size in enumerate(sizes))}")
     else:
         print(f"  cluster sizes: smallest {sizes.min()}, median {int(np.median(sizes))}, largest {sizes.max()}")
-    if args.variant == "trimmed":
+    if estimator.model_.config.variant_spec.reports_outliers:
         print(f"  outliers (label -1): {int((labels < 0).sum())}")
-    print(f"  time: {fit_seconds:.2f} s fitting, {time.perf_counter() - start:.2f} s in all")
+    print(f"  time: {fit_seconds:.2f} s fitting, {seconds:.2f} s in all")
     what = {
         "output": f"the rows with column {args.label_column!r}",
         "centroids": "the centroids",
@@ -398,9 +424,11 @@ def _sizes(value: str) -> list[tuple[int, int, int]]:
 
 def _variants(value: str) -> list[str]:
     variants = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = [name for name in variants if name not in VARIANTS]
+    unknown = [name for name in variants if name not in VARIANT_NAMES]
     if not variants or unknown:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown or value!r}; expected some of {', '.join(VARIANTS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown variant(s) {unknown or value!r}; expected some of {', '.join(VARIANT_NAMES)}"
+        )
     return variants
 
 
@@ -410,7 +438,10 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder to write the checkpoints and the README table into")
     parser.add_argument("--owner", help="Hub namespace the checkpoints will be pushed to (named in cards and table)")
     parser.add_argument(
-        "--variants", type=_variants, default=list(VARIANTS), help=f"comma-separated variants (default: all: {','.join(VARIANTS)})"
+        "--variants",
+        type=_variants,
+        default=list(VARIANT_NAMES),
+        help=f"comma-separated variants (default: all: {','.join(VARIANT_NAMES)})",
     )
     parser.add_argument(
         "--sizes",

@@ -17,19 +17,18 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from .configuration_kmeans_transformer import KMeansTransformerConfig
-from .variants import PARAMETER_NAMES as VARIANT_PARAMETER_NAMES, VARIANT_NAMES as VARIANTS
-from .convert import check_checkpoint_directory, render_fitted_card
+from .cards import render_fitted_card
+from .convert import check_checkpoint_directory
 from .hub import push_checkpoint
 from .initialization import kmeans_plusplus, random_points
-from .modeling_kmeans_transformer import KMeansTransformerModel
+from .modeling_kmeans_transformer import DTYPES, KMeansTransformerModel
+from .variants import PARAMETER_NAMES, VARIANTS, VariantSpec
 
 
-# Variants whose update depends on the labels alone: when the labels repeat, the centroids repeat, which is
-# scikit-learn's "strict convergence". The others ("soft", "sparse", "gmm", gumbel "kmedoids") stop on `tol` only.
-LABEL_DETERMINED_VARIANTS = ("lloyd", "spherical", "trimmed", "kmedoids")
 ESTIMATOR_CONFIG_NAME = "kmeans_estimator.json"
 ESTIMATOR_ARRAYS_NAME = "kmeans_estimator.safetensors"
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Fitted attributes saved under an earlier name in `kmeans_estimator.json`, and their name now.
+RENAMED_FITTED_ATTRIBUTES = {"_n_restarts": "n_restarts_"}
 
 
 class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
@@ -42,9 +41,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     batch when it converges, then one call that assigns the points to every restart's centroids (the labels and
     inertia of the result). Convergence follows scikit-learn:
     after iteration `i`, stop if the labels equal those of iteration `i - 1` ("strict" convergence; variants whose
-    update depends on the labels only), or if `Σ_j |c_j^(i+1) - c_j^(i)|^2 <= tol * mean_l Var(x_l)` (the mean
-    per-coordinate variance of the points as the model sees them: unit-normalised for `"spherical"`). The restart
-    with the lowest inertia is kept (the first one on ties).
+    update depends on the labels only, `VariantSpec.label_determined`), or if
+    `Σ_j |c_j^(i+1) - c_j^(i)|^2 <= tol * mean_l Var(x_l)` (the mean per-coordinate variance of the points as the
+    model sees them: unit-normalised for a `unit_norm` variant such as `"spherical"`). The restart with the lowest
+    inertia is kept (the first one on ties).
 
     With `variant="lloyd"` in float64 and the same initial centroids, labels, centroids and `n_iter_` are
     scikit-learn's `KMeans(algorithm="lloyd")`'s as long as no cluster empties. An empty cluster keeps its centroid
@@ -61,13 +61,15 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         max_iter (`int`, defaults to 300): maximum number of iterations per restart.
         tol (`float`, defaults to 1e-4): relative tolerance on the centroid shift (see above); 0 stops only on exact
             convergence.
-        random_state (`int`, `numpy.random.RandomState` or `None`): seeds the initialisation (and the Gumbel medoid
-            draws); an int gives reproducible fits.
-        variant (`str`, defaults to `"lloyd"`): one of `"lloyd"`, `"soft"`, `"spherical"`, `"trimmed"`, `"sparse"`,
-            `"kmedoids"`, `"gmm"` (see `KMeansTransformerConfig`). `labels_` are the hard labels of every variant
-            (-1 for points trimmed by `"trimmed"`); `inertia_` is the k-means objective of those labels.
-        inverse_temperature, trim_quantile, trim_fraction, medoid_selection, reg_covar: the variant's parameters,
-            as in `KMeansTransformerConfig` (`None` takes the variant's default).
+        random_state (`int`, `numpy.random.RandomState` or `None`): seeds the initialisation (and the random draws
+            of a `random` variant, such as Gumbel k-medoids); an int gives reproducible fits.
+        variant (`str`, defaults to `"lloyd"`): one of `kmeans_transformer.variants.VARIANT_NAMES`: `"lloyd"`,
+            `"soft"`, `"spherical"`, `"trimmed"`, `"sparse"`, `"kmedoids"`, `"gmm"`, `"fuzzy"` (see
+            `KMeansTransformerConfig`). `labels_` are the hard labels of every variant (-1 for points trimmed by
+            `"trimmed"`); `inertia_` is the k-means objective of those labels.
+        inverse_temperature, trim_quantile, trim_fraction, medoid_selection, reg_covar, fuzzifier: the variant
+            parameters (`kmeans_transformer.variants.PARAMETER_NAMES`), as in `KMeansTransformerConfig`; each is
+            stored as given, and `None` takes the variant's default.
         device (`str` or `torch.device`, *optional*): where the model runs; defaults to the CPU.
         dtype (`"float32"`, `"float64"` or `None`): the arithmetic; `None` keeps float32 input in float32 and uses
             float64 otherwise (as scikit-learn).
@@ -82,10 +84,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         labels_ (`ndarray` of shape `(n_samples,)`): the label of each training point under `cluster_centers_`.
         inertia_ (`float`): sum of squared distances of the labelled points to their centroid.
         n_iter_ (`int`): iterations run by the kept restart.
+        n_restarts_ (`int`): the number of restarts run (`n_init` resolved: `"auto"` and an array `init` give it).
         n_features_in_ (`int`), feature_names_in_ (`ndarray`, when `X` has string column names).
         initial_centers_ (`ndarray` of shape `(n_clusters, n_features)`): the kept restart's initial centroids.
-        variances_, weights_ (`ndarray` of shape `(n_clusters,)`): `"gmm"` only, the variances `σ_j^2` and
-            mixing weights `π_j`.
+        <state>_ (`ndarray` of shape `(n_clusters,)`): one per state the variant carries besides the centroids
+            (`VariantSpec.state`): for `"gmm"`, `variances_` and `weights_`, the variances `σ_j^2` and mixing
+            weights `π_j`.
         model_ ([`KMeansTransformerModel`]): the fitted model: `num_iterations=0` and the centroids stored as its
             weights, so `model_(points).labels` are `predict(points)`.
 
@@ -119,6 +123,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         trim_fraction=None,
         medoid_selection=None,
         reg_covar=None,
+        fuzzifier=None,
         device=None,
         dtype=None,
         verbose=0,
@@ -135,6 +140,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.trim_fraction = trim_fraction
         self.medoid_selection = medoid_selection
         self.reg_covar = reg_covar
+        self.fuzzifier = fuzzifier
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
@@ -146,10 +152,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _model_config(self, n_features: int, fitted: bool) -> KMeansTransformerConfig:
         """
         The config of the looped model (`fitted=False`: the fit's, whose defaults are computed from the data) or of
-        `model_` (`fitted=True`: stored centroids); the config's own checks name a bad variant or variant parameter.
+        `model_` (`fitted=True`: stored centroids); the config's own checks (`variants.get_variant`,
+        `VariantSpec.resolve_parameters`) name a bad variant or variant parameter.
         """
-        if self.variant not in VARIANTS:
-            raise ValueError(f"Unknown variant {self.variant!r}; expected one of {list(VARIANTS)}.")
         return KMeansTransformerConfig(
             num_clusters=self.n_clusters,
             point_dim=n_features,
@@ -157,7 +162,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             share_layers=True,
             variant=self.variant,
             fitted_centroids=fitted,
-            **{name: getattr(self, name) for name in VARIANT_PARAMETER_NAMES},
+            **{name: getattr(self, name) for name in PARAMETER_NAMES},
         )
 
     def _check_params(self, X: np.ndarray) -> int:
@@ -244,22 +249,18 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         with torch.no_grad():
             initial = self._initial_centers(X, points, n_restarts, random_state)
             seed = int(random_state.randint(np.iinfo(np.int32).max))
-            generator = torch.Generator(device=device).manual_seed(seed)  # the Gumbel medoid draws
+            generator = torch.Generator(device=device).manual_seed(seed)  # the draws of a `random` variant
             result = self._run_restarts(looped, points, initial, generator)
         best = int(np.argmin(result["inertia"].cpu().numpy()))  # the first of equal inertias, as scikit-learn
 
         self.model_ = model = KMeansTransformerModel(self._model_config(X.shape[1], fitted=True)).to(device, dtype)
-        with torch.no_grad():
-            model.embeddings.fitted_centroids.copy_(result["centroids"][best])
-            if self.variant == "gmm":
-                model.embeddings.fitted_variances.copy_(result["variances"][best])
-                model.embeddings.fitted_weights.copy_(result["weights"][best])
+        model.set_fitted_parameters(**{name: values[best] for name, values in result["parameters"].items()})
         self._set_fitted_attributes(model)
         self.labels_ = result["labels"][best].cpu().numpy()
         self.inertia_ = float(result["inertia"][best])
         self.n_iter_ = int(result["n_iter"][best])
         self.initial_centers_ = initial[best].cpu().numpy()
-        self._n_restarts = n_restarts
+        self.n_restarts_ = n_restarts
 
         distinct = len(np.unique(self.labels_[self.labels_ >= 0]))
         if distinct < self.n_clusters:
@@ -272,71 +273,67 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _set_fitted_attributes(self, model: KMeansTransformerModel) -> None:
-        """The attributes that the model's stored parameters determine."""
-        embeddings = model.embeddings
-        self.cluster_centers_ = embeddings.fitted_centroids.detach().cpu().numpy().copy()
-        if self.variant == "gmm":
-            self.variances_ = embeddings.fitted_variances.detach().cpu().numpy().copy()
-            self.weights_ = embeddings.fitted_weights.detach().cpu().numpy().copy()
+        """
+        The attributes that the model's stored parameters determine: `cluster_centers_`, and `<name>_` for each
+        state the variant carries (those of another variant, left by an earlier fit, are removed).
+        """
+        for name in {name for spec in VARIANTS.values() for name in spec.state_names}:
+            self.__dict__.pop(f"{name}_", None)
+        for name, values in model.embeddings.fitted_parameters().items():
+            attribute = "cluster_centers_" if name == "centroids" else f"{name}_"
+            setattr(self, attribute, values.detach().cpu().numpy().copy())
 
-    def _tolerance(self, points: torch.Tensor) -> float:
-        """scikit-learn's absolute tolerance: `tol` times the mean per-coordinate variance of the points."""
+    def _tolerance(self, points: torch.Tensor, spec: VariantSpec) -> float:
+        """scikit-learn's absolute tolerance: `tol` times the mean per-coordinate variance of the points as seen."""
         if self.tol == 0:
             return 0.0
-        seen = points / torch.linalg.vector_norm(points, dim=1, keepdim=True) if self.variant == "spherical" else points
-        return float(seen.to(torch.float64).var(dim=0, unbiased=False).mean()) * self.tol
+        return float(spec.seen_points(points).to(torch.float64).var(dim=0, unbiased=False).mean()) * self.tol
 
     def _run_restarts(self, model, points, initial, generator) -> dict:
         """
         Run all restarts as one batch, one forward call of the looped layer per iteration (without the assignment
-        head), until each converges; then one call assigns the points to every restart's final centroids.
-        Returns per restart: final `centroids`, `labels`, `inertia`, `n_iter` (and `variances`, `weights` for gmm).
+        head), until each converges; then one call assigns the points to every restart's final parameters.
+        Returns per restart: the final `parameters` (`centroids` and the variant's carried state, by name), their
+        `labels` and `inertia`, and `n_iter`.
         """
-        n_restarts = initial.shape[0]
-        tolerance = self._tolerance(points)
-        label_determined = self.variant in LABEL_DETERMINED_VARIANTS and model.config.medoid_selection != "gumbel"
-        call = {"generator": generator} if model.config.medoid_selection == "gumbel" else {}
+        spec, n_restarts = model.config.variant_spec, initial.shape[0]
+        tolerance = self._tolerance(points, spec)
+        call = {"generator": generator} if spec.random else {}
 
         def batch(size):
             return points.expand(size, *points.shape)
 
-        final = {"centroids": initial.clone(), "n_iter": torch.zeros(n_restarts, dtype=torch.long, device=points.device)}
-        if self.variant == "gmm":
-            final["variances"] = initial.new_zeros(n_restarts, self.n_clusters)
-            final["weights"] = initial.new_zeros(n_restarts, self.n_clusters)
+        final = {"centroids": initial.clone()}
+        final.update({name: initial.new_zeros(n_restarts, self.n_clusters) for name in spec.state_names})
+        n_iter = torch.zeros(n_restarts, dtype=torch.long, device=points.device)
         active = torch.arange(n_restarts, device=points.device)
-        centroids, state, previous_labels = initial, {}, None
+        current, previous_labels = {"centroids": initial}, None  # the state starts at the model's default
         progress = tqdm(total=self.max_iter, desc="k-means iterations", unit="it", disable=not self.verbose, leave=False)
         with progress:
             for iteration in range(self.max_iter):
                 # labels: the assignment made in this iteration, from the centroids entering it.
                 output = model(
-                    batch(len(active)), centroids, num_iterations=1, final_assignment=False, output_assignments=False,
-                    **state, **call,
+                    batch(len(active)), num_iterations=1, final_assignment=False, output_assignments=False,
+                    **current, **call,
                 )
-                done = ((output.centroids - centroids) ** 2).sum(dim=(1, 2)) <= tolerance
+                updated = _carried_parameters(output, spec)
+                done = ((updated["centroids"] - current["centroids"]) ** 2).sum(dim=(1, 2)) <= tolerance
                 if previous_labels is not None:
                     done |= (output.labels == previous_labels).all(dim=1)  # scikit-learn's strict convergence
                 if iteration + 1 == self.max_iter:
                     done[:] = True
-                finished = active[done]
-                final["centroids"][finished] = output.centroids[done]
-                final["n_iter"][finished] = iteration + 1
-                if self.variant == "gmm":
-                    final["variances"][finished] = output.variances[done]
-                    final["weights"][finished] = output.weights[done]
-                    state = {"variances": output.variances[~done], "weights": output.weights[~done]}
-                active, centroids = active[~done], output.centroids[~done]
-                previous_labels = output.labels[~done] if label_determined else None
+                for name, values in updated.items():
+                    final[name][active[done]] = values[done]
+                n_iter[active[done]] = iteration + 1
+                active, current = active[~done], {name: values[~done] for name, values in updated.items()}
+                previous_labels = output.labels[~done] if spec.label_determined else None
                 progress.update()
                 progress.set_postfix(restarts_running=f"{len(active)}/{n_restarts}")
                 if len(active) == 0:
                     break
-        # The labels and inertia of the final centroids (scikit-learn's last E-step).
-        parameters = {"variances": final["variances"], "weights": final["weights"]} if self.variant == "gmm" else {}
-        assigned = model(batch(n_restarts), final["centroids"], num_iterations=0, output_assignments=False, **parameters)
-        final["labels"], final["inertia"] = assigned.labels, assigned.inertia
-        return final
+        # The labels and inertia of the final parameters (scikit-learn's last E-step).
+        assigned = model(batch(n_restarts), num_iterations=0, output_assignments=False, **final)
+        return {"parameters": final, "labels": assigned.labels, "inertia": assigned.inertia, "n_iter": n_iter}
 
     # ------------------------------------------------------------------------------------------------------------
     # Using the fitted clusters
@@ -346,8 +343,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """`X` checked against the fit (number of features, finite values), on the fitted model's device and dtype."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        parameter = self.model_.embeddings.fitted_centroids
-        return torch.tensor(X, device=parameter.device, dtype=parameter.dtype)
+        centroids = self.model_.embeddings.fitted_parameters()["centroids"]
+        return torch.tensor(X, device=centroids.device, dtype=centroids.dtype)
 
     def _fitted_output(self, X):
         """The fitted model's output on `X`: assignment to the stored centroids (`num_iterations=0`)."""
@@ -365,13 +362,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def transform(self, X):
         """
-        Distances `|x_i - c_j|` from each row of `X` to every centroid, `(n_samples, n_clusters)` (from the
-        unit-normalised rows for `"spherical"`).
+        Distances `|x_i - c_j|` from each row of `X` to every centroid, `(n_samples, n_clusters)` (from the rows as
+        the model sees them: unit-normalised for a `unit_norm` variant such as `"spherical"`).
         """
         points = self._fitted_points(X)
-        centers = self.model_.embeddings.fitted_centroids.detach()
-        if self.variant == "spherical":
-            points = points / torch.linalg.vector_norm(points, dim=1, keepdim=True)
+        points = self.model_.config.variant_spec.seen_points(points)
+        centers = self.model_.embeddings.fitted_parameters()["centroids"].detach()
         distances = torch.cdist(points, centers, compute_mode="donot_use_mm_for_euclid_dist")
         return distances.cpu().numpy()
 
@@ -383,14 +379,13 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         points = self._fitted_points(X)
         looped = KMeansTransformerModel(self._model_config(points.shape[1], fitted=False)).to(points.device, points.dtype)
-        centroids = torch.tensor(self.initial_centers_, device=points.device, dtype=points.dtype)[None]
-        trajectory, state = [centroids[0]], {}
+        spec = looped.config.variant_spec
+        current = {"centroids": torch.tensor(self.initial_centers_, device=points.device, dtype=points.dtype)[None]}
+        trajectory = [current["centroids"][0]]
         with torch.no_grad():
             for _ in range(self.n_iter_):
-                output = looped(points, centroids, num_iterations=1, **state)
-                centroids = output.centroids
-                state = {"variances": output.variances, "weights": output.weights} if self.variant == "gmm" else {}
-                trajectory.append(centroids[0])
+                current = _carried_parameters(looped(points, num_iterations=1, **current), spec)
+                trajectory.append(current["centroids"][0])
         return torch.stack(trajectory).cpu().numpy()
 
     # ------------------------------------------------------------------------------------------------------------
@@ -421,7 +416,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             "inertia_": self.inertia_,
             "n_iter_": self.n_iter_,
             "n_features_in_": self.n_features_in_,
-            "_n_restarts": self._n_restarts,
+            "n_restarts_": self.n_restarts_,
         }
         if hasattr(self, "feature_names_in_"):
             fitted["feature_names_in_"] = self.feature_names_in_.tolist()
@@ -472,7 +467,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         parameters = {
             "n_clusters": config.num_clusters,
             "variant": config.variant,
-            **{name: getattr(config, name) for name in VARIANT_PARAMETER_NAMES},
+            **{name: getattr(config, name) for name in PARAMETER_NAMES},
             **saved["parameters"],
         }
         arrays_path = cached_file(
@@ -494,11 +489,17 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         estimator._set_fitted_attributes(model)
         estimator.n_features_in_ = config.point_dim
         for name, value in saved["fitted"].items():
+            name = RENAMED_FITTED_ATTRIBUTES.get(name, name)
             setattr(estimator, name, np.asarray(value, dtype=object) if name == "feature_names_in_" else value)
         for name in ("labels_", "initial_centers_"):
             if name in arrays:
                 setattr(estimator, name, arrays[name])
         return estimator
+
+
+def _carried_parameters(output, spec: VariantSpec) -> dict[str, torch.Tensor]:
+    """The parameters an output carries to the next call: its `centroids` and the variant's carried state, by name."""
+    return {name: getattr(output, name) for name in ("centroids", *spec.state_names)}
 
 
 def check_device(device) -> torch.device:

@@ -19,8 +19,11 @@ from pathlib import Path
 import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from transformers.dynamic_module_utils import get_relative_imports
 
+from .cards import render_model_card
 from .configuration_kmeans_transformer import KMeansTransformerConfig
+from .validation import validate_against_reference
 
 
 try:  # the HTTP client of huggingface_hub 2.x, then of 1.x
@@ -29,7 +32,9 @@ except ImportError:
     from httpx import TransportError
 
 
-CODE_FILES = ("configuration_kmeans_transformer.py", "modeling_kmeans_transformer.py", "cpu_kernels.py")
+# The code files every checkpoint carries; the modules they import relatively (as `trust_remote_code` loads them)
+# must be there too, whichever they are in the package version that wrote the checkpoint.
+CODE_FILES = ("configuration_kmeans_transformer.py", "modeling_kmeans_transformer.py")
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "README.md", *CODE_FILES)
 
 
@@ -39,15 +44,15 @@ class HubError(RuntimeError):
 
 def check_checkpoint(directory) -> Path:
     """
-    `directory` as a Path if it holds a complete checkpoint of this package (`CHECKPOINT_FILES`, a config of model
-    type `kmeans_transformer` and a card whose YAML metadata parses); a one-line `HubError` naming what is missing
-    otherwise.
+    `directory` as a Path if it holds a complete checkpoint of this package (`CHECKPOINT_FILES` and every module the
+    code files import, a config of model type `kmeans_transformer` and a card whose YAML metadata parses); a one-line
+    `HubError` naming what is missing otherwise.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise HubError(f"{directory} is not a directory; push a checkpoint directory written by `convert`, "
                        "`save_pretrained` or `cluster --save-model`.")
-    missing = [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
+    missing = missing_files(directory)
     if missing:
         raise HubError(f"{directory} is not a complete checkpoint: {', '.join(missing)} missing.")
     try:
@@ -61,6 +66,23 @@ def check_checkpoint(directory) -> Path:
     except (ValueError, TypeError, yaml.YAMLError) as error:
         raise HubError(f"{directory / 'README.md'} has invalid metadata: {' '.join(str(error).split())}") from None
     return directory
+
+
+def missing_files(directory: Path) -> list[str]:
+    """
+    The files of `CHECKPOINT_FILES`, and of the modules the code files import relatively (followed from module to
+    module, as transformers does for `trust_remote_code`), that `directory` lacks.
+    """
+    missing = [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
+    pending = [name for name in CODE_FILES if (directory / name).is_file()]
+    seen = set(CODE_FILES)
+    while pending:
+        for module in sorted(get_relative_imports(directory / pending.pop())):
+            name = f"{module}.py"
+            if name not in seen:
+                seen.add(name)
+                (pending if (directory / name).is_file() else missing).append(name)
+    return missing
 
 
 def push_checkpoint(
@@ -140,8 +162,6 @@ def push_model(model, repo_id: str, *, exist_ok: bool = True, **push_options):
     figures, save it to a temporary directory and push that (`push_options` as in [`push_checkpoint`]). As with
     transformers' `push_to_hub`, an existing repository gets a new commit unless `exist_ok=False`.
     """
-    from .convert import render_model_card, validate_against_reference
-
     report = validate_against_reference(model)
     card = render_model_card(model, report, repo_id=repo_id)
     with tempfile.TemporaryDirectory() as directory:
@@ -189,4 +209,12 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-__all__ = ["CHECKPOINT_FILES", "HubError", "check_checkpoint", "card_for_repository", "push_checkpoint", "push_model"]
+__all__ = [
+    "CHECKPOINT_FILES",
+    "HubError",
+    "card_for_repository",
+    "check_checkpoint",
+    "missing_files",
+    "push_checkpoint",
+    "push_model",
+]

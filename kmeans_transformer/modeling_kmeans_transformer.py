@@ -176,7 +176,9 @@ class KMeansTransformerEmbeddings(nn.Module):
         for slot in spec.slots:
             if slot.point_value is not None:
                 point_tokens[..., slices[slot.name]] = slot.point_value(points)
+                centroid_tokens[..., slices[slot.name]] = 0.0
         for carried in spec.state:
+            point_tokens[..., slices[carried.slot]] = 0.0
             centroid_tokens[..., slices[carried.slot]] = state[carried.name][..., None]
         return torch.cat([point_tokens, centroid_tokens], dim=1)
 
@@ -515,7 +517,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if final_assignment:
             labels = self.assignment_head.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
         centroids = centroids.clone()
-        output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=_inertia(points, centroids, labels))
+        inertia = labelled_inertia(points, centroids, labels)
+        output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
         if output_assignments:
             assignments = nn.functional.one_hot(labels.clamp(min=0), self.config.num_clusters).to(points.dtype)
             output.assignments = assignments.masked_fill_((labels < 0)[..., None], 0.0)
@@ -547,7 +550,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         output = KMeansTransformerOutput(
             labels=labels,
             centroids=final_centroids,
-            inertia=_inertia(seen_points, final_centroids, labels),
+            inertia=labelled_inertia(seen_points, final_centroids, labels),
             assignments=assignments,
         )
         if spec.reports_outliers:
@@ -755,7 +758,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
 
 
-def _inertia(points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+def labelled_inertia(points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
     """
     `Σ_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`), per problem, in blocks of points small
     enough (about 2**18 numbers) that the temporaries stay in cache.
@@ -792,4 +795,4 @@ def _with_ones(points: torch.Tensor) -> torch.Tensor:
     return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
 
 
-__all__ = ["DTYPES", "KMeansTransformerModel", "KMeansTransformerPreTrainedModel", "KMeansTransformerOutput"]
+__all__ = ["DTYPES", "labelled_inertia", "KMeansTransformerModel", "KMeansTransformerPreTrainedModel", "KMeansTransformerOutput"]

@@ -1,25 +1,25 @@
 """Points mode: one clustering problem whose points are the rows of a dataset too large for one device.
 
 `cluster_points` runs the model's iterations over a dataset read in chunks, on one process or on every process of an
-Accelerate (`torch.distributed`) launch. Memory holds the centroids and one chunk of points (with its tokens and its
-`(chunk, k)` assignment), never all points. One iteration is:
+Accelerate (`torch.distributed`) launch. Memory holds the parameters and one chunk of points (with what the model's
+assignment of that chunk needs), never all points. One iteration is the model's iteration as sufficient statistics
+(`KMeansTransformerModel.assign`, `accumulate`, `finalize`; see docs/architecture.md), written nowhere else:
 
-1. every process reads its shard chunk by chunk and lets the model assign each chunk to the current centroids
-   (`model(chunk, centroids, num_iterations=0)`, the assignment head), whose `assignments` `(chunk, k)` are the
-   weights of the update attention on those points;
-2. it adds up the update attention's numerators `Σ_i w_ij x_i` `(k, d)` and denominators `Σ_i w_ij` `(k,)` in float64
-   (`update_statistics`);
-3. one all-reduce of these `k (d + 1)` numbers sums them over the processes;
-4. every process sets `c_j = numerator_j / denominator_j`, and an empty cluster (denominator 0) keeps `c_j`: the
-   update block's rule.
+1. every process reads its shard chunk by chunk; the model assigns each chunk to the current parameters
+   (`labels, assignment = model.assign(chunk, parameters)`: the compact engine for `"lloyd"` and `"spherical"`, the
+   tokens otherwise) and adds up the update's sufficient statistics over it (`model.accumulate(assignment, chunk)`,
+   `(1, k, width)`, in float64);
+2. one all-reduce of these `k * width` numbers sums them over the processes;
+3. every process sets `parameters = model.finalize(statistics, parameters)`: the update block and the variant's
+   centroid blocks (spherical normalisation, gmm's M-step), with their rules for empty clusters.
 
-This is exactly the model's iteration for the variants whose update is a ratio of sums over points: `"lloyd"` (one-hot
-weights: the mean of the members), `"soft"` (responsibilities as weights) and `"spherical"` (points and centroids unit
-normalised, as the model's embeddings do; the mean is normalised afterwards and a mean of norm 0 keeps the previous
-direction, as `KMeansTransformerCentroidNorm` does). The other variants' updates (medoids, sparsemax, trimming, the
-mixture's variances) are not ratios of sums and are refused. Sums are taken in a different order than in one forward
-pass, so results agree with it to rounding, not bit for bit (the hard assignment itself, lowest index on ties, is the
-model's).
+Points mode runs the variants whose update is a function of sums over the points (`VariantSpec.sums_over_points`:
+`variants_with("sums_over_points")`) and refuses the others, whose updates (medoids, sparsemax, trimming) need all
+points at once. A variant's carried state (gmm's variances and weights) travels with the centroids in `parameters`
+and is returned in `PointsResult.state`. Precision: the parameters are held in float64 from one iteration to the
+next; the model assigns in its own dtype (points and parameters cast to it), and the statistics are float64 sums of
+the points as read, weighted by that assignment. Sums are taken in another order than in one forward pass, so results
+agree with it to rounding, not bit for bit (a hard assignment itself, lowest index on ties, is the model's).
 
 Reading. The dataset is a `datasets.Dataset`, a `datasets.IterableDataset` (streaming), a `.parquet` file (read with
 `pyarrow.parquet.ParquetFile.iter_batches`) or a directory written by `Dataset.save_to_disk`. Process `rank` of `world`
@@ -27,29 +27,28 @@ reads a contiguous block of rows (the rows `Dataset.shard(world, rank, contiguou
 only the row groups that overlap its block), or, for an `IterableDataset`, every `world`-th row starting at `rank`
 (`split_dataset_by_node(..., strategy="examples")`, which knows each row's global index; every process then streams
 the whole dataset and skips the others' rows). A Parquet row group is decoded as a whole: memory also holds one row
-group of the selected columns (pre-buffering is turned off: it would read the whole block ahead).
+group of the selected columns (pre-buffering is turned off: it would read the whole block ahead). The feature columns
+are chosen and read by `tabular.FeatureColumns`, the reader of the `cluster` command's tables.
 
 Validation. Before the first model call, a reading pass over the shard checks every row (nulls, NaN and infinite
-values, lists of the wrong length) and counts the rows; the processes agree on the outcome with one small all-reduce,
-so that all of them raise together. Reading costs far less than a model pass (see `docs/points_memory.md`), and a bad
-row is then reported before any work, naming its global row index and the row range of its chunk.
+values, lists of the wrong length, and for a `unit_norm` variant points of norm 0) and counts the rows; the processes
+agree on the outcome with one small all-reduce, so that all of them raise together. Reading costs far less than a
+model pass (see `docs/points_memory.md`), and a bad row is then reported before any work, naming its global row index
+and the row range of its chunk.
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from .attention import unit_normalize
-from .tabular import load_saved_dataset
-
-
-SUPPORTED_VARIANTS = ("lloyd", "soft", "spherical")
+from .modeling_kmeans_transformer import labelled_inertia
+from .tabular import FeatureColumns, load_saved_dataset, refuse_dataset_dict
+from .variants import variants_with
 
 
 @dataclass
@@ -57,12 +56,15 @@ class PointsResult:
     """
     The outcome of `cluster_points`.
 
-    centroids: `(k, d)` the centroids after the last iteration (unit vectors for `"spherical"`).
-    inertia: the sum over all points of the squared distance to the centroid of their label, under the returned
-        centroids (on the unit-normalised points for `"spherical"`), as the model's `inertia`.
-    cluster_sizes: `(k,)` the number of points labelled with each cluster under the returned centroids.
+    centroids: `(k, d)` float64, the centroids after the last iteration (unit vectors for a `unit_norm` variant).
+    inertia: the sum over all labelled points of the squared distance to the centroid of their label, under the
+        returned parameters, on the points as the model sees them (unit-normalised for `"spherical"`), as the model's
+        `inertia`.
+    cluster_sizes: `(k,)` the number of points labelled with each cluster under the returned parameters.
     num_iterations: the number of iterations run.
     num_points: the number of points (rows) in the dataset.
+    state: the variant's carried state after the last iteration, by name (`VariantSpec.state_names`), each `(k,)`
+        float64: gmm's `variances` and `weights`; empty for the variants that carry none.
     """
 
     centroids: np.ndarray
@@ -70,20 +72,7 @@ class PointsResult:
     cluster_sizes: np.ndarray
     num_iterations: int
     num_points: int
-
-
-def update_statistics(assignments: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    The sums of the update attention over a set of points, in float64.
-
-    `assignments` `(n, k)`: each point's update weights (one-hot rows for `"lloyd"` and `"spherical"`, responsibilities
-    for `"soft"`); `points` `(n, d)`: the points as the model sees them (unit normalised for `"spherical"`). Returns the
-    numerators `assignments.T @ points` `(k, d)` and the denominators `assignments.sum(0)` `(k,)`. Sums over disjoint
-    sets of points add up, so a dataset's statistics are the sum of its chunks' and of its processes' statistics; the
-    new centroid of cluster `j` is `numerators[j] / denominators[j]` (kept as it is when the denominator is 0).
-    """
-    weights, values = assignments.to(torch.float64), points.to(torch.float64)
-    return weights.transpose(0, 1) @ values, weights.sum(dim=0)
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def cluster_points(
@@ -93,6 +82,7 @@ def cluster_points(
     columns=None,
     chunk_size: int = 65536,
     num_iterations: int | None = None,
+    initial_state: dict | None = None,
     accelerator=None,
     progress: bool = True,
     labels_output=None,
@@ -102,17 +92,22 @@ def cluster_points(
     docstring for the iteration and the reading).
 
     Args:
-        model: a `KMeansTransformerModel` of variant `"lloyd"`, `"soft"` or `"spherical"` with `share_layers=True`.
+        model: a `KMeansTransformerModel` of a variant of `variants_with("sums_over_points")` (`"lloyd"`, `"soft"`,
+            `"spherical"`, `"gmm"`, `"fuzzy"`) with `share_layers=True`.
         dataset: a `datasets.Dataset`, a `datasets.IterableDataset`, a `.parquet` file or a `save_to_disk` directory.
         columns: the feature columns, in order; a column of equally long lists of numbers (an embedding) gives one
             coordinate per entry. Default: every numeric (integer or float, not boolean) column, in table order.
-        chunk_size: rows per model call. Each call holds about `chunk_size * (2d + k + 1)` numbers per token tensor,
-            several tensors at once.
+        chunk_size: rows per model call. A call holds about `chunk_size * (2d + k + 1)` numbers per token tensor,
+            several tensors at once (the compact engine of `"lloyd"` and `"spherical"`: `chunk_size * (d + 1)`).
         num_iterations: the number of iterations, default `model.config.num_iterations`.
+        initial_state: the variant's carried state to start from, by name (gmm: `{"variances": (k,), "weights":
+            (k,)}`), as `forward` takes it. A state not given is the model's stored fitted one
+            (`config.fitted_centroids`); there is no other default, since the model's defaults (gmm's variances: the
+            variance of all points) are computed over all points at once.
         accelerator: an `accelerate.Accelerator`; without one, `accelerate.PartialState()` (one process unless the
             script was launched on several).
         progress: show a progress bar over the iterations (main process only).
-        labels_output: a directory; if given, every process writes the labels of its rows under the final centroids,
+        labels_output: a directory; if given, every process writes the labels of its rows under the final parameters,
             with their global row index, to `labels_output/part-{rank:05d}-of-{world:05d}.parquet` (columns `index`
             and `label`, written chunk by chunk).
 
@@ -122,49 +117,109 @@ def cluster_points(
     Initial centroids: the model's stored fitted centroids if `config.fitted_centroids`, else the first `k` rows of
     the whole dataset (the model's default for one problem), read by every process alike.
     """
-    config = model.config
-    k, d = config.num_clusters, config.point_dim
-    if config.variant not in SUPPORTED_VARIANTS:
+    num_iterations = _check_arguments(model.config, chunk_size, num_iterations, initial_state)
+    processes = _Processes.of(accelerator)
+    device, spec = model.device, model.config.variant_spec
+    source = _open_source(dataset)
+    features = _select_features(source, columns)
+    head = _read_head(source, features, model.config)
+    shard = source.shard(processes.rank, processes.world, chunk_size, features.names)
+    num_points = _validate_shard(shard, features, source.name, device, processes.reduce_sum, spec)
+    parameters = _initial_parameters(model, head, initial_state)
+
+    def chunks() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        for indices, table in shard():
+            yield indices, torch.from_numpy(features.values(table, indices)).to(device)
+
+    from tqdm.auto import tqdm
+
+    quiet = not (progress and processes.is_main)
+    bar = tqdm(range(num_iterations), desc="points mode", unit="iteration", disable=quiet)
+    with torch.no_grad():
+        for _ in bar:
+            parameters = _iteration(model, chunks(), parameters, processes.reduce_sum)
+        totals = _final_pass(model, chunks(), parameters, _LabelsWriter(labels_output, processes))
+        totals = processes.reduce_sum(totals)
+
+    k = model.config.num_clusters
+    return PointsResult(
+        centroids=parameters["centroids"][0].cpu().numpy(),
+        inertia=float(totals[k]),
+        cluster_sizes=totals[:k].cpu().numpy().round().astype(np.int64),
+        num_iterations=num_iterations,
+        num_points=num_points,
+        state={name: parameters[name][0].cpu().numpy() for name in spec.state_names},
+    )
+
+
+def _check_arguments(config, chunk_size, num_iterations, initial_state) -> int:
+    """Check the arguments that need no data; return the number of iterations."""
+    supported = variants_with("sums_over_points")
+    spec = config.variant_spec
+    if not spec.sums_over_points:
         raise ValueError(
-            f"Points mode supports the variants {', '.join(SUPPORTED_VARIANTS)}, whose update is a ratio of sums over "
-            f"the points; variant {config.variant!r} is not one of them."
+            f"Points mode supports the variants {', '.join(supported)}, whose update is a function of sums over the "
+            f"points; variant {config.variant!r} is not one of them."
         )
     if not config.share_layers:
         raise ValueError("Points mode loops the model's assignment one iteration at a time: it needs share_layers=True.")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be an integer >= 1, got {chunk_size!r}.")
+    given = {name for name, value in (initial_state or {}).items() if value is not None}
+    unknown = sorted(given - set(spec.state_names))
+    if unknown:
+        carried = ", ".join(spec.state_names) or "nothing"
+        raise ValueError(f"`initial_state` has {unknown[0]!r}, but variant {config.variant!r} carries {carried}.")
+    missing = [name for name in spec.state_names if name not in given]
+    if missing and not config.fitted_centroids:
+        raise ValueError(
+            f"Variant {config.variant!r} carries {', '.join(spec.state_names)} from call to call, and points mode "
+            f"cannot compute the model's default {missing[0]!r} (it needs all points at once): give `initial_state` "
+            "or use a model with stored fitted parameters (fitted_centroids=True)."
+        )
     if num_iterations is None:
         num_iterations = config.num_iterations
     if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
         raise ValueError(f"`num_iterations` must be an integer >= 0, got {num_iterations!r}.")
+    return num_iterations
 
-    if accelerator is None:
-        from accelerate import PartialState
 
-        state = PartialState()
-    else:
-        state = accelerator.state
-    rank, world, is_main = state.process_index, state.num_processes, state.is_main_process
+@dataclass
+class _Processes:
+    """This process's place in the launch, and the sum over all processes."""
 
-    def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-        if world == 1:
+    rank: int
+    world: int
+    is_main: bool
+    accelerator: object
+
+    @classmethod
+    def of(cls, accelerator) -> "_Processes":
+        if accelerator is None:
+            from accelerate import PartialState
+
+            state = PartialState()
+        else:
+            state = accelerator.state
+        return cls(state.process_index, state.num_processes, state.is_main_process, accelerator)
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
             return tensor
-        if accelerator is not None:
-            return accelerator.reduce(tensor, reduction="sum")
+        if self.accelerator is not None:
+            return self.accelerator.reduce(tensor, reduction="sum")
         from accelerate.utils import reduce
 
         return reduce(tensor, reduction="sum")
 
-    dtype = model.embeddings.cluster_embeddings.dtype
-    device = model.embeddings.cluster_embeddings.device
-    source = _open_source(dataset)
-    features = _select_features(source, columns)
 
-    # The first k rows: the initial centroids, and the dimension and size checks.
-    head = source.head(k, features.arrow_columns)
+def _read_head(source, features, config) -> np.ndarray:
+    """The first `k` rows of the whole dataset, `(k, d)` float64, after the dimension and size checks."""
+    k, d = config.num_clusters, config.point_dim
+    head = source.head(k, features.names)
     if head.num_rows == 0:
         raise ValueError(f"{source.name} has no rows.")
-    features.resolve_widths(head, source.name)
+    features.resolve_widths(head)
     if features.dim != d:
         raise ValueError(
             f"{source.name} gives points of dimension {features.dim} (columns {', '.join(features.names)}), but the "
@@ -175,113 +230,115 @@ def cluster_points(
             f"num_clusters={k} is larger than the number of points ({head.num_rows}) of {source.name}: points mode "
             "needs at least k points."
         )
-    fitted = model.embeddings.fitted_parameters().get("centroids")
-    if fitted is not None:
-        initial = fitted.detach().to(dtype=dtype, device=device)
-    else:
-        initial = torch.as_tensor(features.values(head, np.arange(head.num_rows), source.name)).to(dtype=dtype, device=device)
-    if not bool(torch.isfinite(initial).all()):
-        raise ValueError("The model's stored fitted centroids contain NaN or infinite values.")
-
-    spherical = config.variant == "spherical"
-    shard = source.shard(rank, world, chunk_size, features.arrow_columns)
-    num_points = _validate_shard(shard, features, source.name, device, reduce_sum, nonzero=spherical)
-
-    if spherical and bool((torch.linalg.vector_norm(initial, dim=-1) == 0).any()):
-        raise ValueError("Spherical k-means needs non-zero centroids: an initial centroid has norm 0 and no direction.")
-    centroids = unit_normalize(initial) if spherical else initial.clone()
-
-    def chunks() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        for indices, table in shard():
-            values = torch.as_tensor(features.values(table, indices, source.name)).to(dtype=dtype, device=device)
-            yield indices, (unit_normalize(values) if spherical else values)
-
-    from tqdm.auto import tqdm
-
-    with torch.no_grad():
-        for _ in tqdm(range(num_iterations), desc="points mode", unit="iteration", disable=not (progress and is_main)):
-            statistics = torch.zeros(k, d + 1, dtype=torch.float64, device=device)
-            for _, points in chunks():
-                weights, _ = _assign(model, points, centroids)
-                numerators, denominators = update_statistics(weights, points)
-                statistics[:, :d] += numerators
-                statistics[:, d] += denominators
-            statistics = reduce_sum(statistics)
-            centroids = _new_centroids(statistics[:, :d], statistics[:, d], centroids, spherical)
-
-        # The final pass: labels, sizes and inertia of the returned centroids.
-        totals = torch.zeros(k + 1, dtype=torch.float64, device=device)
-        writer = None
-        try:
-            if labels_output is not None:
-                directory = Path(labels_output)
-                directory.mkdir(parents=True, exist_ok=True)
-                schema = pa.schema([("index", pa.int64()), ("label", pa.int64())])
-                writer = pq.ParquetWriter(directory / f"part-{rank:05d}-of-{world:05d}.parquet", schema)
-            for indices, points in chunks():
-                _, labels = _assign(model, points, centroids)
-                labelled = labels >= 0
-                nearest = centroids[labels.clamp(min=0)]
-                distances = ((points - nearest) ** 2).sum(dim=-1) * labelled
-                totals[k] += distances.to(torch.float64).sum()
-                totals[:k] += torch.bincount(labels[labelled], minlength=k).to(torch.float64)
-                if writer is not None:
-                    writer.write_table(
-                        pa.table({"index": pa.array(indices, pa.int64()), "label": pa.array(labels.cpu().numpy(), pa.int64())},
-                                 schema=schema)
-                    )
-        finally:
-            if writer is not None:
-                writer.close()
-        totals = reduce_sum(totals)
-
-    return PointsResult(
-        centroids=centroids.cpu().numpy(),
-        inertia=float(totals[k]),
-        cluster_sizes=totals[:k].cpu().numpy().round().astype(np.int64),
-        num_iterations=num_iterations,
-        num_points=num_points,
-    )
+    return features.values(head, np.arange(head.num_rows))
 
 
-def _assign(model, points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _initial_parameters(model, head: np.ndarray, initial_state) -> dict[str, torch.Tensor]:
     """
-    The model's assignment of `points` `(n, d)` to `centroids` `(k, d)`: weights `(n, k)` and labels `(n,)`. A chunk of
-    fewer than `k` points (the model needs at least `k` per problem) is completed with the centroids themselves as
-    extra points, whose rows are dropped: a point's assignment depends only on the point and the centroids.
+    The model's checked starting parameters (`model.initial_parameters`: the stored fitted ones, else the first `k`
+    rows; the given state, else the fitted one), held in float64 for the updates.
     """
-    n, k = points.shape[0], centroids.shape[0]
-    padded = points if n >= k else torch.cat([points, centroids], dim=0)
-    output = model(padded, centroids, num_iterations=0)
-    return output.assignments[0, :n], output.labels[0, :n]
+    points = torch.from_numpy(head).to(device=model.device, dtype=model.dtype)
+    parameters = model.initial_parameters(points, **(initial_state or {}))
+    return {name: value.to(torch.float64) for name, value in parameters.items()}
 
 
-def _new_centroids(numerators, denominators, centroids, spherical: bool) -> torch.Tensor:
-    """The update block's rule: the weighted mean, or the centroid itself where no point has weight for it."""
-    occupied = denominators > 0
-    means = numerators / torch.where(occupied, denominators, torch.ones_like(denominators))[:, None]
-    previous = centroids.to(torch.float64)
-    if spherical:
-        norms = torch.linalg.vector_norm(means, dim=-1, keepdim=True)
-        means = torch.where(norms > 0, unit_normalize(means), previous)
-    return torch.where(occupied[:, None], means, previous).to(centroids.dtype)
-
-
-def _validate_shard(shard, features, name: str, device, reduce_sum, nonzero: bool = False) -> int:
+def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> dict[str, torch.Tensor]:
     """
-    Read the shard once, checking every row (and, if `nonzero`, that no point is 0: spherical k-means needs a
+    One iteration over the shard: each chunk's statistics (`model.accumulate` of `model.assign`) added up, summed over
+    the processes, and the new parameters (`model.finalize`), in float64.
+    """
+    statistics = None
+    for _, points in chunks:
+        chunk_statistics = _statistics(model, points, parameters)
+        statistics = chunk_statistics if statistics is None else statistics + chunk_statistics
+    if statistics is None:  # an empty shard (fewer rows than processes) adds zeros of the right shape
+        statistics = _statistics(model, parameters["centroids"].new_zeros(0, model.config.point_dim), parameters)
+    return model.finalize(reduce_sum(statistics), parameters)
+
+
+def _statistics(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The update's sufficient statistics `(1, k, width)` over `points` `(n, d)` float64, in float64."""
+    _, assignment = _assign(model, points, parameters)
+    if assignment.is_floating_point():
+        assignment = assignment.to(torch.float64)
+    return model.accumulate(assignment, points[None])
+
+
+def _assign(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    `model.assign` of `points` `(n, d)` to `parameters`, both cast to the model's dtype: labels `(1, n)` and the
+    assignment `(1, n)` or `(1, n, k)`. A chunk of fewer than `k` points (the model needs at least `k` per problem)
+    is completed with the centroids themselves as extra points, whose rows are dropped: a point's assignment depends
+    only on the point and the parameters.
+    """
+    parameters = {name: value.to(model.dtype) for name, value in parameters.items()}
+    n, k = points.shape[0], model.config.num_clusters
+    chunk = points.to(model.dtype)
+    if n < k:
+        chunk = torch.cat([chunk, parameters["centroids"][0]], dim=0)
+    labels, assignment = model.assign(chunk[None], parameters)
+    return labels[:, :n], assignment[:, :n]
+
+
+def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], writer: "_LabelsWriter") -> torch.Tensor:
+    """
+    The labels of the returned parameters (`model.assign`), written by `writer`, and this shard's totals `(k + 1,)`
+    float64: the cluster sizes, then the inertia of the points as the model sees them (the model's `labelled_inertia`).
+    """
+    k, spec = model.config.num_clusters, model.config.variant_spec
+    totals = parameters["centroids"].new_zeros(k + 1)
+    with writer:
+        for indices, points in chunks:
+            labels, _ = _assign(model, points, parameters)
+            totals[k] += labelled_inertia(spec.seen_points(points)[None], parameters["centroids"], labels)[0]
+            labelled = labels[0][labels[0] >= 0]
+            totals[:k] += torch.bincount(labelled, minlength=k).to(torch.float64)
+            writer.write(indices, labels[0])
+    return totals
+
+
+class _LabelsWriter:
+    """Writes a process's labels chunk by chunk to `directory/part-{rank:05d}-of-{world:05d}.parquet` (if any)."""
+
+    schema = pa.schema([("index", pa.int64()), ("label", pa.int64())])
+
+    def __init__(self, directory, processes: _Processes):
+        self.directory, self.processes, self.writer = directory, processes, None
+
+    def __enter__(self) -> "_LabelsWriter":
+        if self.directory is not None:
+            directory = Path(self.directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            name = f"part-{self.processes.rank:05d}-of-{self.processes.world:05d}.parquet"
+            self.writer = pq.ParquetWriter(directory / name, self.schema)
+        return self
+
+    def write(self, indices: np.ndarray, labels: torch.Tensor) -> None:
+        if self.writer is not None:
+            columns = {"index": pa.array(indices, pa.int64()), "label": pa.array(labels.cpu().numpy(), pa.int64())}
+            self.writer.write_table(pa.table(columns, schema=self.schema))
+
+    def __exit__(self, *exception) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _validate_shard(shard, features, name: str, device, reduce_sum, spec) -> int:
+    """
+    Read the shard once, checking every row (and, for a `unit_norm` variant, that no point is 0: it needs a
     direction); agree across processes; return the total number of rows.
     """
     rows, problem = 0, None
     try:
         for indices, table in shard():
-            values = features.values(table, indices, name)
-            if nonzero:
+            values = features.values(table, indices)
+            if spec.unit_norm:
                 zero = np.flatnonzero(~values.any(axis=1))
                 if len(zero):
                     raise ValueError(
-                        f"Spherical k-means needs non-zero points, but row {indices[zero[0]]} of {name} is 0 and has no "
-                        "direction."
+                        f"{spec.title.capitalize()} needs non-zero points, but row {indices[zero[0]]} of {name} is 0 "
+                        "and has no direction."
                     )
             rows += table.num_rows
     except ValueError as error:
@@ -413,8 +470,7 @@ def _open_source(dataset):
         return _DatasetSource(dataset, "the dataset")
     if isinstance(dataset, datasets.IterableDataset):
         return _IterableSource(dataset, "the dataset")
-    if isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
-        raise ValueError(f"Give one split of the DatasetDict (splits: {', '.join(dataset)}), not the dictionary.")
+    refuse_dataset_dict(dataset)
     if not isinstance(dataset, str | Path):
         raise TypeError(
             "`dataset` must be a datasets.Dataset, a datasets.IterableDataset, a .parquet file or a save_to_disk "
@@ -430,114 +486,10 @@ def _open_source(dataset):
     return _ParquetSource(path)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Features: which columns, their widths, and their values as a float array, checked.
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _is_number(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
-
-
-def _is_number_list(kind: pa.DataType) -> bool:
-    return (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) and _is_number(
-        kind.value_type
-    )
-
-
-class _Features:
-    def __init__(self, names: list[str], schema: pa.Schema):
-        self.names = names
-        self.arrow_columns = names
-        self.is_list = [_is_number_list(schema.field(name).type) for name in names]
-        self.widths = [
-            schema.field(name).type.list_size if pa.types.is_fixed_size_list(schema.field(name).type) else (None if lst else 1)
-            for name, lst in zip(names, self.is_list)
-        ]
-
-    @property
-    def dim(self) -> int:
-        return sum(self.widths)
-
-    def resolve_widths(self, head: pa.Table, source_name: str) -> None:
-        """The width of a variable-length list column: the length of its first row's list."""
-        for position, name in enumerate(self.names):
-            if self.widths[position] is None:
-                column = head.column(name)
-                if column.null_count == len(column):
-                    raise ValueError(f"Column {name!r} of {source_name} has missing values in its first rows.")
-                first = next(cell for cell in column.to_pylist() if cell is not None)
-                if len(first) == 0:
-                    raise ValueError(f"Column {name!r} of {source_name} holds empty lists.")
-                self.widths[position] = len(first)
-
-    def values(self, table: pa.Table, indices: np.ndarray, source_name: str) -> np.ndarray:
-        """The points of `table` as `(rows, dim)` float64, or a ValueError naming the first bad row's global index."""
-        rows = table.num_rows
-        span = f"rows {indices[0]}-{indices[-1]}" if rows else "no rows"
-        blocks = []
-        for name, is_list, width in zip(self.names, self.is_list, self.widths):
-            column = table.column(name).combine_chunks() if isinstance(table.column(name), pa.ChunkedArray) else table.column(name)
-            if column.null_count:
-                bad = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-                raise ValueError(
-                    f"Column {name!r} of {source_name} has a missing value in row {indices[bad]} (chunk of {span})."
-                )
-            if is_list:
-                lengths = np.asarray(pc.list_value_length(column).to_numpy(zero_copy_only=False))
-                wrong = np.flatnonzero(lengths != width)
-                if len(wrong):
-                    raise ValueError(
-                        f"Column {name!r} of {source_name} holds a list of length {lengths[wrong[0]]} in row "
-                        f"{indices[wrong[0]]} (chunk of {span}); every row needs {width} entries."
-                    )
-                flat = pc.list_flatten(column)
-                if flat.null_count:
-                    bad = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) // width
-                    raise ValueError(
-                        f"Column {name!r} of {source_name} has a missing entry in row {indices[bad]} (chunk of {span})."
-                    )
-                block = flat.to_numpy(zero_copy_only=False).astype(np.float64, copy=False).reshape(rows, width)
-            else:
-                block = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[:, None]
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
-                bad = int(np.flatnonzero(~finite)[0])
-                raise ValueError(
-                    f"Column {name!r} of {source_name} has a NaN or infinite value in row {indices[bad]} (chunk of "
-                    f"{span})."
-                )
-            blocks.append(block)
-        values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
-        return values if values.flags.writeable else values.copy()  # zero-copy Arrow buffers are read-only
-
-
-def _select_features(source, columns) -> _Features:
+def _select_features(source, columns) -> FeatureColumns:
+    """The feature columns of `source` (`tabular.FeatureColumns`, from its Arrow schema)."""
     schema = source.schema
-    available = list(schema.names)
-    if columns is None:
-        names = [name for name in available if _is_number(schema.field(name).type)]
-        if not names:
-            lists = [name for name in available if _is_number_list(schema.field(name).type)]
-            hint = f"; list-valued columns must be selected by name: {', '.join(lists)}" if lists else ""
-            raise ValueError(f"{source.name} has no numeric columns (columns: {', '.join(available)}){hint}.")
-    else:
-        names = [columns] if isinstance(columns, str) else list(columns)
-        if not names:
-            raise ValueError("No columns selected.")
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"Column {duplicates[0]!r} is selected more than once.")
-        for name in names:
-            if name not in available:
-                raise ValueError(f"{source.name} has no column {name!r}; available columns: {', '.join(available)}.")
-            kind = schema.field(name).type
-            if not (_is_number(kind) or _is_number_list(kind)):
-                raise ValueError(
-                    f"Column {name!r} of {source.name} is not numeric (type {kind}); points mode reads integer and "
-                    "float columns and columns of equally long lists of numbers."
-                )
-    return _Features(names, schema)
+    return FeatureColumns.select({name: schema.field(name).type for name in schema.names}, columns, source.name)
 
 
-__all__ = ["PointsResult", "SUPPORTED_VARIANTS", "cluster_points", "update_statistics"]
+__all__ = ["PointsResult", "cluster_points"]

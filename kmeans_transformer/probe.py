@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .configuration_kmeans_transformer import KMeansTransformerConfig
 from .modeling_kmeans_transformer import BLOCK_NAMES, KMeansTransformerOutput
+from .validation import layer_trajectory
 from . import plotting
 
 
@@ -38,35 +38,12 @@ _TICK_LIMIT = 40
 _BERTVIZ_HINT = 'The interactive attention view needs bertviz; install it with: pip install "kmeans-transformer[probe]"'
 
 
-def layer_trajectory(config: KMeansTransformerConfig, hidden_states, num_points: int) -> dict[str, torch.Tensor]:
-    """
-    What each layer left in the tokens of problem 0, read off `hidden_states[1:]`: `assignments` `(T, n, k)` (the code
-    slot), `labels` `(T, n)` (its argmax; -1 for a point with no assignment, such as a trimmed one), `centroids` `(T, k, d)`, and where the
-    variant has them `outliers` `(T, n)`, `variances` and `weights` `(T, k)`.
-    """
-    slices = config.token_slices
-    states = torch.stack([h[0] for h in hidden_states])[1:]  # (T, n + k, hidden); T = 0 gives an empty stack
-    points, centroids = states[:, :num_points], states[:, num_points:]
-    codes = points[..., slices["code"]]
-    trajectory = {
-        "assignments": codes,
-        "labels": codes.argmax(dim=-1).masked_fill(codes.amax(dim=-1) <= 0, -1),
-        "centroids": centroids[..., slices["position"]],
-    }
-    if "outlier" in slices:
-        trajectory["outliers"] = points[..., slices["outlier"]][..., 0] > 0
-    if "variance" in slices:
-        trajectory["variances"] = centroids[..., slices["variance"]][..., 0]
-        trajectory["weights"] = centroids[..., slices["mixing_weight"]][..., 0]
-    return trajectory
-
-
 @dataclass
 class Trace:
     """
     One problem followed through the layers (real points only: padding is dropped; arrays are float64 copies).
 
-    points: `(n, d)` the points as the model sees them (unit-normalised for `"spherical"`).
+    points: `(n, d)` the points as the model sees them (unit-normalised for a `unit_norm` variant, `"spherical"`).
     centroids: `(T + 1, k, d)` the initial centroids (as embedded), then the centroids after each layer.
     labels: `(T, n)` the label layer t assigned: argmax of the code slot, -1 where it is 0 (a trimmed point).
     attentions: block name (`BLOCK_NAMES`) -> `(T, queries, keys)` weights of head 0: point_erase `(T, n, 1)`, assign
@@ -416,7 +393,6 @@ __all__ = [
     "TRAJECTORY_FIGSIZE",
     "Trace",
     "export_bertviz",
-    "layer_trajectory",
     "plot_assignment_changes",
     "plot_attention_maps",
     "plot_centroid_trajectories",

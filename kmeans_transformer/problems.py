@@ -22,7 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .tabular import load_saved_dataset
+from .tabular import (
+    is_list_type,
+    is_number_type,
+    load_saved_dataset,
+    refuse_dataset_dict,
+    require_columns,
+)
 
 
 LOAD_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -54,18 +60,11 @@ def _validated_table(dataset, points_column, centroids_column, config) -> pa.Tab
     """The checked columns as an Arrow table, rows in the dataset's order (see `validate_problems`)."""
     import datasets
 
-    if isinstance(dataset, datasets.DatasetDict):
-        raise ValueError(
-            f"Expected a datasets.Dataset, got a DatasetDict with splits {', '.join(dataset)}; pass one split, "
-            "e.g. dataset['train']."
-        )
+    refuse_dataset_dict(dataset)
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"Expected a datasets.Dataset, got {type(dataset).__name__}.")
     columns = [points_column] + ([centroids_column] if centroids_column is not None else [])
-    for name in columns:
-        if name not in dataset.column_names:
-            available = ", ".join(dataset.column_names) or "(none)"
-            raise ValueError(f"The dataset has no column {name!r}; available columns: {available}.")
+    require_columns(dataset.column_names, columns, "The dataset")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: there is no problem to cluster.")
     if centroids_column is not None and centroids_column == points_column:
@@ -94,18 +93,14 @@ def _validated_table(dataset, points_column, centroids_column, config) -> pa.Tab
     return table
 
 
-def _is_list_type(arrow_type) -> bool:
-    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
-
-
 def _check_vectors(column: pa.ChunkedArray, name: str, what: str, dim: int) -> np.ndarray:
     """Check one column of lists of `dim`-dimensional finite vectors; return the number of vectors of each row."""
     shape = f"a list of {dim}-dimensional vectors of numbers"
     outer_type = column.type
-    if not (_is_list_type(outer_type) and _is_list_type(outer_type.value_type)):
+    if not (is_list_type(outer_type) and is_list_type(outer_type.value_type)):
         raise ValueError(f"Column {name!r} must hold, per row, {shape}; it holds {outer_type}.")
     value_type = outer_type.value_type.value_type
-    if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
+    if not is_number_type(value_type):
         raise ValueError(f"Column {name!r} must hold, per row, {shape}; its values are of type {value_type}.")
     rows = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if rows.null_count:

@@ -97,14 +97,7 @@ def _hard_clustering(points, centroids, num_iterations: int, assign, new_centre)
         label_history.append(labels)
         centroids = new_centroids
         centroid_history.append(centroids)
-    labels = assign(points, centroids)
-    return ClusteringResult(
-        centroids=centroids,
-        labels=labels,
-        inertia=inertia(points, labels, centroids),
-        label_history=_label_array(label_history, len(points)),
-        centroid_history=np.array(centroid_history),
-    )
+    return _result(points, centroids, assign(points, centroids), label_history, centroid_history)
 
 
 def lloyd(points, centroids, num_iterations: int) -> ClusteringResult:
@@ -135,8 +128,8 @@ def soft_responsibilities(distances: np.ndarray, inverse_temperature: float) -> 
     return weights / weights.sum(axis=1, keepdims=True)
 
 
-def _soft_result(points, centroids, labels, label_history, centroid_history, responsibilities) -> ClusteringResult:
-    """The result of a soft-assignment loop: Lloyd's inertia of `labels`, and the final `responsibilities`."""
+def _result(points, centroids, labels, label_history, centroid_history, responsibilities=None) -> ClusteringResult:
+    """The result of a loop: Lloyd's inertia of `labels`, the histories, and the final `responsibilities` if any."""
     return ClusteringResult(
         centroids=centroids,
         labels=labels,
@@ -165,7 +158,7 @@ def soft_kmeans(points, centroids, num_iterations: int, inverse_temperature: flo
     distances = squared_distances(points, centroids)
     labels = distances.argmin(axis=1)
     responsibilities = soft_responsibilities(distances, inverse_temperature)
-    return _soft_result(points, centroids, labels, label_history, centroid_history, responsibilities)
+    return _result(points, centroids, labels, label_history, centroid_history, responsibilities)
 
 
 # Spherical k-means
@@ -506,7 +499,7 @@ def fuzzy_cmeans(points, centroids, num_iterations: int, fuzzifier: float) -> Cl
         centroid_history.append(centroids)
     memberships = fuzzy_memberships(points, centroids, fuzzifier)
     labels = memberships.argmax(axis=1)
-    return _soft_result(points, centroids, labels, label_history, centroid_history, memberships)
+    return _result(points, centroids, labels, label_history, centroid_history, memberships)
 
 
 __all__ = [

@@ -4,6 +4,10 @@ Inputs are `.csv`, `.parquet` and `.npy` files (a 2-D numeric array, whose colum
 directories written by `datasets.Dataset.save_to_disk`. A `DatasetDict` directory holds one directory per split and
 is refused with the names of its splits: give the split's own directory (`DIR/train`). Every problem with the input
 is a `ValueError` with a one-line message that names the path and, where it applies, the column.
+
+`FeatureColumns` is the one reader of feature columns: `read_points` (tables, converted to Arrow column by column)
+and points mode (`points.py`, Arrow chunks of a dataset) choose, size and read their features with it, and problems
+mode (`problems.py`) checks its columns with the same `require_columns`, `is_number_type` and `is_list_type`.
 """
 
 import json
@@ -11,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 INPUT_SUFFIXES = (".csv", ".parquet", ".npy")
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 # What a parser raises on a file it cannot read; anything else is a bug and propagates.
-_PARSER_ERRORS = (OSError, ValueError, TypeError, pyarrow.ArrowException, pd.errors.ParserError)
+_PARSER_ERRORS = (OSError, ValueError, TypeError, pa.ArrowException, pd.errors.ParserError)
 
 
 def read_points(path, columns: list[str] | None = None) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
@@ -27,36 +32,18 @@ def read_points(path, columns: list[str] | None = None) -> tuple[pd.DataFrame, n
     `table` holds every column of the input; `X` is float64 `(n, d)`. Without `columns`, the features are all numeric
     columns (integers and floats, not booleans) in table order. With `columns`, exactly those, in that order; a named
     column whose cells are equally long lists of numbers (an embedding) gives one feature per entry, named
-    `name[0]`, `name[1]`, ...
+    `name[0]`, `name[1]`, ... The columns are chosen and read by `FeatureColumns`, as in points mode.
     """
     path = Path(path)
     table = _read_table(path)
     if len(table) == 0:
         raise ValueError(f"{path} has no rows.")
-    names = {str(name): name for name in table.columns}
-    if columns is None:
-        selected = [name for name in table.columns if _is_numeric(table[name].dtype)]
-        if not selected:
-            lists = [str(name) for name in table.columns if _is_list_column(table[name])]
-            hint = f"; list-valued columns must be selected by name: {', '.join(lists)}" if lists else ""
-            raise ValueError(f"{path} has no numeric columns (columns: {', '.join(names)}){hint}.")
-    else:
-        if not columns:
-            raise ValueError("No columns selected.")
-        duplicates = sorted({name for name in columns if columns.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"Column {duplicates[0]!r} is selected more than once.")
-        missing = [name for name in columns if name not in names]
-        if missing:
-            raise ValueError(f"{path} has no column {missing[0]!r}; available columns: {', '.join(names)}.")
-        selected = [names[name] for name in columns]
-    blocks, feature_names = [], []
-    for name in selected:
-        block, block_names = _column_values(table[name], str(name), path)
-        blocks.append(block)
-        feature_names.extend(block_names)
-    X = np.concatenate(blocks, axis=1)
-    return table, X, feature_names
+    arrays = {str(name): _arrow_column(table[name]) for name in table.columns}
+    types = {name: array.type if isinstance(array, pa.Array) else array for name, array in arrays.items()}
+    features = FeatureColumns.select(types, columns, str(path))
+    arrow = pa.table({name: arrays[name] for name in features.names})
+    features.resolve_widths(arrow)
+    return table, features.values(arrow), features.feature_names
 
 
 def write_table(table: pd.DataFrame, path, overwrite: bool = False) -> None:
@@ -182,52 +169,187 @@ def _is_list_column(series: pd.Series) -> bool:
     return len(cells) > 0 and isinstance(cells.iloc[0], (list, tuple, np.ndarray))
 
 
-def _column_values(series: pd.Series, name: str, path: Path) -> tuple[np.ndarray, list[str]]:
-    """One column's values as float64 `(n, width)` and the feature names of its `width` coordinates."""
-    if _is_numeric(series.dtype):
-        values = series.to_numpy(dtype=np.float64, na_value=np.nan)[:, None]
-        feature_names = [name]
-    elif _is_list_column(series):
-        values = _list_values(series, name, path)
-        feature_names = [f"{name}[{i}]" for i in range(values.shape[1])]
-    else:
-        raise ValueError(f"Column {name!r} of {path} is not numeric (dtype {series.dtype}).")
-    bad = ~np.isfinite(values).all(axis=1)
-    if bad.any():
-        raise ValueError(f"Column {name!r} of {path} has NaN, infinite or missing values in {int(bad.sum())} of {len(bad)} rows.")
-    return values, feature_names
-
-
-def _list_values(series: pd.Series, name: str, path: Path) -> np.ndarray:
-    rows, lengths = [], set()
-    for position, cell in enumerate(series.to_numpy()):
-        if cell is None or (not isinstance(cell, (list, tuple, np.ndarray)) and pd.isna(cell)):
-            missing = int(series.isna().sum())
-            raise ValueError(f"Column {name!r} of {path} has NaN, infinite or missing values in {missing} of {len(series)} rows.")
+def _arrow_column(series: pd.Series) -> pa.Array | str:
+    """
+    A pandas column as an Arrow array if it can hold features: NumPy numbers as they are (a NaN stays a NaN), nullable
+    numbers and lists through pyarrow's conversion. Any other column, or one pyarrow cannot convert, gives its type's
+    name instead (it is then no feature).
+    """
+    dtype = series.dtype
+    if isinstance(dtype, np.dtype) and _is_numeric(dtype):
+        return pa.array(series.to_numpy())
+    if not (_is_numeric(dtype) or _is_list_column(series)):
+        return str(dtype)
+    # a NaN stays a NaN, unless only pandas' conversion (which reads NaN as null) can read the column
+    for from_pandas in (False, True):
         try:
-            row = np.asarray(cell)
-        except ValueError:  # nested lists of different lengths
-            row = np.asarray(cell, dtype=object)
-        if row.ndim != 1 or row.dtype.kind not in "iuf":
-            raise ValueError(
-                f"Column {name!r} of {path} must hold flat lists of numbers; row {position} holds {_describe(row)}."
-            )
-        rows.append(row)
-        lengths.add(len(row))
-        if len(lengths) > 1:
-            raise ValueError(
-                f"Column {name!r} of {path} holds lists of different lengths ({', '.join(map(str, sorted(lengths)))}); "
-                "every row needs the same number of entries."
-            )
-    if lengths == {0}:
-        raise ValueError(f"Column {name!r} of {path} holds empty lists.")
-    return np.stack(rows).astype(np.float64)
+            return pa.array(series, from_pandas=from_pandas)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            continue
+    return f"{dtype} holding values of mixed types"
 
 
-def _describe(row: np.ndarray) -> str:
-    if row.ndim != 1:
-        return f"an array of shape {row.shape}"
-    return f"values of type {row.dtype}"
+# ---------------------------------------------------------------------------------------------------------------------
+# Feature columns: one reader for the tables of `read_points`, points mode's chunks and problems mode's checks.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_number_type(kind) -> bool:
+    """Whether `kind` is an Arrow integer or floating type (booleans, decimals and text are not numbers here)."""
+    return isinstance(kind, pa.DataType) and (pa.types.is_integer(kind) or pa.types.is_floating(kind))
+
+
+def is_list_type(kind) -> bool:
+    """Whether `kind` is an Arrow list type: `list`, `large_list` or `fixed_size_list`."""
+    return isinstance(kind, pa.DataType) and (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    )
+
+
+def is_number_list_type(kind) -> bool:
+    """Whether `kind` is an Arrow list of numbers (an embedding column)."""
+    return is_list_type(kind) and is_number_type(kind.value_type)
+
+
+def require_columns(available, names, source: str) -> None:
+    """A `ValueError` naming the first of `names` that `source` lacks, and the columns it has."""
+    available = list(available)
+    for name in names:
+        if name not in available:
+            raise ValueError(f"{source} has no column {name!r}; available columns: {', '.join(available) or '(none)'}.")
+
+
+def refuse_dataset_dict(dataset) -> None:
+    """A `ValueError` for a `datasets` dictionary of splits, naming them, where one split (a dataset) is expected."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
+        splits = list(dataset)
+        example = f", e.g. dataset[{splits[0]!r}]" if splits else ""
+        raise ValueError(
+            f"Expected a dataset, got a {type(dataset).__name__} with splits {', '.join(splits) or '(none)'}; "
+            f"pass one split{example}."
+        )
+
+
+class FeatureColumns:
+    """
+    The feature columns of a table and how to read them: which columns (`select`), how many coordinates each gives
+    (`resolve_widths`) and the points, checked (`values`). A feature column holds numbers (integers or floats, not
+    booleans: one coordinate) or lists of numbers (an embedding: one coordinate per entry, every row as long).
+
+    Column types are Arrow types; a column without one (a pandas column that Arrow cannot hold as numbers) is
+    described by a string and is no feature. Every problem is a one-line `ValueError` naming `source` and the column,
+    and for a bad value the first row that has one.
+    """
+
+    def __init__(self, names: list[str], types: dict, source: str):
+        self.names, self.source = names, source
+        kinds = [types[name] for name in names]
+        self.is_list = [is_list_type(kind) for kind in kinds]
+        self.widths = [
+            kind.list_size if pa.types.is_fixed_size_list(kind) else (None if is_list else 1)
+            for kind, is_list in zip(kinds, self.is_list, strict=True)
+        ]
+
+    @classmethod
+    def select(cls, types: dict, columns, source: str) -> "FeatureColumns":
+        """
+        The features among the columns `types` (name -> Arrow type, in table order) of `source`: `columns` (a name or
+        a list of names, in that order), or by default every number column in table order.
+        """
+        available = list(types)
+        if columns is None:
+            names = [name for name in available if is_number_type(types[name])]
+            if not names:
+                lists = [name for name in available if is_number_list_type(types[name])]
+                hint = f"; list-valued columns must be selected by name: {', '.join(lists)}" if lists else ""
+                raise ValueError(f"{source} has no numeric columns (columns: {', '.join(available)}){hint}.")
+            return cls(names, types, source)
+        names = [columns] if isinstance(columns, str) else list(columns)
+        if not names:
+            raise ValueError("No columns selected.")
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"Column {duplicates[0]!r} is selected more than once.")
+        require_columns(available, names, source)
+        for name in names:
+            if not (is_number_type(types[name]) or is_number_list_type(types[name])):
+                raise ValueError(
+                    f"Column {name!r} of {source} is not numeric (type {types[name]}); features are integer and "
+                    "float columns and columns of equally long lists of numbers."
+                )
+        return cls(names, types, source)
+
+    @property
+    def dim(self) -> int:
+        """The number of coordinates (after `resolve_widths`)."""
+        return sum(self.widths)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """One name per coordinate: the column's, or `name[i]` for entry `i` of a list column."""
+        return [
+            name if not is_list else f"{name}[{i}]"
+            for name, is_list, width in zip(self.names, self.is_list, self.widths, strict=True)
+            for i in range(width)
+        ]
+
+    def resolve_widths(self, head: pa.Table) -> None:
+        """The width of each variable-length list column: the length of its first list in `head` (the first rows)."""
+        for position, name in enumerate(self.names):
+            if self.widths[position] is None:
+                lengths = pc.list_value_length(head.column(name)).drop_null()
+                if len(lengths) == 0:
+                    raise ValueError(f"Column {name!r} of {self.source} has missing values in its first rows.")
+                if lengths[0].as_py() == 0:
+                    raise ValueError(f"Column {name!r} of {self.source} holds empty lists.")
+                self.widths[position] = lengths[0].as_py()
+
+    def values(self, table: pa.Table, indices: np.ndarray | None = None) -> np.ndarray:
+        """
+        The points of `table` as float64 `(rows, dim)`. `indices`: the rows' global indices (a chunk of a larger
+        dataset), or None for a whole table. A missing value or entry, a list of another length, or a NaN or infinite
+        value is a `ValueError` naming its first row and the chunk's rows (or how many rows of the table have one).
+        """
+        blocks = [
+            self._block(table.column(name), name, is_list, width, indices)
+            for name, is_list, width in zip(self.names, self.is_list, self.widths, strict=True)
+        ]
+        values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+        return values if values.flags.writeable else values.copy()  # zero-copy Arrow buffers are read-only
+
+    def _block(self, column, name: str, is_list: bool, width: int, indices) -> np.ndarray:
+        """One column's `(rows, width)` float64 values, checked."""
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        rows = len(column)
+        self._refuse(name, column.is_null().to_numpy(zero_copy_only=False), indices, "has a missing value")
+        if is_list:
+            lengths = np.asarray(pc.list_value_length(column).to_numpy(zero_copy_only=False))
+            wrong = lengths != width
+            if wrong.any():
+                length = lengths[np.flatnonzero(wrong)[0]]
+                problem = f"holds lists of different lengths: a list of length {length}"
+                self._refuse(name, wrong, indices, problem, f"; every row needs {width} entries")
+            flat = pc.list_flatten(column)
+            missing = flat.is_null().to_numpy(zero_copy_only=False).reshape(rows, width).any(axis=1)
+            self._refuse(name, missing, indices, "has a missing entry")
+            block = flat.to_numpy(zero_copy_only=False).astype(np.float64, copy=False).reshape(rows, width)
+        else:
+            block = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[:, None]
+        self._refuse(name, ~np.isfinite(block).all(axis=1), indices, "has a NaN or infinite value")
+        return block
+
+    def _refuse(self, name: str, bad: np.ndarray, indices, problem: str, rule: str = "") -> None:
+        """The one-line error for the first row of `bad`, if any: `Column ... {problem} in row R (where){rule}.`"""
+        if not bad.any():
+            return
+        first = int(np.flatnonzero(bad)[0])
+        if indices is None:
+            row, where = first, f"{int(bad.sum())} of {len(bad)} rows have one"
+        else:
+            row, where = int(indices[first]), f"chunk of rows {indices[0]}-{indices[-1]}"
+        raise ValueError(f"Column {name!r} of {self.source} {problem} in row {row} ({where}){rule}.")
 
 
 def _one_line(error: BaseException) -> str:

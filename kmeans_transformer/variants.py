@@ -62,9 +62,13 @@ def _is_number(value) -> bool:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A config field that some variants read; `accepts(value)` says whether `value` is one of `requirement`."""
+    """
+    A config field that some variants read: what it means (`description`), and the values it accepts
+    (`accepts(value)` says whether `value` is one of `requirement`).
+    """
 
     name: str
+    description: str
     requirement: str
     accepts: Callable[[Any], bool]
 
@@ -78,12 +82,29 @@ MEDOID_SELECTIONS = ("deterministic", "gumbel")
 PARAMETERS = {
     parameter.name: parameter
     for parameter in (
-        Parameter("inverse_temperature", "a finite number > 0", lambda v: _is_number(v) and v > 0),
-        Parameter("trim_quantile", "a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
-        Parameter("trim_fraction", "a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
-        Parameter("medoid_selection", f"one of {list(MEDOID_SELECTIONS)}", lambda v: v in MEDOID_SELECTIONS),
-        Parameter("reg_covar", "a finite number >= 0", lambda v: _is_number(v) and v >= 0),
-        Parameter("fuzzifier", "a finite number > 1", lambda v: _is_number(v) and v > 1),
+        Parameter(
+            "inverse_temperature", "stiffness γ of the softmax blocks (soft assignment, sparsemax update, Gumbel draw)",
+            "a finite number > 0", lambda v: _is_number(v) and v > 0,
+        ),
+        Parameter(
+            "trim_quantile", "trim the points above this quantile of their cluster's squared distances",
+            "a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1,
+        ),
+        Parameter(
+            "trim_fraction", "trim this fraction of the points, those farthest from their centroids",
+            "a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1,
+        ),
+        Parameter(
+            "medoid_selection", "how the new medoid is chosen", f"one of {list(MEDOID_SELECTIONS)}",
+            lambda v: v in MEDOID_SELECTIONS,
+        ),
+        Parameter(
+            "reg_covar", "added to every re-estimated variance", "a finite number >= 0",
+            lambda v: _is_number(v) and v >= 0,
+        ),
+        Parameter(
+            "fuzzifier", "the exponent m of fuzzy c-means", "a finite number > 1", lambda v: _is_number(v) and v > 1,
+        ),
     )
 }
 PARAMETER_NAMES = tuple(PARAMETERS)
@@ -187,7 +208,8 @@ class VariantSpec:
         compact: the compact engine applies (a hardmax assignment by labels and a mean update).
         random: the update draws at random (a `generator` input); there is no deterministic reference.
         reference, reference_parameters: the independent reference, called as `reference(points, centroids,
-            num_iterations, *[config.<p> for p in reference_parameters], **state)`.
+            num_iterations, *[config.<p> for p in reference_parameters], **state)`; `reference_label` names it where
+            `reference` is a wrapper.
         forms: for a parameter that switches blocks (`form_parameter`), its values and the fields they replace.
         zoo_parameters: one zoo checkpoint per entry, each with these parameters.
     """
@@ -210,6 +232,7 @@ class VariantSpec:
     random: bool = False
     reference: Callable | None = None
     reference_parameters: tuple[str, ...] = ()
+    reference_label: str | None = None
     form_parameter: str | None = None
     forms: dict[str, dict[str, Any]] = field(default_factory=dict)
     zoo_parameters: tuple[dict[str, Any], ...] = ({},)
@@ -221,7 +244,10 @@ class VariantSpec:
 
     @property
     def reference_name(self) -> str:
-        return self.reference.__name__ if self.reference is not None else "none (random draws)"
+        """The reference's name in `kmeans_transformer.reference`, as cards and tables show it."""
+        if self.reference is None:
+            return "none (random draws)"
+        return self.reference_label or self.reference.__name__
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -332,8 +358,8 @@ _SPECS = (
         slots=(TokenSlot("medoid_cost", 1, _POINT_SCRATCH),), reference=kmedoids, form_parameter="medoid_selection",
         forms={
             "deterministic": {},
-            "gumbel": {"update": KMeansTransformerGumbelMedoidUpdate, "point_blocks": {}, "slots": (),
-                       "label_determined": False, "random": True, "reference": None},
+            "gumbel": {"update": KMeansTransformerGumbelMedoidUpdate, "point_blocks": {}, "label_determined": False,
+                       "random": True, "reference": None},  # keeps the (unused) `medoid_cost` slot: one token layout
         },
         zoo_parameters=({}, {"medoid_selection": "gumbel"}),
     ),
@@ -345,7 +371,8 @@ _SPECS = (
             TokenSlot("mixing_weight", 1, "centroid_erase"),
         ),
         state=MIXTURE_STATE, soft_assignment=True, label_determined=False, sums_over_points=True,
-        reference=_mixture_reference, reference_parameters=("reg_covar",), zoo_parameters=({"reg_covar": 1e-6},),
+        reference=_mixture_reference, reference_parameters=("reg_covar",), reference_label="gaussian_mixture_em",
+        zoo_parameters=({"reg_covar": 1e-6},),
     ),
     VariantSpec(
         "fuzzy", "fuzzy c-means", {"fuzzifier": 2.0}, KMeansTransformerFuzzyAssign, KMeansTransformerFuzzyUpdate,

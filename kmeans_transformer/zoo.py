@@ -7,17 +7,21 @@ their validation figures and the command that pushes them.
 Decisions: the zoo is written in float64, where every variant agrees with its reference exactly (identical labels at
 every iteration, centroids to rounding). In float32 the soft variant's responsibilities underflow to 0 for far
 clusters in 32 or more dimensions (the float64 reference still moves such a centroid), so its float32 trajectories
-leave the reference. The `"gmm"` entries set `reg_covar = 1e-6` (scikit-learn's `GaussianMixture` default): without
-it a component that closes on a single point has zero variance.
+leave the reference. Each variant has one entry per size for each parameter set of its spec's `zoo_parameters`
+(`kmeans_transformer.variants`): Gumbel k-medoids beside the deterministic one; `"gmm"` with `reg_covar = 1e-6`
+(scikit-learn's `GaussianMixture` default), without which a component that closes on a single point has zero variance.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from .variants import VARIANT_NAMES as VARIANTS
-from .convert import ValidationReport, build_model, check_checkpoint_directory, convert_checkpoint
+from .convert import build_model, check_checkpoint_directory, convert_checkpoint
+from .validation import ValidationReport
+from .variants import VARIANT_NAMES, get_variant
 
 
 STANDARD_SIZES = ((3, 2, 10), (8, 16, 20), (32, 64, 10))  # (k, d, T): a picture, a small embedding, a wide one
@@ -25,31 +29,47 @@ STANDARD_SIZES = ((3, 2, 10), (8, 16, 20), (32, 64, 10))  # (k, d, T): a picture
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One checkpoint of the zoo: a variant, its size, and the variant parameters it sets (the others default)."""
+    """
+    One checkpoint of the zoo: a variant, its size, and the variant parameters it sets (the others default), given
+    as a mapping and kept as sorted `(name, value)` pairs.
+    """
 
     variant: str
     num_clusters: int
     point_dim: int
     num_iterations: int
-    medoid_selection: str | None = None
-    reg_covar: float | None = None
+    parameters: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        pairs = self.parameters.items() if isinstance(self.parameters, Mapping) else self.parameters
+        object.__setattr__(self, "parameters", tuple(sorted(pairs)))
+
+    @property
+    def form(self) -> str | None:
+        """The form the parameters select when it is not the variant's default (`"gumbel"` k-medoids), else None."""
+        spec = get_variant(self.variant)
+        if spec.form_parameter is None:
+            return None
+        form = dict(self.parameters).get(spec.form_parameter)
+        return None if form in (None, spec.parameters[spec.form_parameter]) else form
 
     @property
     def name(self) -> str:
-        suffix = f"-{self.medoid_selection}" if self.medoid_selection else ""
+        suffix = f"-{self.form}" if self.form else ""
         return f"kmeans-transformer-{self.variant}{suffix}-k{self.num_clusters}-d{self.point_dim}-t{self.num_iterations}"
 
 
-def standard_zoo(variants=VARIANTS, sizes=STANDARD_SIZES) -> list[ZooEntry]:
-    """Every variant in `variants` at every `(k, d, T)` of `sizes`, and Gumbel k-medoids beside the deterministic one."""
-    entries = []
-    for variant in variants:
-        reg_covar = 1e-6 if variant == "gmm" else None
-        for k, d, T in sizes:
-            entries.append(ZooEntry(variant, k, d, T, reg_covar=reg_covar))
-            if variant == "kmedoids":
-                entries.append(ZooEntry(variant, k, d, T, medoid_selection="gumbel"))
-    return entries
+def standard_zoo(variants=VARIANT_NAMES, sizes=STANDARD_SIZES) -> list[ZooEntry]:
+    """
+    Every variant in `variants` at every `(k, d, T)` of `sizes`, once for each parameter set of its spec's
+    `zoo_parameters` (Gumbel k-medoids beside the deterministic one, `"gmm"` with `reg_covar=1e-6`).
+    """
+    return [
+        ZooEntry(variant, k, d, T, parameters)
+        for variant in variants
+        for k, d, T in sizes
+        for parameters in get_variant(variant).zoo_parameters
+    ]
 
 
 def build_zoo(
@@ -67,12 +87,16 @@ def build_zoo(
     """
     output_dir = check_checkpoint_directory(output_dir, overwrite)
     entries = standard_zoo() if entries is None else entries
+    names = [entry.name for entry in entries]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"Two zoo entries would share a checkpoint name: {repeated}.")
     output_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for entry in tqdm(entries, desc="zoo", unit="checkpoint", disable=not progress):
         model = build_model(
             entry.num_clusters, entry.point_dim, entry.num_iterations, variant=entry.variant, dtype=dtype,
-            medoid_selection=entry.medoid_selection, reg_covar=entry.reg_covar,
+            **dict(entry.parameters),
         )
         repo_id = f"{owner}/{entry.name}" if owner else None
         report = convert_checkpoint(model, output_dir / entry.name, overwrite=overwrite, repo_id=repo_id)
@@ -96,7 +120,7 @@ def zoo_index(results: list[tuple[ZooEntry, ValidationReport]], owner: str | Non
     ]
     for entry, report in results:
         link = f"[{namespace}/{entry.name}](https://huggingface.co/{owner}/{entry.name})" if owner else f"[{entry.name}]({entry.name}/)"
-        variant = entry.variant + (f" ({entry.medoid_selection})" if entry.medoid_selection else "")
+        variant = entry.variant + (f" ({entry.form})" if entry.form else "")
         lines.append(
             f"| {link} | {variant} | {entry.num_clusters} | {entry.point_dim} | {entry.num_iterations} | "
             f"{report.dtype} | {report.label_agreement:.6f} | {report.max_relative_centroid_error:.3e} | "

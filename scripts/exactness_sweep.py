@@ -9,7 +9,7 @@ dimensions, cluster counts, point counts and data scales, with softmax attention
 (`attn_implementation="eager"`) at each γ and with the exact `"hardmax"` attention (the default).
 
 For every configuration `(d, k, n, scale)` and seed, the points are a Gaussian mixture of `k` components
-(`kmeans_transformer.convert.gaussian_mixture`) multiplied by `scale`, the initial centroids are `k` distinct points
+(`kmeans_transformer.validation.gaussian_mixture`) multiplied by `scale`, the initial centroids are `k` distinct points
 drawn at random from the data, and the model (float64, all seeds of a configuration in one batch) and the reference
 loop (`kmeans_transformer.reference.lloyd`) run the same number of iterations from the same centroids. Recorded per
 run and method:
@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
-from kmeans_transformer.convert import gaussian_mixture
+from kmeans_transformer.validation import gaussian_mixture
 from kmeans_transformer.reference import assign_labels, lloyd
 from kmeans_transformer.reference import inertia as objective
 

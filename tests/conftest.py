@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
-from kmeans_transformer.convert import gaussian_mixture as mixture  # noqa: F401  (shared test data)
+from kmeans_transformer.validation import gaussian_mixture as mixture  # noqa: F401  (shared test data)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.datasets import load_iris
 
-from kmeans_transformer.convert import build_model, gaussian_mixture
+from kmeans_transformer.convert import build_model
+from kmeans_transformer.validation import gaussian_mixture
 from kmeans_transformer.reference import lloyd
 
 spec = importlib.util.spec_from_file_location(

@@ -5,18 +5,22 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors import safe_open
 from transformers import AutoModel
+from transformers.dynamic_module_utils import get_relative_import_files
 
 import kmeans_transformer
 from kmeans_transformer.cli import main
-from kmeans_transformer.convert import ValidationError, convert_checkpoint, validate_against_reference
-from kmeans_transformer.reference import lloyd
+from kmeans_transformer.convert import build_model, convert_checkpoint
+from kmeans_transformer.reference import fuzzy_cmeans, lloyd
+from kmeans_transformer.validation import ValidationError, validate_against_reference
 
 from conftest import make_model, mixture
 
@@ -32,10 +36,10 @@ def test_convert_writes_a_safetensors_checkpoint_with_code_and_card(tmp_path, dt
     output, code = convert(tmp_path, "--dtype", dtype)
     assert code == 0
     files = {path.name for path in output.iterdir()}
-    assert files == {
-        "config.json", "model.safetensors", "README.md",
-        "configuration_kmeans_transformer.py", "modeling_kmeans_transformer.py", "cpu_kernels.py",
-    }
+    # the code for trust_remote_code: the modeling and configuration files and every module they import
+    code = {Path(name).name for name in get_relative_import_files(kmeans_transformer.modeling_kmeans_transformer.__file__)}
+    assert {"configuration_kmeans_transformer.py", "variants.py", "cpu_kernels.py"} <= code
+    assert files == {"config.json", "model.safetensors", "README.md", "modeling_kmeans_transformer.py", *code}
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)  # no pickle anywhere
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "kmeans_transformer" and config["dtype"] == dtype
@@ -150,6 +154,7 @@ VARIANT_CONVERSIONS = [
     ("kmedoids", []),
     ("kmedoids", ["--medoid-selection", "gumbel"]),
     ("gmm", ["--reg-covar", "1e-6"]),
+    ("fuzzy", ["--fuzzifier", "1.5"]),
 ]
 
 
@@ -162,7 +167,7 @@ def test_every_variant_converts_and_loads_back(tmp_path, rng, variant, extra):
         arg.removeprefix("--").replace("-", "_"): (value if arg == "--medoid-selection" else float(value))
         for arg, value in zip(extra[::2], extra[1::2])
     })
-    fields = ("variant", "inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar")
+    fields = ("variant", "inverse_temperature", "trim_quantile", "trim_fraction", "medoid_selection", "reg_covar", "fuzzifier")
     assert {f: getattr(model.config, f) for f in fields} == {f: getattr(built.config, f) for f in fields}
     points = torch.tensor(mixture(rng, 300, 3, 4))
     inputs = {"generator": torch.Generator().manual_seed(0)} if "gumbel" in extra else {}
@@ -179,3 +184,26 @@ def test_every_variant_converts_and_loads_back(tmp_path, rng, variant, extra):
     assert f"{report.max_relative_centroid_error:.3e}" in card.text
     if "gumbel" not in extra:
         assert f"reference.{report.reference}" in card.text
+
+
+def test_fuzzy_checkpoint_agrees_with_its_reference_and_loads_back(tmp_path, rng):
+    output = tmp_path / "fuzzy"
+    report = convert_checkpoint(build_model(3, 2, 5, variant="fuzzy", dtype="float64"), output)
+    assert report.passed and report.reference == "fuzzy_cmeans"
+    card = ModelCard.load(output / "README.md")
+    assert "fuzzy" in card.data.tags and "{{" not in card.text
+    assert "fuzzy c-means" in card.text and "reference.fuzzy_cmeans" in card.text
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    figures = {result.metric_type: result.metric_value for result in results}
+    assert figures["label_agreement"] == 1.0
+    assert figures["max_relative_centroid_error"] == report.max_relative_centroid_error <= 1e-10
+    model = AutoModel.from_pretrained(output)
+    assert model.config.variant == "fuzzy" and model.config.fuzzifier == 2.0 and model.dtype == torch.float64
+    points = mixture(rng, 300, 2, 3)
+    initial = points[rng.choice(300, size=3, replace=False)]
+    loaded = model(torch.tensor(points), torch.tensor(initial))
+    expected = fuzzy_cmeans(points, initial, 5, 2.0)
+    scale = np.abs(points).max()
+    np.testing.assert_allclose(loaded.centroids[0].numpy(), expected.centroids, rtol=1e-10, atol=1e-10 * scale)
+    np.testing.assert_allclose(loaded.responsibilities[0].numpy(), expected.responsibilities, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(loaded.labels[0].numpy(), expected.labels)

@@ -18,7 +18,7 @@ from sklearn.utils.estimator_checks import check_estimator
 from transformers import AutoModel
 
 from kmeans_transformer import KMeans, KMeansTransformerConfig, KMeansTransformerModel, kmeans_plusplus, reference
-from kmeans_transformer.convert import run_reference
+from kmeans_transformer.validation import run_reference
 from conftest import mixture
 
 
@@ -308,7 +308,7 @@ def test_explicit_init_runs_once_with_a_warning():
         ({"n_clusters": 2, "n_init": 0}, np.zeros((5, 2)), "n_init must be an integer >= 1 or 'auto'"),
         ({"n_clusters": 2, "max_iter": 0}, np.zeros((5, 2)), "max_iter must be an integer >= 1"),
         ({"n_clusters": 2, "tol": -1.0}, np.zeros((5, 2)), "tol must be a finite number >= 0"),
-        ({"n_clusters": 2, "variant": "fuzzy"}, np.zeros((5, 2)), "Unknown variant 'fuzzy'"),
+        ({"n_clusters": 2, "variant": "kmeans++"}, np.zeros((5, 2)), r"Unknown `variant` 'kmeans\+\+'"),
         ({"n_clusters": 2, "trim_quantile": 0.9}, np.zeros((5, 2)), "`trim_quantile` is not a parameter of variant 'lloyd'"),
         ({"n_clusters": 2, "dtype": "float16"}, np.zeros((5, 2)), "dtype must be 'float32', 'float64' or None"),
         ({"n_clusters": 2, "device": "nowhere"}, np.zeros((5, 2)), "device must name a torch device"),

@@ -50,7 +50,7 @@ def test_gaussian_mixtures_match_lloyd_every_iteration(rng, n, d, k, T):
 
 @pytest.mark.parametrize("variant, extra", [("lloyd", {}), ("trimmed", {"trim_fraction": 0.1})])
 def test_without_the_final_assignment_labels_are_the_last_layers(rng, variant, extra):
-    from kmeans_transformer.convert import run_reference
+    from kmeans_transformer.validation import run_reference
 
     points = mixture(rng, 400, 3, 4)
     initial = points[rng.choice(400, size=5, replace=False)]

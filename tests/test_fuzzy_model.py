@@ -88,3 +88,13 @@ def test_fuzzifier_must_be_a_number_above_one(fuzzifier):
         KMeansTransformerConfig(num_clusters=2, variant="fuzzy", fuzzifier=fuzzifier)
     with pytest.raises(ValueError, match="not a parameter of variant 'lloyd'"):
         KMeansTransformerConfig(num_clusters=2, fuzzifier=2.0)
+
+
+def test_a_cluster_whose_weights_all_underflow_keeps_its_centroid():
+    """Memberships > 0 whose powers u^m all round to 0: the update sees only the centroid's own token."""
+    points = torch.tensor([[1.001], [1.001001]], dtype=torch.float64)
+    initial = torch.tensor([[1.0], [0.9604]], dtype=torch.float64)
+    output = make_model(2, 1, 1, variant="fuzzy", fuzzifier=1.01)(points, initial, output_hidden_states=True)
+    expected = fuzzy_cmeans(points.numpy(), initial.numpy(), 1, 1.01)
+    assert expected.centroids[1, 0] == 0.9604  # the reference keeps it
+    np.testing.assert_allclose(output.centroids[0].numpy(), expected.centroids, rtol=1e-12)

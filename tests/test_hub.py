@@ -21,9 +21,9 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from hub_server import hub  # noqa: F401  (the fixture)
 from kmeans_transformer import KMeans
 from kmeans_transformer.cli import main
-from kmeans_transformer.convert import (
-    build_model, convert_checkpoint, gaussian_mixture, render_model_card, validate_against_reference,
-)
+from kmeans_transformer.cards import render_model_card
+from kmeans_transformer.convert import build_model, convert_checkpoint
+from kmeans_transformer.validation import gaussian_mixture, validate_against_reference
 from kmeans_transformer.hub import HubError, check_checkpoint, push_checkpoint
 from kmeans_transformer.reference import lloyd
 from kmeans_transformer.zoo import ZooEntry, build_zoo
@@ -294,6 +294,17 @@ def test_incomplete_or_foreign_directories_are_refused_before_any_request(hub, c
         with pytest.raises(HubError, match="invalid metadata"):
             check_checkpoint(checkpoint)
     assert hub.requests == []
+
+
+def test_a_module_the_code_imports_is_part_of_a_complete_checkpoint(checkpoint, tmp_path):
+    check_checkpoint(checkpoint)
+    (checkpoint / "variants.py").rename(tmp_path / "variants.py")  # imported by the configuration and modeling files
+    with pytest.raises(HubError, match=r"is not a complete checkpoint: variants\.py missing"):
+        check_checkpoint(checkpoint)
+    (tmp_path / "variants.py").rename(checkpoint / "variants.py")
+    (checkpoint / "reference.py").unlink()  # imported by variants.py: found by following the imports
+    with pytest.raises(HubError, match=r"reference\.py missing"):
+        check_checkpoint(checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
-from kmeans_transformer.points import cluster_points, update_statistics
+from kmeans_transformer import reference
+from kmeans_transformer.points import _statistics, cluster_points
 from kmeans_transformer.reference import lloyd
 
 
@@ -73,13 +74,22 @@ def _no_model_calls(model):
     return model
 
 
-def test_update_statistics_is_the_update_attention_sums():
-    weights = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float32)
-    points = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float32)
-    numerators, denominators = update_statistics(weights, points)
-    assert numerators.dtype == denominators.dtype == torch.float64
-    np.testing.assert_array_equal(numerators.numpy(), [[6.0, 8.0], [3.0, 4.0]])
-    np.testing.assert_array_equal(denominators.numpy(), [2.0, 1.0])
+@pytest.mark.parametrize("variant", ["lloyd", "soft", "fuzzy"])
+def test_chunk_statistics_are_the_update_sums(variant, rng):
+    """A chunk's statistics are the update's sums `Σ_i w_ij x_i` and `Σ_i w_ij`, in float64; 4 < k points: padded."""
+    X, C = blobs(rng, n=4), blobs(rng, n=K)
+    if variant == "lloyd":
+        weights = np.eye(K)[reference.assign_labels(X, C)]
+    elif variant == "soft":
+        weights = reference.soft_responsibilities(reference.squared_distances(X, C), 1.0)
+    else:
+        weights = reference.fuzzy_memberships(X, C, 2.0) ** 2.0
+    model = make_model(variant=variant).float()  # the assignment in float32, the sums in float64
+    statistics = _statistics(model, torch.from_numpy(X), {"centroids": torch.from_numpy(C)[None]})
+    assert statistics.dtype == torch.float64 and statistics.shape == (1, K, D + 1)
+    tolerance = 0 if variant == "lloyd" else 1e-6
+    np.testing.assert_allclose(statistics[0, :, :D].numpy(), weights.T @ X, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(statistics[0, :, D].numpy(), weights.sum(axis=0), rtol=tolerance, atol=tolerance)
 
 
 def test_parquet_file_matches_lloyd(tmp_path, rng):
@@ -235,3 +245,82 @@ def test_two_gloo_processes_match_one(tmp_path, rng):
         np.testing.assert_array_equal(index, np.arange(len(X)))
         np.testing.assert_array_equal(labels, single_labels)
     assert_matches_lloyd(single, tmp_path / "labels_single", X, X[:K])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Variants with weighted updates and carried state: the same statistics path, against the NumPy references
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def total_variance_start(X, k=K):
+    """The model's default gmm start for one problem, computed here in NumPy: each coordinate's variance, 1 / k."""
+    spread = ((X - X.mean(axis=0)) ** 2).sum(axis=1).mean() / X.shape[1]
+    return {"variances": np.full(k, spread), "weights": np.full(k, 1.0 / k)}
+
+
+def assert_close_to(result, expected, labels_dir, X):
+    np.testing.assert_allclose(result.centroids, expected.centroids, rtol=1e-8, atol=1e-12)
+    index, labels = read_labels(labels_dir)
+    np.testing.assert_array_equal(index, np.arange(len(X)))
+    np.testing.assert_array_equal(labels, expected.labels)
+    np.testing.assert_array_equal(result.cluster_sizes, np.bincount(expected.labels, minlength=K))
+    assert result.inertia == pytest.approx(expected.inertia, rel=1e-8)
+    assert result.num_points == len(X)
+
+
+@pytest.mark.parametrize("variant", ["gmm", "fuzzy"])
+def test_gmm_and_fuzzy_in_chunks_match_their_references(variant, tmp_path, rng):
+    X = blobs(rng, n=1000)
+    dataset = datasets.Dataset.from_dict({f"x{i}": X[:, i] for i in range(D)})
+    model = make_model(variant=variant)
+    if variant == "gmm":
+        state = total_variance_start(X)
+        variances, weights, reg_covar = state["variances"], state["weights"], model.config.reg_covar
+        expected = reference.gaussian_mixture_em(X, X[:K], variances, weights, T, reg_covar)
+    else:
+        state = None
+        expected = reference.fuzzy_cmeans(X, X[:K], T, model.config.fuzzifier)
+    assert not np.allclose(expected.centroids, X[:K])  # the iterations moved
+    result = cluster_points(
+        model, dataset, chunk_size=96, initial_state=state, progress=False, labels_output=tmp_path / "labels"
+    )  # 96 does not divide 1000: a last chunk of 40 rows
+    assert_close_to(result, expected, tmp_path / "labels", X)
+    if variant == "gmm":
+        assert sorted(result.state) == ["variances", "weights"]
+        np.testing.assert_allclose(result.state["variances"], expected.variances, rtol=1e-8)
+        np.testing.assert_allclose(result.state["weights"], expected.weights, rtol=1e-8)
+    else:
+        assert result.state == {}
+
+
+def test_gmm_starts_from_the_stored_fitted_parameters(tmp_path, rng):
+    X = blobs(rng, n=700)
+    means, variances, weights = X[100 : 100 + K], rng.uniform(1.0, 3.0, K), rng.dirichlet(np.ones(K))
+    model = make_model(T=4, variant="gmm", reg_covar=1e-6, fitted_centroids=True)
+    model.set_fitted_parameters(
+        torch.from_numpy(means), variances=torch.from_numpy(variances), weights=torch.from_numpy(weights)
+    )
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=250)
+    # chunks of 5 < k rows: completed with the centroids for the model, whose rows are dropped
+    result = cluster_points(model, path, chunk_size=5, progress=False, labels_output=tmp_path / "labels")
+    expected = reference.gaussian_mixture_em(X, means, variances, weights, 4, 1e-6)
+    assert_close_to(result, expected, tmp_path / "labels", X)
+    np.testing.assert_allclose(result.state["variances"], expected.variances, rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        (None, "cannot compute the model's default 'variances'.*initial_state"),
+        ({"variances": np.ones(K), "weights": None}, "default 'weights'"),
+        (
+            {"variances": np.ones(K), "weights": np.full(K, 1 / K), "scale": np.ones(K)},
+            "'scale', but variant 'gmm' carries variances, weights",
+        ),
+        ({"variances": -np.ones(K), "weights": np.full(K, 1 / K)}, "variances` must be > 0"),
+    ],
+)
+def test_carried_state_must_be_given_and_valid(state, message, rng):
+    dataset = datasets.Dataset.from_dict({f"x{i}": blobs(rng, n=50)[:, i] for i in range(D)})
+    with pytest.raises(ValueError, match=message):
+        cluster_points(_no_model_calls(make_model(variant="gmm")), dataset, initial_state=state, progress=False)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from kmeans_transformer import probe, reference
-from kmeans_transformer.convert import build_model, gaussian_mixture
+from kmeans_transformer.convert import build_model
+from kmeans_transformer.validation import gaussian_mixture
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -172,10 +173,11 @@ def test_trace_refuses_sdpa_and_batches():
         probe.trace(lloyd, points, centroids=np.stack([points[:2], points[:2]]))
 
 
-def test_layer_trajectory_still_importable_from_convert():
-    from kmeans_transformer import convert
+def test_layer_trajectory_lives_in_validation_only():
+    from kmeans_transformer import convert, validation
 
-    assert convert.layer_trajectory is probe.layer_trajectory
+    assert probe.layer_trajectory is validation.layer_trajectory  # the probe reads the tokens as validation does
+    assert not hasattr(convert, "layer_trajectory")  # no second home for a moved name
 
 
 def png_size(path):

@@ -10,7 +10,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from kmeans_transformer import KMeansTransformerConfig
-from kmeans_transformer.convert import layer_trajectory, run_reference
+from kmeans_transformer.validation import layer_trajectory, run_reference
 from kmeans_transformer.reference import medoid_probabilities
 
 from conftest import make_model, mixture

@@ -1,0 +1,187 @@
+"""Model cards: the card of an analytic checkpoint (with its validation figures) and the card of a fitted estimator.
+
+A checkpoint's card is rendered from its variant's template, `hub_cards/<VariantSpec.card_template>`, a fitted
+estimator's from `hub_cards/fitted.md`; titles, parameters and capabilities come from the variant's declaration
+(`config.variant_spec`, see `kmeans_transformer.variants`). The figures are those of a
+`validation.ValidationReport`, in the text and in the card's `model-index` metadata.
+"""
+
+from dataclasses import asdict
+from importlib import resources
+from typing import TYPE_CHECKING
+
+import numpy as np
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .variants import PARAMETER_NAMES, VariantSpec
+
+
+if TYPE_CHECKING:
+    from .configuration_kmeans_transformer import KMeansTransformerConfig
+    from .modeling_kmeans_transformer import KMeansTransformerModel
+    from .validation import ValidationReport
+
+
+MODIFIED_WEIGHTS_NOTICE = (
+    "> **These weights are not the analytic construction**: they were trained or edited after it was written. The "
+    "sections below describe the construction they started from; the validation below was run on these weights and "
+    "{passed} its requirements."
+)
+FITTED_CENTROIDS_NOTICE = (
+    "> This model also stores fitted centroids (`embeddings.fitted_centroids`), which are its default `centroids` "
+    "input. Push the fitted `kmeans_transformer.KMeans` estimator for a card that describes the fit."
+)
+
+
+def _template(name: str) -> str:
+    return resources.files("kmeans_transformer.hub_cards").joinpath(name).read_text(encoding="utf-8")
+
+
+def validation_results(config: "KMeansTransformerConfig", report: "ValidationReport") -> list[EvalResult]:
+    """The figures of `report` as model-index entries (task `clustering`, dataset: the generated mixtures)."""
+    spec = config.variant_spec
+    dataset = {
+        "task_type": "clustering",
+        "task_name": f"{spec.title}, agreement with the reference",
+        "dataset_type": "synthetic-gaussian-mixtures",
+        "dataset_name": "Generated Gaussian mixtures",
+        "dataset_config": (
+            f"{report.num_problems} problems of {report.num_points} points, d={config.point_dim}, "
+            f"k={config.num_clusters}, seed {report.seed}, {report.dtype}"
+        ),
+    }
+    metrics = [
+        ("label_agreement", "Labels identical to the reference, every iteration", report.label_agreement),
+        ("max_relative_centroid_error", "Max centroid error relative to the data scale", report.max_relative_centroid_error),
+    ]
+    if report.outlier_agreement is not None:
+        metrics.append(("outlier_agreement", "Outlier flags identical to the reference", report.outlier_agreement))
+    if report.max_relative_parameter_error is not None:
+        state = " and ".join(spec.state_names)
+        name = f"Max error of the {state}, each relative to its largest value"
+        metrics.append(("max_relative_parameter_error", name, report.max_relative_parameter_error))
+    return [
+        EvalResult(**dataset, metric_type=kind, metric_name=name, metric_value=float(value)) for kind, name, value in metrics
+    ]
+
+
+def render_model_card(
+    model: "KMeansTransformerModel", report: "ValidationReport", repo_id: str | None = None
+) -> ModelCard:
+    """
+    The model card of a checkpoint, from its variant's template (`hub_cards/<VariantSpec.card_template>`), with the
+    validation figures of `report` in the text and in the `model-index` metadata. A model whose weights are no longer
+    the analytic construction (trained or edited) gets a notice under the title saying so, and its figures show how
+    far it now is from the reference.
+    """
+    config = model.config
+    spec = config.variant_spec
+    card_data = ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        tags=["clustering", "k-means", "kmeans-transformer", spec.name],
+        model_name=repo_id or f"kmeans-transformer-{spec.name}",
+        eval_results=validation_results(config, report),
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_str=_template(spec.card_template),
+        config=config,
+        spec=spec,
+        report=asdict(report),
+        hidden_size=config.hidden_size,
+        token_slices={name: [part.start, part.stop] for name, part in config.token_slices.items()},
+        repo_id=repo_id or "path/to/checkpoint",
+        model_name=card_data.model_name,
+    )
+    notices = []
+    if not model.has_analytic_weights() or not report.passed:
+        notices.append(MODIFIED_WEIGHTS_NOTICE.format(passed="passed" if report.passed else "did not pass"))
+    if config.fitted_centroids:
+        notices.append(FITTED_CENTROIDS_NOTICE)
+    if notices:
+        title, _, body = card.text.lstrip("\n").partition("\n")
+        card.text = "\n\n".join([title, *notices]) + "\n" + body
+    return card
+
+
+def _assignment_rule(spec: VariantSpec) -> str:
+    """Which fitted cluster the assignment head gives a point, in words."""
+    if spec.unit_norm:
+        return "most similar (cosine)"
+    if spec.soft_assignment:
+        return "most responsible (largest responsibility or membership)"
+    return "nearest"
+
+
+def _describe_init(init) -> str:
+    if hasattr(init, "__array__"):
+        return "explicit centroids"
+    if callable(init):
+        return f"callable {getattr(init, '__qualname__', 'init')}"
+    return init
+
+
+def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: int = 256) -> ModelCard:
+    """The model card of a fitted [`KMeans`], from `hub_cards/fitted.md`: the fit's settings and results."""
+    config = estimator.model_.config
+    spec = config.variant_spec
+    labels = estimator.labels_
+    names = getattr(estimator, "feature_names_in_", None)
+    column_names = [str(name) for name in names] if names is not None else [f"x{i}" for i in range(config.point_dim)]
+    card_data = ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        tags=["clustering", "k-means", "kmeans-transformer", spec.name, "fitted"],
+        model_name=repo_id or f"kmeans-transformer-{spec.name}-fitted",
+        eval_results=[
+            EvalResult(
+                task_type="clustering",
+                task_name=f"{spec.title} fit",
+                dataset_type="training-data",
+                dataset_name="Training points",
+                dataset_config=f"{len(labels)} points, d={config.point_dim}",
+                metric_type="inertia",
+                metric_name="Inertia (sum of squared distances to the assigned centroid)",
+                metric_value=float(estimator.inertia_),
+            )
+        ],
+    )
+    centers = estimator.cluster_centers_
+    return ModelCard.from_template(
+        card_data,
+        template_str=_template("fitted.md"),
+        model_name=card_data.model_name,
+        repo_id=repo_id or "path/to/checkpoint",
+        variant=spec.name,
+        variant_title=spec.title,
+        variant_parameters={name: getattr(config, name) for name in PARAMETER_NAMES if getattr(config, name) is not None},
+        fitted_state=[f"embeddings.fitted_{name}" for name in spec.state_names],
+        assignment_rule=_assignment_rule(spec),
+        reports_outliers=spec.reports_outliers,
+        n_samples=len(labels),
+        n_features=config.point_dim,
+        n_clusters=config.num_clusters,
+        feature_names=column_names if names is not None else None,
+        init=_describe_init(estimator.init),
+        n_restarts=getattr(estimator, "n_restarts_", "an unrecorded number of"),
+        random_state=estimator.random_state if isinstance(estimator.random_state, int) else "not recorded",
+        n_iter=estimator.n_iter_,
+        max_iter=estimator.max_iter,
+        tol=estimator.tol,
+        inertia=estimator.inertia_,
+        cluster_sizes=np.bincount(labels[labels >= 0], minlength=config.num_clusters).tolist(),
+        outliers=int((labels < 0).sum()),
+        dtype=str(estimator.model_.dtype).removeprefix("torch."),
+        column_names=column_names,
+        centroid_rows=[[f"{value:.6g}" for value in row] for row in centers] if centers.size <= max_table_cells else None,
+    )
+
+
+__all__ = [
+    "FITTED_CENTROIDS_NOTICE",
+    "MODIFIED_WEIGHTS_NOTICE",
+    "render_fitted_card",
+    "render_model_card",
+    "validation_results",
+]
