@@ -74,25 +74,6 @@ def gaussian_mixture(
     return centres[components] + generator.normal(size=(num_points, point_dim))
 
 
-def run_reference(config: KMeansTransformerConfig, points, centroids, *state, **named_state):
-    """
-    The independent NumPy reference of `config`'s variant (`VariantSpec.run_reference`, see
-    `kmeans_transformer.reference`) run for `config.num_iterations` iterations from `centroids`. The carried state
-    (`VariantSpec.state`, e.g. gmm's `variances` and `weights`) is given by name or positionally in the order of the
-    spec; None, or a value left out, is the variant's default. Positional values beyond the variant's state must be
-    None, so that one call passes the same arguments for every variant. `ValueError` for a variant that draws at
-    random (gumbel k-medoids; its selection law is `reference.medoid_probabilities`).
-    """
-    spec = config.variant_spec
-    if any(value is not None for value in state[len(spec.state):]):
-        raise TypeError(f"Variant {spec.name!r} carries the state {list(spec.state_names)}; got {len(state)} values.")
-    given = {**dict(zip(spec.state_names, state)), **named_state}
-    unknown = set(given) - set(spec.state_names)
-    if unknown:
-        raise TypeError(f"Variant {spec.name!r} carries the state {list(spec.state_names)}, not {sorted(unknown)}.")
-    return spec.run_reference(config, points, centroids, **{name: v for name, v in given.items() if v is not None})
-
-
 def layer_trajectory(config: KMeansTransformerConfig, hidden_states, num_points: int) -> dict[str, torch.Tensor]:
     """
     What each layer left in the tokens of problem 0, read off `hidden_states[1:]` through `config.token_slices`:
@@ -206,7 +187,7 @@ def _reference_trajectory(config: KMeansTransformerConfig, points, initial, stat
     `<name>_history` (`variances` -> `variance_history`), the initial values first.
     """
     spec = config.variant_spec
-    result = run_reference(config, points, initial, **state)
+    result = config.variant_spec.run_reference(config, points, initial, **state)
     expected = {
         "labels": np.concatenate([result.label_history, result.labels[None]]),
         "centroids": np.concatenate([result.centroid_history[1:], result.centroids[None]]),
@@ -261,6 +242,5 @@ __all__ = [
     "ValidationReport",
     "gaussian_mixture",
     "layer_trajectory",
-    "run_reference",
     "validate_against_reference",
 ]

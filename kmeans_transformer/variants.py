@@ -299,11 +299,18 @@ class VariantSpec:
         return unit_normalize(points) if self.unit_norm else points
 
     def run_reference(self, config, points, centroids, **state):
-        """The reference run for `config.num_iterations` iterations from `centroids` (and the carried `state`)."""
+        """
+        The reference run for `config.num_iterations` iterations from `centroids` and the carried `state` (by name;
+        a value left out or None is the variant's default).
+        """
         if self.reference is None:
             raise ValueError(f"Variant {self.name!r} ({config.medoid_selection}) has no deterministic reference.")
+        unknown = sorted(name for name, value in state.items() if value is not None and name not in self.state_names)
+        if unknown:
+            raise TypeError(f"Variant {self.name!r} carries the state {list(self.state_names)}, not {unknown}.")
         arguments = [getattr(config, name) for name in self.reference_parameters]
-        return self.reference(points, centroids, config.num_iterations, *arguments, **state)
+        given = {name: value for name, value in state.items() if value is not None}
+        return self.reference(points, centroids, config.num_iterations, *arguments, **given)
 
 
 def _mixture_reference(points, centroids, num_iterations, reg_covar, variances=None, weights=None):

@@ -18,7 +18,6 @@ from sklearn.utils.estimator_checks import check_estimator
 from transformers import AutoModel
 
 from kmeans_transformer import KMeans, KMeansTransformerConfig, KMeansTransformerModel, kmeans_plusplus, reference
-from kmeans_transformer.validation import run_reference
 from conftest import mixture
 
 
@@ -231,7 +230,7 @@ def test_every_variant_follows_its_reference_for_its_iterations(variant, params,
     if variant == "gmm":  # the model's documented defaults: total variance per coordinate, equal weights
         spread = ((X - X.mean(axis=0)) ** 2).sum(axis=1).mean() / X.shape[1]
         extra = {"variances": np.full(4, spread), "weights": np.full(4, 0.25)}
-    expected = run_reference(config, X, init, **extra)
+    expected = config.variant_spec.run_reference(config, X, init, **extra)
     np.testing.assert_allclose(kmeans.cluster_centers_, expected.centroids, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(kmeans.labels_, expected.labels)
     if variant == "trimmed":

@@ -10,7 +10,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from kmeans_transformer import KMeansTransformerConfig
-from kmeans_transformer.validation import layer_trajectory, run_reference
+from kmeans_transformer.validation import layer_trajectory
 from kmeans_transformer.reference import medoid_probabilities
 
 from conftest import make_model, mixture
@@ -49,7 +49,7 @@ def run_both(variant, params, points, initial, T, attention_mask=None):
         extra = {"variances": torch.tensor(variances), "weights": torch.tensor(weights)}
     output = model(torch.tensor(points), torch.tensor(initial), output_hidden_states=True, **extra)
     found = {key: value.numpy() for key, value in layer_trajectory(model.config, output.hidden_states, len(points)).items()}
-    expected = run_reference(model.config, points, initial, variances, weights)
+    expected = model.config.variant_spec.run_reference(model.config, points, initial, variances=variances, weights=weights)
     return output, found, expected
 
 
@@ -144,9 +144,8 @@ def test_padded_batch_equals_each_problem_alone(variant, params, rng):
         extra = {"variances": torch.tensor(np.stack([s[0] for s in starts])), "weights": torch.tensor(np.stack([s[1] for s in starts]))}
     output = model(torch.tensor(batch), torch.tensor(initial), attention_mask=torch.tensor(mask), **extra)
     for b, (points, positions) in enumerate(problems):
-        expected = run_reference(model.config, points, initial[b], *(
-            (extra["variances"][b].numpy(), extra["weights"][b].numpy()) if extra else (None, None)
-        ))
+        state = {name: values[b].numpy() for name, values in extra.items()}
+        expected = model.config.variant_spec.run_reference(model.config, points, initial[b], **state)
         np.testing.assert_array_equal(output.labels[b, positions].numpy(), expected.labels)
         assert (output.labels[b, ~mask[b]] == -1).all()
         np.testing.assert_allclose(output.centroids[b].numpy(), expected.centroids, rtol=1e-10, atol=1e-10 * np.abs(points).max())
