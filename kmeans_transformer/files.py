@@ -1,0 +1,112 @@
+# Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
+"""
+Writing a user's files safely: every output appears complete or not at all, and nothing is overwritten by accident.
+
+- `replacing_file(path)`: write to a temporary name in the destination directory, then rename it into place (an
+  atomic step on POSIX file systems); on any error, or an interrupt, the temporary file is removed and `path` is
+  untouched.
+- `replacing_directory(path)`: the same for a directory of outputs (a checkpoint, a results dataset): it is built
+  under a temporary sibling name, and only when complete does it take `path`'s place; a previous output at `path`
+  (with `overwrite`) is removed only after the new one is complete, so stale files of the old one never survive.
+- `refuse_overlap(output, inputs)`: an output that resolves to an input, contains one or lies inside one, is refused.
+
+A temporary name starts with `.` and ends with `.partial`, so that it is hidden and recognisable; a leftover one (a
+process killed with SIGKILL cannot clean up) is never read as an output, and is replaced by the next run.
+"""
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _temporary_sibling(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
+
+
+def check_new_path(path, overwrite: bool, how: str = "pass --overwrite") -> Path:
+    """
+    `path` as a `Path`, refused (`FileExistsError`) if something exists there and not `overwrite`; a symbolic link,
+    even a dangling one, counts as existing (it is never followed to write elsewhere).
+    """
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path} exists; {how} to replace it.")
+    return path
+
+
+@contextmanager
+def replacing_file(path, overwrite: bool = False, how: str = "pass --overwrite") -> Iterator[Path]:
+    """
+    Yield a temporary path next to `path` to write to; when the block ends without error, rename it to `path`
+    (replacing an existing file only with `overwrite`). On error the temporary file is removed.
+    """
+    path = check_new_path(path, overwrite, how)
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(f"{path} is a directory.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path)
+    try:
+        yield temporary
+        if path.is_symlink():
+            path.unlink()  # replace the link itself, never the file it points to
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+@contextmanager
+def replacing_directory(path, overwrite: bool = False, how: str = "pass --overwrite") -> Iterator[Path]:
+    """
+    Yield an empty temporary directory next to `path` to fill; when the block ends without error, it takes `path`'s
+    place. A previous directory at `path` (allowed only with `overwrite`, or if it is empty) is removed after the
+    new one is complete, so none of its files survive. On error the temporary directory is removed and `path` is
+    untouched.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory.")
+    if path.is_symlink() and not overwrite:
+        raise FileExistsError(f"{path} is a symbolic link; {how} to replace it.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} is not empty; {how} to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path)
+    temporary.mkdir()
+    try:
+        yield temporary
+        previous = None
+        if path.is_symlink():
+            path.unlink()
+        elif path.exists():
+            previous = _temporary_sibling(path)
+            os.replace(path, previous)
+        os.replace(temporary, path)
+        if previous is not None:
+            shutil.rmtree(previous)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+
+
+def refuse_overlap(output, inputs, what: str = "output") -> None:
+    """
+    `ValueError` if `output` resolves to one of `inputs`, lies inside one (an input directory) or contains one: writing
+    it would destroy what it reads.
+    """
+    target = Path(output).resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise ValueError(f"The {what} {output} would overwrite the input {source}; choose another path.")
+
+
+__all__ = ["PARTIAL_SUFFIX", "check_new_path", "refuse_overlap", "replacing_directory", "replacing_file"]
