@@ -7,6 +7,8 @@ says whose it is (`kmeans_hardmax`, ...); the earlier generic names (`hardmax`, 
 configs that name them keep loading.
 """
 
+import math
+
 import torch
 from torch import nn
 
@@ -67,9 +69,20 @@ def hardmax_attention_forward(
     if attention_mask is not None:
         maximisers = maximisers.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
     counts = maximisers.sum(dim=-1, keepdim=True).clamp(min=1)
-    # the sum of the maximisers' values divided by their number: the mean as a sum and one rounding per coordinate
-    output = (torch.matmul(maximisers, value) / counts).transpose(1, 2).contiguous()
+    # the sum of the maximisers' values divided by their number: the mean as a float64 sum and one rounding per coordinate
+    output = maximiser_means(maximisers, value, counts).transpose(1, 2).contiguous()
     return output, maximisers / counts
+
+
+def maximiser_means(maximisers: torch.Tensor, value: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """
+    `(maximisers @ value) / counts` with the sums accumulated in float64 whatever the dtype (a float32 mean of a
+    million equal values keeps its digits), divided in float64 and rounded once to `value`'s dtype. float64 values
+    are summed as they are.
+    """
+    if value.dtype == torch.float64:
+        return torch.matmul(maximisers, value) / counts
+    return (torch.matmul(maximisers.to(torch.float64), value.to(torch.float64)) / counts).to(value.dtype)
 
 
 def chunked_hardmax_attention_forward(
@@ -119,7 +132,7 @@ def chunked_hardmax_attention_forward(
             if mask is not None:
                 maximisers = maximisers.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
             counts = maximisers.sum(dim=-1, keepdim=True).clamp(min=1)
-            outputs.append((torch.matmul(maximisers, value) / counts).transpose(1, 2))
+            outputs.append(maximiser_means(maximisers, value, counts).transpose(1, 2))
     return torch.cat(outputs, dim=1).contiguous(), None
 
 
@@ -130,7 +143,8 @@ def code_sums(
     Per-group, per-code sums `(groups, num_codes, width)` and counts `(groups, num_codes)` of the rows of `values`
     `(groups, rows, width)` whose code (`codes` `(groups, rows)`) is in `[0, num_codes)` and that are visible: the
     compiled `cpu_kernels.segment_sums` where it runs, else an index-add (one bin per (group, code), and a last bin
-    for the rows that match no code).
+    for the rows that match no code). The sums are accumulated and returned in float64 whatever the dtype of
+    `values` (float32 rows are widened a block at a time), so that a float32 mean of many points keeps its digits.
     """
     compiled = segment_sums(values, codes, visible, num_codes)
     if compiled is not None:
@@ -141,9 +155,13 @@ def code_sums(
         matched &= visible
     offsets = torch.arange(groups, device=values.device)[:, None] * num_codes
     bins = torch.where(matched, codes + offsets, groups * num_codes).reshape(-1)
-    sums = values.new_zeros(groups * num_codes + 1, width).index_add_(0, bins, values.reshape(groups * rows, width))[:-1]
+    flat = values.reshape(groups * rows, width)
+    sums = flat.new_zeros(groups * num_codes + 1, width, dtype=torch.float64)
+    block = flat.shape[0] if values.dtype == torch.float64 else max(1, 2**20 // max(1, width))
+    for start in range(0, flat.shape[0], block):
+        sums.index_add_(0, bins[start : start + block], flat[start : start + block].to(torch.float64))
     counts = torch.bincount(bins, minlength=groups * num_codes + 1)[:-1]
-    return sums.reshape(groups, num_codes, width), counts.reshape(groups, num_codes)
+    return sums[:-1].reshape(groups, num_codes, width), counts.reshape(groups, num_codes)
 
 
 def index_hardmax_attention_forward(
@@ -154,9 +172,9 @@ def index_hardmax_attention_forward(
     `(batch, heads, q_len, 1)` and `key` `(batch, heads, kv_len, 1)` hold integer codes (-1 for the zero code), so
     `s_ij = [key_j = query_i]`. `attention_mask` is a key-padding mask broadcastable to `(batch, heads, 1, kv_len)`.
     Query `i`'s maximisers are its matching visible keys, or, when none matches, every visible key (all score 0),
-    and the output is the sum of their values divided by their number (0 when no key is visible): the dense hardmax
-    kernel's output, computed by index-add in `O(kv_len * value_dim)` without the `(q_len, kv_len)` scores. Returns no
-    weights.
+    and the output is the sum of their values (in float64) divided by their number (0 when no key is visible): the
+    dense hardmax kernel's output, computed by index-add in `O(kv_len * value_dim)` without the `(q_len, kv_len)`
+    scores. Returns no weights.
     """
     batch, heads, q_len, _ = query.shape
     kv_len, value_dim = key.shape[-2], value.shape[-1]
@@ -172,13 +190,13 @@ def index_hardmax_attention_forward(
     query_counts = counts.gather(1, safe_codes)
     has_match = (query_counts > 0) & (query_codes >= 0)
     if not bool(has_match.all()):  # an unmatched query averages every visible key (all score 0)
-        weights = torch.ones(groups, kv_len, 1, dtype=value.dtype, device=value.device)
+        weights = torch.ones(groups, kv_len, 1, dtype=torch.float64, device=value.device)
         if visible is not None:
-            weights = visible[..., None].to(value.dtype)
-        all_sums, all_counts = (values * weights).sum(dim=1), weights[..., 0].sum(dim=1).long()
+            weights = visible[..., None].to(torch.float64)
+        all_sums, all_counts = (values.to(torch.float64) * weights).sum(dim=1), weights[..., 0].sum(dim=1).long()
         query_sums = torch.where(has_match[..., None], query_sums, all_sums[:, None])
         query_counts = torch.where(has_match, query_counts, all_counts[:, None])
-    output = query_sums / query_counts.clamp(min=1).to(value.dtype)[..., None]
+    output = (query_sums / query_counts.clamp(min=1).to(torch.float64)[..., None]).to(value.dtype)
     return output.reshape(batch, heads, q_len, value_dim).transpose(1, 2).contiguous(), None
 
 
@@ -345,6 +363,68 @@ def gaussian_log_density_key(key: torch.Tensor) -> torch.Tensor:
 
 
 def unit_normalize(vectors: torch.Tensor) -> torch.Tensor:
-    """`x / |x|` along the last dimension; the zero vector stays 0."""
+    """
+    `x / |x|` along the last dimension; the zero vector stays 0. A vector whose largest `|coordinate|` lies outside
+    the safe range of its dtype (`safe_magnitude_exponents`), where `|x|^2` would overflow or underflow, is first
+    multiplied by a power of two (exact) that brings that coordinate into `[1/2, 1)`: any finite non-zero vector has
+    a direction. When every norm shows its vector inside the range, the vectors are divided by their norms as they
+    are.
+    """
     norms = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+    low, high = safe_magnitude_exponents(vectors.dtype, vectors.shape[-1])
+    suspect = (norms > 2.0**high) | ((norms > 0) & (norms < 2.0**low * math.sqrt(vectors.shape[-1])))
+    if bool((norms == 0).any()):  # all zero, or squares that all underflow
+        suspect |= (norms == 0) & (vectors != 0).any(dim=-1, keepdim=True)
+    if bool(suspect.any()):
+        detached = vectors.detach()
+        magnitudes = torch.maximum(detached.amax(dim=-1, keepdim=True), -detached.amin(dim=-1, keepdim=True))
+        vectors = times_power_of_two(vectors, -rescaling_exponents(magnitudes, vectors.shape[-1]))
+        norms = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
     return vectors / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The numeric range: squared distances are computed without overflow or harmful underflow when the data's largest
+# |coordinate| m lies in a range of the dtype; data outside it is multiplied by a power of two, which is exact.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def safe_magnitude_exponents(dtype: torch.dtype, terms: int) -> tuple[int, int]:
+    """
+    `(low, high)`: data whose largest `|coordinate|` m satisfies `2**low <= m <= 2**high` has squared distances and
+    sums of `terms` squares (`16 * terms * m^2`) below the largest finite number of `dtype`, and squares of its
+    significant differences (`eps * m^2`) in the normal range (no precision lost to underflow). float32: `low = -51`
+    (about 4.4e-16), `high` about `62 - log2(terms) / 2`; float64: `low = -485` (about 1e-146), `high` about
+    `510 - log2(terms) / 2`.
+    """
+    info = torch.finfo(dtype)
+    max_exponent, tiny_exponent = math.frexp(info.max)[1], math.frexp(info.tiny)[1] - 1
+    low = math.ceil((tiny_exponent - math.log2(info.eps)) / 2)
+    high = math.floor((max_exponent - 4 - math.log2(max(terms, 1))) / 2)
+    return low, high
+
+
+def rescaling_exponents(magnitudes: torch.Tensor, terms: int) -> torch.LongTensor:
+    """
+    For each magnitude m (a largest `|coordinate|`): 0 when m is 0 or inside the safe range (`safe_magnitude_exponents`),
+    else the exponent `e` with `m` in `[2**(e - 1), 2**e)`, so that `m * 2**-e` lies in `[1/2, 1)`.
+    """
+    low, high = safe_magnitude_exponents(magnitudes.dtype, terms)
+    outside = (magnitudes > 0) & ((magnitudes < 2.0**low) | (magnitudes > 2.0**high))
+    return torch.where(outside, torch.frexp(magnitudes).exponent.to(torch.int64), 0)
+
+
+def times_power_of_two(values: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """
+    `values * 2**exponents` (integer `exponents` broadcastable to `values`), in steps whose factors are normal
+    numbers of the dtype, so every step is exact except where the result itself overflows or falls below the normal
+    range.
+    """
+    info = torch.finfo(values.dtype)
+    limit = min(math.frexp(info.max)[1] - 1, -(math.frexp(info.tiny)[1] - 1))
+    remaining = exponents.to(device=values.device, dtype=torch.int64)
+    while bool((remaining != 0).any()):
+        step = remaining.clamp(-limit, limit)
+        values = values * torch.exp2(step.to(values.dtype))
+        remaining = remaining - step
+    return values

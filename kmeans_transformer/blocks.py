@@ -91,6 +91,12 @@ class KMeansTransformerAttention(nn.Module):
             "o_proj": (torch.eye(width), None),
         }
 
+    @classmethod
+    def parameter_count(cls, config: KMeansTransformerConfig) -> int:
+        """The number of weights this block holds for `config`, from the shapes alone (nothing is allocated)."""
+        width, head_dim = config.hidden_size, cls.query_key_dim(config)
+        return 2 * head_dim * width + 2 * width * width + head_dim * cls.query_bias + width * cls.value_bias
+
     def prepare_query_key(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return query, key
 
@@ -371,6 +377,10 @@ class KMeansTransformerTrimGate(nn.Module):
         tag_analytic(self, "distance_proj")
 
     @staticmethod
+    def parameter_count(config: KMeansTransformerConfig) -> int:
+        return config.point_dim * config.hidden_size
+
+    @staticmethod
     def analytic_projections(config: KMeansTransformerConfig) -> dict[str, tuple[torch.Tensor, None]]:
         slices = config.token_slices
         weight = torch.zeros(config.point_dim, config.hidden_size)
@@ -508,19 +518,20 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         """
         if not self.sums_over_points:
             raise NotImplementedError(f"{type(self).__name__}'s update is not a function of sums over the points.")
-        sums, counts = code_sums(values, assignment, None, self.config.num_clusters)
+        sums, counts = code_sums(values, assignment, None, self.config.num_clusters)  # float64 sums
         return torch.cat([sums[..., :-1], counts[..., None].to(sums.dtype)], dim=-1)
 
     def finalize(self, statistics: torch.Tensor, parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """
         The new parameters from summed `statistics` and the entering `parameters` (`{"centroids": (batch, k, d)}`):
         `c_j = numerator_j / denominator_j`, or the entering `c_j` when the denominator is 0 (an empty cluster, whose
-        only maximiser in the update block is its own token).
+        only maximiser in the update block is its own token). The quotient is taken in the statistics' dtype (float64
+        from `accumulate`) and rounded once to the centroids' dtype.
         """
         numerators, denominators = statistics[..., :-1], statistics[..., -1:]
         safe = torch.where(denominators > 0, denominators, torch.ones_like(denominators))
         centroids = torch.where(denominators > 0, numerators / safe, parameters["centroids"])
-        return {**parameters, "centroids": centroids}
+        return {**parameters, "centroids": centroids.to(parameters["centroids"].dtype)}
 
 
 class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
@@ -680,10 +691,13 @@ class KMeansTransformerCentroidNorm(nn.Module):
         self.config = config
 
     @staticmethod
+    def parameter_count(config: KMeansTransformerConfig) -> int:
+        return 0
+
+    @staticmethod
     def normalize(mean: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """`m_j / |m_j|`, or `previous` where `m_j = 0`."""
-        norm = torch.linalg.vector_norm(mean, dim=-1, keepdim=True)
-        return torch.where(norm > 0, unit_normalize(mean), previous)
+        """`m_j / |m_j|`, or `previous` where `m_j = 0` (every coordinate 0: a tiny mean still has a direction)."""
+        return torch.where((mean != 0).any(dim=-1, keepdim=True), unit_normalize(mean), previous)
 
     def finalize(self, parameters: dict[str, torch.Tensor], previous: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This block on the statistics path: the update's means normalised, `previous` where a mean is 0."""
@@ -710,6 +724,10 @@ class KMeansTransformerMixtureMStep(nn.Module):
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
         self.config = config
+
+    @staticmethod
+    def parameter_count(config: KMeansTransformerConfig) -> int:
+        return 0
 
     def finalize(self, parameters: dict[str, torch.Tensor], previous: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """On the statistics path the update's `finalize` has applied the M-step (`mixture_parameters`) already."""

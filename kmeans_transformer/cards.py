@@ -6,6 +6,7 @@ estimator's from `hub_cards/fitted.md`; titles, parameters and capabilities come
 `validation.ValidationReport`, in the text and in the card's `model-index` metadata.
 """
 
+import numbers
 from dataclasses import asdict
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -122,6 +123,13 @@ def _describe_init(init) -> str:
     return init
 
 
+def _recorded_seed(random_state):
+    """An integer seed (a NumPy integer from a parameter grid included) as a Python int; else "not recorded"."""
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, (bool, np.bool_)):
+        return int(random_state)
+    return "not recorded"
+
+
 def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: int = 256) -> ModelCard:
     """The model card of a fitted [`KMeans`], from `hub_cards/fitted.md`: the fit's settings and results."""
     config = estimator.model_.config
@@ -165,7 +173,7 @@ def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: i
         feature_names=column_names if names is not None else None,
         init=_describe_init(estimator.init),
         n_restarts=getattr(estimator, "n_restarts_", "an unrecorded number of"),
-        random_state=estimator.random_state if isinstance(estimator.random_state, int) else "not recorded",
+        random_state=_recorded_seed(estimator.random_state),
         n_iter=estimator.n_iter_,
         max_iter=estimator.max_iter,
         tol=estimator.tol,

@@ -1,22 +1,28 @@
 """The `kmeans-transformer` command: `demo`, `convert`, `cluster`, `infer`, `push` and `zoo`."""
 
 import argparse
+import signal
 import sys
 import time
 import warnings
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .convert import build_model, check_checkpoint_directory, convert_checkpoint
+from .convert import build_model, convert_checkpoint
 from .validation import ValidationError, gaussian_mixture
 from .hub import HubError
 from .modeling_kmeans_transformer import DTYPES
 from .plotting import MissingDependencyError
+from .points import ProcessGroupError
 from .reference import lloyd
 from .variants import PARAMETER_NAMES, PARAMETERS, VARIANT_NAMES, VARIANTS
+
+
+DEFAULT_TIMEOUT = 300.0  # seconds a process waits for the others in a collective (infer --timeout)
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +123,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                      "(default: 1e-4); 0: exact convergence only")
     fit.add_argument("--random-state", type=int, metavar="SEED", help="seed of the initialisation (default: a new draw)")
     fit.add_argument("--dtype", choices=list(DTYPES), help="arithmetic (default: float64)")
-    fit.add_argument("--device", metavar="DEV", help="torch device such as cpu or cuda (default: cpu)")
+    fit.add_argument("--device", metavar="DEV", help="torch device such as cpu or cuda (default: cpu); it must hold "
+                     "data (not meta)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     io = parser.add_argument_group("columns and outputs")
     io.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column); a column "
@@ -127,7 +134,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                     "_centroids + OUT's suffix)")
     io.add_argument("--plot", metavar="FIG.png", help="draw the clusters and the centroids' paths (needs matplotlib)")
     io.add_argument("--save-model", metavar="DIR", help="save the fitted estimator as a Hugging Face checkpoint")
-    io.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    io.add_argument("--overwrite", action="store_true", help="replace existing outputs, each whole, once every new one "
+                    "is complete (a directory given to --save-model only if it holds a checkpoint)")
 
 
 def _n_init(value: str):
@@ -151,34 +159,73 @@ def _columns(value: str | None) -> list[str] | None:
     return names
 
 
-def _check_outputs(args: argparse.Namespace) -> dict[str, Path]:
-    """Every output path, checked before any work: suffixes, nothing to overwrite without --overwrite, no two alike."""
-    from .plotting import check_plot_path
-    from .tabular import OUTPUT_SUFFIXES, check_output_path
+_FLAGS = {"output": "--output", "centroids": "--centroids", "plot": "--plot", "model": "--save-model"}
+_DIRECTORY_OUTPUTS = ("model",)
 
-    output = check_output_path(args.output, OUTPUT_SUFFIXES, args.overwrite, what="--output")
+
+def _check_outputs(args: argparse.Namespace) -> dict[str, Path]:
+    """
+    Every output path, checked before any work: suffixes, nothing to overwrite without --overwrite (a symbolic link
+    counts as existing), a writable place, no two alike or one inside another, none that is, holds or lies inside
+    the input.
+    """
+    from .convert import check_checkpoint_output
+    from .plotting import check_plot_path
+    from .tabular import OUTPUT_SUFFIXES, check_output_path, check_writable_parent
+
+    output = Path(args.output)
     centroids = args.centroids or output.with_name(f"{output.stem}_centroids{output.suffix}")
-    centroids = check_output_path(centroids, OUTPUT_SUFFIXES, args.overwrite, what="--centroids")
-    outputs = {"output": output, "centroids": centroids}
-    if args.plot is not None:
-        outputs["plot"] = check_plot_path(args.plot, args.overwrite)
-    if args.save_model is not None:
-        outputs["model"] = check_checkpoint_directory(args.save_model, args.overwrite)
-    flags = {"output": "--output", "centroids": "--centroids", "plot": "--plot", "model": "--save-model"}
-    seen = {}
-    for name, path in outputs.items():
-        key = path.resolve()
-        if key in seen:
-            raise ValueError(f"{flags[seen[key]]} and {flags[name]} name the same path: {path}.")
-        seen[key] = name
+    paths = {"output": output, "centroids": centroids, "plot": args.plot, "model": args.save_model}
+    paths = {name: Path(path) for name, path in paths.items() if path is not None}
+    _refuse_overlaps({_FLAGS[name]: path for name, path in paths.items()}, [args.input])
+    outputs = {name: check_output_path(paths[name], OUTPUT_SUFFIXES, args.overwrite, what=_FLAGS[name])
+               for name in ("output", "centroids")}
+    if "plot" in paths:
+        outputs["plot"] = check_plot_path(paths["plot"], args.overwrite)
+    if "model" in paths:  # replaced whole with --overwrite: only a directory of a checkpoint's files
+        outputs["model"] = check_checkpoint_output(paths["model"], args.overwrite)
+        check_writable_parent(paths["model"])
     return outputs
+
+
+def _refuse_overlaps(outputs: dict[str, Path], inputs: list) -> None:
+    """
+    A `ValueError` if an output (by its flag) resolves to, holds or lies inside an input (`files.refuse_overlap`), or
+    another output: writing one would destroy the other.
+    """
+    from .files import refuse_overlap
+
+    for flag, path in outputs.items():
+        refuse_overlap(path, inputs, what=flag)
+    resolved = {flag: Path(path).resolve() for flag, path in outputs.items()}
+    for position, (flag, path) in enumerate(resolved.items()):
+        for other, other_path in list(resolved.items())[:position]:
+            if path == other_path:
+                raise ValueError(f"{other} and {flag} name the same path: {outputs[flag]}.")
+            if other_path in path.parents or path in other_path.parents:
+                raise ValueError(
+                    f"{other} and {flag} overlap: {outputs[other]} and {outputs[flag]}, one inside the other."
+                )
+
+
+def _check_device(name: str | None) -> None:
+    """`--device`: a torch device that is available and holds data (the meta device holds none)."""
+    from .estimator import check_device
+
+    device = check_device(name)
+    try:
+        torch.zeros(1, device=device).cpu()
+    except (RuntimeError, NotImplementedError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"device {str(device)!r} cannot hold the data ({reason}); use cpu or an accelerator such as "
+                         "cuda.") from error
 
 
 def run_cluster(args: argparse.Namespace) -> None:
     """Cluster the rows of a table; write them with their labels, the centroids and, if asked, a plot and the model."""
-    from .estimator import KMeans, check_device
-    from .plotting import plot_estimator, save_figure
-    from .tabular import read_points, write_table
+    from .estimator import KMeans
+    from .plotting import plot_estimator
+    from .tabular import read_points
 
     start = time.perf_counter()
     if args.n_clusters < 1:
@@ -186,7 +233,7 @@ def run_cluster(args: argparse.Namespace) -> None:
     n_init, columns = _n_init(args.n_init), _columns(args.columns)
     if not args.label_column:
         raise ValueError("--label-column must not be empty.")
-    check_device(args.device)
+    _check_device(args.device)
     outputs = _check_outputs(args)
 
     table, X, feature_names = read_points(args.input, columns)
@@ -221,21 +268,36 @@ def run_cluster(args: argparse.Namespace) -> None:
     for warning in caught:
         print(f"kmeans-transformer cluster: warning: {' '.join(str(warning.message).split())}", file=sys.stderr)
 
-    labels = np.asarray(estimator.labels_, dtype=np.int64)
     labelled = table.copy()
-    labelled[args.label_column] = labels
+    labelled[args.label_column] = np.asarray(estimator.labels_, dtype=np.int64)
     centroids = pd.DataFrame(estimator.cluster_centers_, columns=feature_names)
     centroids.insert(0, "cluster", np.arange(args.n_clusters))
     figure = plot_estimator(estimator, points) if "plot" in outputs else None
-
-    write_table(labelled, outputs["output"], overwrite=args.overwrite)
-    write_table(centroids, outputs["centroids"], overwrite=args.overwrite)
-    if figure is not None:
-        save_figure(figure, outputs["plot"], overwrite=args.overwrite)
-    if "model" in outputs:
-        estimator.save_pretrained(outputs["model"], overwrite=args.overwrite)
+    _write_cluster_outputs(outputs, args.overwrite, labelled, centroids, figure, estimator)
 
     _print_cluster_summary(args, estimator, feature_names, outputs, fit_seconds, time.perf_counter() - start)
+
+
+def _write_cluster_outputs(outputs: dict[str, Path], overwrite: bool, labelled, centroids, figure, estimator) -> None:
+    """
+    Every output is written under its temporary name first (`files.replacing_file`, `replacing_directory`); they are
+    renamed into place together, once every one is complete: a late failure (the model, the plot, a full disk) or an
+    interrupt leaves the previous outputs, or none.
+    """
+    from .files import replacing_directory, replacing_file
+    from .plotting import write_png
+    from .tabular import write_table_file
+
+    writers = {
+        "output": lambda file: write_table_file(labelled, file, outputs["output"].suffix),
+        "centroids": lambda file: write_table_file(centroids, file, outputs["centroids"].suffix),
+        "plot": lambda file: write_png(figure, file),
+        "model": lambda directory: estimator.save_pretrained(directory),
+    }
+    with ExitStack() as stack:
+        for name, path in outputs.items():
+            replacing = replacing_directory if name in _DIRECTORY_OUTPUTS else replacing_file
+            writers[name](stack.enter_context(replacing(path, overwrite)))
 
 
 def _print_cluster_summary(args, estimator, feature_names, outputs, fit_seconds: float, seconds: float) -> None:
@@ -289,8 +351,13 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
                         "list-valued column such as an embedding counts as its coordinates)")
     points.add_argument("--chunk-size", type=int, default=65536, help="points read and assigned at a time (default: 65536)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is available")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="several processes: "
+                        "how long a process waits for the others in a collective operation; a process that failed, "
+                        "was stopped or lost ends the run with an error after this time "
+                        f"(default: {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output, whole, once the new one "
+                        "is complete")
 
 
 def _load_model(name: str):
@@ -306,37 +373,27 @@ def _load_model(name: str):
         raise ValueError(f"cannot load the model {name!r}: {reason}") from error
 
 
-def _write_points_result(result, output: Path, args: argparse.Namespace) -> None:
-    """Points mode's results next to the labels: `centroids.parquet` (cluster, coordinates, size) and `summary.json`."""
-    import json
+def _check_infer_output(args: argparse.Namespace) -> Path:
+    """--output, checked before any work (as `_check_outputs` for cluster), against the dataset and the model."""
+    from .points import is_points_output
+    from .problems import check_problem_results_path
+    from .tabular import check_output_directory
 
-    output.mkdir(parents=True, exist_ok=True)
-    centroids = pd.DataFrame(result.centroids, columns=[f"x{i}" for i in range(result.centroids.shape[1])])
-    centroids.insert(0, "cluster", np.arange(len(centroids)))
-    centroids["size"] = np.asarray(result.cluster_sizes, dtype=np.int64)
-    centroids.to_parquet(output / "centroids.parquet", index=False)
-    summary = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "num_points": int(result.num_points),
-        "num_clusters": len(centroids),
-        "num_iterations": int(result.num_iterations),
-        "inertia": float(result.inertia),
-    }
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    inputs = [args.dataset] + ([args.model] if Path(args.model).exists() else [])
+    _refuse_overlaps({"--output": Path(args.output)}, inputs)
+    if args.mode == "points":
+        kind = "a points-mode output (centroids.parquet, summary.json, labels/)"
+        return check_output_directory(args.output, args.overwrite, is_points_output, kind)
+    return check_problem_results_path(args.output, args.overwrite)
 
 
 def run_infer(args: argparse.Namespace) -> None:
     """Run a checkpoint on a dataset under Accelerate: many problems (one per row), or one problem of many rows."""
-    from accelerate import Accelerator
-
     if args.batch_size < 1 or args.chunk_size < 1:
         raise ValueError("--batch-size and --chunk-size must be >= 1.")
-    output = Path(args.output)
-    if args.mode == "points":
-        check_checkpoint_directory(output, args.overwrite)  # a results directory: refused if not empty
-    elif output.exists() and not args.overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
+    if not 0 < args.timeout < float("inf"):
+        raise ValueError(f"--timeout must be > 0 seconds, not {args.timeout:g}.")
+    output = _check_infer_output(args)
     if args.no_progress:
         import datasets
         from transformers.utils import logging as transformers_logging
@@ -344,43 +401,73 @@ def run_infer(args: argparse.Namespace) -> None:
         datasets.disable_progress_bars()
         transformers_logging.disable_progress_bar()
     model = _load_model(args.model)
-    accelerator = Accelerator(cpu=args.cpu)
+    accelerator = _accelerator(args)
+    try:
+        run = _infer_points if args.mode == "points" else _infer_problems
+        run(args, model, accelerator, output)
+    finally:
+        # without this, a process whose peer stopped answering aborts at exit ("terminate called ...")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _accelerator(args: argparse.Namespace):
+    """The `Accelerator`, its process group (gloo or NCCL, when launched on several processes) with `--timeout`."""
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=args.timeout))
+    return Accelerator(cpu=args.cpu, kwargs_handlers=[timeout])
+
+
+def _infer_problems(args: argparse.Namespace, model, accelerator, output: Path) -> None:
+    from .problems import infer_problems, load_problems, write_problem_results
+
     start = time.perf_counter()
-    if args.mode == "problems":
-        from .problems import infer_problems, load_problems, write_problem_results
-
-        results = infer_problems(
-            model,
-            load_problems(args.dataset),
-            points_column=args.points_column,
-            centroids_column=args.centroids_column,
-            batch_size=args.batch_size,
-            num_iterations=args.num_iterations,
-            accelerator=accelerator,
-            progress=not args.no_progress,
-        )
-        if accelerator.is_main_process:
-            write_problem_results(results, output, overwrite=args.overwrite)
-            print(
-                f"clustered {len(results)} problems of {args.dataset} on {accelerator.num_processes} process(es) "
-                f"({accelerator.device}) in {time.perf_counter() - start:.2f} s; wrote {output}"
-            )
-        return
-
-    from .points import cluster_points
-
-    result = cluster_points(
+    results = infer_problems(
         model,
-        args.dataset,
-        columns=_columns(args.columns),
-        chunk_size=args.chunk_size,
+        load_problems(args.dataset),
+        points_column=args.points_column,
+        centroids_column=args.centroids_column,
+        batch_size=args.batch_size,
         num_iterations=args.num_iterations,
         accelerator=accelerator,
         progress=not args.no_progress,
-        labels_output=output / "labels",
     )
     if accelerator.is_main_process:
-        _write_points_result(result, output, args)
+        write_problem_results(results, output, overwrite=args.overwrite)
+        print(
+            f"clustered {len(results)} problems of {args.dataset} on {accelerator.num_processes} process(es) "
+            f"({accelerator.device}) in {time.perf_counter() - start:.2f} s; wrote {output}"
+        )
+
+
+def _infer_points(args: argparse.Namespace, model, accelerator, output: Path) -> None:
+    """
+    Points mode: the output directory is built whole under a temporary name (`points.shared_output_directory`: process
+    0 creates it, every process writes its labels into it, process 0 writes the centroids and `summary.json` last),
+    and takes `output`'s place only when complete.
+    """
+    from .points import cluster_points, shared_output_directory, write_points_output
+
+    start = time.perf_counter()
+    model = model.to(accelerator.device)
+    with shared_output_directory(output, args.overwrite, accelerator) as directory:
+        result = cluster_points(
+            model,
+            args.dataset,
+            columns=_columns(args.columns),
+            chunk_size=args.chunk_size,
+            num_iterations=args.num_iterations,
+            accelerator=accelerator,
+            progress=not args.no_progress,
+            labels_output=directory / "labels",
+        )
+        if accelerator.is_main_process:
+            write_points_output(result, directory, accelerator.num_processes, model=args.model, dataset=args.dataset)
+    if accelerator.is_main_process:
         print(
             f"clustered {result.num_points} points of {args.dataset} into {len(result.centroids)} clusters on "
             f"{accelerator.num_processes} process(es) ({accelerator.device}): {result.num_iterations} iterations, "
@@ -486,8 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="cluster the rows of a table (CSV, Parquet, .npy, datasets directory) and write their labels",
         description="Cluster the rows of INPUT with the k-means transformer and write them to OUT with a label column "
         "(-1 for outliers of the trimmed variant), the centroids to a second table and, if asked, a plot and the "
-        "fitted model. Every output is checked first: if one exists (without --overwrite), nothing is fitted or "
-        "written.",
+        "fitted model. Every output is checked first: if one exists (without --overwrite) or would overwrite the "
+        "input, nothing is fitted or written. Outputs are written under temporary names and renamed into place "
+        "together, once all are complete: an interrupt or an error leaves the previous ones.",
     )
     add_cluster_arguments(cluster)
     cluster.set_defaults(run=run_cluster)
@@ -498,7 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
         "torchrun --nproc_per_node N -m kmeans_transformer.cli infer ..., or accelerate launch). Problems mode: each "
         "row is a problem; the results (labels, centroids, inertia per row, in input order) go to a Parquet file or a "
         "datasets directory. Points mode: the rows are the points of one problem, read in chunks; each process "
-        "handles its shard and the update's sums are all-reduced.",
+        "handles its shard and the update's sums are all-reduced. The output appears complete or not at all (built "
+        "under a temporary name, renamed into place); a process that fails or stops answering ends the run after "
+        "--timeout seconds, every process with a one-line error.",
     )
     add_infer_arguments(infer)
     infer.set_defaults(run=run_infer)
@@ -520,14 +610,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the command reports as one line (exit status 2); anything else is a bug and keeps its traceback.
+_ERRORS = (ValueError, TypeError, OSError, ValidationError, MissingDependencyError, HubError, ProcessGroupError)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised like SIGINT's KeyboardInterrupt so that temporary outputs are removed on the way out."""
+
+
+@contextmanager
+def _signals_raise():
+    """
+    While the command runs, SIGTERM (`kill`; what torchrun sends the other workers when one fails) raises, as SIGINT
+    does. Yields `leaving()`, which ignores both from then on: the command is reporting its error and exiting.
+    """
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    def leaving() -> None:
+        if previous:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    try:
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+        signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave the handlers alone
+        previous = {}
+    try:
+        yield leaving
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler not installed from Python, which cannot be restored
+                signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, TypeError, OSError, ValidationError, MissingDependencyError, HubError) as error:
-        print(f"kmeans-transformer {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    with _signals_raise() as leaving:
+        try:
+            args.run(args)
+        except _ERRORS as error:
+            leaving()
+            print(f"kmeans-transformer {args.command}: error: {error}", file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, _Terminated) as interrupt:
+            leaving()
+            signum = signal.SIGINT if isinstance(interrupt, KeyboardInterrupt) else signal.SIGTERM
+            print(f"kmeans-transformer {args.command}: error: interrupted ({signum.name}); no output was left "
+                  "half-written", file=sys.stderr)
+            return 128 + signum
     return 0
 
 

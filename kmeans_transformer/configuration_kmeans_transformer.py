@@ -1,11 +1,32 @@
 # Copyright 2026 The kmeans-transformer Authors. Licensed under the Apache License, Version 2.0.
 """Configuration of the exact k-means transformer and its variants."""
 
+import os
 from typing import ClassVar
 
+import torch
+
 from transformers.configuration_utils import PreTrainedConfig
+from transformers.utils import logging
 
 from .variants import PARAMETER_NAMES, VariantSpec, get_variant
+
+
+logger = logging.get_logger(__name__)
+
+# Bounds on what a config may ask for (a config.json is untrusted input): beyond them building or running the model
+# would take minutes or exhaust memory. `KMEANS_TRANSFORMER_TRUST_LARGE_CONFIG=1` in the environment lifts them.
+TRUST_LARGE_CONFIG_VARIABLE = "KMEANS_TRANSFORMER_TRUST_LARGE_CONFIG"
+MAX_ITERATIONS = 10_000
+MAX_SEPARATE_LAYERS = 1_000
+MAX_PARAMETER_BYTES = 2**31
+# Keys derived from the fields (read-only properties): accepted when they agree with the fields, refused otherwise.
+DERIVED_KEYS = ("hidden_size",)
+# Keys besides the fields that transformers itself writes into or reads from a config.
+TRANSFORMERS_KEYS = frozenset({
+    "auto_map", "model_type", "name_or_path", "_name_or_path", "_commit_hash", "torch_dtype", "num_labels",
+    "output_attentions", "attn_implementation", "experts_implementation", "per_layer_config",
+})
 
 
 class KMeansTransformerConfig(PreTrainedConfig):
@@ -32,10 +53,12 @@ class KMeansTransformerConfig(PreTrainedConfig):
             Dimension `d` of the points.
         num_iterations (`int`, *optional*, defaults to 10):
             Number of layers `T`, one clustering iteration each (alias `num_hidden_layers`). May be 0: the model then
-            only assigns points to the given centroids.
+            only assigns points to the given centroids. At most `MAX_ITERATIONS` (10,000); `forward` may be asked
+            for more.
         share_layers (`bool`, *optional*, defaults to `True`):
             If `True`, one layer's weights are looped `num_iterations` times, and `forward` accepts another
-            `num_iterations`; if `False`, the model holds `num_iterations` separate layers.
+            `num_iterations`; if `False`, the model holds `num_iterations` separate layers (at most
+            `MAX_SEPARATE_LAYERS`, 1,000: each takes time to build).
         variant (`str`, *optional*, defaults to `"lloyd"`):
             The clustering algorithm the analytic weights realise: `"lloyd"` (k-means), `"soft"` (soft k-means),
             `"spherical"` (cosine k-means), `"trimmed"` (trimmed k-means), `"sparse"` (robust sparsemax update),
@@ -77,6 +100,14 @@ class KMeansTransformerConfig(PreTrainedConfig):
             `score_chunk_size // (batch_size * num_clusters)` rows). Defaults to `2**22` on the CPU (16 MiB in
             float32) and `2**28` on accelerators (1 GiB), where fewer, larger blocks keep the device busy.
 
+    Bounds. A config may come from an untrusted `config.json`, so values that would take minutes to build or run,
+    or exhaust memory, are refused (`ValueError`) before anything is allocated: `num_iterations` above
+    `MAX_ITERATIONS` (10,000), more than `MAX_SEPARATE_LAYERS` (1,000) separate layers, and a model whose weights
+    would take more than `MAX_PARAMETER_BYTES` (2 GiB; every projection is `hidden_size x hidden_size`, about
+    `15 * hidden_size^2` weights, so `num_clusters` of about 6,000 and more). Set the environment variable
+    `KMEANS_TRANSFORMER_TRUST_LARGE_CONFIG=1` to lift these bounds for a config you trust. Keys the config derives
+    (`hidden_size`) are accepted only when they agree with the fields; `dtype` must name a floating-point torch dtype.
+
     Example:
 
     ```python
@@ -108,8 +139,23 @@ class KMeansTransformerConfig(PreTrainedConfig):
     score_chunk_size: int | None = None
 
     def __post_init__(self, **kwargs):
+        derived = {name: kwargs.pop(name) for name in DERIVED_KEYS if name in kwargs}
+        for name in kwargs:
+            attribute = getattr(type(self), name, None)
+            if callable(attribute) or (isinstance(attribute, property) and attribute.fset is None):
+                raise ValueError(f"`{name}` is not a field of {type(self).__name__}: it cannot be set.")
+        unknown = sorted(name for name in kwargs if name not in TRANSFORMERS_KEYS and not hasattr(type(self), name))
+        if unknown:
+            logger.warning(f"{type(self).__name__}: the keys {unknown} are not fields; kept, but nothing reads them.")
+        _check_dtype(self.dtype if self.dtype is not None else kwargs.get("torch_dtype"))
         super().__post_init__(**kwargs)
         self.validate_kmeans()
+        for name, value in derived.items():
+            if value != getattr(self, name):
+                raise ValueError(
+                    f"`{name}`={value!r} disagrees with the config: it is derived from the other fields, and is "
+                    f"{getattr(self, name)} here (leave it out)."
+                )
 
     def validate_kmeans(self):
         """
@@ -128,6 +174,36 @@ class KMeansTransformerConfig(PreTrainedConfig):
         values = get_variant(self.variant).resolve_parameters({name: getattr(self, name) for name in PARAMETER_NAMES})
         for name, value in values.items():
             setattr(self, name, value)
+        self.check_size()
+
+    def check_size(self) -> None:
+        """
+        Refuse (`ValueError`) a config beyond the bounds of the class docstring, before anything is built: the
+        message gives the number of bytes the weights would need. `KMEANS_TRANSFORMER_TRUST_LARGE_CONFIG=1` lifts it.
+        """
+        if os.environ.get(TRUST_LARGE_CONFIG_VARIABLE, "") == "1":
+            return
+        escape = f"set {TRUST_LARGE_CONFIG_VARIABLE}=1 to build it anyway"
+        if not self.share_layers and self.num_iterations > MAX_SEPARATE_LAYERS:
+            raise ValueError(
+                f"{self.num_iterations} separate layers (share_layers=False) is above the bound {MAX_SEPARATE_LAYERS}; "
+                f"use share_layers=True (one layer looped), or {escape}."
+            )
+        if self.num_iterations > MAX_ITERATIONS:
+            raise ValueError(
+                f"`num_iterations`={self.num_iterations} is above the bound {MAX_ITERATIONS}; pass a larger "
+                f"`num_iterations` to `forward` (shared layers) if you mean it, or {escape}."
+            )
+        count = self.variant_spec.parameter_count(self)
+        itemsize = max(4, self.dtype.itemsize if isinstance(self.dtype, torch.dtype) else 4)
+        if count * itemsize > MAX_PARAMETER_BYTES:
+            raise ValueError(
+                f"This model would hold {count:,} weights ({count * itemsize:,} bytes at {itemsize} bytes each, twice "
+                f"that while it runs; hidden_size={self.hidden_size}), above the bound of {MAX_PARAMETER_BYTES:,} "
+                f"bytes: every projection is hidden_size x hidden_size with hidden_size = 2 * point_dim + "
+                f"num_clusters + 1 and more. Use fewer clusters, or for this many a k-means that holds no weights "
+                f"(`kmeans_transformer.reference.lloyd`, scikit-learn's `KMeans`), or {escape}."
+            )
 
     @property
     def variant_spec(self) -> VariantSpec:
@@ -154,6 +230,15 @@ class KMeansTransformerConfig(PreTrainedConfig):
     def hidden_size(self) -> int:
         """Width of every token: `2 * point_dim + num_clusters + 1` plus the variant's own slots."""
         return max(s.stop for s in self.token_slices.values())
+
+
+def _check_dtype(value) -> None:
+    """`dtype` (or `torch_dtype`) of a config: None, or a floating-point torch dtype or its name."""
+    if value is None:
+        return
+    candidate = getattr(torch, value, None) if isinstance(value, str) else value
+    if not isinstance(candidate, torch.dtype) or not candidate.is_floating_point:
+        raise ValueError(f"`dtype` must name a floating-point torch dtype ('float32', 'float64', ...), got {value!r}.")
 
 
 __all__ = ["KMeansTransformerConfig"]

@@ -11,20 +11,33 @@ PyTorch code, with the same labels up to the rounding of the scores, and less sp
   `nearest_values(query, key, values)` returns each row's maximiser's value row instead.
 - `segment_sums(values, codes, visible, num_codes)`: per group, `sums[j] = Σ_{i visible, code_i = j} values_i` and
   the counts. Rows are summed in order within fixed blocks of rows, blocks in parallel, and the blocks' partial sums
-  are added in order: the result does not depend on the number of threads.
+  are added in order: the result does not depend on the number of threads. The sums are accumulated in double for
+  float32 and float64 values alike (returned as float64).
 
-Set `KMEANS_TRANSFORMER_CPU_KERNELS=0` to use the PyTorch code only.
+Set `KMEANS_TRANSFORMER_CPU_KERNELS=0` to use the PyTorch code only. The first use waits at most
+`KMEANS_TRANSFORMER_BUILD_TIMEOUT` seconds (default 600) for the build, then runs the PyTorch code with a warning; a
+build lock left by a killed build is cleared (see `_load`).
 """
 
+import contextlib
 import hashlib
+import logging
+import math
 import os
 import platform
 import shutil
 import sysconfig
+import threading
+import time
 import warnings
 
 import torch
 
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: torch's own build lock alone
+    fcntl = None
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -148,6 +161,8 @@ at::Tensor nearest_values(at::Tensor query, at::Tensor key, at::Tensor values, i
   return out;
 }
 
+// The sums are accumulated in double whatever the input type (`sums` is a double tensor): float rows are widened as
+// they are added, so a float mean of many points keeps its digits; double rows are summed as before.
 template <typename scalar_t>
 static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes, const at::Tensor& visible,
                               at::Tensor& sums, at::Tensor& counts) {
@@ -158,26 +173,26 @@ static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes,
   const bool* seen = visible.defined() ? visible.data_ptr<bool>() : nullptr;
   auto partial = blocks == 1 ? sums : at::zeros({groups * blocks, num_codes, width}, sums.options());
   auto partial_counts = blocks == 1 ? counts : at::zeros({groups * blocks, num_codes}, counts.options());
-  scalar_t* ps = partial.data_ptr<scalar_t>();
+  double* ps = partial.data_ptr<double>();
   int64_t* pc = partial_counts.data_ptr<int64_t>();
   at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task / blocks, start = group * rows + (task % blocks) * kSumRows;
       const int64_t stop = std::min(start + kSumRows, (group + 1) * rows);
-      scalar_t* __restrict__ task_sums = ps + task * num_codes * width;
+      double* __restrict__ task_sums = ps + task * num_codes * width;
       int64_t* __restrict__ task_counts = pc + task * num_codes;
       for (int64_t i = start; i < stop; ++i) {
         const int64_t bin = code[i];
         if (bin < 0 || bin >= num_codes || (seen && !seen[i])) continue;
         const scalar_t* __restrict__ row = v + i * width;
-        scalar_t* __restrict__ total = task_sums + bin * width;
-        for (int64_t column = 0; column < width; ++column) total[column] += row[column];
+        double* __restrict__ total = task_sums + bin * width;
+        for (int64_t column = 0; column < width; ++column) total[column] += static_cast<double>(row[column]);
         task_counts[bin] += 1;
       }
     }
   });
   if (blocks == 1) return;
-  scalar_t* s = sums.data_ptr<scalar_t>();
+  double* s = sums.data_ptr<double>();
   int64_t* c = counts.data_ptr<int64_t>();
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t group = begin; group < end; ++group) {
@@ -200,7 +215,7 @@ std::vector<at::Tensor> segment_sums(at::Tensor values, at::Tensor codes, c10::o
     mask = visible->contiguous();
     TORCH_CHECK(mask.scalar_type() == at::kBool && mask.sizes() == codes.sizes(), "segment_sums: bool visible (groups, rows)");
   }
-  auto sums = at::zeros({values.size(0), num_codes, values.size(2)}, values.options());
+  auto sums = at::zeros({values.size(0), num_codes, values.size(2)}, values.options().dtype(at::kDouble));
   auto counts = at::zeros({values.size(0), num_codes}, codes.options());
   if (values.scalar_type() == at::kFloat) segment_sums_impl<float>(values, codes, mask, sums, counts);
   else if (values.scalar_type() == at::kDouble) segment_sums_impl<double>(values, codes, mask, sums, counts);
@@ -211,6 +226,24 @@ std::vector<at::Tensor> segment_sums(at::Tensor values, at::Tensor codes, c10::o
 
 _module = None
 _failed = False
+
+# The first load (waiting for another process's build, then building or loading) gives up after this many seconds
+# (default 10 minutes): the PyTorch code runs instead, with one warning. A build takes a minute or two.
+_BUILD_TIMEOUT_VARIABLE = "KMEANS_TRANSFORMER_BUILD_TIMEOUT"
+_DEFAULT_BUILD_TIMEOUT = 600.0
+# Our lock in the build directory: an `fcntl.flock`, which the kernel releases when its holder dies, so it is never
+# stale. Every build of ours holds it around torch's own build; torch's `lock` file (a `FileBaton`, left behind by a
+# killed build, on which every later build would wait forever) is cleared under it when its owner is gone.
+_LOCK_NAME = "kmeans_transformer.lock"
+_TORCH_LOCK_NAME = "lock"
+_POLL_SECONDS = 0.2
+_load_lock = threading.Lock()  # one loader at a time in this process
+_builder = None  # (thread, outcome, deadline, timeout) of the load under way, kept if the caller is interrupted
+_logger = logging.getLogger(__name__)
+
+
+class _BuildTimeout(Exception):
+    pass
 
 
 def _build_tag() -> str:
@@ -224,36 +257,190 @@ def _build_tag() -> str:
     return hashlib.sha1((_SOURCE + cpu).encode()).hexdigest()[:12]
 
 
-def _load():
-    """The compiled module, built once per machine (cached by torch under `TORCH_EXTENSIONS_DIR`), or None."""
-    global _module, _failed
-    if _module is not None or _failed:
-        return _module
-    if os.environ.get("KMEANS_TRANSFORMER_CPU_KERNELS", "1") == "0":
-        _failed = True
-        return None
-    if shutil.which("ninja") is None:  # the `ninja` dependency sits beside this interpreter, maybe not on PATH
-        os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
+def _build_timeout() -> float:
+    """Seconds from `KMEANS_TRANSFORMER_BUILD_TIMEOUT` (a positive, finite number), else 600 (with a warning if set)."""
+    value = os.environ.get(_BUILD_TIMEOUT_VARIABLE)
+    if value is None or not value.strip():
+        return _DEFAULT_BUILD_TIMEOUT
     try:
-        from torch.utils.cpp_extension import load_inline
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        warnings.warn(
+            f"kmeans_transformer: {_BUILD_TIMEOUT_VARIABLE}={value!r} is not a positive number of seconds; "
+            f"waiting at most {_DEFAULT_BUILD_TIMEOUT:g} s for the compiled CPU kernels.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return _DEFAULT_BUILD_TIMEOUT
+    return seconds
 
-        _module = load_inline(
-            name=f"kmeans_transformer_cpu_kernels_{_build_tag()}",
+
+def _build_directory(name: str) -> str:
+    """The directory torch builds `name` in (under `TORCH_EXTENSIONS_DIR`), created if missing."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+    except ImportError:  # a torch without the private helper: its documented layout, one folder per extension
+        from torch.utils.cpp_extension import get_default_build_root
+
+        directory = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root(), name)
+        os.makedirs(directory, exist_ok=True)
+        return directory
+    return _get_build_directory(name, verbose=False)
+
+
+def _held_open(path: str) -> bool | None:
+    """Whether a live process has `path` open (torch's builder keeps its lock file open), None where /proc can't tell."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    target = os.path.realpath(path)
+    try:
+        processes = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return None
+    for process in processes:
+        directory = f"/proc/{process}/fd"
+        try:
+            descriptors = os.listdir(directory)
+        except OSError:  # gone, or another user's
+            continue
+        for descriptor in descriptors:
+            try:
+                if os.readlink(f"{directory}/{descriptor}") == target:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _lock_exclusively(handle, deadline: float) -> None:
+    """Take our flock on the open `handle`, polling until the deadline (another process of ours may be building)."""
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise _BuildTimeout(f"another process is building them (it holds {handle.name})") from None
+            time.sleep(_POLL_SECONDS)
+
+
+def _clear_stale_torch_lock(directory: str, deadline: float) -> None:
+    """
+    With our flock held: remove torch's `lock` file once its owner is gone. Every builder of ours holds our flock
+    first, so the file can only be stale, or held by a process that does not take our lock (an older
+    kmeans_transformer sharing the build directory): while /proc shows a live process with it open, wait.
+    """
+    path = os.path.join(directory, _TORCH_LOCK_NAME)
+    while os.path.exists(path):
+        if not _held_open(path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            else:
+                _logger.warning("kmeans_transformer: removed a stale build lock left by a killed build: %s", path)
+            return
+        if time.monotonic() >= deadline:
+            raise _BuildTimeout(f"a running process that does not take our lock holds {path}")
+        time.sleep(_POLL_SECONDS)
+
+
+def _build(deadline: float, timeout: float):
+    """The compiled module, built (or loaded) by torch under our lock in its build directory."""
+    from torch.utils.cpp_extension import LIB_EXT, load_inline
+
+    name = f"kmeans_transformer_cpu_kernels_{_build_tag()}"
+    directory = _build_directory(name)
+    with contextlib.ExitStack() as stack:
+        if fcntl is not None:  # POSIX; elsewhere torch's own lock alone
+            handle = stack.enter_context(open(os.path.join(directory, _LOCK_NAME), "a"))
+            _lock_exclusively(handle, deadline)
+            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+            _clear_stale_torch_lock(directory, deadline)
+        if not os.path.exists(os.path.join(directory, name + LIB_EXT)):
+            _logger.warning(
+                "kmeans_transformer: building the compiled CPU kernels for this machine in %s "
+                "(once, a minute or two; the PyTorch code runs instead after %g s)",
+                directory,
+                timeout,
+            )
+        return load_inline(
+            name=name,
             cpp_sources=[_SOURCE],
             functions=["nearest_keys", "nearest_values", "segment_sums"],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
+            build_directory=directory,
             verbose=False,
         )
-    except Exception as error:  # no compiler, no ninja, no BLAS symbols: the PyTorch code stands in
-        _failed = True
-        warnings.warn(
-            f"kmeans_transformer: the compiled CPU kernels could not be built ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[-1] if str(error).strip() else ''}); the fast path runs its PyTorch "
-            "code instead (same results, slower).",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+
+
+def _run_build(outcome: dict, deadline: float, timeout: float) -> None:
+    try:
+        outcome["module"] = _build(deadline, timeout)
+    except BaseException as error:  # handed to the waiting caller
+        outcome["error"] = error
+
+
+def _fall_back(reason: str) -> None:
+    global _failed
+    _failed = True
+    warnings.warn(
+        f"kmeans_transformer: the compiled CPU kernels {reason}; the fast path runs its PyTorch code instead "
+        "(same results, slower).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _load():
+    """
+    The compiled module, built once per machine (cached by torch under `TORCH_EXTENSIONS_DIR`), or None.
+
+    The build runs in a helper thread under our lock in the build directory (see `_LOCK_NAME`), and the caller waits
+    at most `KMEANS_TRANSFORMER_BUILD_TIMEOUT` seconds (default 600) for it: past that, or if the build fails, the
+    PyTorch code runs instead for the rest of the process, with one warning. A build still running then goes on in
+    the background and is cached for the next process.
+    """
+    global _module, _failed, _builder
+    if _module is not None or _failed:
+        return _module
+    with _load_lock:
+        if _module is not None or _failed:
+            return _module
+        if os.environ.get("KMEANS_TRANSFORMER_CPU_KERNELS", "1") == "0":
+            _failed = True
+            return None
+        if shutil.which("ninja") is None:  # the `ninja` dependency sits beside this interpreter, maybe not on PATH
+            os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
+        if _builder is None or not (_builder[0].is_alive() or _builder[1]):  # none yet, or a forked child's copy
+            timeout = _build_timeout()
+            outcome, deadline = {}, time.monotonic() + timeout
+            thread = threading.Thread(
+                target=_run_build,
+                args=(outcome, deadline, timeout),
+                name="kmeans_transformer-cpu-kernels-build",
+                daemon=True,
+            )
+            thread.start()
+            _builder = (thread, outcome, deadline, timeout)
+        thread, outcome, deadline, timeout = _builder
+        # The thread gives up waiting for a lock at the deadline itself (a second more lets it say why); a
+        # KeyboardInterrupt here leaves the build to a later call.
+        thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        if thread.is_alive() or isinstance(outcome.get("error"), _BuildTimeout):
+            why = outcome["error"] if "error" in outcome else "the build is still running, and goes on in the background"
+            _fall_back(f"were not ready within {timeout:g} s: {why}; set {_BUILD_TIMEOUT_VARIABLE} to wait longer")
+            return None
+        _builder = None
+        if "module" not in outcome:  # no compiler, no ninja, no BLAS symbols: the PyTorch code stands in
+            error = outcome.get("error")
+            message = str(error).strip()
+            _fall_back(f"could not be built ({type(error).__name__}: {message.splitlines()[-1] if message else ''})")
+            return None
+        _module = outcome["module"]
     return _module
 
 
@@ -273,8 +460,14 @@ def nearest_keys(query: torch.Tensor, key: torch.Tensor, block_rows: int) -> tor
     module = _for_scores(query, key)
     if module is None:
         return None
-    query = query if query.stride(2) == 1 else query.contiguous()
-    return module.nearest_keys(query, key.contiguous(), max(1, block_rows))
+    return module.nearest_keys(_contiguous_rows(query), key.contiguous(), max(1, block_rows))
+
+
+def _contiguous_rows(query: torch.Tensor) -> torch.Tensor:
+    """`query` with contiguous rows (`stride(2) == 1`); an empty one rebuilt, since its strides may be anything."""
+    if query.numel() == 0:
+        return query.new_zeros(query.shape)
+    return query if query.stride(2) == 1 else query.contiguous()
 
 
 def nearest_values(query: torch.Tensor, key: torch.Tensor, values: torch.Tensor, block_rows: int) -> torch.Tensor | None:
@@ -285,8 +478,7 @@ def nearest_values(query: torch.Tensor, key: torch.Tensor, values: torch.Tensor,
     module = _for_scores(query, key)
     if module is None or values.requires_grad or values.device.type != "cpu":
         return None
-    query = query if query.stride(2) == 1 else query.contiguous()
-    return module.nearest_values(query, key.contiguous(), values.contiguous(), max(1, block_rows))
+    return module.nearest_values(_contiguous_rows(query), key.contiguous(), values.contiguous(), max(1, block_rows))
 
 
 def segment_sums(
@@ -294,7 +486,8 @@ def segment_sums(
 ) -> tuple[torch.Tensor, torch.LongTensor] | None:
     """
     Per-group, per-code sums `(groups, num_codes, width)` and counts `(groups, num_codes)` of `(groups, rows, width)`
-    values, over the visible rows whose code is in `[0, num_codes)`; or None.
+    values, over the visible rows whose code is in `[0, num_codes)`; or None. The sums are accumulated and returned in
+    float64 whatever the dtype of `values`.
     """
     if not _usable(values):
         return None

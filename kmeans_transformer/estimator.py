@@ -2,6 +2,7 @@
 """`KMeans`: a scikit-learn estimator whose every iteration is one layer of the k-means transformer."""
 
 import json
+import math
 import numbers
 import tempfile
 import warnings
@@ -18,15 +19,14 @@ from tqdm.auto import tqdm
 
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 from .cards import render_fitted_card
-from .convert import check_checkpoint_directory
+from .convert import ESTIMATOR_ARRAYS_NAME, ESTIMATOR_CONFIG_NAME, check_checkpoint_output
+from .files import replacing_directory
 from .hub import push_checkpoint
 from .initialization import kmeans_plusplus, random_points
 from .modeling_kmeans_transformer import DTYPES, KMeansTransformerModel
 from .variants import PARAMETER_NAMES, VARIANTS, VariantSpec
 
 
-ESTIMATOR_CONFIG_NAME = "kmeans_estimator.json"
-ESTIMATOR_ARRAYS_NAME = "kmeans_estimator.safetensors"
 # Fitted attributes saved under an earlier name in `kmeans_estimator.json`, and their name now.
 RENAMED_FITTED_ATTRIBUTES = {"_n_restarts": "n_restarts_"}
 
@@ -153,16 +153,18 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         The config of the looped model (`fitted=False`: the fit's, whose defaults are computed from the data) or of
         `model_` (`fitted=True`: stored centroids); the config's own checks (`variants.get_variant`,
-        `VariantSpec.resolve_parameters`) name a bad variant or variant parameter.
+        `VariantSpec.resolve_parameters`) name a bad variant or variant parameter. NumPy scalars (a parameter grid's
+        `np.int64(3)`, `np.float32(0.5)`) are passed on as the Python numbers they hold; the estimator keeps them as
+        given (`get_params`).
         """
         return KMeansTransformerConfig(
-            num_clusters=self.n_clusters,
+            num_clusters=_python_scalar(self.n_clusters),
             point_dim=n_features,
             num_iterations=0,
             share_layers=True,
-            variant=self.variant,
+            variant=_python_scalar(self.variant),
             fitted_centroids=fitted,
-            **{name: getattr(self, name) for name in PARAMETER_NAMES},
+            **{name: _python_scalar(getattr(self, name)) for name in PARAMETER_NAMES},
         )
 
     def _check_params(self, X: np.ndarray) -> int:
@@ -213,7 +215,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _initial_centers(self, X: np.ndarray, points: torch.Tensor, n_restarts: int, random_state) -> torch.Tensor:
         """`(n_restarts, k, d)` initial centroids."""
-        k, d = self.n_clusters, points.shape[1]
+        k, d = int(self.n_clusters), points.shape[1]
         if isinstance(self.init, str):
             seed = int(random_state.randint(np.iinfo(np.int32).max))
             generator = torch.Generator(device=points.device).manual_seed(seed)
@@ -287,7 +289,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """scikit-learn's absolute tolerance: `tol` times the mean per-coordinate variance of the points as seen."""
         if self.tol == 0:
             return 0.0
-        return float(spec.seen_points(points).to(torch.float64).var(dim=0, unbiased=False).mean()) * self.tol
+        return float(spec.seen_points(points).to(torch.float64).var(dim=0, unbiased=False).mean()) * float(self.tol)
 
     def _run_restarts(self, model, points, initial, generator) -> dict:
         """
@@ -304,7 +306,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             return points.expand(size, *points.shape)
 
         final = {"centroids": initial.clone()}
-        final.update({name: initial.new_zeros(n_restarts, self.n_clusters) for name in spec.state_names})
+        final.update({name: initial.new_zeros(n_restarts, int(self.n_clusters)) for name in spec.state_names})
         n_iter = torch.zeros(n_restarts, dtype=torch.long, device=points.device)
         active = torch.arange(n_restarts, device=points.device)
         current, previous_labels = {"centroids": initial}, None  # the state starts at the model's default
@@ -340,14 +342,29 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------------------------------------------------
 
     def _fitted_points(self, X) -> torch.Tensor:
-        """`X` checked against the fit (number of features, finite values), on the fitted model's device and dtype."""
+        """
+        `X` (any number of rows >= 1) checked against the fit (number of features, finite values; for a `unit_norm`
+        variant such as `"spherical"`, no row of norm 0, which has no direction: a ValueError naming the first, as
+        `fit` refuses them), on the fitted model's device and dtype.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        spec = self.model_.config.variant_spec
+        if spec.unit_norm:
+            zero = np.flatnonzero(~X.any(axis=1))
+            if zero.size:
+                raise ValueError(
+                    f"Row {zero[0]} of X has norm 0 ({zero.size} such row(s)) and no direction: {spec.title} assigns "
+                    "a point by its direction."
+                )
         centroids = self.model_.embeddings.fitted_parameters()["centroids"]
         return torch.tensor(X, device=centroids.device, dtype=centroids.dtype)
 
     def _fitted_output(self, X):
-        """The fitted model's output on `X`: assignment to the stored centroids (`num_iterations=0`)."""
+        """
+        The fitted model's output on `X`: assignment to the stored centroids (`num_iterations=0`, which the model
+        runs on any number of points, fewer than `n_clusters` included).
+        """
         points = self._fitted_points(X)
         with torch.no_grad():
             return self.model_(points, num_iterations=0, output_assignments=False)
@@ -398,13 +415,25 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         fitted centroids as weights, and its code for `trust_remote_code`), the estimator's parameters and fitted
         attributes (`kmeans_estimator.json`, `kmeans_estimator.safetensors`) and a model card. `AutoModel` loads
         the model, which assigns points to the fitted centroids; [`KMeans.from_pretrained`] loads the estimator.
-        A non-empty directory is refused unless `overwrite`, which replaces only these files.
+        The checkpoint is built in a temporary sibling directory and moved into place complete, so an interrupted
+        save leaves no directory (or the previous one as it was). A non-empty directory is refused unless
+        `overwrite`, which replaces the previous checkpoint whole once the new one is complete (none of its files
+        survive; a directory that holds anything a checkpoint does not is refused, see
+        `kmeans_transformer.convert.check_checkpoint_output`).
         """
         check_is_fitted(self)
-        directory = check_checkpoint_directory(save_directory, overwrite, how="pass overwrite=True")
+        how = "pass overwrite=True"
+        directory = check_checkpoint_output(save_directory, overwrite, how=how)
         card = render_fitted_card(self)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.model_.save_pretrained(directory)
+        record, arrays = self._estimator_record()
+        with replacing_directory(directory, overwrite=overwrite, how=how) as temporary:
+            self.model_.save_pretrained(temporary)
+            (temporary / ESTIMATOR_CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
+            save_file(arrays, str(temporary / ESTIMATOR_ARRAYS_NAME))
+            card.save(temporary / "README.md")
+
+    def _estimator_record(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """What `kmeans_estimator.json` (parameters and fitted scalars) and `.safetensors` (arrays) hold."""
         parameters = {name: _jsonable(value) for name, value in self.get_params().items() if name != "init"}
         if hasattr(self.init, "__array__"):
             parameters["init"] = "array"
@@ -420,27 +449,24 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         }
         if hasattr(self, "feature_names_in_"):
             fitted["feature_names_in_"] = self.feature_names_in_.tolist()
-        (directory / ESTIMATOR_CONFIG_NAME).write_text(
-            json.dumps({"parameters": parameters, "fitted": fitted}, indent=2) + "\n"
-        )
         arrays = {"labels_": self.labels_.astype(np.int64), "initial_centers_": np.ascontiguousarray(self.initial_centers_)}
         if hasattr(self.init, "__array__"):
             arrays["init"] = np.ascontiguousarray(np.asarray(self.init, dtype=np.float64))
-        save_file(arrays, str(directory / ESTIMATOR_ARRAYS_NAME))
-        card.save(directory / "README.md")
+        return {"parameters": parameters, "fitted": fitted}, arrays
 
     def push_to_hub(self, repo_id: str, *, exist_ok: bool = True, **push_options):
         """
         Push the fitted estimator to the Hub repository `repo_id`: what [`save_pretrained`] writes (the model, the
         estimator's files, the card), written to a temporary directory and pushed as one commit by
         `kmeans_transformer.hub.push_checkpoint` (`push_options`: `private`, `revision`, `commit_message`,
-        `commit_description`, `create_pr`, `token`). As with transformers' `push_to_hub`, an existing repository
-        gets a new commit unless `exist_ok=False`. [`KMeans.from_pretrained`]`(repo_id)` loads it back.
+        `commit_description`, `create_pr`, `token`, `announce`). As with transformers' `push_to_hub`, an existing
+        repository gets a new commit unless `exist_ok=False`. [`KMeans.from_pretrained`]`(repo_id)` loads it back.
         """
         check_is_fitted(self)
         with tempfile.TemporaryDirectory() as directory:
-            self.save_pretrained(directory, overwrite=True)
-            return push_checkpoint(directory, repo_id, exist_ok=exist_ok, **push_options)
+            checkpoint = Path(directory) / "checkpoint"
+            self.save_pretrained(checkpoint)
+            return push_checkpoint(checkpoint, repo_id, exist_ok=exist_ok, **push_options)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "KMeans":
@@ -449,9 +475,15 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         `KMeansTransformerModel.from_pretrained`). A checkpoint with fitted centroids but no estimator files (for
         instance one written with `fitted_centroids=True` by hand) gives an estimator with the model's parameters,
         `cluster_centers_` and `n_features_in_` only.
-        """
-        from transformers.utils import cached_file
 
+        The estimator files are data, read against a fixed schema (`ESTIMATOR_SCHEMA`): `kmeans_estimator.json`
+        holds `parameters` (the estimator's `__init__` parameters) and `fitted` (`inertia_`, `n_iter_`,
+        `n_features_in_`, `n_restarts_`, optionally `feature_names_in_`); `kmeans_estimator.safetensors` holds
+        `labels_`, `initial_centers_` and, for an array `init`, `init`. A key outside the schema, a value of the
+        wrong type or shape, a missing entry, or a value that disagrees with the model (`n_clusters`, `variant`, a
+        variant parameter, `n_features_in_`) is a ValueError naming it. The fitted parameters (`cluster_centers_`
+        and a variant's state, such as gmm's `variances_`) come from the model's weights, never from these files.
+        """
         model = KMeansTransformerModel.from_pretrained(pretrained_model_name_or_path, **kwargs)
         config = model.config
         if not config.fitted_centroids:
@@ -459,38 +491,25 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 f"{pretrained_model_name_or_path} holds no fitted centroids (config.fitted_centroids is False): it is "
                 "an algorithm checkpoint, not a fitted KMeans."
             )
-        lookup = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
-        found = cached_file(
-            pretrained_model_name_or_path, ESTIMATOR_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **lookup
-        )
-        saved = json.loads(Path(found).read_text()) if found else {"parameters": {}, "fitted": {}}
+        record, arrays = _read_estimator_files(pretrained_model_name_or_path, kwargs)
+        source = f"{ESTIMATOR_CONFIG_NAME} of {pretrained_model_name_or_path}"
         parameters = {
             "n_clusters": config.num_clusters,
             "variant": config.variant,
             **{name: getattr(config, name) for name in PARAMETER_NAMES},
-            **saved["parameters"],
         }
-        arrays_path = cached_file(
-            pretrained_model_name_or_path, ESTIMATOR_ARRAYS_NAME, _raise_exceptions_for_missing_entries=False, **lookup
-        ) if found else None
-        arrays = load_file(arrays_path) if arrays_path else {}
-        if parameters.get("init") == "array":
-            parameters["init"] = arrays["init"]
-        elif isinstance(parameters.get("init"), dict):
-            warnings.warn(
-                f"The estimator was fitted with the callable init {parameters['init']['callable']!r}, which a "
-                "checkpoint cannot store; the loaded estimator has init='k-means++' (its fitted attributes are intact).",
-                UserWarning,
-                stacklevel=2,
-            )
-            parameters["init"] = "k-means++"
-        estimator = cls(**{name: value for name, value in parameters.items() if name in cls._get_param_names()})
+        fitted = {}
+        if record is not None:
+            parameters.update(_checked_parameters(record["parameters"], parameters, source))
+            fitted = _checked_fitted(record["fitted"], config, source)
+            arrays = _checked_arrays(arrays, config, parameters.get("init") == "array", source)
+            parameters["init"] = _loaded_init(parameters.get("init", "k-means++"), arrays)
+        estimator = cls(**parameters)
         estimator.model_ = model
         estimator._set_fitted_attributes(model)
         estimator.n_features_in_ = config.point_dim
-        for name, value in saved["fitted"].items():
-            name = RENAMED_FITTED_ATTRIBUTES.get(name, name)
-            setattr(estimator, name, np.asarray(value, dtype=object) if name == "feature_names_in_" else value)
+        for name, value in fitted.items():
+            setattr(estimator, name, value)
         for name in ("labels_", "initial_centers_"):
             if name in arrays:
                 setattr(estimator, name, arrays[name])
@@ -514,17 +533,196 @@ def check_device(device) -> torch.device:
     return device
 
 
+def _python_scalar(value):
+    """A NumPy scalar (`np.int64(3)`, `np.float32(0.5)`, `np.str_`) as the Python value it holds; others unchanged."""
+    return value.item() if isinstance(value, (np.integer, np.floating, np.bool_, np.str_)) else value
+
+
 def _jsonable(value):
     """A parameter as JSON: numbers and strings as they are, dtypes and devices as strings, random states as None."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, (np.integer, np.floating)):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     if isinstance(value, (torch.dtype, torch.device)):
         return str(value).removeprefix("torch.")
     if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
         return np.dtype(value).name
     return None  # a RandomState instance cannot be saved; the fitted attributes are saved instead
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading the estimator files: a fixed schema, nothing else
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return _integer(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
+def _init_record(value) -> bool:
+    if isinstance(value, dict):
+        return set(value) == {"callable"} and isinstance(value["callable"], str)
+    return isinstance(value, str) and value in ("k-means++", "random", "array")
+
+
+# `kmeans_estimator.json` and `kmeans_estimator.safetensors`: every key they may hold, with its check and what it
+# must be. `KMeans.from_pretrained` refuses anything else.
+ESTIMATOR_SCHEMA = {
+    "parameters": {
+        "n_clusters": (_integer, "an integer"),
+        "init": (_init_record, "'k-means++', 'random', 'array' or {'callable': NAME}"),
+        "n_init": (lambda value: value == "auto" or _integer(value), "'auto' or an integer"),
+        "max_iter": (_integer, "an integer"),
+        "tol": (_number, "a finite number"),
+        "random_state": (_optional(_integer), "an integer or null"),
+        "variant": (lambda value: isinstance(value, str), "a string"),
+        **{
+            name: (_optional(lambda value: isinstance(value, str) or _number(value)), "a number, a string or null")
+            for name in PARAMETER_NAMES
+        },
+        "device": (_optional(lambda value: isinstance(value, str)), "a string or null"),
+        "dtype": (_optional(lambda value: isinstance(value, str)), "a string or null"),
+        "verbose": (lambda value: isinstance(value, int), "an integer"),
+    },
+    "fitted": {
+        "inertia_": (lambda value: _number(value) and value >= 0, "a finite number >= 0"),
+        "n_iter_": (lambda value: _integer(value) and value >= 0, "an integer >= 0"),
+        "n_features_in_": (_integer, "an integer"),
+        "n_restarts_": (lambda value: _integer(value) and value >= 1, "an integer >= 1"),
+        "feature_names_in_": (
+            lambda value: isinstance(value, list) and all(isinstance(name, str) for name in value), "a list of strings"
+        ),
+    },
+    "arrays": {
+        "labels_": "integers of shape (n_samples,), each -1 or a cluster index",
+        "initial_centers_": "finite floats of shape (n_clusters, n_features)",
+        "init": "finite floats of shape (n_clusters, n_features), only for init='array'",
+    },
+}
+REQUIRED_FITTED = ("inertia_", "n_iter_", "n_features_in_", "n_restarts_")
+
+
+def _read_estimator_files(path, kwargs) -> tuple[dict | None, dict[str, np.ndarray]]:
+    """
+    `kmeans_estimator.json` (checked to be an object of the two objects `parameters` and `fitted`) and the arrays of
+    `kmeans_estimator.safetensors`, or `(None, {})` when the checkpoint has no estimator files.
+    """
+    from safetensors import SafetensorError
+    from transformers.utils import cached_file
+
+    lookup = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
+    found = cached_file(path, ESTIMATOR_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **lookup)
+    if not found:
+        return None, {}
+    source = f"{ESTIMATOR_CONFIG_NAME} of {path}"
+    try:
+        record = json.loads(Path(found).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{source} is not JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{source} must hold an object with `parameters` and `fitted`, got {type(record).__name__}.")
+    for key in record:
+        if key not in ("parameters", "fitted"):
+            raise ValueError(f"{source} holds the unknown key {key!r}; it may hold `parameters` and `fitted` only.")
+    for key in ("parameters", "fitted"):
+        if not isinstance(record.get(key), dict):
+            raise ValueError(f"{source} must hold an object `{key}`.")
+    arrays_path = cached_file(path, ESTIMATOR_ARRAYS_NAME, _raise_exceptions_for_missing_entries=False, **lookup)
+    if not arrays_path:
+        raise ValueError(
+            f"{path} holds {ESTIMATOR_CONFIG_NAME} but not {ESTIMATOR_ARRAYS_NAME}: the fitted estimator's arrays "
+            "(labels_, initial_centers_) are missing."
+        )
+    try:
+        return record, load_file(arrays_path)
+    except (SafetensorError, OSError, ValueError, TypeError) as error:
+        raise ValueError(f"{ESTIMATOR_ARRAYS_NAME} of {path} cannot be read as safetensors arrays: {error}") from None
+
+
+def _check_keys(values: dict, section: str, source: str) -> None:
+    """Each key of `values` known to `ESTIMATOR_SCHEMA[section]` and its value of the schema's type."""
+    schema = ESTIMATOR_SCHEMA[section]
+    for name, value in values.items():
+        if name not in schema:
+            raise ValueError(f"{source}: unknown {section} entry {name!r} (known: {', '.join(schema)}).")
+        check, expected = schema[name]
+        if not check(value):
+            raise ValueError(f"{source}: {section} entry {name!r} must be {expected}, got {value!r}.")
+
+
+def _checked_parameters(saved: dict, model_values: dict, source: str) -> dict:
+    """
+    The saved parameters, checked against the schema and against the model's config (`n_clusters`, `variant` and
+    the variant parameters: a saved value other than None must be the model's).
+    """
+    _check_keys(saved, "parameters", source)
+    for name, value in model_values.items():
+        if saved.get(name) is not None and saved[name] != value:
+            raise ValueError(f"{source}: parameter {name!r} is {saved[name]!r}, but the model's config has {value!r}.")
+    return saved
+
+
+def _checked_fitted(saved: dict, config: KMeansTransformerConfig, source: str) -> dict:
+    """The fitted scalars (earlier names renamed), checked against the schema and the model (`n_features_in_`)."""
+    fitted = {RENAMED_FITTED_ATTRIBUTES.get(name, name): value for name, value in saved.items()}
+    _check_keys(fitted, "fitted", source)
+    missing = [name for name in REQUIRED_FITTED if name not in fitted]
+    if missing:
+        raise ValueError(f"{source}: fitted entry {missing[0]!r} is missing.")
+    if fitted["n_features_in_"] != config.point_dim:
+        raise ValueError(
+            f"{source}: n_features_in_ is {fitted['n_features_in_']}, but the model's point_dim is {config.point_dim}."
+        )
+    if "feature_names_in_" in fitted:
+        if len(fitted["feature_names_in_"]) != config.point_dim:
+            raise ValueError(f"{source}: feature_names_in_ must name {config.point_dim} features.")
+        fitted["feature_names_in_"] = np.asarray(fitted["feature_names_in_"], dtype=object)
+    return fitted
+
+
+def _checked_arrays(arrays: dict, config: KMeansTransformerConfig, init_is_array: bool, source: str) -> dict:
+    """The arrays of `kmeans_estimator.safetensors`: exactly the schema's (`init` only for an array init), checked."""
+    source = source.replace(ESTIMATOR_CONFIG_NAME, ESTIMATOR_ARRAYS_NAME)
+    expected = ["labels_", "initial_centers_", *(["init"] if init_is_array else [])]
+    for name in arrays:
+        if name not in expected:
+            raise ValueError(f"{source}: unexpected array {name!r} (expected {', '.join(expected)}).")
+    for name in expected:
+        if name not in arrays:
+            raise ValueError(f"{source}: the array {name!r} is missing ({ESTIMATOR_SCHEMA['arrays'][name]}).")
+    k, d = config.num_clusters, config.point_dim
+    labels = arrays["labels_"]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or ((labels < -1) | (labels >= k)).any():
+        raise ValueError(f"{source}: labels_ must be {ESTIMATOR_SCHEMA['arrays']['labels_']} (< {k}).")
+    for name in expected[1:]:
+        values = arrays[name]
+        if values.shape != (k, d) or not np.issubdtype(values.dtype, np.floating) or not np.isfinite(values).all():
+            raise ValueError(f"{source}: {name} must be {ESTIMATOR_SCHEMA['arrays'][name]} = {(k, d)}.")
+    return arrays
+
+
+def _loaded_init(init, arrays: dict):
+    """The `init` parameter of a loaded estimator: the saved array, the name, or k-means++ for a callable."""
+    if init == "array":
+        return arrays["init"]
+    if isinstance(init, dict):
+        warnings.warn(
+            f"The estimator was fitted with the callable init {init['callable']!r}, which a checkpoint cannot store; "
+            "the loaded estimator has init='k-means++' (its fitted attributes are intact).",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "k-means++"
+    return init
 
 
 __all__ = ["KMeans"]

@@ -11,7 +11,7 @@ Writing a user's files safely: every output appears complete or not at all, and 
 - `refuse_overlap(output, inputs)`: an output that resolves to an input, contains one or lies inside one, is refused.
 
 A temporary name starts with `.` and ends with `.partial`, so that it is hidden and recognisable; a leftover one (a
-process killed with SIGKILL cannot clean up) is never read as an output, and is replaced by the next run.
+process killed with SIGKILL cannot clean up) is never read as an output and never blocks a rerun; it can be deleted.
 """
 
 import os
@@ -79,20 +79,22 @@ def replacing_directory(path, overwrite: bool = False, how: str = "pass --overwr
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_sibling(path)
     temporary.mkdir()
+    previous = None
     try:
         yield temporary
-        previous = None
         if path.is_symlink():
             path.unlink()
         elif path.exists():
             previous = _temporary_sibling(path)
             os.replace(path, previous)
         os.replace(temporary, path)
-        if previous is not None:
-            shutil.rmtree(previous)
     finally:
+        if previous is not None and previous.exists() and not path.exists():
+            os.replace(previous, path)  # interrupted between the two renames: the previous output comes back
         if temporary.exists():
             shutil.rmtree(temporary)
+    if previous is not None and previous.exists():
+        shutil.rmtree(previous)
 
 
 def refuse_overlap(output, inputs, what: str = "output") -> None:

@@ -2,18 +2,24 @@
 
 Every push goes through [`push_checkpoint`]: it checks the directory is a complete checkpoint (config, safetensors
 weights, the code for `trust_remote_code`, a model card whose metadata parses), finds the token (the `token`
-argument, else `HF_TOKEN`, else the login cache of `hf auth login`), checks it with the Hub, creates the repository
-and commits the files in one commit. The card is sent with the repository's id in its loading examples and its
-`model-index`; the local directory is only read, so a failed push leaves it as it was. Failures are one-line
-[`HubError`]s: no token, a token that is invalid or has expired (401), no write access (403), a repository that
-already exists (409, unless `exist_ok`), an endpoint that cannot be reached.
+argument, else `HF_TOKEN`, else the login cache of `hf auth login`), checks it with the Hub, creates the repository,
+says which files it sends, and commits them in one commit. It sends exactly the checkpoint's files
+([`checkpoint_files`]): nothing else in the directory (data, notes, hidden files) leaves the machine, and a
+checkpoint file that is a symbolic link is refused, never followed. The card is sent with the repository's id in its
+loading examples and its `model-index`; the local directory is only read, so a failed push leaves it as it was.
+Failures are one-line [`HubError`]s: no token, a token that is invalid or has expired (401), no write access (403), a
+repository that already exists (409, unless `exist_ok`), an endpoint that cannot be reached.
 
 The endpoint is huggingface_hub's: `HF_ENDPOINT` when set, else https://huggingface.co.
 """
 
 import json
+import logging
+import os
+import stat
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import yaml
@@ -23,6 +29,15 @@ from transformers.dynamic_module_utils import get_relative_imports
 
 from .cards import render_model_card
 from .configuration_kmeans_transformer import KMeansTransformerConfig
+from .convert import (
+    CARD_NAME,
+    CODE_FILES,
+    CONFIG_NAME,
+    OPTIONAL_FILES,
+    SHARD_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 from .validation import validate_against_reference
 
 
@@ -32,10 +47,12 @@ except ImportError:
     from httpx import TransportError
 
 
-# The code files every checkpoint carries; the modules they import relatively (as `trust_remote_code` loads them)
-# must be there too, whichever they are in the package version that wrote the checkpoint.
-CODE_FILES = ("configuration_kmeans_transformer.py", "modeling_kmeans_transformer.py")
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "README.md", *CODE_FILES)
+logger = logging.getLogger(__name__)
+
+# The files every checkpoint carries (the weights may instead be sharded: `model.safetensors.index.json` and the
+# shards it names). The modules the code files import relatively (as `trust_remote_code` loads them) must be there
+# too, whichever they are in the package version that wrote the checkpoint.
+CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, *CODE_FILES)
 
 
 class HubError(RuntimeError):
@@ -44,45 +61,118 @@ class HubError(RuntimeError):
 
 def check_checkpoint(directory) -> Path:
     """
-    `directory` as a Path if it holds a complete checkpoint of this package (`CHECKPOINT_FILES` and every module the
-    code files import, a config of model type `kmeans_transformer` and a card whose YAML metadata parses); a one-line
-    `HubError` naming what is missing otherwise.
+    `directory` as a Path if it holds a complete checkpoint of this package ([`checkpoint_files`]: the config, the
+    weights, the code files and every module they import, the card; none a symbolic link), a config of model type
+    `kmeans_transformer` and a card whose YAML metadata parses; a one-line `HubError` naming what is wrong otherwise.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise HubError(f"{directory} is not a directory; push a checkpoint directory written by `convert`, "
                        "`save_pretrained` or `cluster --save-model`.")
-    missing = missing_files(directory)
-    if missing:
-        raise HubError(f"{directory} is not a complete checkpoint: {', '.join(missing)} missing.")
+    checkpoint_files(directory)
     try:
-        model_type = json.loads((directory / "config.json").read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as error:
-        raise HubError(f"{directory / 'config.json'} is not a JSON configuration: {error}") from None
+        model_type = json.loads((directory / CONFIG_NAME).read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise HubError(f"{directory / CONFIG_NAME} is not a JSON configuration: {error}") from None
     if model_type != KMeansTransformerConfig.model_type:
         raise HubError(f"{directory} holds a {model_type!r} checkpoint, not a {KMeansTransformerConfig.model_type!r} one.")
     try:
-        ModelCard.load(directory / "README.md")
-    except (ValueError, TypeError, yaml.YAMLError) as error:
-        raise HubError(f"{directory / 'README.md'} has invalid metadata: {' '.join(str(error).split())}") from None
+        ModelCard.load(directory / CARD_NAME)
+    except (ValueError, TypeError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise HubError(f"{directory / CARD_NAME} has invalid metadata: {' '.join(str(error).split())}") from None
     return directory
+
+
+def checkpoint_files(directory) -> list[str]:
+    """
+    The names of the files a push of `directory` sends, and nothing else in it: `config.json`; the weights
+    (`model.safetensors`, or `model.safetensors.index.json` and the shards it names); the code files
+    (`CODE_FILES`) and every module they import relatively; `README.md`; and those of `OPTIONAL_FILES` present (a
+    fitted estimator's `kmeans_estimator.json` and `.safetensors`). A one-line `HubError` if one is missing, is a
+    symbolic link (never followed: it could point out of the directory) or is not a regular file, or if the index or
+    the code names a file that is not a plain name in the directory.
+    """
+    directory = Path(directory)
+    missing = missing_files(directory)
+    if missing:
+        raise HubError(f"{directory} is not a complete checkpoint: {', '.join(missing)} missing.")
+    optional = [name for name in OPTIONAL_FILES if os.path.lexists(directory / name)]
+    names = [CONFIG_NAME, *_weight_files(directory), *_code_files(directory)[0], CARD_NAME, *optional]
+    for name in names:
+        path = directory / name
+        if path.is_symlink():
+            raise HubError(
+                f"{path} is a symbolic link: a checkpoint's files must be regular files in its directory (links are "
+                "never followed); replace it with the file itself to push it."
+            )
+        if not path.is_file():
+            raise HubError(f"{path} is not a regular file.")
+    return names
 
 
 def missing_files(directory: Path) -> list[str]:
     """
-    The files of `CHECKPOINT_FILES`, and of the modules the code files import relatively (followed from module to
-    module, as transformers does for `trust_remote_code`), that `directory` lacks.
+    The files of the checkpoint in `directory` that it lacks: of `CHECKPOINT_FILES` (the shards named by
+    `model.safetensors.index.json` instead of `model.safetensors` when the index is there), and of the modules the
+    code files import relatively (followed from module to module, as transformers does for `trust_remote_code`).
     """
-    missing = [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
-    pending = [name for name in CODE_FILES if (directory / name).is_file()]
-    seen = set(CODE_FILES)
+    weights = _weight_files(directory) if os.path.lexists(directory / WEIGHTS_INDEX_NAME) else [WEIGHTS_NAME]
+    required = [CONFIG_NAME, *weights, CARD_NAME, *CODE_FILES]
+    missing = [name for name in required if not os.path.lexists(directory / name)]
+    return missing + [name for name in _code_files(directory)[1] if name not in missing]
+
+
+def _plain_name(name, source: Path) -> str:
+    """`name` if it names a file directly in a checkpoint directory (no folder, not hidden); a `HubError` otherwise."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith(".") or "\\" in name:
+        raise HubError(f"{source} names {name!r}, which is not the name of a file in the checkpoint directory.")
+    return name
+
+
+def _weight_files(directory: Path) -> list[str]:
+    """`model.safetensors`, or the index of a sharded checkpoint and the shards it names (checked to be file names)."""
+    index = directory / WEIGHTS_INDEX_NAME
+    if not os.path.lexists(index):
+        return [WEIGHTS_NAME]
+    if index.is_symlink():
+        raise HubError(f"{index} is a symbolic link: a checkpoint's files must be regular files in its directory.")
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise HubError(f"{index} is not a safetensors index ({type(error).__name__}: {error}).") from None
+    for shard in shards:
+        if SHARD_NAME.fullmatch(_plain_name(shard, index)) is None:
+            raise HubError(f"{index} names the shard {shard!r}; expected names like model-00001-of-00002.safetensors.")
+    return [WEIGHTS_INDEX_NAME, *shards]
+
+
+def _code_files(directory: Path) -> tuple[list[str], list[str]]:
+    """
+    The code files of `directory` that are there, `CODE_FILES` first and then the modules they import relatively
+    (followed from module to module), and those of them that are missing.
+    """
+    present, missing = [], []
+    pending, seen = list(CODE_FILES), set(CODE_FILES)
     while pending:
-        for module in sorted(get_relative_imports(directory / pending.pop())):
-            name = f"{module}.py"
-            if name not in seen:
-                seen.add(name)
-                (pending if (directory / name).is_file() else missing).append(name)
-    return missing
+        name = pending.pop(0)
+        path = directory / name
+        if not os.path.lexists(path):
+            missing.append(name)
+            continue
+        present.append(name)
+        if path.is_symlink() or not path.is_file():
+            continue  # refused by `checkpoint_files`, never read
+        try:
+            modules = get_relative_imports(path)
+        except (OSError, UnicodeDecodeError) as error:
+            raise HubError(f"cannot read the code file {path} ({type(error).__name__}: {error}).") from None
+        for module in sorted(modules):
+            imported = _plain_name(f"{module}.py", path)
+            if imported not in seen:
+                seen.add(imported)
+                pending.append(imported)
+    return present, missing
 
 
 def push_checkpoint(
@@ -97,15 +187,20 @@ def push_checkpoint(
     exist_ok: bool = False,
     token: str | None = None,
     exists_hint: str = "pass exist_ok=True",
+    announce: Callable[[str], None] | None = None,
 ):
     """
     Push the checkpoint in `directory` to the model repository `repo_id` (`OWNER/NAME`, or `NAME` in the token's
     user namespace) as one commit, on branch `revision` (created from `main` if new) or as a pull request
-    (`create_pr`). A repository that exists is refused unless `exist_ok`: pushing to it replaces its files of the
-    same names (its history keeps the old ones). Returns huggingface_hub's `CommitInfo` (`.commit_url`,
-    `.oid`, `.pr_url`).
+    (`create_pr`). Exactly the files of [`checkpoint_files`] are sent, each read through a descriptor that refuses
+    a symbolic link; before the commit, one line names the repository, its visibility and every file sent: logged
+    (`logging`, level INFO, logger `kmeans_transformer.hub`) and passed to `announce` if given (the command line
+    prints it). A new repository is public unless `private` (huggingface_hub's default). A repository that exists is
+    refused unless `exist_ok`: pushing to it replaces its files of the same names (its history keeps the old ones).
+    Returns huggingface_hub's `CommitInfo` (`.commit_url`, `.oid`, `.pr_url`).
     """
     directory = check_checkpoint(directory)
+    names = checkpoint_files(directory)
     if constants.is_offline_mode():
         raise HubError("HF_HUB_OFFLINE is set: unset it to push to the Hub.")
     token = token or get_token()
@@ -115,21 +210,27 @@ def push_checkpoint(
             f"(create one at {constants.ENDPOINT}/settings/tokens)."
         )
     api = HfApi(token=token)
-    with hub_errors(api.endpoint, repo_id, exists_hint):
+    with hub_errors(api.endpoint, repo_id, exists_hint), ExitStack() as files:
+        operations = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=files.enter_context(_open_regular(directory / name)))
+            for name in names
+            if name != CARD_NAME
+        ]
         user = api.whoami()["name"]
         if "/" not in repo_id:
             repo_id = f"{user}/{repo_id}"
         api.create_repo(repo_id, private=private, exist_ok=exist_ok)
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        config = KMeansTransformerConfig.from_json_file(directory / "config.json")
-        operations = [
-            CommitOperationAdd(path_in_repo=path.relative_to(directory).as_posix(), path_or_fileobj=str(path))
-            for path in sorted(directory.rglob("*"))
-            if path.is_file() and path != directory / "README.md" and not _hidden(path.relative_to(directory))
-        ]
-        card = card_for_repository(directory / "README.md", repo_id)
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+        visibility = "private" if api.repo_info(repo_id).private else "public"
+        message = f"pushing {len(names)} files from {directory} to {repo_id} ({visibility}" + (
+            f", branch {revision}): " if revision else "): ") + ", ".join(names)
+        logger.info(message)
+        if announce is not None:
+            announce(message)
+        card = card_for_repository(directory / CARD_NAME, repo_id)
+        operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=str(card).encode()))
+        config = KMeansTransformerConfig.from_json_file(directory / CONFIG_NAME)
         return api.create_commit(
             repo_id,
             operations,
@@ -139,6 +240,19 @@ def push_checkpoint(
             revision=revision,
             create_pr=create_pr,
         )
+
+
+@contextmanager
+def _open_regular(path: Path):
+    """`path` opened for reading without following a symbolic link (`O_NOFOLLOW`), refused unless a regular file."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as error:
+        raise HubError(f"cannot read {path} without following a link ({error.strerror}).") from None
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise HubError(f"{path} is not a regular file.")
+        yield file
 
 
 def card_for_repository(card_path, repo_id: str) -> ModelCard:
@@ -204,16 +318,12 @@ def hub_errors(endpoint: str, repo_id: str, exists_hint: str):
         ) from None
 
 
-def _hidden(relative: Path) -> bool:
-    """Whether a path inside a checkpoint is hidden (`.cache/`, `.git/`, editor files): those are not pushed."""
-    return any(part.startswith(".") for part in relative.parts)
-
-
 __all__ = [
     "CHECKPOINT_FILES",
     "HubError",
     "card_for_repository",
     "check_checkpoint",
+    "checkpoint_files",
     "missing_files",
     "push_checkpoint",
     "push_model",

@@ -19,8 +19,13 @@ iteration (`KMeansTransformerModel.engine`): the token layers, and, for the vari
 engine, which runs the assign block on a compact state and the update block as its sufficient statistics.
 """
 
+import difflib
+import inspect
+import operator
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +35,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .attention import hardmax_attention_forward
+from .attention import hardmax_attention_forward, rescaling_exponents, safe_magnitude_exponents, times_power_of_two
 from .blocks import (
     KMeansTransformerAssign,
     KMeansTransformerCentroidErase,
@@ -47,6 +52,9 @@ logger = logging.get_logger(__name__)
 BLOCK_NAMES = ("point_erase", "assign", "centroid_erase", "update")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ENGINES = ("compact", "tokens")
+# Keywords that transformers' own callers may pass to any model's `forward` (the Trainer's `num_items_in_batch`, the
+# generic `use_cache`): accepted and ignored. Any other unknown keyword is a `TypeError`.
+IGNORED_FORWARD_KWARGS = ("num_items_in_batch", "use_cache")
 
 
 @dataclass
@@ -60,7 +68,7 @@ class KMeansTransformerOutput(ModelOutput):
         The centroids (medoids for `"kmedoids"`, means for `"gmm"`) after the last layer.
     inertia (`torch.FloatTensor` of shape `(batch_size,)`):
         Sum over labelled points of the squared distance to the centroid of their label (the k-means objective; on the
-        unit-normalised points for `"spherical"`).
+        unit-normalised points for `"spherical"`), accumulated in float64 and rounded once to the model's dtype.
     assignments (`torch.FloatTensor` of shape `(batch_size, num_points, num_clusters)`):
         The assign attention of the returned centroids: one-hot rows under hardmax, responsibilities under softmax
         (`"soft"`, `"gmm"`), zero rows for padded points and trimmed outliers.
@@ -310,18 +318,31 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
 
 @dataclass
 class PreparedInputs:
-    """The checked inputs of one forward call: `(batch, n, d)` points, `(batch, k, d)` centroids, a bool mask, state."""
+    """
+    The checked inputs of one forward call: `(batch, n, d)` points, `(batch, k, d)` centroids, a bool mask, state;
+    rescaled by `2**-exponents` per problem where the data lies outside the dtype's safe range.
+    """
 
     points: torch.Tensor
     centroids: torch.Tensor
     point_mask: torch.Tensor
     state: dict[str, torch.Tensor]
+    exponents: torch.LongTensor | None = None  # per problem: the data was multiplied by 2**-exponent (None: by 1)
 
 
 class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     r"""
     A clustering algorithm as a transformer: `num_iterations` layers, one iteration of `config.variant` each, then an
     assignment head.
+
+    Numeric range. Squared distances overflow or underflow when the data's largest `|coordinate|` lies outside a
+    range of the dtype (`attention.safe_magnitude_exponents`: [4.4e-16, 4.6e18] in float32 and [1e-146, 3.3e153] in
+    float64 for a single number; the top is lower by the square root of the number of squares summed). A problem
+    outside it is multiplied by a power of two (exact) into the range and its outputs scaled back (centroids,
+    inertia, gmm's variances) when the variant's result is equivariant (`VariantSpec.scaling`); a variant with a
+    parameter in units of the data (`VariantSpec.scale_parameters`: soft, sparse, gumbel kmedoids, gmm with
+    `reg_covar > 0`) refuses it (`ValueError` naming the range); spherical normalises every vector at any scale. Data
+    inside the range is used as it is. Sums over points (hard means, the inertia) are accumulated in float64.
 
     Example:
 
@@ -370,16 +391,20 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         r"""
         Args:
             points (`torch.FloatTensor` of shape `(batch_size, num_points, point_dim)` or `(num_points, point_dim)`):
-                The points; cast to the model's dtype.
+                The points; cast to the model's dtype. Also a numpy array, a (nested) list or a pandas DataFrame
+                (as for `centroids`, `attention_mask`, `variances` and `weights`; integers are read as numbers,
+                except in an integer tensor, which is refused).
             centroids (`torch.FloatTensor` of shape `(batch_size, num_clusters, point_dim)` or `(num_clusters,
             point_dim)`, *optional*):
                 Initial centroids (a 2-D tensor is shared by the batch). Defaults to the stored fitted centroids
                 when `config.fitted_centroids`, else to the first `num_clusters` real points of each problem, in order.
             attention_mask (`torch.Tensor` of shape `(batch_size, num_points)`, *optional*):
-                1 (or True) for real points, 0 for padding, so problems of different sizes share a batch. Every
-                problem needs at least `num_clusters` real points.
+                1 (or True) for real points, 0 for padding, so problems of different sizes share a batch (1-D for
+                a single problem). Every problem needs at least `num_clusters` real points, or one when
+                `num_iterations=0` and the centroids are given or fitted (the model then only assigns).
             num_iterations (`int`, *optional*):
-                Number of iterations, overriding `config.num_iterations`; only for shared layers.
+                Number of iterations (a Python or numpy integer), overriding `config.num_iterations`; only for
+                shared layers.
             variances (`torch.FloatTensor` of shape `(batch_size, num_clusters)` or `(num_clusters,)`, *optional*):
                 `"gmm"` only: initial variances `σ_j^2 > 0`. Defaults to each problem's total variance per
                 coordinate, `mean_i |x_i - x̄|^2 / d` (1 if the points are all equal), or the stored fitted ones.
@@ -398,35 +423,86 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 Return the `(batch_size, num_points, num_clusters)` `assignments` (and `responsibilities`); `False`
                 leaves them out, so that the compact engine never holds a tensor of that size.
         """
+        self._check_forward_kwargs(kwargs)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        inputs = self.prepare_inputs(points, centroids, attention_mask, {"variances": variances, "weights": weights})
-        self._check_generator(generator)
         num_iterations = self._check_num_iterations(num_iterations)
         if not final_assignment and num_iterations == 0:
             raise ValueError("`final_assignment=False` needs `num_iterations >= 1`: with no layer there is no assignment.")
-        if self.engine(bool(output_attentions), bool(output_hidden_states)) == "compact":
+        state = {"variances": variances, "weights": weights}
+        inputs = self.prepare_inputs(points, centroids, attention_mask, state, num_iterations=num_iterations)
+        self._check_generator(generator)
+        outputs = self._run(
+            inputs, num_iterations, generator, final_assignment, output_assignments, bool(output_attentions),
+            bool(output_hidden_states),
+        )
+        if not output_assignments:
+            outputs.assignments = outputs.responsibilities = None
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return outputs if return_dict else outputs.to_tuple()
+
+    def _run(
+        self, inputs, num_iterations, generator, final_assignment, output_assignments, output_attentions,
+        output_hidden_states,
+    ) -> KMeansTransformerOutput:
+        """
+        The engine `engine()` picks, on the prepared inputs; outputs of rescaled inputs are scaled back (the centroids
+        by `2**exponent`, the inertia by `4**exponent`, each carried state by its power), hidden states and attentions
+        stay those of the rescaled tokens.
+        """
+        if self.engine(output_attentions, output_hidden_states) == "compact":
             outputs = self._run_compact(inputs, num_iterations, final_assignment, output_assignments)
         else:
+            self.check_finite_weights()
             outputs = self._run_layers(
                 inputs,
                 num_iterations,
                 generator,
                 final_assignment,
-                need_weights=bool(output_attentions),
-                output_hidden_states=bool(output_hidden_states),
-                **{f"output_{name}_attentions": bool(output_attentions) for name in BLOCK_NAMES},
+                need_weights=output_attentions,
+                output_hidden_states=output_hidden_states,
+                **{f"output_{name}_attentions": output_attentions for name in BLOCK_NAMES},
             )
             if output_attentions and outputs.assign_attentions:
                 outputs.attentions = tuple(
                     zip(*(getattr(outputs, f"{name}_attentions") for name in BLOCK_NAMES), strict=True)
                 )
-        if not output_assignments:
-            outputs.assignments = outputs.responsibilities = None
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return outputs if return_dict else outputs.to_tuple()
+        if inputs.exponents is not None:
+            self._scale_back(outputs, inputs.exponents)
+        return outputs
+
+    def _scale_back(self, outputs: KMeansTransformerOutput, exponents: torch.LongTensor) -> None:
+        """
+        The outputs of data divided by `2**exponents` in the data's units: the centroids times `2**exponents`, the
+        inertia times `4**exponents`, each carried state by its `scale_power`, each rounded once. A square of the
+        data's scale past the dtype's largest number comes back as inf, with a `RuntimeWarning`.
+        """
+        outputs.centroids = _times_power_of_two_rounded(outputs.centroids, exponents[:, None, None])
+        squares = {"inertia": (outputs.inertia, 2 * exponents)}
+        for carried in self.config.variant_spec.state:
+            squares[carried.name] = (outputs[carried.name], carried.scale_power * exponents[:, None])
+        for name, (values, powers) in squares.items():
+            scaled = _times_power_of_two_rounded(values, powers)
+            if bool((torch.isinf(scaled) & torch.isfinite(values)).any()):
+                warnings.warn(
+                    f"The {name} of data this large is past the largest {values.dtype} number and is returned as "
+                    f"inf (the labels and centroids are exact); use float64 for a finite {name}.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            setattr(outputs, name, scaled)
+
+    def _check_forward_kwargs(self, kwargs: dict) -> None:
+        """A keyword `forward` does not know is a `TypeError` naming it (with the nearest known one), not swallowed."""
+        for name in kwargs:
+            if name in IGNORED_FORWARD_KWARGS:
+                continue
+            known = [parameter for parameter in inspect.signature(self.forward).parameters if parameter != "kwargs"]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise TypeError(f"{type(self).__name__}.forward() got an unexpected keyword argument `{name}`{hint}")
 
     def push_to_hub(self, repo_id: str, *, exist_ok: bool = True, **push_options):
         """
@@ -455,14 +531,46 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
         The two engines give the same labels; the compact engine sums in another order.
         """
-        implementation = ALL_ATTENTION_FUNCTIONS.get(self.config._attn_implementation)
         if not (self.config.variant_spec.compact and self.config.fast_hardmax):
             return "tokens"
-        if implementation is not hardmax_attention_forward or output_attentions or output_hidden_states:
+        if not self._runs_hardmax() or output_attentions or output_hidden_states:
             return "tokens"
         if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in self.parameters()):
             return "tokens"
         return "compact" if self.has_analytic_weights() else "tokens"
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """
+        transformers' `from_pretrained`, then the checks of `check_loaded`: a checkpoint that declares fitted
+        parameters must hold them, and every weight must be finite (`ValueError` naming the tensor otherwise).
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        model.check_loaded(loading_info.get("missing_keys", ()))
+        return (model, loading_info) if output_loading_info else model
+
+    def check_loaded(self, missing_keys=()) -> None:
+        """
+        Refuse a loaded checkpoint (`ValueError`) that declares `fitted_centroids` but lacks one of the fitted
+        tensors (`missing_keys`: transformers would fill it with the initial zeros), or that holds a non-finite weight.
+        """
+        missing = sorted(key for key in missing_keys if key.rsplit(".", 1)[-1].startswith("fitted_"))
+        if missing:
+            raise ValueError(
+                f"The checkpoint declares fitted_centroids=True but does not hold {missing}: it is incomplete (the "
+                "model would assign points to zero centroids). Save it again from the fitted model."
+            )
+        self.check_finite_weights()
+
+    def check_finite_weights(self) -> None:
+        """`ValueError` naming the first weight that holds a NaN or an infinite value (a corrupt checkpoint or edit)."""
+        for name, parameter in self.named_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                raise ValueError(
+                    f"The weight `{name}` holds NaN or infinite values: the checkpoint or an edit corrupted it, and "
+                    "the model's outputs would be meaningless."
+                )
 
     def has_analytic_weights(self) -> bool:
         """
@@ -571,9 +679,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def initial_parameters(self, points, centroids=None, attention_mask=None, **state) -> dict[str, torch.Tensor]:
         """
         The checked parameters an iteration starts from: `{"centroids": (batch, k, d), <state>: (batch, k)}`, with
-        the same defaults as `forward` (seen unit-normalised for a `unit_norm` variant).
+        the same defaults as `forward` (seen unit-normalised for a `unit_norm` variant), in the data's own units.
         """
-        inputs = self.prepare_inputs(points, centroids, attention_mask, state)
+        inputs = self.prepare_inputs(points, centroids, attention_mask, state, rescale=False)
         return {"centroids": self.config.variant_spec.seen_points(inputs.centroids), **inputs.state}
 
     @torch.no_grad()
@@ -585,8 +693,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         if self.engine() == "compact" and self.config.variant_spec.compact:
             spec = self.config.variant_spec
-            values = _with_ones(spec.seen_points(points))
-            labels = self.assignment_head.assign.assign_labels(values, spec.seen_points(parameters["centroids"]), None)
+            points, centroids = spec.seen_points(points), spec.seen_points(parameters["centroids"])
+            exponents = self._rescaling_exponents(points, centroids)  # labels do not change: no scaling back
+            if exponents is not None:
+                points, centroids = _divided_by_power_of_two(exponents, points, centroids)
+            labels = self.assignment_head.assign.assign_labels(_with_ones(points), centroids, None)
             return labels, labels
         state = {name: parameters[name] for name in self.config.variant_spec.state_names}
         output = self(points, parameters["centroids"], num_iterations=0, **state)
@@ -620,37 +731,99 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     # Inputs
     # -----------------------------------------------------------------------------------------------------------------
 
-    def prepare_inputs(self, points, centroids=None, attention_mask=None, state=None) -> PreparedInputs:
+    def prepare_inputs(
+        self, points, centroids=None, attention_mask=None, state=None, num_iterations=None, rescale=True
+    ) -> PreparedInputs:
         """
         Check and complete one call's inputs: points, mask and centroids (`_check_points`, `_check_centroids`), the
         stored fitted parameters as defaults, the variant's carried state (given, fitted or its default), and the
-        variant's own requirements (a `unit_norm` variant refuses vectors of norm 0).
+        variant's own requirements (a `unit_norm` variant refuses vectors that are 0). Every problem needs
+        `num_clusters` real points, or one when `num_iterations=0` and the centroids are given or fitted (the model
+        then only assigns). With `rescale`, data outside the dtype's safe range is multiplied by a power of two
+        (`_rescaling_exponents`), the given state with it, and the exponents are returned for scaling back.
         """
+        spec, state = self.config.variant_spec, self._given_state(state)
+        fitted = self._fitted_defaults()
+        assign_only = num_iterations == 0 and (centroids is not None or "centroids" in fitted)
+        points, point_mask = self._check_points(points, attention_mask, 1 if assign_only else self.config.num_clusters)
+        centroids = self._check_centroids(fitted.get("centroids") if centroids is None else centroids, points, point_mask)
+        for carried in spec.state:
+            values = state.get(carried.name, fitted.get(carried.name))
+            if values is not None:
+                state[carried.name] = self._check_component_values(values, carried.name, points.shape[0])
+        exponents = self._rescaling_exponents(points, centroids) if rescale else None
+        if exponents is not None:
+            points, centroids = _divided_by_power_of_two(exponents, points, centroids)
+            powers = {carried.name: carried.scale_power for carried in spec.state}
+            state = {name: times_power_of_two(value, -powers[name] * exponents[:, None]) for name, value in state.items()}
+        for carried in spec.state:
+            if carried.name not in state:
+                state[carried.name] = carried.default(points, point_mask, self.config.num_clusters)
+            elif (message := carried.check(state[carried.name])) is not None:
+                raise ValueError(message)
+        if spec.unit_norm:
+            if bool(((points == 0).all(dim=-1) & point_mask).any()):
+                raise ValueError(f"{spec.title.capitalize()} needs non-zero points: a point has norm 0 and no direction.")
+            if bool((centroids == 0).all(dim=-1).any()):
+                raise ValueError(
+                    f"{spec.title.capitalize()} needs non-zero centroids: a centroid has norm 0 and no direction."
+                )
+        return PreparedInputs(points, centroids, point_mask, state, exponents)
+
+    def _given_state(self, state) -> dict:
+        """The carried state given to `forward` (None values dropped); a name of another variant's state is refused."""
         spec, state = self.config.variant_spec, {k: v for k, v in (state or {}).items() if v is not None}
         for name in state:
             if name not in spec.state_names:
                 owners = " or ".join(repr(other.name) for other in VARIANTS.values() if name in other.state_names)
                 raise ValueError(f"`{name}` is one of the inputs of variant {owners}, not of {self.config.variant!r}.")
+        return state
+
+    def _fitted_defaults(self) -> dict[str, torch.Tensor]:
+        """The stored fitted parameters (`fitted_parameters`), refused when one holds NaN or infinite values."""
         fitted = self.embeddings.fitted_parameters()
-        points, point_mask = self._check_points(points, attention_mask)
-        centroids = self._check_centroids(fitted.get("centroids") if centroids is None else centroids, points, point_mask)
-        for carried in spec.state:
-            values = state.get(carried.name, fitted.get(carried.name))
-            if values is None:
-                state[carried.name] = carried.default(points, point_mask, self.config.num_clusters)
-                continue
-            state[carried.name] = values = self._check_component_values(values, carried.name, points.shape[0])
-            message = carried.check(values)
-            if message is not None:
-                raise ValueError(message)
-        if spec.unit_norm:
-            if bool(((torch.linalg.vector_norm(points, dim=-1) == 0) & point_mask).any()):
-                raise ValueError(f"{spec.title.capitalize()} needs non-zero points: a point has norm 0 and no direction.")
-            if bool((torch.linalg.vector_norm(centroids, dim=-1) == 0).any()):
+        for name, values in fitted.items():
+            if not bool(torch.isfinite(values).all()):
                 raise ValueError(
-                    f"{spec.title.capitalize()} needs non-zero centroids: a centroid has norm 0 and no direction."
+                    f"The stored `embeddings.fitted_{name}` hold NaN or infinite values: the checkpoint or an edit "
+                    "corrupted them."
                 )
-        return PreparedInputs(points, centroids, point_mask, state)
+        return fitted
+
+    def _rescaling_exponents(self, points: torch.Tensor, centroids: torch.Tensor) -> torch.LongTensor | None:
+        """
+        Per problem, the exponent `e` by which the model divides the data (`2**-e`, exact) so that its largest
+        `|coordinate|` lands in `[1/2, 1)`, or None when every problem lies inside the safe range of the dtype
+        (`attention.safe_magnitude_exponents`: squared distances and sums of squares neither overflow nor
+        underflow), which is then used as it is, bit for bit. Only for a variant whose result is equivariant under
+        the rescaling (`VariantSpec.scaling`, `scale_dependence`); for the others such data is refused.
+        """
+        spec = self.config.variant_spec
+        if spec.scaling == "invariant":  # it normalises every vector itself
+            return None
+        magnitudes = torch.stack([  # the largest |coordinate| of each problem
+            extreme for values in (points.detach(), centroids.detach())
+            for extreme in (values.amax(dim=(1, 2)), -values.amin(dim=(1, 2)))
+        ]).amax(dim=0)
+        terms = points.shape[2] * max(points.shape[1], centroids.shape[1])
+        exponents = rescaling_exponents(magnitudes, terms)
+        if not bool((exponents != 0).any()):
+            return None
+        reason = spec.scale_dependence(self.config, hardmax=self._runs_hardmax())
+        if reason is not None:
+            low, high = safe_magnitude_exponents(points.dtype, terms)
+            problem = int(torch.nonzero(exponents)[0])
+            raise ValueError(
+                f"The largest |coordinate| of problem {problem} is {float(magnitudes[problem]):.3g}, outside "
+                f"[{2.0**low:.3g}, {2.0**high:.3g}], where squared distances in {points.dtype} neither overflow nor "
+                f"underflow; {spec.title} cannot rescale it exactly, as {reason}. Rescale the data (with that "
+                "parameter) into the range, or use float64."
+            )
+        return exponents
+
+    def _runs_hardmax(self) -> bool:
+        """Whether the attention implementation is the exact hardmax kernel (`"kmeans_hardmax"` or its alias)."""
+        return ALL_ATTENTION_FUNCTIONS.get(self.config._attn_implementation) is hardmax_attention_forward
 
     def _check_generator(self, generator) -> None:
         if generator is None:
@@ -675,9 +848,15 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             raise ValueError(f"`{name}` contain NaN or infinite values.")
         return values
 
-    def _check_num_iterations(self, num_iterations: int | None) -> int:
+    def _check_num_iterations(self, num_iterations) -> int:
+        """The call's number of iterations: an integer >= 0 (a Python, numpy or 0-d torch integer), or the config's."""
         if num_iterations is None:
             return self.config.num_iterations
+        if not isinstance(num_iterations, (bool, np.bool_)):
+            try:
+                num_iterations = operator.index(num_iterations)
+            except TypeError:
+                pass
         if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
             raise ValueError(f"`num_iterations` must be an integer >= 0, got {num_iterations!r}.")
         if not self.config.share_layers and num_iterations != self.config.num_iterations:
@@ -687,8 +866,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             )
         return num_iterations
 
-    def _check_points(self, points, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate the points and the mask (shapes, dtypes, values, k points per problem); padding set to 0."""
+    def _check_points(self, points, attention_mask, minimum: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Validate the points and the mask (shapes, dtypes, values, at least `minimum` real points per problem: `k`,
+        or 1 for an assignment to given centroids); padding set to 0.
+        """
         k, d = self.config.num_clusters, self.config.point_dim
         dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
         points = _as_float_tensor(points, "points", dtype, device)
@@ -704,27 +886,16 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if batch_size == 0 or num_points == 0:
             raise ValueError(f"`points` is empty: shape {tuple(points.shape)}.")
 
-        if attention_mask is None:
-            point_mask = torch.ones(batch_size, num_points, dtype=torch.bool, device=device)
-        else:
-            attention_mask = torch.as_tensor(attention_mask, device=device)
-            if tuple(attention_mask.shape) != (batch_size, num_points):
-                raise ValueError(
-                    f"`attention_mask` must have shape (batch_size, num_points) = {(batch_size, num_points)}, "
-                    f"got {tuple(attention_mask.shape)}."
-                )
-            if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
-                if not torch.isin(attention_mask, torch.tensor([0.0, 1.0], device=device, dtype=attention_mask.dtype)).all():
-                    raise ValueError("`attention_mask` must hold only 0 and 1.")
-            elif attention_mask.dtype != torch.bool and not ((attention_mask == 0) | (attention_mask == 1)).all():
-                raise ValueError("`attention_mask` must hold only 0 and 1.")
-            point_mask = attention_mask.bool()
+        point_mask = _check_mask(attention_mask, batch_size, num_points, device)
         real_counts = point_mask.sum(dim=1)
-        if (real_counts < k).any():
-            problem = int(torch.nonzero(real_counts < k)[0])
+        if (real_counts < minimum).any():
+            problem = int(torch.nonzero(real_counts < minimum)[0])
+            if minimum < k:
+                raise ValueError(f"Problem {problem} has no real point (its `attention_mask` is all 0).")
             raise ValueError(
                 f"num_clusters={k} is larger than the number of points ({int(real_counts[problem])}) of problem "
-                f"{problem}: every problem needs at least k points."
+                f"{problem}: every problem needs at least k points to iterate (or to take its first k points as "
+                "centroids); with num_iterations=0 and given or fitted centroids, one point is enough."
             )
         if attention_mask is not None and not bool(point_mask.all()):
             points = points.masked_fill(~point_mask[..., None], 0.0)  # padding's values do not count
@@ -761,31 +932,88 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 def labelled_inertia(points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
     """
     `Σ_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`), per problem, in blocks of points small
-    enough (about 2**18 numbers) that the temporaries stay in cache.
+    enough (about 2**18 numbers) that the temporaries stay in cache. Each point's squared distance is taken in the
+    points' dtype, and their sum is accumulated in float64 whatever the dtype (float64 points as they are), then
+    rounded once to the points' dtype.
     """
     batch_size, num_points, point_dim = points.shape
     rows = max(1, 2**18 // (batch_size * point_dim))
     flat_centroids = centroids.reshape(-1, point_dim)
     offsets = torch.arange(batch_size, device=labels.device)[:, None] * centroids.shape[1]
-    total = points.new_zeros(batch_size)
+    total = points.new_zeros(batch_size, dtype=torch.float64)
     for start in range(0, num_points, rows):
         block, block_labels = points[:, start : start + rows], labels[:, start : start + rows]
         nearest = flat_centroids.index_select(0, (block_labels.clamp(min=0) + offsets).reshape(-1))
-        squares = (block - nearest.reshape(block.shape)).square_().sum(dim=-1)
+        squares = (block - nearest.reshape(block.shape)).square_().sum(dim=-1).to(torch.float64)
         total += (squares * (block_labels >= 0)).sum(dim=-1)
-    return total
+    return total.to(points.dtype)
+
+
+def _as_tensor(values, name: str) -> torch.Tensor:
+    """
+    A tensor from a tensor, a numpy array or scalar, a (nested) list, or a pandas DataFrame or Series (its values);
+    `TypeError` for anything that is not numbers.
+    """
+    if isinstance(values, torch.Tensor):
+        return values
+    if hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):  # pandas tables and columns
+        values = values.to_numpy()
+    try:
+        array = np.asarray(values)
+        if array.dtype == object:
+            array = array.astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`{name}` must be a tensor or an array of numbers, got {type(values).__name__}.") from error
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"`{name}` must be a tensor or an array of numbers, got {type(values).__name__} ({array.dtype}).")
+    return torch.as_tensor(array if array.flags.writeable else array.copy())
 
 
 def _as_float_tensor(values, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A real floating tensor (from a tensor or an array), cast to the model's dtype and device."""
-    if not isinstance(values, torch.Tensor):
-        try:
-            values = torch.as_tensor(values)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"`{name}` must be a tensor or an array of floats, got {type(values).__name__}.") from error
+    """
+    A real floating tensor, cast to the model's dtype and device: a floating tensor, or an array, list, DataFrame or
+    Series of real numbers (integers are read as numbers; an integer tensor is refused, its dtype being a choice).
+    """
+    given_tensor = isinstance(values, torch.Tensor)
+    values = _as_tensor(values, name)
+    integers = not (values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool)
+    if integers and not given_tensor:
+        values = values.to(torch.float64)
     if not values.dtype.is_floating_point:
         raise TypeError(f"`{name}` must hold real floating-point numbers, got dtype {values.dtype}.")
     return values.to(device=device, dtype=dtype)
+
+
+def _check_mask(attention_mask, batch_size: int, num_points: int, device: torch.device) -> torch.BoolTensor:
+    """
+    The point mask `(batch_size, num_points)` from `attention_mask` (None: every point is real): a tensor, array,
+    list, DataFrame or Series of 0 and 1 (or bools), real; one problem's mask may be 1-D.
+    """
+    if attention_mask is None:
+        return torch.ones(batch_size, num_points, dtype=torch.bool, device=device)
+    mask = _as_tensor(attention_mask, "attention_mask").to(device)
+    if mask.dtype.is_complex:
+        raise ValueError(f"`attention_mask` must hold real 0 and 1 (or bools), got complex dtype {mask.dtype}.")
+    if mask.dim() == 1 and batch_size == 1:
+        mask = mask.unsqueeze(0)
+    if tuple(mask.shape) != (batch_size, num_points):
+        raise ValueError(
+            f"`attention_mask` must have shape (batch_size, num_points) = {(batch_size, num_points)}, "
+            f"got {tuple(mask.shape)}."
+        )
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("`attention_mask` must hold only 0 and 1.")
+    return mask.bool()
+
+
+def _divided_by_power_of_two(exponents: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each `(batch, ..., d)` tensor times `2**-exponents` per problem (exact where the result is a normal number)."""
+    return tuple(times_power_of_two(values, -exponents.reshape(-1, *[1] * (values.dim() - 1))) for values in tensors)
+
+
+def _times_power_of_two_rounded(values: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """`values * 2**exponents`, computed in float64 and rounded once to the dtype of `values`."""
+    return times_power_of_two(values.to(torch.float64), exponents).to(values.dtype)
 
 
 

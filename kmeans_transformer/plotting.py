@@ -209,11 +209,21 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def save_figure(figure, path, overwrite: bool = False) -> Path:
-    """Save `figure` as a PNG at `path`, which must end in .png; an existing file only with `overwrite`."""
+    """
+    Save `figure` as a PNG at `path`, which must end in .png; an existing file only with `overwrite`. The PNG is
+    written under a temporary name next to `path` and renamed into place when complete (`files.replacing_file`).
+    """
+    from .files import replacing_file
+
     path = _check_png_path(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=figure.dpi)
+    with replacing_file(path, overwrite) as temporary:
+        write_png(figure, temporary)
     return path
+
+
+def write_png(figure, file) -> None:
+    """Write `figure` as a PNG to exactly `file` (any name), no checks: `save_figure`'s step inside the rename."""
+    figure.savefig(file, format="png", dpi=figure.dpi)
 
 
 def check_plot_path(path, overwrite: bool = False, how: str = "pass --overwrite") -> Path:

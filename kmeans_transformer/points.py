@@ -35,9 +35,17 @@ values, lists of the wrong length, and for a `unit_norm` variant points of norm 
 agree on the outcome with one small all-reduce, so that all of them raise together. Reading costs far less than a
 model pass (see `docs/points_memory.md`), and a bad row is then reported before any work, naming its global row index
 and the row range of its chunk.
+
+Outputs. A labels directory, and the command's whole output directory (`write_points_output`: `centroids.parquet`,
+`labels/`, then `summary.json`, the marker written last), are built under a temporary name that process 0 creates and
+broadcasts, and take their place only when every process has written its part (`shared_output_directory`); readers
+(`check_points_output`, `load_points_output`) refuse an output without its marker. Every collective that fails (a
+process failed, was stopped or killed, or the process group's timeout passed) is a one-line `ProcessGroupError`.
 """
 
+import json
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +54,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .files import replacing_directory, replacing_file
 from .modeling_kmeans_transformer import labelled_inertia
-from .tabular import FeatureColumns, load_saved_dataset, refuse_dataset_dict
+from .tabular import (
+    FeatureColumns,
+    check_output_directory,
+    load_saved_dataset,
+    refuse_dataset_dict,
+    refuse_partial,
+)
 from .variants import variants_with
 
 
@@ -86,6 +101,7 @@ def cluster_points(
     accelerator=None,
     progress: bool = True,
     labels_output=None,
+    overwrite: bool = False,
 ) -> PointsResult:
     """
     Cluster the rows of `dataset` as one problem with `model`, reading `chunk_size` rows at a time (see the module
@@ -107,9 +123,11 @@ def cluster_points(
         accelerator: an `accelerate.Accelerator`; without one, `accelerate.PartialState()` (one process unless the
             script was launched on several).
         progress: show a progress bar over the iterations (main process only).
-        labels_output: a directory; if given, every process writes the labels of its rows under the final parameters,
-            with their global row index, to `labels_output/part-{rank:05d}-of-{world:05d}.parquet` (columns `index`
-            and `label`, written chunk by chunk).
+        labels_output: a directory (on storage every process sees); if given, every process writes the labels of
+            its rows under the final parameters, with their global row index, to
+            `labels_output/part-{rank:05d}-of-{world:05d}.parquet` (columns `index` and `label`). The directory is
+            built whole under a temporary name (`shared_output_directory`): it appears complete or not at all.
+        overwrite: replace an existing `labels_output` (checked before any work), whole, once the new one is complete.
 
     Returns:
         A `PointsResult`, identical on every process.
@@ -117,8 +135,8 @@ def cluster_points(
     Initial centroids: the model's stored fitted centroids if `config.fitted_centroids`, else the first `k` rows of
     the whole dataset (the model's default for one problem), read by every process alike.
     """
-    num_iterations = _check_arguments(model.config, chunk_size, num_iterations, initial_state)
-    processes = _Processes.of(accelerator)
+    num_iterations = _check_arguments(model.config, chunk_size, num_iterations, initial_state, labels_output, overwrite)
+    processes = Processes.of(accelerator)
     device, spec = model.device, model.config.variant_spec
     source = _open_source(dataset)
     features = _select_features(source, columns)
@@ -138,8 +156,7 @@ def cluster_points(
     with torch.no_grad():
         for _ in bar:
             parameters = _iteration(model, chunks(), parameters, processes.reduce_sum)
-        totals = _final_pass(model, chunks(), parameters, _LabelsWriter(labels_output, processes))
-        totals = processes.reduce_sum(totals)
+        totals = _final_pass(model, chunks(), parameters, processes, labels_output, overwrite)
 
     k = model.config.num_clusters
     return PointsResult(
@@ -152,8 +169,11 @@ def cluster_points(
     )
 
 
-def _check_arguments(config, chunk_size, num_iterations, initial_state) -> int:
-    """Check the arguments that need no data; return the number of iterations."""
+def _check_arguments(config, chunk_size, num_iterations, initial_state, labels_output, overwrite) -> int:
+    """Check the arguments that need no data (and where the labels go); return the number of iterations."""
+    if labels_output is not None:
+        check_output_directory(labels_output, overwrite, _is_labels_directory, "a directory of label parts",
+                               how="pass overwrite=True")
     supported = variants_with("sums_over_points")
     spec = config.variant_spec
     if not spec.sums_over_points:
@@ -184,33 +204,124 @@ def _check_arguments(config, chunk_size, num_iterations, initial_state) -> int:
     return num_iterations
 
 
+class ProcessGroupError(RuntimeError):
+    """
+    A collective operation with the other processes failed: one of them failed, was stopped or killed, or did not
+    answer within the process group's timeout (`InitProcessGroupKwargs(timeout=...)`, the command's `--timeout`).
+    """
+
+
 @dataclass
-class _Processes:
-    """This process's place in the launch, and the sum over all processes."""
+class Processes:
+    """This process's place in the launch, and the operations over all processes (each a no-op for one process)."""
 
     rank: int
     world: int
     is_main: bool
-    accelerator: object
+    device: torch.device
 
     @classmethod
-    def of(cls, accelerator) -> "_Processes":
+    def of(cls, accelerator) -> "Processes":
         if accelerator is None:
             from accelerate import PartialState
 
             state = PartialState()
         else:
             state = accelerator.state
-        return cls(state.process_index, state.num_processes, state.is_main_process, accelerator)
+        return cls(state.process_index, state.num_processes, state.is_main_process, state.device)
+
+    def collective(self, operation, *args, **kwargs):
+        """`operation(*args, **kwargs)`, a collective: its failure is a one-line `ProcessGroupError`."""
+        try:
+            return operation(*args, **kwargs)
+        except RuntimeError as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise ProcessGroupError(
+                f"process {self.rank} of {self.world}: communication with the other processes failed (one of them "
+                f"failed, was stopped or killed, or did not answer within the timeout): {reason}"
+            ) from error
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
             return tensor
-        if self.accelerator is not None:
-            return self.accelerator.reduce(tensor, reduction="sum")
         from accelerate.utils import reduce
 
-        return reduce(tensor, reduction="sum")
+        return self.collective(reduce, tensor, reduction="sum")
+
+    def broadcast(self, objects: list) -> list:
+        """Process 0's `objects` (a list of picklable objects), on every process."""
+        if self.world == 1:
+            return objects
+        from accelerate.utils import broadcast_object_list
+
+        return self.collective(broadcast_object_list, objects, from_process=0)
+
+    def agree(self, problem: Exception | None, elsewhere: Exception) -> None:
+        """
+        Every process learns whether one of them has a `problem` (one small all-reduce, which is also a barrier):
+        this process raises its own, the others raise `elsewhere`.
+        """
+        flag = torch.tensor([0.0 if problem is None else 1.0], dtype=torch.float64, device=self.device)
+        failed = float(self.reduce_sum(flag)[0]) > 0
+        if problem is not None:
+            raise problem
+        if failed:
+            raise elsewhere
+
+
+@contextmanager
+def shared_output_directory(path, overwrite: bool = False, accelerator=None) -> Iterator[Path]:
+    """
+    `files.replacing_directory` for every process of a launch: yield a temporary directory next to `path` that every
+    process writes into; when every process has left the block without error, it takes `path`'s place (a previous
+    output, allowed with `overwrite`, is removed only then), and the processes leave together. Process 0 creates it
+    (`.NAME.<pid>-<random>.partial`) and the others learn its name through a broadcast (accelerate's
+    `broadcast_object_list`); it must lie on storage that every process sees (checked). On an error or an interrupt
+    in process 0 the temporary directory is removed; a killed run leaves it, hidden, and it is never read.
+    """
+    with _shared_directory(Path(path), overwrite, Processes.of(accelerator)) as directory:
+        yield directory
+
+
+@contextmanager
+def _shared_directory(path: Path, overwrite: bool, processes: Processes) -> Iterator[Path]:
+    with ExitStack() as stack:
+        temporary = _create_shared_directory(stack, path, overwrite, processes)
+        yield temporary
+        processes.agree(None, OSError("another process failed."))  # a barrier: every process has written its files
+        problem = None
+        if processes.is_main:
+            try:
+                stack.close()  # the rename into place
+            except OSError as error:
+                problem = error
+        processes.agree(problem, OSError(f"process 0 could not move {temporary} into place at {path} (see its error)."))
+
+
+def _create_shared_directory(stack: ExitStack, path: Path, overwrite: bool, processes: Processes) -> Path:
+    """Process 0 enters `replacing_directory(path)` on `stack`; every process gets the temporary directory's path."""
+    name, problem = None, None
+    if processes.is_main:
+        try:
+            name = str(stack.enter_context(replacing_directory(path, overwrite, how="pass overwrite=True")))
+        except OSError as error:
+            problem = error
+    name, message = processes.broadcast([name, None if problem is None else " ".join(str(problem).split())])
+    if problem is not None:
+        raise problem
+    if message is not None:
+        raise OSError(f"process 0 could not create the output {path}: {message}")
+    temporary = Path(name)
+    unseen = f"{temporary}, created by process 0, is not visible to process {processes.rank}"
+    hidden = None if temporary.is_dir() else OSError(f"{unseen}: the output must lie on storage every process sees.")
+    processes.agree(hidden, OSError(f"{temporary} is not visible to every process: the output must lie on storage "
+                                    "every process sees."))
+    return temporary
+
+
+def _is_labels_directory(path: Path) -> bool:
+    """Whether the directory `path` holds only label parts (`part-*.parquet`), as `cluster_points` writes them."""
+    return all(entry.name.startswith("part-") and entry.suffix == ".parquet" for entry in path.iterdir())
 
 
 def _read_head(source, features, config) -> np.ndarray:
@@ -281,37 +392,44 @@ def _assign(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) ->
     return labels[:, :n], assignment[:, :n]
 
 
-def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], writer: "_LabelsWriter") -> torch.Tensor:
+def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: Processes, labels_output,
+                overwrite: bool) -> torch.Tensor:
     """
-    The labels of the returned parameters (`model.assign`), written by `writer`, and this shard's totals `(k + 1,)`
-    float64: the cluster sizes, then the inertia of the points as the model sees them (the model's `labelled_inertia`).
+    The labels of the returned parameters (`model.assign`), written to `labels_output` if given (built whole, see
+    `shared_output_directory`), and the totals `(k + 1,)` float64 over all processes: the cluster sizes, then the
+    inertia of the points as the model sees them (the model's `labelled_inertia`).
     """
     k, spec = model.config.num_clusters, model.config.variant_spec
     totals = parameters["centroids"].new_zeros(k + 1)
-    with writer:
+    shared = nullcontext() if labels_output is None else _shared_directory(Path(labels_output), overwrite, processes)
+    with shared as directory, _LabelsWriter(directory, processes) as writer:
         for indices, points in chunks:
             labels, _ = _assign(model, points, parameters)
             totals[k] += labelled_inertia(spec.seen_points(points)[None], parameters["centroids"], labels)[0]
             labelled = labels[0][labels[0] >= 0]
             totals[:k] += torch.bincount(labelled, minlength=k).to(torch.float64)
             writer.write(indices, labels[0])
-    return totals
+    return processes.reduce_sum(totals)
 
 
 class _LabelsWriter:
-    """Writes a process's labels chunk by chunk to `directory/part-{rank:05d}-of-{world:05d}.parquet` (if any)."""
+    """
+    Writes a process's labels chunk by chunk to `directory/part-{rank:05d}-of-{world:05d}.parquet` (if any), under a
+    temporary name in `directory` renamed to the part's name once its Parquet footer is written.
+    """
 
     schema = pa.schema([("index", pa.int64()), ("label", pa.int64())])
 
-    def __init__(self, directory, processes: _Processes):
+    def __init__(self, directory, processes: Processes):
         self.directory, self.processes, self.writer = directory, processes, None
+        self.stack = ExitStack()
 
     def __enter__(self) -> "_LabelsWriter":
         if self.directory is not None:
-            directory = Path(self.directory)
-            directory.mkdir(parents=True, exist_ok=True)
             name = f"part-{self.processes.rank:05d}-of-{self.processes.world:05d}.parquet"
-            self.writer = pq.ParquetWriter(directory / name, self.schema)
+            temporary = self.stack.enter_context(replacing_file(Path(self.directory) / name))
+            self.writer = pq.ParquetWriter(temporary, self.schema)
+            self.stack.callback(self.writer.close)
         return self
 
     def write(self, indices: np.ndarray, labels: torch.Tensor) -> None:
@@ -320,8 +438,7 @@ class _LabelsWriter:
             self.writer.write_table(pa.table(columns, schema=self.schema))
 
     def __exit__(self, *exception) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.stack.__exit__(*exception)
 
 
 def _validate_shard(shard, features, name: str, device, reduce_sum, spec) -> int:
@@ -479,6 +596,7 @@ def _open_source(dataset):
     path = Path(dataset)
     if not path.exists():
         raise ValueError(f"{path} does not exist.")
+    refuse_partial(path)
     if path.is_dir():
         return _DatasetSource(load_saved_dataset(path), str(path))
     if path.suffix.lower() != ".parquet":
@@ -492,4 +610,119 @@ def _select_features(source, columns) -> FeatureColumns:
     return FeatureColumns.select({name: schema.field(name).type for name in schema.names}, columns, source.name)
 
 
-__all__ = ["PointsResult", "cluster_points"]
+# ---------------------------------------------------------------------------------------------------------------------
+# The command's output directory: `centroids.parquet`, `labels/` and `summary.json`, written last: the marker that the
+# output is complete, which readers check.
+# ---------------------------------------------------------------------------------------------------------------------
+
+OUTPUT_MARKER = "summary.json"
+OUTPUT_NAMES = ("centroids.parquet", "labels", OUTPUT_MARKER)
+
+
+@dataclass
+class PointsOutput:
+    """A complete points-mode output, read back: its summary, the centroids table and the labels, sorted by row."""
+
+    summary: dict
+    centroids: "pd.DataFrame"  # noqa: F821
+    labels: "pd.DataFrame"  # noqa: F821
+
+
+def write_points_output(result: PointsResult, directory, num_processes: int, **summary) -> None:
+    """
+    Write `result` into the output `directory` (whose `labels/` `cluster_points` wrote): `centroids.parquet` (columns
+    `cluster`, `x0`, ..., `size`), then `summary.json` (`summary`'s entries, the numbers of points, clusters,
+    iterations and processes, the inertia), last: its presence says the output is complete. Each file is written
+    under a temporary name and renamed into place.
+    """
+    directory = Path(directory)
+    k, d = result.centroids.shape
+    columns = {"cluster": np.arange(k, dtype=np.int64), **{f"x{i}": result.centroids[:, i] for i in range(d)}}
+    columns["size"] = np.asarray(result.cluster_sizes, dtype=np.int64)
+    with replacing_file(directory / "centroids.parquet") as temporary:
+        pq.write_table(pa.table(columns), temporary)
+    summary = {
+        **summary,
+        "num_points": int(result.num_points),
+        "num_clusters": int(k),
+        "num_iterations": int(result.num_iterations),
+        "num_processes": int(num_processes),
+        "inertia": float(result.inertia),
+    }
+    with replacing_file(directory / OUTPUT_MARKER) as temporary:
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def is_points_output(path) -> bool:
+    """Whether the directory `path` holds nothing but a points-mode output's entries (complete or not)."""
+    names = {entry.name for entry in Path(path).iterdir()}
+    return bool(names) and names <= set(OUTPUT_NAMES)
+
+
+def check_points_output(path) -> dict:
+    """
+    The summary of the complete points-mode output `path`, read without its data. An incomplete output is a one-line
+    `ValueError`: a temporary name (a run in progress, or killed), no `summary.json` (it is written last), or label
+    parts other than the `num_processes` the summary names.
+    """
+    path = Path(path)
+    refuse_partial(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a points-mode output directory.")
+    marker = path / OUTPUT_MARKER
+    if not marker.is_file():
+        raise ValueError(
+            f"{path} is not a complete points-mode output: it has no {OUTPUT_MARKER}, which is written last (the run "
+            "that wrote it did not finish); run it again with --overwrite."
+        )
+    try:
+        summary = json.loads(marker.read_text())
+        world = int(summary.get("num_processes", 0))
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"Cannot read {marker}: {' '.join(str(error).split())}") from error
+    found = sorted(part.name for part in (path / "labels").glob("*.parquet"))
+    expected = [f"part-{rank:05d}-of-{world:05d}.parquet" for rank in range(world)]
+    if world and found != expected:
+        raise ValueError(
+            f"{path} is not a complete points-mode output: labels/ holds {len(found)} parts, but the run that wrote it "
+            f"had {world} processes ({', '.join(expected[:2])}{', ...' if world > 2 else ''})."
+        )
+    if not (path / "centroids.parquet").is_file():
+        raise ValueError(f"{path} is not a complete points-mode output: it has no centroids.parquet.")
+    return summary
+
+
+def load_points_output(path) -> PointsOutput:
+    """
+    Read back the complete points-mode output `path` (checked by `check_points_output`): the summary, the centroids
+    and every point's label (one row per point, sorted by `index`; all in memory).
+    """
+    import pandas as pd
+
+    summary = check_points_output(path)
+    path = Path(path)
+    parts = sorted((path / "labels").glob("*.parquet"))
+    try:
+        centroids = pd.read_parquet(path / "centroids.parquet")
+        tables = [pq.read_table(part) for part in parts]
+        labels = pa.concat_tables(tables) if tables else _LabelsWriter.schema.empty_table()
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"Cannot read the points-mode output {path}: {' '.join(str(error).split())}") from error
+    labels = labels.to_pandas().sort_values("index", kind="stable").reset_index(drop=True)
+    if "num_points" in summary and len(labels) != summary["num_points"]:
+        raise ValueError(
+            f"{path} is not a complete points-mode output: {len(labels)} labels for {summary['num_points']} points."
+        )
+    return PointsOutput(summary, centroids, labels)
+
+
+__all__ = [
+    "PointsOutput",
+    "PointsResult",
+    "ProcessGroupError",
+    "check_points_output",
+    "cluster_points",
+    "load_points_output",
+    "shared_output_directory",
+    "write_points_output",
+]

@@ -14,7 +14,6 @@ Under several processes (`torchrun`, `accelerate launch`) the batches are shared
 gathered, and the main process alone gets the dataset; the others get None.
 """
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from .files import check_new_path, refuse_overlap, replacing_directory, replacing_file
+from .points import OUTPUT_MARKER, Processes, is_points_output
 from .tabular import (
+    check_output_directory,
+    check_output_path,
     is_list_type,
     is_number_type,
     load_saved_dataset,
     refuse_dataset_dict,
+    refuse_partial,
     require_columns,
 )
 
@@ -238,6 +242,7 @@ def infer_problems(
     loader = accelerator.prepare_data_loader(loader)
     model = model.to(accelerator.device).eval()
 
+    processes = Processes.of(accelerator)  # its collectives fail as one-line ProcessGroupErrors
     parts = {"problem": [], "num_points": [], "labels": [], "centroids": [], "inertia": []}
     bar = tqdm(loader, total=len(loader), desc="problems", unit="batch", disable=not (progress and accelerator.is_main_process))
     with torch.no_grad():
@@ -248,9 +253,10 @@ def infer_problems(
                 attention_mask=batch["attention_mask"],
                 num_iterations=num_iterations,
             )
-            labels = accelerator.pad_across_processes(output.labels, dim=1, pad_index=-1)
-            gathered = accelerator.gather_for_metrics(
-                (batch["problem"], batch["num_points"], labels, output.centroids, output.inertia)
+            labels = processes.collective(accelerator.pad_across_processes, output.labels, dim=1, pad_index=-1)
+            gathered = processes.collective(
+                accelerator.gather_for_metrics,
+                (batch["problem"], batch["num_points"], labels, output.centroids, output.inertia),
             )
             for key, value in zip(("problem", "num_points", "labels", "centroids", "inertia"), gathered, strict=True):
                 parts[key].append(value.cpu())
@@ -313,9 +319,11 @@ def _results_dataset(parts: dict[str, list[torch.Tensor]], dtype: torch.dtype):
 def write_problem_results(results, path, overwrite: bool = False) -> None:
     """
     Write the dataset returned by [`infer_problems`]: a `.parquet` path gets one Parquet file, any other path a
-    directory written by `save_to_disk`. An existing path is refused (`FileExistsError`) unless `overwrite`, which
-    replaces a Parquet file, or a directory that is empty or holds a `save_to_disk` dataset. `results=None` (what the
-    other processes of a multi-process run get) writes nothing.
+    directory written by `save_to_disk`. The output is written under a temporary name next to `path` and takes its
+    place only when complete (`files.replacing_file`, `files.replacing_directory`): an error or an interrupt leaves
+    `path` as it was. An existing path is refused (`FileExistsError`) unless `overwrite`, which replaces a Parquet
+    file, or a directory that is empty or holds a `save_to_disk` dataset, whole. `results=None` (what the other
+    processes of a multi-process run get) writes nothing.
     """
     import datasets
 
@@ -323,41 +331,56 @@ def write_problem_results(results, path, overwrite: bool = False) -> None:
         return
     if not isinstance(results, datasets.Dataset):
         raise TypeError(f"Expected the datasets.Dataset of infer_problems, got {type(results).__name__}.")
-    path = Path(path)
-    parquet = path.suffix.lower() == ".parquet"
-    if path.exists():
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-        if parquet and path.is_dir():
-            raise FileExistsError(f"{path} is a directory, not a Parquet file; refusing to replace it.")
-        if not parquet:
-            if not path.is_dir():
-                raise FileExistsError(f"{path} is a file, not a dataset directory; refusing to replace it.")
-            if any(path.iterdir()) and not (path / "state.json").is_file():
-                raise FileExistsError(f"{path} is a non-empty directory that is not a saved dataset; refusing to replace it.")
-            sources = {Path(entry["filename"]).resolve().parent for entry in results.cache_files}
-            if path.resolve() in sources:
-                raise FileExistsError(f"{path} holds the results being written; write them elsewhere.")
-            shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if parquet:
-        results.to_parquet(str(path))
+    path = check_problem_results_path(path, overwrite, how="pass overwrite=True")
+    sources = [Path(entry["filename"]).parent for entry in results.cache_files]
+    refuse_overlap(path, sources, what="output")
+    if path.suffix.lower() == ".parquet":
+        with replacing_file(path, overwrite) as temporary:
+            results.to_parquet(str(temporary))
     else:
-        results.save_to_disk(str(path))
+        with replacing_directory(path, overwrite) as temporary:
+            results.save_to_disk(str(temporary))
+
+
+def check_problem_results_path(path, overwrite: bool = False, how: str = "pass --overwrite") -> Path:
+    """
+    Check, before any work, where [`write_problem_results`] is to write: a `.parquet` file, or else a `save_to_disk`
+    directory; an existing one only with `overwrite`, and a directory only if it is empty or a saved dataset.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        if path.is_dir() and not path.is_symlink():
+            raise FileExistsError(f"{path} is a directory, not a Parquet file; refusing to replace it.")
+        return check_output_path(path, (".parquet",), overwrite, how=how)
+    check_new_path(path, overwrite, how)
+    if path.exists() and not path.is_symlink() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a dataset directory; refusing to replace it.")
+    return check_output_directory(path, overwrite, _is_saved_dataset, "a saved dataset", how)
+
+
+def _is_saved_dataset(directory: Path) -> bool:
+    return (directory / "state.json").is_file()
 
 
 def load_problems(path):
     """
     Open a problems dataset: a directory written by `datasets.Dataset.save_to_disk`, a `.parquet` file or a
-    `.jsonl`/`.json` file (JSON Lines, one problem per line). A missing path, another file type or a `DatasetDict`
-    directory (its splits are named: give one split's directory) is a one-line `ValueError`.
+    `.jsonl`/`.json` file (JSON Lines, one problem per line). A missing path, another file type, a `DatasetDict`
+    directory (its splits are named: give one split's directory), an incomplete output (a temporary `.….partial` name
+    left by a killed run, a directory without the `state.json` that `save_to_disk` writes last), a points-mode output
+    or a file that cannot be parsed is a one-line `ValueError`.
     """
     import datasets
 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path} does not exist.")
+    refuse_partial(path)
     if path.is_dir():
+        if (path / OUTPUT_MARKER).is_file() or is_points_output(path):
+            raise ValueError(
+                f"{path} is a points-mode output (centroids.parquet, summary.json, labels/), not a problems dataset."
+            )
         return load_saved_dataset(path)
     suffix = path.suffix.lower()
     if suffix not in LOAD_SUFFIXES:
@@ -365,9 +388,20 @@ def load_problems(path):
             f"Cannot read {path}: unsupported file type {path.suffix or '(none)'!r}; expected "
             f"{', '.join(LOAD_SUFFIXES)} or a directory written by datasets' save_to_disk."
         )
-    if suffix == ".parquet":
-        return datasets.Dataset.from_parquet(str(path))
-    return datasets.Dataset.from_json(str(path))
+    try:
+        if suffix == ".parquet":
+            return datasets.Dataset.from_parquet(str(path))
+        return datasets.Dataset.from_json(str(path))
+    except (OSError, ValueError, pa.ArrowException, datasets.exceptions.DatasetGenerationError) as error:
+        kind = "Parquet" if suffix == ".parquet" else "JSON Lines"
+        reason = " ".join(str(error.__cause__ or error).split())
+        raise ValueError(f"Cannot read {path} as {kind} (an incomplete or corrupt file?): {reason}") from error
 
 
-__all__ = ["infer_problems", "load_problems", "validate_problems", "write_problem_results"]
+__all__ = [
+    "check_problem_results_path",
+    "infer_problems",
+    "load_problems",
+    "validate_problems",
+    "write_problem_results",
+]

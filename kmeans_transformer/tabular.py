@@ -11,12 +11,17 @@ mode (`problems.py`) checks its columns with the same `require_columns`, `is_num
 """
 
 import json
+import math
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from .files import PARTIAL_SUFFIX, check_new_path, replacing_file
 
 
 INPUT_SUFFIXES = (".csv", ".parquet", ".npy")
@@ -48,35 +53,101 @@ def read_points(path, columns: list[str] | None = None) -> tuple[pd.DataFrame, n
 
 def write_table(table: pd.DataFrame, path, overwrite: bool = False) -> None:
     """
-    Write `table` as `.csv` or `.parquet`, by `path`'s suffix; refuse an existing `path` unless `overwrite`. The index
-    is written only when it carries information (it has a name or is not 0, 1, ..., n - 1). In a CSV, list-valued
-    cells are written as JSON lists.
+    Write `table` as `.csv` or `.parquet`, by `path`'s suffix; refuse an existing `path` unless `overwrite`. The file
+    is written under a temporary name next to `path` and renamed into place when complete (`files.replacing_file`),
+    so an error or an interrupt leaves `path` as it was. The index is written only when it carries information (it
+    has a name or is not 0, 1, ..., n - 1). In a CSV, list-valued cells are written as JSON lists.
     """
-    path = Path(path)
-    check_output_path(path, OUTPUT_SUFFIXES, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
+    path = check_output_path(path, OUTPUT_SUFFIXES, overwrite)
+    with replacing_file(path, overwrite) as temporary:
+        write_table_file(table, temporary, path.suffix)
+
+
+def write_table_file(table: pd.DataFrame, file, suffix: str) -> None:
+    """Write `table` to exactly `file` in the format of `suffix` (`.csv` or `.parquet`), no checks: `write_table`'s
+    step inside `files.replacing_file`, for a caller that renames several outputs into place together."""
+    if suffix.lower() == ".csv":
         table = table.copy()
         for name in table.columns:
             if _is_list_column(table[name]):
                 table[name] = table[name].map(lambda cell: None if cell is None else json.dumps(np.asarray(cell).tolist()))
-        table.to_csv(path, index=_meaningful_index(table))
+        table.to_csv(file, index=_meaningful_index(table))
     else:
-        table.to_parquet(path, index=_meaningful_index(table))
+        table.to_parquet(file, index=_meaningful_index(table))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Output paths, checked before any work (the rules are files.py's: a symbolic link counts as existing, an output is
+# replaced only with `overwrite`); what is written then goes through `files.replacing_file` / `replacing_directory`.
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def check_output_path(
     path, suffixes: tuple[str, ...], overwrite: bool = False, what: str = "output", how: str = "pass --overwrite"
 ) -> Path:
-    """Check that `path` ends in one of `suffixes` and, unless `overwrite`, does not exist yet (the error says `how`)."""
+    """
+    Check an output file before any work: `path` ends in one of `suffixes`, is not a directory, does not exist unless
+    `overwrite` (`files.check_new_path`: a symbolic link, even a dangling one, exists; the error says `how`), and its
+    directory can be created and written.
+    """
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"Cannot write {path}: the {what} must end in {' or '.join(suffixes)}.")
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise FileExistsError(f"{path} is a directory.")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; {how} to replace it.")
+    check_new_path(path, overwrite, how)
+    check_writable_parent(path)
     return path
+
+
+def check_output_directory(
+    path, overwrite: bool, is_previous: Callable[[Path], bool], kind: str, how: str = "pass --overwrite"
+) -> Path:
+    """
+    Check an output directory before any work. Refused: a file; a symbolic link or a non-empty directory unless
+    `overwrite`; with `overwrite`, a non-empty directory that `is_previous` does not recognise as a previous output of
+    this `kind` (replacing it would delete whatever it holds); a directory that cannot be created. An empty directory
+    is accepted.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} is a symbolic link; {how} to replace it.")
+    elif path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} exists and is not a directory.")
+        if any(path.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{path} is not empty; {how} to replace it.")
+            if not is_previous(path):
+                raise FileExistsError(
+                    f"{path} is a non-empty directory that is not {kind}; refusing to replace it (and delete what it "
+                    "holds): remove it yourself or choose another path."
+                )
+    check_writable_parent(path)
+    return path
+
+
+def check_writable_parent(path) -> None:
+    """`path`'s directory exists or can be created, and can be written (an `OSError` otherwise)."""
+    ancestor = Path(os.path.abspath(path)).parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"Cannot write {path}: {ancestor} is not a directory.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"Cannot write {path}: no permission to write in {ancestor}.")
+
+
+def refuse_partial(path) -> None:
+    """A `ValueError` for a temporary output name (`.NAME….partial`): an output being written, or one left by a killed
+    run, never complete."""
+    name = Path(path).name
+    if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
+        raise ValueError(
+            f"{path} is an incomplete output (a temporary name, of a run in progress or one that was killed); it "
+            "cannot be read. A leftover can be deleted."
+        )
 
 
 def _meaningful_index(table: pd.DataFrame) -> bool:
@@ -88,6 +159,7 @@ def _meaningful_index(table: pd.DataFrame) -> bool:
 def _read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise ValueError(f"{path} does not exist.")
+    refuse_partial(path)
     if path.is_dir():
         return _read_dataset(path)
     suffix = path.suffix.lower()
@@ -111,8 +183,11 @@ def _read_table(path: Path) -> pd.DataFrame:
 def _read_npy(path: Path) -> pd.DataFrame:
     try:
         with open(path, "rb") as handle:
-            header = handle.read(6)
-        array = np.load(path, allow_pickle=False) if header == b"\x93NUMPY" else None
+            is_npy = handle.read(6) == b"\x93NUMPY"
+            if is_npy:
+                handle.seek(0)
+                _check_npy_size(path, handle)
+        array = np.load(path, allow_pickle=False) if is_npy else None
     except _PARSER_ERRORS as error:
         raise ValueError(f"Cannot read {path} as a NumPy array: {_one_line(error)}") from error
     if array is None:
@@ -125,12 +200,36 @@ def _read_npy(path: Path) -> pd.DataFrame:
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
 
 
+def _check_npy_size(path: Path, handle) -> None:
+    """
+    Refuse a .npy file whose header declares more data than the file holds (truncated, or a forged shape such as
+    10^12 rows), before anything is allocated: the header's shape and dtype against the bytes after it.
+    """
+    from numpy.lib import format as npy_format
+
+    version = npy_format.read_magic(handle)
+    readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+    if version not in readers:  # version 3 (UTF-8 field names): numpy's own checks apply
+        return
+    shape, _, dtype = readers[version](handle)
+    if dtype.hasobject:
+        raise ValueError(f"{path} holds Python objects, not numbers.")
+    needed = math.prod(shape) * dtype.itemsize
+    available = os.fstat(handle.fileno()).st_size - handle.tell()
+    if needed > available:
+        raise ValueError(
+            f"{path} declares an array of shape {shape} of {dtype} ({needed:,} bytes of data) but holds {available:,} "
+            "bytes: it is truncated or corrupt."
+        )
+
+
 def load_saved_dataset(path):
     """
     The `datasets.Dataset` that `save_to_disk` wrote in the directory `path`. A `DatasetDict` directory (its splits are
     named: give one split's directory) or any other directory is a one-line `ValueError`.
     """
     path = Path(path)
+    refuse_partial(path)
     if (path / "dataset_dict.json").is_file():
         try:
             splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
@@ -141,7 +240,10 @@ def load_saved_dataset(path):
             f"e.g. {path / splits[0]}." if splits else f"{path} holds a DatasetDict without splits."
         )
     if not (path / "state.json").is_file():
-        raise ValueError(f"{path} is a directory but not a dataset written by datasets' save_to_disk.")
+        raise ValueError(
+            f"{path} is a directory but not a dataset written by datasets' save_to_disk (or an incomplete one: "
+            "state.json, which save_to_disk writes last, is missing)."
+        )
     import datasets
 
     try:

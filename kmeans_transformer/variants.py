@@ -22,6 +22,7 @@ import torch
 from .attention import unit_normalize
 from .blocks import (
     KMeansTransformerAssign,
+    KMeansTransformerCentroidErase,
     KMeansTransformerCentroidNorm,
     KMeansTransformerCosineAssign,
     KMeansTransformerFuzzyAssign,
@@ -32,6 +33,7 @@ from .blocks import (
     KMeansTransformerMedoidUpdate,
     KMeansTransformerMixtureMStep,
     KMeansTransformerMixtureUpdate,
+    KMeansTransformerPointErase,
     KMeansTransformerSoftAssign,
     KMeansTransformerSoftUpdate,
     KMeansTransformerSparseUpdate,
@@ -136,7 +138,8 @@ class CarriedState:
     A per-component parameter beyond the centroids (gmm's variances and mixing weights): a `forward` input and an
     output of shape `(batch, k)`, written into the centroid tokens' `slot`, carried from one call to the next by
     whoever loops the model. `default(points, point_mask, k)` gives the initial values; `check(values)` returns an
-    error message or None; `fitted_value(k)` initialises the stored fitted value.
+    error message or None; `fitted_value(k)` initialises the stored fitted value. `scale_power`: the values scale as
+    `s**scale_power` when the data is multiplied by `s` (variances 2, weights 0).
     """
 
     name: str
@@ -144,6 +147,7 @@ class CarriedState:
     default: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
     check: Callable[[torch.Tensor], str | None]
     fitted_value: Callable[[int], float]
+    scale_power: int = 0
 
 
 def _square_norms(points: torch.Tensor) -> torch.Tensor:
@@ -175,7 +179,7 @@ def _on_simplex(values: torch.Tensor) -> str | None:
 
 
 MIXTURE_STATE = (
-    CarriedState("variances", "variance", _total_variance, _positive, lambda k: 1.0),
+    CarriedState("variances", "variance", _total_variance, _positive, lambda k: 1.0, scale_power=2),
     CarriedState("weights", "mixing_weight", _uniform_weights, _on_simplex, lambda k: 1.0 / k),
 )
 
@@ -206,6 +210,18 @@ class VariantSpec:
         sums_over_points: the update is `finalize(Σ over points of accumulate(...))`, so points mode can run it on
             data in chunks and processes.
         compact: the compact engine applies (a hardmax assignment by labels and a mean update).
+        scaling: how the result changes when the data (points and centroids) is multiplied by `s`, which decides how
+            the model treats data outside the dtype's safe range (`attention.safe_magnitude_exponents`, where squared
+            distances would overflow or underflow). `"equivariant"`: the labels stay, the centroids scale by `s`,
+            the inertia by `s^2`, each carried state by `s**scale_power`; the model multiplies such data by a power of
+            two (exact) into the range and scales the outputs back (lloyd, trimmed, deterministic kmedoids, gmm,
+            fuzzy, whose memberships depend on ratios of distances). `"invariant"`: the variant normalises what it
+            sees (spherical: every vector is brought into range before its norm is taken), so any finite scale
+            works as it is.
+        scale_parameters: parameters measured in units of the data (`inverse_temperature`: inverse squared
+            distance; `reg_covar`: a variance): while one of them is set (non-zero) the result depends on the
+            data's scale, the model cannot rescale, and data outside the range is refused (soft, sparse, gumbel
+            kmedoids; gmm with `reg_covar > 0`).
         random: the update draws at random (a `generator` input); there is no deterministic reference.
         reference, reference_parameters: the independent reference, called as `reference(points, centroids,
             num_iterations, *[config.<p> for p in reference_parameters], **state)`; `reference_label` names it where
@@ -229,6 +245,8 @@ class VariantSpec:
     label_determined: bool = True
     sums_over_points: bool = False
     compact: bool = False
+    scaling: str = "equivariant"
+    scale_parameters: tuple[str, ...] = ()
     random: bool = False
     reference: Callable | None = None
     reference_parameters: tuple[str, ...] = ()
@@ -294,6 +312,39 @@ class VariantSpec:
         """The slots the erase block `block` (`"point_erase"` or `"centroid_erase"`) clears."""
         return tuple(slot.name for slot in self.slots if slot.erased_by == block)
 
+    def scale_dependence(self, config, hardmax: bool) -> str | None:
+        """
+        Why the result of this variant, as `config` sets it, is not equivariant (`scaling`) under a rescaling of the
+        data, or None when the model may rescale it. `hardmax`: the model runs the exact hardmax kernel (otherwise
+        an argmax assign block is a softmax at `inverse_temperature`, in units of the data).
+        """
+        if self.scaling == "invariant":
+            return None
+        for name in self.scale_parameters:
+            if getattr(config, name):
+                return f"`{name}`={getattr(config, name)!r} is measured in units of the data"
+        if not hardmax and self.assign.attention_function is None:
+            return (
+                f"under attn_implementation={config._attn_implementation!r} the assignment is a softmax at "
+                f"`inverse_temperature`={config.inverse_temperature!r}, measured in units of the data"
+            )
+        return None
+
+    def parameter_count(self, config) -> int:
+        """
+        The number of weights of a model of this (resolved) variant built from `config`, from the blocks' shapes
+        alone: the embeddings (and fitted parameters), the layers (one when shared) and the assignment head.
+        """
+        h, k, d = config.hidden_size, config.num_clusters, config.point_dim
+        embeddings = (d + k) * h + ((d + len(self.state)) * k if config.fitted_centroids else 0)
+        layer = (KMeansTransformerPointErase, self.assign, *self.point_blocks.values(), KMeansTransformerCentroidErase,
+                 self.update, *self.centroid_blocks.values())
+        head = (KMeansTransformerPointErase, self.assign,
+                *(block for block in self.point_blocks.values() if block.reports_assignment))
+        layers = 1 if config.share_layers else config.num_iterations
+        per_layer = sum(block.parameter_count(config) for block in layer)
+        return embeddings + layers * per_layer + sum(block.parameter_count(config) for block in head)
+
     def seen_points(self, points: torch.Tensor) -> torch.Tensor:
         """The points as the model sees them: unit-normalised for a `unit_norm` variant."""
         return unit_normalize(points) if self.unit_norm else points
@@ -336,13 +387,13 @@ _SPECS = (
     ),
     VariantSpec(
         "soft", "soft k-means", {"inverse_temperature": 1.0}, KMeansTransformerSoftAssign, KMeansTransformerSoftUpdate,
-        soft_assignment=True, label_determined=False, sums_over_points=True,
+        soft_assignment=True, label_determined=False, sums_over_points=True, scale_parameters=("inverse_temperature",),
         reference=soft_kmeans, reference_parameters=("inverse_temperature",),
     ),
     VariantSpec(
         "spherical", "spherical k-means", {"inverse_temperature": 1.0}, KMeansTransformerCosineAssign,
         KMeansTransformerUpdate, centroid_blocks={"centroid_norm": KMeansTransformerCentroidNorm}, unit_norm=True,
-        sums_over_points=True, compact=True, reference=spherical_kmeans,
+        sums_over_points=True, compact=True, scaling="invariant", reference=spherical_kmeans,
     ),
     VariantSpec(
         "trimmed", "trimmed k-means", {"inverse_temperature": 1.0, "trim_quantile": 0.95, "trim_fraction": None},
@@ -356,7 +407,7 @@ _SPECS = (
     ),
     VariantSpec(
         "sparse", "sparse-update k-means", {"inverse_temperature": 0.01}, KMeansTransformerAssign,
-        KMeansTransformerSparseUpdate, label_determined=False,
+        KMeansTransformerSparseUpdate, label_determined=False, scale_parameters=("inverse_temperature",),
         reference=sparse_kmeans, reference_parameters=("inverse_temperature",),
     ),
     VariantSpec(
@@ -365,8 +416,9 @@ _SPECS = (
         slots=(TokenSlot("medoid_cost", 1, _POINT_SCRATCH),), reference=kmedoids, form_parameter="medoid_selection",
         forms={
             "deterministic": {},
+            # keeps the (unused) `medoid_cost` slot: one token layout
             "gumbel": {"update": KMeansTransformerGumbelMedoidUpdate, "point_blocks": {}, "label_determined": False,
-                       "random": True, "reference": None},  # keeps the (unused) `medoid_cost` slot: one token layout
+                       "random": True, "reference": None, "scale_parameters": ("inverse_temperature",)},
         },
         zoo_parameters=({}, {"medoid_selection": "gumbel"}),
     ),
@@ -378,6 +430,7 @@ _SPECS = (
             TokenSlot("mixing_weight", 1, "centroid_erase"),
         ),
         state=MIXTURE_STATE, soft_assignment=True, label_determined=False, sums_over_points=True,
+        scale_parameters=("reg_covar",),
         reference=_mixture_reference, reference_parameters=("reg_covar",), reference_label="gaussian_mixture_em",
         zoo_parameters=({"reg_covar": 1e-6},),
     ),

@@ -2,7 +2,9 @@
 
 Each checkpoint is written by [`convert.convert_checkpoint`] (validated against its variant's reference before it is
 written, with a card holding the figures) into `OUTPUT/<name>`; `OUTPUT/README.md` lists them all in one table with
-their validation figures and the command that pushes them.
+their validation figures and the command that pushes them. The zoo is built in a temporary sibling folder and moved
+into place complete (`files.replacing_directory`): an interrupted build leaves no `OUTPUT` (or the previous zoo), and
+`overwrite` replaces a previous zoo whole.
 
 Decisions: the zoo is written in float64, where every variant agrees with its reference exactly (identical labels at
 every iteration, centroids to rounding). In float32 the soft variant's responsibilities underflow to 0 for far
@@ -19,7 +21,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .convert import build_model, check_checkpoint_directory, convert_checkpoint
+from .convert import build_model, check_checkpoint_output, convert_checkpoint
+from .files import replacing_directory
 from .validation import ValidationReport
 from .variants import VARIANT_NAMES, get_variant
 
@@ -82,27 +85,51 @@ def build_zoo(
 ) -> list[tuple[ZooEntry, ValidationReport]]:
     """
     Convert `entries` (default: `standard_zoo()`) into `output_dir/<entry.name>` and write `output_dir/README.md`.
-    With `owner`, the cards and the table name the repositories `owner/<entry.name>`. A non-empty `output_dir` is
-    refused unless `overwrite`. Returns each entry with its validation report.
+    With `owner`, the cards and the table name the repositories `owner/<entry.name>`. The zoo is built in a
+    temporary sibling folder and takes `output_dir`'s place when complete. A non-empty `output_dir` is refused unless
+    `overwrite`, which replaces a previous zoo whole (a folder holding anything else is refused, see
+    [`check_zoo_output`]). Returns each entry with its validation report.
     """
-    output_dir = check_checkpoint_directory(output_dir, overwrite)
+    output_dir = check_zoo_output(output_dir, overwrite)
     entries = standard_zoo() if entries is None else entries
     names = [entry.name for entry in entries]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"Two zoo entries would share a checkpoint name: {repeated}.")
-    output_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for entry in tqdm(entries, desc="zoo", unit="checkpoint", disable=not progress):
-        model = build_model(
-            entry.num_clusters, entry.point_dim, entry.num_iterations, variant=entry.variant, dtype=dtype,
-            **dict(entry.parameters),
-        )
-        repo_id = f"{owner}/{entry.name}" if owner else None
-        report = convert_checkpoint(model, output_dir / entry.name, overwrite=overwrite, repo_id=repo_id)
-        results.append((entry, report))
-    (output_dir / "README.md").write_text(zoo_index(results, owner))
+    with replacing_directory(output_dir, overwrite=overwrite) as temporary:
+        for entry in tqdm(entries, desc="zoo", unit="checkpoint", disable=not progress):
+            model = build_model(
+                entry.num_clusters, entry.point_dim, entry.num_iterations, variant=entry.variant, dtype=dtype,
+                **dict(entry.parameters),
+            )
+            repo_id = f"{owner}/{entry.name}" if owner else None
+            results.append((entry, convert_checkpoint(model, temporary / entry.name, repo_id=repo_id)))
+        (temporary / "README.md").write_text(zoo_index(results, owner))
     return results
+
+
+def check_zoo_output(output_dir, overwrite: bool, how: str = "pass --overwrite") -> Path:
+    """
+    `output_dir` as a Path if a zoo may be written there, checked before any work: it does not exist, is empty, or
+    (with `overwrite`) holds a previous zoo: a `README.md` and checkpoint folders named `kmeans-transformer-...`
+    (each holding a checkpoint's files only), which the new zoo replaces whole. Anything else is refused
+    (`FileExistsError`), since replacing the folder would delete it.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.is_dir() and not output_dir.is_symlink() and any(output_dir.iterdir()) and overwrite:
+        for path in sorted(output_dir.iterdir()):
+            if path.name == "README.md" and path.is_file():
+                continue
+            if path.name.startswith("kmeans-transformer-") and path.is_dir() and not path.is_symlink():
+                check_checkpoint_output(path, overwrite=True, how=how)
+                continue
+            raise FileExistsError(
+                f"{output_dir} holds {path.name}, which no zoo does: replacing the folder would delete it; move it or "
+                "choose another folder."
+            )
+        return output_dir
+    return check_checkpoint_output(output_dir, overwrite, how)
 
 
 def zoo_index(results: list[tuple[ZooEntry, ValidationReport]], owner: str | None = None) -> str:
@@ -149,4 +176,4 @@ def zoo_index(results: list[tuple[ZooEntry, ValidationReport]], owner: str | Non
     return "\n".join(lines)
 
 
-__all__ = ["STANDARD_SIZES", "ZooEntry", "build_zoo", "standard_zoo", "zoo_index"]
+__all__ = ["STANDARD_SIZES", "ZooEntry", "build_zoo", "check_zoo_output", "standard_zoo", "zoo_index"]

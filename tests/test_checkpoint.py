@@ -105,8 +105,14 @@ def test_refuses_non_empty_directory_unless_overwrite(tmp_path, capsys):
     _, code = convert(tmp_path)
     assert code == 2 and "not empty" in capsys.readouterr().err
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
-    _, code = convert(tmp_path, "--overwrite")
-    assert code == 0 and (target / "notes.txt").read_text() == "mine" and (target / "model.safetensors").exists()
+    _, code = convert(tmp_path, "--overwrite")  # replacing the folder would delete the user's file: refused
+    assert code == 2 and "not part of a checkpoint (notes.txt)" in capsys.readouterr().err
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    (target / "notes.txt").unlink()
+    assert convert(tmp_path)[1] == 0 and (target / "model.safetensors").exists()
+    first = sorted(p.name for p in target.iterdir())
+    _, code = convert(tmp_path, "--overwrite")  # a previous checkpoint is replaced whole
+    assert code == 0 and sorted(p.name for p in target.iterdir()) == first
 
 
 def test_a_model_that_disagrees_with_the_reference_is_not_written(tmp_path):

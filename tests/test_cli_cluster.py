@@ -286,6 +286,9 @@ def test_errors_are_one_line_and_touch_nothing(tmp_path, monkeypatch, capsys, ir
 def test_overwrite_replaces_every_output(tmp_path, monkeypatch, capsys, iris_csv):
     monkeypatch.chdir(tmp_path)
     existing("out.csv", "out_centroids.csv", "figure.png", "model/")(tmp_path)
+    (tmp_path / "model" / "keep.txt").unlink()
+    for name in ("config.json", "generation_config.json"):  # a previous checkpoint, with a file the new one lacks
+        (tmp_path / "model" / name).write_text("{}")
     arguments = [iris_csv, "--n-clusters", 3, "--output", "out.csv", "--plot", "figure.png", "--save-model", "model"]
     code, _, err = cluster(capsys, *arguments, "--no-progress")
     assert code == 2 and "out.csv exists" in err
@@ -293,7 +296,9 @@ def test_overwrite_replaces_every_output(tmp_path, monkeypatch, capsys, iris_csv
     assert code == 0, err
     assert len(pd.read_csv("out.csv")) == 150 and len(pd.read_csv("out_centroids.csv")) == 3
     assert Path("figure.png").read_bytes().startswith(PNG_SIGNATURE)
-    assert (tmp_path / "model" / "config.json").is_file() and (tmp_path / "model" / "keep.txt").read_text() == "keep"
+    # the directory is replaced whole: nothing of the previous checkpoint survives
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert not (tmp_path / "model" / "generation_config.json").exists()
     assert "wrote model: the fitted model" in out
 
 

@@ -62,11 +62,12 @@ def run_points(tmp_path, checkpoint, data, output, processes):
 
 
 def read_points_output(output):
-    labels = pd.concat([pd.read_parquet(part) for part in sorted((output / "labels").glob("*.parquet"))])
-    labels = labels.sort_values("index")
-    centroids = pd.read_parquet(output / "centroids.parquet")
-    summary = json.loads((output / "summary.json").read_text())
-    return labels, centroids, summary
+    """The labels, centroids and summary of a complete points-mode output (checked: summary.json, the parts)."""
+    from kmeans_transformer.points import load_points_output
+
+    complete = load_points_output(output)
+    assert complete.summary == json.loads((output / "summary.json").read_text())
+    return complete.labels, complete.centroids, complete.summary
 
 
 def test_points_mode_on_two_gloo_processes_matches_one_process_and_lloyd(tmp_path, rng, checkpoint):

@@ -1,5 +1,6 @@
 """The scikit-learn estimator `KMeans`: against scikit-learn, the references and the estimator conventions."""
 
+import json
 import os
 import subprocess
 import sys
@@ -417,9 +418,10 @@ def test_save_refuses_a_non_empty_directory_and_loading_an_algorithm_checkpoint(
     (target / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="is not empty"):
         kmeans.save_pretrained(target)
-    assert os.listdir(target) == ["notes.txt"]
-    kmeans.save_pretrained(target, overwrite=True)
-    assert (target / "notes.txt").read_text() == "keep me" and (target / "model.safetensors").exists()
+    # overwrite replaces a previous checkpoint whole, so it refuses a directory holding files of no checkpoint
+    with pytest.raises(FileExistsError, match=r"not part of a checkpoint \(notes\.txt\)"):
+        kmeans.save_pretrained(target, overwrite=True)
+    assert os.listdir(target) == ["notes.txt"] and os.listdir(tmp_path) == ["mine"]
 
     algorithm = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, point_dim=4))
     algorithm.save_pretrained(tmp_path / "algorithm")
@@ -445,3 +447,198 @@ def test_fitted_checkpoint_loads_with_remote_code_in_a_fresh_process(tmp_path, r
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env)
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), kmeans.predict(new))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving: complete or not at all; overwrite replaces the whole previous checkpoint
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def tree(directory):
+    """Every file under `directory` with its bytes."""
+    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def test_save_pretrained_overwrite_replaces_the_whole_previous_checkpoint(tmp_path):
+    X = bundled("iris", False)
+    target = tmp_path / "fitted"
+    KMeans(3, random_state=0).fit(X).save_pretrained(target)
+    (target / "model.safetensors.index.json").write_text('{"weight_map": {}}')  # of an earlier, sharded save
+    kmeans = KMeans(4, random_state=1).fit(X)
+    kmeans.save_pretrained(target, overwrite=True)
+    assert not (target / "model.safetensors.index.json").exists()  # nothing of the previous checkpoint survives
+    assert KMeans.from_pretrained(target).n_clusters == 4 and sorted(os.listdir(tmp_path)) == ["fitted"]
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_an_interrupted_save_leaves_no_directory_or_the_previous_one(tmp_path, monkeypatch, failure):
+    import kmeans_transformer.estimator as estimator_module
+
+    X = bundled("iris", False)
+    kmeans = KMeans(3, random_state=0).fit(X)
+
+    def failing_save_file(*args, **kwargs):  # the arrays come after the model, its code and the estimator's JSON
+        raise failure
+
+    previous = tmp_path / "previous"
+    kmeans.save_pretrained(previous)
+    before = tree(previous)
+    monkeypatch.setattr(estimator_module, "save_file", failing_save_file)
+    for target, overwrite in ((tmp_path / "new", False), (previous, True)):
+        with pytest.raises(type(failure)):
+            kmeans.save_pretrained(target, overwrite=overwrite)
+    assert sorted(os.listdir(tmp_path)) == ["previous"]  # no partial "new", no temporary left behind
+    assert tree(previous) == before
+    monkeypatch.undo()
+    kmeans.save_pretrained(tmp_path / "new")  # the rerun is not blocked
+    np.testing.assert_array_equal(KMeans.from_pretrained(tmp_path / "new").labels_, kmeans.labels_)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Few rows, NumPy scalars, zero rows
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "variant, params",
+    [("lloyd", {}), ("soft", {}), ("spherical", {}), ("trimmed", {"trim_fraction": 0.1}), ("kmedoids", {}),
+     ("gmm", {"reg_covar": 1e-6}), ("fuzzy", {})],
+)
+def test_predict_score_and_transform_take_fewer_rows_than_clusters(variant, params, rng):
+    X = mixture(rng, 120, 2, 3) + 10.0  # away from the origin, for spherical
+    kmeans = KMeans(3, random_state=0, variant=variant, **params).fit(X)
+    spec = kmeans.model_.config.variant_spec
+    for rows in (1, 2):
+        labels = kmeans.predict(X[:rows])
+        assert labels.shape == (rows,) and ((labels >= -1) & (labels < 3)).all()
+        if not spec.reports_outliers:  # trimmed flags outliers among the rows of the call
+            np.testing.assert_array_equal(labels, kmeans.predict(X)[:rows])
+        assert kmeans.transform(X[:rows]).shape == (rows, 3)
+        assert np.isfinite(kmeans.score(X[:rows]))
+
+
+def test_one_or_two_rows_against_numpy(rng):
+    X = mixture(rng, 120, 2, 3)
+    kmeans = KMeans(3, random_state=0).fit(X)
+    distances = ((X[:2, None, :] - kmeans.cluster_centers_[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(KMeans(3, random_state=0).fit(X).predict(X[:1]), distances[:1].argmin(axis=1))
+    assert kmeans.score(X[:2]) == pytest.approx(-distances.min(axis=1).sum(), rel=1e-12)
+    np.testing.assert_allclose(kmeans.transform(X[:1]) ** 2, distances[:1], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_clusters": np.int64(3), "random_state": np.int64(0), "max_iter": np.int32(50), "n_init": np.int64(2)},
+        {"n_clusters": 3, "tol": np.float32(1e-3), "variant": np.str_("soft"), "inverse_temperature": np.float32(2.0)},
+        {"n_clusters": np.int32(3), "variant": "fuzzy", "fuzzifier": np.float32(2.5)},
+        {"n_clusters": 3, "variant": "trimmed", "trim_fraction": np.float64(0.1), "inverse_temperature": np.float16(1)},
+        {"n_clusters": 3, "variant": "gmm", "reg_covar": np.float32(1e-6)},
+        {"n_clusters": 3, "variant": "kmedoids", "medoid_selection": np.str_("gumbel")},
+    ],
+)
+def test_numpy_scalars_from_a_parameter_grid_are_accepted_and_kept_as_given(params, tmp_path, rng):
+    X = mixture(rng, 90, 2, 3)
+    params = {"random_state": 0, **params}
+    kmeans = KMeans(**params).fit(X)
+    python = {name: value.item() if isinstance(value, np.generic) else value for name, value in params.items()}
+    expected = KMeans(**python).fit(X)
+    np.testing.assert_array_equal(kmeans.labels_, expected.labels_)
+    np.testing.assert_array_equal(kmeans.cluster_centers_, expected.cluster_centers_)
+    for name, value in params.items():
+        assert kmeans.get_params()[name] is value  # scikit-learn's convention: stored as given
+    kmeans.save_pretrained(tmp_path / "fitted")
+    assert KMeans.from_pretrained(tmp_path / "fitted").get_params() == expected.get_params()
+
+
+def test_a_grid_search_over_numpy_parameters_runs():
+    from sklearn.model_selection import GridSearchCV
+
+    X = bundled("iris", True)
+    grid = {"n_clusters": np.arange(2, 4), "tol": np.array([1e-4, 1e-2], dtype=np.float32)}
+    search = GridSearchCV(KMeans(random_state=0, max_iter=30), grid, cv=2).fit(X)
+    assert search.best_params_["n_clusters"] in (2, 3) and isinstance(search.best_params_["n_clusters"], np.integer)
+
+
+def test_a_zero_row_is_refused_by_a_unit_norm_variant_with_its_index(rng):
+    X = mixture(rng, 60, 2, 2) + 5.0
+    kmeans = KMeans(2, variant="spherical", random_state=0).fit(X)
+    rows = np.array([[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+    for method in ("transform", "predict", "score"):
+        with pytest.raises(ValueError, match=r"Row 1 of X has norm 0 \(2 such row"):
+            getattr(kmeans, method)(rows)
+    with pytest.raises(ValueError, match="no direction"):
+        KMeans(2, variant="spherical").fit(np.vstack([X, [[0.0, 0.0]]]))  # as fit does
+    assert np.isfinite(KMeans(2, random_state=0).fit(X).transform(rows)).all()  # lloyd: a zero row is a point
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading: the estimator files are data, read against a fixed schema
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_estimator(tmp_path):
+    X = bundled("iris", False)
+    kmeans = KMeans(3, init=X[:3], n_init=1).fit(X)
+    kmeans.save_pretrained(tmp_path / "fitted")
+    return tmp_path / "fitted", kmeans
+
+
+def edit_record(directory, section, **values):
+    path = directory / "kmeans_estimator.json"
+    record = json.loads(path.read_text())
+    if section is None:
+        record.update(values)
+    else:
+        record[section].update(values)
+    path.write_text(json.dumps(record))
+
+
+def edit_arrays(directory, drop=(), **arrays):
+    from safetensors.numpy import load_file, save_file
+
+    path = directory / "kmeans_estimator.safetensors"
+    saved = {name: values for name, values in load_file(path).items() if name not in drop}
+    save_file({**saved, **arrays}, str(path))
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: edit_record(d, "fitted", predict=1), "unknown fitted entry 'predict'"),
+        (lambda d: edit_record(d, "fitted", model_=None), "unknown fitted entry 'model_'"),
+        (lambda d: edit_record(d, "fitted", cluster_centers_=[[0, 0, 0, 0]] * 3), "unknown fitted entry 'cluster_centers_'"),
+        (lambda d: edit_record(d, "fitted", n_iter_="3"), "fitted entry 'n_iter_' must be an integer >= 0"),
+        (lambda d: edit_record(d, "fitted", n_features_in_=5), "n_features_in_ is 5, but the model's point_dim is 4"),
+        (lambda d: edit_record(d, "parameters", evil=1), "unknown parameters entry 'evil'"),
+        (lambda d: edit_record(d, "parameters", n_clusters=5), "parameter 'n_clusters' is 5, but the model's config has 3"),
+        (lambda d: edit_record(d, "parameters", variant="gmm"), "parameter 'variant' is 'gmm'"),
+        (lambda d: edit_record(d, "parameters", init="farthest"), "parameters entry 'init' must be"),
+        (lambda d: edit_record(d, None, __class__="KMeans"), "unknown key '__class__'"),
+        (lambda d: edit_arrays(d, drop=("init",)), "the array 'init' is missing"),
+        (lambda d: edit_arrays(d, drop=("labels_",)), "the array 'labels_' is missing"),
+        (lambda d: edit_arrays(d, extra=np.zeros(2)), "unexpected array 'extra'"),
+        (lambda d: edit_arrays(d, labels_=np.full(150, 7)), "labels_ must be integers"),
+        (lambda d: edit_arrays(d, initial_centers_=np.zeros((2, 4))), r"initial_centers_ must be finite floats of shape"),
+        (lambda d: (d / "kmeans_estimator.safetensors").unlink(), "but not kmeans_estimator.safetensors"),
+        (lambda d: (d / "kmeans_estimator.json").write_text("[1, 2]"), "must hold an object with `parameters`"),
+    ],
+)
+def test_from_pretrained_reads_a_fixed_schema_and_refuses_anything_else(saved_estimator, edit, match):
+    directory, _ = saved_estimator
+    edit(directory)
+    with pytest.raises(ValueError, match=match):
+        KMeans.from_pretrained(directory)
+
+
+def test_fitted_parameters_come_from_the_weights_not_the_files(saved_estimator):
+    directory, kmeans = saved_estimator
+    loaded = KMeans.from_pretrained(directory)
+    np.testing.assert_array_equal(loaded.cluster_centers_, loaded.model_.embeddings.fitted_centroids.detach().numpy())
+    np.testing.assert_array_equal(loaded.cluster_centers_, kmeans.cluster_centers_)
+    assert type(loaded).predict is KMeans.predict and "predict" not in vars(loaded)
+    assert sorted(vars(loaded)) == sorted(
+        [*kmeans.get_params(), "model_", "cluster_centers_", "n_features_in_", "inertia_", "n_iter_", "n_restarts_",
+         "labels_", "initial_centers_"]
+    )

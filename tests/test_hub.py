@@ -362,3 +362,104 @@ def test_card_refused_by_the_hub_is_one_line(hub, checkpoint, monkeypatch, capsy
     message = cli_error(capsys, "push", str(checkpoint), "--repo-id", "alice/bad-card")
     assert "Invalid metadata in README.md" in message and "license" in message
     assert "README.md" not in hub.files("alice/bad-card")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What a push sends: exactly the checkpoint's files, never a link's target
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def expected_files(directory: Path, *extra: str) -> set[str]:
+    """The files of a checkpoint, found independently: config, weights, card, the code and every module it imports."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    import kmeans_transformer
+
+    code = {Path(name).name for name in get_relative_import_files(kmeans_transformer.modeling_kmeans_transformer.__file__)}
+    return {"config.json", "model.safetensors", "README.md", "modeling_kmeans_transformer.py", *code, *extra}
+
+
+def add_what_must_not_be_pushed(directory: Path, outside: Path) -> None:
+    """Data, notes, a hidden file, and links to a file and a folder outside the checkpoint."""
+    (directory / "training_data.csv").write_text("x,y\n1.0,2.0\n")
+    (directory / "notes").mkdir()
+    (directory / "notes" / "todo.txt").write_text("ask about the licence")
+    (directory / ".env").write_text("HF_TOKEN=hf_secret\n")
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not part of the checkpoint")
+    (directory / "linked.txt").symlink_to(outside / "secret.txt")
+    (directory / "linked-folder").symlink_to(outside, target_is_directory=True)
+
+
+def test_push_sends_exactly_the_checkpoint_files_and_lists_them_first(hub, checkpoint, tmp_path, monkeypatch, caplog):
+    import logging
+
+    add_what_must_not_be_pushed(checkpoint, tmp_path / "outside")
+    monkeypatch.setenv("HF_TOKEN", "hf_write_token")
+    caplog.set_level(logging.INFO, logger="kmeans_transformer.hub")
+    assert main(["push", str(checkpoint), "--repo-id", "alice/exact"]) == 0
+    expected = expected_files(checkpoint)
+    assert set(hub.files("alice/exact")) == expected | {".gitattributes"}  # the server's first commit adds it
+    [message] = [record.getMessage() for record in caplog.records if record.name == "kmeans_transformer.hub"]
+    assert "alice/exact (public)" in message
+    assert set(message.split(": ", 1)[1].split(", ")) == expected
+
+
+def test_a_fitted_estimator_directory_pushes_its_files_and_announces_them_before_the_commit(hub, tmp_path, monkeypatch):
+    from sklearn.datasets import load_iris
+
+    directory = tmp_path / "fitted"
+    KMeans(3, random_state=0).fit(load_iris().data).save_pretrained(directory)
+    add_what_must_not_be_pushed(directory, tmp_path / "outside")
+    announced = []
+
+    def announce(message):
+        announced.append((message, set(hub.files("kmeans-org/iris"))))  # what the repository holds at that moment
+
+    push_checkpoint(directory, "kmeans-org/iris", private=True, token="hf_write_token", announce=announce)
+    expected = expected_files(directory, "kmeans_estimator.json", "kmeans_estimator.safetensors")
+    assert set(hub.files("kmeans-org/iris")) == expected | {".gitattributes"}
+    [(message, held)] = announced
+    assert held == {".gitattributes"}  # listed before anything was sent
+    assert "kmeans-org/iris (private)" in message and set(message.split(": ", 1)[1].split(", ")) == expected
+    loaded = KMeans.from_pretrained("kmeans-org/iris", token="hf_write_token")
+    assert loaded.n_clusters == 3 and loaded.labels_.shape == (150,)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "variants.py", "README.md", "kmeans_estimator.json"])
+def test_a_symlinked_checkpoint_file_is_refused_before_any_request(hub, checkpoint, tmp_path, monkeypatch, capsys, name):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    source = checkpoint / name
+    copy = outside / name
+    copy.write_bytes(source.read_bytes() if source.exists() else b'{"parameters": {}, "fitted": {}}')
+    source.unlink(missing_ok=True)
+    source.symlink_to(copy)
+    monkeypatch.setenv("HF_TOKEN", "hf_write_token")
+    message = cli_error(capsys, "push", str(checkpoint), "--repo-id", "alice/linked")
+    assert f"{source} is a symbolic link" in message
+    with pytest.raises(HubError, match="is a symbolic link"):
+        push_checkpoint(checkpoint, "alice/linked")
+    assert hub.requests == [] and copy.exists()
+
+
+def test_a_sharded_checkpoint_pushes_its_index_and_the_shards_it_names(hub, checkpoint, tmp_path, monkeypatch):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(checkpoint)
+    (checkpoint / "model.safetensors").unlink()
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="2KB")
+    shards = [path.name for path in (tmp_path / "sharded").glob("model-*.safetensors")]
+    assert len(shards) > 1
+    for name in [*shards, "model.safetensors.index.json"]:
+        (tmp_path / "sharded" / name).rename(checkpoint / name)
+    (checkpoint / "model-00009-of-00009.safetensors").write_bytes(b"a shard the index does not name")
+    push_checkpoint(checkpoint, "alice/sharded", token="hf_write_token")
+    expected = expected_files(checkpoint, "model.safetensors.index.json", *shards) - {"model.safetensors"}
+    assert set(hub.files("alice/sharded")) == expected | {".gitattributes"}
+
+    index = json.loads((checkpoint / "model.safetensors.index.json").read_text())
+    index["weight_map"][next(iter(index["weight_map"]))] = "../outside.safetensors"
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(HubError, match=r"names '\.\./outside\.safetensors', which is not the name of a file"):
+        check_checkpoint(checkpoint)
