@@ -406,3 +406,12 @@ def test_the_convert_command_killed_in_a_fresh_process(tmp_path, frozen_package,
         assert target.exists() or not overwrite
         subprocess.run(command + ["--overwrite"], check=True, capture_output=True, **run)
         assert tree(target) == complete
+
+
+def test_the_estimator_refuses_the_meta_device():
+    import numpy as np
+
+    from kmeans_transformer import KMeans
+
+    with pytest.raises(ValueError, match="'meta' holds no data"):
+        KMeans(2, device="meta").fit(np.arange(8.0).reshape(4, 2))
