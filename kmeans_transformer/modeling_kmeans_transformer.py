@@ -691,7 +691,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         labels `(batch, n)` (-1 for none) and the assignment `update.accumulate` takes (the labels for a hard mean
         update, the `(batch, n, k)` weights otherwise). Runs the compact engine when it applies, else the tokens.
         """
-        if self.engine() == "compact" and self.config.variant_spec.compact:
+        if self.engine() == "compact":
             spec = self.config.variant_spec
             points, centroids = spec.seen_points(points), spec.seen_points(parameters["centroids"])
             exponents = self._rescaling_exponents(points, centroids)  # labels do not change: no scaling back

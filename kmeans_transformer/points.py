@@ -379,15 +379,14 @@ def _statistics(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]
 def _assign(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """
     `model.assign` of `points` `(n, d)` to `parameters`, both cast to the model's dtype: labels `(1, n)` and the
-    assignment `(1, n)` or `(1, n, k)`. A chunk of fewer than `k` points (the model needs at least `k` per problem)
-    is completed with the centroids themselves as extra points, whose rows are dropped: a point's assignment depends
-    only on the point and the parameters.
+    assignment `(1, n)` or `(1, n, k)`. An empty chunk (an empty shard) is given the centroids as points, whose rows
+    are dropped: the model takes no empty problem, and a point's assignment depends only on it and the parameters.
     """
     parameters = {name: value.to(model.dtype) for name, value in parameters.items()}
-    n, k = points.shape[0], model.config.num_clusters
+    n = points.shape[0]
     chunk = points.to(model.dtype)
-    if n < k:
-        chunk = torch.cat([chunk, parameters["centroids"][0]], dim=0)
+    if n == 0:
+        chunk = parameters["centroids"][0]
     labels, assignment = model.assign(chunk[None], parameters)
     return labels[:, :n], assignment[:, :n]
 
