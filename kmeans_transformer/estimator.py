@@ -528,7 +528,7 @@ def check_device(device) -> torch.device:
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}.") from error
     if device.type == "meta":
-        raise ValueError("device 'meta' holds no data: choose a device that can hold the points, such as 'cpu'.")
+        raise ValueError("device 'meta' cannot hold data: choose a device that can hold the points, such as 'cpu'.")
     backend = getattr(torch, device.type, None) if device.type in ("cuda", "mps", "xpu") else None
     if backend is not None and not backend.is_available():
         raise ValueError(f"device {str(device)!r} is not available to this torch installation.")

@@ -413,5 +413,5 @@ def test_the_estimator_refuses_the_meta_device():
 
     from kmeans_transformer import KMeans
 
-    with pytest.raises(ValueError, match="'meta' holds no data"):
+    with pytest.raises(ValueError, match="'meta' cannot hold data"):
         KMeans(2, device="meta").fit(np.arange(8.0).reshape(4, 2))
