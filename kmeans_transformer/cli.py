@@ -364,8 +364,6 @@ def _load_model(name: str):
     """The checkpoint `name` (directory or Hub id) as a `KMeansTransformerModel`, with a one-line error."""
     from .modeling_kmeans_transformer import KMeansTransformerModel
 
-    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise ValueError(f"cannot load the model {name!r}: no such directory (nor a Hub repository id OWNER/NAME).")
     try:
         return KMeansTransformerModel.from_pretrained(name)
     except OSError as error:
@@ -559,12 +557,31 @@ def run_zoo(args: argparse.Namespace) -> None:
     print(f"wrote {len(results)} validated checkpoints and their table to {args.output}/README.md")
 
 
+def run_build_kernels(args) -> None:
+    import time
+
+    from .cpu_kernels import build_kernels
+
+    started = time.monotonic()
+    path = build_kernels()
+    if path is None:
+        raise OSError("the compiled CPU loops are not available here (see the warning above); the PyTorch code runs instead")
+    print(f"compiled CPU loops ready in {time.monotonic() - started:.1f} s: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="cluster a built-in example and compare with the reference algorithm")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=run_demo)
+    build = commands.add_parser(
+        "build-kernels",
+        help="build the compiled CPU loops now (otherwise built on first use, about a minute, once per environment)",
+        description="Build the compiled CPU loops for this machine and environment, waiting as long as it takes, and "
+        "print where they are. Nothing is rebuilt if they are already built; concurrent builds build once.",
+    )
+    build.set_defaults(run=run_build_kernels)
     convert = commands.add_parser("convert", help="write an analytic, validated safetensors checkpoint")
     add_convert_arguments(convert)
     convert.set_defaults(run=run_convert)

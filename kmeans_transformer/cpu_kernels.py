@@ -246,15 +246,40 @@ class _BuildTimeout(Exception):
     pass
 
 
+def _ninja() -> str | None:
+    """The ninja the build runs: the one installed beside this interpreter (the `ninja` dependency) when there is one,
+    else the first on PATH. `_load` puts its directory first on PATH, so the same environment always builds with the
+    same ninja, however it was reached (an activated environment or a path to its console script)."""
+    beside = shutil.which("ninja", path=sysconfig.get_path("scripts"))
+    return beside or shutil.which("ninja")
+
+
+def _toolchain() -> str:
+    """What the build depends on besides the source: torch's build and location, Python's headers, the compiler and
+    ninja actually found (resolved paths), so that every environment keeps its own build and never rebuilds another's."""
+    compiler = os.environ.get("CXX") or shutil.which("c++") or "c++"
+    ninja = _ninja()
+    parts = [
+        torch.__version__,
+        str(torch.version.git_version),
+        os.path.dirname(os.path.realpath(torch.__file__)),
+        sysconfig.get_path("include"),
+        os.path.realpath(shutil.which(compiler) or compiler),
+        os.path.realpath(ninja) if ninja else "no ninja",
+    ]
+    return "\n".join(parts)
+
+
 def _build_tag() -> str:
-    """A hash of the source and of this CPU's model and flags: a build for one CPU is never loaded on another."""
+    """A hash of the source, of this CPU's model and flags and of the toolchain (`_toolchain`): a build for one CPU or
+    one environment is never loaded, nor rebuilt over, by another."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as info:
             cpu = "".join(line for line in info if line.startswith(("model name", "flags")))
     except OSError:
         pass
-    return hashlib.sha1((_SOURCE + cpu).encode()).hexdigest()[:12]
+    return hashlib.sha1((_SOURCE + cpu + _toolchain()).encode()).hexdigest()[:12]
 
 
 def _build_timeout() -> float:
@@ -359,14 +384,15 @@ def _build(deadline: float, timeout: float):
             _lock_exclusively(handle, deadline)
             stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
             _clear_stale_torch_lock(directory, deadline)
-        if not os.path.exists(os.path.join(directory, name + LIB_EXT)):
+        building = not os.path.exists(os.path.join(directory, name + LIB_EXT))
+        if building:
             _logger.warning(
-                "kmeans_transformer: building the compiled CPU kernels for this machine in %s "
-                "(once, a minute or two; the PyTorch code runs instead after %g s)",
+                "kmeans_transformer: building the compiled CPU kernels for this machine and environment in %s "
+                "(once, about a minute; `kmeans-transformer build-kernels` does it ahead of time)",
                 directory,
-                timeout,
             )
-        return load_inline(
+        started = time.monotonic()
+        module = load_inline(
             name=name,
             cpp_sources=[_SOURCE],
             functions=["nearest_keys", "nearest_values", "segment_sums"],
@@ -375,6 +401,17 @@ def _build(deadline: float, timeout: float):
             build_directory=directory,
             verbose=False,
         )
+        if building:
+            _logger.warning("kmeans_transformer: built the compiled CPU kernels in %.0f s", time.monotonic() - started)
+        return module
+
+
+def build_kernels() -> str | None:
+    """Build (or find) the compiled loops now, waiting as long as the build takes; the path of the built library, or
+    None when they cannot be built here (the reason is warned) or are turned off with KMEANS_TRANSFORMER_CPU_KERNELS=0."""
+    os.environ.setdefault(_BUILD_TIMEOUT_VARIABLE, "3600")
+    module = _load()
+    return None if module is None else module.__file__
 
 
 def _run_build(outcome: dict, deadline: float, timeout: float) -> None:
@@ -413,8 +450,9 @@ def _load():
         if os.environ.get("KMEANS_TRANSFORMER_CPU_KERNELS", "1") == "0":
             _failed = True
             return None
-        if shutil.which("ninja") is None:  # the `ninja` dependency sits beside this interpreter, maybe not on PATH
-            os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
+        ninja = _ninja()
+        if ninja is not None and shutil.which("ninja") != ninja:  # see `_ninja`
+            os.environ["PATH"] = os.pathsep.join([os.path.dirname(ninja), os.environ.get("PATH", "")])
         if _builder is None or not (_builder[0].is_alive() or _builder[1]):  # none yet, or a forked child's copy
             timeout = _build_timeout()
             outcome, deadline = {}, time.monotonic() + timeout

@@ -22,6 +22,7 @@ engine, which runs the assign block on a compact state and the update block as i
 import difflib
 import inspect
 import operator
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -267,6 +268,28 @@ class KMeansTransformerAssignmentHead(nn.Module):
         for block in self.point_blocks.values():
             points = points + block(points, point_mask)
         return points
+
+
+def check_local_path(name) -> None:
+    """
+    `OSError` at once if `name` looks like a local path (a `PathLike`, or a string that contains a path separator
+    other than a single `OWNER/NAME` slash, ends with one, or starts with `.` or `~`) and is no directory: such a
+    name is never sent to the Hub. A plain `OWNER/NAME` or `NAME` that is no local directory stays a Hub id.
+    """
+    text = os.fspath(name) if isinstance(name, (str, os.PathLike)) else None
+    if text is None or os.path.isdir(os.path.expanduser(text)):
+        return
+    looks_local = (
+        not isinstance(name, str)
+        or text.startswith((".", "~", os.sep))
+        or text.endswith(("/", os.sep))
+        or text.count("/") > 1
+        or (os.sep != "/" and os.sep in text)
+        or os.path.exists(text)
+    )
+    if looks_local:
+        what = "is a file, not a checkpoint directory" if os.path.exists(text) else "does not exist"
+        raise OSError(f"{text}: {what} (a local checkpoint is a directory written by save_pretrained)")
 
 
 class KMeansTransformerPreTrainedModel(PreTrainedModel):
@@ -543,8 +566,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """
         transformers' `from_pretrained`, then the checks of `check_loaded`: a checkpoint that declares fitted
-        parameters must hold them, and every weight must be finite (`ValueError` naming the tensor otherwise).
+        parameters must hold them, and every weight must be finite (`ValueError` naming the tensor otherwise). A
+        name that looks like a local path and is missing is an `OSError` at once, never a Hub request
+        (`check_local_path`).
         """
+        if args:
+            check_local_path(args[0])
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         model.check_loaded(loading_info.get("missing_keys", ()))

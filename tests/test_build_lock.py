@@ -184,3 +184,33 @@ def test_a_build_killed_half_way_does_not_block_the_next_process(tmp_path):
     assert warnings_of(result) == []
     assert result.stderr.count("removed a stale build lock") == 1
     assert not (directory / "lock").exists()
+
+
+@pytest.mark.slow
+def test_two_environments_used_in_turn_build_once_each(tmp_path):
+    """Two toolchains (here two C++ compiler wrappers, as two virtual environments or two compilers would differ) used
+    alternately on one machine each build the loops once; later uses load their own build, never rebuilding."""
+    compiler = shutil.which(os.environ.get("CXX") or "c++")
+    if compiler is None or shutil.which("ninja", path=os.path.dirname(sys.executable)) is None and not shutil.which("ninja"):
+        pytest.skip("needs a C++ compiler and ninja")
+    wrappers = []
+    for name in ("first", "second"):
+        wrapper = tmp_path / name / "c++"
+        wrapper.parent.mkdir()
+        wrapper.write_text(f'#!/bin/sh\nexec {compiler} "$@"\n')
+        wrapper.chmod(0o755)
+        wrappers.append(wrapper)
+    extensions = tmp_path / "extensions"
+    script = "module = cpu_kernels._load()\nprint('RESULT', module is not None, module.__file__ if module else '')\n"
+    libraries, notices = [], []
+    for wrapper in wrappers * 2:
+        env = dict(environment(extensions), CXX=str(wrapper))
+        result = subprocess.run([sys.executable, "-c", LOAD_MODULE + script], env=env, capture_output=True, text=True,
+                                timeout=900)
+        assert result.returncode == 0 and "RESULT True" in result.stdout, result.stderr
+        library = Path(result.stdout.split("RESULT True ")[1].strip())
+        libraries.append((library, library.stat().st_mtime_ns))
+        notices.append(result.stderr.count("building the compiled CPU kernels"))
+    assert notices == [1, 1, 0, 0]
+    assert libraries[0][0] != libraries[1][0]  # one build per toolchain
+    assert libraries[2] == libraries[0] and libraries[3] == libraries[1]  # loaded again, not rebuilt
