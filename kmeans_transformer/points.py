@@ -160,12 +160,12 @@ def cluster_points(
 
     k = model.config.num_clusters
     return PointsResult(
-        centroids=parameters["centroids"][0].cpu().numpy(),
+        centroids=parameters["centroids"][0].detach().cpu().numpy(),
         inertia=float(totals[k]),
         cluster_sizes=totals[:k].cpu().numpy().round().astype(np.int64),
         num_iterations=num_iterations,
         num_points=num_points,
-        state={name: parameters[name][0].cpu().numpy() for name in spec.state_names},
+        state={name: parameters[name][0].detach().cpu().numpy() for name in spec.state_names},
     )
 
 

@@ -324,3 +324,20 @@ def test_carried_state_must_be_given_and_valid(state, message, rng):
     dataset = datasets.Dataset.from_dict({f"x{i}": blobs(rng, n=50)[:, i] for i in range(D)})
     with pytest.raises(ValueError, match=message):
         cluster_points(_no_model_calls(make_model(variant="gmm")), dataset, initial_state=state, progress=False)
+
+
+def test_a_fitted_estimator_assigns_to_its_centroids_with_zero_iterations(tmp_path, rng):
+    """A saved `KMeans` (fitted centroids as trainable weights, 0 iterations by default) runs in points mode."""
+    from kmeans_transformer import KMeans, KMeansTransformerModel
+
+    points = rng.normal(size=(300, 2)) + rng.normal(scale=6, size=(3, 2)).repeat(100, axis=0)
+    KMeans(n_clusters=3, random_state=0).fit(points).save_pretrained(tmp_path / "fitted")
+    fitted = KMeans.from_pretrained(tmp_path / "fitted").cluster_centers_
+    path = tmp_path / "points.parquet"
+    pd.DataFrame(points, columns=["a", "b"]).to_parquet(path)
+    model = KMeansTransformerModel.from_pretrained(tmp_path / "fitted")
+    result = cluster_points(model, path, chunk_size=64, progress=False)
+    assert result.num_iterations == 0
+    np.testing.assert_array_equal(result.centroids, fitted)
+    nearest = ((points[:, None, :] - fitted[None]) ** 2).sum(-1).min(1)
+    np.testing.assert_allclose(result.inertia, nearest.sum(), rtol=1e-12)
