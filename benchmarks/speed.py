@@ -25,10 +25,13 @@ Also reported:
   * the float32 matmul throughput of the machine measured with torch, and the fraction of it the model reaches,
     counting 2 n k d flops per iteration.
 
-Writes `speed.md` (tables and targets), `speed.png` (bar chart) and `speed.json` (raw timings) to `--output-dir`.
+Writes `speed.md` (tables and targets), `speed.png` (bar chart) and `speed.json` (raw timings) to `--output-dir`
+(default: a new directory `speed-<date>-<time>` in the current one); existing results there are refused unless
+`--overwrite`, and each file is written under a temporary name and renamed into place. The recorded results of this
+repository are in docs/benchmarks/ (regenerate them with `--output-dir docs/benchmarks --overwrite`).
 
+    python benchmarks/speed.py --quick                 # a tiny grid, under a minute
     python benchmarks/speed.py                         # the full grid (CPU, about 15 minutes on 2 cores)
-    python benchmarks/speed.py --quick --output-dir /tmp/speed   # a tiny grid, under a minute
     python benchmarks/speed.py --cases n100000_d2_k8 B1000_n200_d2_k4
     python benchmarks/speed.py --device cuda --gpu-large  # the model and the torch peers on the GPU, plus 1e7 x 128
 
@@ -58,6 +61,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from kmeans_transformer.files import check_new_path, replacing_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OURS = "kmeans_transformer"
@@ -671,7 +676,7 @@ def write_plot(path: Path, meta: dict[str, Any], results: list[dict[str, Any]]) 
     ax.legend(fontsize=8)
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -703,7 +708,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu-large", action="store_true", help="add n=1e7, d=128, k=1024 (needs --device cuda)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the initial centroids")
-    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="where to write the results (default: a new directory speed-<date>-<time> here)")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --output-dir")
     parser.add_argument("--memory-worker", choices=MEMORY_LIBRARIES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = [name for name in args.cases or () if name not in ALL_CASES]
@@ -727,6 +734,13 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(memory_worker(args.memory_worker, ALL_CASES[args.cases[0]], args.iterations, args.threads,
                                        args.seed)))
         return
+    if args.output_dir is None:
+        args.output_dir = Path(f"speed-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    for name in ("speed.md", "speed.png", "speed.json"):  # refused before any measurement, not after
+        try:
+            check_new_path(args.output_dir / name, overwrite=args.overwrite)
+        except FileExistsError as error:
+            sys.exit(f"speed.py: error: {error}")
     from tqdm import tqdm
 
     limiter = configure_threads(args.threads)
@@ -754,10 +768,12 @@ def main(argv: list[str] | None = None) -> None:
     del limiter
     summaries = [summarize(result, meta["gemm_gflops"]) for result in results]
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_markdown(args.output_dir / "speed.md", meta, results, summaries)
-    write_plot(args.output_dir / "speed.png", meta, results)
-    (args.output_dir / "speed.json").write_text(json.dumps({**meta, "results": to_json(results, summaries)},
-                                                           indent=1))
+    with replacing_file(args.output_dir / "speed.md", overwrite=args.overwrite) as path:
+        write_markdown(path, meta, results, summaries)
+    with replacing_file(args.output_dir / "speed.png", overwrite=args.overwrite) as path:
+        write_plot(path, meta, results)
+    with replacing_file(args.output_dir / "speed.json", overwrite=args.overwrite) as path:
+        path.write_text(json.dumps({**meta, "results": to_json(results, summaries)}, indent=1))
     print(f"wrote {', '.join(str(args.output_dir / name) for name in ('speed.md', 'speed.png', 'speed.json'))}")
 
 
