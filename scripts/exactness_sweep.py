@@ -47,6 +47,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -57,6 +58,7 @@ import numpy as np
 import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
+from kmeans_transformer.tasks import TaskDistribution
 from kmeans_transformer.validation import gaussian_mixture
 from kmeans_transformer.reference import assign_labels, lloyd
 from kmeans_transformer.reference import inertia as objective
@@ -112,8 +114,10 @@ def method_label(gamma: float | None) -> str:
     return "hardmax (exact)" if gamma is None else f"softmax, γ = {gamma:g}"
 
 
-def build_model(num_clusters: int, point_dim: int, iterations: int, gamma: float | None) -> KMeansTransformerModel:
-    """The analytic model in float64: exact hardmax attention if `gamma` is None, else softmax at stiffness `gamma`."""
+def build_model(
+    num_clusters: int, point_dim: int, iterations: int, gamma: float | None, dtype: torch.dtype = torch.float64
+) -> KMeansTransformerModel:
+    """The analytic Lloyd model: exact hardmax attention if `gamma` is None, else softmax at stiffness `gamma`."""
     if gamma is None:
         config = KMeansTransformerConfig(num_clusters=num_clusters, point_dim=point_dim, num_iterations=iterations)
     else:
@@ -124,7 +128,7 @@ def build_model(num_clusters: int, point_dim: int, iterations: int, gamma: float
             inverse_temperature=float(gamma),
             attn_implementation="eager",
         )
-    return KMeansTransformerModel(config).to(torch.float64).eval()
+    return KMeansTransformerModel(config).to(dtype).eval()
 
 
 def log_difference(model_objective: float, lloyd_objective: float) -> tuple[float, float, float]:
@@ -295,11 +299,23 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
+def cpu_model() -> str:
+    """The processor's model name (`lscpu`'s "Model name", read from /proc/cpuinfo), or the platform's guess."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown processor"
+
+
 def environment() -> dict[str, str]:
     """The machine, the date and the library versions, for the record."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs "
+        "machine": f"{cpu_model()}, {platform.platform()}, {os.cpu_count()} CPUs "
         f"(torch uses {torch.get_num_threads()} threads)",
         "python": platform.python_version(),
         "kmeans-transformer": _version("kmeans-transformer"),
@@ -458,6 +474,375 @@ def plot_heatmaps(rows: Sequence[dict], output: Path, axes: str = "d,k") -> list
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Park et al.'s grid (`--grid park`)
+# ---------------------------------------------------------------------------------------------------------------------
+
+# The grid of the authors' sweep (`klic_parameter_sweep.py` in github.com/rithram/kmeans-trf): 10 x 10 x 10 x 10
+# configurations, one task each, float32, 10 iterations.
+PARK_GRID = {
+    "dims": tuple(range(1, 11)),
+    "clusters": tuple(range(5, 55, 5)),
+    "points": tuple(int(n) for n in np.logspace(2, 6, 10)),  # 100, 278, 774, ..., 359381, 1000000
+    "upper_bounds": tuple(range(1, 11)),
+    "gammas": (1.0, 10.0, 100.0),
+    "iterations": 10,
+}
+PARK_NOISE_SCALE = 0.1  # per-coordinate standard deviation around each centre (their covariance 0.01 I)
+PARK_DTYPE = torch.float32
+PARK_METHODS = ("soft", "softmax", "hardmax")  # variant="soft"; variant="lloyd" under softmax; exact Lloyd
+PARK_METHOD_LABELS = {
+    "soft": 'soft k-means (`variant="soft"`, their algorithm)',
+    "softmax": 'softmax Lloyd (`variant="lloyd"`, `attn_implementation="eager"`)',
+    "hardmax": 'hardmax Lloyd (`variant="lloyd"`, exact)',
+}
+PARK_COLUMNS = (
+    "method",
+    "gamma",
+    "d",
+    "k",
+    "n",
+    "upper_bound",
+    "log_objective_model",
+    "log_objective_lloyd",
+    "abs_log_difference",
+    "label_agreement",
+    "lloyd_empty_cluster",
+)
+# Per configuration, whether the authors' run was within 1e-3 (1), not (0) or NaN (their Lloyd loop emptied a
+# cluster): derived from results/klic_parameter_sweep.csv of github.com/rithram/kmeans-trf (MIT License,
+# Copyright (c) 2026 Parikshit Ram) as |Loss| < 1e-3, Loss = log J_transformer - log J_lloyd.
+AUTHORS_CSV = Path(__file__).resolve().with_name("park_sweep_authors.csv")
+FIGURE_NAME = "fractions.png"
+
+
+def park_configurations(grid: dict = PARK_GRID, max_points: int | None = None) -> list[dict]:
+    """Every configuration `{d, k, n, upper_bound}` of `grid` with `k <= n` (and `n <= max_points` if given)."""
+    return [
+        {"d": d, "k": k, "n": n, "upper_bound": ub}
+        for d in grid["dims"]
+        for k in grid["clusters"]
+        for n in grid["points"]
+        for ub in grid["upper_bounds"]
+        if k <= n and (max_points is None or n <= max_points)
+    ]
+
+
+def cell_of(configuration: dict) -> tuple[int, int, int]:
+    """`(d, k, n)`: the configurations of a cell differ only in `upper_bound` and run as one batch."""
+    return configuration["d"], configuration["k"], configuration["n"]
+
+
+def subsample(configurations: Sequence[dict], size: int | None, seed: int) -> list[dict]:
+    """The configurations of `size` cells `(d, k, n)` drawn uniformly without replacement by
+    `numpy.random.default_rng(seed)` (every `upper_bound` of a drawn cell), in grid order; all of them when `size` is
+    None or not smaller than the number of cells."""
+    cells = list(dict.fromkeys(cell_of(configuration) for configuration in configurations))
+    if size is None or size >= len(cells):
+        return list(configurations)
+    chosen = {cells[i] for i in np.random.default_rng(seed).choice(len(cells), size=size, replace=False)}
+    return [configuration for configuration in configurations if cell_of(configuration) in chosen]
+
+
+def park_task(configuration: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' task for one configuration, in float32: points `(k (n // k), d)` and the initial centroids.
+
+    `k` centres uniform in `[0, 1]^d`, `n // k` points around each with N(0, 0.1²) coordinates, every coordinate
+    min-max scaled to `[0, upper_bound]`, the points shuffled and the first `k` taken as initial centroids
+    (`kmeans_transformer.tasks.TaskDistribution` with `exact_counts=True`). The generator is seeded by the seed and
+    the configuration, so a configuration's task does not depend on which others are run.
+    """
+    d, k, n, ub = (configuration[name] for name in ("d", "k", "n", "upper_bound"))
+    distribution = TaskDistribution(
+        num_points=n, num_clusters=k, dim=d, scale=PARK_NOISE_SCALE, upper_bound=float(ub), exact_counts=True
+    )
+    points = distribution.sample(np.random.default_rng([seed, d, k, n, ub]))["points"].astype(np.float32)
+    return points, points[:k].copy()
+
+
+def build_park_model(method: str, num_clusters: int, point_dim: int, iterations: int, gamma: float | None):
+    """The float32 model of one method: `soft` and `softmax` at stiffness `gamma`, `hardmax` without one."""
+    if method == "soft":
+        config = KMeansTransformerConfig(
+            num_clusters=num_clusters, point_dim=point_dim, num_iterations=iterations, variant="soft",
+            inverse_temperature=float(gamma),
+        )
+        return KMeansTransformerModel(config).to(PARK_DTYPE).eval()
+    return build_model(num_clusters, point_dim, iterations, None if method == "hardmax" else gamma, PARK_DTYPE)
+
+
+def lloyd_emptied_a_cluster(label_history: np.ndarray, k: int) -> bool:
+    """Whether some iteration of Lloyd's loop left a cluster without points (the authors' loop then returns NaN)."""
+    return any(np.bincount(labels, minlength=k).min() == 0 for labels in label_history)
+
+
+@torch.inference_mode()
+def run_park_sweep(
+    configurations: Sequence[dict],
+    gammas: Iterable[float] = PARK_GRID["gammas"],
+    iterations: int = PARK_GRID["iterations"],
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """
+    Per configuration, one task of the authors' generator (`park_task`), Lloyd's algorithm in float32
+    (`kmeans_transformer.reference.lloyd`) and the float32 model of each method (`soft` and `softmax` at every γ,
+    `hardmax` once) from the same initial centroids; the configurations of a cell `(d, k, n)` run as one batch.
+    Both objectives are evaluated in float64 from the float32 centroids. Returns one dict per configuration and
+    method with the keys `PARK_COLUMNS`.
+    """
+    gammas = [float(gamma) for gamma in gammas]
+    methods = [("hardmax", None), *[(method, gamma) for gamma in gammas for method in ("soft", "softmax")]]
+    cells: dict[tuple, list[dict]] = {}
+    for configuration in configurations:
+        cells.setdefault(cell_of(configuration), []).append(configuration)
+    bar = _progress(len(configurations), progress)
+    rows: list[dict] = []
+    try:
+        for (d, k, n), group in cells.items():
+            tasks = [park_task(configuration, seed) for configuration in group]
+            points = np.stack([task_points for task_points, _ in tasks])  # (configurations, k (n // k), d)
+            initial = np.stack([task_initial for _, task_initial in tasks])
+            points64 = points.astype(np.float64)
+            references = [lloyd(points[b], initial[b], iterations) for b in range(len(group))]
+            lloyd_objectives = [
+                objective(points64[b], assign_labels(points64[b], centroids), centroids)
+                for b, centroids in enumerate(reference.centroids.astype(np.float64) for reference in references)
+            ]
+            points_tensor, initial_tensor = torch.from_numpy(points), torch.from_numpy(initial)
+            for method, gamma in methods:
+                output = build_park_model(method, k, d, iterations, gamma)(points_tensor, centroids=initial_tensor)
+                model_centroids = output.centroids.double().numpy()
+                model_labels = output.labels.numpy()
+                for b, configuration in enumerate(group):
+                    labels = assign_labels(points64[b], model_centroids[b])
+                    log_model, log_lloyd, difference = log_difference(
+                        objective(points64[b], labels, model_centroids[b]), lloyd_objectives[b]
+                    )
+                    rows.append(
+                        {
+                            "method": method,
+                            "gamma": gamma,
+                            **configuration,
+                            "log_objective_model": log_model,
+                            "log_objective_lloyd": log_lloyd,
+                            "abs_log_difference": difference,
+                            "label_agreement": float(np.mean(model_labels[b] == references[b].labels)),
+                            "lloyd_empty_cluster": int(lloyd_emptied_a_cluster(references[b].label_history, k)),
+                        }
+                    )
+            if bar is not None:
+                bar.update(len(group))
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows
+
+
+def read_authors_results(path: Path = AUTHORS_CSV) -> dict[tuple[int, int, int, int], dict[float, float]]:
+    """The authors' outcome per configuration `(d, k, n, upper_bound)` and γ: 1.0 within 1e-3, 0.0 not, NaN where
+    their run gave NaN (counted as not within in their fractions)."""
+    results = {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            key = (int(row["d"]), int(row["k"]), int(row["n"]), int(row["upper_bound"]))
+            results[key] = {
+                float(name.removeprefix("within_gamma")): float(value)
+                for name, value in row.items()
+                if name.startswith("within_gamma")
+            }
+    return results
+
+
+def authors_fraction(
+    configurations: Sequence[dict], gamma: float, results: dict | None = None
+) -> tuple[float, int] | None:
+    """The authors' fraction within 1e-3 at `gamma` over `configurations` (NaN runs count as not within, as in their
+    published fractions) and the number of configurations found; None if none is in their grid."""
+    results = read_authors_results() if results is None else results
+    outcomes = [
+        results[key][gamma]
+        for key in ((c["d"], c["k"], c["n"], c["upper_bound"]) for c in configurations)
+        if key in results and gamma in results[key]
+    ]
+    if not outcomes:
+        return None
+    return sum(outcome == 1.0 for outcome in outcomes) / len(outcomes), len(outcomes)
+
+
+def summarize_park(rows: Sequence[dict], results: dict | None = None, threshold: float = THRESHOLD) -> list[dict]:
+    """Per method and γ: runs, the fraction within `threshold` (strictly below, as the authors count), the fraction
+    of runs where Lloyd's loop emptied a cluster, the median difference, the mean label agreement, and the paired
+    difference from the authors' runs of the same configurations at the same γ (`paired_difference`, with its
+    standard error `paired_error`; None for hardmax)."""
+    results = read_authors_results() if results is None else results
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], _gamma_of(row)), []).append(row)
+    summary = []
+    for (method, gamma), group in sorted(
+        groups.items(), key=lambda item: (PARK_METHODS.index(item[0][0]), item[0][1] or 0.0)
+    ):
+        differences = [row["abs_log_difference"] for row in group]
+        paired = []
+        for row in group:
+            theirs = results.get((row["d"], row["k"], row["n"], row["upper_bound"]), {})
+            if gamma in theirs:
+                paired.append(float(row["abs_log_difference"] < threshold) - float(theirs[gamma] == 1.0))
+        summary.append(
+            {
+                "method": method,
+                "gamma": gamma,
+                "runs": len(group),
+                "fraction_within": sum(difference < threshold for difference in differences) / len(group),
+                "lloyd_empty": sum(row["lloyd_empty_cluster"] for row in group) / len(group),
+                "median_difference": statistics.median(differences),
+                "mean_label_agreement": statistics.fmean(row["label_agreement"] for row in group),
+                "paired_difference": statistics.fmean(paired) if paired else None,
+                "paired_error": statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else None,
+            }
+        )
+    return summary
+
+
+def configurations_of(rows: Sequence[dict]) -> list[dict]:
+    """The distinct configurations of park rows, in order of appearance."""
+    seen = {}
+    for row in rows:
+        seen.setdefault((row["d"], row["k"], row["n"], row["upper_bound"]), None)
+    return [{"d": d, "k": k, "n": n, "upper_bound": ub} for d, k, n, ub in seen]
+
+
+def park_fractions(rows: Sequence[dict], results: dict | None = None) -> list[dict]:
+    """Per γ: the authors' published fraction, theirs on the same configurations, and ours per method."""
+    results = read_authors_results() if results is None else results
+    summary = summarize_park(rows, results)
+    ours = {(entry["method"], entry["gamma"]): entry["fraction_within"] for entry in summary}
+    configurations = configurations_of(rows)
+    gammas = sorted({gamma for method, gamma in ours if gamma is not None})
+    table = []
+    for gamma in gammas:
+        theirs = authors_fraction(configurations, gamma, results)
+        table.append(
+            {
+                "gamma": gamma,
+                "published": PAPER_FRACTIONS.get(gamma),
+                "authors_same_configurations": None if theirs is None else theirs[0],
+                "authors_configurations": 0 if theirs is None else theirs[1],
+                **{method: ours.get((method, None if method == "hardmax" else gamma)) for method in PARK_METHODS},
+            }
+        )
+    return table
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def park_table(fractions: Sequence[dict]) -> str:
+    """The comparison as a Markdown table: γ, the authors' fractions, ours per method."""
+    lines = [
+        "| γ | Park et al., published (10,000 configurations) | Park et al., same configurations as ours "
+        "| ours: soft k-means (their algorithm) | ours: softmax Lloyd | ours: hardmax Lloyd |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in fractions:
+        lines.append(
+            f"| {entry['gamma']:g} | {_percent(entry['published'])} | {_percent(entry['authors_same_configurations'])} "
+            f"| {_percent(entry['soft'])} | {_percent(entry['softmax'])} | {_percent(entry['hardmax'])} |"
+        )
+    return "\n".join(lines)
+
+
+def park_detail_table(summary: Sequence[dict]) -> str:
+    """Per method and γ: the fraction within, the paired difference from the authors (± 2 standard errors), the median
+    difference, the label agreement with Lloyd's algorithm and the runs where Lloyd's loop emptied a cluster."""
+    lines = [
+        "| method | γ | runs | within 1e-3 | ours − theirs, same configurations (± 2 SE) | median abs log diff "
+        "| mean label agreement | Lloyd emptied a cluster |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in summary:
+        gamma = "" if entry["gamma"] is None else f"{entry['gamma']:g}"
+        paired = "" if entry["paired_difference"] is None else f"{100 * entry['paired_difference']:+.1f}"
+        if entry["paired_error"] is not None:
+            paired += f" ± {200 * entry['paired_error']:.1f} points"
+        lines.append(
+            f"| {entry['method']} | {gamma} | {entry['runs']} | {entry['fraction_within']:.1%} | {paired} "
+            f"| {entry['median_difference']:.3g} | {entry['mean_label_agreement']:.4f} | {entry['lloyd_empty']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def write_park_csv(rows: Sequence[dict], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PARK_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "gamma": "" if row["gamma"] is None else f"{row['gamma']:g}"})
+
+
+def plot_park_fractions(fractions: Sequence[dict], output: Path) -> str:
+    """Grouped bars: fraction within 1e-3 per γ, the authors' and ours."""
+    plt = _require_matplotlib()
+    series = [
+        ("published", "Park et al., published"),
+        ("authors_same_configurations", "Park et al., same configurations"),
+        ("soft", "ours: soft k-means"),
+        ("softmax", "ours: softmax Lloyd"),
+        ("hardmax", "ours: hardmax Lloyd"),
+    ]
+    figure, axis = plt.subplots(figsize=(7.5, 3.6), constrained_layout=True)
+    width = 0.8 / len(series)
+    for i, (key, label) in enumerate(series):
+        values = [np.nan if entry[key] is None else 100 * entry[key] for entry in fractions]
+        axis.bar(np.arange(len(fractions)) + (i - (len(series) - 1) / 2) * width, values, width, label=label)
+    axis.set_xticks(range(len(fractions)), [f"γ = {entry['gamma']:g}" for entry in fractions])
+    axis.set_ylabel("runs within 1e-3 of Lloyd (%)")
+    axis.set_ylim(0, 105)
+    axis.legend(fontsize=8, loc="upper left")
+    figure.savefig(output / FIGURE_NAME, dpi=110)
+    plt.close(figure)
+    return FIGURE_NAME
+
+
+def write_park_summary(path: Path, rows: Sequence[dict], selection: dict, elapsed: float, figure: str | None) -> None:
+    env = environment()
+    results = read_authors_results()
+    fractions = park_fractions(rows, results)
+    lines = [
+        "# Park et al.'s sweep: soft k-means, softmax Lloyd and hardmax Lloyd against Lloyd's algorithm",
+        "",
+        "The authors' generator and grid (their `klic_parameter_sweep.py`): k centres uniform in [0, 1]^d, n // k "
+        "points around each with N(0, 0.1²) coordinates, every coordinate min-max scaled to [0, ub], the points "
+        "shuffled, the first k the initial centroids; d in 1..10, k in 5..50 (step 5), n in logspace(2, 6, 10), "
+        "ub in 1..10; float32, 10 iterations, one task per configuration. A run is within when "
+        "|log J_model - log J_lloyd| < 1e-3 (natural log; J the k-means objective of the returned centroids).",
+        "",
+        f"Configurations: {selection['description']}.",
+        "",
+        park_table(fractions),
+        "",
+        "Park et al., published: their fractions (arXiv:2506.19125), which their results file reproduces over all "
+        "10,000 configurations. Park et al., same configurations: their results file restricted to the "
+        f"configurations run here ({fractions[0]['authors_configurations'] if fractions else 0} found), which removes "
+        "the sampling error of the subsample. Their runs where Lloyd's loop empties a cluster are NaN and count as "
+        "not within; ours keep the empty centroid (see the last column below).",
+        "",
+        park_detail_table(summarize_park(rows, results)),
+        "",
+        "## Environment",
+        "",
+        f"- command: `{selection['command']}`",
+        *(f"- {name}: {value}" for name, value in env.items()),
+        f"- run time: {elapsed:.1f} s",
+        "",
+    ]
+    if figure:
+        lines += [f"![{figure}]({figure})", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -483,28 +868,50 @@ def _non_negative_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Compare the k-means objective of the k-means transformer (softmax at several γ, and exact "
-        "hardmax) with Lloyd's algorithm over a grid of Gaussian-mixture problems.",
-        epilog="Exit status: 0 if hardmax matches Lloyd's algorithm in every run, 1 if not, 2 on a usage error.",
+        "hardmax) with Lloyd's algorithm over a grid of Gaussian-mixture problems: this project's grid (default) or "
+        "Park et al.'s (--grid park).",
+        epilog="Exit status: 0 if hardmax matches Lloyd's algorithm in every run (checked on this project's grid "
+        "only), 1 if not, 2 on a usage error.",
     )
     parser.add_argument("--output", required=True, type=Path, help="directory for sweep.csv, summary.md and PNGs")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty directory (only the files "
                         "this script writes are replaced; nothing is deleted)")
-    parser.add_argument("--quick", action="store_true", help="a small grid (grid options given explicitly still apply)")
-    grid = parser.add_argument_group("grid (defaults: %s)" % ", ".join(f"{k}={v}" for k, v in DEFAULT_GRID.items()))
+    parser.add_argument("--grid", choices=("ours", "park"), default="ours",
+                        help="'ours' (default): Gaussian mixtures in float64, several scales and seeds; 'park': the "
+                        "authors' generator and grid in float32, soft k-means, softmax and hardmax Lloyd, compared "
+                        "with their published fractions")
+    parser.add_argument("--quick", action="store_true", help="a small grid (grid options given explicitly still "
+                        "apply; --grid ours only)")
+    grid = parser.add_argument_group(
+        "grid (defaults: %s; with --grid park: %s)" % (
+            ", ".join(f"{k}={v}" for k, v in DEFAULT_GRID.items()),
+            ", ".join(f"{k}={v}" for k, v in PARK_GRID.items()),
+        )
+    )
     grid.add_argument("--dims", nargs="+", type=_positive(int), help="point dimensions d")
     grid.add_argument("--clusters", nargs="+", type=_positive(int), help="cluster counts k")
     grid.add_argument("--points", nargs="+", type=_positive(int), help="point counts n")
-    grid.add_argument("--scales", nargs="+", type=_positive(float), help="data scales (multiply the points)")
-    grid.add_argument("--seeds", type=_positive(int), help="number of seeds per configuration")
+    grid.add_argument("--scales", nargs="+", type=_positive(float), help="data scales (multiply the points; --grid "
+                      "ours only)")
+    grid.add_argument("--seeds", type=_positive(int), help="number of seeds per configuration (--grid ours only)")
     grid.add_argument("--gammas", nargs="*", type=_positive(float), help="softmax inverse temperatures γ (none: "
                       "hardmax only)")
     grid.add_argument("--iterations", type=_non_negative_int, help="Lloyd iterations (model layers)")
+    park = parser.add_argument_group("--grid park only")
+    park.add_argument("--upper-bounds", nargs="+", type=_positive(int), help="min-max ranges ub (the points span "
+                      "[0, ub] in every coordinate)")
+    park.add_argument("--subsample", type=_positive(int), metavar="N", help="run N cells (d, k, n) drawn uniformly "
+                      "without replacement, each at every ub (default: all)")
+    park.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the subsample and of the tasks "
+                      "(default %(default)s)")
+    park.add_argument("--max-points", type=_positive(int), metavar="N", help="only configurations with n <= N "
+                      "(the subsample is drawn from those)")
     parser.add_argument("--heatmap-axes", choices=sorted(HEATMAP_AXES), default="d,k", metavar="ROWS,COLUMNS",
                         help="rows,columns of the heatmaps, 'd,k' (default) or 'k,n'; the median runs over the "
                         "remaining axis and the seeds")
     parser.add_argument("--hardmax-tolerance", type=float, default=HARDMAX_TOLERANCE,
                         help="largest |Δ log J| accepted for hardmax (rounding only; default %(default)g)")
-    parser.add_argument("--no-plots", action="store_true", help="skip the heatmaps (matplotlib not needed)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figures (matplotlib not needed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -520,27 +927,93 @@ def output_files(gammas: Iterable[float]) -> list[str]:
     return [CSV_NAME, SUMMARY_NAME, *(f"heatmap_{method_key(g)}.png" for g in [None, *map(float, gammas)])]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    grid = resolve_grid(args)
-    output: Path = args.output
+PARK_ONLY = ("upper_bounds", "subsample", "max_points")
+OURS_ONLY = ("quick", "scales", "seeds")
+
+
+def _misplaced_options(args: argparse.Namespace) -> list[str]:
+    """The options given that the chosen grid does not read."""
+    names = OURS_ONLY if args.grid == "park" else PARK_ONLY
+    return ["--" + name.replace("_", "-") for name in names if getattr(args, name) not in (None, False)]
+
+
+def _prepare_output(output: Path, overwrite: bool, written: Sequence[str], plots: bool) -> int:
+    """0 when `output` may be written (and then exists), else 2 after printing why."""
     if output.exists() and not output.is_dir():
         print(f"error: --output {output} exists and is not a directory.", file=sys.stderr)
         return 2
-    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
-        written = ", ".join(output_files(grid["gammas"]))
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
         print(
-            f"error: --output {output} is not empty; pass --overwrite to write into it (only {written} are replaced).",
+            f"error: --output {output} is not empty; pass --overwrite to write into it "
+            f"(only {', '.join(written)} are replaced).",
             file=sys.stderr,
         )
         return 2
-    if not args.no_plots:
+    if plots:
         try:
             _require_matplotlib()
         except ImportError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
     output.mkdir(parents=True, exist_ok=True)
+    return 0
+
+
+def resolve_park_grid(args: argparse.Namespace) -> dict:
+    """Park et al.'s grid, with the options given explicitly replacing its values."""
+    return {name: default if getattr(args, name) is None else getattr(args, name) for name, default in PARK_GRID.items()}
+
+
+def main_park(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    grid = resolve_park_grid(args)
+    configurations = park_configurations(grid, args.max_points)
+    if not configurations:
+        print("error: the grid is empty (no configuration with k <= n and n <= --max-points).", file=sys.stderr)
+        return 2
+    status = _prepare_output(args.output, args.overwrite, [CSV_NAME, SUMMARY_NAME, FIGURE_NAME], not args.no_plots)
+    if status:
+        return status
+    chosen = subsample(configurations, args.subsample, args.seed)
+    cap = "" if args.max_points is None else f" with n <= {args.max_points}"
+    if len(chosen) < len(configurations):
+        description = (
+            f"{len(chosen)} of the {len(configurations)} configurations{cap}: {args.subsample} cells (d, k, n) drawn "
+            f"uniformly without replacement by numpy.random.default_rng({args.seed}), each at every ub in "
+            f"{list(grid['upper_bounds'])}; each task drawn by numpy.random.default_rng([{args.seed}, d, k, n, ub])"
+        )
+    else:
+        description = (
+            f"all {len(configurations)} configurations{cap}; each task drawn by "
+            f"numpy.random.default_rng([{args.seed}, d, k, n, ub])"
+        )
+    selection = {"description": description, "command": shlex.join(["python", "scripts/exactness_sweep.py", *argv])}
+
+    start = time.perf_counter()
+    rows = run_park_sweep(chosen, grid["gammas"], grid["iterations"], args.seed, progress=not args.no_progress)
+    write_park_csv(rows, args.output / CSV_NAME)
+    fractions = park_fractions(rows)
+    figure = None if args.no_plots else plot_park_fractions(fractions, args.output)
+    elapsed = time.perf_counter() - start
+    write_park_summary(args.output / SUMMARY_NAME, rows, selection, elapsed, figure)
+    print(park_table(fractions))
+    print(f"\n{description}.\n{len(rows)} runs in {elapsed:.1f} s; results in {args.output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    misplaced = _misplaced_options(args)
+    if misplaced:
+        print(f"error: {', '.join(misplaced)} do(es) not apply to --grid {args.grid}.", file=sys.stderr)
+        return 2
+    if args.grid == "park":
+        return main_park(args, argv)
+    grid = resolve_grid(args)
+    output: Path = args.output
+    status = _prepare_output(output, args.overwrite, output_files(grid["gammas"]), not args.no_plots)
+    if status:
+        return status
 
     start = time.perf_counter()
     rows = run_sweep(**grid, progress=not args.no_progress)
