@@ -15,6 +15,7 @@ from .attention_clustering import (
     IdentityAttentionConfig,
     IdentityAttentionModel,
 )
+from .in_context import InContextClusteringConfig, InContextClusteringModel
 from .initialization import kmeans_plusplus
 from .reference import lloyd
 
@@ -40,6 +41,7 @@ KMeansTransformerModel.register_for_auto_class("AutoModel")
 for _config_class, _model_class in (
     (AttentionClusteringConfig, AttentionClusteringModel),
     (IdentityAttentionConfig, IdentityAttentionModel),
+    (InContextClusteringConfig, InContextClusteringModel),
 ):
     AutoConfig.register(_config_class.model_type, _config_class)
     AutoModel.register(_config_class, _model_class)
@@ -51,6 +53,8 @@ __all__ = [
     "AttentionClusteringModel",
     "IdentityAttentionConfig",
     "IdentityAttentionModel",
+    "InContextClusteringConfig",
+    "InContextClusteringModel",
     "KMeans",
     "KMeansTransformerConfig",
     "KMeansTransformerModel",
