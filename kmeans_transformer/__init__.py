@@ -9,6 +9,13 @@ from .modeling_kmeans_transformer import (
     KMeansTransformerPreTrainedModel,
 )
 from .estimator import KMeans
+from .attention_clustering import (
+    AttentionClusteringConfig,
+    AttentionClusteringModel,
+    IdentityAttentionConfig,
+    IdentityAttentionModel,
+)
+from .in_context import InContextClusteringConfig, InContextClusteringModel
 from .initialization import kmeans_plusplus
 from .reference import lloyd
 
@@ -30,8 +37,24 @@ AutoModel.register(KMeansTransformerConfig, KMeansTransformerModel)
 # Checkpoints carry the two modeling files and an `auto_map`, so they also load with `trust_remote_code=True`.
 KMeansTransformerConfig.register_for_auto_class()
 KMeansTransformerModel.register_for_auto_class("AutoModel")
+# The models that learn to cluster: each its own model type, loadable the same two ways.
+for _config_class, _model_class in (
+    (AttentionClusteringConfig, AttentionClusteringModel),
+    (IdentityAttentionConfig, IdentityAttentionModel),
+    (InContextClusteringConfig, InContextClusteringModel),
+):
+    AutoConfig.register(_config_class.model_type, _config_class)
+    AutoModel.register(_config_class, _model_class)
+    _config_class.register_for_auto_class()
+    _model_class.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "AttentionClusteringConfig",
+    "AttentionClusteringModel",
+    "IdentityAttentionConfig",
+    "IdentityAttentionModel",
+    "InContextClusteringConfig",
+    "InContextClusteringModel",
     "KMeans",
     "KMeansTransformerConfig",
     "KMeansTransformerModel",

@@ -143,17 +143,19 @@ class TaskDistribution:
         return {key: np.stack([task[key] for task in tasks]) for key in tasks[0]}
 
 
-def _generate(distribution: dict, seed: int, shards: list[int], num_shards: int, start: int, stop: int | None):
-    distribution = TaskDistribution(**distribution)
+def _generate(
+    distribution: dict, seed: int, shards: list[int], num_shards: int, start: int, stop: int | None, kind: str = "TaskDistribution"
+):
+    distribution = DISTRIBUTIONS[kind](**distribution)
     for shard in shards:
         yield from distribution.tasks(seed, start=start + shard, stop=stop, step=num_shards)
 
 
 def task_stream(
-    distribution: TaskDistribution, seed: int = 0, start: int = 0, num_tasks: int | None = None, num_shards: int = 1
+    distribution, seed: int = 0, start: int = 0, num_tasks: int | None = None, num_shards: int = 1
 ):
     """Tasks `start, start + 1, ...` of the stream `seed` as a `datasets.IterableDataset` of NumPy examples (the fields
-    of `TaskDistribution.sample`, float64 coordinates kept as they are: a `torch.utils.data.DataLoader` collates them
+    of the distribution's `sample`: a `TaskDistribution`, `MixturePopulation` or `MixtureInstances`; float64 coordinates kept as they are: a `torch.utils.data.DataLoader` collates them
     into float64 tensors, where the dataset's torch or numpy formats would round them to float32).
 
     With `num_tasks=None` the stream is endless. `num_shards` > 1 splits it into interleaved shards (shard `s`
@@ -176,5 +178,216 @@ def task_stream(
             "num_shards": num_shards,
             "start": int(start),
             "stop": None if num_tasks is None else int(start) + num_tasks,
+            "kind": type(distribution).__name__,
         },
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mixtures at a given separation: a fixed population (its centroids are what a learned layer should find) and random
+# instances (what an in-context model is trained and evaluated on). Separation is measured as `Δ/σ`, the smallest
+# distance between two centres in units of the noise scale.
+# ---------------------------------------------------------------------------------------------------------------------
+
+NOISES = ("normal", "student_t", "laplace")
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_weights(weights, k: int) -> tuple[float, ...] | None:
+    if weights is None:
+        return None
+    array = np.asarray(weights, dtype=np.float64)
+    if array.shape != (k,) or not np.all(np.isfinite(array)) or np.any(array < 0) or array.sum() <= 0:
+        raise ValueError(f"weights must be {k} finite non-negative numbers, not all zero, got {weights!r}")
+    return tuple(float(w) for w in array / array.sum())
+
+
+def separated_centres(rng: np.random.Generator, k: int, d: int, separation: float) -> np.ndarray:
+    """`k` centres in `R^d` whose smallest pairwise distance is exactly `separation`: `±(Δ/2) u` for `k = 2` (`u` a
+    uniform unit vector, so the mixture is centred), otherwise `k` standard normal vectors rescaled."""
+    if k == 1:
+        return np.zeros((1, d))
+    if k == 2:
+        direction = rng.normal(size=d)
+        direction /= np.linalg.norm(direction)
+        return np.stack([direction, -direction]) * separation / 2
+    centres = rng.normal(size=(k, d))
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1)[np.triu_indices(k, 1)]
+    return centres * separation / gaps.min()
+
+
+def mixture_noise(noise: str, rng: np.random.Generator, shape: tuple[int, ...], degrees_of_freedom: float) -> np.ndarray:
+    """Unit-variance noise: standard normal, Student t with `ν > 2` degrees of freedom scaled by `sqrt((ν-2)/ν)`,
+    or Laplace with scale `1/√2`."""
+    if noise == "normal":
+        return rng.normal(size=shape)
+    if noise == "student_t":
+        return rng.standard_t(degrees_of_freedom, size=shape) * np.sqrt((degrees_of_freedom - 2) / degrees_of_freedom)
+    if noise == "laplace":
+        return rng.laplace(0.0, 1 / np.sqrt(2), size=shape)
+    raise ValueError(f"unknown noise {noise!r}; choose one of {', '.join(NOISES)}")
+
+
+def _check_noise(noise: str, degrees_of_freedom: float) -> None:
+    if noise not in NOISES:
+        raise ValueError(f"unknown noise {noise!r}; choose one of {', '.join(NOISES)}")
+    if noise == "student_t" and not degrees_of_freedom > 2:
+        raise ValueError(f"student_t noise needs degrees_of_freedom > 2 (finite variance), got {degrees_of_freedom!r}")
+
+
+def _draw(rng, centres, weights, scale, num_points, noise, degrees_of_freedom):
+    k, d = centres.shape
+    labels = rng.choice(k, size=num_points, p=None if weights is None else np.asarray(weights))
+    points = centres[labels] + scale * mixture_noise(noise, rng, (num_points, d), degrees_of_freedom)
+    return points, labels.astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixturePopulation:
+    """One fixed mixture `Σ_j π_j N(μ_j, σ² I)` (or another unit-variance `noise` times `σ`): its centres are drawn once,
+    from `seed` (`separated_centres`, smallest gap `separation · scale`); each task is `num_points` fresh draws.
+
+    A stream of these tasks is the population a layer's risk is estimated on, one batch of fresh samples per step.
+    """
+
+    num_clusters: int
+    dim: int
+    separation: float
+    num_points: int = 64
+    scale: float = 1.0
+    weights: tuple[float, ...] | None = None
+    noise: str = "normal"
+    degrees_of_freedom: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_clusters", "dim", "num_points"):
+            _check_positive_int(name, getattr(self, name))
+        if not (np.isfinite(self.separation) and self.separation >= 0):
+            raise ValueError(f"separation must be a finite non-negative number, got {self.separation!r}")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a finite positive number, got {self.scale!r}")
+        _check_noise(self.noise, self.degrees_of_freedom)
+        object.__setattr__(self, "weights", _check_weights(self.weights, self.num_clusters))
+
+    @property
+    def centres(self) -> np.ndarray:
+        """The `(k, d)` centres of the population."""
+        rng = np.random.default_rng([int(self.seed), 2**31])
+        return separated_centres(rng, self.num_clusters, self.dim, self.separation * self.scale)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """`points` `(num_points, d)` and their component `labels`."""
+        points, labels = _draw(rng, self.centres, self.weights, self.scale, self.num_points, self.noise, self.degrees_of_freedom)
+        return {"points": points, "labels": labels}
+
+    def task(self, seed: int, index: int) -> dict[str, np.ndarray]:
+        """Draw number `index` of the stream `seed`."""
+        return self.sample(np.random.default_rng([int(seed), int(index)]))
+
+    def batch(self, seed: int, start: int, size: int) -> dict[str, np.ndarray]:
+        """Draws `start .. start + size - 1` stacked along a leading batch axis."""
+        return _stack([self.task(seed, index) for index in range(start, start + size)])
+
+
+def kmeans_plusplus_numpy(rng: np.random.Generator, points: np.ndarray, k: int) -> np.ndarray:
+    """Plain k-means++ seeding (D² sampling, one candidate per centre) from `rng`: `(k, d)` data points."""
+    centres = [points[rng.integers(len(points))]]
+    nearest = ((points - centres[0]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        total = nearest.sum()
+        index = rng.choice(len(points), p=nearest / total) if total > 0 else rng.integers(len(points))
+        centres.append(points[index])
+        nearest = np.minimum(nearest, ((points - points[index]) ** 2).sum(axis=1))
+    return np.stack(centres)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureInstances:
+    """Random mixture instances: each task draws its own centres at a separation `Δ/σ` uniform in
+    `[separation_low, separation_high]` (`separated_centres`), then `num_points` points `μ_{z_i} + σ ε_i`.
+
+    `weights`: the mixture weights, equal by default. `noise`: `normal`, `student_t` (heavy tails, `ν` degrees of
+    freedom) or `laplace`, all of unit variance. `initialization`: the initial centroids every method starts from,
+    `"kmeans++"` (D² seeding from the task's generator) or `"first"` (the first `k` points).
+
+    Each task holds `points` `(n, d)`, `labels` `(n,)`, `centres` `(k, d)`, `initial_centroids` `(k, d)`,
+    `separation` (the `Δ/σ` drawn), `scale` and `weights` `(k,)` (the true parameters, for the Bayes classifier).
+    """
+
+    num_points: int
+    num_clusters: int
+    dim: int
+    separation_low: float = 1.0
+    separation_high: float = 6.0
+    scale: float = 1.0
+    weights: tuple[float, ...] | None = None
+    noise: str = "normal"
+    degrees_of_freedom: float = 3.0
+    initialization: str = "kmeans++"
+
+    def __post_init__(self):
+        for name in ("num_points", "num_clusters", "dim"):
+            _check_positive_int(name, getattr(self, name))
+        if self.num_clusters > self.num_points:
+            raise ValueError(f"num_clusters ({self.num_clusters}) must not exceed num_points ({self.num_points})")
+        if not (0 <= self.separation_low <= self.separation_high < np.inf):
+            raise ValueError(
+                f"separations must satisfy 0 <= separation_low <= separation_high < inf, got "
+                f"{self.separation_low!r} and {self.separation_high!r}"
+            )
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a finite positive number, got {self.scale!r}")
+        _check_noise(self.noise, self.degrees_of_freedom)
+        if self.initialization not in ("kmeans++", "first"):
+            raise ValueError(f"initialization must be 'kmeans++' or 'first', got {self.initialization!r}")
+        object.__setattr__(self, "weights", _check_weights(self.weights, self.num_clusters))
+
+    def replace(self, **changes) -> "MixtureInstances":
+        """A copy with some fields changed (another separation, noise or weights)."""
+        return dataclasses.replace(self, **changes)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One instance (see the class docstring)."""
+        k = self.num_clusters
+        separation = rng.uniform(self.separation_low, self.separation_high)
+        centres = separated_centres(rng, k, self.dim, separation * self.scale)
+        points, labels = _draw(rng, centres, self.weights, self.scale, self.num_points, self.noise, self.degrees_of_freedom)
+        initial = kmeans_plusplus_numpy(rng, points, k) if self.initialization == "kmeans++" else points[:k].copy()
+        weights = np.full(k, 1 / k) if self.weights is None else np.asarray(self.weights)
+        return {
+            "points": points,
+            "labels": labels,
+            "centres": centres,
+            "initial_centroids": initial,
+            "separation": np.float64(separation),
+            "scale": np.float64(self.scale),
+            "weights": weights,
+        }
+
+    def task(self, seed: int, index: int) -> dict[str, np.ndarray]:
+        """Instance number `index` of the stream `seed` (independent of every other index)."""
+        return self.sample(np.random.default_rng([int(seed), int(index)]))
+
+    def batch(self, seed: int, start: int, size: int) -> dict[str, np.ndarray]:
+        """Instances `start .. start + size - 1` stacked along a leading batch axis."""
+        return _stack([self.task(seed, index) for index in range(start, start + size)])
+
+    def tasks(self, seed: int, start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[dict]:
+        """Instances `start, start + step, ...` (before `stop`; forever when `stop` is None) of the stream `seed`."""
+        indices = itertools.count(start, step) if stop is None else range(start, stop, step)
+        for index in indices:
+            yield self.task(seed, index)
+
+
+def _stack(tasks: list[dict]) -> dict[str, np.ndarray]:
+    return {key: np.stack([task[key] for task in tasks]) for key in tasks[0]}
+
+
+MixturePopulation.tasks = MixtureInstances.tasks
+
+DISTRIBUTIONS = {cls.__name__: cls for cls in (TaskDistribution, MixturePopulation, MixtureInstances)}
