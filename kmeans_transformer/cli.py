@@ -44,6 +44,7 @@ def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("variant parameters (each only for the variants that read it)")
     for name, parameter in PARAMETERS.items():
         forms = [value for spec in VARIANTS.values() if spec.form_parameter == name for value in spec.forms]
+        forms = forms or list(parameter.choices or ())
         kind = {"choices": forms} if forms else {"type": float, "metavar": "X"}
         help_text = f"{parameter.description}; " + _parameter_help(name, parameter.requirement)
         group.add_argument(f"--{name.replace('_', '-')}", **kind, help=help_text)
