@@ -205,12 +205,16 @@ def linear_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Linear attention on non-negative scores: `weights_ij = s_ij / Σ_j' s_ij'` over the visible keys (normalised), or
-    `weights_ij = s_ij` when `module.normalize_weights` is False (sums). With `module.score_power` p (default 1) the
-    scores are first raised to the power p (fuzzy c-means' `u^m`). A row whose scores sum to 0 gets zero weights.
+    `weights_ij = s_ij` when `module.normalize_weights` is False (sums). With `module.nonnegative_scores` the scores
+    are first clamped at 0 (`max(s_ij, 0)`: the learned update, whose trained scores may turn negative); with
+    `module.score_power` p (default 1) they are raised to the power p (fuzzy c-means' `u^m`). A row whose scores
+    sum to 0 gets zero weights.
     """
     scores = torch.matmul(query, key.transpose(-1, -2))
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask, 0.0)
+    if getattr(module, "nonnegative_scores", False):
+        scores = scores.clamp(min=0)
     power = getattr(module, "score_power", 1)
     if power != 1:
         scores = scores.clamp(min=0) ** power
@@ -277,6 +281,19 @@ def distance_attention_forward(
 
 
 
+def distance_softmax_attention_forward(
+    module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Distance softmax: `weights_ij = softmax_j(-scaling |query_i - key_j|^2)` over the visible keys (the learned layer
+    sets `scaling = γ / sqrt(D)`, D the query/key width). Computed as the eager softmax of `scaling (2 query_i.key_j -
+    |key_j|^2)` (`augment_for_squared_distance`), which differs from `-scaling |query_i - key_j|^2` by
+    `scaling |query_i|^2`, the same for every key.
+    """
+    query, key = augment_for_squared_distance(query, key)
+    return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
 def fuzzy_membership_attention_forward(
     module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,6 +326,7 @@ KMEANS_ATTENTION_FUNCTIONS = {
     "kmeans_gumbel_max": gumbel_max_attention_forward,
     "kmeans_distance": distance_attention_forward,
     "kmeans_fuzzy": fuzzy_membership_attention_forward,
+    "kmeans_distance_softmax": distance_softmax_attention_forward,
 }
 KERNEL_ALIASES = {
     "hardmax": "kmeans_hardmax",

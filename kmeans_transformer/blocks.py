@@ -56,7 +56,9 @@ class KMeansTransformerAttention(nn.Module):
     attention_function: str | None = None
     hardmax_ties = "average"  # read by `hardmax_attention_forward`
     query_bias = False
+    key_bias = False
     value_bias = False
+    output_bias = False
 
     @staticmethod
     def query_key_dim(config: KMeansTransformerConfig) -> int:
@@ -75,9 +77,9 @@ class KMeansTransformerAttention(nn.Module):
         self.is_causal = False
         width, head_dim = config.hidden_size, self.query_key_dim(config)
         self.q_proj = nn.Linear(width, head_dim, bias=self.query_bias)
-        self.k_proj = nn.Linear(width, head_dim, bias=False)
+        self.k_proj = nn.Linear(width, head_dim, bias=self.key_bias)
         self.v_proj = nn.Linear(width, width, bias=self.value_bias)
-        self.o_proj = nn.Linear(width, width, bias=False)
+        self.o_proj = nn.Linear(width, width, bias=self.output_bias)
         tag_analytic(self, "q_proj", "k_proj", "v_proj", "o_proj")
 
     @classmethod
@@ -86,16 +88,17 @@ class KMeansTransformerAttention(nn.Module):
         width, head_dim = config.hidden_size, cls.query_key_dim(config)
         return {
             "q_proj": _projection(head_dim, width, cls.query_bias),
-            "k_proj": _projection(head_dim, width, False),
+            "k_proj": _projection(head_dim, width, cls.key_bias),
             "v_proj": _projection(width, width, cls.value_bias),
-            "o_proj": (torch.eye(width), None),
+            "o_proj": (torch.eye(width), torch.zeros(width) if cls.output_bias else None),
         }
 
     @classmethod
     def parameter_count(cls, config: KMeansTransformerConfig) -> int:
         """The number of weights this block holds for `config`, from the shapes alone (nothing is allocated)."""
         width, head_dim = config.hidden_size, cls.query_key_dim(config)
-        return 2 * head_dim * width + 2 * width * width + head_dim * cls.query_bias + width * cls.value_bias
+        biases = head_dim * (cls.query_bias + cls.key_bias) + width * (cls.value_bias + cls.output_bias)
+        return 2 * head_dim * width + 2 * width * width + biases
 
     def prepare_query_key(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return query, key
@@ -769,3 +772,106 @@ def mixture_parameters(sums, square_sums, masses, num_points, previous, config):
             "reg_covar > 0 or start from other parameters."
         )
     return means, variances, masses / num_points
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The learned layer (`variant="learned"`): the four blocks with trainable projections.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class KMeansTransformerLearnedAttention:
+    """
+    A block of the learned layer, mixed in before the analytic block it learns from (`construction`): query, key,
+    value and output projections all with biases and trained; queries and keys of width `D = hidden_size`; the
+    distance softmax `softmax_j(-γ |q_i - k_j|^2 / sqrt(D))` (the `"kmeans_distance_softmax"` kernel, γ =
+    `config.inverse_temperature`) unless the block sets another kernel.
+
+    `analytic_projections` is the construction's, with the query and key maps padded by zero rows to width `D` and
+    multiplied by `D^(1/4)`, so that `|q_i - k_j|^2 / sqrt(D)` is the construction's `|x_i - c_j|^2`: with
+    `init_from="lloyd"` the layer starts as soft k-means at γ itself, no rescaling of γ needed. With
+    `init_from="random"` `_init_weights` draws every projection as `nn.Linear` does.
+    """
+
+    trainable = True
+    construction: type = KMeansTransformerAttention
+    attention_function = "kmeans_distance_softmax"
+    query_bias = key_bias = value_bias = output_bias = True
+
+    @staticmethod
+    def query_key_dim(config):
+        return config.hidden_size
+
+    @staticmethod
+    def attention_scaling(config):
+        return config.inverse_temperature / math.sqrt(config.hidden_size)
+
+    def prepare_query_key(self, query, key):
+        return query, key  # the kernel takes the distances itself
+
+    @classmethod
+    def analytic_projections(cls, config):
+        width, scale = cls.query_key_dim(config), 1.0
+        if cls.attention_function == "kmeans_distance_softmax":
+            scale = width**0.25
+        projections = {}
+        for name, (weight, bias) in cls.construction.analytic_projections(config).items():
+            rows = width if name in ("q_proj", "k_proj") else weight.shape[0]
+            factor = scale if name in ("q_proj", "k_proj") else 1.0
+            padded_weight, padded_bias = torch.zeros(rows, weight.shape[1]), torch.zeros(rows)
+            padded_weight[: weight.shape[0]] = factor * weight
+            if bias is not None:
+                padded_bias[: bias.shape[0]] = factor * bias
+            projections[name] = (padded_weight, padded_bias)
+        return projections
+
+
+class KMeansTransformerLearnedPointErase(KMeansTransformerLearnedAttention, KMeansTransformerPointErase):
+    """Block 1 of the learned layer: each point attends to itself (weight 1), value and output trained."""
+
+    construction = KMeansTransformerPointErase
+
+
+class KMeansTransformerLearnedAssign(KMeansTransformerLearnedAttention, KMeansTransformerAssign):
+    """
+    Block 2 of the learned layer: points attend to the centroids with the distance softmax. Starts (`"lloyd"`) as
+    `q_i = D^(1/4) x_i`, `k_j = D^(1/4) c_j`, value `e_j`: `y_i` holds soft k-means' responsibilities at γ.
+    """
+
+    construction = KMeansTransformerSoftAssign
+
+
+class KMeansTransformerLearnedCentroidErase(KMeansTransformerLearnedAttention, KMeansTransformerCentroidErase):
+    """Block 3 of the learned layer: each centroid attends to itself (weight 1), value and output trained."""
+
+    construction = KMeansTransformerCentroidErase
+
+
+class KMeansTransformerLearnedUpdate(KMeansTransformerLearnedAttention, KMeansTransformerSoftUpdate):
+    """
+    Block 4 of the learned layer: each centroid attends to every real point and to its own token by normalised
+    linear attention on the scores clamped at 0, `w_ij = max(q_j.k_i, 0) / Σ_i' max(q_j.k_i', 0)` (a softmax over
+    linear maps of the tokens cannot weight the points by their responsibilities, so it could not start as soft
+    k-means). Starts (`"lloyd"`) as soft k-means' update: query `e_j`, key `y_i` for a point and `e_j' - 1` for a
+    centroid token (the `is_centroid` flag subtracts 1 from every entry, so its score is 0 and it has no weight),
+    value `x_i` for a point, the `previous` slot for a centroid token. The own token lets training mix the entering
+    centroid in. A row whose clamped scores are all 0 (at the start: a cluster whose responsibilities all underflow)
+    gets zero weights, and the centroid becomes the output bias (0 at the start).
+    """
+
+    construction = KMeansTransformerSoftUpdate
+    attention_function = "kmeans_linear"
+    nonnegative_scores = True  # read by `linear_attention_forward`
+    sums_over_points = False
+
+    @classmethod
+    def analytic_projections(cls, config):
+        projections = super().analytic_projections(config)
+        projections["k_proj"][0][: config.num_clusters, config.token_slices["is_centroid"]] = -1.0
+        return projections
+
+    def forward(self, centroid_states, point_states, point_mask, **kwargs):
+        k = centroid_states.shape[1]
+        own_token = torch.eye(k, dtype=torch.bool, device=point_mask.device).expand(point_mask.shape[0], -1, -1)
+        attention_mask = torch.cat([point_mask[:, None, :].expand(-1, k, -1), own_token], dim=-1)[:, None]
+        memory = torch.cat([point_states, centroid_states], dim=1)
+        return KMeansTransformerAttention.forward(self, centroid_states, memory, attention_mask, **kwargs)

@@ -9,6 +9,7 @@ estimator's from `hub_cards/fitted.md`; titles, parameters and capabilities come
 import numbers
 from dataclasses import asdict
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +36,10 @@ FITTED_CENTROIDS_NOTICE = (
 
 
 def _template(name: str) -> str:
-    return resources.files("kmeans_transformer.hub_cards").joinpath(name).read_text(encoding="utf-8")
+    """The card template `name`: from the installed `kmeans_transformer.hub_cards`, else from a source checkout's `hub_cards/`."""
+    installed = resources.files("kmeans_transformer.hub_cards").joinpath(name)
+    source = Path(__file__).resolve().parent.parent / "hub_cards" / name
+    return (installed if installed.is_file() or not source.is_file() else source).read_text(encoding="utf-8")
 
 
 def validation_results(config: "KMeansTransformerConfig", report: "ValidationReport") -> list[EvalResult]:
@@ -104,6 +108,60 @@ def render_model_card(
         title, _, body = card.text.lstrip("\n").partition("\n")
         card.text = "\n\n".join([title, *notices]) + "\n" + body
     return card
+
+
+def learned_results(evaluation) -> list[EvalResult]:
+    """The figures of a learned layer's `learned.Evaluation` as model-index entries, one dataset per setting."""
+    results = []
+    for n, family, start in evaluation.settings():
+        summary = evaluation.summary(n, family, start)
+        dataset = {
+            "task_type": "clustering",
+            "task_name": f"Learned k-means layer looped {evaluation.num_steps} steps vs Lloyd",
+            "dataset_type": "synthetic-clustering-tasks",
+            "dataset_name": f"Unseen {family} tasks",
+            "dataset_config": (
+                f"{evaluation.num_tasks} tasks of {n} points, d={evaluation.point_dim}, k={evaluation.num_clusters}, "
+                f"scale {evaluation.scale}, seed {evaluation.seed}, start {start}"
+            ),
+        }
+        metrics = [
+            ("mean_log_objective", "Mean log k-means objective, learned loop", summary["learned"]["median"]),
+            ("mean_log_objective_lloyd", "Mean log k-means objective, Lloyd", summary["lloyd"]["median"]),
+            ("fraction_below_lloyd", "Fraction of tasks where the learned loop ends below Lloyd",
+             summary["fraction_below"]["median"]),
+        ]
+        results += [EvalResult(**dataset, metric_type=kind, metric_name=name, metric_value=float(value))
+                    for kind, name, value in metrics]
+    return results
+
+
+def render_learned_card(model: "KMeansTransformerModel", settings: dict, evaluation=None) -> ModelCard:
+    """
+    The card of a learned layer (`hub_cards/learned.md`): how it was trained (`settings`: the task distribution,
+    the loss and the training arguments) and, in the text and the `model-index`, the `learned.Evaluation` figures.
+    """
+    config = model.config
+    spec = config.variant_spec
+    card_data = ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        tags=["clustering", "k-means", "kmeans-transformer", spec.name],
+        model_name=f"kmeans-transformer-{spec.name}",
+        eval_results=learned_results(evaluation) if evaluation is not None else None,
+    )
+    from .learned import START_TITLES, evaluation_table
+
+    return ModelCard.from_template(
+        card_data,
+        template_str=_template(spec.card_template),
+        config=config,
+        settings=settings,
+        hidden_size=config.hidden_size,
+        table=evaluation_table(evaluation) if evaluation is not None else None,
+        start_titles=START_TITLES,
+        model_name=card_data.model_name,
+    )
 
 
 def _assignment_rule(spec: VariantSpec) -> str:
@@ -189,7 +247,9 @@ def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: i
 __all__ = [
     "FITTED_CENTROIDS_NOTICE",
     "MODIFIED_WEIGHTS_NOTICE",
+    "learned_results",
     "render_fitted_card",
+    "render_learned_card",
     "render_model_card",
     "validation_results",
 ]

@@ -19,7 +19,7 @@ from .modeling_kmeans_transformer import DTYPES
 from .plotting import MissingDependencyError
 from .points import ProcessGroupError
 from .reference import lloyd
-from .variants import PARAMETER_NAMES, PARAMETERS, VARIANT_NAMES, VARIANTS
+from .variants import ESTIMATOR_PARAMETER_NAMES, PARAMETER_NAMES, PARAMETERS, VARIANT_NAMES, VARIANTS
 
 
 DEFAULT_TIMEOUT = 300.0  # seconds a process waits for the others in a collective (infer --timeout)
@@ -39,11 +39,16 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
 
 
-def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per variant parameter (`variants.PARAMETERS`), its values, readers and defaults from the specs."""
+def add_variant_arguments(parser: argparse.ArgumentParser, names=PARAMETER_NAMES) -> None:
+    """
+    One option per variant parameter (`variants.PARAMETERS`; those of `names`), its values, readers and defaults
+    from the specs.
+    """
     group = parser.add_argument_group("variant parameters (each only for the variants that read it)")
-    for name, parameter in PARAMETERS.items():
+    for name in names:
+        parameter = PARAMETERS[name]
         forms = [value for spec in VARIANTS.values() if spec.form_parameter == name for value in spec.forms]
+        forms = forms or list(parameter.choices or ())
         kind = {"choices": forms} if forms else {"type": float, "metavar": "X"}
         help_text = f"{parameter.description}; " + _parameter_help(name, parameter.requirement)
         group.add_argument(f"--{name.replace('_', '-')}", **kind, help=help_text)
@@ -111,9 +116,10 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-clusters", type=int, required=True, metavar="K", help="number of clusters k")
     parser.add_argument("--output", required=True, metavar="OUT", help="the rows with their labels: .csv or .parquet")
     parser.add_argument(
-        "--variant", default="lloyd", choices=VARIANT_NAMES, help="clustering algorithm (default: lloyd)"
+        "--variant", default="lloyd", choices=[name for name in VARIANT_NAMES if not VARIANTS[name].trainable],
+        help="clustering algorithm (default: lloyd)"
     )
-    add_variant_arguments(parser)
+    add_variant_arguments(parser, ESTIMATOR_PARAMETER_NAMES)
     fit = parser.add_argument_group("fitting")
     fit.add_argument("--init", default="k-means++", choices=("k-means++", "random"), help="initial centroids (default: k-means++)")
     fit.add_argument("--n-init", default="auto", metavar="N|auto", help="restarts, run as one batch (default: auto: 1, "
@@ -254,7 +260,7 @@ def run_cluster(args: argparse.Namespace) -> None:
         tol=args.tol,
         random_state=args.random_state,
         variant=args.variant,
-        **{name: getattr(args, name) for name in PARAMETER_NAMES},
+        **{name: getattr(args, name) for name in ESTIMATOR_PARAMETER_NAMES},
         device=args.device,
         dtype=args.dtype,
         verbose=0 if args.no_progress else 1,
@@ -569,6 +575,112 @@ def run_build_kernels(args) -> None:
     print(f"compiled CPU loops ready in {time.monotonic() - started:.1f} s: {path}")
 
 
+def _int_list(value: str) -> list[int]:
+    try:
+        values = [int(part) for part in value.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {value!r}")
+    return values
+
+
+def _choice_list(choices):
+    def parse(value: str) -> list[str]:
+        values = [part for part in value.split(",") if part]
+        unknown = [part for part in values if part not in choices]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(f"expected some of {','.join(choices)}, got {value!r}")
+        return values
+
+    return parse
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .tasks import FAMILIES
+    from .variants import INITIALIZATIONS
+
+    parser.add_argument("--output", required=True, help="directory of the checkpoints, the log and the final model")
+    parser.add_argument("--num-clusters", type=int, default=6, help="k (default: 6)")
+    parser.add_argument("--point-dim", type=int, default=8, help="d (default: 8)")
+    parser.add_argument("--num-points", type=int, default=128, help="points per training task (default: 128)")
+    parser.add_argument("--family", default="normal", choices=FAMILIES, help="noise family of the training tasks")
+    parser.add_argument("--scale", type=float, default=0.1, help="per-coordinate noise scale (default: 0.1)")
+    parser.add_argument("--gamma", type=float, default=1.0, help="γ of the distance softmax (default: 1)")
+    parser.add_argument("--init-from", default="lloyd", choices=INITIALIZATIONS, help="initial weights (default: lloyd)")
+    parser.add_argument("--loss-inverse-temperature", type=float, default=10.0, help="λ of the loss (default: 10)")
+    parser.add_argument("--num-layers", type=int, default=1, help="layers T before the loss (default: 1)")
+    parser.add_argument("--steps", type=int, default=2000, help="optimisation steps (default: 2000)")
+    parser.add_argument("--batch-size", type=int, default=32, help="tasks per global batch (default: 32)")
+    parser.add_argument("--learning-rate", type=float, default=0.01, help="Adam's learning rate (default: 0.01)")
+    parser.add_argument("--max-grad-norm", type=float, default=None, help="clip gradients to this norm")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the task stream")
+    parser.add_argument("--log-steps", type=int, default=10, help="log (and step the plateau decay) every N steps")
+    parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps")
+    parser.add_argument("--card-tasks", type=int, default=64, help="unseen tasks evaluated for each card (0: none)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype (default: float32)")
+    parser.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint-N directory")
+    parser.add_argument("--tensorboard", action="store_true", help="log to TensorBoard as well")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even where an accelerator is present")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from .learned import train_learned
+
+    result = train_learned(
+        args.output, num_clusters=args.num_clusters, point_dim=args.point_dim, num_points=args.num_points,
+        inverse_temperature=args.gamma, init_from=args.init_from, loss_inverse_temperature=args.loss_inverse_temperature,
+        num_layers=args.num_layers, family=args.family, scale=args.scale, dtype=args.dtype, card_tasks=args.card_tasks,
+        max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        max_grad_norm=args.max_grad_norm, seed=args.seed, log_steps=args.log_steps, save_steps=args.save_steps,
+        resume_from_checkpoint=args.resume, overwrite_output_dir=args.overwrite,
+        report_to=("jsonl", "tensorboard") if args.tensorboard else ("jsonl",), cpu=args.cpu,
+        progress=not args.no_progress,
+    )
+    if result.history:
+        print(f"trained {result.step} steps; last logged loss {result.history[-1]['loss']:.6g}; model in {args.output}")
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .learned import EVALUATION_NUM_POINTS, EVALUATION_SEED, STARTS
+    from .tasks import FAMILIES
+
+    parser.add_argument("checkpoints", nargs="+", help="learned checkpoints (several: training seeds, summarised)")
+    parser.add_argument("--output", required=True, help="directory for table.md, evaluation.json and the figures")
+    parser.add_argument("--num-points", type=_int_list, default=list(EVALUATION_NUM_POINTS),
+                        help=f"comma-separated n (default: {','.join(map(str, EVALUATION_NUM_POINTS))})")
+    parser.add_argument("--families", type=_choice_list(FAMILIES), default=list(FAMILIES),
+                        help=f"comma-separated noise families (default: {','.join(FAMILIES)})")
+    parser.add_argument("--starts", type=_choice_list(STARTS), default=list(STARTS),
+                        help=f"comma-separated starts (default: {','.join(STARTS)})")
+    parser.add_argument("--num-tasks", type=int, default=320, help="unseen tasks per setting (default: 320)")
+    parser.add_argument("--steps", type=int, default=20, help="steps of the loop and Lloyd iterations (default: 20)")
+    parser.add_argument("--scale", type=float, default=0.1, help="per-coordinate noise scale (default: 0.1)")
+    parser.add_argument("--seed", type=int, default=EVALUATION_SEED, help=f"task stream (default: {EVALUATION_SEED})")
+    parser.add_argument("--batch-size", type=int, default=32, help="tasks run at once (default: 32)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from .files import check_new_path, refuse_overlap
+    from .learned import evaluate_learned, write_evaluation
+
+    output = Path(args.output)
+    refuse_overlap(output, [Path(checkpoint) for checkpoint in args.checkpoints])
+    if output.exists() and any(output.iterdir()):
+        check_new_path(output, overwrite=args.overwrite)
+    evaluation = evaluate_learned(
+        args.checkpoints, num_points=args.num_points, families=args.families, starts=args.starts,
+        num_tasks=args.num_tasks, num_steps=args.steps, scale=args.scale, seed=args.seed, batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    write_evaluation(evaluation, output, overwrite=args.overwrite)
+    print(f"wrote {output}/table.md, evaluation.json and the figures")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -624,6 +736,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_zoo_arguments(zoo)
     zoo.set_defaults(run=run_zoo)
+    train = commands.add_parser(
+        "train",
+        help="train a learned k-means layer on streamed clustering tasks (Accelerate: CPU, a GPU, several processes)",
+        description="Train the four blocks of a learned k-means layer (variant 'learned') on clustering tasks drawn "
+        "on the fly, minimising the soft k-means objective of the centroids after --num-layers layers. Writes "
+        "checkpoint-N directories (save_pretrained format, optimiser state, a card with an evaluation on unseen "
+        "tasks), log.jsonl and the final model. Launch with torchrun --nproc_per_node N -m kmeans_transformer.cli "
+        "train ... for several processes (the global batch is split between them).",
+    )
+    add_train_arguments(train)
+    train.set_defaults(run=run_train)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="loop learned checkpoints on unseen tasks against Lloyd and write a table and figures",
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
     return parser
 
 

@@ -62,7 +62,8 @@ class KMeansTransformerConfig(PreTrainedConfig):
         variant (`str`, *optional*, defaults to `"lloyd"`):
             The clustering algorithm the analytic weights realise: `"lloyd"` (k-means), `"soft"` (soft k-means),
             `"spherical"` (cosine k-means), `"trimmed"` (trimmed k-means), `"sparse"` (robust sparsemax update),
-            `"kmedoids"` (k-medoids), `"gmm"` (EM for an isotropic Gaussian mixture) or `"fuzzy"` (fuzzy c-means); each
+            `"kmedoids"` (k-medoids), `"gmm"` (EM for an isotropic Gaussian mixture), `"fuzzy"` (fuzzy c-means) or `"learned"` (a trainable
+            layer, see docs/learning.md); each
             is declared, with its parameters, slots and blocks, in `kmeans_transformer.variants.VARIANTS`.
         inverse_temperature (`float`, *optional*):
             Stiffness `γ > 0`. `"soft"`: responsibilities `softmax_j(-γ |x_i - c_j|^2)`. `"sparse"`: the update's
@@ -84,6 +85,10 @@ class KMeansTransformerConfig(PreTrainedConfig):
         fuzzifier (`float`, *optional*):
             `"fuzzy"` only, > 1: the exponent `m` of fuzzy c-means, memberships `u_ij ∝ |x_i - c_j|^(-2/(m-1))` and
             centroids the `u^m`-weighted means. Defaults to 2.
+        init_from (`str`, *optional*):
+            `"learned"` only: the initial weights of the trainable layer, `"lloyd"` (default: the analytic
+            construction, so the untrained model is soft k-means at γ = `inverse_temperature`) or `"random"`
+            (every projection drawn as `nn.Linear` does). See docs/learning.md.
         fitted_centroids (`bool`, *optional*, defaults to `False`):
             If `True`, the model stores centroids as weights (`embeddings.fitted_centroids`, `(num_clusters,
             point_dim)`; for `"gmm"` also `embeddings.fitted_variances` and `embeddings.fitted_weights`), used when
@@ -134,6 +139,7 @@ class KMeansTransformerConfig(PreTrainedConfig):
     medoid_selection: str | None = None
     reg_covar: float | None = None
     fuzzifier: float | None = None
+    init_from: str | None = None
     fitted_centroids: bool = False
     fast_hardmax: bool = True
     score_chunk_size: int | None = None

@@ -24,7 +24,7 @@ from .files import replacing_directory
 from .hub import push_checkpoint
 from .initialization import kmeans_plusplus, random_points
 from .modeling_kmeans_transformer import DTYPES, KMeansTransformerModel
-from .variants import PARAMETER_NAMES, VARIANTS, VariantSpec
+from .variants import ESTIMATOR_PARAMETER_NAMES as PARAMETER_NAMES, VARIANTS, VariantSpec
 
 
 # Fitted attributes saved under an earlier name in `kmeans_estimator.json`, and their name now.
@@ -157,6 +157,13 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         `np.int64(3)`, `np.float32(0.5)`) are passed on as the Python numbers they hold; the estimator keeps them as
         given (`get_params`).
         """
+        spec = VARIANTS.get(self.variant) if isinstance(self.variant, str) else None
+        if spec is not None and spec.trainable:
+            raise ValueError(
+                f"variant={self.variant!r} is a trainable layer, not a clustering algorithm the estimator runs: train "
+                "it with `kmeans-transformer train` (or `kmeans_transformer.learned.train_learned`) and loop the "
+                "checkpoint's model."
+            )
         return KMeansTransformerConfig(
             num_clusters=_python_scalar(self.n_clusters),
             point_dim=n_features,

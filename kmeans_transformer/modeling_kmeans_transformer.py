@@ -21,6 +21,7 @@ engine, which runs the assign block on a compact state and the update block as i
 
 import difflib
 import inspect
+import math
 import operator
 import os
 import warnings
@@ -201,10 +202,10 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
         spec = config.variant_spec
-        self.point_erase = KMeansTransformerPointErase(config)
+        self.point_erase = spec.point_erase(config)
         self.assign = spec.assign(config)
         self.point_blocks = nn.ModuleDict({name: block(config) for name, block in spec.point_blocks.items()})
-        self.centroid_erase = KMeansTransformerCentroidErase(config)
+        self.centroid_erase = spec.centroid_erase(config)
         self.update = spec.update(config)
         self.centroid_blocks = nn.ModuleDict({name: block(config) for name, block in spec.centroid_blocks.items()})
 
@@ -255,8 +256,9 @@ class KMeansTransformerAssignmentHead(nn.Module):
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
         spec = config.variant_spec
-        self.point_erase = KMeansTransformerPointErase(config)
-        self.assign = spec.assign(config)
+        point_erase, assign = spec.head_blocks
+        self.point_erase = point_erase(config)
+        self.assign = assign(config)
         gates = {name: block for name, block in spec.point_blocks.items() if block.reports_assignment}
         self.point_blocks = nn.ModuleDict({name: block(config) for name, block in gates.items()})
 
@@ -324,9 +326,19 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Write the analytic construction: a model built from its config is the algorithm of `config.variant`."""
+        """
+        Write the analytic construction: a model built from its config is the algorithm of `config.variant`. The
+        trainable blocks of `"learned"` with `init_from="random"` are drawn instead, as `nn.Linear` draws them
+        (weights uniform in ±1/sqrt(fan_in) by Kaiming's rule with a = sqrt(5), biases uniform in ±1/sqrt(fan_in)).
+        """
         if isinstance(module, nn.Linear) and hasattr(module, "analytic_key"):
             owner, name = module.analytic_key
+            if getattr(owner, "trainable", False) and self.config.init_from == "random":
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                if module.bias is not None:
+                    bound = 1 / math.sqrt(module.weight.shape[1])
+                    init.uniform_(module.bias, -bound, bound)
+                return
             weight, bias = owner.analytic_projections(self.config)[name]
             init.copy_(module.weight, weight)
             if module.bias is not None:
@@ -603,8 +615,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         Whether every analytic weight (and the cluster embeddings) holds the construction's value, compared element by
         element on every call, so that any edit (in place, through `.data`, by loading) is seen. The construction's
-        values are built once per dtype and device and kept (`_analytic_values`).
+        values are built once per dtype and device and kept (`_analytic_values`). Always False for a trainable
+        variant (`VariantSpec.trainable`, `"learned"`), even while its weights hold the construction they start from.
         """
+        if self.config.variant_spec.trainable:
+            return False
         return all(torch.equal(tensor, expected) for tensor, expected in self._analytic_values())
 
     def _analytic_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -667,21 +682,32 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         hidden_states = self.embeddings(inputs.points, inputs.centroids, inputs.state)
         for iteration in range(num_iterations):
             hidden_states = self._layer(iteration)(hidden_states, point_mask, need_weights=need_weights, **layer_kwargs)
-        return self._read_tokens(hidden_states, point_mask, final_assignment)
+        return self._read_tokens(hidden_states, inputs, final_assignment)
 
-    def _read_tokens(self, hidden_states, point_mask, final_assignment) -> KMeansTransformerOutput:
-        """The output read off the final tokens (after the assignment head when `final_assignment`)."""
+    def _read_tokens(self, hidden_states, inputs: PreparedInputs, final_assignment) -> KMeansTransformerOutput:
+        """
+        The output read off the final tokens (after the assignment head when `final_assignment`). For a trainable
+        variant the head runs on the input points and the returned centroids embedded afresh, and the inertia is
+        measured on the input points: the trained layers may have written anything into the other slots.
+        """
         spec, slices = self.config.variant_spec, self.config.token_slices
+        point_mask = inputs.point_mask
         num_points = point_mask.shape[1]
-        final_points = (
-            self.assignment_head(hidden_states, point_mask) if final_assignment else hidden_states[:, :num_points]
-        )
         centroid_tokens = hidden_states[:, num_points:]
         final_centroids = centroid_tokens[..., slices["position"]]
+        if spec.trainable:
+            seen_points = spec.seen_points(inputs.points)
+            # `forward` itself: the hooks that record hidden states must not see these tokens
+            head_tokens = self.embeddings.forward(inputs.points, final_centroids, inputs.state)
+        else:
+            seen_points = hidden_states[:, :num_points, slices["position"]]  # the points as the model sees them
+            head_tokens = hidden_states
+        final_points = (
+            self.assignment_head(head_tokens, point_mask) if final_assignment else hidden_states[:, :num_points]
+        )
         assignments = final_points[..., slices["code"]]
         labelled = point_mask & (assignments.amax(dim=-1) > 0)
         labels = assignments.argmax(dim=-1).masked_fill(~labelled, -1)
-        seen_points = hidden_states[:, :num_points, slices["position"]]  # the points as the model sees them
         output = KMeansTransformerOutput(
             labels=labels,
             centroids=final_centroids,

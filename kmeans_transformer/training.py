@@ -179,6 +179,7 @@ def _resume(model, optimizer, scheduler, checkpoint: Path) -> int:
     return int(state["step"])
 
 
+@torch.enable_grad()  # gradients are recorded even when the caller runs under `torch.no_grad()`
 def train(
     model: torch.nn.Module,
     loss_function: Callable,

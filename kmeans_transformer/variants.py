@@ -29,6 +29,10 @@ from .blocks import (
     KMeansTransformerFuzzyUpdate,
     KMeansTransformerGaussianAssign,
     KMeansTransformerGumbelMedoidUpdate,
+    KMeansTransformerLearnedAssign,
+    KMeansTransformerLearnedCentroidErase,
+    KMeansTransformerLearnedPointErase,
+    KMeansTransformerLearnedUpdate,
     KMeansTransformerMedoidCost,
     KMeansTransformerMedoidUpdate,
     KMeansTransformerMixtureMStep,
@@ -66,13 +70,17 @@ def _is_number(value) -> bool:
 class Parameter:
     """
     A config field that some variants read: what it means (`description`), and the values it accepts
-    (`accepts(value)` says whether `value` is one of `requirement`).
+    (`accepts(value)` says whether `value` is one of `requirement`; `choices`, when it is one of a few strings).
+    `estimator`: the scikit-learn estimator takes it (False for a parameter of a trainable variant only, which the
+    estimator does not run).
     """
 
     name: str
     description: str
     requirement: str
     accepts: Callable[[Any], bool]
+    choices: tuple[str, ...] | None = None
+    estimator: bool = True
 
     def check(self, value) -> None:
         if value is not None and not self.accepts(value):
@@ -80,6 +88,7 @@ class Parameter:
 
 
 MEDOID_SELECTIONS = ("deterministic", "gumbel")
+INITIALIZATIONS = ("lloyd", "random")
 
 PARAMETERS = {
     parameter.name: parameter
@@ -107,9 +116,15 @@ PARAMETERS = {
         Parameter(
             "fuzzifier", "the exponent m of fuzzy c-means", "a finite number > 1", lambda v: _is_number(v) and v > 1,
         ),
+        Parameter(
+            "init_from", "initial weights of a trainable layer: the analytic soft Lloyd construction, or random",
+            f"one of {list(INITIALIZATIONS)}", lambda v: v in INITIALIZATIONS, choices=INITIALIZATIONS,
+            estimator=False,
+        ),
     )
 }
 PARAMETER_NAMES = tuple(PARAMETERS)
+ESTIMATOR_PARAMETER_NAMES = tuple(name for name, parameter in PARAMETERS.items() if parameter.estimator)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -200,6 +215,8 @@ class VariantSpec:
         parameters: the config fields it reads, with their defaults (None: unset unless given).
         exclusive: pairs of parameters of which at most one may be given (the other's default is then dropped).
         assign, update: the block classes of steps 2 and 4.
+        point_erase, centroid_erase: the block classes of steps 1 and 3.
+        head_assign: the assign block of the assignment head (None: `assign`).
         point_blocks, centroid_blocks: feed-forward blocks after the assign block (point stream) and after the update
             block (centroid stream), by module name.
         slots: the token slots beyond the four common ones.
@@ -228,6 +245,10 @@ class VariantSpec:
             `reference` is a wrapper.
         forms: for a parameter that switches blocks (`form_parameter`), its values and the fields they replace.
         zoo_parameters: one zoo checkpoint per entry, each with these parameters.
+        trainable: the layer's weights are meant to be trained (`"learned"`): they start from `init_from` and are never
+            taken for the analytic construction (`has_analytic_weights` is False, so the token engine runs); the
+            assignment head assigns the input points to the returned centroids afresh (the trained layers may write
+            anything into the tokens' other slots); the estimator, the zoo and points mode do not run it.
     """
 
     name: str
@@ -254,6 +275,15 @@ class VariantSpec:
     form_parameter: str | None = None
     forms: dict[str, dict[str, Any]] = field(default_factory=dict)
     zoo_parameters: tuple[dict[str, Any], ...] = ({},)
+    point_erase: type = KMeansTransformerPointErase
+    centroid_erase: type = KMeansTransformerCentroidErase
+    head_assign: type | None = None
+    trainable: bool = False
+
+    @property
+    def head_blocks(self) -> tuple[type, type]:
+        """The assignment head's point erase and assign blocks."""
+        return KMeansTransformerPointErase, self.head_assign or self.assign
 
     @property
     def card_template(self) -> str:
@@ -337,10 +367,9 @@ class VariantSpec:
         """
         h, k, d = config.hidden_size, config.num_clusters, config.point_dim
         embeddings = (d + k) * h + ((d + len(self.state)) * k if config.fitted_centroids else 0)
-        layer = (KMeansTransformerPointErase, self.assign, *self.point_blocks.values(), KMeansTransformerCentroidErase,
+        layer = (self.point_erase, self.assign, *self.point_blocks.values(), self.centroid_erase,
                  self.update, *self.centroid_blocks.values())
-        head = (KMeansTransformerPointErase, self.assign,
-                *(block for block in self.point_blocks.values() if block.reports_assignment))
+        head = (*self.head_blocks, *(block for block in self.point_blocks.values() if block.reports_assignment))
         layers = 1 if config.share_layers else config.num_iterations
         per_layer = sum(block.parameter_count(config) for block in layer)
         return embeddings + layers * per_layer + sum(block.parameter_count(config) for block in head)
@@ -439,6 +468,14 @@ _SPECS = (
         soft_assignment=True, label_determined=False, sums_over_points=True,
         reference=fuzzy_cmeans, reference_parameters=("fuzzifier",),
     ),
+    # the reference is what the untrained layer computes with init_from="lloyd"
+    VariantSpec(
+        "learned", "learned k-means layer", {"inverse_temperature": 1.0, "init_from": "lloyd"},
+        KMeansTransformerLearnedAssign, KMeansTransformerLearnedUpdate, point_erase=KMeansTransformerLearnedPointErase,
+        centroid_erase=KMeansTransformerLearnedCentroidErase, head_assign=KMeansTransformerAssign, trainable=True,
+        label_determined=False, scale_parameters=("inverse_temperature",), reference=soft_kmeans,
+        reference_parameters=("inverse_temperature",), zoo_parameters=(),
+    ),
 )
 VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in _SPECS}
 VARIANT_NAMES = tuple(VARIANTS)
@@ -458,6 +495,8 @@ def variants_with(capability: str) -> tuple[str, ...]:
 
 __all__ = [
     "CarriedState",
+    "ESTIMATOR_PARAMETER_NAMES",
+    "INITIALIZATIONS",
     "MEDOID_SELECTIONS",
     "PARAMETERS",
     "PARAMETER_NAMES",
