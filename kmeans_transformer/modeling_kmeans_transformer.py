@@ -36,9 +36,16 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .attention import hardmax_attention_forward, rescaling_exponents, safe_magnitude_exponents, times_power_of_two
+from .attention import (
+    hardmax_attention_forward,
+    rescaling_exponents,
+    safe_magnitude_exponents,
+    times_power_of_two,
+)
 from .blocks import (
+    EXACT_ARGMAX_KERNELS,
     KMeansTransformerAssign,
+    KMeansTransformerAttention,
     KMeansTransformerCentroidErase,
     KMeansTransformerPointErase,
     KMeansTransformerUpdate,
@@ -90,8 +97,8 @@ class KMeansTransformerOutput(ModelOutput):
         One tuple per layer holding the weights of its four attention blocks, in the order `BLOCK_NAMES`: point
         erase `(batch_size, 1, num_points, 1)` (each token's weight on itself), assign `(batch_size, 1, num_points,
         num_clusters)`, centroid erase `(batch_size, 1, num_clusters, 1)` and update `(batch_size, 1, num_clusters,
-        num_points + num_clusters)` (on the points, then on the centroid tokens). Empty under `"sdpa"`, which returns
-        no weights.
+        num_points + num_clusters)` (on the points, then on the centroid tokens). Blocks whose kernel returns no
+        weights (`"sdpa"`, `"kmeans_hardmax_chunked"`) run the dense kernel of the same weights for this.
     point_erase_attentions, assign_attentions, centroid_erase_attentions, update_attentions (`tuple(torch.FloatTensor)`, *optional*):
         The same weights per block, one entry per layer.
     """
@@ -292,6 +299,41 @@ def check_local_path(name) -> None:
         raise OSError(f"{text}: {what} (a local checkpoint is a directory written by save_pretrained)")
 
 
+# The names `attn_implementation` accepts: the exact hardmax kernels first, then the softmax backends and the other
+# kernels of `attention.py` (which only the blocks that name them should run).
+ATTENTION_BACKENDS = (
+    "kmeans_hardmax", "hardmax", "kmeans_hardmax_chunked", "eager", "sdpa", "kmeans_linear", "kmeans_sparsemax",
+    "kmeans_gumbel_max", "kmeans_distance", "kmeans_fuzzy",
+)
+
+
+def attention_backend_problem(config: KMeansTransformerConfig, implementation: str) -> str | None:
+    """
+    Why `implementation` may not run a model of `config`, or None. A variant's argmax blocks (`attention_function =
+    None`: Lloyd's assign and mean update, and their spherical, trimmed, k-medoids and sparse forms) run the model's
+    implementation; under anything but the exact hardmax kernels they become a softmax at `inverse_temperature`, a
+    different algorithm. That relaxation is run only when asked for by an explicit `inverse_temperature` on a variant
+    that reads it for nothing else (a default of None in its spec); otherwise it is refused, in one line.
+    """
+    if ALL_ATTENTION_FUNCTIONS.get(implementation) in EXACT_ARGMAX_KERNELS:
+        return None
+    spec = config.variant_spec
+    layer_blocks = (spec.assign, spec.update, *spec.point_blocks.values(), *spec.centroid_blocks.values())
+    if not any(issubclass(block, KMeansTransformerAttention) and block.attention_function is None for block in layer_blocks):
+        return None  # its blocks name their own kernels: the same algorithm under every implementation
+    relaxation_only = "inverse_temperature" in spec.parameters and spec.parameters["inverse_temperature"] is None
+    if relaxation_only and config.inverse_temperature is not None:
+        return None
+    how = (
+        ", or pass an explicit `inverse_temperature` to ask for that relaxation" if relaxation_only
+        else f" ({spec.title} reads `inverse_temperature` for its own update, so it has no softmax relaxation)"
+    )
+    return (
+        f"attn_implementation={implementation!r} would turn {spec.title}'s argmax blocks into a softmax at "
+        f"`inverse_temperature`, a different algorithm: keep the exact \"kmeans_hardmax\" (the default){how}."
+    )
+
+
 class KMeansTransformerPreTrainedModel(PreTrainedModel):
     config: KMeansTransformerConfig
     base_model_prefix = "kmeans_transformer"
@@ -319,8 +361,19 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
     }
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        """The exact `"kmeans_hardmax"` kernel unless another one is requested."""
-        return super().get_correct_attn_implementation(requested_attention or "kmeans_hardmax", is_init_check)
+        """
+        The exact `"kmeans_hardmax"` kernel unless another one is requested; `ValueError` listing the valid names
+        for an unknown one, and for one that would change the algorithm (`attention_backend_problem`).
+        """
+        requested = requested_attention or "kmeans_hardmax"
+        if requested not in ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]:
+            raise ValueError(
+                f"Specified `attn_implementation={requested!r}` is not supported; valid: {list(ATTENTION_BACKENDS)} "
+                "(the exact `\"kmeans_hardmax\"`, alias `\"hardmax\"`, is the default)."
+            )
+        if (problem := attention_backend_problem(self.config, requested)) is not None:
+            raise ValueError(problem)
+        return super().get_correct_attn_implementation(requested, is_init_check)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -475,6 +528,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         by `2**exponent`, the inertia by `4**exponent`, each carried state by its power), hidden states and attentions
         stay those of the rescaled tokens.
         """
+        if (problem := attention_backend_problem(self.config, self.config._attn_implementation)) is not None:
+            raise ValueError(problem)  # an implementation written into the config by hand
         if self.engine(output_attentions, output_hidden_states) == "compact":
             outputs = self._run_compact(inputs, num_iterations, final_assignment, output_assignments)
         else:
