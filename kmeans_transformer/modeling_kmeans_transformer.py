@@ -340,6 +340,7 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
     main_input_name = "points"
     _no_split_modules = ["KMeansTransformerLayer"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True  # the layers are `GradientCheckpointingLayer`s
     _can_record_outputs = {
         # The tokens as embedded, then after each layer: T + 1 states, also for T = 0.
         "hidden_states": [
@@ -572,6 +573,23 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 )
             setattr(outputs, name, scaled)
 
+    @property
+    def dummy_inputs(self) -> dict[str, torch.Tensor]:
+        """Inputs for a trial forward: `points` `(1, 4 * num_clusters, point_dim)`, fixed standard normal draws."""
+        generator = torch.Generator().manual_seed(0)
+        points = torch.randn(1, 4 * self.config.num_clusters, self.config.point_dim, generator=generator)
+        return {"points": points.to(device=self._execution_device(), dtype=self.embeddings.cluster_embeddings.dtype)}
+
+    def get_input_embeddings(self) -> nn.Module:
+        """
+        The embeddings module (`KMeansTransformerEmbeddings`): the model's inputs are coordinates, not token ids, so
+        it is a linear map of the points (`position_embedding`) plus the clusters' identities, not an `nn.Embedding`.
+        """
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings = value
+
     def _check_forward_kwargs(self, kwargs: dict) -> None:
         """A keyword `forward` does not know is a `TypeError` naming it (with the nearest known one), not swallowed."""
         for name in kwargs:
@@ -605,6 +623,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         - the attention implementation is the exact hardmax kernel (`"kmeans_hardmax"`, or its alias `"hardmax"`);
         - no attentions or hidden states are asked for (the compact state has no tokens);
         - no gradient is recorded for the weights (call the model under `torch.no_grad()` or with frozen weights);
+        - no hook, wrapper or offload watches the blocks (`has_block_hooks`: forward hooks, nnsight, Accelerate);
         - every weight still holds the analytic construction (`has_analytic_weights`), so the compact state is exact.
 
         The two engines give the same labels; the compact engine sums in another order.
@@ -615,7 +634,25 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             return "tokens"
         if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in self.parameters()):
             return "tokens"
+        if self.has_block_hooks():
+            return "tokens"
         return "compact" if self.has_analytic_weights() else "tokens"
+
+    def has_block_hooks(self) -> bool:
+        """
+        Whether anything watches or moves the blocks' work, which only the token engine runs: a forward (pre-)hook
+        on a submodule or a global one (`register_forward_hook`), a submodule whose `forward` was replaced on the
+        instance (nnsight's and Accelerate's wrappers: interventions, offload, device maps across devices), or a
+        weight offloaded to the meta device.
+        """
+        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return True
+        for module in self.modules():
+            if module is not self and (module._forward_hooks or module._forward_pre_hooks):
+                return True
+            if module is not self and ("forward" in module.__dict__ or hasattr(module, "_hf_hook")):
+                return True
+        return any(parameter.device.type == "meta" for parameter in self.parameters())
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -648,6 +685,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def check_finite_weights(self) -> None:
         """`ValueError` naming the first weight that holds a NaN or an infinite value (a corrupt checkpoint or edit)."""
         for name, parameter in self.named_parameters():
+            if parameter.device.type == "meta":  # offloaded: Accelerate loads it where it runs
+                continue
             if not bool(torch.isfinite(parameter).all()):
                 raise ValueError(
                     f"The weight `{name}` holds NaN or infinite values: the checkpoint or an edit corrupted it, and "
@@ -773,6 +812,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         labels `(batch, n)` (-1 for none) and the assignment `update.accumulate` takes (the labels for a hard mean
         update, the `(batch, n, k)` weights otherwise). Runs the compact engine when it applies, else the tokens.
         """
+        self._check_precision()
         if self.engine() == "compact":
             spec = self.config.variant_spec
             points, centroids = spec.seen_points(points), spec.seen_points(parameters["centroids"])
@@ -824,6 +864,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         then only assigns). With `rescale`, data outside the dtype's safe range is multiplied by a power of two
         (`_rescaling_exponents`), the given state with it, and the exponents are returned for scaling back.
         """
+        self._check_precision()
         spec, state = self.config.variant_spec, self._given_state(state)
         fitted = self._fitted_defaults()
         assign_only = num_iterations == 0 and (centroids is not None or "centroids" in fitted)
@@ -851,6 +892,30 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                     f"{spec.title.capitalize()} needs non-zero centroids: a centroid has norm 0 and no direction."
                 )
         return PreparedInputs(points, centroids, point_mask, state, exponents)
+
+    def _execution_device(self) -> torch.device:
+        """
+        Where the inputs go: the weights' device, or, for weights offloaded to the meta device by Accelerate, the
+        device its hook runs them on (the CPU when none says).
+        """
+        device = self.embeddings.cluster_embeddings.device
+        if device.type == "meta":
+            device = getattr(getattr(self, "_hf_hook", None), "execution_device", None) or "cpu"
+        return torch.device(device)
+
+    def _check_precision(self) -> None:
+        """
+        `ValueError` for half-precision weights (bfloat16, float16): the score `|c|^2 - 2 x.c` keeps 8 (bfloat16) or
+        11 (float16) significant bits, so points at coordinates of a few hundred get wrong labels, and float16 sums
+        overflow at 65,504. Half-precision points are accepted by a float32 or float64 model (widened exactly).
+        """
+        dtype = self.embeddings.cluster_embeddings.dtype
+        if torch.finfo(dtype).bits < 32:
+            raise ValueError(
+                f"This model's weights are {dtype}, too coarse for squared distances (wrong labels away from the "
+                "origin, overflowing sums): convert it with model.float() (exact) or load it with dtype=torch.float32; "
+                "half-precision points are accepted by a float32 model."
+            )
 
     def _given_state(self, state) -> dict:
         """The carried state given to `forward` (None values dropped); a name of another variant's state is refused."""
@@ -917,7 +982,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
     def _check_component_values(self, values, name, batch_size) -> torch.Tensor:
         k = self.config.num_clusters
-        dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
+        dtype, device = self.embeddings.cluster_embeddings.dtype, self._execution_device()
         values = _as_float_tensor(values, name, dtype, device)
         if values.dim() == 1:
             values = values.unsqueeze(0).expand(batch_size, -1)
@@ -954,7 +1019,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         or 1 for an assignment to given centroids); padding set to 0.
         """
         k, d = self.config.num_clusters, self.config.point_dim
-        dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
+        dtype, device = self.embeddings.cluster_embeddings.dtype, self._execution_device()
         points = _as_float_tensor(points, "points", dtype, device)
         if points.dim() == 2:
             points = points.unsqueeze(0)
@@ -991,7 +1056,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def _check_centroids(self, centroids, points, point_mask) -> torch.Tensor:
         """The given centroids, checked, as `(batch, k, d)`; by default the first `k` real points of each problem."""
         batch_size, k, d = points.shape[0], self.config.num_clusters, self.config.point_dim
-        dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
+        dtype, device = self.embeddings.cluster_embeddings.dtype, self._execution_device()
         if centroids is None:
             first_real = torch.argsort((~point_mask).to(torch.int8), dim=1, stable=True)[:, :k]
             centroids = points.gather(1, first_real[..., None].expand(-1, -1, d))
