@@ -45,7 +45,6 @@ from .attention import (
 from .blocks import (
     EXACT_ARGMAX_KERNELS,
     KMeansTransformerAssign,
-    KMeansTransformerAttention,
     KMeansTransformerCentroidErase,
     KMeansTransformerPointErase,
     KMeansTransformerUpdate,
@@ -319,7 +318,7 @@ def attention_backend_problem(config: KMeansTransformerConfig, implementation: s
         return None
     spec = config.variant_spec
     layer_blocks = (spec.assign, spec.update, *spec.point_blocks.values(), *spec.centroid_blocks.values())
-    if not any(issubclass(block, KMeansTransformerAttention) and block.attention_function is None for block in layer_blocks):
+    if not any(getattr(block, "attention_function", "") is None for block in layer_blocks):
         return None  # its blocks name their own kernels: the same algorithm under every implementation
     relaxation_only = "inverse_temperature" in spec.parameters and spec.parameters["inverse_temperature"] is None
     if relaxation_only and config.inverse_temperature is not None:
