@@ -747,9 +747,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         centroids = centroids.clone()
         inertia = labelled_inertia(points, centroids, labels)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
-        if output_assignments:
-            assignments = nn.functional.one_hot(labels.clamp(min=0), self.config.num_clusters).to(points.dtype)
-            output.assignments = assignments.masked_fill_((labels < 0)[..., None], 0.0)
+        if output_assignments:  # one write of the (batch, n, k) zeros and n ones (no int64 one-hot on the way)
+            assignments = points.new_zeros(batch_size, num_points, self.config.num_clusters)
+            ones = (labels >= 0).to(points.dtype)[..., None]
+            output.assignments = assignments.scatter_(-1, labels.clamp(min=0)[..., None], ones)
         return output
 
     @capture_outputs(tie_last_hidden_states=False)
