@@ -19,8 +19,10 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .attention import (
+    KERNEL_ALIASES,
     augment_for_negative_squared_distance,
     augment_for_squared_distance,
+    chunked_hardmax_attention_forward,
     code_sums,
     eager_attention_forward,
     gaussian_log_density_key,
@@ -31,6 +33,10 @@ from .attention import (
 
 if TYPE_CHECKING:  # the config imports the variants, which import these blocks
     from .configuration_kmeans_transformer import KMeansTransformerConfig
+
+
+# The kernels that compute an argmax block exactly (the others relax it to a softmax, or are other kernels).
+EXACT_ARGMAX_KERNELS = (hardmax_attention_forward, chunked_hardmax_attention_forward)
 
 
 def _projection(out_features: int, in_features: int, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -112,10 +118,12 @@ class KMeansTransformerAttention(nn.Module):
         name, implementation = self.attention_function, self.config._attn_implementation
         if name is None:
             name = implementation
-        elif name == "softmax" and ALL_ATTENTION_FUNCTIONS.get(implementation) is hardmax_attention_forward:
+        elif name == "softmax" and ALL_ATTENTION_FUNCTIONS.get(implementation) in EXACT_ARGMAX_KERNELS:
             name = "eager" if need_weights else "sdpa"
         elif name == "softmax":
             name = implementation
+        if need_weights:  # the kernels that return no weights give way to the dense kernel of the same weights
+            name = {"sdpa": "eager", "kmeans_hardmax_chunked": "kmeans_hardmax"}.get(KERNEL_ALIASES.get(name, name), name)
         return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
 
     def forward(

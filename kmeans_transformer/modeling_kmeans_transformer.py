@@ -37,8 +37,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .attention import hardmax_attention_forward, rescaling_exponents, safe_magnitude_exponents, times_power_of_two
+from .attention import (
+    hardmax_attention_forward,
+    rescaling_exponents,
+    safe_magnitude_exponents,
+    times_power_of_two,
+)
 from .blocks import (
+    EXACT_ARGMAX_KERNELS,
     KMeansTransformerAssign,
     KMeansTransformerCentroidErase,
     KMeansTransformerPointErase,
@@ -91,8 +97,8 @@ class KMeansTransformerOutput(ModelOutput):
         One tuple per layer holding the weights of its four attention blocks, in the order `BLOCK_NAMES`: point
         erase `(batch_size, 1, num_points, 1)` (each token's weight on itself), assign `(batch_size, 1, num_points,
         num_clusters)`, centroid erase `(batch_size, 1, num_clusters, 1)` and update `(batch_size, 1, num_clusters,
-        num_points + num_clusters)` (on the points, then on the centroid tokens). Empty under `"sdpa"`, which returns
-        no weights.
+        num_points + num_clusters)` (on the points, then on the centroid tokens). Blocks whose kernel returns no
+        weights (`"sdpa"`, `"kmeans_hardmax_chunked"`) run the dense kernel of the same weights for this.
     point_erase_attentions, assign_attentions, centroid_erase_attentions, update_attentions (`tuple(torch.FloatTensor)`, *optional*):
         The same weights per block, one entry per layer.
     """
@@ -294,12 +300,48 @@ def check_local_path(name) -> None:
         raise OSError(f"{text}: {what} (a local checkpoint is a directory written by save_pretrained)")
 
 
+# The names `attn_implementation` accepts: the exact hardmax kernels first, then the softmax backends and the other
+# kernels of `attention.py` (which only the blocks that name them should run).
+ATTENTION_BACKENDS = (
+    "kmeans_hardmax", "hardmax", "kmeans_hardmax_chunked", "eager", "sdpa", "kmeans_linear", "kmeans_sparsemax",
+    "kmeans_gumbel_max", "kmeans_distance", "kmeans_fuzzy",
+)
+
+
+def attention_backend_problem(config: KMeansTransformerConfig, implementation: str) -> str | None:
+    """
+    Why `implementation` may not run a model of `config`, or None. A variant's argmax blocks (`attention_function =
+    None`: Lloyd's assign and mean update, and their spherical, trimmed, k-medoids and sparse forms) run the model's
+    implementation; under anything but the exact hardmax kernels they become a softmax at `inverse_temperature`, a
+    different algorithm. That relaxation is run only when asked for by an explicit `inverse_temperature` on a variant
+    that reads it for nothing else (a default of None in its spec); otherwise it is refused, in one line.
+    """
+    if ALL_ATTENTION_FUNCTIONS.get(implementation) in EXACT_ARGMAX_KERNELS:
+        return None
+    spec = config.variant_spec
+    layer_blocks = (spec.assign, spec.update, *spec.point_blocks.values(), *spec.centroid_blocks.values())
+    if not any(getattr(block, "attention_function", "") is None for block in layer_blocks):
+        return None  # its blocks name their own kernels: the same algorithm under every implementation
+    relaxation_only = "inverse_temperature" in spec.parameters and spec.parameters["inverse_temperature"] is None
+    if relaxation_only and config.inverse_temperature is not None:
+        return None
+    how = (
+        ", or pass an explicit `inverse_temperature` to ask for that relaxation" if relaxation_only
+        else f" ({spec.title} reads `inverse_temperature` for its own update, so it has no softmax relaxation)"
+    )
+    return (
+        f"attn_implementation={implementation!r} would turn {spec.title}'s argmax blocks into a softmax at "
+        f"`inverse_temperature`, a different algorithm: keep the exact \"kmeans_hardmax\" (the default){how}."
+    )
+
+
 class KMeansTransformerPreTrainedModel(PreTrainedModel):
     config: KMeansTransformerConfig
     base_model_prefix = "kmeans_transformer"
     main_input_name = "points"
     _no_split_modules = ["KMeansTransformerLayer"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True  # the layers are `GradientCheckpointingLayer`s
     _can_record_outputs = {
         # The tokens as embedded, then after each layer: T + 1 states, also for T = 0.
         "hidden_states": [
@@ -321,8 +363,19 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
     }
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        """The exact `"kmeans_hardmax"` kernel unless another one is requested."""
-        return super().get_correct_attn_implementation(requested_attention or "kmeans_hardmax", is_init_check)
+        """
+        The exact `"kmeans_hardmax"` kernel unless another one is requested; `ValueError` listing the valid names
+        for an unknown one, and for one that would change the algorithm (`attention_backend_problem`).
+        """
+        requested = requested_attention or "kmeans_hardmax"
+        if requested not in ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]:
+            raise ValueError(
+                f"Specified `attn_implementation={requested!r}` is not supported; valid: {list(ATTENTION_BACKENDS)} "
+                "(the exact `\"kmeans_hardmax\"`, alias `\"hardmax\"`, is the default)."
+            )
+        if (problem := attention_backend_problem(self.config, requested)) is not None:
+            raise ValueError(problem)
+        return super().get_correct_attn_implementation(requested, is_init_check)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -487,6 +540,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         by `2**exponent`, the inertia by `4**exponent`, each carried state by its power), hidden states and attentions
         stay those of the rescaled tokens.
         """
+        if (problem := attention_backend_problem(self.config, self.config._attn_implementation)) is not None:
+            raise ValueError(problem)  # an implementation written into the config by hand
         if self.engine(output_attentions, output_hidden_states) == "compact":
             outputs = self._run_compact(inputs, num_iterations, final_assignment, output_assignments)
         else:
@@ -529,6 +584,23 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 )
             setattr(outputs, name, scaled)
 
+    @property
+    def dummy_inputs(self) -> dict[str, torch.Tensor]:
+        """Inputs for a trial forward: `points` `(1, 4 * num_clusters, point_dim)`, fixed standard normal draws."""
+        generator = torch.Generator().manual_seed(0)
+        points = torch.randn(1, 4 * self.config.num_clusters, self.config.point_dim, generator=generator)
+        return {"points": points.to(device=self._execution_device(), dtype=self.embeddings.cluster_embeddings.dtype)}
+
+    def get_input_embeddings(self) -> nn.Module:
+        """
+        The embeddings module (`KMeansTransformerEmbeddings`): the model's inputs are coordinates, not token ids, so
+        it is a linear map of the points (`position_embedding`) plus the clusters' identities, not an `nn.Embedding`.
+        """
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings = value
+
     def _check_forward_kwargs(self, kwargs: dict) -> None:
         """A keyword `forward` does not know is a `TypeError` naming it (with the nearest known one), not swallowed."""
         for name in kwargs:
@@ -562,6 +634,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         - the attention implementation is the exact hardmax kernel (`"kmeans_hardmax"`, or its alias `"hardmax"`);
         - no attentions or hidden states are asked for (the compact state has no tokens);
         - no gradient is recorded for the weights (call the model under `torch.no_grad()` or with frozen weights);
+        - no hook, wrapper or offload watches the blocks (`has_block_hooks`: forward hooks, nnsight, Accelerate);
         - every weight still holds the analytic construction (`has_analytic_weights`), so the compact state is exact.
 
         The two engines give the same labels; the compact engine sums in another order.
@@ -572,7 +645,25 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             return "tokens"
         if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in self.parameters()):
             return "tokens"
+        if self.has_block_hooks():
+            return "tokens"
         return "compact" if self.has_analytic_weights() else "tokens"
+
+    def has_block_hooks(self) -> bool:
+        """
+        Whether anything watches or moves the blocks' work, which only the token engine runs: a forward (pre-)hook
+        on a submodule or a global one (`register_forward_hook`), a submodule whose `forward` was replaced on the
+        instance (nnsight's and Accelerate's wrappers: interventions, offload, device maps across devices), or a
+        weight offloaded to the meta device.
+        """
+        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return True
+        for module in self.modules():
+            if module is not self and (module._forward_hooks or module._forward_pre_hooks):
+                return True
+            if module is not self and ("forward" in module.__dict__ or hasattr(module, "_hf_hook")):
+                return True
+        return any(parameter.device.type == "meta" for parameter in self.parameters())
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -605,6 +696,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def check_finite_weights(self) -> None:
         """`ValueError` naming the first weight that holds a NaN or an infinite value (a corrupt checkpoint or edit)."""
         for name, parameter in self.named_parameters():
+            if parameter.device.type == "meta":  # offloaded: Accelerate loads it where it runs
+                continue
             if not bool(torch.isfinite(parameter).all()):
                 raise ValueError(
                     f"The weight `{name}` holds NaN or infinite values: the checkpoint or an edit corrupted it, and "
@@ -669,9 +762,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         centroids = centroids.clone()
         inertia = labelled_inertia(points, centroids, labels)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
-        if output_assignments:
-            assignments = nn.functional.one_hot(labels.clamp(min=0), self.config.num_clusters).to(points.dtype)
-            output.assignments = assignments.masked_fill_((labels < 0)[..., None], 0.0)
+        if output_assignments:  # one write of the (batch, n, k) zeros and n ones (no int64 one-hot on the way)
+            assignments = points.new_zeros(batch_size, num_points, self.config.num_clusters)
+            ones = (labels >= 0).to(points.dtype)[..., None]
+            output.assignments = assignments.scatter_(-1, labels.clamp(min=0)[..., None], ones)
         return output
 
     @capture_outputs(tie_last_hidden_states=False)
@@ -744,6 +838,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         labels `(batch, n)` (-1 for none) and the assignment `update.accumulate` takes (the labels for a hard mean
         update, the `(batch, n, k)` weights otherwise). Runs the compact engine when it applies, else the tokens.
         """
+        self._check_precision()
         if self.engine() == "compact":
             spec = self.config.variant_spec
             points, centroids = spec.seen_points(points), spec.seen_points(parameters["centroids"])
@@ -795,6 +890,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         then only assigns). With `rescale`, data outside the dtype's safe range is multiplied by a power of two
         (`_rescaling_exponents`), the given state with it, and the exponents are returned for scaling back.
         """
+        self._check_precision()
         spec, state = self.config.variant_spec, self._given_state(state)
         fitted = self._fitted_defaults()
         assign_only = num_iterations == 0 and (centroids is not None or "centroids" in fitted)
@@ -822,6 +918,30 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                     f"{spec.title.capitalize()} needs non-zero centroids: a centroid has norm 0 and no direction."
                 )
         return PreparedInputs(points, centroids, point_mask, state, exponents)
+
+    def _execution_device(self) -> torch.device:
+        """
+        Where the inputs go: the weights' device, or, for weights offloaded to the meta device by Accelerate, the
+        device its hook runs them on (the CPU when none says).
+        """
+        device = self.embeddings.cluster_embeddings.device
+        if device.type == "meta":
+            device = getattr(getattr(self, "_hf_hook", None), "execution_device", None) or "cpu"
+        return torch.device(device)
+
+    def _check_precision(self) -> None:
+        """
+        `ValueError` for half-precision weights (bfloat16, float16): the score `|c|^2 - 2 x.c` keeps 8 (bfloat16) or
+        11 (float16) significant bits, so points at coordinates of a few hundred get wrong labels, and float16 sums
+        overflow at 65,504. Half-precision points are accepted by a float32 or float64 model (widened exactly).
+        """
+        dtype = self.embeddings.cluster_embeddings.dtype
+        if torch.finfo(dtype).bits < 32:
+            raise ValueError(
+                f"This model's weights are {dtype}, too coarse for squared distances (wrong labels away from the "
+                "origin, overflowing sums): convert it with model.float() (exact) or load it with dtype=torch.float32; "
+                "half-precision points are accepted by a float32 model."
+            )
 
     def _given_state(self, state) -> dict:
         """The carried state given to `forward` (None values dropped); a name of another variant's state is refused."""
@@ -888,7 +1008,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
     def _check_component_values(self, values, name, batch_size) -> torch.Tensor:
         k = self.config.num_clusters
-        dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
+        dtype, device = self.embeddings.cluster_embeddings.dtype, self._execution_device()
         values = _as_float_tensor(values, name, dtype, device)
         if values.dim() == 1:
             values = values.unsqueeze(0).expand(batch_size, -1)
@@ -925,7 +1045,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         or 1 for an assignment to given centroids); padding set to 0.
         """
         k, d = self.config.num_clusters, self.config.point_dim
-        dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
+        dtype, device = self.embeddings.cluster_embeddings.dtype, self._execution_device()
         points = _as_float_tensor(points, "points", dtype, device)
         if points.dim() == 2:
             points = points.unsqueeze(0)
@@ -962,7 +1082,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def _check_centroids(self, centroids, points, point_mask) -> torch.Tensor:
         """The given centroids, checked, as `(batch, k, d)`; by default the first `k` real points of each problem."""
         batch_size, k, d = points.shape[0], self.config.num_clusters, self.config.point_dim
-        dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
+        dtype, device = self.embeddings.cluster_embeddings.dtype, self._execution_device()
         if centroids is None:
             first_real = torch.argsort((~point_mask).to(torch.int8), dim=1, stable=True)[:, :k]
             centroids = points.gather(1, first_real[..., None].expand(-1, -1, d))

@@ -90,8 +90,8 @@ def trace(model, points, centroids=None, attention_mask=None, **inputs) -> Trace
     Run `model` on one problem, `points` `(n, d)` or `(1, n, d)` (with `centroids` `(k, d)` or `(1, k, d)` and
     `attention_mask` `(n,)` or `(1, n)` if given; other `inputs` go to the model), asking for the attention weights
     and hidden states, and return its `Trace`. Raises `ValueError` for a batch of more than one problem, and when the
-    model's attention implementation returns no weights (`"sdpa"`: load it with `attn_implementation="eager"` or the
-    default `"hardmax"`).
+    model's attention implementation returns no weights (a kernel of one's own; `"sdpa"` and the chunked hardmax give
+    way to the dense kernel of the same weights when these are asked for).
 
     >>> from kmeans_transformer.convert import build_model
     >>> points = [[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]]

@@ -411,7 +411,7 @@ _POINT_SCRATCH = "point_erase"
 # name, title, parameters (defaults), assign block, update block, then what differs from the defaults.
 _SPECS = (
     VariantSpec(
-        "lloyd", "k-means", {"inverse_temperature": 1.0}, KMeansTransformerAssign, KMeansTransformerUpdate,
+        "lloyd", "k-means", {"inverse_temperature": None}, KMeansTransformerAssign, KMeansTransformerUpdate,
         sums_over_points=True, compact=True, reference=lloyd,
     ),
     VariantSpec(
@@ -420,12 +420,12 @@ _SPECS = (
         reference=soft_kmeans, reference_parameters=("inverse_temperature",),
     ),
     VariantSpec(
-        "spherical", "spherical k-means", {"inverse_temperature": 1.0}, KMeansTransformerCosineAssign,
+        "spherical", "spherical k-means", {"inverse_temperature": None}, KMeansTransformerCosineAssign,
         KMeansTransformerUpdate, centroid_blocks={"centroid_norm": KMeansTransformerCentroidNorm}, unit_norm=True,
         sums_over_points=True, compact=True, scaling="invariant", reference=spherical_kmeans,
     ),
     VariantSpec(
-        "trimmed", "trimmed k-means", {"inverse_temperature": 1.0, "trim_quantile": 0.95, "trim_fraction": None},
+        "trimmed", "trimmed k-means", {"inverse_temperature": None, "trim_quantile": 0.95, "trim_fraction": None},
         KMeansTransformerTrimmedAssign, KMeansTransformerUpdate, point_blocks={"trim_gate": KMeansTransformerTrimGate},
         slots=(
             TokenSlot("assigned", "point_dim", _POINT_SCRATCH), TokenSlot("distance", 1, _POINT_SCRATCH),

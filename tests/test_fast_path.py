@@ -215,7 +215,7 @@ def test_fast_path_runs_only_where_it_is_exact():
     assert model.has_analytic_weights() and not runs_dense()
     for variant in ("soft", "trimmed", "kmedoids", "gmm"):
         assert not KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, variant=variant)).engine() == "compact"
-    eager = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, attn_implementation="eager"))
+    eager = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, attn_implementation="eager", inverse_temperature=1.0))
     assert eager.config._attn_implementation == "eager" and not eager.engine() == "compact"
 
 

@@ -160,12 +160,14 @@ def test_trace_without_layers():
     np.testing.assert_array_equal(found.centroids[0], points[:2])
 
 
-def test_trace_refuses_sdpa_and_batches():
+def test_trace_under_sdpa_reads_the_eager_weights_and_refuses_batches():
     points = gaussian_mixture(np.random.default_rng(0), 20, 2, 2)
     model = build_model(2, 2, 2, variant="soft", dtype="float64")
-    model.config._attn_implementation = "sdpa"
-    with pytest.raises(ValueError, match="'sdpa'.*no attention weights"):
-        probe.trace(model, points)
+    eager = probe.trace(model, points)
+    model.config._attn_implementation = "sdpa"  # returns no weights: the blocks run "eager" when they are asked for
+    fused = probe.trace(model, points)
+    np.testing.assert_array_equal(fused.attentions["update"], eager.attentions["update"])
+    np.testing.assert_array_equal(fused.labels, eager.labels)
     lloyd = build_model(2, 2, 2, dtype="float64")
     with pytest.raises(ValueError, match="batch of 2"):
         probe.trace(lloyd, np.stack([points, points]))
