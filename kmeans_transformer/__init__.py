@@ -8,8 +8,7 @@ from .modeling_kmeans_transformer import (
     KMeansTransformerOutput,
     KMeansTransformerPreTrainedModel,
 )
-from .estimator import KMeans
-from .initialization import kmeans_plusplus
+from .estimator import KMeans, k_means, kmeans_plusplus
 from .reference import lloyd
 
 
@@ -37,6 +36,7 @@ __all__ = [
     "KMeansTransformerModel",
     "KMeansTransformerOutput",
     "KMeansTransformerPreTrainedModel",
+    "k_means",
     "kmeans_plusplus",
     "lloyd",
 ]

@@ -109,7 +109,7 @@ def test_zero_weight_is_like_a_removed_point():
 @pytest.mark.parametrize(
     "weights, message",
     [
-        (-np.ones(24), "negative"),
+        (-np.ones(24), "Negative values"),
         (np.full(24, np.nan), "NaN"),
         (np.ones(23), "shape"),
         (np.ones((24, 2)), "1D|shape"),
