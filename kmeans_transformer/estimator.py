@@ -187,6 +187,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     # Parameters
     # ------------------------------------------------------------------------------------------------------------
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # scipy.sparse input is accepted (and densified)
+        return tags
+
     def _model_config(self, n_features: int, fitted: bool) -> KMeansTransformerConfig:
         """
         The config of the looped model (`fitted=False`: the fit's, whose defaults are computed from the data) or of

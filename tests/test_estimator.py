@@ -257,7 +257,12 @@ def test_gumbel_kmedoids_is_seeded_by_random_state(rng):
 
 
 def test_passes_scikit_learns_estimator_checks():
-    results = check_estimator(KMeans(n_clusters=3, max_iter=50), on_fail=None)
+    # As for scikit-learn's own KMeans (its `PER_ESTIMATOR_XFAIL_CHECKS`): with integer weights the random
+    # initialisation draws from other data than with repeated points, so the fits start elsewhere. From the same
+    # initial centres weights equal repetitions (tests/test_sample_weight.py).
+    different_draws = "the random initialisation of weighted and repeated data draws differently"
+    expected = {f"check_sample_weight_equivalence_on_{kind}_data": different_draws for kind in ("dense", "sparse")}
+    results = check_estimator(KMeans(n_clusters=3, max_iter=50), on_fail=None, expected_failed_checks=expected)
     failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
     assert not failed
     assert sum(r["status"] == "passed" for r in results) >= 40
