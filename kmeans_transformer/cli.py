@@ -129,6 +129,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("columns and outputs")
     io.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column); a column "
                     "of equally long lists of numbers gives one feature per entry")
+    io.add_argument("--weight-column", metavar="NAME", help="column of non-negative sample weights (not a feature): "
+                    "each row counts as its weight (default: every row weighs 1)")
     io.add_argument("--label-column", default="label", metavar="NAME", help="label column to add (default: label)")
     io.add_argument("--centroids", metavar="PATH", help="centroids table, .csv or .parquet (default: OUT's stem + "
                     "_centroids + OUT's suffix)")
@@ -225,7 +227,7 @@ def run_cluster(args: argparse.Namespace) -> None:
     """Cluster the rows of a table; write them with their labels, the centroids and, if asked, a plot and the model."""
     from .estimator import KMeans
     from .plotting import plot_estimator
-    from .tabular import read_points
+    from .tabular import read_points, sample_weights
 
     start = time.perf_counter()
     if args.n_clusters < 1:
@@ -236,7 +238,9 @@ def run_cluster(args: argparse.Namespace) -> None:
     _check_device(args.device)
     outputs = _check_outputs(args)
 
-    table, X, feature_names = read_points(args.input, columns)
+    exclude = () if args.weight_column is None else (args.weight_column,)
+    table, X, feature_names = read_points(args.input, columns, exclude=exclude)
+    weights = None if args.weight_column is None else sample_weights(table, args.weight_column, args.input)
     if args.label_column in {str(name) for name in table.columns}:
         raise ValueError(
             f"{args.input} already has a column {args.label_column!r}; choose another name with --label-column."
@@ -257,13 +261,13 @@ def run_cluster(args: argparse.Namespace) -> None:
         **{name: getattr(args, name) for name in PARAMETER_NAMES},
         device=args.device,
         dtype=args.dtype,
-        verbose=0 if args.no_progress else 1,
+        progress_bar=not args.no_progress,
     )
     points = pd.DataFrame(X, columns=feature_names)
     fit_start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator.fit(points)
+        estimator.fit(points, sample_weight=weights)
     fit_seconds = time.perf_counter() - fit_start
     for warning in caught:
         print(f"kmeans-transformer cluster: warning: {' '.join(str(warning.message).split())}", file=sys.stderr)
@@ -272,7 +276,7 @@ def run_cluster(args: argparse.Namespace) -> None:
     labelled[args.label_column] = np.asarray(estimator.labels_, dtype=np.int64)
     centroids = pd.DataFrame(estimator.cluster_centers_, columns=feature_names)
     centroids.insert(0, "cluster", np.arange(args.n_clusters))
-    figure = plot_estimator(estimator, points) if "plot" in outputs else None
+    figure = plot_estimator(estimator, points, sample_weight=weights) if "plot" in outputs else None
     _write_cluster_outputs(outputs, args.overwrite, labelled, centroids, figure, estimator)
 
     _print_cluster_summary(args, estimator, feature_names, outputs, fit_seconds, time.perf_counter() - start)

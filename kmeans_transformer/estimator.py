@@ -529,20 +529,26 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         distances = torch.cdist(points, centers, compute_mode="donot_use_mm_for_euclid_dist")
         return distances.cpu().numpy()
 
-    def centroid_trajectory(self, X) -> np.ndarray:
+    def centroid_trajectory(self, X, sample_weight=None) -> np.ndarray:
         """
         The kept restart's centroids before the first iteration and after each, `(n_iter_ + 1, k, d)`, read from
-        the looped model run again on the training data `X` from `initial_centers_` (Gumbel medoid draws are not
-        replayed).
+        the looped model run again on the training data `X` (with the fit's `sample_weight`) from `initial_centers_`,
+        empty clusters relocated as in the fit (Gumbel medoid draws are not replayed).
         """
         points = self._fitted_points(X)
+        weights = self._sample_weight(sample_weight, points, points.device, points.dtype)
         looped = KMeansTransformerModel(self._model_config(points.shape[1], fitted=False)).to(points.device, points.dtype)
         spec = looped.config.variant_spec
+        relocates = self.empty_clusters == "relocate" and _relocatable(looped)
         current = {"centroids": torch.tensor(self.initial_centers_, device=points.device, dtype=points.dtype)[None]}
         trajectory = [current["centroids"][0]]
         with torch.no_grad():
             for _ in range(self.n_iter_):
-                current = _carried_parameters(looped(points, num_iterations=1, **current), spec)
+                output = looped(points, num_iterations=1, final_assignment=False, sample_weight=weights, **current)
+                updated = _carried_parameters(output, spec)
+                if relocates:
+                    updated["centroids"] = _relocated(looped, points, weights, output.labels, current, updated)
+                current = updated
                 trajectory.append(current["centroids"][0])
         return torch.stack(trajectory).cpu().numpy()
 
