@@ -350,6 +350,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     problems.add_argument("--points-column", default="points", help="column of each problem's points (default: points)")
     problems.add_argument("--centroids-column", help="column of each problem's initial centroids (default: the model's)")
     problems.add_argument("--batch-size", type=int, default=64, help="problems per batch and process (default: 64)")
+    problems.add_argument("--weights-column", help="column of each problem's sample weights, one number >= 0 per point "
+                          "(default: every point weighs 1)")
     points = parser.add_argument_group("points mode")
     points.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column; a "
                         "list-valued column such as an embedding counts as its coordinates)")
@@ -399,6 +401,10 @@ def run_infer(args: argparse.Namespace) -> None:
         raise ValueError("--batch-size and --chunk-size must be >= 1.")
     if not 0 < args.timeout < float("inf"):
         raise ValueError(f"--timeout must be > 0 seconds, not {args.timeout:g}.")
+    if args.mode == "points" and args.weights_column is not None:
+        raise ValueError("--weights-column is a problems-mode option; points mode takes --weight-column.")
+    if args.mode == "problems" and args.weight_column is not None:
+        raise ValueError("--weight-column is a points-mode option; problems mode takes --weights-column.")
     output = _check_infer_output(args)
     if args.no_progress:
         import datasets
@@ -441,6 +447,7 @@ def _infer_problems(args: argparse.Namespace, model, accelerator, output: Path) 
         num_iterations=args.num_iterations,
         accelerator=accelerator,
         progress=not args.no_progress,
+        weights_column=args.weights_column,
     )
     if accelerator.is_main_process:
         write_problem_results(results, output, overwrite=args.overwrite)

@@ -29,9 +29,10 @@ def batched_kmeans_plusplus(
     The first centre is a uniform draw. Each next centre: draw `n_local_trials` candidates `x` with probability
     `D(x)^2 / Σ D^2`, where `D(x)` is the distance to the nearest centre chosen so far, and keep the candidate that
     leaves the smallest potential `Σ_i min(D(x_i)^2, |x_i - x|^2)`. With `sample_weight` `w` (scikit-learn's
-    weighted k-means++): the first centre is drawn with probability `w_i / Σ w`, candidates with probability
-    `w(x) D(x)^2 / Σ w D^2`, and the potential is `Σ_i w_i min(...)`, so a point of weight 0 is never drawn. Memory: `n_restarts * n_local_trials *
-    chunk_size` distances at a time, plus `(n_restarts, n)` nearest distances.
+    weighted k-means++): the first centre is drawn with probability `w_i / Σ w` (equal weights draw exactly as
+    none), candidates with probability `w(x) D(x)^2 / Σ w D^2`, and the potential is `Σ_i w_i min(...)`, so a point
+    of weight 0 is never drawn. Memory: `n_restarts * n_local_trials * chunk_size` distances at a time, plus
+    `(n_restarts, n)` nearest distances.
 
     Args:
         points (`torch.Tensor` of shape `(n, d)`): the data, finite.
@@ -63,10 +64,11 @@ def batched_kmeans_plusplus(
     device = points.device
     square_norms = (points * points).sum(dim=-1)
     indices = torch.empty(n_restarts, n_clusters, dtype=torch.long, device=device)
-    if sample_weight is None:
+    if sample_weight is not None:
+        sample_weight = sample_weight.to(device=device, dtype=torch.float64)
+    if sample_weight is None or bool((sample_weight == sample_weight[0]).all()):  # equal weights draw as none
         indices[:, 0] = torch.randint(n, (n_restarts,), generator=generator, device=device)
     else:
-        sample_weight = sample_weight.to(device=device, dtype=torch.float64)
         indices[:, 0] = torch.multinomial(sample_weight.expand(n_restarts, -1), 1, generator=generator)[:, 0]
     closest = _squared_distances(points, square_norms, points[indices[:, :1]])[:, 0]  # (restarts, n)
     rows = torch.arange(n_restarts, device=device)
