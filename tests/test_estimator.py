@@ -662,5 +662,5 @@ def test_fitted_parameters_come_from_the_weights_not_the_files(saved_estimator):
     assert type(loaded).predict is KMeans.predict and "predict" not in vars(loaded)
     assert sorted(vars(loaded)) == sorted(
         [*kmeans.get_params(), "model_", "cluster_centers_", "n_features_in_", "inertia_", "n_iter_", "n_restarts_",
-         "labels_", "initial_centers_"]
+         "labels_", "initial_centers_", "_n_init", "_n_features_out"]
     )
