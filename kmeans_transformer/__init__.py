@@ -8,7 +8,7 @@ from .modeling_kmeans_transformer import (
     KMeansTransformerOutput,
     KMeansTransformerPreTrainedModel,
 )
-from .estimator import KMeans
+from .estimator import KMeans, k_means, kmeans_plusplus
 from .attention_clustering import (
     AttentionClusteringConfig,
     AttentionClusteringModel,
@@ -16,7 +16,6 @@ from .attention_clustering import (
     IdentityAttentionModel,
 )
 from .in_context import InContextClusteringConfig, InContextClusteringModel
-from .initialization import kmeans_plusplus
 from .reference import lloyd
 
 
@@ -60,6 +59,7 @@ __all__ = [
     "KMeansTransformerModel",
     "KMeansTransformerOutput",
     "KMeansTransformerPreTrainedModel",
+    "k_means",
     "kmeans_plusplus",
     "lloyd",
 ]

@@ -21,7 +21,25 @@ from .cpu_kernels import nearest_values, segment_sums
 # `query` `(batch, heads, q_len, head_dim)`, `key` `(batch, heads, kv_len, head_dim)`, `value` `(batch, heads, kv_len,
 # value_dim)` and a boolean `attention_mask` broadcastable to `(batch, heads, q_len, kv_len)`, True where attending.
 # A query row that sees no key gets all-zero weights. Scores are `s_ij = scaling * query_i . key_j`.
+#
+# Sample weights: the kernels that attend to points take `key_weights` `(batch, kv_len)` (None: all 1), the multiplicity
+# of each key. A key of weight `w_j` counts as `w_j` copies of itself: softmax over `s_ij + log w_j`, a hardmax mean
+# weighted by `w_j` among the maximisers, linear and distance weights times `w_j`, sparsemax projected with the keys
+# repeated; so an integer weight gives exactly the result of repeating the key.
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _key_weights(key_weights, scores):
+    """`key_weights` `(batch, kv_len)` as `(batch, 1, 1, kv_len)` in the scores' dtype (None stays None)."""
+    return None if key_weights is None else key_weights[:, None, None, :].to(scores.dtype)
+
+
+def _log_key_weights(key_weights, scores):
+    """`log w_j` broadcastable to the scores (0 where `w_j = 0`: such keys are masked), or 0 when unweighted."""
+    weights = _key_weights(key_weights, scores)
+    if weights is None:
+        return 0.0
+    return torch.where(weights > 0, torch.log(weights.clamp(min=torch.finfo(scores.dtype).tiny)), 0.0)
 
 
 def _masked_scores(query, key, attention_mask, scaling):
@@ -43,8 +61,9 @@ def _attend(weights, value, attention_mask):
 def eager_attention_forward(
     module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention: `weights_i = softmax_j(s_ij)` over the visible keys."""
-    weights = torch.softmax(_masked_scores(query, key, attention_mask, scaling), dim=-1)
+    """Softmax attention: `weights_i = softmax_j(s_ij + log w_j)` over the visible keys."""
+    scores = _masked_scores(query, key, attention_mask, scaling)
+    weights = torch.softmax(scores + _log_key_weights(kwargs.get("key_weights"), scores), dim=-1)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     return _attend(weights, value, attention_mask)
 
@@ -59,7 +78,8 @@ def hardmax_attention_forward(
     - `module.hardmax_ties == "first"`: `weights_ij = 1` for the lowest index in `M_i`, else 0 (an argmax that breaks
       ties like Lloyd's argmin).
 
-    A positive `scaling` does not change the maximisers and is ignored.
+    A positive `scaling` does not change the maximisers and is ignored. With `key_weights` the average is weighted:
+    `weights_ij = w_j / Σ_{j' in M_i} w_j'` (the `"first"` maximiser does not depend on them).
     """
     scores = _masked_scores(query, key, attention_mask, None)
     if getattr(module, "hardmax_ties", "average") == "first":
@@ -68,6 +88,13 @@ def hardmax_attention_forward(
     maximisers = (scores == scores.amax(dim=-1, keepdim=True)).to(value.dtype)
     if attention_mask is not None:
         maximisers = maximisers.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
+    key_weights = _key_weights(kwargs.get("key_weights"), maximisers)
+    if key_weights is not None:
+        maximisers = maximisers * key_weights
+        counts = maximisers.sum(dim=-1, keepdim=True)
+        counts = torch.where(counts > 0, counts, torch.ones_like(counts))
+        output = maximiser_means(maximisers, value, counts).transpose(1, 2).contiguous()
+        return output, maximisers / counts
     counts = maximisers.sum(dim=-1, keepdim=True).clamp(min=1)
     # the sum of the maximisers' values divided by their number: the mean as a float64 sum and one rounding per coordinate
     output = maximiser_means(maximisers, value, counts).transpose(1, 2).contiguous()
@@ -218,6 +245,9 @@ def linear_attention_forward(
     power = getattr(module, "score_power", 1)
     if power != 1:
         scores = scores.clamp(min=0) ** power
+    key_weights = _key_weights(kwargs.get("key_weights"), scores)
+    if key_weights is not None:
+        scores = scores * key_weights
     if getattr(module, "normalize_weights", True):
         total = scores.sum(dim=-1, keepdim=True)
         scores = scores / torch.where(total == 0, torch.ones_like(total), total)
@@ -231,15 +261,28 @@ def sparsemax_attention_forward(
     Sparsemax attention (Martins & Astudillo, 2016), the Euclidean projection of the scores onto the simplex:
     `weights_ij = max(s_ij - τ_i, 0)` with `τ_i` such that the weights sum to 1. With the visible scores sorted
     decreasingly `z_(1) >= z_(2) >= ...`, the support size is `K = max{r : 1 + r z_(r) > Σ_{s<=r} z_(s)}` and
-    `τ = (Σ_{s<=K} z_(s) - 1) / K`. Low scores get exactly zero weight.
+    `τ = (Σ_{s<=K} z_(s) - 1) / K`. Low scores get exactly zero weight. With `key_weights` the scores are projected
+    as a multiset (key `j` repeated `w_j` times): `W_r = Σ_{s<=r} w_(s)`, `K = max{r : 1 + W_r z_(r) > Σ_{s<=r}
+    w_(s) z_(s)}`, `τ = (Σ_{s<=K} w_(s) z_(s) - 1) / W_K` and `weights_ij = w_j max(s_ij - τ_i, 0)`.
     """
     scores = _masked_scores(query, key, attention_mask, scaling)
-    ordered = scores.sort(dim=-1, descending=True).values
-    cumulative = ordered.cumsum(dim=-1)
-    ranks = torch.arange(1, scores.shape[-1] + 1, device=scores.device, dtype=scores.dtype)
-    support = (1 + ranks * ordered > cumulative).sum(dim=-1, keepdim=True).clamp(min=1)
-    threshold = (cumulative.gather(-1, support - 1) - 1) / support
-    weights = (scores - threshold).clamp(min=0).nan_to_num(0.0)
+    key_weights = _key_weights(kwargs.get("key_weights"), scores)
+    if key_weights is None:
+        ordered = scores.sort(dim=-1, descending=True).values
+        cumulative = ordered.cumsum(dim=-1)
+        ranks = torch.arange(1, scores.shape[-1] + 1, device=scores.device, dtype=scores.dtype)
+        support = (1 + ranks * ordered > cumulative).sum(dim=-1, keepdim=True).clamp(min=1)
+        threshold = (cumulative.gather(-1, support - 1) - 1) / support
+        weights = (scores - threshold).clamp(min=0).nan_to_num(0.0)
+        return _attend(weights, value, attention_mask)
+    ordered, order = scores.sort(dim=-1, descending=True)
+    multiplicities = key_weights.expand_as(scores).gather(-1, order)
+    visible = torch.isfinite(ordered)
+    masses = torch.where(visible, multiplicities, 0.0).cumsum(dim=-1)
+    cumulative = torch.where(visible, multiplicities * ordered, 0.0).cumsum(dim=-1)
+    support = (visible & (1 + masses * ordered > cumulative)).sum(dim=-1, keepdim=True).clamp(min=1)
+    threshold = (cumulative.gather(-1, support - 1) - 1) / masses.gather(-1, support - 1)
+    weights = ((scores - threshold).clamp(min=0) * key_weights).nan_to_num(0.0)
     return _attend(weights, value, attention_mask)
 
 
@@ -252,6 +295,7 @@ def gumbel_max_attention_forward(
     None), so a seeded generator makes the draw reproducible.
     """
     scores = _masked_scores(query, key, attention_mask, scaling)
+    scores = scores + _log_key_weights(kwargs.get("key_weights"), scores)
     uniform = torch.rand(scores.shape, generator=generator, dtype=scores.dtype, device=scores.device)
     gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(scores.dtype).tiny)))
     weights = nn.functional.one_hot((scores + gumbel).argmax(dim=-1), scores.shape[-1]).to(value.dtype)
@@ -263,7 +307,7 @@ def distance_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
     Distance-weighted sums: `weights_ij = |query_i - key_j|` (Euclidean) on the visible keys, 0 elsewhere, and
-    `output_i = Σ_j weights_ij value_j`. Computed in chunks of queries so that no `(q_len, kv_len, head_dim)` tensor
+    `output_i = Σ_j weights_ij value_j` (times `w_j` with `key_weights`). Computed in chunks of queries so that no `(q_len, kv_len, head_dim)` tensor
     is held at once; returns no weights.
     """
     batch, heads, q_len, _ = query.shape
@@ -276,6 +320,9 @@ def distance_attention_forward(
         if attention_mask is not None:
             mask = attention_mask.expand(batch, heads, q_len, -1)[:, :, start:stop]
             weights = weights.masked_fill(~mask, 0.0)
+        key_weights = _key_weights(kwargs.get("key_weights"), weights)
+        if key_weights is not None:
+            weights = weights * key_weights
         outputs.append(torch.matmul(weights, value))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 

@@ -20,6 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .attention import (
     KERNEL_ALIASES,
+    KMEANS_ATTENTION_FUNCTIONS,
     augment_for_negative_squared_distance,
     augment_for_squared_distance,
     chunked_hardmax_attention_forward,
@@ -136,14 +137,22 @@ class KMeansTransformerAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         `(batch, q_len, D)` attends to `(batch, kv_len, D)`; returns `(batch, q_len, D)` and the weights. A query
-        that sees no key gets a zero output whatever the kernel.
+        that sees no key gets a zero output whatever the kernel. `key_weights` `(batch, kv_len)` (in `kwargs`): the
+        multiplicity of each key (the sample weights; see `attention.py`), passed to this package's kernels and
+        turned into the additive mask `log w_j` for another softmax kernel (`"sdpa"`).
         """
         query = self.q_proj(query_states).unsqueeze(1)
         key = self.k_proj(key_value_states).unsqueeze(1)
         value = self.v_proj(key_value_states).unsqueeze(1)
         query, key = self.prepare_query_key(query, key)
-        attn_output, attn_weights = self.attention_interface(need_weights)(
-            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, **kwargs
+        interface = self.attention_interface(need_weights)
+        kernel_mask = attention_mask
+        if kwargs.get("key_weights") is not None and interface not in (*KMEANS_ATTENTION_FUNCTIONS.values(), eager_attention_forward):
+            key_weights = kwargs.pop("key_weights")[:, None, None, :].to(query.dtype)
+            visible = key_weights > 0 if attention_mask is None else attention_mask & (key_weights > 0)
+            kernel_mask = torch.where(visible, torch.log(key_weights.clamp(min=torch.finfo(query.dtype).tiny)), -torch.inf)
+        attn_output, attn_weights = interface(
+            self, query, key, value, kernel_mask, scaling=self.scaling, dropout=0.0, **kwargs
         )
         attn_output = attn_output.reshape(*query_states.shape[:-1], -1)
         if attention_mask is not None:
@@ -377,9 +386,16 @@ class KMeansTransformerTrimGate(nn.Module):
 
     The gate erases a trimmed point's assignment (`y_i <- 0`, so the update does not count it) and sets its
     `outlier` slot to 1.
+
+    With sample weights `w_i` the quantile is that of the weighted multiset (point `i` repeated `w_i` times): with the
+    members' distances sorted, `v(p)` is the first whose cumulative weight exceeds `p`, `h = (W_j - 1) q` for the
+    cluster's total weight `W_j`, and `τ_j` interpolates `v(floor h)` and `v(floor h + 1)`; integer weights give the
+    quantile of the repeated points exactly. `trim_fraction` trims whole points, farthest first, while their total
+    weight stays within `floor(α Σ w)` (repeated points could also trim part of a point's copies).
     """
 
     reports_assignment = True  # the assignment head runs it too: `outliers` are those of the returned centroids
+    weighs_points = True  # its forward takes `sample_weight`
 
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
@@ -399,13 +415,15 @@ class KMeansTransformerTrimGate(nn.Module):
         weight[:, slices["assigned"]] = -torch.eye(config.point_dim)
         return {"distance_proj": (weight, None)}
 
-    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None) -> torch.Tensor:
         slices = self.config.token_slices
         difference = self.distance_proj(point_states)
         distance = (difference * difference).sum(dim=-1)
         codes = point_states[..., slices["code"]]
         assigned = point_mask & (codes.amax(dim=-1) > 0)
-        if self.config.trim_quantile is not None:
+        if sample_weight is not None:
+            trimmed = self.weighted_trim(distance, codes.argmax(dim=-1), assigned, sample_weight)
+        elif self.config.trim_quantile is not None:
             trimmed = assigned & (distance > self.cluster_quantiles(distance, codes.argmax(dim=-1), assigned))
         else:
             trimmed = self.largest_fraction(distance, assigned)
@@ -431,6 +449,35 @@ class KMeansTransformerTrimGate(nn.Module):
         quantiles = torch.where(fraction < 0.5, low + fraction * step, high - step * (1 - fraction))
         return quantiles.gather(1, labels)
 
+    def weighted_trim(self, distance, labels, assigned, sample_weight) -> torch.Tensor:
+        """The trimmed points under sample weights (see the class docstring), `(batch, n)` bool."""
+        weights = (sample_weight * assigned).to(torch.float64)
+        if self.config.trim_quantile is None:
+            num_trimmed = torch.floor(self.config.trim_fraction * weights.sum(dim=1, keepdim=True))
+            order = distance.masked_fill(~assigned, float("inf")).argsort(dim=-1, stable=True).flip(-1)
+            beyond = torch.zeros_like(weights).scatter_(-1, order, weights.gather(-1, order).cumsum(dim=-1))
+            return assigned & (beyond <= num_trimmed) & (weights > 0)
+        k = self.config.num_clusters
+        members = nn.functional.one_hot(labels, k).bool() & assigned[..., None]
+        values = distance[:, None, :].expand(-1, k, -1).masked_fill(~members.transpose(1, 2), float("inf"))
+        ordered, order = values.sort(dim=-1)
+        cumulative = (weights[:, None, :].expand(-1, k, -1) * members.transpose(1, 2)).gather(-1, order).cumsum(dim=-1)
+        totals = cumulative[..., -1:]
+        position = self.config.trim_quantile * (totals - 1).clamp(min=0)
+        below = position.floor()
+        above = torch.minimum(below + 1, (totals - 1).clamp(min=0))
+        last = members.sum(dim=1)[..., None].clamp(min=1) - 1
+
+        def value_at(where):  # the first sorted distance whose cumulative weight exceeds `where`
+            index = torch.searchsorted(cumulative.contiguous(), where.contiguous(), right=True)
+            return ordered.gather(-1, torch.minimum(index, last))[..., 0]
+
+        fraction = (position - below)[..., 0].to(distance.dtype)
+        low, high = value_at(below), value_at(above)
+        step = torch.where(fraction > 0, high - low, torch.zeros_like(low))
+        quantiles = torch.where(fraction < 0.5, low + fraction * step, high - step * (1 - fraction))
+        return assigned & (distance > quantiles.gather(1, labels)) & (weights > 0)
+
     def largest_fraction(self, distance, assigned) -> torch.Tensor:
         """The `floor(trim_fraction * n)` points with the largest distances (stable order), `(batch, n)` bool."""
         counts = assigned.sum(dim=1)
@@ -450,6 +497,7 @@ class KMeansTransformerMedoidCost(KMeansTransformerPositionAttention):
     attention_function = "kmeans_distance"
     value_bias = True
     reports_assignment = False  # read by the assignment head: the cost matters to the update only
+    weighs_points = True
 
     @classmethod
     def analytic_projections(cls, config):
@@ -457,10 +505,13 @@ class KMeansTransformerMedoidCost(KMeansTransformerPositionAttention):
         projections["v_proj"][1][config.token_slices["medoid_cost"]] = 1.0
         return projections
 
-    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None, **kwargs) -> torch.Tensor:
+        """With `sample_weight` the cost is weighted, `cost_i = Σ_{i'} w_i' |x_i - x_i'|` (the weights as key multiplicities)."""
         codes = point_states[..., self.config.token_slices["code"]]
         labels = codes.argmax(dim=-1).masked_fill(~point_mask | (codes.amax(dim=-1) <= 0), -1)
         same_cluster = (labels[:, :, None] == labels[:, None, :]) & (labels >= 0)[:, :, None]
+        if sample_weight is not None:
+            kwargs["key_weights"] = sample_weight
         return super().forward(point_states, point_states, same_cluster[:, None], **kwargs)[0]
 
 
@@ -499,8 +550,11 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         query[0][:, code] = torch.eye(config.num_clusters)
         key_weight[:, code] = torch.eye(config.num_clusters)
 
-    def forward(self, centroid_states, point_states, point_mask, **kwargs):
+    def forward(self, centroid_states, point_states, point_mask, sample_weight=None, **kwargs):
+        """`sample_weight` `(batch, n)`: each point's weight, its multiplicity as a key (the centroid tokens weigh 1)."""
         k = centroid_states.shape[1]
+        if sample_weight is not None:
+            kwargs["key_weights"] = torch.cat([sample_weight, sample_weight.new_ones(sample_weight.shape[0], k)], dim=1)
         codes = point_states[..., self.config.token_slices["code"]]
         weighted = (self.score_weights(codes) > 0) & point_mask[..., None]
         if self.candidates == "members":
@@ -520,15 +574,19 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
     # The update as sufficient statistics: sums over points that add up over chunks and processes (the compact engine
     # and points mode run one iteration as `finalize(accumulate(...))`, whatever splits the points).
 
-    def accumulate(self, assignment: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def accumulate(self, assignment: torch.Tensor, values: torch.Tensor, sample_weight=None) -> torch.Tensor:
         """
         The sums this update reads, over a set of points: `assignment` holds the labels `a(i)` `(batch, n)` (-1 for a
         point that counts nowhere: padding, a trimmed outlier), `values` the compact point tokens `[x_i ; 1]`
         `(batch, n, d + 1)`. Returns `[Σ_{a(i)=j} x_i ; |S_j|]` `(batch, k, d + 1)`: the numerators and denominators of
-        the hardmax update, whose keys `y_i` are the labels in index form (the `"kmeans_hardmax_index"` sums).
+        the hardmax update, whose keys `y_i` are the labels in index form (the `"kmeans_hardmax_index"` sums). With
+        `sample_weight` `(batch, n)`: `[Σ_{a(i)=j} w_i x_i ; Σ_{a(i)=j} w_i]`, the weighted tokens `w_i [x_i ; 1]` summed.
         """
         if not self.sums_over_points:
             raise NotImplementedError(f"{type(self).__name__}'s update is not a function of sums over the points.")
+        if sample_weight is not None:
+            values = values * sample_weight[..., None].to(values.dtype)
+            return code_sums(values, assignment, None, self.config.num_clusters)[0]  # float64 sums
         sums, counts = code_sums(values, assignment, None, self.config.num_clusters)  # float64 sums
         return torch.cat([sums[..., :-1], counts[..., None].to(sums.dtype)], dim=-1)
 
@@ -556,11 +614,14 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
     score_power = 1  # read by `linear_attention_forward`
     assignment_kind = "weights"
 
-    def accumulate(self, assignment: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def accumulate(self, assignment: torch.Tensor, values: torch.Tensor, sample_weight=None) -> torch.Tensor:
         """
         `assignment` `(batch, n, k)`: the assignment slots `y_ij` (zero rows for points that count nowhere); `values`
-        `[x_i ; 1]` `(batch, n, d + 1)`. Returns `[Σ_i w_ij x_i ; Σ_i w_ij]` `(batch, k, d + 1)`, `w = y^score_power`.
+        `[x_i ; 1]` `(batch, n, d + 1)`. Returns `[Σ_i w_ij x_i ; Σ_i w_ij]` `(batch, k, d + 1)`, `w = y^score_power`
+        (times the sample weight of point `i` when given).
         """
+        if sample_weight is not None:
+            values = values * sample_weight[..., None].to(values.dtype)
         return self.score_weights(assignment).transpose(1, 2) @ values
 
     def score_weights(self, codes: torch.Tensor) -> torch.Tensor:
@@ -609,13 +670,17 @@ class KMeansTransformerMixtureUpdate(KMeansTransformerUpdate):
         value_bias[slices["mixing_weight"]] = 1.0
         return projections
 
-    def accumulate(self, assignment: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def accumulate(self, assignment: torch.Tensor, values: torch.Tensor, sample_weight=None) -> torch.Tensor:
         """
         `assignment` `(batch, n, k)`: the responsibilities `r_ij`; `values` `[x_i ; 1]` `(batch, n, d + 1)`. Returns
-        `[N_j ; S_j ; R_j ; n]` `(batch, k, d + 3)`: this block's sums and the number of points (for `π_j = R_j / n`).
+        `[N_j ; S_j ; R_j ; n]` `(batch, k, d + 3)`: this block's sums and the number of points (for `π_j = R_j / n`);
+        with `sample_weight` every sum weighs point `i` by `w_i` and `n` is `Σ_i w_i`.
         """
         square_norms = (values[..., :-1] * values[..., :-1]).sum(dim=-1, keepdim=True)
-        sums = assignment.transpose(1, 2) @ torch.cat([values[..., :-1], square_norms, values[..., -1:]], dim=-1)
+        values = torch.cat([values[..., :-1], square_norms, values[..., -1:]], dim=-1)
+        if sample_weight is not None:
+            values = values * sample_weight[..., None].to(values.dtype)
+        sums = assignment.transpose(1, 2) @ values
         counts = values[..., -1:].sum(dim=1, keepdim=True).expand(-1, sums.shape[1], -1)
         return torch.cat([sums, counts], dim=-1)
 
@@ -730,7 +795,10 @@ class KMeansTransformerMixtureMStep(nn.Module):
     wrote its previous mean: it keeps `μ_j` and `σ_j^2`, and `π_j = 0`. A variance that reaches 0 (a component on a
     single point, `reg_covar = 0`) raises an error. The variance is the moment form scikit-learn also uses; it loses
     digits when the data sit far from the origin compared with their spread (notably in float32): centre the data.
+    With sample weights, `n` is their sum `Σ_i w_i`.
     """
+
+    weighs_points = True
 
     def __init__(self, config: KMeansTransformerConfig):
         super().__init__()
@@ -744,14 +812,15 @@ class KMeansTransformerMixtureMStep(nn.Module):
         """On the statistics path the update's `finalize` has applied the M-step (`mixture_parameters`) already."""
         return parameters
 
-    def forward(self, centroid_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, centroid_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None) -> torch.Tensor:
         slices = self.config.token_slices
         sums = centroid_states[..., slices["position"]]
+        masses = point_mask.sum(dim=1) if sample_weight is None else sample_weight.sum(dim=1)
         means, variances, weights = mixture_parameters(
             sums,
             centroid_states[..., slices["square_norm"]],
             centroid_states[..., slices["mixing_weight"]],
-            point_mask.sum(dim=1).to(sums.dtype)[:, None, None],
+            masses.to(sums.dtype)[:, None, None],
             {"centroids": sums, "variances": centroid_states[..., slices["variance"]]},
             self.config,
         )

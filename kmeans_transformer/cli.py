@@ -135,6 +135,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("columns and outputs")
     io.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column); a column "
                     "of equally long lists of numbers gives one feature per entry")
+    io.add_argument("--weight-column", metavar="NAME", help="column of non-negative sample weights (not a feature): "
+                    "each row counts as its weight (default: every row weighs 1)")
     io.add_argument("--label-column", default="label", metavar="NAME", help="label column to add (default: label)")
     io.add_argument("--centroids", metavar="PATH", help="centroids table, .csv or .parquet (default: OUT's stem + "
                     "_centroids + OUT's suffix)")
@@ -231,7 +233,7 @@ def run_cluster(args: argparse.Namespace) -> None:
     """Cluster the rows of a table; write them with their labels, the centroids and, if asked, a plot and the model."""
     from .estimator import KMeans
     from .plotting import plot_estimator
-    from .tabular import read_points
+    from .tabular import read_points, sample_weights
 
     start = time.perf_counter()
     if args.n_clusters < 1:
@@ -242,7 +244,9 @@ def run_cluster(args: argparse.Namespace) -> None:
     _check_device(args.device)
     outputs = _check_outputs(args)
 
-    table, X, feature_names = read_points(args.input, columns)
+    exclude = () if args.weight_column is None else (args.weight_column,)
+    table, X, feature_names = read_points(args.input, columns, exclude=exclude)
+    weights = None if args.weight_column is None else sample_weights(table, args.weight_column, args.input)
     if args.label_column in {str(name) for name in table.columns}:
         raise ValueError(
             f"{args.input} already has a column {args.label_column!r}; choose another name with --label-column."
@@ -263,13 +267,13 @@ def run_cluster(args: argparse.Namespace) -> None:
         **{name: getattr(args, name) for name in ESTIMATOR_PARAMETER_NAMES},
         device=args.device,
         dtype=args.dtype,
-        verbose=0 if args.no_progress else 1,
+        progress_bar=not args.no_progress,
     )
     points = pd.DataFrame(X, columns=feature_names)
     fit_start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator.fit(points)
+        estimator.fit(points, sample_weight=weights)
     fit_seconds = time.perf_counter() - fit_start
     for warning in caught:
         print(f"kmeans-transformer cluster: warning: {' '.join(str(warning.message).split())}", file=sys.stderr)
@@ -278,7 +282,7 @@ def run_cluster(args: argparse.Namespace) -> None:
     labelled[args.label_column] = np.asarray(estimator.labels_, dtype=np.int64)
     centroids = pd.DataFrame(estimator.cluster_centers_, columns=feature_names)
     centroids.insert(0, "cluster", np.arange(args.n_clusters))
-    figure = plot_estimator(estimator, points) if "plot" in outputs else None
+    figure = plot_estimator(estimator, points, sample_weight=weights) if "plot" in outputs else None
     _write_cluster_outputs(outputs, args.overwrite, labelled, centroids, figure, estimator)
 
     _print_cluster_summary(args, estimator, feature_names, outputs, fit_seconds, time.perf_counter() - start)
@@ -352,10 +356,14 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     problems.add_argument("--points-column", default="points", help="column of each problem's points (default: points)")
     problems.add_argument("--centroids-column", help="column of each problem's initial centroids (default: the model's)")
     problems.add_argument("--batch-size", type=int, default=64, help="problems per batch and process (default: 64)")
+    problems.add_argument("--weights-column", help="column of each problem's sample weights, one number >= 0 per point "
+                          "(default: every point weighs 1)")
     points = parser.add_argument_group("points mode")
     points.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column; a "
                         "list-valued column such as an embedding counts as its coordinates)")
     points.add_argument("--chunk-size", type=int, default=65536, help="points read and assigned at a time (default: 65536)")
+    points.add_argument("--weight-column", metavar="NAME", help="column of non-negative sample weights (not a feature): "
+                        "each row counts as its weight (default: every row weighs 1)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is available")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="several processes: "
                         "how long a process waits for the others in a collective operation; a process that failed, "
@@ -397,6 +405,10 @@ def run_infer(args: argparse.Namespace) -> None:
         raise ValueError("--batch-size and --chunk-size must be >= 1.")
     if not 0 < args.timeout < float("inf"):
         raise ValueError(f"--timeout must be > 0 seconds, not {args.timeout:g}.")
+    if args.mode == "points" and args.weights_column is not None:
+        raise ValueError("--weights-column is a problems-mode option; points mode takes --weight-column.")
+    if args.mode == "problems" and args.weight_column is not None:
+        raise ValueError("--weight-column is a points-mode option; problems mode takes --weights-column.")
     output = _check_infer_output(args)
     if args.no_progress:
         import datasets
@@ -439,6 +451,7 @@ def _infer_problems(args: argparse.Namespace, model, accelerator, output: Path) 
         num_iterations=args.num_iterations,
         accelerator=accelerator,
         progress=not args.no_progress,
+        weights_column=args.weights_column,
     )
     if accelerator.is_main_process:
         write_problem_results(results, output, overwrite=args.overwrite)
@@ -468,6 +481,7 @@ def _infer_points(args: argparse.Namespace, model, accelerator, output: Path) ->
             accelerator=accelerator,
             progress=not args.no_progress,
             labels_output=directory / "labels",
+            weight_column=args.weight_column,
         )
         if accelerator.is_main_process:
             write_points_output(result, directory, accelerator.num_processes, model=args.model, dataset=args.dataset)

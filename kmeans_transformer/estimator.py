@@ -9,12 +9,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from safetensors.numpy import load_file, save_file
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, _is_arraylike_not_scalar, check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from .configuration_kmeans_transformer import KMeansTransformerConfig
@@ -22,16 +23,18 @@ from .cards import render_fitted_card
 from .convert import ESTIMATOR_ARRAYS_NAME, ESTIMATOR_CONFIG_NAME, check_checkpoint_output
 from .files import replacing_directory
 from .hub import push_checkpoint
-from .initialization import kmeans_plusplus, random_points
-from .modeling_kmeans_transformer import DTYPES, KMeansTransformerModel
+from .initialization import batched_kmeans_plusplus, random_points
+from .modeling_kmeans_transformer import DTYPES, KMeansTransformerModel, labelled_inertia
 from .variants import ESTIMATOR_PARAMETER_NAMES as PARAMETER_NAMES, VARIANTS, VariantSpec
 
 
 # Fitted attributes saved under an earlier name in `kmeans_estimator.json`, and their name now.
 RENAMED_FITTED_ATTRIBUTES = {"_n_restarts": "n_restarts_"}
+ALGORITHMS = ("lloyd", "elkan")
+EMPTY_CLUSTERS = ("relocate", "keep")
 
 
-class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
     r"""
     k-means clustering (and its variants) run by the k-means transformer, with scikit-learn's `KMeans` interface.
 
@@ -46,9 +49,22 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     model sees them: unit-normalised for a `unit_norm` variant such as `"spherical"`). The restart with the lowest
     inertia is kept (the first one on ties).
 
-    With `variant="lloyd"` in float64 and the same initial centroids, labels, centroids and `n_iter_` are
-    scikit-learn's `KMeans(algorithm="lloyd")`'s as long as no cluster empties. An empty cluster keeps its centroid
-    (scikit-learn moves it to a far point).
+    With `variant="lloyd"` in float64 and the same initial centroids (and sample weights), labels, centroids and
+    `n_iter_` are scikit-learn's `KMeans(algorithm="lloyd")`'s.
+
+    Sample weights (`fit(X, sample_weight=w)`) enter the model itself (`KMeansTransformerModel.forward`'s
+    `sample_weight`): point `i` counts as `w_i` copies of itself in every update, the inertia is `Σ_i w_i |x_i -
+    c_a(i)|^2`, and k-means++ and `"random"` draw with the weights (as scikit-learn); an array or callable `init`
+    ignores them. A point of weight 0 is labelled but moves no centroid.
+
+    Empty clusters. With `empty_clusters="relocate"` (the default, scikit-learn's rule, so that code written for
+    scikit-learn gets its results), when an iteration leaves clusters without any (weighted) point, the points
+    farthest from their entering centroids (the farthest for the first empty cluster, the next farthest for the
+    next) are moved to those clusters and the update block runs again on the relabelled points
+    (`model.finalize(model.accumulate(...))`): the emptied cluster's centroid becomes that point, and its former
+    cluster loses it. This is the one step the estimator takes outside the model's layer, after it; it applies to the
+    variants whose update is a hard mean of labelled points (lloyd, spherical, trimmed). `"keep"`: an empty cluster
+    keeps its centroid, as the model's own update block does.
 
     Parameters:
         n_clusters (`int`, defaults to 8): number of clusters `k`.
@@ -56,8 +72,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             `"k-means++"`): greedy k-means++ (`kmeans_plusplus`, in torch), `k` distinct random points, a callable
             `init(X, n_clusters, random_state)` returning one restart's `(n_clusters, n_features)` centroids (called
             once per restart), or the initial centroids.
-        n_init (`int` or `"auto"`, defaults to `"auto"`): number of restarts; `"auto"` is 10 for `"random"` and 1
-            otherwise (as scikit-learn). An array `init` runs once.
+        n_init (`int` or `"auto"`, defaults to `"auto"`): number of restarts; `"auto"` is 10 for `"random"` and a
+            callable `init`, 1 for `"k-means++"` and an array (as scikit-learn). An array `init` runs once.
         max_iter (`int`, defaults to 300): maximum number of iterations per restart.
         tol (`float`, defaults to 1e-4): relative tolerance on the centroid shift (see above); 0 stops only on exact
             convergence.
@@ -73,10 +89,23 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         device (`str` or `torch.device`, *optional*): where the model runs; defaults to the CPU.
         dtype (`"float32"`, `"float64"` or `None`): the arithmetic; `None` keeps float32 input in float32 and uses
             float64 otherwise (as scikit-learn).
-        verbose (`int`, defaults to 0): if > 0, show a progress bar over the iterations.
+        verbose (`int`, defaults to 0): if > 0, print what scikit-learn prints on stdout: "Initialization complete"
+            per restart, the inertia of every iteration (of the entering centroids and the iteration's labels) and
+            the convergence ("strict convergence", or the centre shift within the tolerance). The restarts then run
+            one after the other rather than as one batch (the same results).
+        copy_x (`bool`, defaults to True): accepted for scikit-learn's signature; the input is never modified
+            (scikit-learn centres the data in place when `copy_x=False`; the model needs no centring).
+        algorithm (`"lloyd"` or `"elkan"`, defaults to `"lloyd"`): accepted for scikit-learn's signature. Both are
+            Lloyd's iterates; the model always computes them with the construction (Elkan's triangle-inequality
+            bounds are an implementation detail of scikit-learn that gives the same iterates).
+        empty_clusters (`"relocate"` or `"keep"`, defaults to `"relocate"`): what happens to a cluster that an
+            iteration empties (see above).
+        progress_bar (`bool`, defaults to False): show a tqdm progress bar over the iterations (the command line's).
 
-    Sample weights are not supported. Memory: the restarts share one batch of `n_init * (n + k)` tokens, of width
-    `d + 1` on the fast path (`"lloyd"`, `"spherical"`) and `config.hidden_size` otherwise.
+    Sparse input (`scipy.sparse` CSR/CSC matrices and arrays) is accepted by `fit`, `predict`, `transform` and
+    `score` and densified (memory: the dense `n * d` array in the chosen dtype). Memory: the restarts share one batch
+    of `n_init * (n + k)` tokens, of width `d + 1` on the fast path (`"lloyd"`, `"spherical"`) and
+    `config.hidden_size` otherwise.
 
     Attributes:
         cluster_centers_ (`ndarray` of shape `(n_clusters, n_features)`): the centroids (medoids for `"kmedoids"`,
@@ -84,7 +113,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         labels_ (`ndarray` of shape `(n_samples,)`): the label of each training point under `cluster_centers_`.
         inertia_ (`float`): sum of squared distances of the labelled points to their centroid.
         n_iter_ (`int`): iterations run by the kept restart.
-        n_restarts_ (`int`): the number of restarts run (`n_init` resolved: `"auto"` and an array `init` give it).
+        n_restarts_ (`int`): the number of restarts run (`n_init` resolved: `"auto"` and an array `init` give it);
+            `_n_init` holds the same number, under the name scikit-learn uses.
         n_features_in_ (`int`), feature_names_in_ (`ndarray`, when `X` has string column names).
         initial_centers_ (`ndarray` of shape `(n_clusters, n_features)`): the kept restart's initial centroids.
         <state>_ (`ndarray` of shape `(n_clusters,)`): one per state the variant carries besides the centroids
@@ -127,6 +157,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         device=None,
         dtype=None,
         verbose=0,
+        copy_x=True,
+        algorithm="lloyd",
+        empty_clusters="relocate",
+        progress_bar=False,
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -144,10 +178,19 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
+        self.copy_x = copy_x
+        self.algorithm = algorithm
+        self.empty_clusters = empty_clusters
+        self.progress_bar = progress_bar
 
     # ------------------------------------------------------------------------------------------------------------
     # Parameters
     # ------------------------------------------------------------------------------------------------------------
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # scipy.sparse input is accepted (and densified)
+        return tags
 
     def _model_config(self, n_features: int, fitted: bool) -> KMeansTransformerConfig:
         """
@@ -185,15 +228,20 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}.")
         if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or not (0 <= self.tol < np.inf):
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}.")
-        explicit = hasattr(self.init, "__array__")
+        explicit = _is_arraylike_not_scalar(self.init)
         named = isinstance(self.init, str) and self.init in ("k-means++", "random")
         if not (explicit or named or callable(self.init)):
             raise ValueError(
                 "init must be 'k-means++', 'random', a callable or an array of shape (n_clusters, n_features), "
                 f"got {self.init!r}."
             )
-        if self.n_init == "auto":
-            return 10 if isinstance(self.init, str) and self.init == "random" else 1
+        for name, allowed in (("algorithm", ALGORITHMS), ("empty_clusters", EMPTY_CLUSTERS)):
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        if not isinstance(self.copy_x, (bool, np.bool_)):
+            raise ValueError(f"copy_x must be a bool, got {self.copy_x!r}.")
+        if self.n_init == "auto":  # scikit-learn's rule
+            return 10 if callable(self.init) or (isinstance(self.init, str) and self.init == "random") else 1
         if not isinstance(self.n_init, numbers.Integral) or isinstance(self.n_init, bool) or self.n_init < 1:
             raise ValueError(f"n_init must be an integer >= 1 or 'auto', got {self.n_init!r}.")
         if explicit and self.n_init != 1:
@@ -220,46 +268,102 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _torch_device(self) -> torch.device:
         return check_device(self.device)
 
-    def _initial_centers(self, X: np.ndarray, points: torch.Tensor, n_restarts: int, random_state) -> torch.Tensor:
-        """`(n_restarts, k, d)` initial centroids."""
-        k, d = int(self.n_clusters), points.shape[1]
-        if isinstance(self.init, str):
+    def _initial_centers(
+        self, X: np.ndarray, points: torch.Tensor, n_restarts: int, random_state, sample_weight=None, init=None,
+        n_clusters=None,
+    ) -> torch.Tensor:
+        """`(n_restarts, k, d)` initial centroids (k-means++ and `"random"` drawn with the sample weights)."""
+        init = self.init if init is None else init
+        k, d = int(self.n_clusters if n_clusters is None else n_clusters), points.shape[1]
+        if isinstance(init, str):
             seed = int(random_state.randint(np.iinfo(np.int32).max))
             generator = torch.Generator(device=points.device).manual_seed(seed)
-            draw = kmeans_plusplus if self.init == "k-means++" else random_points
-            return draw(points, k, n_restarts, generator=generator)[0]
-        if hasattr(self.init, "__array__"):
-            restarts = [self.init]
+            draw = batched_kmeans_plusplus if init == "k-means++" else random_points
+            return draw(points, k, n_restarts, generator=generator, sample_weight=sample_weight)[0]
+        if _is_arraylike_not_scalar(init):
+            restarts = [init]
         else:
-            restarts = [self.init(X, k, random_state) for _ in range(n_restarts)]
+            restarts = [init(X, k, random_state) for _ in range(n_restarts)]
         centers = [np.asarray(centers) for centers in restarts]
         for center in centers:
-            if center.shape != (k, d):
+            if center.ndim != 2 or center.shape[0] != k:
                 raise ValueError(
-                    f"The shape of the initial centers {center.shape} does not match (n_clusters, n_features) = "
-                    f"{(k, d)}."
+                    f"The shape of the initial centers {center.shape} does not match the number of clusters {k}."
+                )
+            if center.shape[1] != d:
+                raise ValueError(
+                    f"The shape of the initial centers {center.shape} does not match the number of features of the "
+                    f"data {d}."
                 )
             if not np.issubdtype(center.dtype, np.number) or not np.isfinite(center).all():
                 raise ValueError("The initial centers (init) must be finite numbers.")
         return torch.as_tensor(np.stack(centers), dtype=points.dtype, device=points.device)
 
+    def _init_centroids(
+        self, X, x_squared_norms, init, random_state, sample_weight, init_size=None, n_centroids=None
+    ) -> np.ndarray:
+        """
+        One restart's initial centroids `(n_centroids, n_features)` with scikit-learn's private signature (its tests
+        call it): our k-means++ or random draw with the sample weights, an array, or a callable. `x_squared_norms`
+        and `init_size` are accepted and not needed.
+        """
+        X = self._dense(X)
+        points = torch.as_tensor(X, dtype=self._torch_dtype(X), device=self._torch_device())
+        weights = None if sample_weight is None else torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
+        centers = self._initial_centers(
+            X, points, 1, check_random_state(random_state), weights, init=init, n_clusters=n_centroids
+        )
+        return centers[0].cpu().numpy()
+
+    @staticmethod
+    def _dense(X):
+        """A `scipy.sparse` matrix or array as a dense ndarray (others unchanged)."""
+        return X.toarray() if sp.issparse(X) else X
+
+    def _validated(self, X, reset: bool) -> np.ndarray:
+        """`X` checked (`validate_data`: float64 or float32, CSR/CSC sparse accepted), as a dense ndarray."""
+        X = validate_data(
+            self, X, dtype=[np.float64, np.float32], accept_sparse=["csr", "csc"], ensure_min_samples=1, reset=reset
+        )
+        return self._dense(X)
+
+    def _sample_weight(self, sample_weight, X, device, dtype) -> torch.Tensor | None:
+        """The checked sample weights as a tensor, or None (scikit-learn's `_check_sample_weight`, non-negative)."""
+        if sample_weight is None:
+            return None
+        weights = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True, copy=True)
+        if not weights.sum() > 0:
+            raise ValueError("sample_weight must not be all 0: no point would count.")
+        return torch.as_tensor(weights, device=device, dtype=dtype)
+
     # ------------------------------------------------------------------------------------------------------------
     # Fitting
     # ------------------------------------------------------------------------------------------------------------
 
-    def fit(self, X, y=None):
-        """Compute the clustering of `X` `(n_samples, n_features)`; `y` is ignored. Returns the fitted estimator."""
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
-        n_restarts = self._check_params(X)
+    def fit(self, X, y=None, sample_weight=None):
+        """
+        Compute the clustering of `X` `(n_samples, n_features)` (an array, a DataFrame or a `scipy.sparse` matrix);
+        `y` is ignored; `sample_weight` `(n_samples,)`: non-negative weights (None: all 1). Returns the estimator.
+        """
+        X = self._validated(X, reset=True)
+        self._n_init = n_restarts = self._check_params(X)
         device, dtype = self._torch_device(), self._torch_dtype(X)
+        weights = self._sample_weight(sample_weight, X, device, dtype)
         looped = KMeansTransformerModel(self._model_config(X.shape[1], fitted=False)).to(device=device, dtype=dtype)
         points = torch.tensor(X, device=device, dtype=dtype)
         random_state = check_random_state(self.random_state)
         with torch.no_grad():
-            initial = self._initial_centers(X, points, n_restarts, random_state)
+            initial = self._initial_centers(X, points, n_restarts, random_state, weights)
             seed = int(random_state.randint(np.iinfo(np.int32).max))
             generator = torch.Generator(device=device).manual_seed(seed)  # the draws of a `random` variant
-            result = self._run_restarts(looped, points, initial, generator)
+            if self.verbose:  # one restart after the other, printing as scikit-learn
+                runs = [self._run_restarts(looped, points, initial[[i]], generator, weights) for i in range(n_restarts)]
+                result = {
+                    "parameters": {name: torch.cat([run["parameters"][name] for run in runs]) for name in runs[0]["parameters"]},
+                    **{name: torch.cat([run[name] for run in runs]) for name in ("labels", "inertia", "n_iter")},
+                }
+            else:
+                result = self._run_restarts(looped, points, initial, generator, weights)
         best = int(np.argmin(result["inertia"].cpu().numpy()))  # the first of equal inertias, as scikit-learn
 
         self.model_ = model = KMeansTransformerModel(self._model_config(X.shape[1], fitted=True)).to(device, dtype)
@@ -270,6 +374,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_iter_ = int(result["n_iter"][best])
         self.initial_centers_ = initial[best].cpu().numpy()
         self.n_restarts_ = n_restarts
+        self._n_features_out = int(self.n_clusters)  # `get_feature_names_out`: kmeans0, kmeans1, ...
 
         distinct = len(np.unique(self.labels_[self.labels_ >= 0]))
         if distinct < self.n_clusters:
@@ -298,7 +403,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             return 0.0
         return float(spec.seen_points(points).to(torch.float64).var(dim=0, unbiased=False).mean()) * float(self.tol)
 
-    def _run_restarts(self, model, points, initial, generator) -> dict:
+    def _run_restarts(self, model, points, initial, generator, sample_weight=None) -> dict:
         """
         Run all restarts as one batch, one forward call of the looped layer per iteration (without the assignment
         head), until each converges; then one call assigns the points to every restart's final parameters.
@@ -307,28 +412,51 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         spec, n_restarts = model.config.variant_spec, initial.shape[0]
         tolerance = self._tolerance(points, spec)
-        call = {"generator": generator} if spec.random else {}
+        relocates = self.empty_clusters == "relocate" and _relocatable(model)
 
         def batch(size):
             return points.expand(size, *points.shape)
+
+        def inputs(size):
+            call = {"generator": generator} if spec.random else {}
+            if sample_weight is not None:
+                call["sample_weight"] = sample_weight.expand(size, -1)
+            return call
+
+        if self.verbose:
+            print("Initialization complete")
 
         final = {"centroids": initial.clone()}
         final.update({name: initial.new_zeros(n_restarts, int(self.n_clusters)) for name in spec.state_names})
         n_iter = torch.zeros(n_restarts, dtype=torch.long, device=points.device)
         active = torch.arange(n_restarts, device=points.device)
         current, previous_labels = {"centroids": initial}, None  # the state starts at the model's default
-        progress = tqdm(total=self.max_iter, desc="k-means iterations", unit="it", disable=not self.verbose, leave=False)
+        progress = tqdm(
+            total=self.max_iter, desc="k-means iterations", unit="it", disable=not self.progress_bar, leave=False
+        )
         with progress:
             for iteration in range(self.max_iter):
                 # labels: the assignment made in this iteration, from the centroids entering it.
                 output = model(
                     batch(len(active)), num_iterations=1, final_assignment=False, output_assignments=False,
-                    **current, **call,
+                    **current, **inputs(len(active)),
                 )
                 updated = _carried_parameters(output, spec)
-                done = ((updated["centroids"] - current["centroids"]) ** 2).sum(dim=(1, 2)) <= tolerance
+                if relocates:
+                    updated["centroids"] = _relocated(model, points, sample_weight, output.labels, current, updated)
+                shift = ((updated["centroids"] - current["centroids"]) ** 2).sum(dim=(1, 2))
+                strict = torch.zeros_like(shift, dtype=torch.bool)
                 if previous_labels is not None:
-                    done |= (output.labels == previous_labels).all(dim=1)  # scikit-learn's strict convergence
+                    strict = (output.labels == previous_labels).all(dim=1)  # scikit-learn's strict convergence
+                done = strict | (shift <= tolerance)
+                if self.verbose:
+                    seen = spec.seen_points(points)[None]
+                    inertia = labelled_inertia(seen, current["centroids"], output.labels, inputs(1).get("sample_weight"))
+                    print(f"Iteration {iteration}, inertia {float(inertia[0])}.")
+                    if bool(strict[0]):
+                        print(f"Converged at iteration {iteration}: strict convergence.")
+                    elif bool(done[0]):
+                        print(f"Converged at iteration {iteration}: center shift {float(shift[0])} within tolerance {tolerance}.")
                 if iteration + 1 == self.max_iter:
                     done[:] = True
                 for name, values in updated.items():
@@ -341,7 +469,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 if len(active) == 0:
                     break
         # The labels and inertia of the final parameters (scikit-learn's last E-step).
-        assigned = model(batch(n_restarts), num_iterations=0, output_assignments=False, **final)
+        assigned = model(batch(n_restarts), num_iterations=0, output_assignments=False, **final, **inputs(n_restarts))
         return {"parameters": final, "labels": assigned.labels, "inertia": assigned.inertia, "n_iter": n_iter}
 
     # ------------------------------------------------------------------------------------------------------------
@@ -355,7 +483,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         `fit` refuses them), on the fitted model's device and dtype.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = self._validated(X, reset=False)
         spec = self.model_.config.variant_spec
         if spec.unit_norm:
             zero = np.flatnonzero(~X.any(axis=1))
@@ -367,22 +495,35 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         centroids = self.model_.embeddings.fitted_parameters()["centroids"]
         return torch.tensor(X, device=centroids.device, dtype=centroids.dtype)
 
-    def _fitted_output(self, X):
+    def _fitted_output(self, X, sample_weight=None):
         """
         The fitted model's output on `X`: assignment to the stored centroids (`num_iterations=0`, which the model
-        runs on any number of points, fewer than `n_clusters` included).
+        runs on any number of points, fewer than `n_clusters` included), with the sample weights.
         """
         points = self._fitted_points(X)
+        weights = self._sample_weight(sample_weight, points, points.device, points.dtype)
         with torch.no_grad():
-            return self.model_(points, num_iterations=0, output_assignments=False)
+            return self.model_(points, num_iterations=0, output_assignments=False, sample_weight=weights)
 
-    def predict(self, X):
-        """The cluster of each row of `X` under the fitted centroids (-1 for points trimmed by `"trimmed"`)."""
-        return self._fitted_output(X).labels[0].cpu().numpy()
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """`fit(X, sample_weight=sample_weight)`, then the training labels `labels_`."""
+        return self.fit(X, sample_weight=sample_weight).labels_
 
-    def score(self, X, y=None):
-        """Opposite of the inertia of `X` under the fitted centroids (higher is better, as scikit-learn)."""
-        return -float(self._fitted_output(X).inertia[0])
+    def fit_transform(self, X, y=None, sample_weight=None):
+        """`fit(X, sample_weight=sample_weight)`, then `transform(X)`."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def predict(self, X, sample_weight=None):
+        """
+        The cluster of each row of `X` under the fitted centroids (-1 for points trimmed by `"trimmed"`).
+        `sample_weight` is accepted, as older scikit-learn did; the nearest centroid does not depend on it, except
+        for `"trimmed"`, whose trimming quantiles are weighted.
+        """
+        return self._fitted_output(X, sample_weight).labels[0].cpu().numpy()
+
+    def score(self, X, y=None, sample_weight=None):
+        """Opposite of the (weighted) inertia of `X` under the fitted centroids (higher is better, as scikit-learn)."""
+        return -float(self._fitted_output(X, sample_weight).inertia[0])
 
     def transform(self, X):
         """
@@ -395,20 +536,26 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         distances = torch.cdist(points, centers, compute_mode="donot_use_mm_for_euclid_dist")
         return distances.cpu().numpy()
 
-    def centroid_trajectory(self, X) -> np.ndarray:
+    def centroid_trajectory(self, X, sample_weight=None) -> np.ndarray:
         """
         The kept restart's centroids before the first iteration and after each, `(n_iter_ + 1, k, d)`, read from
-        the looped model run again on the training data `X` from `initial_centers_` (Gumbel medoid draws are not
-        replayed).
+        the looped model run again on the training data `X` (with the fit's `sample_weight`) from `initial_centers_`,
+        empty clusters relocated as in the fit (Gumbel medoid draws are not replayed).
         """
         points = self._fitted_points(X)
+        weights = self._sample_weight(sample_weight, points, points.device, points.dtype)
         looped = KMeansTransformerModel(self._model_config(points.shape[1], fitted=False)).to(points.device, points.dtype)
         spec = looped.config.variant_spec
+        relocates = self.empty_clusters == "relocate" and _relocatable(looped)
         current = {"centroids": torch.tensor(self.initial_centers_, device=points.device, dtype=points.dtype)[None]}
         trajectory = [current["centroids"][0]]
         with torch.no_grad():
             for _ in range(self.n_iter_):
-                current = _carried_parameters(looped(points, num_iterations=1, **current), spec)
+                output = looped(points, num_iterations=1, final_assignment=False, sample_weight=weights, **current)
+                updated = _carried_parameters(output, spec)
+                if relocates:
+                    updated["centroids"] = _relocated(looped, points, weights, output.labels, current, updated)
+                current = updated
                 trajectory.append(current["centroids"][0])
         return torch.stack(trajectory).cpu().numpy()
 
@@ -513,14 +660,56 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             parameters["init"] = _loaded_init(parameters.get("init", "k-means++"), arrays)
         estimator = cls(**parameters)
         estimator.model_ = model
+        estimator._n_features_out = config.num_clusters
         estimator._set_fitted_attributes(model)
         estimator.n_features_in_ = config.point_dim
         for name, value in fitted.items():
             setattr(estimator, name, value)
+        if "n_restarts_" in fitted:
+            estimator._n_init = fitted["n_restarts_"]
         for name in ("labels_", "initial_centers_"):
             if name in arrays:
                 setattr(estimator, name, arrays[name])
         return estimator
+
+
+def _relocatable(model: KMeansTransformerModel) -> bool:
+    """Whether the variant's update is a hard mean of the labelled points (lloyd, spherical, trimmed)."""
+    update = model.layers[0].update
+    return update.assignment_kind == "labels" and update.sums_over_points
+
+
+def _relocated(model, points, sample_weight, labels, entering, updated) -> torch.Tensor:
+    """
+    scikit-learn's relocation of empty clusters, per restart of the batch: the clusters that no counted point (real,
+    weight > 0) was assigned to in this iteration take the counted points farthest from their entering centroids,
+    the farthest first (none when every distance is 0), and the update block runs again on the relabelled points
+    (`model.finalize(model.accumulate(...))`). Returns the centroids `(batch, k, d)`.
+    """
+    k = model.config.num_clusters
+    counted = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)
+    weights = counted.to(points.dtype) if sample_weight is None else sample_weight * counted
+    masses = torch.zeros(labels.shape[0], k + 1, dtype=points.dtype, device=points.device)
+    masses.scatter_add_(1, torch.where(counted, labels, k), weights.expand_as(labels))
+    empty = masses[:, :k] == 0
+    if not bool(empty.any()):
+        return updated["centroids"]
+    centroids = updated["centroids"].clone()
+    seen = model.config.variant_spec.seen_points(points)
+    for restart in torch.nonzero(empty.any(dim=1))[:, 0].tolist():
+        own = entering["centroids"][restart][labels[restart].clamp(min=0)]
+        distances = ((seen - own) ** 2).sum(dim=-1).masked_fill(~counted[restart], -1.0)
+        if not float(distances.max()) > 0:  # more clusters than distinct points: nothing to relocate
+            continue
+        targets = torch.nonzero(empty[restart])[:, 0]
+        farthest = torch.argsort(distances, descending=True, stable=True)[: len(targets)]
+        relabelled = labels[restart].clone()
+        relabelled[farthest] = targets[: len(farthest)]
+        weighted = {} if sample_weight is None else {"sample_weight": sample_weight[None]}
+        statistics = model.accumulate(relabelled[None], points[None], **weighted)
+        parameters = {name: values[[restart]] for name, values in entering.items()}
+        centroids[restart] = model.finalize(statistics, parameters)["centroids"][0]
+    return centroids
 
 
 def _carried_parameters(output, spec: VariantSpec) -> dict[str, torch.Tensor]:
@@ -601,6 +790,10 @@ ESTIMATOR_SCHEMA = {
         "device": (_optional(lambda value: isinstance(value, str)), "a string or null"),
         "dtype": (_optional(lambda value: isinstance(value, str)), "a string or null"),
         "verbose": (lambda value: isinstance(value, int), "an integer"),
+        "copy_x": (lambda value: isinstance(value, bool), "a bool"),
+        "algorithm": (lambda value: value in ALGORITHMS, f"one of {list(ALGORITHMS)}"),
+        "empty_clusters": (lambda value: value in EMPTY_CLUSTERS, f"one of {list(EMPTY_CLUSTERS)}"),
+        "progress_bar": (lambda value: isinstance(value, bool), "a bool"),
     },
     "fitted": {
         "inertia_": (lambda value: _number(value) and value >= 0, "a finite number >= 0"),
@@ -734,4 +927,69 @@ def _loaded_init(init, arrays: dict):
     return init
 
 
-__all__ = ["KMeans"]
+# ---------------------------------------------------------------------------------------------------------------------
+# scikit-learn's functions, on this package's estimator and initialisation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def k_means(
+    X,
+    n_clusters,
+    *,
+    sample_weight=None,
+    init="k-means++",
+    n_init="auto",
+    max_iter=300,
+    verbose=False,
+    tol=1e-4,
+    random_state=None,
+    copy_x=True,
+    algorithm="lloyd",
+    return_n_iter=False,
+    **kwargs,
+):
+    """
+    scikit-learn's `k_means` function: fit [`KMeans`] (the other keywords, such as `variant`, go to it) and return
+    `(cluster_centers_, labels_, inertia_)`, with `n_iter_` last when `return_n_iter`.
+    """
+    estimator = KMeans(
+        n_clusters=n_clusters, init=init, n_init=n_init, max_iter=max_iter, verbose=verbose, tol=tol,
+        random_state=random_state, copy_x=copy_x, algorithm=algorithm, **kwargs,
+    ).fit(X, sample_weight=sample_weight)
+    result = (estimator.cluster_centers_, estimator.labels_, estimator.inertia_)
+    return (*result, estimator.n_iter_) if return_n_iter else result
+
+
+def kmeans_plusplus(X, n_clusters, *, sample_weight=None, x_squared_norms=None, random_state=None, n_local_trials=None):
+    """
+    scikit-learn's `kmeans_plusplus`: greedy (weighted) k-means++ seeds of `X` `(n_samples, n_features)` (an
+    array or a `scipy.sparse` matrix), drawn by this package's torch implementation
+    (`initialization.batched_kmeans_plusplus`) from a generator seeded by `random_state`. `x_squared_norms` is
+    checked and not needed. Returns `(centers, indices)`: `(n_clusters, n_features)` rows of `X` (in its dtype,
+    float64 or float32) and their `(n_clusters,)` indices.
+    """
+    from sklearn.utils import check_array
+
+    X = check_array(X, accept_sparse=["csr", "csc"], dtype=[np.float64, np.float32])
+    weights = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+    if X.shape[0] < n_clusters:
+        raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={n_clusters}.")
+    if x_squared_norms is not None:
+        x_squared_norms = check_array(x_squared_norms, dtype=X.dtype, ensure_2d=False)
+        if x_squared_norms.shape[0] != X.shape[0]:
+            raise ValueError(
+                f"The length of x_squared_norms {x_squared_norms.shape[0]} should be equal to the length of "
+                f"n_samples {X.shape[0]}."
+            )
+    dense = X.toarray() if sp.issparse(X) else X
+    seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    points = torch.as_tensor(np.ascontiguousarray(dense))
+    _, indices = batched_kmeans_plusplus(
+        points, int(n_clusters), 1, torch.Generator().manual_seed(seed), n_local_trials=n_local_trials,
+        sample_weight=None if sample_weight is None else torch.as_tensor(weights, dtype=torch.float64),
+    )
+    indices = indices[0].numpy()
+    return dense[indices].copy(), indices
+
+
+__all__ = ["KMeans", "k_means", "kmeans_plusplus"]

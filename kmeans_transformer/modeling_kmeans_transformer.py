@@ -215,17 +215,22 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         self.update = spec.update(config)
         self.centroid_blocks = nn.ModuleDict({name: block(config) for name, block in spec.centroid_blocks.items()})
 
-    def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None, **kwargs) -> torch.Tensor:
+        """
+        `sample_weight` `(batch, n)` (None: every point weighs 1): the assign block labels every real point; the
+        blocks after it count a point with its weight (`weighted_blocks`), and a point of weight 0 not at all.
+        """
         num_points = point_mask.shape[1]
         points, centroids = hidden_states[:, :num_points], hidden_states[:, num_points:]
         points = points + self.point_erase(points, **kwargs)[0]  # [x_i ; 0 ; ...]
         points = points + self.assign(points, centroids, point_mask, **kwargs)[0]  # [x_i ; e_a(i) ; ...]
+        counted, weighted = weighted_blocks(point_mask, sample_weight)
         for block in self.point_blocks.values():
-            points = points + block(points, point_mask)
+            points = points + block(points, counted, **weighted(block))
         centroids = centroids + self.centroid_erase(centroids, **kwargs)[0]  # [0 ; e_j ; c_j ; 1]
-        centroids = centroids + self.update(centroids, points, point_mask, **kwargs)[0]
+        centroids = centroids + self.update(centroids, points, counted, **weighted(self.update), **kwargs)[0]
         for block in self.centroid_blocks.values():
-            centroids = centroids + block(centroids, point_mask)
+            centroids = centroids + block(centroids, counted, **weighted(block))
         return torch.cat([points, centroids], dim=1)
 
     def finalize(self, statistics: torch.Tensor, parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -238,7 +243,7 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
             new = block.finalize(new, parameters)
         return new
 
-    def compact_forward(self, tokens: torch.Tensor, point_mask: torch.Tensor | None) -> torch.LongTensor:
+    def compact_forward(self, tokens: torch.Tensor, point_mask: torch.Tensor | None, sample_weight=None) -> torch.LongTensor:
         """
         The compact engine's iteration on the compact tokens `(batch, n + k, d + 1)`, `[x_i ; 1]` then `[c_j ; 1]`
         (`point_mask` None when every point is real). Blocks 1 and 3 are bookkeeping there: the labels are made anew
@@ -248,7 +253,8 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         num_points = tokens.shape[1] - self.update.config.num_clusters
         centroids = tokens[:, num_points:, :-1]
         labels = self.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
-        statistics = self.update.accumulate(labels, tokens[:, :num_points])
+        weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
+        statistics = self.update.accumulate(labels, tokens[:, :num_points], **weighted)
         centroids.copy_(self.finalize(statistics, {"centroids": centroids})["centroids"])
         return labels
 
@@ -268,13 +274,14 @@ class KMeansTransformerAssignmentHead(nn.Module):
         gates = {name: block for name, block in spec.point_blocks.items() if block.reports_assignment}
         self.point_blocks = nn.ModuleDict({name: block(config) for name, block in gates.items()})
 
-    def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None) -> torch.Tensor:
         num_points = point_mask.shape[1]
         points, centroids = hidden_states[:, :num_points], hidden_states[:, num_points:]
         points = points + self.point_erase(points)[0]
         points = points + self.assign(points, centroids, point_mask)[0]
+        counted, weighted = weighted_blocks(point_mask, sample_weight)
         for block in self.point_blocks.values():
-            points = points + block(points, point_mask)
+            points = points + block(points, counted, **weighted(block))
         return points
 
 
@@ -333,6 +340,22 @@ def attention_backend_problem(config: KMeansTransformerConfig, implementation: s
         f"attn_implementation={implementation!r} would turn {spec.title}'s argmax blocks into a softmax at "
         f"`inverse_temperature`, a different algorithm: keep the exact \"kmeans_hardmax\" (the default){how}."
     )
+
+
+def weighted_blocks(point_mask: torch.Tensor, sample_weight: torch.Tensor | None):
+    """
+    The mask of the points that count (real, weight > 0) and a function giving each block its `sample_weight`
+    keyword (the update block and the blocks with `weighs_points`; nothing when every point weighs 1).
+    """
+    if sample_weight is None:
+        return point_mask, lambda block: {}
+    counted = point_mask & (sample_weight > 0)
+
+    def weighted(block):
+        weighs = getattr(block, "weighs_points", False) or isinstance(block, KMeansTransformerUpdate)
+        return {"sample_weight": sample_weight} if weighs else {}
+
+    return counted, weighted
 
 
 class KMeansTransformerPreTrainedModel(PreTrainedModel):
@@ -416,6 +439,7 @@ class PreparedInputs:
     point_mask: torch.Tensor
     state: dict[str, torch.Tensor]
     exponents: torch.LongTensor | None = None  # per problem: the data was multiplied by 2**-exponent (None: by 1)
+    sample_weight: torch.Tensor | None = None  # (batch, n), 0 on padding; None: every point weighs 1
 
 
 class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
@@ -469,6 +493,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         variances: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        sample_weight: torch.Tensor | None = None,
         final_assignment: bool = True,
         output_assignments: bool = True,
         output_attentions: bool | None = None,
@@ -501,6 +526,14 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 fitted ones.
             generator (`torch.Generator`, *optional*):
                 Gumbel `"kmedoids"` only: the random generator of the medoid draws (seed it for reproducible runs).
+            sample_weight (`torch.FloatTensor` of shape `(batch_size, num_points)` or `(num_points,)`, *optional*):
+                Non-negative finite weight of each point (None: all 1). Every block after the assign block counts
+                point `i` as `w_i` copies of itself (its multiplicity as a key, see `attention.py`): weighted means
+                (lloyd, trimmed, spherical), weighted responsibilities and memberships (soft, gmm, fuzzy; gmm's
+                `π_j = Σ_i w_i r_ij / Σ_i w_i`), weighted medoid costs, weighted trimming quantiles
+                (`KMeansTransformerTrimGate`), weighted sparsemax, and `inertia = Σ_i w_i |x_i - c_a(i)|^2`. Integer
+                weights give the result of repeating the points. A point of weight 0 is labelled but counts nowhere;
+                every problem needs a positive total weight.
             final_assignment (`bool`, *optional*, defaults to `True`):
                 Run the assignment head, so that `labels`, `assignments`, `outliers` and `inertia` are those of the
                 returned centroids. If `False` (needs `num_iterations >= 1`), skip it, one assign block less: they
@@ -520,7 +553,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if not final_assignment and num_iterations == 0:
             raise ValueError("`final_assignment=False` needs `num_iterations >= 1`: with no layer there is no assignment.")
         state = {"variances": variances, "weights": weights}
-        inputs = self.prepare_inputs(points, centroids, attention_mask, state, num_iterations=num_iterations)
+        inputs = self.prepare_inputs(
+            points, centroids, attention_mask, state, num_iterations=num_iterations, sample_weight=sample_weight
+        )
         self._check_generator(generator)
         outputs = self._run(
             inputs, num_iterations, generator, final_assignment, output_assignments, bool(output_attentions),
@@ -755,12 +790,13 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         tokens[..., -1] = 1.0
         points, centroids = tokens[:, :num_points, :-1], tokens[:, num_points:, :-1]
         point_mask = None if bool(inputs.point_mask.all()) else inputs.point_mask
+        weighted = {} if inputs.sample_weight is None else {"sample_weight": inputs.sample_weight}
         for iteration in range(num_iterations):
-            labels = self._layer(iteration).compact_forward(tokens, point_mask)
+            labels = self._layer(iteration).compact_forward(tokens, point_mask, **weighted)
         if final_assignment:
             labels = self.assignment_head.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
         centroids = centroids.clone()
-        inertia = labelled_inertia(points, centroids, labels)
+        inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
         if output_assignments:  # one write of the (batch, n, k) zeros and n ones (no int64 one-hot on the way)
             assignments = points.new_zeros(batch_size, num_points, self.config.num_clusters)
@@ -772,6 +808,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def _run_layers(self, inputs: PreparedInputs, num_iterations, generator, final_assignment, need_weights, **kwargs):
         """The token engine: the embeddings, the layers and the assignment head on the full tokens."""
         layer_kwargs = {"generator": generator} if generator is not None else {}
+        if inputs.sample_weight is not None:
+            layer_kwargs["sample_weight"] = inputs.sample_weight
         point_mask = inputs.point_mask
         hidden_states = self.embeddings(inputs.points, inputs.centroids, inputs.state)
         for iteration in range(num_iterations):
@@ -797,7 +835,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             seen_points = hidden_states[:, :num_points, slices["position"]]  # the points as the model sees them
             head_tokens = hidden_states
         final_points = (
-            self.assignment_head(head_tokens, point_mask) if final_assignment else hidden_states[:, :num_points]
+            self.assignment_head(head_tokens, point_mask, inputs.sample_weight)
+            if final_assignment else hidden_states[:, :num_points]
         )
         assignments = final_points[..., slices["code"]]
         labelled = point_mask & (assignments.amax(dim=-1) > 0)
@@ -805,7 +844,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         output = KMeansTransformerOutput(
             labels=labels,
             centroids=final_centroids,
-            inertia=labelled_inertia(seen_points, final_centroids, labels),
+            inertia=labelled_inertia(seen_points, final_centroids, labels, inputs.sample_weight),
             assignments=assignments,
         )
         if spec.reports_outliers:
@@ -852,13 +891,15 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         assignment = output.labels if self._layer(0).update.assignment_kind == "labels" else output.assignments
         return output.labels, assignment
 
-    def accumulate(self, assignment: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    def accumulate(self, assignment: torch.Tensor, points: torch.Tensor, sample_weight=None) -> torch.Tensor:
         """
         The update's sufficient statistics `(batch, k, width)` over `points` `(batch, n, d)` with their `assignment`
-        (from `assign`): sums that add up over disjoint sets of points (chunks, processes).
+        (from `assign`): sums that add up over disjoint sets of points (chunks, processes); `sample_weight` `(batch,
+        n)` weighs each point in them.
         """
         values = _with_ones(self.config.variant_spec.seen_points(points))
-        return self._layer(0).update.accumulate(assignment, values)
+        weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return self._layer(0).update.accumulate(assignment, values, **weighted)
 
     def finalize(self, statistics: torch.Tensor, parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The parameters after one iteration, from the summed `statistics` and the entering `parameters`."""
@@ -880,7 +921,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     # -----------------------------------------------------------------------------------------------------------------
 
     def prepare_inputs(
-        self, points, centroids=None, attention_mask=None, state=None, num_iterations=None, rescale=True
+        self, points, centroids=None, attention_mask=None, state=None, num_iterations=None, rescale=True,
+        sample_weight=None,
     ) -> PreparedInputs:
         """
         Check and complete one call's inputs: points, mask and centroids (`_check_points`, `_check_centroids`), the
@@ -896,6 +938,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         assign_only = num_iterations == 0 and (centroids is not None or "centroids" in fitted)
         points, point_mask = self._check_points(points, attention_mask, 1 if assign_only else self.config.num_clusters)
         centroids = self._check_centroids(fitted.get("centroids") if centroids is None else centroids, points, point_mask)
+        sample_weight = self._check_sample_weight(sample_weight, point_mask)
         for carried in spec.state:
             values = state.get(carried.name, fitted.get(carried.name))
             if values is not None:
@@ -906,8 +949,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             powers = {carried.name: carried.scale_power for carried in spec.state}
             state = {name: times_power_of_two(value, -powers[name] * exponents[:, None]) for name, value in state.items()}
         for carried in spec.state:
-            if carried.name not in state:
-                state[carried.name] = carried.default(points, point_mask, self.config.num_clusters)
+            if carried.name not in state:  # a default from the points, weighted by the sample weights
+                mask = point_mask if sample_weight is None else sample_weight
+                state[carried.name] = carried.default(points, mask, self.config.num_clusters)
             elif (message := carried.check(state[carried.name])) is not None:
                 raise ValueError(message)
         if spec.unit_norm:
@@ -917,7 +961,34 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 raise ValueError(
                     f"{spec.title.capitalize()} needs non-zero centroids: a centroid has norm 0 and no direction."
                 )
-        return PreparedInputs(points, centroids, point_mask, state, exponents)
+        return PreparedInputs(points, centroids, point_mask, state, exponents, sample_weight)
+
+    def _check_sample_weight(self, sample_weight, point_mask) -> torch.Tensor | None:
+        """
+        The sample weights `(batch, n)` (a 1-D array for one problem), non-negative and finite, 0 on padding, with a
+        positive total in every problem; None when not given.
+        """
+        if sample_weight is None:
+            return None
+        dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
+        weights = _as_float_tensor(sample_weight, "sample_weight", dtype, device)
+        batch_size, num_points = point_mask.shape
+        if weights.dim() == 1 and batch_size == 1:
+            weights = weights.unsqueeze(0)
+        if tuple(weights.shape) != (batch_size, num_points):
+            raise ValueError(
+                f"`sample_weight` must have shape (batch_size, num_points) = {(batch_size, num_points)}, "
+                f"got {tuple(weights.shape)}."
+            )
+        if not bool(torch.isfinite(weights).all()):
+            raise ValueError("`sample_weight` contain NaN or infinite values.")
+        if bool((weights < 0).any()):
+            raise ValueError("`sample_weight` must be >= 0 (a negative weight was given).")
+        weights = weights.masked_fill(~point_mask, 0.0)
+        if bool((weights.sum(dim=1) <= 0).any()):
+            problem = int(torch.nonzero(weights.sum(dim=1) <= 0)[0])
+            raise ValueError(f"The `sample_weight` of problem {problem} sum to 0: no point would count.")
+        return weights
 
     def _execution_device(self) -> torch.device:
         """
@@ -1102,9 +1173,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
 
 
-def labelled_inertia(points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+def labelled_inertia(
+    points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor, sample_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """
-    `Σ_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`), per problem, in blocks of points small
+    `Σ_i w_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`; `w_i = 1` without `sample_weight`), per problem, in blocks of points small
     enough (about 2**18 numbers) that the temporaries stay in cache. Each point's squared distance is taken in the
     points' dtype, and their sum is accumulated in float64 whatever the dtype (float64 points as they are), then
     rounded once to the points' dtype.
@@ -1118,6 +1191,8 @@ def labelled_inertia(points: torch.Tensor, centroids: torch.Tensor, labels: torc
         block, block_labels = points[:, start : start + rows], labels[:, start : start + rows]
         nearest = flat_centroids.index_select(0, (block_labels.clamp(min=0) + offsets).reshape(-1))
         squares = (block - nearest.reshape(block.shape)).square_().sum(dim=-1).to(torch.float64)
+        if sample_weight is not None:
+            squares = squares * sample_weight[:, start : start + rows].to(torch.float64)
         total += (squares * (block_labels >= 0)).sum(dim=-1)
     return total.to(points.dtype)
 

@@ -176,10 +176,10 @@ def _draw_centroids(ax, to_plane, centroids, trajectory, colours) -> None:
             ax.annotate(str(j), (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold", zorder=6)
 
 
-def plot_estimator(estimator, X, path=None, **kwargs):
+def plot_estimator(estimator, X, path=None, sample_weight=None, **kwargs):
     """
     Plot a fitted `kmeans_transformer.KMeans` on `X`: its labels for `X` (`estimator.predict`), `cluster_centers_` and
-    the trajectory of the chosen restart (`estimator.centroid_trajectory`). The title names the variant, k, the inertia
+    the trajectory of the chosen restart (`estimator.centroid_trajectory`, with the fit's `sample_weight`). The title names the variant, k, the inertia
     and the number of iterations; other keyword arguments go to `plot_clustering`. For `"spherical"`, whose centroids
     are unit vectors, the points and the trajectory are drawn unit-normalised, as the model sees them.
     """
@@ -194,8 +194,8 @@ def plot_estimator(estimator, X, path=None, **kwargs):
             f"{estimator.n_iter_} iteration{'s' if estimator.n_iter_ != 1 else ''}"
             + (" (unit-normalised points)" if spherical else "")
         )
-    trajectory = estimator.centroid_trajectory(X)
-    labels = estimator.predict(X)
+    trajectory = estimator.centroid_trajectory(X, sample_weight=sample_weight)
+    labels = estimator.predict(X, sample_weight=sample_weight)
     points = X.to_numpy(dtype=np.float64) if hasattr(X, "to_numpy") else np.asarray(X, dtype=np.float64)
     if spherical:
         points, trajectory = _unit(points), _unit(trajectory)

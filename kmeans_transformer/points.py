@@ -59,9 +59,11 @@ from .modeling_kmeans_transformer import labelled_inertia
 from .tabular import (
     FeatureColumns,
     check_output_directory,
+    is_number_type,
     load_saved_dataset,
     refuse_dataset_dict,
     refuse_partial,
+    require_columns,
 )
 from .variants import variants_with
 
@@ -102,6 +104,7 @@ def cluster_points(
     progress: bool = True,
     labels_output=None,
     overwrite: bool = False,
+    weight_column: str | None = None,
 ) -> PointsResult:
     """
     Cluster the rows of `dataset` as one problem with `model`, reading `chunk_size` rows at a time (see the module
@@ -128,6 +131,9 @@ def cluster_points(
             `labels_output/part-{rank:05d}-of-{world:05d}.parquet` (columns `index` and `label`). The directory is
             built whole under a temporary name (`shared_output_directory`): it appears complete or not at all.
         overwrite: replace an existing `labels_output` (checked before any work), whole, once the new one is complete.
+        weight_column: a numeric column of non-negative sample weights (not a feature; checked with the rows): each
+            point enters the statistics with its weight (`model.accumulate(..., sample_weight=...)`) and the inertia
+            is weighted; `cluster_sizes` still count the points.
 
     Returns:
         A `PointsResult`, identical on every process.
@@ -139,15 +145,17 @@ def cluster_points(
     processes = Processes.of(accelerator)
     device, spec = model.device, model.config.variant_spec
     source = _open_source(dataset)
-    features = _select_features(source, columns)
+    features = _select_features(source, columns, weight_column)
     head = _read_head(source, features, model.config)
-    shard = source.shard(processes.rank, processes.world, chunk_size, features.names)
-    num_points = _validate_shard(shard, features, source.name, device, processes.reduce_sum, spec)
+    read = features.names + ([] if weight_column is None else [weight_column])
+    shard = source.shard(processes.rank, processes.world, chunk_size, read)
+    num_points = _validate_shard(shard, features, source.name, device, processes.reduce_sum, spec, weight_column)
     parameters = _initial_parameters(model, head, initial_state)
 
-    def chunks() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def chunks() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
         for indices, table in shard():
-            yield indices, torch.from_numpy(features.values(table, indices)).to(device)
+            weights = None if weight_column is None else torch.from_numpy(_weights(table, weight_column)).to(device)
+            yield indices, torch.from_numpy(features.values(table, indices)).to(device), weights
 
     from tqdm.auto import tqdm
 
@@ -360,20 +368,21 @@ def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -
     the processes, and the new parameters (`model.finalize`), in float64.
     """
     statistics = None
-    for _, points in chunks:
-        chunk_statistics = _statistics(model, points, parameters)
+    for _, points, weights in chunks:
+        chunk_statistics = _statistics(model, points, parameters, weights)
         statistics = chunk_statistics if statistics is None else statistics + chunk_statistics
     if statistics is None:  # an empty shard (fewer rows than processes) adds zeros of the right shape
         statistics = _statistics(model, parameters["centroids"].new_zeros(0, model.config.point_dim), parameters)
     return model.finalize(reduce_sum(statistics), parameters)
 
 
-def _statistics(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The update's sufficient statistics `(1, k, width)` over `points` `(n, d)` float64, in float64."""
+def _statistics(model, points: torch.Tensor, parameters: dict[str, torch.Tensor], weights=None) -> torch.Tensor:
+    """The update's sufficient statistics `(1, k, width)` over `points` `(n, d)` float64 (weighted), in float64."""
     _, assignment = _assign(model, points, parameters)
     if assignment.is_floating_point():
         assignment = assignment.to(torch.float64)
-    return model.accumulate(assignment, points[None])
+    weighted = {} if weights is None else {"sample_weight": weights[None]}
+    return model.accumulate(assignment, points[None], **weighted)
 
 
 def _assign(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,9 +411,10 @@ def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: P
     totals = parameters["centroids"].new_zeros(k + 1)
     shared = nullcontext() if labels_output is None else _shared_directory(Path(labels_output), overwrite, processes)
     with shared as directory, _LabelsWriter(directory, processes) as writer:
-        for indices, points in chunks:
+        for indices, points, weights in chunks:
             labels, _ = _assign(model, points, parameters)
-            totals[k] += labelled_inertia(spec.seen_points(points)[None], parameters["centroids"], labels)[0]
+            weights = None if weights is None else weights[None]
+            totals[k] += labelled_inertia(spec.seen_points(points)[None], parameters["centroids"], labels, weights)[0]
             labelled = labels[0][labels[0] >= 0]
             totals[:k] += torch.bincount(labelled, minlength=k).to(torch.float64)
             writer.write(indices, labels[0])
@@ -440,15 +450,25 @@ class _LabelsWriter:
         self.stack.__exit__(*exception)
 
 
-def _validate_shard(shard, features, name: str, device, reduce_sum, spec) -> int:
+def _validate_shard(shard, features, name: str, device, reduce_sum, spec, weight_column=None) -> int:
     """
     Read the shard once, checking every row (and, for a `unit_norm` variant, that no point is 0: it needs a
-    direction); agree across processes; return the total number of rows.
+    direction; the weights: finite and >= 0, with a positive total); agree across processes; return the total
+    number of rows.
     """
-    rows, problem = 0, None
+    rows, problem, total_weight = 0, None, 0.0
     try:
         for indices, table in shard():
             values = features.values(table, indices)
+            if weight_column is not None:
+                weights = _weights(table, weight_column)
+                bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+                if len(bad):
+                    raise ValueError(
+                        f"The weight column {weight_column!r} of {name} must hold finite numbers >= 0; row "
+                        f"{indices[bad[0]]} holds {weights[bad[0]]!r}."
+                    )
+                total_weight += float(weights.sum())
             if spec.unit_norm:
                 zero = np.flatnonzero(~values.any(axis=1))
                 if len(zero):
@@ -459,12 +479,23 @@ def _validate_shard(shard, features, name: str, device, reduce_sum, spec) -> int
             rows += table.num_rows
     except ValueError as error:
         problem = error
-    outcome = reduce_sum(torch.tensor([rows, 0 if problem is None else 1], dtype=torch.float64, device=device))
+    outcome = reduce_sum(
+        torch.tensor([rows, 0 if problem is None else 1, total_weight], dtype=torch.float64, device=device)
+    )
     if problem is not None:
         raise problem
     if outcome[1] > 0:
         raise ValueError(f"{name} has invalid rows in the part read by another process (see its error).")
+    if weight_column is not None and not outcome[2] > 0:
+        raise ValueError(f"The weight column {weight_column!r} of {name} sums to 0: no row would count.")
     return int(outcome[0])
+
+
+def _weights(table: pa.Table, name: str) -> np.ndarray:
+    """The weight column `name` of an Arrow chunk as float64 (nulls as NaN, refused by the check)."""
+    column = table.column(name)
+    return column.to_numpy(zero_copy_only=False).astype(np.float64) if column.null_count == 0 else np.asarray(
+        column.to_pandas(), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -603,10 +634,26 @@ def _open_source(dataset):
     return _ParquetSource(path)
 
 
-def _select_features(source, columns) -> FeatureColumns:
-    """The feature columns of `source` (`tabular.FeatureColumns`, from its Arrow schema)."""
+def _select_features(source, columns, weight_column=None) -> FeatureColumns:
+    """
+    The feature columns of `source` (`tabular.FeatureColumns`, from its Arrow schema); the `weight_column`, which
+    must be a numeric column, is no feature.
+    """
     schema = source.schema
-    return FeatureColumns.select({name: schema.field(name).type for name in schema.names}, columns, source.name)
+    types = {name: schema.field(name).type for name in schema.names}
+    if weight_column is not None:
+        require_columns(list(types), [weight_column], source.name)
+        if not is_number_type(types[weight_column]):
+            raise ValueError(
+                f"The weight column {weight_column!r} of {source.name} is not numeric (type {types[weight_column]})."
+            )
+        if columns is not None and weight_column in ([columns] if isinstance(columns, str) else columns):
+            raise ValueError(f"Column {weight_column!r} cannot be both a feature and the weights.")
+        if columns is None:
+            columns = [name for name in types if name != weight_column and is_number_type(types[name])]
+            if not columns:
+                raise ValueError(f"{source.name} has no numeric columns besides {weight_column}.")
+    return FeatureColumns.select(types, columns, source.name)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

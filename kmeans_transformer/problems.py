@@ -43,7 +43,7 @@ LOAD_SUFFIXES = (".parquet", ".jsonl", ".json")
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def validate_problems(dataset, points_column: str, centroids_column: str | None, config) -> None:
+def validate_problems(dataset, points_column: str, centroids_column: str | None, config, weights_column=None) -> None:
     """
     Check a problems dataset against a model's `config` without running the model; raise a one-line `ValueError` on
     the first problem found:
@@ -57,10 +57,10 @@ def validate_problems(dataset, points_column: str, centroids_column: str | None,
 
     The checks run with `pyarrow.compute` on whole columns of the dataset's Arrow table, not row by row.
     """
-    _validated_table(dataset, points_column, centroids_column, config)
+    _validated_table(dataset, points_column, centroids_column, config, weights_column)
 
 
-def _validated_table(dataset, points_column, centroids_column, config) -> pa.Table:
+def _validated_table(dataset, points_column, centroids_column, config, weights_column=None) -> pa.Table:
     """The checked columns as an Arrow table, rows in the dataset's order (see `validate_problems`)."""
     import datasets
 
@@ -68,11 +68,12 @@ def _validated_table(dataset, points_column, centroids_column, config) -> pa.Tab
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"Expected a datasets.Dataset, got {type(dataset).__name__}.")
     columns = [points_column] + ([centroids_column] if centroids_column is not None else [])
+    columns += [weights_column] if weights_column is not None else []
     require_columns(dataset.column_names, columns, "The dataset")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: there is no problem to cluster.")
-    if centroids_column is not None and centroids_column == points_column:
-        raise ValueError(f"The points and the centroids cannot both be column {points_column!r}.")
+    if len(set(columns)) < len(columns):
+        raise ValueError(f"The points, the centroids and the weights must be different columns, got {columns}.")
 
     # The rows in the dataset's order (an indices mapping from select/shuffle is applied), only the needed columns.
     table = dataset.select_columns(columns).with_format("arrow")[:]
@@ -94,7 +95,35 @@ def _validated_table(dataset, points_column, centroids_column, config) -> pa.Tab
                 f"Row {row} of column {centroids_column!r} has {int(counts[row])} centroids, but the model has "
                 f"num_clusters={k}: each row needs {k} centroids of dimension {d}."
             )
+    if weights_column is not None:
+        _check_weights(table.column(weights_column), weights_column, _point_counts(table, points_column))
     return table
+
+
+def _point_counts(table: pa.Table, points_column: str) -> np.ndarray:
+    return pc.list_value_length(table.column(points_column).combine_chunks()).to_numpy(zero_copy_only=False)
+
+
+def _check_weights(column: pa.ChunkedArray, name: str, counts: np.ndarray) -> None:
+    """Per row, one finite number >= 0 per point, with a positive sum (`ValueError` naming the row otherwise)."""
+    rows = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not (is_list_type(rows.type) and is_number_type(rows.type.value_type)):
+        raise ValueError(f"Column {name!r} must hold, per row, a list of numbers (one weight per point); it holds {rows.type}.")
+    if rows.null_count:
+        raise ValueError(f"Row {_first_true(rows.is_null())} of column {name!r} is missing.")
+    lengths = pc.list_value_length(rows).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(lengths != counts)
+    if wrong.size:
+        row = int(wrong[0])
+        raise ValueError(f"Row {row} of column {name!r} has {int(lengths[row])} weights for {int(counts[row])} points.")
+    values = pc.list_flatten(rows).to_numpy(zero_copy_only=False).astype(np.float64)
+    parents = pc.list_parent_indices(rows).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    if bad.size:
+        raise ValueError(f"Row {int(parents[bad[0]])} of column {name!r} has a weight that is not a finite number >= 0.")
+    totals = np.bincount(parents, weights=values, minlength=len(counts))
+    if (totals <= 0).any():
+        raise ValueError(f"Row {int(np.flatnonzero(totals <= 0)[0])} of column {name!r} has weights that sum to 0.")
 
 
 def _check_vectors(column: pa.ChunkedArray, name: str, what: str, dim: int) -> np.ndarray:
@@ -160,9 +189,11 @@ def _vectors_array(rows: pa.Array, dim: int, dtype: torch.dtype) -> tuple[torch.
 class _ProblemCollator:
     """Turns a list of row indices into a padded batch: points, attention mask, centroids, row indices and sizes."""
 
-    def __init__(self, table: pa.Table, points_column: str, centroids_column: str | None, dim: int, dtype):
+    def __init__(self, table: pa.Table, points_column: str, centroids_column: str | None, dim: int, dtype,
+                 weights_column=None):
         self.points = table.column(points_column)
         self.centroids = None if centroids_column is None else table.column(centroids_column)
+        self.weights = None if weights_column is None else table.column(weights_column)
         self.dim, self.dtype = dim, dtype
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -184,6 +215,10 @@ class _ProblemCollator:
         if self.centroids is not None:
             centroids, _ = _vectors_array(self.centroids.take(take).combine_chunks(), self.dim, self.dtype)
             batch["centroids"] = centroids.view(batch_size, -1, self.dim)
+        if self.weights is not None:
+            weights = pc.list_flatten(self.weights.take(take).combine_chunks()).to_numpy(zero_copy_only=False)
+            weights = torch.from_numpy(np.array(weights, dtype=np.float64)).to(self.dtype)
+            batch["sample_weight"] = weights.new_zeros(batch_size * width).index_copy_(0, slots, weights).view(batch_size, width)
         return batch
 
 
@@ -197,6 +232,7 @@ def infer_problems(
     num_iterations: int | None = None,
     accelerator=None,
     progress: bool = True,
+    weights_column: str | None = None,
 ):
     """
     Cluster every row of `dataset` with `model`, a [`KMeansTransformerModel`]: one independent problem per row.
@@ -216,6 +252,8 @@ def infer_problems(
             results. Defaults to a new `Accelerator()`, which picks up the launcher's processes and device. Its
             `even_batches` must be True (the default).
         progress (`bool`): show a progress bar over the batches, on the main process only.
+        weights_column (`str`, *optional*): a column holding, per row, one non-negative sample weight per point
+            (the model's `sample_weight`: each point counts as its weight; the inertia is weighted).
 
     Returns:
         On the main process, a `datasets.Dataset` with one row per input row, in input order, and columns `problem`
@@ -231,13 +269,13 @@ def infer_problems(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
     config = model.config
-    table = _validated_table(dataset, points_column, centroids_column, config)
+    table = _validated_table(dataset, points_column, centroids_column, config, weights_column)
     accelerator = accelerator if accelerator is not None else Accelerator()
     if not accelerator.even_batches:
         raise ValueError("infer_problems needs an Accelerator with even_batches=True (the default).")
 
     dtype = model.dtype
-    collate = _ProblemCollator(table, points_column, centroids_column, config.point_dim, dtype)
+    collate = _ProblemCollator(table, points_column, centroids_column, config.point_dim, dtype, weights_column)
     loader = DataLoader(range(table.num_rows), batch_size=batch_size, shuffle=False, collate_fn=collate)
     loader = accelerator.prepare_data_loader(loader)
     model = model.to(accelerator.device).eval()
@@ -252,6 +290,7 @@ def infer_problems(
                 batch.get("centroids"),
                 attention_mask=batch["attention_mask"],
                 num_iterations=num_iterations,
+                sample_weight=batch.get("sample_weight"),
             )
             labels = processes.collective(accelerator.pad_across_processes, output.labels, dim=1, pad_index=-1)
             gathered = processes.collective(

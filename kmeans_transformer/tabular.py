@@ -30,9 +30,12 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 _PARSER_ERRORS = (OSError, ValueError, TypeError, pa.ArrowException, pd.errors.ParserError)
 
 
-def read_points(path, columns: list[str] | None = None) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+def read_points(
+    path, columns: list[str] | None = None, exclude: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     """
-    Read a table and the points to cluster from it: `(table, X, feature_names)`.
+    Read a table and the points to cluster from it: `(table, X, feature_names)`. `exclude`: columns that are not
+    features (a weight column), left out of the default features and refused among `columns`.
 
     `table` holds every column of the input; `X` is float64 `(n, d)`. Without `columns`, the features are all numeric
     columns (integers and floats, not booleans) in table order. With `columns`, exactly those, in that order; a named
@@ -45,10 +48,37 @@ def read_points(path, columns: list[str] | None = None) -> tuple[pd.DataFrame, n
         raise ValueError(f"{path} has no rows.")
     arrays = {str(name): _arrow_column(table[name]) for name in table.columns}
     types = {name: array.type if isinstance(array, pa.Array) else array for name, array in arrays.items()}
+    if columns is not None and set(columns) & set(exclude):
+        raise ValueError(f"Column {sorted(set(columns) & set(exclude))[0]!r} cannot be both a feature and the weights.")
+    if columns is None and exclude:
+        require_columns(list(types), list(exclude), str(path))
+        columns = [name for name in types if name not in exclude and is_number_type(types[name])]
+        if not columns:
+            raise ValueError(f"{path} has no numeric columns besides {', '.join(exclude)}.")
     features = FeatureColumns.select(types, columns, str(path))
     arrow = pa.table({name: arrays[name] for name in features.names})
     features.resolve_widths(arrow)
     return table, features.values(arrow), features.feature_names
+
+
+def sample_weights(table: pd.DataFrame, name: str, source) -> np.ndarray:
+    """
+    The column `name` of `table` as float64 sample weights `(n,)`: numbers, finite, non-negative and not all 0
+    (`ValueError` naming the column and the first bad row otherwise).
+    """
+    require_columns([str(column) for column in table.columns], [name], str(source))
+    column = table[name]
+    if column.dtype == bool or not pd.api.types.is_numeric_dtype(column):
+        raise ValueError(f"The weight column {name!r} of {source} is not numeric (dtype {column.dtype}).")
+    weights = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise ValueError(
+            f"The weight column {name!r} of {source} must hold finite numbers >= 0; row {bad[0]} holds {weights[bad[0]]!r}."
+        )
+    if not weights.sum() > 0:
+        raise ValueError(f"The weight column {name!r} of {source} sums to 0: no row would count.")
+    return weights
 
 
 def write_table(table: pd.DataFrame, path, overwrite: bool = False) -> None:

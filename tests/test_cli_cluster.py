@@ -311,3 +311,46 @@ def test_plot_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch, ca
         'kmeans-transformer cluster: error: Plotting needs matplotlib; install it with: pip install "kmeans-transformer[plots]"'
     ]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["iris.csv"]
+
+
+def test_weight_column_weighs_the_rows_and_is_not_a_feature(capsys, tmp_path, iris):
+    """`--weight-column w` equals the fit of the rows repeated w times (integer weights), and w is no feature."""
+    rng = np.random.default_rng(0)
+    weighted = iris.assign(w=rng.integers(1, 4, size=len(iris)))
+    weighted.to_csv(tmp_path / "weighted.csv", index=False)
+    repeated = iris.loc[iris.index.repeat(weighted["w"])]
+    repeated.to_csv(tmp_path / "repeated.csv", index=False)
+    common = ["--n-clusters", 3, "--random-state", 0, "--init", "random", "--n-init", 1, "--tol", 0, "--no-progress"]
+    code, out, err = cluster(capsys, tmp_path / "weighted.csv", "--output", tmp_path / "w.csv", "--weight-column", "w",
+                             *common)
+    assert code == 0, err
+    centroids = pd.read_csv(tmp_path / "w_centroids.csv")
+    assert list(centroids.columns) == ["cluster", *FEATURES]
+    labels = pd.read_csv(tmp_path / "w.csv")["label"].to_numpy()
+    points, weights = iris[FEATURES].to_numpy(), weighted["w"].to_numpy()
+    centres = centroids[FEATURES].to_numpy()
+    np.testing.assert_array_equal(labels, nearest(points, centres))
+    for j, centre in enumerate(centres):  # the weighted means of their members
+        members = labels == j
+        np.testing.assert_allclose(centre, np.average(points[members], axis=0, weights=weights[members]), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [([-1.0], "finite numbers >= 0"), ([float("nan")], "finite numbers >= 0"), (["x"], "not numeric")],
+)
+def test_a_bad_weight_column_is_a_clear_error(capsys, tmp_path, iris, values, message):
+    table = iris.assign(w=1.0)
+    table["w"] = table["w"].astype(object)
+    table.loc[5, "w"] = values[0]
+    table.to_csv(tmp_path / "in.csv", index=False)
+    code, out, err = cluster(capsys, tmp_path / "in.csv", "--output", tmp_path / "out.csv", "--n-clusters", 3,
+                             "--weight-column", "w", "--no-progress")
+    assert code != 0 and message in err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_missing_weight_column_is_named(capsys, iris_csv, tmp_path):
+    code, out, err = cluster(capsys, iris_csv, "--output", tmp_path / "out.csv", "--n-clusters", 3,
+                             "--weight-column", "nope", "--no-progress")
+    assert code != 0 and "nope" in err

@@ -341,3 +341,31 @@ def test_a_fitted_estimator_assigns_to_its_centroids_with_zero_iterations(tmp_pa
     np.testing.assert_array_equal(result.centroids, fitted)
     nearest = ((points[:, None, :] - fitted[None]) ** 2).sum(-1).min(1)
     np.testing.assert_allclose(result.inertia, nearest.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["lloyd", "soft", "fuzzy"])
+def test_weight_column_matches_one_weighted_forward(variant, tmp_path, rng):
+    """Weighted points mode in chunks equals the model's weighted forward pass (the weights are no feature)."""
+    X = blobs(rng, n=800)
+    weights = rng.uniform(0.0, 3.0, size=len(X))
+    path = write_parquet(tmp_path / "points.parquet", X, w=weights)
+    model = make_model(T=5, variant=variant)
+    expected = model(torch.from_numpy(X), sample_weight=torch.from_numpy(weights))
+    result = cluster_points(model, path, chunk_size=97, progress=False, weight_column="w")
+    np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=1e-10, atol=1e-12)
+    assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "weights, message", [(-1.0, "finite numbers >= 0"), (float("nan"), "finite numbers >= 0"), ("missing", "missing")]
+)
+def test_bad_weight_column_fails_before_any_model_call(weights, message, tmp_path, rng):
+    X = blobs(rng, n=300)
+    if weights == "missing":
+        path = write_parquet(tmp_path / "points.parquet", X)
+    else:
+        column = np.ones(len(X))
+        column[17] = weights
+        path = write_parquet(tmp_path / "points.parquet", X, w=column)
+    with pytest.raises(ValueError, match=message if message != "missing" else "'w'"):
+        cluster_points(_no_model_calls(make_model()), path, chunk_size=100, progress=False, weight_column="w")

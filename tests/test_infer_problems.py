@@ -283,3 +283,41 @@ def test_rows_are_named_in_the_selected_dataset():
         with pytest.raises(ValueError, match=f"Row {row} of column 'points' has NaN"):
             validate_problems(subset, "points", None, config)
     validate_problems(dataset.select(range(13, 20)), "points", None, config)
+
+
+def test_weights_column_equals_each_problem_repeated():
+    """Integer weights per point give each problem the result of its points repeated (labels per point, centroids)."""
+    dataset, points = make_problems(12, seed=3)
+    rng = np.random.default_rng(4)
+    weights = [rng.integers(1, 4, size=len(p)) for p in points]
+    weighted = dataset.add_column("w", [w.astype(float).tolist() for w in weights])
+    model = make_model()
+    results = infer_problems(model, weighted, weights_column="w", batch_size=5, accelerator=Accelerator(cpu=True),
+                             progress=False)
+    for row, (p, w) in enumerate(zip(points, weights)):
+        repeated = np.repeat(p, w, axis=0)
+        initial = p[:K]  # the first k points (a repeat of the first point could take two slots)
+        alone = model(torch.from_numpy(repeated), torch.from_numpy(initial))
+        reference = lloyd(repeated, initial, T)
+        np.testing.assert_allclose(np.array(results[row]["centroids"]), reference.centroids, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(np.repeat(results[row]["labels"], w), reference.labels)
+        assert results[row]["inertia"] == pytest.approx(float(alone.inertia[0]), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "weights, words",
+    [([[1.0]], "weights for"), ([[-1.0]], "finite number >= 0"), ([[0.0]], "sum to 0"), (["x"], "list of numbers")],
+)
+def test_bad_weights_columns_are_refused(weights, words):
+    dataset, points = make_problems(2, seed=5)
+    rows = [[1.0] * len(p) for p in points]
+    if weights == [[1.0]]:
+        rows[1] = [1.0]
+    elif weights == [[-1.0]]:
+        rows[1][0] = -1.0
+    elif weights == [[0.0]]:
+        rows[1] = [0.0] * len(points[1])
+    else:
+        rows = ["x", "y"]
+    with pytest.raises(ValueError, match=words):
+        validate_problems(dataset.add_column("w", rows), "points", None, make_model().config, weights_column="w")
