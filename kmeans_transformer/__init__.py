@@ -8,7 +8,6 @@ from .modeling_kmeans_transformer import (
     KMeansTransformerOutput,
     KMeansTransformerPreTrainedModel,
 )
-from .estimator import KMeans, k_means, kmeans_plusplus
 from .attention_clustering import (
     AttentionClusteringConfig,
     AttentionClusteringModel,
@@ -20,6 +19,25 @@ from .reference import lloyd
 
 
 __version__ = "0.1.0"
+
+# The scikit-learn estimator and its functions are imported on first access (`kmeans_transformer.KMeans`, or
+# `from kmeans_transformer import KMeans`): scikit-learn and pandas take seconds to import, and neither the models,
+# their Auto registration nor most commands need them.
+_LAZY = {"KMeans": "estimator", "k_means": "estimator", "kmeans_plusplus": "estimator"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})
 
 # `model.push_to_hub` writes this package's card; the modeling file itself never imports the Hub code.
 KMeansTransformerModel.carded_push = staticmethod(lambda *args, **kwargs: _push_model(*args, **kwargs))

@@ -9,16 +9,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from .convert import build_model, convert_checkpoint
-from .validation import ValidationError, gaussian_mixture
-from .hub import HubError
 from .modeling_kmeans_transformer import DTYPES
-from .plotting import MissingDependencyError
-from .points import ProcessGroupError
-from .reference import lloyd
 from .variants import ESTIMATOR_PARAMETER_NAMES, PARAMETER_NAMES, PARAMETERS, VARIANT_NAMES, VARIANTS
 
 
@@ -68,6 +61,8 @@ def _parameter_help(name: str, requirement: str) -> str:
 
 
 def run_convert(args: argparse.Namespace) -> None:
+    from .convert import build_model, convert_checkpoint
+
     model = build_model(
         num_clusters=args.num_clusters,
         point_dim=args.point_dim,
@@ -96,6 +91,10 @@ def run_demo(args: argparse.Namespace) -> None:
     """Cluster a built-in Gaussian mixture with the transformer and with the reference loop, and compare."""
     generator = np.random.default_rng(args.seed)
     k, d, iterations = 5, 2, 10
+    from .convert import build_model
+    from .reference import lloyd
+    from .validation import gaussian_mixture
+
     points = gaussian_mixture(generator, 2000, d, k)
     initial = points[generator.choice(len(points), size=k, replace=False)]
     model = build_model(num_clusters=k, point_dim=d, num_iterations=iterations, dtype="float64")
@@ -269,6 +268,8 @@ def run_cluster(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         progress_bar=not args.no_progress,
     )
+    import pandas as pd
+
     points = pd.DataFrame(X, columns=feature_names)
     fit_start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -771,7 +772,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What the command reports as one line (exit status 2); anything else is a bug and keeps its traceback.
-_ERRORS = (ValueError, TypeError, OSError, ValidationError, MissingDependencyError, HubError, ProcessGroupError)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors reported in one line (a user's input, file or environment), imported only when one is raised."""
+    from .hub import HubError
+    from .plotting import MissingDependencyError
+    from .points import ProcessGroupError
+    from .validation import ValidationError
+
+    return ValueError, TypeError, OSError, ValidationError, MissingDependencyError, HubError, ProcessGroupError
 
 
 class _Terminated(BaseException):
@@ -812,7 +820,9 @@ def main(argv: list[str] | None = None) -> int:
     with _signals_raise() as leaving:
         try:
             args.run(args)
-        except _ERRORS as error:
+        except Exception as error:
+            if not isinstance(error, _user_errors()):
+                raise
             leaving()
             print(f"kmeans-transformer {args.command}: error: {error}", file=sys.stderr)
             return 2

@@ -28,7 +28,7 @@ import torch
 
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 from .files import replacing_directory, replacing_file
-from .initialization import kmeans_plusplus
+from .initialization import batched_kmeans_plusplus
 from .modeling_kmeans_transformer import DTYPES, KMeansTransformerModel
 from .tasks import FAMILIES, TaskDistribution, task_stream
 from .training import TrainingArguments, train
@@ -269,7 +269,7 @@ def initial_centroids(points: torch.Tensor, num_clusters: int, start: str, seed:
         return points[:, :num_clusters].clone()
     if start == "kmeans++":
         generator = torch.Generator().manual_seed(seed)
-        return torch.stack([kmeans_plusplus(task, num_clusters, generator=generator)[0][0] for task in points])
+        return torch.stack([batched_kmeans_plusplus(task, num_clusters, generator=generator)[0][0] for task in points])
     if start == "farthest":
         return farthest_first(points, num_clusters)
     raise ValueError(f"unknown start {start!r}; choose from {list(STARTS)}")
