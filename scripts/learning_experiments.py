@@ -114,6 +114,7 @@ def em_labels(points, initial, iterations, reg_covar=1e-6) -> np.ndarray:
 def train_heads(k, d, separation, init_scale, steps, seed=0):
     population = MixturePopulation(k, d, separation, num_points=64, seed=seed)
     centres = population.centres
+    torch.manual_seed(seed)  # the heads' random initialisation
     model = AttentionClusteringModel(AttentionClusteringConfig(num_heads=k, point_dim=d, initializer_range=init_scale))
 
     def loss_function(model, batch):
@@ -136,11 +137,11 @@ def heads_experiment(args):
     steps = 200 if quick else 2000
     # The grid, cut to what a shared two-core machine runs in about half an hour: every separation and dimension at
     # initialisation scale 0.1 for k = 2; the other scales at d = 16; k = 3 at d = 16.
-    separations = [1.0, 4.0] if quick else [1.0, 2.0, 4.0, 6.0]
+    separations = [1.0, 4.0] if quick else [0.5, 1.0, 2.0, 4.0, 6.0]
     dims = [2, 16] if quick else [2, 16, 64]
     runs = [(2, d, separation, 0.1) for d in dims for separation in separations]
     if not quick:
-        runs += [(2, 16, separation, scale) for scale in (0.01, 1.0) for separation in (2.0, 4.0)]
+        runs += [(2, 16, separation, scale) for scale in (0.01, 1.0) for separation in (1.0, 4.0)]
         runs += [(3, 16, separation, 0.1) for separation in (2.0, 4.0)]
     grid = {"d": dims, "separation": separations, "init_scale": [0.01, 0.1, 1.0]}
     rows, histories = [], {}
@@ -248,24 +249,28 @@ def identity_experiment(args):
             })
     input_error = float(np.mean([quantisation(population.task(5, i)["points"][: lengths[0]] - population.centres.mean(0), centres, tolerance)["error"] for i in range(contexts)]))
 
-    # centred against uncentred data: identity attention and plain mean shift, L = 8, λ = 1
-    lam, L, offset = 1.0, 8, np.array([8.0, 0.0])
+    # centred against uncentred data: identity attention (λ = 0.1 and 1) and plain mean shift (λ = 1), L = 8
+    depth, offset = 8, np.array([8.0, 0.0])
     sample = population.task(seed=5, index=0)["points"][:200] - population.centres.mean(0)
     comparison = []
-    figure, axes = plt.subplots(2, 2, figsize=(9, 8))
+    figure, axes = plt.subplots(2, 3, figsize=(13, 8))
     for row, shift in enumerate((np.zeros(2), offset)):
         points = torch.tensor(sample + shift)
-        model = IdentityAttentionModel(IdentityAttentionConfig(point_dim=d, inverse_temperature=lam, num_layers=L)).double()
-        with torch.no_grad():
-            outputs = {"identity attention": model(points).last_hidden_state[0], "plain mean shift": mean_shift(points, lam, L)}
+        outputs = {}
+        for lam_compared in (0.1, 1.0):
+            model = IdentityAttentionModel(IdentityAttentionConfig(point_dim=d, inverse_temperature=lam_compared, num_layers=depth)).double()
+            with torch.no_grad():
+                outputs[f"identity attention, λ = {lam_compared:g}"] = model(points).last_hidden_state[0]
+        outputs["plain mean shift, λ = 1"] = mean_shift(points, 1.0, depth)
         for column, (name, result) in enumerate(outputs.items()):
             measured = quantisation(result, centres + shift, tolerance)
-            comparison.append(["centred" if row == 0 else f"shifted by {offset.tolist()}", name, measured["error"], measured["clusters"]])
+            data = "centred" if row == 0 else f"shifted by {offset.tolist()}"
+            comparison.append([data, name, measured["error"], measured["clusters"]])
             axis = axes[row, column]
             axis.scatter(*(sample + shift).T, s=4, c="lightgrey", label="points")
-            axis.scatter(*result.numpy().T, s=10, c="C3", label=f"outputs (L = {L})")
+            axis.scatter(*result.numpy().T, s=10, c="C3", label=f"outputs (L = {depth})")
             axis.scatter(*(centres + shift).T, marker="x", s=60, c="k", label="true centres")
-            axis.set_title(f"{name}, {comparison[-1][0]}\nerror {measured['error']:.3g}, {measured['clusters']} clusters", fontsize=9)
+            axis.set_title(f"{name}, {data}\nerror {measured['error']:.3g}, {measured['clusters']} clusters", fontsize=9)
             axis.set_aspect("equal")
     axes[0, 0].legend(fontsize=7)
     output = Path(args.output)
@@ -295,7 +300,7 @@ def identity_experiment(args):
         f"Command: `nice python scripts/learning_experiments.py identity --output docs{' --quick' if quick else ''} --overwrite`\n\n"
         f"Mixture: k = {k}, d = {d}, Δ/σ = {separation:g}, σ = 1, centred; {contexts} contexts per cell; clusters merged "
         f"within {tolerance}. Error of the raw points (L = 0): {input_error:.4g}.\n\n{table}\n\n"
-        f"## Point weights on uncentred data (λ = {lam:g}, L = {L}, n = 200)\n\n{weights_table}\n"
+        f"## Point weights on uncentred data (L = {depth}, n = 200)\n\n{weights_table}\n"
     )
     write_text(output / "learning" / "identity.md", text, args.overwrite)
 
@@ -310,6 +315,7 @@ def train_in_context(k, d, initialization, steps, num_points=100, seed=0):
     config = InContextClusteringConfig(
         num_clusters=k, point_dim=d, num_em_iterations=10 if initialization == "gmm" else 0, initialization=initialization
     )
+    torch.manual_seed(seed)  # the random initialisation
     model = InContextClusteringModel(config)
 
     def loss_function(model, batch):
