@@ -26,6 +26,7 @@ This file imports only torch and transformers, so checkpoints load with `trust_r
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -177,7 +178,7 @@ def head_alignment(heads, centres) -> dict[str, float]:
     import itertools
 
     heads = torch.as_tensor(heads, dtype=torch.float64).detach()
-    centres = torch.as_tensor(centres, dtype=torch.float64)
+    centres = torch.tensor(np.array(centres, dtype=np.float64)) if isinstance(centres, np.ndarray) else torch.as_tensor(centres, dtype=torch.float64)
     if heads.shape != centres.shape:
         raise ValueError(f"heads {tuple(heads.shape)} and centres {tuple(centres.shape)} must have the same shape")
     cosines = (heads @ centres.T) / (heads.norm(dim=-1)[:, None] * centres.norm(dim=-1)[None]).clamp_min(1e-300)
