@@ -675,6 +675,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=0.1, help="per-coordinate noise scale (default: 0.1)")
     parser.add_argument("--seed", type=int, default=EVALUATION_SEED, help=f"task stream (default: {EVALUATION_SEED})")
     parser.add_argument("--batch-size", type=int, default=32, help="tasks run at once (default: 32)")
+    parser.add_argument("--loop", default="reembed", choices=("reembed", "tokens"),
+                        help="reembed (default): each step one call on the points and current centroids embedded afresh; "
+                        "tokens: one call of --steps layers, the tokens carried by the residual stream")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -690,7 +693,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     evaluation = evaluate_learned(
         args.checkpoints, num_points=args.num_points, families=args.families, starts=args.starts,
         num_tasks=args.num_tasks, num_steps=args.steps, scale=args.scale, seed=args.seed, batch_size=args.batch_size,
-        progress=not args.no_progress,
+        loop=args.loop, progress=not args.no_progress,
     )
     write_evaluation(evaluation, output, overwrite=args.overwrite)
     print(f"wrote {output}/table.md, evaluation.json and the figures")

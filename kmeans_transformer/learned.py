@@ -229,6 +229,7 @@ class Evaluation:
     num_tasks: int
     scale: float
     seed: int
+    loop: str = "reembed"
 
     def summary(self, num_points: int, family: str, start: str) -> dict:
         """Over the models: median, min and max of the final mean log objectives and of the fraction below Lloyd."""
@@ -275,9 +276,25 @@ def initial_centroids(points: torch.Tensor, num_clusters: int, start: str, seed:
     raise ValueError(f"unknown start {start!r}; choose from {list(STARTS)}")
 
 
+LOOPS = ("reembed", "tokens")
+
+
 @torch.no_grad()
-def learned_trajectory(model, points: torch.Tensor, centroids: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """The centroids `(steps + 1, batch, k, d)` of the learned layer looped `num_steps` times, read off the tokens."""
+def learned_trajectory(model, points, centroids, num_steps: int, loop: str = "reembed") -> torch.Tensor:
+    """
+    The centroids `(steps + 1, batch, k, d)` of the learned layer looped `num_steps` times. `loop="reembed"`: every
+    step is one call of the model (its `config.num_iterations` layers, the number it was trained for) on the points
+    and the current centroids embedded afresh, as the loss saw them; `"tokens"`: one call of `num_steps` layers, the
+    tokens carried from layer to layer by the residual stream (read off the hidden states).
+    """
+    if loop == "reembed":
+        trajectory = [centroids]
+        for _ in range(num_steps):
+            output = model(points, centroids=trajectory[-1], final_assignment=False, output_assignments=False)
+            trajectory.append(output.centroids)
+        return torch.stack(trajectory)
+    if loop != "tokens":
+        raise ValueError(f"unknown loop {loop!r}; choose from {list(LOOPS)}")
     output = model(
         points, centroids=centroids, num_iterations=num_steps, final_assignment=False, output_assignments=False,
         output_hidden_states=True,
@@ -319,6 +336,7 @@ def evaluate_learned(
     scale: float = 0.1,
     seed: int = EVALUATION_SEED,
     batch_size: int = 32,
+    loop: str = "reembed",
     progress: bool = True,
 ) -> Evaluation:
     """
@@ -328,7 +346,8 @@ def evaluate_learned(
     k-means objective `Σ_i min_j |x_i - c_j|^2` on the task's points), for both, and the fraction of tasks on which
     the learned loop ends strictly below Lloyd (a non-finite objective counts as not below). The tasks are those of
     the stream `seed` of `TaskDistribution(n, k, d, family, scale)` (k and d the models'), the same for every model
-    and start; Lloyd runs in float64, the learned loop in the model's dtype, the objectives in float64.
+    and start; Lloyd runs in float64, the learned loop in the model's dtype, the objectives in float64. `loop`: how
+    the layer is looped (`learned_trajectory`: embedded afresh at every step by default).
     """
     from tqdm.auto import tqdm
 
@@ -343,6 +362,8 @@ def evaluate_learned(
     for start in starts:
         if start not in STARTS:
             raise ValueError(f"unknown start {start!r}; choose from {list(STARTS)}")
+    if loop not in LOOPS:
+        raise ValueError(f"unknown loop {loop!r}; choose from {list(LOOPS)}")
     for value, name in ((num_tasks, "num_tasks"), (num_steps, "num_steps"), (batch_size, "batch_size")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -358,7 +379,9 @@ def evaluate_learned(
                 initial = initial_centroids(points, k, start, seed + first)
                 log_lloyd.append(_log_objectives(points, lloyd_trajectory(points, initial, num_steps)))
                 for index, (_, model) in enumerate(loaded):
-                    trajectory = learned_trajectory(model, points.to(model.dtype), initial.to(model.dtype), num_steps)
+                    trajectory = learned_trajectory(
+                        model, points.to(model.dtype), initial.to(model.dtype), num_steps, loop
+                    )
                     log_learned[index].append(_log_objectives(points, trajectory))
                     below[index].append(log_learned[index][-1][-1] < log_lloyd[-1][-1])
             reference = torch.cat(log_lloyd, dim=1)
@@ -370,7 +393,7 @@ def evaluate_learned(
                 ))
             bar.update(1)
     bar.close()
-    return Evaluation([name for name, _ in loaded], results, k, d, num_steps, num_tasks, scale, seed)
+    return Evaluation([name for name, _ in loaded], results, k, d, num_steps, num_tasks, scale, seed, loop)
 
 
 def _log_objectives(points: torch.Tensor, trajectory: torch.Tensor) -> torch.Tensor:
@@ -404,7 +427,7 @@ def evaluation_table(evaluation: Evaluation) -> str:
         )
     note = (
         f"{evaluation.num_tasks} unseen tasks per setting (k = {evaluation.num_clusters}, d = {evaluation.point_dim}, "
-        f"scale {evaluation.scale}, stream seed {evaluation.seed})"
+        f"scale {evaluation.scale}, stream seed {evaluation.seed}; the layer looped by {evaluation.loop!r})"
     )
     if several:
         note += f"; median [min, max] over {len(evaluation.models)} trained models"
@@ -462,6 +485,7 @@ __all__ = [
     "EVALUATION_NUM_POINTS",
     "EVALUATION_SEED",
     "Evaluation",
+    "LOOPS",
     "STARTS",
     "build_learned_model",
     "evaluate_learned",

@@ -20,6 +20,7 @@ from kmeans_transformer.learned import (
     build_learned_model,
     evaluate_learned,
     farthest_first,
+    learned_trajectory,
     train_learned,
     write_evaluation,
 )
@@ -264,6 +265,18 @@ def test_evaluation_against_the_lloyd_reference(tmp_path):
     }
     with pytest.raises(FileExistsError):
         write_evaluation(evaluation, tmp_path / "evaluation")
+
+
+def test_both_loops_of_the_untrained_layer_are_soft_kmeans():
+    model = build_learned_model(3, 2, inverse_temperature=8.0, dtype="float64")
+    task = TaskDistribution(30, 3, 2).task(4, 0)
+    points, initial = torch.tensor(task["points"])[None], torch.tensor(task["initial_centroids"])[None]
+    expected = soft_kmeans(task["points"], task["initial_centroids"], 6, 8.0).centroid_history
+    for loop in ("reembed", "tokens"):
+        found = learned_trajectory(model, points, initial, 6, loop=loop)[:, 0].numpy()
+        np.testing.assert_allclose(found, expected, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="unknown loop 'layers'"):
+        evaluate_learned([model], loop="layers")
 
 
 def test_evaluate_command(tmp_path):
