@@ -233,6 +233,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         if not isinstance(self.copy_x, (bool, np.bool_)):
             raise ValueError(f"copy_x must be a bool, got {self.copy_x!r}.")
+        if self.algorithm == "elkan" and self.n_clusters == 1:  # scikit-learn's warning, word for word
+            warnings.warn(
+                "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if self.n_init == "auto":  # scikit-learn's rule
             return 10 if callable(self.init) or (isinstance(self.init, str) and self.init == "random") else 1
         if not isinstance(self.n_init, numbers.Integral) or isinstance(self.n_init, bool) or self.n_init < 1:
