@@ -307,8 +307,8 @@ def distance_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
     Distance-weighted sums: `weights_ij = |query_i - key_j|` (Euclidean) on the visible keys, 0 elsewhere, and
-    `output_i = Σ_j weights_ij value_j` (times `w_j` with `key_weights`). Computed in chunks of queries so that no `(q_len, kv_len, head_dim)` tensor
-    is held at once; returns no weights.
+    `output_i = Σ_j weights_ij value_j` (times `w_j` with `key_weights`). Computed in chunks of queries so that no
+    `(q_len, kv_len, head_dim)` tensor is held at once; returns no weights.
     """
     batch, heads, q_len, _ = query.shape
     chunk = max(1, 2**22 // max(1, key.shape[-2] * key.shape[-1]))

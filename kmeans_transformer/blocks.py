@@ -147,10 +147,12 @@ class KMeansTransformerAttention(nn.Module):
         query, key = self.prepare_query_key(query, key)
         interface = self.attention_interface(need_weights)
         kernel_mask = attention_mask
-        if kwargs.get("key_weights") is not None and interface not in (*KMEANS_ATTENTION_FUNCTIONS.values(), eager_attention_forward):
+        ours = (*KMEANS_ATTENTION_FUNCTIONS.values(), eager_attention_forward)
+        if kwargs.get("key_weights") is not None and interface not in ours:
             key_weights = kwargs.pop("key_weights")[:, None, None, :].to(query.dtype)
             visible = key_weights > 0 if attention_mask is None else attention_mask & (key_weights > 0)
-            kernel_mask = torch.where(visible, torch.log(key_weights.clamp(min=torch.finfo(query.dtype).tiny)), -torch.inf)
+            log_weights = torch.log(key_weights.clamp(min=torch.finfo(query.dtype).tiny))
+            kernel_mask = torch.where(visible, log_weights, -torch.inf)
         attn_output, attn_weights = interface(
             self, query, key, value, kernel_mask, scaling=self.scaling, dropout=0.0, **kwargs
         )
@@ -505,8 +507,8 @@ class KMeansTransformerMedoidCost(KMeansTransformerPositionAttention):
         projections["v_proj"][1][config.token_slices["medoid_cost"]] = 1.0
         return projections
 
-    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None, **kwargs) -> torch.Tensor:
-        """With `sample_weight` the cost is weighted, `cost_i = Σ_{i'} w_i' |x_i - x_i'|` (the weights as key multiplicities)."""
+    def forward(self, point_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None, **kwargs):
+        """With `sample_weight` the cost is weighted, `cost_i = Σ_{i'} w_i' |x_i - x_i'|` (key multiplicities)."""
         codes = point_states[..., self.config.token_slices["code"]]
         labels = codes.argmax(dim=-1).masked_fill(~point_mask | (codes.amax(dim=-1) <= 0), -1)
         same_cluster = (labels[:, :, None] == labels[:, None, :]) & (labels >= 0)[:, :, None]
@@ -551,7 +553,7 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         key_weight[:, code] = torch.eye(config.num_clusters)
 
     def forward(self, centroid_states, point_states, point_mask, sample_weight=None, **kwargs):
-        """`sample_weight` `(batch, n)`: each point's weight, its multiplicity as a key (the centroid tokens weigh 1)."""
+        """`sample_weight` `(batch, n)`: each point's multiplicity as a key (the centroid tokens weigh 1)."""
         k = centroid_states.shape[1]
         if sample_weight is not None:
             kwargs["key_weights"] = torch.cat([sample_weight, sample_weight.new_ones(sample_weight.shape[0], k)], dim=1)
@@ -580,7 +582,7 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         point that counts nowhere: padding, a trimmed outlier), `values` the compact point tokens `[x_i ; 1]`
         `(batch, n, d + 1)`. Returns `[Σ_{a(i)=j} x_i ; |S_j|]` `(batch, k, d + 1)`: the numerators and denominators of
         the hardmax update, whose keys `y_i` are the labels in index form (the `"kmeans_hardmax_index"` sums). With
-        `sample_weight` `(batch, n)`: `[Σ_{a(i)=j} w_i x_i ; Σ_{a(i)=j} w_i]`, the weighted tokens `w_i [x_i ; 1]` summed.
+        `sample_weight` `(batch, n)`: `[Σ_{a(i)=j} w_i x_i ; Σ_{a(i)=j} w_i]`, the sums of the tokens `w_i [x_i ; 1]`.
         """
         if not self.sums_over_points:
             raise NotImplementedError(f"{type(self).__name__}'s update is not a function of sums over the points.")

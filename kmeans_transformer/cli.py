@@ -363,8 +363,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     points.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column; a "
                         "list-valued column such as an embedding counts as its coordinates)")
     points.add_argument("--chunk-size", type=int, default=65536, help="points read and assigned at a time (default: 65536)")
-    points.add_argument("--weight-column", metavar="NAME", help="column of non-negative sample weights (not a feature): "
-                        "each row counts as its weight (default: every row weighs 1)")
+    points.add_argument("--weight-column", metavar="NAME", help="column of non-negative sample weights (not a "
+                        "feature): each row counts as its weight (default: every row weighs 1)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is available")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="several processes: "
                         "how long a process waits for the others in a collective operation; a process that failed, "

@@ -240,6 +240,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         if not isinstance(self.copy_x, (bool, np.bool_)):
             raise ValueError(f"copy_x must be a bool, got {self.copy_x!r}.")
+        if self.algorithm == "elkan" and self.n_clusters == 1:  # scikit-learn's warning, word for word
+            warnings.warn(
+                "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if self.n_init == "auto":  # scikit-learn's rule
             return 10 if callable(self.init) or (isinstance(self.init, str) and self.init == "random") else 1
         if not isinstance(self.n_init, numbers.Integral) or isinstance(self.n_init, bool) or self.n_init < 1:
@@ -358,8 +364,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             generator = torch.Generator(device=device).manual_seed(seed)  # the draws of a `random` variant
             if self.verbose:  # one restart after the other, printing as scikit-learn
                 runs = [self._run_restarts(looped, points, initial[[i]], generator, weights) for i in range(n_restarts)]
+                names = runs[0]["parameters"]
                 result = {
-                    "parameters": {name: torch.cat([run["parameters"][name] for run in runs]) for name in runs[0]["parameters"]},
+                    "parameters": {name: torch.cat([run["parameters"][name] for run in runs]) for name in names},
                     **{name: torch.cat([run[name] for run in runs]) for name in ("labels", "inertia", "n_iter")},
                 }
             else:
@@ -451,12 +458,16 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 done = strict | (shift <= tolerance)
                 if self.verbose:
                     seen = spec.seen_points(points)[None]
-                    inertia = labelled_inertia(seen, current["centroids"], output.labels, inputs(1).get("sample_weight"))
-                    print(f"Iteration {iteration}, inertia {float(inertia[0])}.")
+                    weighted = inputs(1).get("sample_weight")
+                    inertia = float(labelled_inertia(seen, current["centroids"], output.labels, weighted)[0])
+                    print(f"Iteration {iteration}, inertia {inertia}.")
                     if bool(strict[0]):
                         print(f"Converged at iteration {iteration}: strict convergence.")
                     elif bool(done[0]):
-                        print(f"Converged at iteration {iteration}: center shift {float(shift[0])} within tolerance {tolerance}.")
+                        print(
+                            f"Converged at iteration {iteration}: center shift {float(shift[0])} within tolerance "
+                            f"{tolerance}."
+                        )
                 if iteration + 1 == self.max_iter:
                     done[:] = True
                 for name, values in updated.items():

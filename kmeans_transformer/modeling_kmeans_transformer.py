@@ -215,7 +215,7 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         self.update = spec.update(config)
         self.centroid_blocks = nn.ModuleDict({name: block(config) for name, block in spec.centroid_blocks.items()})
 
-    def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None, **kwargs):
         """
         `sample_weight` `(batch, n)` (None: every point weighs 1): the assign block labels every real point; the
         blocks after it count a point with its weight (`weighted_blocks`), and a point of weight 0 not at all.
@@ -243,7 +243,7 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
             new = block.finalize(new, parameters)
         return new
 
-    def compact_forward(self, tokens: torch.Tensor, point_mask: torch.Tensor | None, sample_weight=None) -> torch.LongTensor:
+    def compact_forward(self, tokens: torch.Tensor, point_mask: torch.Tensor | None, sample_weight=None):
         """
         The compact engine's iteration on the compact tokens `(batch, n + k, d + 1)`, `[x_i ; 1]` then `[c_j ; 1]`
         (`point_mask` None when every point is real). Blocks 1 and 3 are bookkeeping there: the labels are made anew
@@ -1177,10 +1177,10 @@ def labelled_inertia(
     points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor, sample_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """
-    `Σ_i w_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`; `w_i = 1` without `sample_weight`), per problem, in blocks of points small
-    enough (about 2**18 numbers) that the temporaries stay in cache. Each point's squared distance is taken in the
-    points' dtype, and their sum is accumulated in float64 whatever the dtype (float64 points as they are), then
-    rounded once to the points' dtype.
+    `Σ_i w_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`; `w_i = 1` without `sample_weight`), per
+    problem, in blocks of points small enough (about 2**18 numbers) that the temporaries stay in cache. Each point's
+    squared distance is taken in the points' dtype, and their sum is accumulated in float64 whatever the dtype
+    (float64 points as they are), then rounded once to the points' dtype.
     """
     batch_size, num_points, point_dim = points.shape
     rows = max(1, 2**18 // (batch_size * point_dim))

@@ -179,9 +179,10 @@ def _draw_centroids(ax, to_plane, centroids, trajectory, colours) -> None:
 def plot_estimator(estimator, X, path=None, sample_weight=None, **kwargs):
     """
     Plot a fitted `kmeans_transformer.KMeans` on `X`: its labels for `X` (`estimator.predict`), `cluster_centers_` and
-    the trajectory of the chosen restart (`estimator.centroid_trajectory`, with the fit's `sample_weight`). The title names the variant, k, the inertia
-    and the number of iterations; other keyword arguments go to `plot_clustering`. For `"spherical"`, whose centroids
-    are unit vectors, the points and the trajectory are drawn unit-normalised, as the model sees them.
+    the trajectory of the chosen restart (`estimator.centroid_trajectory`, with the fit's `sample_weight`). The title
+    names the variant, k, the inertia and the number of iterations; other keyword arguments go to `plot_clustering`.
+    For `"spherical"`, whose centroids are unit vectors, the points and the trajectory are drawn unit-normalised, as
+    the model sees them.
     """
     require_matplotlib()
     if kwargs.get("feature_names") is None and hasattr(estimator, "feature_names_in_"):

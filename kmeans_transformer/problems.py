@@ -108,7 +108,9 @@ def _check_weights(column: pa.ChunkedArray, name: str, counts: np.ndarray) -> No
     """Per row, one finite number >= 0 per point, with a positive sum (`ValueError` naming the row otherwise)."""
     rows = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if not (is_list_type(rows.type) and is_number_type(rows.type.value_type)):
-        raise ValueError(f"Column {name!r} must hold, per row, a list of numbers (one weight per point); it holds {rows.type}.")
+        raise ValueError(
+            f"Column {name!r} must hold, per row, a list of numbers (one weight per point); it holds {rows.type}."
+        )
     if rows.null_count:
         raise ValueError(f"Row {_first_true(rows.is_null())} of column {name!r} is missing.")
     lengths = pc.list_value_length(rows).to_numpy(zero_copy_only=False)
@@ -120,7 +122,8 @@ def _check_weights(column: pa.ChunkedArray, name: str, counts: np.ndarray) -> No
     parents = pc.list_parent_indices(rows).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
     if bad.size:
-        raise ValueError(f"Row {int(parents[bad[0]])} of column {name!r} has a weight that is not a finite number >= 0.")
+        row = int(parents[bad[0]])
+        raise ValueError(f"Row {row} of column {name!r} has a weight that is not a finite number >= 0.")
     totals = np.bincount(parents, weights=values, minlength=len(counts))
     if (totals <= 0).any():
         raise ValueError(f"Row {int(np.flatnonzero(totals <= 0)[0])} of column {name!r} has weights that sum to 0.")
@@ -218,7 +221,8 @@ class _ProblemCollator:
         if self.weights is not None:
             weights = pc.list_flatten(self.weights.take(take).combine_chunks()).to_numpy(zero_copy_only=False)
             weights = torch.from_numpy(np.array(weights, dtype=np.float64)).to(self.dtype)
-            batch["sample_weight"] = weights.new_zeros(batch_size * width).index_copy_(0, slots, weights).view(batch_size, width)
+            padded = weights.new_zeros(batch_size * width).index_copy_(0, slots, weights)
+            batch["sample_weight"] = padded.view(batch_size, width)
         return batch
 
 

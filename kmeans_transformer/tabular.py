@@ -74,7 +74,8 @@ def sample_weights(table: pd.DataFrame, name: str, source) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
     if bad.size:
         raise ValueError(
-            f"The weight column {name!r} of {source} must hold finite numbers >= 0; row {bad[0]} holds {weights[bad[0]]!r}."
+            f"The weight column {name!r} of {source} must hold finite numbers >= 0; row {bad[0]} holds "
+            f"{weights[bad[0]]!r}."
         )
     if not weights.sum() > 0:
         raise ValueError(f"The weight column {name!r} of {source} sums to 0: no row would count.")

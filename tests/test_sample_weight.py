@@ -128,3 +128,23 @@ def test_model_refuses_bad_weights(weights, message):
     points, _ = _data()
     with pytest.raises(ValueError, match=message):
         _model("lloyd", {}, 1)(torch.tensor(points), sample_weight=weights.double())
+
+
+@pytest.mark.parametrize("variant, parameters", FORMS, ids=[f"{n}-{p}" for n, p in FORMS])
+def test_a_point_of_weight_zero_counts_nowhere_in_the_model(variant, parameters):
+    """Weight 0 equals removing the point (labels of the others, centroids, inertia); the point is still labelled."""
+    points, weights = _data(5, parameters=parameters)
+    weights = weights.astype(float)
+    weights[[4, 9, 13]] = 0.0
+    kept = weights > 0
+    model = _model(variant, parameters, 4)
+    model.config.fast_hardmax = False
+    centroids = torch.tensor(points[[0, 1, 2]])
+    with torch.no_grad():
+        zeroed = model(torch.tensor(points), centroids, sample_weight=torch.tensor(weights))
+        removed = model(torch.tensor(points[kept]), centroids, sample_weight=torch.tensor(weights[kept]))
+    tolerance = TOLERANCE.get(variant, 1e-12)
+    np.testing.assert_allclose(zeroed.centroids.numpy(), removed.centroids.numpy(), rtol=0, atol=tolerance)
+    np.testing.assert_array_equal(zeroed.labels[0].numpy()[kept], removed.labels[0].numpy())
+    np.testing.assert_allclose(float(zeroed.inertia[0]), float(removed.inertia[0]), rtol=1e-12)
+    assert (zeroed.labels[0].numpy()[~kept] >= 0).all()

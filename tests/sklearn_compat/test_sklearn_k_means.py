@@ -46,6 +46,9 @@ LEFT_OUT = {
 # Test id (a regular expression matched against the test's name with its parameters) -> why it fails here.
 EXPECTED_FAILURES = {}
 
+# Over about 5 s each (thousands of points to convergence at tol=0): left to `-m slow`.
+SLOW = r"test_kmeans_verbose\[0-.*|test_kmeans_convergence\[.*|test_kmeans_elkan_results\[.*-normal\]"
+
 
 def _ours(value):
     """A parameter value with scikit-learn's KMeans replaced by ours (inside tuples too)."""
@@ -107,8 +110,10 @@ def global_dtype():
 
 
 def pytest_collection_modifyitems_for(items):
-    """Mark the expected failures (called from this folder's conftest)."""
+    """Mark the expected failures and the slow tests (called from this folder's conftest)."""
     for item in items:
+        if re.fullmatch(SLOW, item.name):
+            item.add_marker(pytest.mark.slow)
         for pattern, reason in EXPECTED_FAILURES.items():
             if re.fullmatch(pattern, item.name):
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
