@@ -482,6 +482,53 @@ def _load():
     return _module
 
 
+def _loaded():
+    """`_load()`, read from the module's globals once decided, so that Dynamo traces the call (no lock, no thread)."""
+    return _module if _module is not None or _failed else _load()
+
+
+# The compiled loops as torch custom operators (`torch.ops.kmeans_transformer.*`), each with a fake implementation
+# that gives the output's shape and dtype, so that `torch.compile` and `torch.export` trace through them. Registered
+# once per process: a checkpoint's copy of this file loaded with `trust_remote_code` finds them registered.
+_OPS = "kmeans_transformer"
+
+
+def _register_operators() -> None:
+    if hasattr(getattr(torch.ops, _OPS), "segment_sums"):
+        return
+
+    @torch.library.custom_op(f"{_OPS}::nearest_keys", mutates_args=())
+    def nearest_keys_op(query: torch.Tensor, key: torch.Tensor, block_rows: int) -> torch.Tensor:
+        return _load().nearest_keys(query, key, block_rows)
+
+    @nearest_keys_op.register_fake
+    def _(query, key, block_rows):
+        return query.new_empty(query.shape[:2], dtype=torch.int64)
+
+    @torch.library.custom_op(f"{_OPS}::nearest_values", mutates_args=())
+    def nearest_values_op(query: torch.Tensor, key: torch.Tensor, values: torch.Tensor, block_rows: int) -> torch.Tensor:
+        return _load().nearest_values(query, key, values, block_rows)
+
+    @nearest_values_op.register_fake
+    def _(query, key, values, block_rows):
+        return values.new_empty(query.shape[0], query.shape[1], values.shape[2])
+
+    @torch.library.custom_op(f"{_OPS}::segment_sums", mutates_args=())
+    def segment_sums_op(
+        values: torch.Tensor, codes: torch.Tensor, visible: torch.Tensor | None, num_codes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sums, counts = _load().segment_sums(values, codes, visible, num_codes)
+        return sums, counts
+
+    @segment_sums_op.register_fake
+    def _(values, codes, visible, num_codes):
+        sums = values.new_empty(values.shape[0], num_codes, values.shape[2], dtype=torch.float64)
+        return sums, codes.new_empty(values.shape[0], num_codes)
+
+
+_register_operators()
+
+
 def _usable(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad for t in tensors)
 
@@ -490,7 +537,7 @@ def _for_scores(query: torch.Tensor, key: torch.Tensor):
     """The compiled module when it can score these queries and keys, else None."""
     if not _usable(query, key) or key.shape[1] == 0 or max(query.shape[1], key.shape[1], query.shape[2]) >= 2**31:
         return None
-    return _load()
+    return _loaded()
 
 
 def nearest_keys(query: torch.Tensor, key: torch.Tensor, block_rows: int) -> torch.LongTensor | None:
@@ -498,7 +545,7 @@ def nearest_keys(query: torch.Tensor, key: torch.Tensor, block_rows: int) -> tor
     module = _for_scores(query, key)
     if module is None:
         return None
-    return module.nearest_keys(_contiguous_rows(query), key.contiguous(), max(1, block_rows))
+    return torch.ops.kmeans_transformer.nearest_keys(_contiguous_rows(query), key.contiguous(), max(1, block_rows))
 
 
 def _contiguous_rows(query: torch.Tensor) -> torch.Tensor:
@@ -516,7 +563,9 @@ def nearest_values(query: torch.Tensor, key: torch.Tensor, values: torch.Tensor,
     module = _for_scores(query, key)
     if module is None or values.requires_grad or values.device.type != "cpu":
         return None
-    return module.nearest_values(_contiguous_rows(query), key.contiguous(), values.contiguous(), max(1, block_rows))
+    return torch.ops.kmeans_transformer.nearest_values(
+        _contiguous_rows(query), key.contiguous(), values.contiguous(), max(1, block_rows)
+    )
 
 
 def segment_sums(
@@ -529,7 +578,6 @@ def segment_sums(
     """
     if not _usable(values):
         return None
-    module = _load()
-    if module is None:
+    if _loaded() is None:
         return None
-    return tuple(module.segment_sums(values.contiguous(), codes.contiguous(), visible, num_codes))
+    return torch.ops.kmeans_transformer.segment_sums(values.contiguous(), codes.contiguous(), visible, num_codes)

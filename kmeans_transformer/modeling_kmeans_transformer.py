@@ -733,7 +733,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         for name, parameter in self.named_parameters():
             if parameter.device.type == "meta":  # offloaded: Accelerate loads it where it runs
                 continue
-            if not bool(torch.isfinite(parameter).all()):
+            if torch.compiler.is_compiling():  # traced: an assert in the graph
+                torch._assert_async(torch.isfinite(parameter).all(), f"The weight `{name}` holds NaN or infinite values.")
+            elif not bool(torch.isfinite(parameter).all()):
                 raise ValueError(
                     f"The weight `{name}` holds NaN or infinite values: the checkpoint or an edit corrupted it, and "
                     "the model's outputs would be meaningless."
@@ -745,10 +747,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         element on every call, so that any edit (in place, through `.data`, by loading) is seen. The construction's
         values are built once per dtype and device and kept (`_analytic_values`). Always False for a trainable
         variant (`VariantSpec.trainable`, `"learned"`), even while its weights hold the construction they start from.
+        `torch.export` traces with no values to compare, so an exported model runs the token engine (exact for any
+        weights); under `torch.compile` the comparison runs outside the graph, on every call.
         """
-        if self.config.variant_spec.trainable:
+        if self.config.variant_spec.trainable or torch.compiler.is_exporting():
             return False
-        return all(torch.equal(tensor, expected) for tensor, expected in self._analytic_values())
+        return _compare_weights(self._analytic_values())
 
     def _analytic_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every analytic tensor of the model with the construction's value for it, in the tensor's dtype and device."""
@@ -789,7 +793,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         tokens[:, num_points:, :-1] = centroids
         tokens[..., -1] = 1.0
         points, centroids = tokens[:, :num_points, :-1], tokens[:, num_points:, :-1]
-        point_mask = None if bool(inputs.point_mask.all()) else inputs.point_mask
+        point_mask = inputs.point_mask  # None when every point is real (always given when traced: no branch on it)
+        if not torch.compiler.is_compiling() and bool(point_mask.all()):
+            point_mask = None
         weighted = {} if inputs.sample_weight is None else {"sample_weight": inputs.sample_weight}
         for iteration in range(num_iterations):
             labels = self._layer(iteration).compact_forward(tokens, point_mask, **weighted)
@@ -1049,6 +1055,13 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             extreme for values in (points.detach(), centroids.detach())
             for extreme in (values.amax(dim=(1, 2)), -values.amin(dim=(1, 2)))
         ]).amax(dim=0)
+        if torch.compiler.is_compiling():  # traced: no branch on the data, so data outside the range is refused
+            exponents = rescaling_exponents(magnitudes, points.shape[2] * 2**31)  # the range for any n < 2**31
+            torch._assert_async(
+                (exponents == 0).all(), "The data lies outside the dtype's safe range, which a compiled or exported "
+                "model does not rescale; run the model eagerly, or use float64."
+            )
+            return None
         terms = points.shape[2] * max(points.shape[1], centroids.shape[1])
         exponents = rescaling_exponents(magnitudes, terms)
         if not bool((exponents != 0).any()):
@@ -1132,7 +1145,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
         point_mask = _check_mask(attention_mask, batch_size, num_points, device)
         real_counts = point_mask.sum(dim=1)
-        if (real_counts < minimum).any():
+        traced = torch.compiler.is_compiling()  # torch.compile, torch.export: the checks are asserts in the graph
+        if traced:
+            torch._assert_async((real_counts >= minimum).all(), f"A problem has fewer than {minimum} real points.")
+        elif (real_counts < minimum).any():
             problem = int(torch.nonzero(real_counts < minimum)[0])
             if minimum < k:
                 raise ValueError(f"Problem {problem} has no real point (its `attention_mask` is all 0).")
@@ -1141,10 +1157,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 f"{problem}: every problem needs at least k points to iterate (or to take its first k points as "
                 "centroids); with num_iterations=0 and given or fitted centroids, one point is enough."
             )
-        if attention_mask is not None and not bool(point_mask.all()):
+        if attention_mask is not None and (traced or not bool(point_mask.all())):
             points = points.masked_fill(~point_mask[..., None], 0.0)  # padding's values do not count
+        if traced:
+            torch._assert_async(torch.isfinite(points).all(), "`points` contain NaN or infinite values.")
         # a sum is finite when every term is (a finite sum that overflows is told apart by the full check)
-        if not bool(torch.isfinite(points.sum())) and not all(
+        elif not bool(torch.isfinite(points.sum())) and not all(
             bool(torch.isfinite(block).all()) for block in points.reshape(-1, d).split(2**20)
         ):
             raise ValueError("`points` contain NaN or infinite values.")
@@ -1173,6 +1191,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
 
 
+@torch.compiler.disable
+def _compare_weights(pairs) -> bool:
+    """Whether every `(tensor, expected)` pair is equal, element by element (run eagerly, also under `torch.compile`)."""
+    return all(torch.equal(tensor, expected) for tensor, expected in pairs)
+
+
 def labelled_inertia(
     points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor, sample_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -1183,11 +1207,11 @@ def labelled_inertia(
     (float64 points as they are), then rounded once to the points' dtype.
     """
     batch_size, num_points, point_dim = points.shape
-    rows = max(1, 2**18 // (batch_size * point_dim))
+    rows = num_points if torch.compiler.is_compiling() else max(1, 2**18 // (batch_size * point_dim))  # traced: one block
     flat_centroids = centroids.reshape(-1, point_dim)
     offsets = torch.arange(batch_size, device=labels.device)[:, None] * centroids.shape[1]
     total = points.new_zeros(batch_size, dtype=torch.float64)
-    for start in range(0, num_points, rows):
+    for start in [0] if torch.compiler.is_compiling() else range(0, num_points, rows):
         block, block_labels = points[:, start : start + rows], labels[:, start : start + rows]
         nearest = flat_centroids.index_select(0, (block_labels.clamp(min=0) + offsets).reshape(-1))
         squares = (block - nearest.reshape(block.shape)).square_().sum(dim=-1).to(torch.float64)
