@@ -35,6 +35,8 @@ def main():
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--output", required=True)
     parser.add_argument("--levels", default="20,18,17,16", help="loss levels for the steps-to-reach table")
+    parser.add_argument("--lloyd", type=float, nargs=2, metavar=("LOSS", "LOG_J"),
+                        help="the loss and mean log J of one Lloyd iteration, drawn as dashed lines")
     args = parser.parse_args()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     levels = [float(level) for level in args.levels.split(",")]
@@ -49,6 +51,9 @@ def main():
         reached = [first_step_below(log["step"], log["loss"], level) for level in levels]
         cells = [str(step) if step is not None else "not reached" for step in reached]
         print(f"| {label} | " + " | ".join(cells) + f" | {smooth(log['loss'])[-1]:.3f} |")
+    if args.lloyd:
+        left.axhline(args.lloyd[0], color="gray", ls="--", lw=1, label="one Lloyd iteration")
+        right.axhline(args.lloyd[1], color="gray", ls="--", lw=1, label="one Lloyd iteration")
     left.set(xlabel="step", ylabel="loss (soft k-means objective, λ = 10)", title="training loss (running mean of 10 logs)")
     right.set(xlabel="step", ylabel="mean log J after one layer", title="k-means objective of the training batches")
     for axis in (left, right):
