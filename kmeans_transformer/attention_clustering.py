@@ -137,6 +137,7 @@ class AttentionClusteringModel(_ClusteringPreTrainedModel):
     def __init__(self, config: AttentionClusteringConfig):
         super().__init__(config)
         self.heads = nn.Parameter(torch.empty(config.num_heads, config.point_dim))
+        self.is_causal = False  # every query sees every key (read by the sdpa implementation)
         self.post_init()
 
     @torch.no_grad()
@@ -244,6 +245,7 @@ class IdentityAttentionLayer(nn.Module):
     def __init__(self, config: IdentityAttentionConfig):
         super().__init__()
         self.config = config
+        self.is_causal = False  # every point attends to every point (read by the sdpa implementation)
         self.q_proj = nn.Linear(config.point_dim, config.point_dim, bias=False)
         self.k_proj = nn.Linear(config.point_dim, config.point_dim, bias=False)
         self.v_proj = nn.Linear(config.point_dim, config.point_dim, bias=False)

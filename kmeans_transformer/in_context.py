@@ -135,6 +135,7 @@ class InContextClusteringAttention(nn.Module):
     def __init__(self, config: InContextClusteringConfig):
         super().__init__()
         self.config = config
+        self.is_causal = False  # every token attends to every token (read by the sdpa implementation)
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (

@@ -159,3 +159,17 @@ def test_round_trip_save_pretrained_automodel_and_remote_code(model, tmp_path, r
 def test_bad_input_is_refused(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_sdpa_gives_the_eager_outputs(rng):
+    points = torch.tensor(rng.normal(size=(2, 10, 3)))
+    for build, read in (
+        (lambda **kw: IdentityAttentionModel._from_config(IdentityAttentionConfig(point_dim=3, num_layers=2), **kw), "last_hidden_state"),
+        (lambda **kw: AttentionClusteringModel._from_config(AttentionClusteringConfig(num_heads=3, point_dim=3), **kw), "reconstruction"),
+    ):
+        torch.manual_seed(0)
+        eager = build().double()
+        torch.manual_seed(0)
+        sdpa = build(attn_implementation="sdpa").double()
+        assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+        torch.testing.assert_close(getattr(sdpa(points), read), getattr(eager(points), read), rtol=0, atol=1e-12)

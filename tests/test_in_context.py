@@ -145,3 +145,14 @@ def test_heavy_tailed_noise_has_unit_variance():
 def test_bad_input_is_refused(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_sdpa_gives_the_eager_posteriors():
+    task = MixtureInstances(30, 2, 2).task(0, 3)
+    config = lambda: InContextClusteringConfig(num_em_iterations=2, initialization="random", hidden_size=16, num_attention_heads=2)  # noqa: E731
+    eager = InContextClusteringModel._from_config(config()).double()
+    sdpa = InContextClusteringModel._from_config(config(), attn_implementation="sdpa").double()
+    sdpa.load_state_dict(eager.state_dict())
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    inputs = dict(points=torch.tensor(task["points"]), centroids=torch.tensor(task["initial_centroids"]))
+    torch.testing.assert_close(sdpa(**inputs).posteriors, eager(**inputs).posteriors, rtol=0, atol=1e-12)
