@@ -289,13 +289,3 @@ def test_evaluate_command(tmp_path):
     assert "| 24 | gumbel | k-means++ |" in (output / "table.md").read_text()
     assert main(arguments) == 2  # the output exists
     assert main([*arguments[:3], str(tmp_path / "checkpoint" / "out"), *arguments[4:]]) == 2  # inside the input
-
-
-def test_the_docs_code_runs(tmp_path, monkeypatch):
-    text = (Path(__file__).resolve().parent.parent / "docs" / "learning.md").read_text()
-    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
-    assert blocks
-    monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, "docs/learning.md", "exec"), {})
-    assert (tmp_path / "learned-tiny" / "model.safetensors").is_file()
