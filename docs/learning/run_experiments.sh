@@ -45,7 +45,12 @@ for run in lloyd-g1 random-g1 lloyd-g10 untrained-g10 lloyd-g10-l100; do
   evaluate main-$run runs/learned/$run --num-points 128 --families normal --num-tasks 320
 done
 evaluate tokens-lloyd-g1 runs/learned/lloyd-g1 --loop tokens --num-points 128 --families normal --num-tasks 320
+kmeans-transformer train --output runs/learned/lloyd-g10-t3 --init-from lloyd --gamma 10 --num-layers 3 --seed 0 \
+  --num-clusters 6 --point-dim 8 --num-points 128 --steps 600 --batch-size 32 --learning-rate 0.01 \
+  --loss-inverse-temperature 10 --card-tasks 0 --overwrite --no-progress
+evaluate tokens-lloyd-g10-t3 runs/learned/lloyd-g10-t3 --loop tokens --starts random --num-points 128 \
+  --families normal --num-tasks 320
 evaluate seeds-lloyd-g10 runs/learned/lloyd-g10 runs/learned/lloyd-g10-s1 runs/learned/lloyd-g10-s2 \
   --num-points 128 --families normal --num-tasks 320
-# every n and family, from the first k shuffled points, 32 tasks per setting (the 320 of the default take hours here)
+# every n and family, from the first k shuffled points, 32 tasks per setting (320 for every start: over an hour here)
 evaluate grid-lloyd-g10 runs/learned/lloyd-g10 --starts random --num-tasks 32
