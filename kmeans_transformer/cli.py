@@ -12,21 +12,26 @@ import numpy as np
 import torch
 
 from .modeling_kmeans_transformer import DTYPES
-from .variants import ESTIMATOR_PARAMETER_NAMES, PARAMETER_NAMES, PARAMETERS, VARIANT_NAMES, VARIANTS
+from .variants import ALGORITHM_PARAMETER_NAMES, PARAMETER_NAMES, PARAMETERS, VARIANT_NAMES, VARIANTS
 
 
 DEFAULT_TIMEOUT = 300.0  # seconds a process waits for the others in a collective (infer --timeout)
 
 
+# The variants whose models are algorithms as built (not `VariantSpec.trainable`: that one is made by `train`).
+ALGORITHM_NAMES = [name for name in VARIANT_NAMES if not VARIANTS[name].trainable]
+
+
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--variant", default="lloyd", choices=VARIANT_NAMES, help="clustering algorithm (default: lloyd)"
+        "--variant", default="lloyd", choices=ALGORITHM_NAMES,
+        help="clustering algorithm (default: lloyd; a learned layer is written by the train command)",
     )
     parser.add_argument("--num-clusters", type=int, required=True, help="number of clusters k")
     parser.add_argument("--point-dim", type=int, required=True, help="dimension d of the points")
     parser.add_argument("--num-iterations", type=int, required=True, help="number of iterations T (layers)")
     parser.add_argument("--separate-layers", action="store_true", help="T separate layers instead of one looped layer")
-    add_variant_arguments(parser)
+    add_variant_arguments(parser, ALGORITHM_PARAMETER_NAMES)
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype (default: float32)")
     parser.add_argument("--output", required=True, help="checkpoint directory to write")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
@@ -70,7 +75,7 @@ def run_convert(args: argparse.Namespace) -> None:
         variant=args.variant,
         dtype=args.dtype,
         share_layers=not args.separate_layers,
-        **{name: getattr(args, name) for name in PARAMETER_NAMES},
+        **{name: getattr(args, name) for name in ALGORITHM_PARAMETER_NAMES},
     )
     report = convert_checkpoint(model, args.output, overwrite=args.overwrite)
     print(
@@ -115,10 +120,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-clusters", type=int, required=True, metavar="K", help="number of clusters k")
     parser.add_argument("--output", required=True, metavar="OUT", help="the rows with their labels: .csv or .parquet")
     parser.add_argument(
-        "--variant", default="lloyd", choices=[name for name in VARIANT_NAMES if not VARIANTS[name].trainable],
-        help="clustering algorithm (default: lloyd)"
+        "--variant", default="lloyd", choices=ALGORITHM_NAMES, help="clustering algorithm (default: lloyd)"
     )
-    add_variant_arguments(parser, ESTIMATOR_PARAMETER_NAMES)
+    add_variant_arguments(parser, ALGORITHM_PARAMETER_NAMES)
     fit = parser.add_argument_group("fitting")
     fit.add_argument("--init", default="k-means++", choices=("k-means++", "random"), help="initial centroids (default: k-means++)")
     fit.add_argument("--n-init", default="auto", metavar="N|auto", help="restarts, run as one batch (default: auto: 1, "
@@ -263,7 +267,7 @@ def run_cluster(args: argparse.Namespace) -> None:
         tol=args.tol,
         random_state=args.random_state,
         variant=args.variant,
-        **{name: getattr(args, name) for name in ESTIMATOR_PARAMETER_NAMES},
+        **{name: getattr(args, name) for name in ALGORITHM_PARAMETER_NAMES},
         device=args.device,
         dtype=args.dtype,
         progress_bar=not args.no_progress,

@@ -25,7 +25,7 @@ from .files import replacing_directory
 from .hub import push_checkpoint
 from .initialization import batched_kmeans_plusplus, random_points
 from .modeling_kmeans_transformer import DTYPES, KMeansTransformerModel, labelled_inertia
-from .variants import ESTIMATOR_PARAMETER_NAMES as PARAMETER_NAMES, VARIANTS, VariantSpec
+from .variants import ALGORITHM_PARAMETER_NAMES as PARAMETER_NAMES, VARIANTS, VariantSpec
 
 
 # Fitted attributes saved under an earlier name in `kmeans_estimator.json`, and their name now.

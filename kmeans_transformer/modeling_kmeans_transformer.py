@@ -836,7 +836,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if spec.trainable:
             seen_points = spec.seen_points(inputs.points)
             # `forward` itself: the hooks that record hidden states must not see these tokens
-            head_tokens = self.embeddings.forward(inputs.points, final_centroids, inputs.state)
+            head_tokens = self.embeddings.forward(inputs.points, final_centroids, inputs.state) if final_assignment else None
         else:
             seen_points = hidden_states[:, :num_points, slices["position"]]  # the points as the model sees them
             head_tokens = hidden_states

@@ -71,8 +71,8 @@ class Parameter:
     """
     A config field that some variants read: what it means (`description`), and the values it accepts
     (`accepts(value)` says whether `value` is one of `requirement`; `choices`, when it is one of a few strings).
-    `estimator`: the scikit-learn estimator takes it (False for a parameter of a trainable variant only, which the
-    estimator does not run).
+    `algorithm`: a clustering algorithm reads it (False for a parameter of a trainable variant only, which the
+    estimator, the `cluster` and `convert` commands do not build; `ALGORITHM_PARAMETER_NAMES` lists the others).
     """
 
     name: str
@@ -80,7 +80,7 @@ class Parameter:
     requirement: str
     accepts: Callable[[Any], bool]
     choices: tuple[str, ...] | None = None
-    estimator: bool = True
+    algorithm: bool = True
 
     def check(self, value) -> None:
         if value is not None and not self.accepts(value):
@@ -119,12 +119,12 @@ PARAMETERS = {
         Parameter(
             "init_from", "initial weights of a trainable layer: the analytic soft Lloyd construction, or random",
             f"one of {list(INITIALIZATIONS)}", lambda v: v in INITIALIZATIONS, choices=INITIALIZATIONS,
-            estimator=False,
+            algorithm=False,
         ),
     )
 }
 PARAMETER_NAMES = tuple(PARAMETERS)
-ESTIMATOR_PARAMETER_NAMES = tuple(name for name, parameter in PARAMETERS.items() if parameter.estimator)
+ALGORITHM_PARAMETER_NAMES = tuple(name for name, parameter in PARAMETERS.items() if parameter.algorithm)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -495,7 +495,7 @@ def variants_with(capability: str) -> tuple[str, ...]:
 
 __all__ = [
     "CarriedState",
-    "ESTIMATOR_PARAMETER_NAMES",
+    "ALGORITHM_PARAMETER_NAMES",
     "INITIALIZATIONS",
     "MEDOID_SELECTIONS",
     "PARAMETERS",

@@ -9,7 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from kmeans_transformer import KMeans, reference
 from kmeans_transformer.cli import main
-from kmeans_transformer.variants import ESTIMATOR_PARAMETER_NAMES as PARAMETER_NAMES, VARIANTS
+from kmeans_transformer.variants import ALGORITHM_PARAMETER_NAMES as PARAMETER_NAMES, VARIANTS
 from kmeans_transformer.zoo import ZooEntry, standard_zoo
 from conftest import mixture
 

@@ -16,6 +16,10 @@ train random-g1 random 1 0
 train lloyd-g10 lloyd 10 0
 train lloyd-g10-s1 lloyd 10 1
 train lloyd-g10-s2 lloyd 10 2
+/usr/bin/time -f "lloyd-g10-l100 %e s" -a -o runs/learned/times.txt \
+  kmeans-transformer train --output runs/learned/lloyd-g10-l100 --init-from lloyd --gamma 10 --seed 0 \
+    --num-clusters 6 --point-dim 8 --num-points 128 --steps 2000 --batch-size 32 --learning-rate 0.01 \
+    --loss-inverse-temperature 100 --overwrite --no-progress
 python -c "
 from kmeans_transformer.learned import build_learned_model
 build_learned_model(6, 8, inverse_temperature=10.0).save_pretrained('runs/learned/untrained-g10')
@@ -37,12 +41,16 @@ evaluate() {  # output, then the checkpoints and options
   out=$1; shift
   kmeans-transformer evaluate "$@" --output docs/learning/$out --overwrite --no-progress
 }
-for run in lloyd-g1 random-g1 lloyd-g10 untrained-g10; do
+for run in lloyd-g1 random-g1 lloyd-g10 untrained-g10 lloyd-g10-l100; do
   evaluate main-$run runs/learned/$run --num-points 128 --families normal --num-tasks 320
 done
 evaluate tokens-lloyd-g1 runs/learned/lloyd-g1 --loop tokens --num-points 128 --families normal --num-tasks 320
+kmeans-transformer train --output runs/learned/lloyd-g10-t3 --init-from lloyd --gamma 10 --num-layers 3 --seed 0 \
+  --num-clusters 6 --point-dim 8 --num-points 128 --steps 600 --batch-size 32 --learning-rate 0.01 \
+  --loss-inverse-temperature 10 --card-tasks 0 --overwrite --no-progress
+evaluate tokens-lloyd-g10-t3 runs/learned/lloyd-g10-t3 --loop tokens --starts random --num-points 128 \
+  --families normal --num-tasks 320
 evaluate seeds-lloyd-g10 runs/learned/lloyd-g10 runs/learned/lloyd-g10-s1 runs/learned/lloyd-g10-s2 \
   --num-points 128 --families normal --num-tasks 320
-for run in lloyd-g10 random-g1; do
-  evaluate grid-$run runs/learned/$run --num-tasks 64
-done
+# every n and family, from the first k shuffled points, 32 tasks per setting (320 for every start: over an hour here)
+evaluate grid-lloyd-g10 runs/learned/lloyd-g10 --starts random --num-tasks 32
