@@ -179,7 +179,7 @@ def head_alignment(heads, centres) -> dict[str, float]:
     import itertools
 
     heads = torch.as_tensor(heads, dtype=torch.float64).detach()
-    centres = torch.tensor(np.array(centres, dtype=np.float64)) if isinstance(centres, np.ndarray) else torch.as_tensor(centres, dtype=torch.float64)
+    centres = torch.as_tensor(np.array(centres, dtype=np.float64))  # a copy: NumPy views may have negative strides
     if heads.shape != centres.shape:
         raise ValueError(f"heads {tuple(heads.shape)} and centres {tuple(centres.shape)} must have the same shape")
     cosines = (heads @ centres.T) / (heads.norm(dim=-1)[:, None] * centres.norm(dim=-1)[None]).clamp_min(1e-300)

@@ -93,7 +93,8 @@ class InContextClusteringConfig(PreTrainedConfig):
             raise ValueError("`initialization='gmm'` needs `num_em_iterations >= 1` (the EM prefix it starts from).")
         _check_positive("initializer_range", self.initializer_range)
         _check_positive("layer_norm_eps", self.layer_norm_eps)
-        if isinstance(self.em_reg_covar, bool) or not isinstance(self.em_reg_covar, (int, float)) or not 0 <= self.em_reg_covar < float("inf"):
+        reg_covar = self.em_reg_covar
+        if isinstance(reg_covar, bool) or not isinstance(reg_covar, (int, float)) or not 0 <= reg_covar < float("inf"):
             raise ValueError(f"`em_reg_covar` must be a finite number >= 0, got {self.em_reg_covar!r}.")
         super().__post_init__(**kwargs)
 

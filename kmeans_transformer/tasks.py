@@ -155,8 +155,9 @@ def task_stream(
     distribution, seed: int = 0, start: int = 0, num_tasks: int | None = None, num_shards: int = 1
 ):
     """Tasks `start, start + 1, ...` of the stream `seed` as a `datasets.IterableDataset` of NumPy examples (the fields
-    of the distribution's `sample`: a `TaskDistribution`, `MixturePopulation` or `MixtureInstances`; float64 coordinates kept as they are: a `torch.utils.data.DataLoader` collates them
-    into float64 tensors, where the dataset's torch or numpy formats would round them to float32).
+    of the distribution's `sample`: a `TaskDistribution`, `MixturePopulation` or `MixtureInstances`; float64
+    coordinates kept as they are: a `torch.utils.data.DataLoader` collates them into float64 tensors, where the
+    dataset's torch or numpy formats would round them to float32).
 
     With `num_tasks=None` the stream is endless. `num_shards` > 1 splits it into interleaved shards (shard `s`
     holds the tasks `start + s, start + s + num_shards, ...`), which `datasets.distributed.split_dataset_by_node` hands
@@ -246,8 +247,27 @@ def _draw(rng, centres, weights, scale, num_points, noise, degrees_of_freedom):
     return points, labels.astype(np.int64)
 
 
+class _IndexedDraws:
+    """Task `index` of the stream `seed` drawn from its own generator, `numpy.random.default_rng([seed, index])`."""
+
+    def task(self, seed: int, index: int) -> dict[str, np.ndarray]:
+        """Task number `index` of the stream `seed` (independent of every other index)."""
+        return self.sample(np.random.default_rng([int(seed), int(index)]))
+
+    def batch(self, seed: int, start: int, size: int) -> dict[str, np.ndarray]:
+        """Tasks `start .. start + size - 1` stacked along a leading batch axis."""
+        tasks = [self.task(seed, index) for index in range(start, start + size)]
+        return {key: np.stack([task[key] for task in tasks]) for key in tasks[0]}
+
+    def tasks(self, seed: int, start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[dict]:
+        """Tasks `start, start + step, ...` (before `stop`; forever when `stop` is None) of the stream `seed`."""
+        indices = itertools.count(start, step) if stop is None else range(start, stop, step)
+        for index in indices:
+            yield self.task(seed, index)
+
+
 @dataclasses.dataclass(frozen=True)
-class MixturePopulation:
+class MixturePopulation(_IndexedDraws):
     """One fixed mixture `Σ_j π_j N(μ_j, σ² I)` (or another unit-variance `noise` times `σ`): its centres are drawn once,
     from `seed` (`separated_centres`, smallest gap `separation · scale`); each task is `num_points` fresh draws.
 
@@ -285,14 +305,6 @@ class MixturePopulation:
         points, labels = _draw(rng, self.centres, self.weights, self.scale, self.num_points, self.noise, self.degrees_of_freedom)
         return {"points": points, "labels": labels}
 
-    def task(self, seed: int, index: int) -> dict[str, np.ndarray]:
-        """Draw number `index` of the stream `seed`."""
-        return self.sample(np.random.default_rng([int(seed), int(index)]))
-
-    def batch(self, seed: int, start: int, size: int) -> dict[str, np.ndarray]:
-        """Draws `start .. start + size - 1` stacked along a leading batch axis."""
-        return _stack([self.task(seed, index) for index in range(start, start + size)])
-
 
 def kmeans_plusplus_numpy(rng: np.random.Generator, points: np.ndarray, k: int) -> np.ndarray:
     """Plain k-means++ seeding (D² sampling, one candidate per centre) from `rng`: `(k, d)` data points."""
@@ -307,7 +319,7 @@ def kmeans_plusplus_numpy(rng: np.random.Generator, points: np.ndarray, k: int) 
 
 
 @dataclasses.dataclass(frozen=True)
-class MixtureInstances:
+class MixtureInstances(_IndexedDraws):
     """Random mixture instances: each task draws its own centres at a separation `Δ/σ` uniform in
     `[separation_low, separation_high]` (`separated_centres`), then `num_points` points `μ_{z_i} + σ ε_i`.
 
@@ -369,25 +381,5 @@ class MixtureInstances:
             "weights": weights,
         }
 
-    def task(self, seed: int, index: int) -> dict[str, np.ndarray]:
-        """Instance number `index` of the stream `seed` (independent of every other index)."""
-        return self.sample(np.random.default_rng([int(seed), int(index)]))
-
-    def batch(self, seed: int, start: int, size: int) -> dict[str, np.ndarray]:
-        """Instances `start .. start + size - 1` stacked along a leading batch axis."""
-        return _stack([self.task(seed, index) for index in range(start, start + size)])
-
-    def tasks(self, seed: int, start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[dict]:
-        """Instances `start, start + step, ...` (before `stop`; forever when `stop` is None) of the stream `seed`."""
-        indices = itertools.count(start, step) if stop is None else range(start, stop, step)
-        for index in indices:
-            yield self.task(seed, index)
-
-
-def _stack(tasks: list[dict]) -> dict[str, np.ndarray]:
-    return {key: np.stack([task[key] for task in tasks]) for key in tasks[0]}
-
-
-MixturePopulation.tasks = MixtureInstances.tasks
 
 DISTRIBUTIONS = {cls.__name__: cls for cls in (TaskDistribution, MixturePopulation, MixtureInstances)}

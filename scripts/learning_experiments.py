@@ -186,8 +186,8 @@ def heads_experiment(args):
     )
     write_text(output / "learning" / "heads.md", text, args.overwrite)
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    d_show = 16
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4))
+    d_show, early = 16, 250
     for separation in grid["separation"]:
         history = histories.get((2, d_show, separation, 0.1))
         if history:
@@ -197,11 +197,19 @@ def heads_experiment(args):
     axes[0].legend(fontsize=8)
     for d in grid["d"]:
         for scale, style in zip(grid["init_scale"], (":", "-", "--")):
-            points = [(r["separation"], r["min_cos"]) for r in rows if r["k"] == 2 and r["d"] == d and r["init_scale"] == scale]
-            if points:
-                axes[1].plot(*zip(*points), style, marker="o", ms=3, label=f"d = {d}, scale {scale:g}")
-    axes[1].set(xlabel="separation Δ/σ", ylabel=f"min |cos| after {steps} steps", title="k = 2: alignment against separation", ylim=(0, 1.02))
-    axes[1].legend(fontsize=7)
+            keys = [key for key in histories if key[0] == 2 and key[1] == d and key[3] == scale]
+            if not keys:
+                continue
+            keys.sort(key=lambda key: key[2])
+            cosines = [next(h["min_cos"] for h in histories[key] if h["step"] >= min(early, steps)) for key in keys]
+            axes[1].plot([key[2] for key in keys], cosines, style, marker="o", ms=3, label=f"d = {d}, scale {scale:g}")
+            selected = sorted((r["separation"], r["distance"]) for r in rows if r["k"] == 2 and r["d"] == d and r["init_scale"] == scale)
+            axes[2].plot(*zip(*selected), style, marker="o", ms=3, label=f"d = {d}, scale {scale:g}")
+    axes[1].set(xlabel="separation Δ/σ", ylabel=f"min |cos| after {min(early, steps)} steps", title="k = 2: alignment against separation", ylim=(0, 1.02))
+    axes[1].axhline(0.99, color="grey", lw=0.8, ls=":")
+    axes[2].set(xlabel="separation Δ/σ", ylabel=f"max |θ_h - μ_h| / |μ_h| after {steps} steps", yscale="log", title="k = 2: distance to the centroids")
+    for axis in axes[1:]:
+        axis.legend(fontsize=7)
     save_figure(figure, output / "figures" / "learning_heads.png", args.overwrite)
 
 
