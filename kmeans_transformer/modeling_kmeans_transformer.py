@@ -644,10 +644,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         instance (nnsight's and Accelerate's wrappers: interventions, offload, device maps across devices), or a
         weight offloaded to the meta device.
         """
-        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        if _watching(nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks):
             return True
         for module in self.modules():
-            if module is not self and (module._forward_hooks or module._forward_pre_hooks):
+            if module is not self and _watching(module._forward_hooks, module._forward_pre_hooks):
                 return True
             if module is not self and ("forward" in module.__dict__ or hasattr(module, "_hf_hook")):
                 return True
@@ -1094,6 +1094,14 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         return centroids
 
 
+
+
+def _watching(*hooks: dict) -> bool:
+    """Whether any of these hook dicts holds a hook besides transformers' own output capture (idle unless asked)."""
+    return any(
+        getattr(hook, "__module__", None) != "transformers.utils.output_capturing"
+        for registered in hooks for hook in registered.values()
+    )
 
 
 @torch.compiler.disable
