@@ -687,7 +687,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             if parameter.device.type == "meta":  # offloaded: Accelerate loads it where it runs
                 continue
             if torch.compiler.is_compiling():  # traced: an assert in the graph
-                torch._assert_async(torch.isfinite(parameter).all(), f"The weight `{name}` holds NaN or infinite values.")
+                message = f"The weight `{name}` holds NaN or infinite values."
+                torch._assert_async(torch.isfinite(parameter).all(), message)
             elif not bool(torch.isfinite(parameter).all()):
                 raise ValueError(
                     f"The weight `{name}` holds NaN or infinite values: the checkpoint or an edit corrupted it, and "
@@ -1106,7 +1107,7 @@ def _watching(*hooks: dict) -> bool:
 
 @torch.compiler.disable
 def _compare_weights(pairs) -> bool:
-    """Whether every `(tensor, expected)` pair is equal, element by element (run eagerly, also under `torch.compile`)."""
+    """Whether every `(tensor, expected)` pair is equal, element by element (eagerly, also under `torch.compile`)."""
     return all(torch.equal(tensor, expected) for tensor, expected in pairs)
 
 
@@ -1118,7 +1119,9 @@ def labelled_inertia(points: torch.Tensor, centroids: torch.Tensor, labels: torc
     rounded once to the points' dtype.
     """
     batch_size, num_points, point_dim = points.shape
-    rows = num_points if torch.compiler.is_compiling() else max(1, 2**18 // (batch_size * point_dim))  # traced: one block
+    rows = max(1, 2**18 // (batch_size * point_dim))
+    if torch.compiler.is_compiling():  # traced: one block, no loop over a symbolic number of points
+        rows = num_points
     flat_centroids = centroids.reshape(-1, point_dim)
     offsets = torch.arange(batch_size, device=labels.device)[:, None] * centroids.shape[1]
     total = points.new_zeros(batch_size, dtype=torch.float64)
