@@ -23,9 +23,9 @@ with that point and the other cluster without it. Predicted by a NumPy loop that
 (`predicted_forced_trajectory`): the model's centroids after every iteration and its final labels equal it.
 
 The dense path. Under `torch.no_grad()`, with the analytic weights and no attentions or hidden states requested,
-`"lloyd"` runs a compact fast path that never calls the blocks (`model.engine() == "compact"`): hooks on them do not
-fire (`count_block_calls` shows it). Build with `fast_hardmax=False` (as here) or pass `output_hidden_states=True`
-to run the blocks.
+`"lloyd"` runs a compact fast path that never calls the blocks (`model.engine() == "compact"`), unless something
+watches them: a hook on a block makes the model run the blocks, so the hooks see every iteration
+(`count_block_calls`).
 """
 
 from collections import defaultdict
@@ -80,7 +80,7 @@ def record_blocks(model, points, centroids, **forward_kwargs):
 
 
 def count_block_calls(model, points, centroids, **forward_kwargs) -> int:
-    """How many block calls the hooks saw (0 on the fast path)."""
+    """How many block calls the hooks saw (every block of every iteration: a hook makes the model run the blocks)."""
     _, records = record_blocks(model, points, centroids, **forward_kwargs)
     return sum(len(calls) for calls in records.values())
 

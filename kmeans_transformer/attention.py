@@ -184,10 +184,11 @@ def code_sums(
     bins = torch.where(matched, codes + offsets, groups * num_codes).reshape(-1)
     flat = values.reshape(groups * rows, width)
     sums = flat.new_zeros(groups * num_codes + 1, width, dtype=torch.float64)
-    block = flat.shape[0] if values.dtype == torch.float64 else max(1, 2**20 // max(1, width))
-    for start in range(0, flat.shape[0], block):
+    traced = torch.compiler.is_compiling()  # one block, and counts of a static shape (no bincount)
+    block = flat.shape[0] if values.dtype == torch.float64 or traced else max(1, 2**20 // max(1, width))
+    for start in [0] if traced else range(0, flat.shape[0], block):
         sums.index_add_(0, bins[start : start + block], flat[start : start + block].to(torch.float64))
-    counts = torch.bincount(bins, minlength=groups * num_codes + 1)[:-1]
+    counts = bins.new_zeros(groups * num_codes + 1).index_add_(0, bins, torch.ones_like(bins))[:-1]
     return sums[:-1].reshape(groups, num_codes, width), counts.reshape(groups, num_codes)
 
 

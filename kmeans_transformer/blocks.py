@@ -124,7 +124,8 @@ class KMeansTransformerAttention(nn.Module):
         elif name == "softmax":
             name = implementation
         if need_weights:  # the kernels that return no weights give way to the dense kernel of the same weights
-            name = {"sdpa": "eager", "kmeans_hardmax_chunked": "kmeans_hardmax"}.get(KERNEL_ALIASES.get(name, name), name)
+            dense = {"sdpa": "eager", "kmeans_hardmax_chunked": "kmeans_hardmax"}
+            name = dense.get(KERNEL_ALIASES.get(name, name), name)
         return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
 
     def forward(

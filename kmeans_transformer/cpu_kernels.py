@@ -483,8 +483,13 @@ def _load():
 
 
 def _loaded():
-    """`_load()`, read from the module's globals once decided, so that Dynamo traces the call (no lock, no thread)."""
-    return _module if _module is not None or _failed else _load()
+    """
+    `_load()`, read from the module's globals once decided, so that Dynamo traces the call (no lock, no thread). A
+    model traced before the loops were loaded (by any eager call, or `build_kernels()`) traces the PyTorch code.
+    """
+    if _module is not None or _failed:
+        return _module
+    return None if torch.compiler.is_compiling() else _load()
 
 
 # The compiled loops as torch custom operators (`torch.ops.kmeans_transformer.*`), each with a fake implementation
@@ -506,7 +511,9 @@ def _register_operators() -> None:
         return query.new_empty(query.shape[:2], dtype=torch.int64)
 
     @torch.library.custom_op(f"{_OPS}::nearest_values", mutates_args=())
-    def nearest_values_op(query: torch.Tensor, key: torch.Tensor, values: torch.Tensor, block_rows: int) -> torch.Tensor:
+    def nearest_values_op(
+        query: torch.Tensor, key: torch.Tensor, values: torch.Tensor, block_rows: int
+    ) -> torch.Tensor:
         return _load().nearest_values(query, key, values, block_rows)
 
     @nearest_values_op.register_fake

@@ -691,10 +691,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         instance (nnsight's and Accelerate's wrappers: interventions, offload, device maps across devices), or a
         weight offloaded to the meta device.
         """
-        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        if _watching(nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks):
             return True
         for module in self.modules():
-            if module is not self and (module._forward_hooks or module._forward_pre_hooks):
+            if module is not self and _watching(module._forward_hooks, module._forward_pre_hooks):
                 return True
             if module is not self and ("forward" in module.__dict__ or hasattr(module, "_hf_hook")):
                 return True
@@ -734,7 +734,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             if parameter.device.type == "meta":  # offloaded: Accelerate loads it where it runs
                 continue
             if torch.compiler.is_compiling():  # traced: an assert in the graph
-                torch._assert_async(torch.isfinite(parameter).all(), f"The weight `{name}` holds NaN or infinite values.")
+                message = f"The weight `{name}` holds NaN or infinite values."
+                torch._assert_async(torch.isfinite(parameter).all(), message)
             elif not bool(torch.isfinite(parameter).all()):
                 raise ValueError(
                     f"The weight `{name}` holds NaN or infinite values: the checkpoint or an edit corrupted it, and "
@@ -1191,9 +1192,17 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
 
 
+def _watching(*hooks: dict) -> bool:
+    """Whether any of these hook dicts holds a hook besides transformers' own output capture (idle unless asked)."""
+    return any(
+        getattr(hook, "__module__", None) != "transformers.utils.output_capturing"
+        for registered in hooks for hook in registered.values()
+    )
+
+
 @torch.compiler.disable
 def _compare_weights(pairs) -> bool:
-    """Whether every `(tensor, expected)` pair is equal, element by element (run eagerly, also under `torch.compile`)."""
+    """Whether every `(tensor, expected)` pair is equal, element by element (eagerly, also under `torch.compile`)."""
     return all(torch.equal(tensor, expected) for tensor, expected in pairs)
 
 
@@ -1207,7 +1216,9 @@ def labelled_inertia(
     (float64 points as they are), then rounded once to the points' dtype.
     """
     batch_size, num_points, point_dim = points.shape
-    rows = num_points if torch.compiler.is_compiling() else max(1, 2**18 // (batch_size * point_dim))  # traced: one block
+    rows = max(1, 2**18 // (batch_size * point_dim))
+    if torch.compiler.is_compiling():  # traced: one block, no loop over a symbolic number of points
+        rows = num_points
     flat_centroids = centroids.reshape(-1, point_dim)
     offsets = torch.arange(batch_size, device=labels.device)[:, None] * centroids.shape[1]
     total = points.new_zeros(batch_size, dtype=torch.float64)

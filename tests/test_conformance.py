@@ -221,13 +221,54 @@ def test_dummy_inputs_and_input_embeddings():
     assert model.get_input_embeddings() is model.embeddings
 
 
+def test_compiled_loops_are_custom_operators_with_fake_implementations():
+    generator = torch.Generator().manual_seed(0)
+    query, key = torch.randn(2, 40, 3, generator=generator), torch.randn(2, 5, 3, generator=generator)
+    values, codes = torch.randn(2, 40, 4, generator=generator), torch.randint(-1, 5, (2, 40), generator=generator)
+    operators = torch.ops.kmeans_transformer
+    cases = [
+        (operators.nearest_keys, (query, key, 16)),
+        (operators.nearest_values, (query, key, values[:, :5].contiguous(), 16)),
+        (operators.segment_sums, (values, codes, codes != 2, 5)),
+    ]
+    for operator, arguments in cases:
+        torch.library.opcheck(operator, arguments)  # schema, fake (meta) implementation, dispatch
+    labels = operators.nearest_keys(query, key, 16)
+    scores = np.einsum("gne,gke->gnk", query.double().numpy(), key.double().numpy())
+    np.testing.assert_array_equal(labels.numpy(), scores.argmax(-1))
+    sums, counts = operators.segment_sums(values, codes, None, 5)
+    for g in range(2):
+        for j in range(5):
+            members = codes[g].numpy() == j
+            np.testing.assert_allclose(sums[g, j].numpy(), values[g].double().numpy()[members].sum(0), rtol=1e-12)
+            assert counts[g, j] == members.sum()
+
+
 @pytest.mark.slow
-def test_torch_compile_gives_the_same_outputs(points):
+def test_torch_compile_traces_the_fast_path_for_any_number_of_points(points):
     model = plain_model()
-    compiled = torch.compile(model)
-    for n in (len(points), len(points) - 7):
+    explanation = torch._dynamo.explain(model)(torch.tensor(points))
+    # the only break: the weight comparison, run eagerly on every call so that an edited model never runs the compact
+    # engine (no break at the input checks, the compiled loops or the sums)
+    assert explanation.graph_break_count >= 1
+    assert all("disable" in reason.reason for reason in explanation.break_reasons)
+    assert {reason.user_stack[-1].name for reason in explanation.break_reasons} == {"has_analytic_weights"}
+    compiled = torch.compile(model, dynamic=True)
+    for n in (len(points), len(points) - 7, len(points) - 20):
         assert_same(compiled(torch.tensor(points[:n])), model(torch.tensor(points[:n])))
     assert_is_lloyd(compiled(torch.tensor(points)), points)
+
+
+@pytest.mark.slow
+def test_torch_export_with_a_dynamic_number_of_points(points):
+    model = plain_model()
+    number = torch.export.Dim("num_points", min=K, max=2**30)
+    program = torch.export.export(model, (torch.tensor(points)[None],), dynamic_shapes={"points": {1: number}})
+    for n in (len(points), len(points) - 11):
+        exported = program.module()(torch.tensor(points[:n])[None])
+        expected = lloyd(points[:n], points[:K], T)
+        np.testing.assert_array_equal(exported.labels[0].numpy(), expected.labels)
+        np.testing.assert_allclose(exported.centroids[0].double().numpy(), expected.centroids, rtol=1e-6)
 
 
 def test_remote_code_in_a_fresh_process_refuses_sdpa_and_matches(tmp_path, points):

@@ -188,11 +188,13 @@ def test_fast_path_is_the_dense_path_on_real_points(variant, dtype, rtol, compil
     torch.testing.assert_close(fast.inertia, dense.inertia, rtol=rtol, atol=0)
 
 
-def test_fast_path_runs_only_where_it_is_exact():
+def test_fast_path_runs_only_where_it_is_exact(monkeypatch):
     model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, point_dim=2, num_iterations=2))
     points = torch.randn(50, 2, generator=torch.Generator().manual_seed(6))
     assign_calls = []
-    model.layers[0].assign.register_forward_hook(lambda *args: assign_calls.append(1))
+    assign_class = type(model.layers[0].assign)
+    assign_forward = assign_class.forward  # counted in the class: a hook on the block would make the blocks run
+    monkeypatch.setattr(assign_class, "forward", lambda *args, **kwargs: assign_calls.append(1) or assign_forward(*args, **kwargs))
 
     def runs_dense(**kwargs):
         assign_calls.clear()
@@ -201,6 +203,10 @@ def test_fast_path_runs_only_where_it_is_exact():
 
     assert model.engine() == "compact" and not runs_dense()
     assert runs_dense(output_attentions=True) and runs_dense(output_hidden_states=True)
+    hook = model.layers[0].update.register_forward_pre_hook(lambda *args: None)  # anything watching a block
+    assert model.engine() == "tokens" and runs_dense()
+    hook.remove()
+    assert model.engine() == "compact" and not runs_dense()
     with torch.enable_grad():  # the dense path records the gradient of the weights
         assert model.engine() == "tokens" and runs_dense()
         model.requires_grad_(False)

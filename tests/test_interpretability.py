@@ -136,13 +136,14 @@ def test_captum_integrated_gradients_reference_and_completeness(captum_example):
 # plain torch hooks
 
 
-def test_hooks_do_not_fire_on_the_fast_path(hooks_example):
+def test_hooks_make_the_fast_path_run_the_blocks(hooks_example):
     points, centroids = hooks_example.make_problem()
     k, d = centroids.shape
     model = hooks_example.build_lloyd(k, d, 3, fast_hardmax=True)
     assert model.engine() == "compact"
-    assert hooks_example.count_block_calls(model, points, centroids) == 0
+    assert hooks_example.count_block_calls(model, points, centroids) == 4 * 3
     assert hooks_example.count_block_calls(model, points, centroids, output_hidden_states=True) == 4 * 3
+    assert model.engine() == "compact"  # the hooks removed
 
 
 @pytest.mark.parametrize("share_layers", [True, False])
