@@ -977,6 +977,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         if sample_weight is None:
             return None
+        if self.config.variant_spec.trainable:  # its trained blocks have no notion of a point's weight
+            raise ValueError(
+                f"`sample_weight` is not supported by the trainable variant {self.config.variant!r}: its trained blocks "
+                "weigh every point alike. Repeat the points instead."
+            )
         dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
         weights = _as_float_tensor(sample_weight, "sample_weight", dtype, device)
         batch_size, num_points = point_mask.shape

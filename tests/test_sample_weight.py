@@ -13,8 +13,14 @@ FORMS = [
     (name, parameters)
     for name, spec in VARIANTS.items()
     for parameters in ({}, {"trim_fraction": 0.25} if name == "trimmed" else None)
-    if parameters is not None and not spec.resolve({**spec.parameters, **parameters}).random
+    if parameters is not None and not spec.trainable and not spec.resolve({**spec.parameters, **parameters}).random
 ]
+
+
+def test_a_trainable_variant_refuses_sample_weight():
+    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=2, point_dim=2, variant="learned"))
+    with pytest.raises(ValueError, match="not supported by the trainable variant"):
+        model(torch.randn(6, 2), sample_weight=torch.ones(6))
 
 
 def _data(seed=0, n=24, d=3, parameters=None):
