@@ -231,20 +231,28 @@ def test_park_options_refused_on_the_other_grid(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-PARK_TEST_CELLS, PARK_TEST_MAX_POINTS = 60, 278
+PARK_TEST_CELLS, PARK_TEST_MAX_POINTS = 60, 278  # the run in docs/exactness_sweep/park (42 min on 2 shared CPUs)
 
 
 @pytest.mark.slow
 def test_park_sweep_reproduces_the_authors_fractions():
     """Soft k-means on the authors' generator and grid, 600 configurations (60 cells (d, k, n) with n <= 278 drawn with
-    seed 0, each at ub = 1..10): the fraction within 1e-3 of Lloyd's log-objective is within 3 points of the authors'
-    own runs of the same configurations (their results file) at each γ; hardmax Lloyd is within in every run."""
+    seed 0, each at ub = 1..10), against the authors' own runs of the same configurations (their results file).
+
+    Each configuration is one random task on both sides, so the paired difference of the fractions has a standard
+    error of 1-2 points here (0.9, 1.8 and 2.1 points at γ = 1, 10, 100 in the recorded run): the test asserts
+    agreement within 3 standard errors and 5 points. The 3-point target needs about 4x as many configurations; the
+    recorded run measured +1.0, +1.8 and -3.2 points. Softmax Lloyd, a different algorithm, fails the same check at
+    γ = 1 and 100 (-3.5 ± 0.75 and -14.3 ± 2.1 points), so it discriminates. Hardmax Lloyd is within 1e-3 in all runs
+    but float32 near-ties (at most 1 %)."""
     configurations = sweep.subsample(sweep.park_configurations(max_points=PARK_TEST_MAX_POINTS), PARK_TEST_CELLS, 0)
     assert len(configurations) == 10 * PARK_TEST_CELLS
     rows = sweep.run_park_sweep(configurations, progress=False)
-    fractions = sweep.park_fractions(rows)
-    assert [entry["gamma"] for entry in fractions] == [1.0, 10.0, 100.0]
-    for entry in fractions:
-        assert entry["authors_configurations"] == len(configurations)
-        assert abs(entry["soft"] - entry["authors_same_configurations"]) <= 0.03, entry
-        assert entry["hardmax"] == 1.0
+    summary = {(entry["method"], entry["gamma"]): entry for entry in sweep.summarize_park(rows)}
+    for gamma in (1.0, 10.0, 100.0):
+        soft = summary[("soft", gamma)]
+        assert soft["runs"] == len(configurations)
+        assert abs(soft["paired_difference"]) <= min(0.05, 3 * soft["paired_error"]), soft
+    softmax = summary[("softmax", 100.0)]
+    assert abs(softmax["paired_difference"]) > 3 * softmax["paired_error"]  # another algorithm is told apart
+    assert summary[("hardmax", None)]["fraction_within"] >= 0.99
