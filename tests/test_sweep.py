@@ -234,7 +234,7 @@ def test_park_options_refused_on_the_other_grid(tmp_path, capsys):
 PARK_TEST_CELLS, PARK_TEST_MAX_POINTS = 60, 278  # the run in docs/exactness_sweep/park (42 min on 2 shared CPUs)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 42 minutes: left out of the default and the slow runs (run it with `-m long`)
 def test_park_sweep_reproduces_the_authors_fractions():
     """Soft k-means on the authors' generator and grid, 600 configurations (60 cells (d, k, n) with n <= 278 drawn with
     seed 0, each at ub = 1..10), against the authors' own runs of the same configurations (their results file).
