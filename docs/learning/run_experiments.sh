@@ -52,5 +52,5 @@ evaluate tokens-lloyd-g10-t3 runs/learned/lloyd-g10-t3 --loop tokens --starts ra
   --families normal --num-tasks 320
 evaluate seeds-lloyd-g10 runs/learned/lloyd-g10 runs/learned/lloyd-g10-s1 runs/learned/lloyd-g10-s2 \
   --num-points 128 --families normal --num-tasks 320
-# every n and family, from the first k shuffled points, 32 tasks per setting (320 for every start: over an hour here)
-evaluate grid-lloyd-g10 runs/learned/lloyd-g10 --starts random --num-tasks 32
+# every n and family, from the first k shuffled points (the three starts take three times as long)
+evaluate grid-lloyd-g10 runs/learned/lloyd-g10 --starts random --num-tasks 320
