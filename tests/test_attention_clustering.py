@@ -102,6 +102,7 @@ def test_head_alignment_closed_form(rng):
 
 def _train_heads(separation, steps, tmp_path, dim=4):
     population = MixturePopulation(2, dim, separation, num_points=64, seed=0)
+    torch.manual_seed(0)
     model = AttentionClusteringModel(AttentionClusteringConfig(num_heads=2, point_dim=dim, initializer_range=0.1))
     initial = head_alignment(model.heads, population.centres)
 
@@ -117,10 +118,10 @@ def _train_heads(separation, steps, tmp_path, dim=4):
 
 
 def test_training_aligns_the_heads_with_the_centroids_and_less_so_at_low_separation(tmp_path):
-    initial, history = _train_heads(4.0, 100, tmp_path)
+    initial, history = _train_heads(4.0, 150, tmp_path)
     assert history[-1]["loss"] < history[0]["loss"]
-    assert initial["min_cos"] < 0.9 and history[-1]["min_cos"] > 0.98
-    _, close = _train_heads(0.5, 100, tmp_path)
+    assert initial["min_cos"] < 0.5 and history[-1]["min_cos"] > 0.97
+    _, close = _train_heads(0.5, 150, tmp_path)
     assert close[-1]["min_cos"] < history[-1]["min_cos"] - 0.1
 
 
