@@ -70,6 +70,17 @@ def validation_results(config: "KMeansTransformerConfig", report: "ValidationRep
     ]
 
 
+def _card_data(spec: VariantSpec, repo_id: str | None, eval_results) -> ModelCardData:
+    """The YAML metadata every variant's card shares: library, license, tags, name and the `model-index` figures."""
+    return ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        tags=["clustering", "k-means", "kmeans-transformer", spec.name],
+        model_name=repo_id or f"kmeans-transformer-{spec.name}",
+        eval_results=eval_results,
+    )
+
+
 def render_model_card(
     model: "KMeansTransformerModel", report: "ValidationReport", repo_id: str | None = None
 ) -> ModelCard:
@@ -81,13 +92,7 @@ def render_model_card(
     """
     config = model.config
     spec = config.variant_spec
-    card_data = ModelCardData(
-        library_name="transformers",
-        license="apache-2.0",
-        tags=["clustering", "k-means", "kmeans-transformer", spec.name],
-        model_name=repo_id or f"kmeans-transformer-{spec.name}",
-        eval_results=validation_results(config, report),
-    )
+    card_data = _card_data(spec, repo_id, validation_results(config, report))
     card = ModelCard.from_template(
         card_data,
         template_str=_template(spec.card_template),
@@ -143,13 +148,7 @@ def render_learned_card(model: "KMeansTransformerModel", settings: dict, evaluat
     """
     config = model.config
     spec = config.variant_spec
-    card_data = ModelCardData(
-        library_name="transformers",
-        license="apache-2.0",
-        tags=["clustering", "k-means", "kmeans-transformer", spec.name],
-        model_name=f"kmeans-transformer-{spec.name}",
-        eval_results=learned_results(evaluation) if evaluation is not None else None,
-    )
+    card_data = _card_data(spec, None, learned_results(evaluation) if evaluation is not None else None)
     from .learned import START_TITLES, evaluation_table
 
     return ModelCard.from_template(
