@@ -441,25 +441,35 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         progress = tqdm(
             total=self.max_iter, desc="k-means iterations", unit="it", disable=not self.progress_bar, leave=False
         )
+        # The compact engine keeps its tokens between iterations; the token engine is called once per iteration.
+        iterations = model.compact_iterations(batch(n_restarts), initial, inputs(n_restarts).get("sample_weight"))
         with progress:
             for iteration in range(self.max_iter):
                 # labels: the assignment made in this iteration, from the centroids entering it.
-                output = model(
-                    batch(len(active)), num_iterations=1, final_assignment=False, output_assignments=False,
-                    **current, **inputs(len(active)),
-                )
-                updated = _carried_parameters(output, spec)
+                masses = None  # known to the compact engine: the relocation then needs no pass over the labels
+                if iterations is not None:
+                    labels, masses = iterations.step()
+                    updated = {"centroids": iterations.centroids.clone()}
+                else:
+                    output = model(
+                        batch(len(active)), num_iterations=1, final_assignment=False, output_assignments=False,
+                        **current, **inputs(len(active)),
+                    )
+                    labels, updated = output.labels, _carried_parameters(output, spec)
                 if relocates:
-                    updated["centroids"] = _relocated(model, points, sample_weight, output.labels, current, updated)
+                    relocated = _relocated(model, points, sample_weight, labels, current, updated, masses)
+                    if relocated is not updated["centroids"] and iterations is not None:
+                        iterations.set_centroids(relocated)
+                    updated["centroids"] = relocated
                 shift = ((updated["centroids"] - current["centroids"]) ** 2).sum(dim=(1, 2))
                 strict = torch.zeros_like(shift, dtype=torch.bool)
                 if previous_labels is not None:
-                    strict = (output.labels == previous_labels).all(dim=1)  # scikit-learn's strict convergence
+                    strict = (labels == previous_labels).all(dim=1)  # scikit-learn's strict convergence
                 done = strict | (shift <= tolerance)
                 if self.verbose:
                     seen = spec.seen_points(points)[None]
                     weighted = inputs(1).get("sample_weight")
-                    inertia = float(labelled_inertia(seen, current["centroids"], output.labels, weighted)[0])
+                    inertia = float(labelled_inertia(seen, current["centroids"], labels, weighted)[0])
                     print(f"Iteration {iteration}, inertia {inertia}.")
                     if bool(strict[0]):
                         print(f"Converged at iteration {iteration}: strict convergence.")
@@ -474,7 +484,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                     final[name][active[done]] = values[done]
                 n_iter[active[done]] = iteration + 1
                 active, current = active[~done], {name: values[~done] for name, values in updated.items()}
-                previous_labels = output.labels[~done] if spec.label_determined else None
+                previous_labels = labels[~done] if spec.label_determined else None
+                if iterations is not None and bool(done.any()):
+                    iterations.keep(torch.nonzero(~done)[:, 0])
                 progress.update()
                 progress.set_postfix(restarts_running=f"{len(active)}/{n_restarts}")
                 if len(active) == 0:
@@ -690,17 +702,20 @@ def _relocatable(model: KMeansTransformerModel) -> bool:
     return update.assignment_kind == "labels" and update.sums_over_points
 
 
-def _relocated(model, points, sample_weight, labels, entering, updated) -> torch.Tensor:
+def _relocated(model, points, sample_weight, labels, entering, updated, masses=None) -> torch.Tensor:
     """
     scikit-learn's relocation of empty clusters, per restart of the batch: the clusters that no counted point (real,
     weight > 0) was assigned to in this iteration take the counted points farthest from their entering centroids,
     the farthest first (none when every distance is 0), and the update block runs again on the relabelled points
-    (`model.finalize(model.accumulate(...))`). Returns the centroids `(batch, k, d)`.
+    (`model.finalize(model.accumulate(...))`). `masses` `(batch, k)`: each cluster's count or total weight in this
+    assignment, where the caller knows them. Returns the centroids `(batch, k, d)`.
     """
-    k = model.config.num_clusters
+    k, batch_size = model.config.num_clusters, labels.shape[0]
+    if masses is not None and not bool((masses == 0).any()):
+        return updated["centroids"]
     counted = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)
     weights = counted.to(points.dtype) if sample_weight is None else sample_weight * counted
-    masses = torch.zeros(labels.shape[0], k + 1, dtype=points.dtype, device=points.device)
+    masses = torch.zeros(batch_size, k + 1, dtype=points.dtype, device=points.device)
     masses.scatter_add_(1, torch.where(counted, labels, k), weights.expand_as(labels))
     empty = masses[:, :k] == 0
     if not bool(empty.any()):

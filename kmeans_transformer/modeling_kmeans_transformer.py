@@ -250,13 +250,17 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         (the assign block's `assign_labels`), and the centroid tokens hold the entering centroids until
         `finalize(accumulate(...))` replaces them, in place. Returns the labels this iteration assigned.
         """
+        return self.compact_step(tokens, point_mask, sample_weight)[0]
+
+    def compact_step(self, tokens: torch.Tensor, point_mask: torch.Tensor | None, sample_weight=None):
+        """`compact_forward`, returning also the summed statistics `(batch, k, d + 1)` the update read."""
         num_points = tokens.shape[1] - self.update.config.num_clusters
         centroids = tokens[:, num_points:, :-1]
         labels = self.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
         statistics = self.update.accumulate(labels, tokens[:, :num_points], **weighted)
         centroids.copy_(self.finalize(statistics, {"centroids": centroids})["centroids"])
-        return labels
+        return labels, statistics
 
 
 class KMeansTransformerAssignmentHead(nn.Module):
@@ -440,6 +444,46 @@ class PreparedInputs:
     state: dict[str, torch.Tensor]
     exponents: torch.LongTensor | None = None  # per problem: the data was multiplied by 2**-exponent (None: by 1)
     sample_weight: torch.Tensor | None = None  # (batch, n), 0 on padding; None: every point weighs 1
+
+
+class CompactIterations:
+    """
+    The compact engine's state between iterations (see [`KMeansTransformerModel.compact_iterations`]): the compact
+    tokens of a batch of problems, on which `step()` runs the model's one layer (`compact_forward`, the same
+    iteration `forward` runs). `centroids` are those entering the next step; `set_centroids` replaces them and
+    `keep` drops the problems a caller is done with.
+    """
+
+    def __init__(self, model: "KMeansTransformerModel", inputs: PreparedInputs):
+        self.layer = model.layers[0]
+        self.num_points = inputs.points.shape[1]
+        self.tokens, self.point_mask = model._compact_tokens(inputs)
+        self.sample_weight = inputs.sample_weight
+
+    @property
+    def centroids(self) -> torch.Tensor:
+        """The centroids entering the next step, `(batch, k, d)` (a view of the tokens: clone to keep them)."""
+        return self.tokens[:, self.num_points :, :-1]
+
+    def step(self) -> tuple[torch.LongTensor, torch.Tensor]:
+        """
+        One iteration: the labels it assigned `(batch, n)` from the entering centroids, which it then updates, and
+        each cluster's mass in that assignment `(batch, k)` (its point count, or its total sample weight).
+        """
+        labels, statistics = self.layer.compact_step(self.tokens, self.point_mask, self.sample_weight)
+        return labels, statistics[..., -1]
+
+    def set_centroids(self, centroids: torch.Tensor) -> None:
+        """Continue from `centroids` `(batch, k, d)` (as the variant sees them)."""
+        self.centroids.copy_(centroids)
+
+    def keep(self, problems: torch.LongTensor) -> None:
+        """Keep only the problems at indices `problems` of the batch, in that order."""
+        self.tokens = self.tokens[problems]
+        if self.point_mask is not None:
+            self.point_mask = self.point_mask[problems]
+        if self.sample_weight is not None:
+            self.sample_weight = self.sample_weight[problems]
 
 
 class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
@@ -786,17 +830,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         centroids, the position slice and a constant feature, one `(batch, n + k, d + 1)` tensor written once; the
         labels are carried in index form.
         """
-        spec = self.config.variant_spec
-        points, centroids = spec.seen_points(inputs.points), spec.seen_points(inputs.centroids)
-        batch_size, num_points, point_dim = points.shape
-        tokens = points.new_empty(batch_size, num_points + centroids.shape[1], point_dim + 1)
-        tokens[:, :num_points, :-1] = points
-        tokens[:, num_points:, :-1] = centroids
-        tokens[..., -1] = 1.0
+        tokens, point_mask = self._compact_tokens(inputs)
+        batch_size, num_points = inputs.points.shape[:2]
         points, centroids = tokens[:, :num_points, :-1], tokens[:, num_points:, :-1]
-        point_mask = inputs.point_mask  # None when every point is real (always given when traced: no branch on it)
-        if not torch.compiler.is_compiling() and bool(point_mask.all()):
-            point_mask = None
         weighted = {} if inputs.sample_weight is None else {"sample_weight": inputs.sample_weight}
         for iteration in range(num_iterations):
             labels = self._layer(iteration).compact_forward(tokens, point_mask, **weighted)
@@ -810,6 +846,35 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             ones = (labels >= 0).to(points.dtype)[..., None]
             output.assignments = assignments.scatter_(-1, labels.clamp(min=0)[..., None], ones)
         return output
+
+    def _compact_tokens(self, inputs: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        The compact tokens `(batch, n + k, d + 1)` of prepared inputs, written once, and the point mask (None when
+        every point is real; always given when traced, so that nothing branches on it).
+        """
+        spec = self.config.variant_spec
+        points, centroids = spec.seen_points(inputs.points), spec.seen_points(inputs.centroids)
+        batch_size, num_points, point_dim = points.shape
+        tokens = points.new_empty(batch_size, num_points + centroids.shape[1], point_dim + 1)
+        tokens[:, :num_points, :-1] = points
+        tokens[:, num_points:, :-1] = centroids
+        tokens[..., -1] = 1.0
+        point_mask = inputs.point_mask
+        if not torch.compiler.is_compiling() and bool(point_mask.all()):
+            point_mask = None
+        return tokens, point_mask
+
+    def compact_iterations(self, points, centroids, sample_weight=None) -> "CompactIterations | None":
+        """
+        The compact engine's iterations one at a time, for a caller that decides after each whether to go on (the
+        looped fit of [`KMeans`]): the inputs checked and the compact tokens written once, instead of once per
+        `forward(num_iterations=1)` call. None where `forward` would not run the compact engine on these inputs
+        (`engine()`, separate layers, or data outside the dtype's safe range, which `forward` rescales).
+        """
+        if self.engine() != "compact" or not self.config.share_layers:
+            return None
+        inputs = self.prepare_inputs(points, centroids, num_iterations=1, sample_weight=sample_weight)
+        return None if inputs.exponents is not None else CompactIterations(self, inputs)
 
     @capture_outputs(tie_last_hidden_states=False)
     def _run_layers(self, inputs: PreparedInputs, num_iterations, generator, final_assignment, need_weights, **kwargs):
