@@ -155,7 +155,8 @@ def cluster_points(
     def chunks() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
         for indices, table in shard():
             weights = None if weight_column is None else torch.from_numpy(_weights(table, weight_column)).to(device)
-            yield indices, torch.from_numpy(features.values(table, indices)).to(device), weights
+            values = _checked_values(features, table, indices, model.dtype)
+            yield indices, torch.from_numpy(values).to(device), weights
 
     from tqdm.auto import tqdm
 
@@ -489,6 +490,25 @@ def _validate_shard(shard, features, name: str, device, reduce_sum, spec, weight
     if weight_column is not None and not outcome[2] > 0:
         raise ValueError(f"The weight column {weight_column!r} of {name} sums to 0: no row would count.")
     return int(outcome[0])
+
+
+def _checked_values(features: FeatureColumns, table: pa.Table, indices: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """
+    The points of a chunk that the reading pass has checked, `(rows, d)`. Columns of float32 and float64 are copied
+    once into an array of the wider of their type and the model's `dtype` (float32 columns and a float32 model: no
+    float64 copy, every value exactly as read and as the model sees it); other tables are read by
+    `FeatureColumns.values` (float64).
+    """
+    kinds = [table.schema.field(name).type for name in features.names]
+    floats = (pa.float32(), pa.float64())
+    if any(features.is_list) or not all(kind in floats for kind in kinds) or dtype not in (torch.float32, torch.float64):
+        return features.values(table, indices)
+    wide = pa.float64() in kinds or dtype == torch.float64
+    values = np.empty((table.num_rows, len(kinds)), dtype=np.float64 if wide else np.float32)
+    for position, name in enumerate(features.names):
+        column = table.column(name)
+        values[:, position] = (column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)).to_numpy()
+    return values
 
 
 def _weights(table: pa.Table, name: str) -> np.ndarray:
