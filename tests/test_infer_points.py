@@ -456,3 +456,24 @@ def weighted_lloyd(X, centroids, iterations, weights):
             if weights[members].sum() > 0:
                 centroids[j] = (weights[members, None] * X[members]).sum(0) / weights[members].sum()
     return ((X[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1), centroids
+
+
+def test_reading_ahead_keeps_order_raises_the_readers_error_and_stops_early():
+    import threading
+
+    from kmeans_transformer.points import _read_ahead
+
+    assert list(_read_ahead(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("row 7 is bad")
+
+    items = _read_ahead(failing())
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="row 7 is bad"):
+        next(items)
+    reading = _read_ahead(iter(range(10**6)))
+    assert next(reading) == 0
+    reading.close()  # leaving the loop early: the reader thread ends
+    assert not any(thread.name == "points-reader" for thread in threading.enumerate())
