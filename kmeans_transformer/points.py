@@ -125,7 +125,8 @@ def cluster_points(
         columns: the feature columns, in order; a column of equally long lists of numbers (an embedding) gives one
             coordinate per entry. Default: every numeric (integer or float, not boolean) column, in table order.
         chunk_size: rows per model call. A call holds about `chunk_size * (2d + k + 1)` numbers per token tensor,
-            several tensors at once (the compact engine of `"lloyd"` and `"spherical"`: `chunk_size * (d + 1)`).
+            several tensors at once (the compact engine of `"lloyd"` and `"spherical"`: `chunk_size * (d + 1)`); the
+            next chunk is read meanwhile, so two chunks of points are held.
         num_iterations: the number of iterations, default `model.config.num_iterations`.
         initial_state: the variant's carried state to start from, by name (gmm: `{"variances": (k,), "weights":
             (k,)}`), as `forward` takes it. A state not given is the model's stored fitted one
