@@ -91,7 +91,8 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
 
 def run(mode: str, path: Path, args, workdir: Path, processes: int = 1, threads: int | None = None) -> dict:
     report = workdir / f"{mode}-{processes}-{threads}.json"
-    arguments = ["--child", mode, str(path), str(args.clusters), str(args.iterations), str(args.chunk_size), str(report)]
+    sizes = [str(args.clusters), str(args.iterations), str(args.chunk_size)]
+    arguments = ["--child", mode, str(path), *sizes, str(report)]
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)

@@ -513,7 +513,8 @@ def _checked_values(features: FeatureColumns, table: pa.Table, indices: np.ndarr
     """
     kinds = [table.schema.field(name).type for name in features.names]
     floats = (pa.float32(), pa.float64())
-    if any(features.is_list) or not all(kind in floats for kind in kinds) or dtype not in (torch.float32, torch.float64):
+    plain = not any(features.is_list) and all(kind in floats for kind in kinds)
+    if not plain or dtype not in (torch.float32, torch.float64):
         return features.values(table, indices)
     wide = pa.float64() in kinds or dtype == torch.float64
     values = np.empty((table.num_rows, len(kinds)), dtype=np.float64 if wide else np.float32)

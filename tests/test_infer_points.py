@@ -399,7 +399,8 @@ def test_points_mode_in_chunks_equals_the_in_memory_model(variant, weighted, tmp
         torch.from_numpy(X), sample_weight=None if weights is None else torch.from_numpy(weights),
         **{name: torch.from_numpy(value) for name, value in state.items()},
     )
-    assert not np.allclose(expected.centroids[0].numpy(), model.config.variant_spec.seen_points(torch.from_numpy(X[:K])))
+    start = model.config.variant_spec.seen_points(torch.from_numpy(X[:K]))
+    assert not np.allclose(expected.centroids[0].numpy(), start)  # the iterations moved
     if model.config.variant_spec.compact:
         _no_model_calls(model)
     extra = {} if weights is None else {"w": weights}
@@ -441,13 +442,14 @@ def test_lloyd_points_mode_is_bit_for_bit_on_integer_data(dtype, weighted, tmp_p
     np.testing.assert_array_equal(labels, expected.labels[0].numpy())
     assert torch.equal(torch.from_numpy(result.centroids).to(dtype), expected.centroids[0])
     if dtype == torch.float64:  # and both are plain weighted Lloyd's algorithm
-        reference_labels, reference_centroids = weighted_lloyd(X, X[:K], 5, np.ones(len(X)) if weights is None else weights)
+        unit = np.ones(len(X)) if weights is None else weights
+        reference_labels, reference_centroids = weighted_lloyd(X, X[:K], 5, unit)
         np.testing.assert_array_equal(labels, reference_labels)
         np.testing.assert_array_equal(result.centroids, reference_centroids)
 
 
 def weighted_lloyd(X, centroids, iterations, weights):
-    """Weighted Lloyd's algorithm in NumPy (lowest index on ties; an empty cluster keeps its centroid): labels, centroids."""
+    """Weighted Lloyd's algorithm in NumPy (lowest index on ties; an empty cluster keeps its centroid)."""
     centroids = centroids.copy()
     for _ in range(iterations):
         labels = ((X[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
