@@ -19,7 +19,15 @@ points at once. A variant's carried state (gmm's variances and weights) travels 
 and is returned in `PointsResult.state`. Precision: the parameters are held in float64 from one iteration to the
 next; the model assigns in its own dtype (points and parameters cast to it), and the statistics are float64 sums of
 the points as read, weighted by that assignment. Sums are taken in another order than in one forward pass, so results
-agree with it to rounding, not bit for bit (a hard assignment itself, lowest index on ties, is the model's).
+agree with it to rounding, not bit for bit (a hard assignment itself, lowest index on ties, is the model's; on
+integer-valued data every sum is exact and `"lloyd"` gives the forward pass's centroids bit for bit).
+
+Speed. For `"lloyd"` and `"spherical"` a chunk costs what it costs the in-memory compact engine: the nearest-centroid
+kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the same
+`assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`. Columns of float32 or
+float64 are copied once into a `(chunk, d)` array of the wider of their type and the model's (no float64 copy of
+float32 data for a float32 model), and the next chunk is read by a thread while the current one is assigned
+(`_read_ahead`), so memory holds two chunks. See `benchmarks/points_speed.py` and docs/points_memory.md.
 
 Reading. The dataset is a `datasets.Dataset`, a `datasets.IterableDataset` (streaming), a `.parquet` file (read with
 `pyarrow.parquet.ParquetFile.iter_batches`) or a directory written by `Dataset.save_to_disk`. Process `rank` of `world`
@@ -117,7 +125,8 @@ def cluster_points(
         columns: the feature columns, in order; a column of equally long lists of numbers (an embedding) gives one
             coordinate per entry. Default: every numeric (integer or float, not boolean) column, in table order.
         chunk_size: rows per model call. A call holds about `chunk_size * (2d + k + 1)` numbers per token tensor,
-            several tensors at once (the compact engine of `"lloyd"` and `"spherical"`: `chunk_size * (d + 1)`).
+            several tensors at once (the compact engine of `"lloyd"` and `"spherical"`: `chunk_size * (d + 1)`); the
+            next chunk is read meanwhile, so two chunks of points are held.
         num_iterations: the number of iterations, default `model.config.num_iterations`.
         initial_state: the variant's carried state to start from, by name (gmm: `{"variances": (k,), "weights":
             (k,)}`), as `forward` takes it. A state not given is the model's stored fitted one
@@ -152,10 +161,14 @@ def cluster_points(
     num_points = _validate_shard(shard, features, source.name, device, processes.reduce_sum, spec, weight_column)
     parameters = _initial_parameters(model, head, initial_state)
 
-    def chunks() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+    def read() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
         for indices, table in shard():
             weights = None if weight_column is None else torch.from_numpy(_weights(table, weight_column)).to(device)
-            yield indices, torch.from_numpy(features.values(table, indices)).to(device), weights
+            values = _checked_values(features, table, indices, model.dtype)
+            yield indices, torch.from_numpy(values).to(device), weights
+
+    def chunks() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+        return _read_ahead(read())
 
     from tqdm.auto import tqdm
 
@@ -489,6 +502,70 @@ def _validate_shard(shard, features, name: str, device, reduce_sum, spec, weight
     if weight_column is not None and not outcome[2] > 0:
         raise ValueError(f"The weight column {weight_column!r} of {name} sums to 0: no row would count.")
     return int(outcome[0])
+
+
+def _checked_values(features: FeatureColumns, table: pa.Table, indices: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """
+    The points of a chunk that the reading pass has checked, `(rows, d)`. Columns of float32 and float64 are copied
+    once into an array of the wider of their type and the model's `dtype` (float32 columns and a float32 model: no
+    float64 copy, every value exactly as read and as the model sees it); other tables are read by
+    `FeatureColumns.values` (float64).
+    """
+    kinds = [table.schema.field(name).type for name in features.names]
+    floats = (pa.float32(), pa.float64())
+    plain = not any(features.is_list) and all(kind in floats for kind in kinds)
+    if not plain or dtype not in (torch.float32, torch.float64):
+        return features.values(table, indices)
+    wide = pa.float64() in kinds or dtype == torch.float64
+    values = np.empty((table.num_rows, len(kinds)), dtype=np.float64 if wide else np.float32)
+    for position, name in enumerate(features.names):
+        column = table.column(name)
+        values[:, position] = (column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)).to_numpy()
+    return values
+
+
+def _read_ahead(items: Iterator) -> Iterator:
+    """
+    The items of `items`, the next one read by a thread while the caller works on the current one (Parquet decoding
+    and the model's kernels release the GIL, so reading overlaps computing): memory holds at most two chunks. An
+    error in the reader is raised here; leaving the loop early stops the reader.
+    """
+    import queue
+    import threading
+
+    ready, stop, done = queue.Queue(maxsize=1), threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as error:  # re-raised in the consumer
+            put((None, error))
+
+    reader = threading.Thread(target=produce, name="points-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _weights(table: pa.Table, name: str) -> np.ndarray:

@@ -18,6 +18,7 @@ from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
 from kmeans_transformer import reference
 from kmeans_transformer.points import _statistics, cluster_points
 from kmeans_transformer.reference import lloyd
+from kmeans_transformer.variants import variants_with
 
 
 K, D, T = 6, 3, 8
@@ -369,3 +370,112 @@ def test_bad_weight_column_fails_before_any_model_call(weights, message, tmp_pat
         path = write_parquet(tmp_path / "points.parquet", X, w=column)
     with pytest.raises(ValueError, match=message if message != "missing" else "'w'"):
         cluster_points(_no_model_calls(make_model()), path, chunk_size=100, progress=False, weight_column="w")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Points mode equals the in-memory model, for every variant it accepts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _starting_state(variant, rng):
+    """Explicit carried state (points mode has no default computed over all points), given alike to both runs."""
+    if not KMeansTransformerConfig(num_clusters=K, point_dim=D, variant=variant).variant_spec.state_names:
+        return {}
+    return {"variances": rng.uniform(1.0, 3.0, K), "weights": rng.dirichlet(np.ones(K))}
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("variant", variants_with("sums_over_points"))
+def test_points_mode_in_chunks_equals_the_in_memory_model(variant, weighted, tmp_path, rng):
+    """
+    Several chunks (the last one short, some shorter than k) give the one-call model's labels and, in float64, its
+    centroids, inertia and carried state to 1e-12; the compact variants never build the tokens (no `forward`).
+    """
+    X = blobs(rng, n=1000) + 0.5
+    weights = rng.uniform(0.0, 3.0, size=len(X)) if weighted else None
+    state = _starting_state(variant, rng)
+    model = make_model(T=6, variant=variant)
+    expected = model(
+        torch.from_numpy(X), sample_weight=None if weights is None else torch.from_numpy(weights),
+        **{name: torch.from_numpy(value) for name, value in state.items()},
+    )
+    start = model.config.variant_spec.seen_points(torch.from_numpy(X[:K]))
+    assert not np.allclose(expected.centroids[0].numpy(), start)  # the iterations moved
+    if model.config.variant_spec.compact:
+        _no_model_calls(model)
+    extra = {} if weights is None else {"w": weights}
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=300, **extra)
+    result = cluster_points(
+        model, path, chunk_size=128, initial_state=state or None, progress=False, labels_output=tmp_path / "labels",
+        weight_column=None if weights is None else "w",
+    )
+    index, labels = read_labels(tmp_path / "labels")
+    np.testing.assert_array_equal(index, np.arange(len(X)))
+    np.testing.assert_array_equal(labels, expected.labels[0].numpy())
+    np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=0, atol=1e-12)
+    assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-12)
+    np.testing.assert_array_equal(result.cluster_sizes, np.bincount(expected.labels[0].numpy(), minlength=K))
+    for name in state:
+        np.testing.assert_allclose(result.state[name], expected[name][0].numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_lloyd_points_mode_is_bit_for_bit_on_integer_data(dtype, weighted, tmp_path, rng):
+    """
+    On integer points (integer weights) every sum is exact in float64, so chunked sums equal the one-call sums bit for
+    bit: the centroids (rounded once to the model's dtype) and the labels are identical, with ties and float32 data.
+    """
+    X = rng.integers(-6, 7, size=(1500, D)).astype(np.float64)
+    weights = rng.integers(0, 4, size=len(X)).astype(np.float64) if weighted else None
+    model = make_model(T=5).to(dtype)
+    expected = model(torch.from_numpy(X), sample_weight=None if weights is None else torch.from_numpy(weights))
+    columns = {f"x{i}": X[:, i].astype(torch.empty(0, dtype=dtype).numpy().dtype) for i in range(D)}
+    if weights is not None:
+        columns["w"] = weights
+    pq.write_table(pa.table(columns), tmp_path / "points.parquet", row_group_size=400)
+    result = cluster_points(
+        _no_model_calls(model), tmp_path / "points.parquet", chunk_size=211, progress=False,
+        labels_output=tmp_path / "labels", weight_column=None if weights is None else "w",
+    )
+    _, labels = read_labels(tmp_path / "labels")
+    np.testing.assert_array_equal(labels, expected.labels[0].numpy())
+    assert torch.equal(torch.from_numpy(result.centroids).to(dtype), expected.centroids[0])
+    if dtype == torch.float64:  # and both are plain weighted Lloyd's algorithm
+        unit = np.ones(len(X)) if weights is None else weights
+        reference_labels, reference_centroids = weighted_lloyd(X, X[:K], 5, unit)
+        np.testing.assert_array_equal(labels, reference_labels)
+        np.testing.assert_array_equal(result.centroids, reference_centroids)
+
+
+def weighted_lloyd(X, centroids, iterations, weights):
+    """Weighted Lloyd's algorithm in NumPy (lowest index on ties; an empty cluster keeps its centroid)."""
+    centroids = centroids.copy()
+    for _ in range(iterations):
+        labels = ((X[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+        for j in range(len(centroids)):
+            members = labels == j
+            if weights[members].sum() > 0:
+                centroids[j] = (weights[members, None] * X[members]).sum(0) / weights[members].sum()
+    return ((X[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1), centroids
+
+
+def test_reading_ahead_keeps_order_raises_the_readers_error_and_stops_early():
+    import threading
+
+    from kmeans_transformer.points import _read_ahead
+
+    assert list(_read_ahead(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("row 7 is bad")
+
+    items = _read_ahead(failing())
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="row 7 is bad"):
+        next(items)
+    reading = _read_ahead(iter(range(10**6)))
+    assert next(reading) == 0
+    reading.close()  # leaving the loop early: the reader thread ends
+    assert not any(thread.name == "points-reader" for thread in threading.enumerate())

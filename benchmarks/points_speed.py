@@ -1,0 +1,171 @@
+"""Time per iteration of points mode against the in-memory fast path, its peak memory, and two processes against one.
+
+Writes N points (default 2,000,000 in d = 32, float32, a seeded mixture of k Gaussians; `points_memory.generate`) to
+a Parquet file and runs, each in a fresh subprocess (so that each reports its own peak resident memory):
+
+- `memory`: the whole file read into one float32 array, and one `model(points, centroids)` call (the compact engine)
+  with 1 and with T + 1 iterations (the faster of two calls each); time per iteration = the difference / T;
+- `points`: `cluster_points` on the file (float32 model, `chunk_size` rows per chunk, Parquet streamed), T iterations;
+  time per iteration = the time between consecutive `model.finalize` calls (each iteration ends with one);
+- `points-1`, `points-2`: the same on one process with one thread, and on two `torchrun` gloo processes with one
+  thread each (rank 0's times).
+
+    nice python benchmarks/points_speed.py --json points_speed.json   # the recorded run
+    python benchmarks/points_speed.py --quick                         # 200,000 points, seconds
+
+Not part of the test suite.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from points_memory import generate, machine  # noqa: E402
+
+
+def _model(clusters: int, dim: int, iterations: int):
+    from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
+
+    config = KMeansTransformerConfig(num_clusters=clusters, point_dim=dim, num_iterations=iterations)
+    return KMeansTransformerModel(config).eval()  # float32
+
+
+def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int, report: str) -> None:
+    """Run one measurement on `path` and write its figures to `report` (JSON; rank 0 only when distributed)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    torch.set_grad_enabled(False)
+    if "POINTS_SPEED_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["POINTS_SPEED_THREADS"]))
+    dim = len(pq.ParquetFile(path).schema_arrow.names)
+    model = _model(clusters, dim, iterations)
+    figures, is_main = {"mode": mode, "torch_threads": torch.get_num_threads()}, True
+    if mode == "memory":
+        table = pq.read_table(path)
+        points = torch.from_numpy(np.column_stack([column.to_numpy() for column in table.columns]))[None]
+        del table
+        initial = points[:, :clusters].clone()
+        times = {1: float("inf"), iterations + 1: float("inf")}
+        for count in [1, iterations + 1] * 2:  # the faster of two calls each: the machine may be shared
+            start = time.perf_counter()
+            output = model(points, initial, num_iterations=count)
+            times[count] = min(times[count], time.perf_counter() - start)
+        figures["engine"] = model.engine()
+        figures["iteration_s"] = [(times[iterations + 1] - times[1]) / iterations]
+        figures["inertia"] = float(output.inertia[0])
+    else:
+        from accelerate import Accelerator
+
+        from kmeans_transformer.points import cluster_points
+
+        accelerator = Accelerator(cpu=True)
+        is_main = accelerator.is_main_process
+        stamps, finalize = [], model.finalize
+
+        def timed_finalize(*args, **kwargs):
+            new = finalize(*args, **kwargs)
+            stamps.append(time.perf_counter())
+            return new
+
+        model.finalize = timed_finalize
+        start = time.perf_counter()
+        result = cluster_points(model, path, chunk_size=chunk_size, accelerator=accelerator, progress=False)
+        figures["total_s"] = time.perf_counter() - start
+        figures["iteration_s"] = [b - a for a, b in zip(stamps, stamps[1:])]
+        figures["processes"] = accelerator.num_processes
+        figures["engine"] = model.engine()
+        figures["inertia"] = result.inertia
+    figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if is_main:
+        Path(report).write_text(json.dumps(figures))
+
+
+def run(mode: str, path: Path, args, workdir: Path, processes: int = 1, threads: int | None = None) -> dict:
+    report = workdir / f"{mode}-{processes}-{threads}.json"
+    sizes = [str(args.clusters), str(args.iterations), str(args.chunk_size)]
+    arguments = ["--child", mode, str(path), *sizes, str(report)]
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["POINTS_SPEED_THREADS"] = str(threads)
+    if processes == 1:
+        command = [sys.executable, __file__, *arguments]
+    else:
+        torchrun = str(Path(sys.executable).with_name("torchrun"))
+        command = [torchrun, "--standalone", "--nproc_per_node", str(processes), __file__, *arguments]
+    subprocess.run(command, check=True, env=env)
+    figures = json.loads(report.read_text())
+    figures["median_iteration_s"] = sorted(figures["iteration_s"])[len(figures["iteration_s"]) // 2]
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-points", type=int, default=2_000_000)
+    parser.add_argument("--quick", action="store_true", help="200,000 points")
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--clusters", type=int, default=256)
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--chunk-size", type=int, default=65536)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="where to write the Parquet file (default: a temporary directory)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, path, clusters, iterations, chunk_size, report = args.child
+        child(mode, path, int(clusters), int(iterations), int(chunk_size), report)
+        return
+    if args.quick:
+        args.num_points = 200_000
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+        workdir = Path(workdir)
+        path = workdir / "points.parquet"
+        generate(path, args.num_points, args.dim, args.clusters, args.seed)
+        runs = {
+            "memory": run("memory", path, args, workdir),
+            "points": run("points", path, args, workdir),
+            "memory-1-thread": run("memory", path, args, workdir, threads=1),
+            "points-1-process": run("points", path, args, workdir, threads=1),
+            "points-2-processes": run("points", path, args, workdir, processes=2, threads=1),
+        }
+        file_mib = path.stat().st_size / 1024**2
+    figures = {
+        "num_points": args.num_points, "dim": args.dim, "clusters": args.clusters, "iterations": args.iterations,
+        "chunk_size": args.chunk_size, "file_mib": file_mib, "runs": runs,
+        "points_over_memory": runs["points"]["median_iteration_s"] / runs["memory"]["median_iteration_s"],
+        "points_over_memory_1_thread": (
+            runs["points-1-process"]["median_iteration_s"] / runs["memory-1-thread"]["median_iteration_s"]
+        ),
+        "two_over_one_process": (
+            runs["points-2-processes"]["median_iteration_s"] / runs["points-1-process"]["median_iteration_s"]
+        ),
+        "load_average": os.getloadavg(),
+        "machine": machine(),
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"{args.num_points:,} x {args.dim} float32 ({file_mib:.0f} MiB Parquet), k = {args.clusters}, "
+          f"chunk {args.chunk_size}")
+    for name, run_figures in runs.items():
+        times = ", ".join(f"{t:.3f}" for t in run_figures["iteration_s"])
+        print(f"{name:>20}: {run_figures['median_iteration_s']:.3f} s per iteration ({times}), peak RSS "
+              f"{run_figures['peak_rss_mib']:.0f} MiB, {run_figures['torch_threads']} thread(s), "
+              f"engine {run_figures['engine']}")
+    print(f"points / in-memory: {figures['points_over_memory']:.2f} (1 thread each: "
+          f"{figures['points_over_memory_1_thread']:.2f}); two processes / one: {figures['two_over_one_process']:.2f}")
+    print(f"load average {figures['load_average']}; machine: {figures['machine']}")
+
+
+if __name__ == "__main__":
+    main()
