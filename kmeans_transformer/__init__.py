@@ -11,6 +11,7 @@ from .modeling_kmeans_transformer import (
 from .attention_clustering import (
     AttentionClusteringConfig,
     AttentionClusteringModel,
+    CardedModelMixin,
     IdentityAttentionConfig,
     IdentityAttentionModel,
 )
@@ -41,6 +42,16 @@ def __dir__():
 
 # `model.push_to_hub` writes this package's card; the modeling file itself never imports the Hub code.
 KMeansTransformerModel.carded_push = staticmethod(lambda *args, **kwargs: _push_model(*args, **kwargs))
+
+
+# The models that learn to cluster write their card on `save_pretrained` (`cards.write_learning_card`).
+CardedModelMixin.card_writer = staticmethod(lambda *args, **kwargs: _write_learning_card(*args, **kwargs))
+
+
+def _write_learning_card(*args, **kwargs):
+    from .cards import write_learning_card
+
+    return write_learning_card(*args, **kwargs)
 
 
 def _push_model(*args, **kwargs):

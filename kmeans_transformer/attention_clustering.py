@@ -73,7 +73,46 @@ def _as_points(points, dtype, point_dim: int) -> torch.Tensor:
     return points.to(dtype)
 
 
-class _ClusteringPreTrainedModel(PreTrainedModel):
+class CardedModelMixin:
+    """
+    `save_pretrained` also writes the model card, `README.md` (`kmeans_transformer.cards.render_learning_card`), and
+    `push_to_hub` pushes it. Training code records what the card reports on the model: `card_training` (a dict of the
+    training settings) and `card_evaluation` (`{"task", "dataset", "dataset_config", "metrics"}`, the metrics being
+    what the evaluation function returned). Without the `kmeans_transformer` package (a checkpoint loaded with
+    `trust_remote_code`), `card_writer` is None and transformers' own behaviour is kept.
+    """
+
+    card_writer = None  # set by the `kmeans_transformer` package to `cards.write_learning_card`
+    card_training: dict | None = None
+    card_evaluation: dict | None = None
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, push_to_hub: bool = False, **kwargs):
+        if push_to_hub:  # transformers' push writes its own card over ours: push through `push_to_hub`
+            raise ValueError("save_pretrained(..., push_to_hub=True) is not supported; call model.push_to_hub(repo_id).")
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process and CardedModelMixin.card_writer is not None:
+            CardedModelMixin.card_writer(self, save_directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Push the model with its card (transformers' `push_to_hub`, then the card uploaded over its default one)."""
+        commit = super().push_to_hub(repo_id, **kwargs)
+        if CardedModelMixin.card_writer is None:
+            return commit
+        import tempfile
+        from pathlib import Path
+
+        from huggingface_hub import HfApi
+
+        with tempfile.TemporaryDirectory() as directory:
+            CardedModelMixin.card_writer(self, directory)
+            options = {name: kwargs[name] for name in ("revision", "create_pr", "token") if name in kwargs}
+            return HfApi(token=options.pop("token", None)).upload_file(
+                path_or_fileobj=str(Path(directory) / "README.md"), path_in_repo="README.md", repo_id=repo_id,
+                commit_message="Model card", **options,
+            )
+
+
+class _ClusteringPreTrainedModel(CardedModelMixin, PreTrainedModel):
     main_input_name = "points"
     _supports_sdpa = True
 
@@ -311,6 +350,7 @@ def quantisation(outputs, centres, tolerance: float) -> dict[str, float]:
 
 
 __all__ = [
+    "CardedModelMixin",
     "AttentionClusteringConfig",
     "AttentionClusteringModel",
     "AttentionClusteringOutput",
