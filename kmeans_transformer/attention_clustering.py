@@ -104,7 +104,7 @@ class CardedModelMixin:
         from huggingface_hub import HfApi
 
         with tempfile.TemporaryDirectory() as directory:
-            CardedModelMixin.card_writer(self, directory)
+            CardedModelMixin.card_writer(self, directory, repo_id=repo_id)
             options = {name: kwargs[name] for name in ("revision", "create_pr", "token") if name in kwargs}
             return HfApi(token=options.pop("token", None)).upload_file(
                 path_or_fileobj=str(Path(directory) / "README.md"), path_in_repo="README.md", repo_id=repo_id,

@@ -233,13 +233,13 @@ def render_learning_card(model, repo_id: str | None = None) -> ModelCard:
     )
 
 
-def write_learning_card(model, directory) -> None:
+def write_learning_card(model, directory, repo_id: str | None = None) -> None:
     """`directory/README.md`: the card of `render_learning_card`, written atomically (what `save_pretrained` of the
-    models that learn to cluster adds to the checkpoint)."""
+    models that learn to cluster adds to the checkpoint, and `push_to_hub` pushes with the repository's id)."""
     from .files import replacing_file
 
     with replacing_file(Path(directory) / "README.md", overwrite=True) as temporary:
-        render_learning_card(model).save(temporary)
+        render_learning_card(model, repo_id).save(temporary)
 
 
 def _assignment_rule(spec: VariantSpec) -> str:

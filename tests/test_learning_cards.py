@@ -6,6 +6,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModel
 
+from hub_server import hub  # noqa: F401  (the fixture)
 from kmeans_transformer import (
     AttentionClusteringConfig,
     AttentionClusteringModel,
@@ -96,3 +97,16 @@ def test_in_context_card_carries_the_misclustering_rate(tmp_path):
     card = ModelCard.load(tmp_path / "README.md")
     assert _metrics(card) == {"misclustering_rate": rate}
     assert f"| misclustering_rate | {rate} |" in card.text
+
+
+def test_push_to_hub_pushes_the_card(hub, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("HF_TOKEN", "hf_write_token")
+    model = MODELS["identity_attention"]()
+    model.card_evaluation = {"task": "Quantisation", "dataset": "one mixture", "metrics": {"error": 0.25}}
+    model.push_to_hub("alice/identity-attention")
+    pushed = hub.files("alice/identity-attention")
+    assert {"config.json", "model.safetensors", "attention_clustering.py"} <= set(pushed)
+    card = ModelCard(pushed["README.md"].decode())
+    assert "kmeans-transformer" in card.data.tags and "arXiv:2505.13112" in card.text
+    assert card.data.model_name == "alice/identity-attention" and 'from_pretrained("alice/identity-attention")' in card.text
+    assert _metrics(card) == {"error": 0.25}
