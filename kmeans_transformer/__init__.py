@@ -48,6 +48,18 @@ KMeansTransformerModel.carded_push = staticmethod(lambda *args, **kwargs: _push_
 CardedModelMixin.card_writer = staticmethod(lambda *args, **kwargs: _write_learning_card(*args, **kwargs))
 
 
+# Every `save_pretrained` of the package writes into an existing directory as transformers does, safely.
+KMeansTransformerModel.checkpoint_saving = CardedModelMixin.checkpoint_saving = staticmethod(
+    lambda *args, **kwargs: _saving_checkpoint(*args, **kwargs)
+)
+
+
+def _saving_checkpoint(*args, **kwargs):
+    from .convert import saving_checkpoint
+
+    return saving_checkpoint(*args, **kwargs)
+
+
 def _write_learning_card(*args, **kwargs):
     from .cards import write_learning_card
 

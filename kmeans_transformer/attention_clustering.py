@@ -83,15 +83,25 @@ class CardedModelMixin:
     """
 
     card_writer = None  # set by the `kmeans_transformer` package to `cards.write_learning_card`
+    checkpoint_saving = None  # set by the package to `convert.saving_checkpoint` (see `save_pretrained`)
     card_training: dict | None = None
     card_evaluation: dict | None = None
 
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, push_to_hub: bool = False, **kwargs):
+    def save_pretrained(self, save_directory, *args, overwrite: bool = False, push_to_hub: bool = False, **kwargs):
+        """
+        transformers' `save_pretrained`, and the card. With the package, the semantics of
+        `kmeans_transformer.convert.saving_checkpoint`: files written under temporary names and renamed into place,
+        the stale files of a previous checkpoint removed, other files left as they are, and a `README.md` the package
+        did not write kept (with a warning) unless `overwrite`.
+        """
         if push_to_hub:  # transformers' push writes its own card over ours: push through `push_to_hub`
             raise ValueError("save_pretrained(..., push_to_hub=True) is not supported; call model.push_to_hub(repo_id).")
-        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
-        if is_main_process and CardedModelMixin.card_writer is not None:
-            CardedModelMixin.card_writer(self, save_directory)
+        saving, writer = CardedModelMixin.checkpoint_saving, CardedModelMixin.card_writer
+        if saving is None or writer is None or not kwargs.get("is_main_process", True):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        with saving(save_directory, overwrite=overwrite) as temporary:
+            super().save_pretrained(temporary, *args, **kwargs)
+            writer(self, temporary)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Push the model with its card (transformers' `push_to_hub`, then the card uploaded over its default one)."""
