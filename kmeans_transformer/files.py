@@ -114,9 +114,12 @@ def writing_into_directory(path, is_owned, keep=lambda existing: False) -> Itera
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise FileExistsError(f"{path} exists and is not a directory.")
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(path)
     temporary = _temporary_sibling(path / "checkpoint")
     temporary.mkdir()
+    written = None
     try:
         yield temporary
         written = sorted(entry.name for entry in temporary.iterdir())
@@ -134,6 +137,22 @@ def writing_into_directory(path, is_owned, keep=lambda existing: False) -> Itera
                 entry.unlink()
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+        if written is None and created and not any(path.iterdir()):
+            path.rmdir()  # a new directory whose first save failed: as if never started
+
+
+def _remove_dead_temporaries(directory: Path) -> None:
+    """Remove the temporary directories that saves killed with SIGKILL left in `directory` (their process is gone)."""
+    for entry in directory.glob(f".checkpoint.*{PARTIAL_SUFFIX}"):
+        pid = entry.name.removeprefix(".checkpoint.").partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
 
 
 def refuse_overlap(output, inputs, what: str = "output") -> None:

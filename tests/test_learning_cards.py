@@ -110,3 +110,33 @@ def test_push_to_hub_pushes_the_card(hub, monkeypatch):  # noqa: F811
     assert "kmeans-transformer" in card.data.tags and "arXiv:2505.13112" in card.text
     assert card.data.model_name == "alice/identity-attention" and 'from_pretrained("alice/identity-attention")' in card.text
     assert _metrics(card) == {"error": 0.25}
+
+
+def test_models_save_into_an_existing_directory_as_transformers_does(tmp_path, monkeypatch):
+    from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
+
+    target = tmp_path / "checkpoint"
+    first = MODELS["attention_clustering"]()
+    first.save_pretrained(target)
+    (target / "model-00002-of-00002.safetensors").write_bytes(b"stale")
+    (target / "train.py").write_text("# mine")
+    (target / "README.md").write_text("My own notes, no metadata.\n")
+    second = MODELS["attention_clustering"]()
+    with pytest.warns(UserWarning, match="not written by kmeans-transformer"):
+        second.save_pretrained(target)
+    assert (target / "README.md").read_text() == "My own notes, no metadata.\n" and (target / "train.py").exists()
+    assert not (target / "model-00002-of-00002.safetensors").exists()
+    torch.testing.assert_close(AutoModel.from_pretrained(target).heads, second.heads, rtol=0, atol=0)
+    # an exception while writing (here, in the weights) leaves the previous checkpoint loadable
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("transformers.modeling_utils.safe_save_file", failing)
+    with pytest.raises(OSError, match="No space"):
+        KMeansTransformerModel(KMeansTransformerConfig(num_clusters=2, point_dim=2)).save_pretrained(target)
+    monkeypatch.undo()
+    assert sorted(path.name for path in target.iterdir() if path.name.startswith(".")) == []
+    torch.testing.assert_close(AutoModel.from_pretrained(target).heads, second.heads, rtol=0, atol=0)
+    # overwrite replaces the user's README with the card
+    second.save_pretrained(target, overwrite=True)
+    assert "kmeans-transformer" in ModelCard.load(target / "README.md").data.tags
