@@ -11,6 +11,7 @@ from .modeling_kmeans_transformer import (
 from .attention_clustering import (
     AttentionClusteringConfig,
     AttentionClusteringModel,
+    CardedModelMixin,
     IdentityAttentionConfig,
     IdentityAttentionModel,
 )
@@ -41,6 +42,28 @@ def __dir__():
 
 # `model.push_to_hub` writes this package's card; the modeling file itself never imports the Hub code.
 KMeansTransformerModel.carded_push = staticmethod(lambda *args, **kwargs: _push_model(*args, **kwargs))
+
+
+# The models that learn to cluster write their card on `save_pretrained` (`cards.write_learning_card`).
+CardedModelMixin.card_writer = staticmethod(lambda *args, **kwargs: _write_learning_card(*args, **kwargs))
+
+
+# Every `save_pretrained` of the package writes into an existing directory as transformers does, safely.
+KMeansTransformerModel.checkpoint_saving = CardedModelMixin.checkpoint_saving = staticmethod(
+    lambda *args, **kwargs: _saving_checkpoint(*args, **kwargs)
+)
+
+
+def _saving_checkpoint(*args, **kwargs):
+    from .convert import saving_checkpoint
+
+    return saving_checkpoint(*args, **kwargs)
+
+
+def _write_learning_card(*args, **kwargs):
+    from .cards import write_learning_card
+
+    return write_learning_card(*args, **kwargs)
 
 
 def _push_model(*args, **kwargs):

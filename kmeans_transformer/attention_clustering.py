@@ -73,7 +73,56 @@ def _as_points(points, dtype, point_dim: int) -> torch.Tensor:
     return points.to(dtype)
 
 
-class _ClusteringPreTrainedModel(PreTrainedModel):
+class CardedModelMixin:
+    """
+    `save_pretrained` also writes the model card, `README.md` (`kmeans_transformer.cards.render_learning_card`), and
+    `push_to_hub` pushes it. Training code records what the card reports on the model: `card_training` (a dict of the
+    training settings) and `card_evaluation` (`{"task", "dataset", "dataset_config", "metrics"}`, the metrics being
+    what the evaluation function returned). Without the `kmeans_transformer` package (a checkpoint loaded with
+    `trust_remote_code`), `card_writer` is None and transformers' own behaviour is kept.
+    """
+
+    card_writer = None  # set by the `kmeans_transformer` package to `cards.write_learning_card`
+    checkpoint_saving = None  # set by the package to `convert.saving_checkpoint` (see `save_pretrained`)
+    card_training: dict | None = None
+    card_evaluation: dict | None = None
+
+    def save_pretrained(self, save_directory, *args, overwrite: bool = False, push_to_hub: bool = False, **kwargs):
+        """
+        transformers' `save_pretrained`, and the card. With the package, the semantics of
+        `kmeans_transformer.convert.saving_checkpoint`: files written under temporary names and renamed into place,
+        the stale files of a previous checkpoint removed, other files left as they are, and a `README.md` the package
+        did not write kept (with a warning) unless `overwrite`.
+        """
+        if push_to_hub:  # transformers' push writes its own card over ours: push through `push_to_hub`
+            raise ValueError("save_pretrained(..., push_to_hub=True) is not supported; call model.push_to_hub(repo_id).")
+        saving, writer = CardedModelMixin.checkpoint_saving, CardedModelMixin.card_writer
+        if saving is None or writer is None or not kwargs.get("is_main_process", True):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        with saving(save_directory, overwrite=overwrite) as temporary:
+            super().save_pretrained(temporary, *args, **kwargs)
+            writer(self, temporary)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Push the model with its card (transformers' `push_to_hub`, then the card uploaded over its default one)."""
+        commit = super().push_to_hub(repo_id, **kwargs)
+        if CardedModelMixin.card_writer is None:
+            return commit
+        import tempfile
+        from pathlib import Path
+
+        from huggingface_hub import HfApi
+
+        with tempfile.TemporaryDirectory() as directory:
+            CardedModelMixin.card_writer(self, directory, repo_id=repo_id)
+            options = {name: kwargs[name] for name in ("revision", "create_pr", "token") if name in kwargs}
+            return HfApi(token=options.pop("token", None)).upload_file(
+                path_or_fileobj=str(Path(directory) / "README.md"), path_in_repo="README.md", repo_id=repo_id,
+                commit_message="Model card", **options,
+            )
+
+
+class _ClusteringPreTrainedModel(CardedModelMixin, PreTrainedModel):
     main_input_name = "points"
     _supports_sdpa = True
 
@@ -311,6 +360,7 @@ def quantisation(outputs, centres, tolerance: float) -> dict[str, float]:
 
 
 __all__ = [
+    "CardedModelMixin",
     "AttentionClusteringConfig",
     "AttentionClusteringModel",
     "AttentionClusteringOutput",

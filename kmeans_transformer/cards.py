@@ -18,6 +18,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .variants import PARAMETER_NAMES, VariantSpec
 
 
+PACKAGE_TAG = "kmeans-transformer"
+
+
 if TYPE_CHECKING:
     from .configuration_kmeans_transformer import KMeansTransformerConfig
     from .modeling_kmeans_transformer import KMeansTransformerModel
@@ -70,15 +73,26 @@ def validation_results(config: "KMeansTransformerConfig", report: "ValidationRep
     ]
 
 
-def _card_data(spec: VariantSpec, repo_id: str | None, eval_results) -> ModelCardData:
-    """The YAML metadata every variant's card shares: library, license, tags, name and the `model-index` figures."""
+def _card_data(name: str, repo_id: str | None, eval_results, tags=("k-means",), extra_tags=None) -> ModelCardData:
+    """The YAML metadata every card of the package shares: library, license, tags (`tags`, `kmeans-transformer`, then
+    `extra_tags`, default `name`), name (`repo_id`, else `kmeans-transformer-<name>`) and the `model-index` figures. `library_name: transformers` with the `kmeans-transformer` tag is the
+    mark of a card this package wrote (`is_package_card`)."""
     return ModelCardData(
         library_name="transformers",
         license="apache-2.0",
-        tags=["clustering", "k-means", "kmeans-transformer", spec.name],
-        model_name=repo_id or f"kmeans-transformer-{spec.name}",
+        tags=["clustering", *tags, PACKAGE_TAG, *(extra_tags or (name,))],
+        model_name=repo_id or f"{PACKAGE_TAG}-{name}",
         eval_results=eval_results,
     )
+
+
+def is_package_card(path) -> bool:
+    """Whether the card at `path` was written by this package (its metadata carries the `kmeans-transformer` tag)."""
+    try:
+        data = ModelCard.load(path, ignore_metadata_errors=True).data
+    except Exception:  # unreadable, or not a card at all: not ours
+        return False
+    return PACKAGE_TAG in (data.tags or []) and data.library_name == "transformers"
 
 
 def render_model_card(
@@ -92,7 +106,7 @@ def render_model_card(
     """
     config = model.config
     spec = config.variant_spec
-    card_data = _card_data(spec, repo_id, validation_results(config, report))
+    card_data = _card_data(spec.name, repo_id, validation_results(config, report))
     card = ModelCard.from_template(
         card_data,
         template_str=_template(spec.card_template),
@@ -148,7 +162,7 @@ def render_learned_card(model: "KMeansTransformerModel", settings: dict, evaluat
     """
     config = model.config
     spec = config.variant_spec
-    card_data = _card_data(spec, None, learned_results(evaluation) if evaluation is not None else None)
+    card_data = _card_data(spec.name, None, learned_results(evaluation) if evaluation is not None else None)
     from .learned import START_TITLES, evaluation_table
 
     return ModelCard.from_template(
@@ -161,6 +175,71 @@ def render_learned_card(model: "KMeansTransformerModel", settings: dict, evaluat
         start_titles=START_TITLES,
         model_name=card_data.model_name,
     )
+
+
+# The models that learn to cluster (`attention_clustering`, `in_context`): model type -> (template, tags).
+LEARNING_CARDS = {
+    "attention_clustering": ("attention_clustering.md", ("attention", "gaussian-mixture")),
+    "identity_attention": ("identity_attention.md", ("attention", "mean-shift")),
+    "in_context_clustering": ("in_context_clustering.md", ("in-context-learning", "gaussian-mixture")),
+}
+
+
+def learning_results(evaluation: dict) -> list[EvalResult]:
+    """
+    An evaluation of a model that learns to cluster as model-index entries: `evaluation` is
+    `{"task": ..., "dataset": ..., "dataset_config": ..., "metrics": {name: value}}`, `metrics` what the evaluation
+    function returned (`attention_clustering.head_alignment`, `attention_clustering.quantisation`,
+    `in_context.misclustering_rate` averaged), one entry per figure.
+    """
+    dataset = {
+        "task_type": "clustering",
+        "task_name": evaluation["task"],
+        "dataset_type": "synthetic-gaussian-mixtures",
+        "dataset_name": evaluation["dataset"],
+        "dataset_config": evaluation.get("dataset_config"),
+    }
+    return [
+        EvalResult(**dataset, metric_type=name, metric_name=name.replace("_", " "), metric_value=float(value))
+        for name, value in evaluation["metrics"].items()
+    ]
+
+
+def render_learning_card(model, repo_id: str | None = None) -> ModelCard:
+    """
+    The card of a model that learns to cluster (`AttentionClusteringModel`, `IdentityAttentionModel`,
+    `InContextClusteringModel`), from `hub_cards/<model_type>.md`: what it computes, how to load it, and the training
+    settings (`model.card_training`) and evaluation figures (`model.card_evaluation`, in the `model-index` too) that
+    its training recorded on it, when it was trained.
+    """
+    config = model.config
+    if config.model_type not in LEARNING_CARDS:
+        raise ValueError(f"no card template for model type {config.model_type!r}; expected one of {sorted(LEARNING_CARDS)}")
+    template, tags = LEARNING_CARDS[config.model_type]
+    training, evaluation = getattr(model, "card_training", None), getattr(model, "card_evaluation", None)
+    card_data = _card_data(
+        config.model_type.replace("_", "-"), repo_id, learning_results(evaluation) if evaluation else None, tags=tags
+    )
+    import jinja2
+
+    results = jinja2.Template(_template("learning_results.md")).render(training=training, evaluation=evaluation)
+    return ModelCard.from_template(
+        card_data,
+        template_str=_template(template),
+        config=config,
+        results=results.strip(),
+        repo_id=repo_id or "path/to/checkpoint",
+        model_name=card_data.model_name,
+    )
+
+
+def write_learning_card(model, directory, repo_id: str | None = None) -> None:
+    """`directory/README.md`: the card of `render_learning_card`, written atomically (what `save_pretrained` of the
+    models that learn to cluster adds to the checkpoint, and `push_to_hub` pushes with the repository's id)."""
+    from .files import replacing_file
+
+    with replacing_file(Path(directory) / "README.md", overwrite=True) as temporary:
+        render_learning_card(model, repo_id).save(temporary)
 
 
 def _assignment_rule(spec: VariantSpec) -> str:
@@ -194,11 +273,10 @@ def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: i
     labels = estimator.labels_
     names = getattr(estimator, "feature_names_in_", None)
     column_names = [str(name) for name in names] if names is not None else [f"x{i}" for i in range(config.point_dim)]
-    card_data = ModelCardData(
-        library_name="transformers",
-        license="apache-2.0",
-        tags=["clustering", "k-means", "kmeans-transformer", spec.name, "fitted"],
-        model_name=repo_id or f"kmeans-transformer-{spec.name}-fitted",
+    card_data = _card_data(
+        f"{spec.name}-fitted",
+        repo_id,
+        extra_tags=(spec.name, "fitted"),
         eval_results=[
             EvalResult(
                 task_type="clustering",
@@ -246,9 +324,14 @@ def render_fitted_card(estimator, repo_id: str | None = None, max_table_cells: i
 __all__ = [
     "FITTED_CENTROIDS_NOTICE",
     "MODIFIED_WEIGHTS_NOTICE",
+    "LEARNING_CARDS",
+    "is_package_card",
     "learned_results",
+    "learning_results",
+    "render_learning_card",
     "render_fitted_card",
     "render_learned_card",
     "render_model_card",
     "validation_results",
+    "write_learning_card",
 ]

@@ -10,17 +10,21 @@ when complete (`files.replacing_directory`), so an interrupted or failed write (
 directory, or the previous checkpoint as it was. `overwrite` replaces a previous checkpoint whole, once the new one is
 complete: none of its files survive. A non-empty directory holding anything that is not a checkpoint's file is
 refused even with `overwrite`, since replacing it would delete files this package did not write.
+
+Every `save_pretrained` of the package (the models' and the estimator's) follows transformers' semantics instead
+([`saving_checkpoint`]): it writes into an existing directory, file by file.
 """
 
 import re
+import warnings
 from pathlib import Path
 
 from transformers.dynamic_module_utils import get_relative_import_files
 
-from . import modeling_kmeans_transformer
-from .cards import render_model_card
+from . import in_context, modeling_kmeans_transformer
+from .cards import is_package_card, render_model_card
 from .configuration_kmeans_transformer import KMeansTransformerConfig
-from .files import replacing_directory
+from .files import replacing_directory, writing_into_directory
 from .modeling_kmeans_transformer import DTYPES, KMeansTransformerModel
 from .validation import ValidationError, ValidationReport, validate_against_reference
 
@@ -38,8 +42,15 @@ ESTIMATOR_ARRAYS_NAME = "kmeans_estimator.safetensors"
 OPTIONAL_FILES = (ESTIMATOR_CONFIG_NAME, ESTIMATOR_ARRAYS_NAME, "generation_config.json")
 # The code files for `trust_remote_code`; the modules they import relatively travel with them.
 CODE_FILES = ("configuration_kmeans_transformer.py", "modeling_kmeans_transformer.py")
+# The code files of every model of the package: the k-means transformer's and those of the models that learn to cluster.
 PACKAGE_CODE_FILES = frozenset(
-    {*CODE_FILES, *(Path(path).name for path in get_relative_import_files(modeling_kmeans_transformer.__file__))}
+    {
+        *CODE_FILES,
+        *(Path(path).name for path in get_relative_import_files(modeling_kmeans_transformer.__file__)),
+        *(Path(path).name for path in get_relative_import_files(in_context.__file__)),
+        "attention_clustering.py",
+        "in_context.py",
+    }
 )
 
 
@@ -132,6 +143,38 @@ def check_checkpoint_output(directory, overwrite: bool, how: str = "pass --overw
     return directory
 
 
+def is_owned_checkpoint_file(path: Path) -> bool:
+    """Whether `path` is a file of a checkpoint of this package that a new save may replace or remove: a checkpoint
+    file by name ([`is_checkpoint_file`]), except a `README.md` this package did not write (`cards.is_package_card`)."""
+    return is_checkpoint_file(path) and (path.name != CARD_NAME or is_package_card(path))
+
+
+def saving_checkpoint(directory, overwrite: bool = False):
+    """
+    The semantics of transformers' `save_pretrained` for every `save_pretrained` of the package (a context manager
+    that yields the temporary directory to write the checkpoint into, `files.writing_into_directory`): writing into
+    an existing directory is allowed; each file is written under a temporary name and renamed into place, replacing
+    the file of that name; the files of a previous checkpoint that the new one does not write (stale weight shards,
+    stale estimator files, a stale card of this package) are removed; other files are left untouched; an exception
+    while writing leaves the previous checkpoint as it was. One exception: a `README.md` that this package did not
+    write (its metadata lacks the `kmeans-transformer` tag) is kept, with a warning, and the new card is not
+    written, unless `overwrite`, which replaces it.
+    """
+
+    def keep(existing: Path) -> bool:
+        if existing.name != CARD_NAME or overwrite or is_package_card(existing):
+            return False
+        warnings.warn(
+            f"{existing} was not written by kmeans-transformer: it is kept and the model card is not written; pass "
+            "overwrite=True to replace it.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return True
+
+    return writing_into_directory(directory, is_owned=is_owned_checkpoint_file, keep=keep)
+
+
 def convert_checkpoint(
     model: KMeansTransformerModel, output_dir: str | Path, overwrite: bool = False, repo_id: str | None = None
 ) -> ValidationReport:
@@ -156,6 +199,8 @@ def convert_checkpoint(
 
 __all__ = [
     "CODE_FILES",
+    "is_owned_checkpoint_file",
+    "saving_checkpoint",
     "OPTIONAL_FILES",
     "build_model",
     "check_checkpoint_directory",

@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 from .cards import render_fitted_card
-from .convert import ESTIMATOR_ARRAYS_NAME, ESTIMATOR_CONFIG_NAME, check_checkpoint_output
-from .files import replacing_directory
+from .convert import ESTIMATOR_ARRAYS_NAME, ESTIMATOR_CONFIG_NAME, saving_checkpoint
 from .hub import push_checkpoint
 from .initialization import batched_kmeans_plusplus, random_points
 from .modeling_kmeans_transformer import DTYPES, KMeansTransformerModel, labelled_inertia
@@ -592,18 +591,18 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         fitted centroids as weights, and its code for `trust_remote_code`), the estimator's parameters and fitted
         attributes (`kmeans_estimator.json`, `kmeans_estimator.safetensors`) and a model card. `AutoModel` loads
         the model, which assigns points to the fitted centroids; [`KMeans.from_pretrained`] loads the estimator.
-        The checkpoint is built in a temporary sibling directory and moved into place complete, so an interrupted
-        save leaves no directory (or the previous one as it was). A non-empty directory is refused unless
-        `overwrite`, which replaces the previous checkpoint whole once the new one is complete (none of its files
-        survive; a directory that holds anything a checkpoint does not is refused, see
-        `kmeans_transformer.convert.check_checkpoint_output`).
+
+        As transformers' `save_pretrained` (`kmeans_transformer.convert.saving_checkpoint`): `save_directory` may
+        exist and hold a previous checkpoint; each file is written under a temporary name and renamed into place,
+        the files of the previous checkpoint that this one does not write (stale weight shards) are removed, and
+        files of no checkpoint are left untouched; an exception while writing leaves the previous checkpoint as it
+        was. A `README.md` that this package did not write is kept, with a warning, and the card is not written,
+        unless `overwrite=True`, which replaces it.
         """
         check_is_fitted(self)
-        how = "pass overwrite=True"
-        directory = check_checkpoint_output(save_directory, overwrite, how=how)
         card = render_fitted_card(self)
         record, arrays = self._estimator_record()
-        with replacing_directory(directory, overwrite=overwrite, how=how) as temporary:
+        with saving_checkpoint(save_directory, overwrite=overwrite) as temporary:
             self.model_.save_pretrained(temporary)
             (temporary / ESTIMATOR_CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
             save_file(arrays, str(temporary / ESTIMATOR_ARRAYS_NAME))

@@ -8,6 +8,10 @@ Writing a user's files safely: every output appears complete or not at all, and 
 - `replacing_directory(path)`: the same for a directory of outputs (a checkpoint, a results dataset): it is built
   under a temporary sibling name, and only when complete does it take `path`'s place; a previous output at `path`
   (with `overwrite`) is removed only after the new one is complete, so stale files of the old one never survive.
+- `writing_into_directory(path, is_owned, keep)`: the semantics of transformers' `save_pretrained` for a checkpoint
+  directory: the new files are built in a hidden temporary directory inside `path`, then each is renamed into place
+  over the file of that name; the files of a previous checkpoint that the new one does not write (`is_owned`: stale
+  weight shards, stale estimator files) are removed afterwards, and every other file is left untouched.
 - `refuse_overlap(output, inputs)`: an output that resolves to an input, contains one or lies inside one, is refused.
 
 A temporary name starts with `.` and ends with `.partial`, so that it is hidden and recognisable; a leftover one (a
@@ -97,6 +101,60 @@ def replacing_directory(path, overwrite: bool = False, how: str = "pass --overwr
         shutil.rmtree(previous)
 
 
+@contextmanager
+def writing_into_directory(path, is_owned, keep=lambda existing: False) -> Iterator[Path]:
+    """
+    Yield an empty temporary directory inside `path` (created if needed) to fill. When the block ends without error,
+    each file written there is renamed into `path` (atomic on POSIX), replacing the file of that name unless
+    `keep(existing_path)` is true (that file stays as it was); then each file of `path` that `is_owned(file)` and
+    that the new files do not include is removed (the leftovers of a previous checkpoint). Files not owned are never
+    touched. On error (or an interrupt) while the block runs, the temporary directory is removed and `path` is as it
+    was, so a previous checkpoint there still loads.
+    """
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise FileExistsError(f"{path} exists and is not a directory.")
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(path)
+    temporary = _temporary_sibling(path / "checkpoint")
+    temporary.mkdir()
+    written = None
+    try:
+        yield temporary
+        written = sorted(entry.name for entry in temporary.iterdir())
+        for name in written:
+            target = path / name
+            if (target.exists() or target.is_symlink()) and keep(target):
+                continue
+            if target.is_dir() and not target.is_symlink():
+                raise IsADirectoryError(f"{target} is a directory; the checkpoint file {name} cannot replace it.")
+            if target.is_symlink():
+                target.unlink()  # replace the link itself, never the file it points to
+            os.replace(temporary / name, target)
+        for entry in path.iterdir():
+            if entry.name not in written and entry != temporary and not entry.is_dir() and is_owned(entry):
+                entry.unlink()
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if written is None and created and not any(path.iterdir()):
+            path.rmdir()  # a new directory whose first save failed: as if never started
+
+
+def _remove_dead_temporaries(directory: Path) -> None:
+    """Remove the temporary directories that saves killed with SIGKILL left in `directory` (their process is gone)."""
+    for entry in directory.glob(f".checkpoint.*{PARTIAL_SUFFIX}"):
+        pid = entry.name.removeprefix(".checkpoint.").partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
 def refuse_overlap(output, inputs, what: str = "output") -> None:
     """
     `ValueError` if `output` resolves to one of `inputs`, lies inside one (an input directory) or contains one: writing
@@ -111,4 +169,11 @@ def refuse_overlap(output, inputs, what: str = "output") -> None:
             raise ValueError(f"The {what} {output} would overwrite the input {source}; choose another path.")
 
 
-__all__ = ["PARTIAL_SUFFIX", "check_new_path", "refuse_overlap", "replacing_directory", "replacing_file"]
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "check_new_path",
+    "refuse_overlap",
+    "replacing_directory",
+    "replacing_file",
+    "writing_into_directory",
+]

@@ -35,7 +35,7 @@ from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .attention_clustering import _as_points, _check_positive, eager_attention_forward
+from .attention_clustering import CardedModelMixin, _as_points, _check_positive, eager_attention_forward
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 from .modeling_kmeans_transformer import KMeansTransformerEmbeddings, KMeansTransformerModel, KMeansTransformerPreTrainedModel
 
@@ -174,7 +174,7 @@ class InContextClusteringLayer(nn.Module):
         return hidden_states + self.mlp(self.mlp_norm(hidden_states)), weights
 
 
-class InContextClusteringPreTrainedModel(PreTrainedModel):
+class InContextClusteringPreTrainedModel(CardedModelMixin, PreTrainedModel):
     config: InContextClusteringConfig
     base_model_prefix = "in_context_clustering"
     main_input_name = "points"

@@ -517,6 +517,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     # Set by the `kmeans_transformer` package to its carded push (`hub.push_model`); None where only this file and
     # its relative imports are present (a model loaded with `trust_remote_code`): transformers' own push is used.
     carded_push = None
+    # Set by the package to `convert.saving_checkpoint` (the save semantics of `save_pretrained` below); None where
+    # only this file and its relative imports are present: transformers' own `save_pretrained` is used.
+    checkpoint_saving = None
 
     def __init__(self, config: KMeansTransformerConfig):
         config.validate_kmeans()
@@ -689,6 +692,21 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
             raise TypeError(f"{type(self).__name__}.forward() got an unexpected keyword argument `{name}`{hint}")
+
+    def save_pretrained(self, save_directory, *args, overwrite: bool = False, **kwargs):
+        """
+        transformers' `save_pretrained`, with its semantics made safe (`kmeans_transformer.convert.saving_checkpoint`):
+        writing into an existing directory is allowed; each file is written under a temporary name and renamed into
+        place; the files of a previous checkpoint that this one does not write (stale shards, a fitted estimator's
+        files, a card of this package that no longer describes the weights) are removed, other files are left as they
+        are; an exception while writing leaves the previous checkpoint loadable. A `README.md` the package did not
+        write is kept (with a warning) unless `overwrite`. `args` and `kwargs` go to transformers' `save_pretrained`.
+        """
+        saving = type(self).checkpoint_saving
+        if saving is None or kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        with saving(save_directory, overwrite=overwrite) as temporary:
+            super().save_pretrained(temporary, *args, **kwargs)
 
     def push_to_hub(self, repo_id: str, *, exist_ok: bool = True, **push_options):
         """

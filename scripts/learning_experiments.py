@@ -117,6 +117,9 @@ def train_heads(k, d, separation, init_scale, steps, seed=0):
     torch.manual_seed(seed)  # the heads' random initialisation
     model = AttentionClusteringModel(AttentionClusteringConfig(num_heads=k, point_dim=d, initializer_range=init_scale))
 
+    model.card_training = {"separation": separation, "initializer_range": init_scale, "steps": steps, "batch_size": 4,
+                           "learning_rate": 0.01, "seed": seed}
+
     def loss_function(model, batch):
         output = model(batch["points"].float().reshape(-1, d))
         return output.loss, head_alignment(model.heads, centres)
@@ -127,6 +130,10 @@ def train_heads(k, d, separation, init_scale, steps, seed=0):
             save_steps=10**9, seed=seed, progress=False, plateau_patience=20,
         )
         result = train(model, loss_function, lambda start: task_stream(population, seed=seed + 1, start=start), arguments)
+    model.card_evaluation = {  # what a saved checkpoint's card reports
+        "task": "Alignment of the heads with the mixture centres", "dataset": "the training mixture",
+        "dataset_config": f"k={k}, d={d}, separation {separation}", "metrics": head_alignment(model.heads, centres),
+    }
     return model, population, result.history
 
 
@@ -325,6 +332,8 @@ def train_in_context(k, d, initialization, steps, num_points=100, seed=0):
     )
     torch.manual_seed(seed)  # the random initialisation
     model = InContextClusteringModel(config)
+    model.card_training = {"instances": f"{num_points} points, separation in [1, 6]", "steps": steps, "batch_size": 8,
+                           "learning_rate": 1e-3, "max_grad_norm": 1.0, "seed": seed}
 
     def loss_function(model, batch):
         output = model(batch["points"].float(), centroids=batch["initial_centroids"].float(), labels=batch["labels"])

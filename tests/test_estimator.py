@@ -17,6 +17,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 from transformers import AutoModel
+from huggingface_hub import ModelCard
 
 from kmeans_transformer import KMeans, KMeansTransformerConfig, KMeansTransformerModel, reference
 from kmeans_transformer.initialization import batched_kmeans_plusplus
@@ -432,18 +433,15 @@ def test_explicit_init_round_trips_and_refit_from_loaded(tmp_path):
     np.testing.assert_array_equal(clone(loaded).fit(X).labels_, kmeans.labels_)
 
 
-def test_save_refuses_a_non_empty_directory_and_loading_an_algorithm_checkpoint(tmp_path):
+def test_save_into_a_directory_keeps_the_user_files_and_loading_an_algorithm_checkpoint_is_refused(tmp_path):
     X = bundled("iris", False)
     kmeans = KMeans(3, random_state=0).fit(X)
     target = tmp_path / "mine"
     target.mkdir()
     (target / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="is not empty"):
-        kmeans.save_pretrained(target)
-    # overwrite replaces a previous checkpoint whole, so it refuses a directory holding files of no checkpoint
-    with pytest.raises(FileExistsError, match=r"not part of a checkpoint \(notes\.txt\)"):
-        kmeans.save_pretrained(target, overwrite=True)
-    assert os.listdir(target) == ["notes.txt"] and os.listdir(tmp_path) == ["mine"]
+    kmeans.save_pretrained(target)  # as transformers' save_pretrained: writing into an existing directory is allowed
+    assert (target / "notes.txt").read_text() == "keep me" and sorted(os.listdir(tmp_path)) == ["mine"]
+    np.testing.assert_array_equal(KMeans.from_pretrained(target).cluster_centers_, kmeans.cluster_centers_)
 
     algorithm = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, point_dim=4))
     algorithm.save_pretrained(tmp_path / "algorithm")
@@ -481,15 +479,45 @@ def tree(directory):
     return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
 
 
-def test_save_pretrained_overwrite_replaces_the_whole_previous_checkpoint(tmp_path):
+def test_saving_again_into_the_same_directory_replaces_the_checkpoint_and_removes_its_stale_files(tmp_path):
     X = bundled("iris", False)
     target = tmp_path / "fitted"
     KMeans(3, random_state=0).fit(X).save_pretrained(target)
-    (target / "model.safetensors.index.json").write_text('{"weight_map": {}}')  # of an earlier, sharded save
+    (target / "model-00001-of-00002.safetensors").write_bytes(b"stale shard")  # of an earlier, sharded save
+    (target / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    (target / "analysis.ipynb").write_text("{}")  # the user's
     kmeans = KMeans(4, random_state=1).fit(X)
+    kmeans.save_pretrained(target)  # a rerun of a script that saves to the same directory
+    assert not (target / "model-00001-of-00002.safetensors").exists()
+    assert not (target / "model.safetensors.index.json").exists()
+    assert (target / "analysis.ipynb").read_text() == "{}"
+    loaded = KMeans.from_pretrained(target)
+    assert loaded.n_clusters == 4 and sorted(os.listdir(tmp_path)) == ["fitted"]
+    np.testing.assert_array_equal(loaded.predict(X), kmeans.predict(X))
+    assert not [name for name in os.listdir(target) if name.startswith(".")]  # no temporary left behind
+    # a plain model saved over it: the estimator's files and its card, which no longer describe it, are removed
+    AutoModel.from_pretrained(target).save_pretrained(target)
+    assert not {"kmeans_estimator.json", "kmeans_estimator.safetensors", "README.md"} & set(os.listdir(target))
+    assert (target / "analysis.ipynb").exists()
+
+
+def test_a_readme_the_package_did_not_write_is_kept_unless_overwrite(tmp_path):
+    X = bundled("iris", False)
+    kmeans = KMeans(3, random_state=0).fit(X)
+    target = tmp_path / "fitted"
+    target.mkdir()
+    (target / "README.md").write_text("# My notes\n")
+    with pytest.warns(UserWarning, match="README.md was not written by kmeans-transformer"):
+        kmeans.save_pretrained(target)
+    assert (target / "README.md").read_text() == "# My notes\n"
+    assert KMeans.from_pretrained(target).n_clusters == 3
     kmeans.save_pretrained(target, overwrite=True)
-    assert not (target / "model.safetensors.index.json").exists()  # nothing of the previous checkpoint survives
-    assert KMeans.from_pretrained(target).n_clusters == 4 and sorted(os.listdir(tmp_path)) == ["fitted"]
+    card = ModelCard.load(target / "README.md")
+    assert "kmeans-transformer" in card.data.tags and card.data.eval_results[0].metric_value == kmeans.inertia_
+    with warnings.catch_warnings():  # our own card is replaced silently
+        warnings.simplefilter("error")
+        KMeans(2, random_state=0).fit(X).save_pretrained(target)
+    assert ModelCard.load(target / "README.md").data.eval_results[0].metric_value != kmeans.inertia_
 
 
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
@@ -503,14 +531,14 @@ def test_an_interrupted_save_leaves_no_directory_or_the_previous_one(tmp_path, m
         raise failure
 
     previous = tmp_path / "previous"
-    kmeans.save_pretrained(previous)
+    KMeans(2, random_state=0).fit(X).save_pretrained(previous)
     before = tree(previous)
     monkeypatch.setattr(estimator_module, "save_file", failing_save_file)
-    for target, overwrite in ((tmp_path / "new", False), (previous, True)):
+    for target in (tmp_path / "new", previous):
         with pytest.raises(type(failure)):
-            kmeans.save_pretrained(target, overwrite=overwrite)
+            kmeans.save_pretrained(target)
     assert sorted(os.listdir(tmp_path)) == ["previous"]  # no partial "new", no temporary left behind
-    assert tree(previous) == before
+    assert tree(previous) == before and KMeans.from_pretrained(previous).n_clusters == 2
     monkeypatch.undo()
     kmeans.save_pretrained(tmp_path / "new")  # the rerun is not blocked
     np.testing.assert_array_equal(KMeans.from_pretrained(tmp_path / "new").labels_, kmeans.labels_)

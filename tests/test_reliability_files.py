@@ -305,6 +305,18 @@ def run_and_kill(server: ForkServer, job: dict, target: Path, sig, delay: float,
     return {"status": status, "total": end - start, "write": end - (writing or end)}
 
 
+def visible_tree(directory: Path) -> dict:
+    """`tree(directory)` without the hidden temporary folder a save killed with SIGKILL leaves (the next save removes
+    it)."""
+    return {name: data for name, data in tree(directory).items() if not name.split(os.sep)[0].endswith(".partial")}
+
+
+def file_by_file(killed: dict, previous: dict, new: dict) -> bool:
+    """Whether `killed` is a save interrupted between its renames: the new checkpoint's files so far, the previous
+    one's for the rest, each file whole."""
+    return set(killed) <= set(previous) | set(new) and all(killed[name] in (previous.get(name), new.get(name)) for name in killed)
+
+
 def check_after_kill(target: Path, allowed: list[dict], context: str) -> None:
     """`target` absent or one of the complete trees `allowed`; beside it, at most hidden `.partial` leftovers."""
     others = leftovers(target.parent, target.name)
@@ -347,12 +359,16 @@ def kill_trials(tmp_path: Path, trials, seed: int, env: dict[str, str]) -> None:
             delay = rng.uniform(0, max(window, 0.01))
             context = f"seed {seed}, trial {number}: {kind}, overwrite={overwrite}, {sig!r}, delay {delay:.4f} s"
             killed = run_and_kill(server, jobs[kind](target, size, overwrite), target, sig, delay, when_writing)
-            killed_tree = tree(target) if target.exists() else None
+            killed_tree = visible_tree(target) if target.exists() else None
             rerun = run_and_kill(server, jobs[kind](target, size, overwrite or target.exists()), target, None, 0, True)
             assert rerun["status"] == 0, (context, server.tail())
             check_checkpoint(target)
             new = tree(target)
-            assert killed_tree in ([previous, new] if overwrite else [None, new]), context
+            if kind == "convert":  # the command replaces the directory whole
+                assert killed_tree in ([previous, new] if overwrite else [None, new]), context
+            else:  # save_pretrained writes into the directory file by file, each file whole (its renames)
+                assert killed_tree in ([previous, new] if overwrite else [None, {}, new]) or (
+                    overwrite and file_by_file(killed_tree, previous, new)), context
             check_after_kill(target, [new], context)
             state[parent] = (size, new)
             if not overwrite:
