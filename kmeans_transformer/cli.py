@@ -882,6 +882,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def walk_parsers(parser: argparse.ArgumentParser, path=("kmeans-transformer",)):
+    """Every (command path, parser) under `parser`, itself included."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                yield from walk_parsers(subparser, (*path, name))
+
+
 # What the command reports as one line (exit status 2); anything else is a bug and keeps its traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The errors reported in one line (a user's input, file or environment), imported only when one is raised."""

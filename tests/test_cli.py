@@ -9,15 +9,7 @@ import pandas as pd
 import pytest
 
 from kmeans_transformer.cli import build_parser, main, report_error, standardization
-
-
-def walk(parser: argparse.ArgumentParser, path=("kmeans-transformer",)):
-    """Every (command path, parser) under `parser`, itself included."""
-    yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, subparser in action.choices.items():
-                yield from walk(subparser, (*path, name))
+from kmeans_transformer.cli import walk_parsers as walk
 
 
 def test_every_command_and_option_has_help():
@@ -155,8 +147,10 @@ def test_no_library_progress_bars_unless_verbose(tmp_path, monkeypatch):
         assert transformers_logging.is_progress_bar_enabled() is active
 
 
-def test_help_imports_neither_torch_nor_transformers():
-    code = ("import sys; from kmeans_transformer.cli import build_parser; build_parser().format_help(); "
-            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+def test_help_imports_none_of_the_heavy_libraries():
+    """Every command's help from the package alone: no scikit-learn, pandas, datasets, Accelerate or matplotlib."""
+    code = ("import sys; from kmeans_transformer.cli import build_parser, walk_parsers\n"
+            "for _, parser in walk_parsers(build_parser()): parser.format_help()\n"
+            "print(sorted({'sklearn', 'pandas', 'datasets', 'accelerate', 'matplotlib'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
