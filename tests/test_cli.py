@@ -125,6 +125,7 @@ def test_cluster_standardize_matches_scaler_then_kmeans(tmp_path, capsys, rng):
     assert not np.array_equal(pd.read_csv(tmp_path / "r.csv")["label"].to_numpy(), labels)
 
 
+@pytest.mark.slow  # two commands in fresh processes
 def test_no_library_progress_bars_unless_verbose(tmp_path, monkeypatch):
     """convert then infer: our own bar on stderr, the libraries' bars switched off unless --verbose."""
     from transformers.utils import logging as transformers_logging
