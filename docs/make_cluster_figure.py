@@ -28,7 +28,7 @@ if __name__ == "__main__":
             main(
                 [
                     "cluster", str(table), "--n-clusters", "3", "--init", "random", "--n-init", "10",
-                    "--random-state", "0", "--output", str(Path(scratch) / "wine_clusters.csv"),
+                    "--seed", "0", "--output", str(Path(scratch) / "wine_clusters.csv"),
                     "--plot", str(figure), "--overwrite", "--no-progress",
                 ]
             )

@@ -8,42 +8,91 @@ import warnings
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from .modeling_kmeans_transformer import DTYPES
-from .variants import ALGORITHM_PARAMETER_NAMES, PARAMETER_NAMES, PARAMETERS, VARIANT_NAMES, VARIANTS
-
-
 DEFAULT_TIMEOUT = 300.0  # seconds a process waits for the others in a collective (infer --timeout)
+# The arithmetic of every command that builds or fits a model: float64 by default, where the algorithm is exact (the
+# reference loops run in float64); `train` alone defaults to float32 (learned weights, trained by gradient steps).
+DTYPE_NAMES = ("float32", "float64")
+DEFAULT_DTYPE = "float64"
+DTYPE_HELP = "arithmetic and weight dtype (default: float64, exact as the reference loops; float32: half the memory)"
 
 
-# The variants whose models are algorithms as built (not `VariantSpec.trainable`: that one is made by `train`).
-ALGORITHM_NAMES = [name for name in VARIANT_NAMES if not VARIANTS[name].trainable]
+# One spelling per concept in every command; the second spelling of each is accepted as an alias. The number of
+# clusters is --n-clusters as in scikit-learn (a model's config calls it num_clusters), the seed --seed (cluster's
+# `random_state`). An exact iteration count T (the layers of a model) is --num-iterations; --max-iter (cluster) is a
+# different thing, an upper bound on iterations until convergence, as in scikit-learn.
+N_CLUSTERS = ("--n-clusters", "--num-clusters")
+SEED = ("--seed", "--random-state")
+
+
+def add_progress_arguments(parser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--verbose", action="store_true", help="let the libraries (transformers, datasets, Hub) "
+                        "show their own progress bars and messages too")
+
+
+def _quiet_libraries() -> None:
+    """
+    The libraries' own progress bars (transformers' "Loading weights", datasets' and the Hub's) off: the environment
+    variables for those not imported yet, the switches of those that are.
+    """
+    import os
+
+    for variable in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(variable, "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
+def _algorithm_names() -> list[str]:
+    """The variants whose models are algorithms as built (not `VariantSpec.trainable`: that one is made by `train`)."""
+    from .variants import VARIANT_NAMES, VARIANTS
+
+    return [name for name in VARIANT_NAMES if not VARIANTS[name].trainable]
+
+
+def _algorithm_parameters(args: argparse.Namespace) -> dict:
+    from .variants import ALGORITHM_PARAMETER_NAMES
+
+    return {name: getattr(args, name) for name in ALGORITHM_PARAMETER_NAMES}
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--variant", default="lloyd", choices=ALGORITHM_NAMES,
+        "--variant", default="lloyd", choices=_algorithm_names(),
         help="clustering algorithm (default: lloyd; a learned layer is written by the train command)",
     )
-    parser.add_argument("--num-clusters", type=int, required=True, help="number of clusters k")
-    parser.add_argument("--point-dim", type=int, required=True, help="dimension d of the points")
-    parser.add_argument("--num-iterations", type=int, required=True, help="number of iterations T (layers)")
+    parser.add_argument(*N_CLUSTERS, dest="n_clusters", type=int, required=True, metavar="K",
+                        help="number of clusters k (the config's num_clusters)")
+    parser.add_argument("--point-dim", type=int, required=True, metavar="D", help="dimension d of the points")
+    parser.add_argument("--num-iterations", type=int, required=True, metavar="T",
+                        help="number of iterations T (layers)")
     parser.add_argument("--separate-layers", action="store_true", help="T separate layers instead of one looped layer")
-    add_variant_arguments(parser, ALGORITHM_PARAMETER_NAMES)
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype (default: float32)")
-    parser.add_argument("--output", required=True, help="checkpoint directory to write")
+    add_variant_arguments(parser, algorithms_only=True)
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help=DTYPE_HELP)
+    parser.add_argument("--output", required=True, metavar="DIR", help="checkpoint directory to write")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
 
 
-def add_variant_arguments(parser: argparse.ArgumentParser, names=PARAMETER_NAMES) -> None:
+def add_variant_arguments(parser: argparse.ArgumentParser, algorithms_only: bool = False) -> None:
     """
-    One option per variant parameter (`variants.PARAMETERS`; those of `names`), its values, readers and defaults
-    from the specs.
+    One option per variant parameter (`variants.PARAMETERS`; those the algorithms read if `algorithms_only`), its
+    values, readers and defaults from the specs.
     """
+    from .variants import ALGORITHM_PARAMETER_NAMES, PARAMETER_NAMES, PARAMETERS, VARIANTS
+
     group = parser.add_argument_group("variant parameters (each only for the variants that read it)")
-    for name in names:
+    for name in ALGORITHM_PARAMETER_NAMES if algorithms_only else PARAMETER_NAMES:
         parameter = PARAMETERS[name]
         forms = [value for spec in VARIANTS.values() if spec.form_parameter == name for value in spec.forms]
         forms = forms or list(parameter.choices or ())
@@ -54,6 +103,8 @@ def add_variant_arguments(parser: argparse.ArgumentParser, names=PARAMETER_NAMES
 
 def _parameter_help(name: str, requirement: str) -> str:
     """`readers: requirement (default: the most common one; a variant: its own)`, and the exclusive parameters."""
+    from .variants import VARIANTS
+
     defaults = {spec.name: spec.parameters[name] for spec in VARIANTS.values() if name in spec.parameters}
     shown = {variant: "unset" if value is None else str(value) for variant, value in defaults.items()}
     common = max(shown.values(), key=list(shown.values()).count)
@@ -69,17 +120,17 @@ def run_convert(args: argparse.Namespace) -> None:
     from .convert import build_model, convert_checkpoint
 
     model = build_model(
-        num_clusters=args.num_clusters,
+        num_clusters=args.n_clusters,
         point_dim=args.point_dim,
         num_iterations=args.num_iterations,
         variant=args.variant,
         dtype=args.dtype,
         share_layers=not args.separate_layers,
-        **{name: getattr(args, name) for name in ALGORITHM_PARAMETER_NAMES},
+        **_algorithm_parameters(args),
     )
     report = convert_checkpoint(model, args.output, overwrite=args.overwrite)
     print(
-        f"wrote {args.output}: {args.variant}, k={args.num_clusters}, d={args.point_dim}, T={args.num_iterations}, "
+        f"wrote {args.output}: {args.variant}, k={args.n_clusters}, d={args.point_dim}, T={args.num_iterations}, "
         f"{args.dtype}; validated against {report.reference} on {report.num_problems} mixtures: labels identical "
         f"{report.label_agreement:.4%}, max relative centroid error {report.max_relative_centroid_error:.2e}"
         + (f", outlier flags identical {report.outlier_agreement:.4%}" if report.outlier_agreement is not None else "")
@@ -91,9 +142,16 @@ def run_convert(args: argparse.Namespace) -> None:
     )
 
 
-@torch.no_grad()
 def run_demo(args: argparse.Namespace) -> None:
     """Cluster a built-in Gaussian mixture with the transformer and with the reference loop, and compare."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        _demo(args, np, torch)
+
+
+def _demo(args: argparse.Namespace, np, torch) -> None:
     generator = np.random.default_rng(args.seed)
     k, d, iterations = 5, 2, 10
     from .convert import build_model
@@ -117,12 +175,13 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="points: .csv, .parquet, .npy or a datasets save_to_disk directory")
-    parser.add_argument("--n-clusters", type=int, required=True, metavar="K", help="number of clusters k")
+    parser.add_argument(*N_CLUSTERS, dest="n_clusters", type=int, required=True, metavar="K",
+                        help="number of clusters k")
     parser.add_argument("--output", required=True, metavar="OUT", help="the rows with their labels: .csv or .parquet")
     parser.add_argument(
-        "--variant", default="lloyd", choices=ALGORITHM_NAMES, help="clustering algorithm (default: lloyd)"
+        "--variant", default="lloyd", choices=_algorithm_names(), help="clustering algorithm (default: lloyd)"
     )
-    add_variant_arguments(parser, ALGORITHM_PARAMETER_NAMES)
+    add_variant_arguments(parser, algorithms_only=True)
     fit = parser.add_argument_group("fitting")
     fit.add_argument("--init", default="k-means++", choices=("k-means++", "random"), help="initial centroids (default: k-means++)")
     fit.add_argument("--n-init", default="auto", metavar="N|auto", help="restarts, run as one batch (default: auto: 1, "
@@ -130,11 +189,16 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--max-iter", type=int, default=300, metavar="N", help="iterations per restart at most (default: 300)")
     fit.add_argument("--tol", type=float, default=1e-4, metavar="X", help="relative tolerance on the centroid shift "
                      "(default: 1e-4); 0: exact convergence only")
-    fit.add_argument("--random-state", type=int, metavar="SEED", help="seed of the initialisation (default: a new draw)")
-    fit.add_argument("--dtype", choices=list(DTYPES), help="arithmetic (default: float64)")
+    fit.add_argument(*SEED, dest="seed", type=int, metavar="SEED", help="seed of the initialisation, the estimator's "
+                     "random_state (default: a new draw)")
+    fit.add_argument("--standardize", action="store_true", help="z-score every feature before clustering (as "
+                     "scikit-learn's StandardScaler: mean 0, population standard deviation 1; a constant feature "
+                     "becomes 0); the centroids table is written in the input's units, the inertia and the plot are in "
+                     "standardised units")
+    fit.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help=DTYPE_HELP)
     fit.add_argument("--device", metavar="DEV", help="torch device such as cpu or cuda (default: cpu); it must hold "
                      "data (not meta)")
-    fit.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_arguments(fit)
     io = parser.add_argument_group("columns and outputs")
     io.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column); a column "
                     "of equally long lists of numbers gives one feature per entry")
@@ -221,6 +285,8 @@ def _refuse_overlaps(outputs: dict[str, Path], inputs: list) -> None:
 
 def _check_device(name: str | None) -> None:
     """`--device`: a torch device that is available and holds data (the meta device holds none)."""
+    import torch
+
     from .estimator import check_device
 
     device = check_device(name)
@@ -234,6 +300,8 @@ def _check_device(name: str | None) -> None:
 
 def run_cluster(args: argparse.Namespace) -> None:
     """Cluster the rows of a table; write them with their labels, the centroids and, if asked, a plot and the model."""
+    import numpy as np
+
     from .estimator import KMeans
     from .plotting import plot_estimator
     from .tabular import read_points, sample_weights
@@ -265,16 +333,17 @@ def run_cluster(args: argparse.Namespace) -> None:
         n_init=n_init,
         max_iter=args.max_iter,
         tol=args.tol,
-        random_state=args.random_state,
+        random_state=args.seed,
         variant=args.variant,
-        **{name: getattr(args, name) for name in ALGORITHM_PARAMETER_NAMES},
+        **_algorithm_parameters(args),
         device=args.device,
         dtype=args.dtype,
         progress_bar=not args.no_progress,
     )
     import pandas as pd
 
-    points = pd.DataFrame(X, columns=feature_names)
+    mean, scale = standardization(X, weights) if args.standardize else (0.0, 1.0)
+    points = pd.DataFrame((X - mean) / scale, columns=feature_names)
     fit_start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -285,12 +354,28 @@ def run_cluster(args: argparse.Namespace) -> None:
 
     labelled = table.copy()
     labelled[args.label_column] = np.asarray(estimator.labels_, dtype=np.int64)
-    centroids = pd.DataFrame(estimator.cluster_centers_, columns=feature_names)
+    centroids = pd.DataFrame(estimator.cluster_centers_ * scale + mean, columns=feature_names)
     centroids.insert(0, "cluster", np.arange(args.n_clusters))
     figure = plot_estimator(estimator, points, sample_weight=weights) if "plot" in outputs else None
     _write_cluster_outputs(outputs, args.overwrite, labelled, centroids, figure, estimator)
 
     _print_cluster_summary(args, estimator, feature_names, outputs, fit_seconds, time.perf_counter() - start)
+
+
+def standardization(X, sample_weight=None):
+    """
+    `(mean, scale)` of `cluster --standardize`, as scikit-learn's `StandardScaler`: the (weighted) mean and population
+    standard deviation σ = sqrt(mean((x - mean)²)) of each column, σ = 1 where a column is constant (it becomes 0).
+    """
+    import numpy as np
+
+    X = np.asarray(X, dtype=np.float64)
+    weights = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    mean = np.average(X, axis=0, weights=weights)
+    std = np.sqrt(np.average((X - mean) ** 2, axis=0, weights=weights))
+    # StandardScaler's test for a constant column: a deviation at rounding level of the column's magnitude
+    constant = std < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)
+    return mean, np.where(constant, 1.0, std)
 
 
 def _write_cluster_outputs(outputs: dict[str, Path], overwrite: bool, labelled, centroids, figure, estimator) -> None:
@@ -317,6 +402,8 @@ def _write_cluster_outputs(outputs: dict[str, Path], overwrite: bool, labelled, 
 
 def _print_cluster_summary(args, estimator, feature_names, outputs, fit_seconds: float, seconds: float) -> None:
     """What `cluster` did: the data, the fit, the cluster sizes (and outliers, for a variant that reports them)."""
+    import numpy as np
+
     labels = np.asarray(estimator.labels_, dtype=np.int64)
     restarts = estimator.n_restarts_
     sizes = np.bincount(labels[labels >= 0], minlength=args.n_clusters)
@@ -326,7 +413,7 @@ def _print_cluster_summary(args, estimator, feature_names, outputs, fit_seconds:
     print(f"clustered {len(labels)} rows of {args.input}, {features}")
     print(
         f"  {args.variant}, k={args.n_clusters}, {restarts} restart{'s' if restarts != 1 else ''} ({args.init}, "
-        f"random state {args.random_state})"
+        f"seed {args.seed}{', standardised' if args.standardize else ''})"
     )
     print(f"  inertia: {estimator.inertia_:.10g}")
     print(f"  iterations: {estimator.n_iter_}{stopped}")
@@ -357,24 +444,28 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="problems: each row is a problem (default); points: the rows are the points of one problem")
     parser.add_argument("--num-iterations", type=int, metavar="T", help="iterations (shared-layer models only; "
                         "default: the model's num_iterations)")
+    parser.add_argument("--weight-column", "--weights-column", dest="weight_column", metavar="NAME", help="column of "
+                        "sample weights, numbers >= 0 (default: every point weighs 1); problems mode: a list per row, "
+                        "one weight per point of the problem; points mode: one number per row (not a feature)")
     problems = parser.add_argument_group("problems mode")
-    problems.add_argument("--points-column", default="points", help="column of each problem's points (default: points)")
-    problems.add_argument("--centroids-column", help="column of each problem's initial centroids (default: the model's)")
-    problems.add_argument("--batch-size", type=int, default=64, help="problems per batch and process (default: 64)")
-    problems.add_argument("--weights-column", help="column of each problem's sample weights, one number >= 0 per point "
-                          "(default: every point weighs 1)")
+    problems.add_argument("--points-column", default="points", metavar="NAME",
+                          help="column of each problem's points (default: points)")
+    problems.add_argument("--centroids-column", metavar="NAME",
+                          help="column of each problem's initial centroids (default: the model's)")
+    problems.add_argument("--batch-size", type=int, default=64, metavar="N",
+                          help="problems per batch and process (default: 64)")
     points = parser.add_argument_group("points mode")
     points.add_argument("--columns", metavar="A,B,...", help="feature columns (default: every numeric column; a "
                         "list-valued column such as an embedding counts as its coordinates)")
-    points.add_argument("--chunk-size", type=int, default=65536, help="points read and assigned at a time (default: 65536)")
-    points.add_argument("--weight-column", metavar="NAME", help="column of non-negative sample weights (not a "
-                        "feature): each row counts as its weight (default: every row weighs 1)")
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is available")
+    points.add_argument("--chunk-size", type=int, default=65536, metavar="N",
+                        help="points read and assigned at a time (default: 65536)")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is available "
+                        "(the device is otherwise Accelerate's choice, one per process)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="several processes: "
                         "how long a process waits for the others in a collective operation; a process that failed, "
                         "was stopped or lost ends the run with an error after this time "
                         f"(default: {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output, whole, once the new one "
                         "is complete")
 
@@ -410,17 +501,7 @@ def run_infer(args: argparse.Namespace) -> None:
         raise ValueError("--batch-size and --chunk-size must be >= 1.")
     if not 0 < args.timeout < float("inf"):
         raise ValueError(f"--timeout must be > 0 seconds, not {args.timeout:g}.")
-    if args.mode == "points" and args.weights_column is not None:
-        raise ValueError("--weights-column is a problems-mode option; points mode takes --weight-column.")
-    if args.mode == "problems" and args.weight_column is not None:
-        raise ValueError("--weight-column is a points-mode option; problems mode takes --weights-column.")
     output = _check_infer_output(args)
-    if args.no_progress:
-        import datasets
-        from transformers.utils import logging as transformers_logging
-
-        datasets.disable_progress_bars()
-        transformers_logging.disable_progress_bar()
     model = _load_model(args.model)
     accelerator = _accelerator(args)
     try:
@@ -428,6 +509,8 @@ def run_infer(args: argparse.Namespace) -> None:
         run(args, model, accelerator, output)
     finally:
         # without this, a process whose peer stopped answering aborts at exit ("terminate called ...")
+        import torch
+
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
@@ -456,7 +539,7 @@ def _infer_problems(args: argparse.Namespace, model, accelerator, output: Path) 
         num_iterations=args.num_iterations,
         accelerator=accelerator,
         progress=not args.no_progress,
-        weights_column=args.weights_column,
+        weights_column=args.weight_column,
     )
     if accelerator.is_main_process:
         write_problem_results(results, output, overwrite=args.overwrite)
@@ -500,10 +583,11 @@ def _infer_points(args: argparse.Namespace, model, accelerator, output: Path) ->
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="checkpoint directory (from convert, cluster --save-model, zoo)")
-    parser.add_argument("--repo-id", required=True, help="Hub model repository OWNER/NAME (or NAME in your namespace)")
+    parser.add_argument("--repo-id", required=True, metavar="OWNER/NAME",
+                        help="Hub model repository OWNER/NAME (or NAME in your namespace)")
     parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.add_argument("--revision", help="branch to commit to (created from main if new)")
-    parser.add_argument("--commit-message", help="commit message (default: names the variant and size)")
+    parser.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created from main if new)")
+    parser.add_argument("--commit-message", metavar="TEXT", help="commit message (default: names the variant and size)")
     parser.add_argument("--exist-ok", action="store_true", help="commit to the repository even if it already exists")
 
 
@@ -533,6 +617,8 @@ def _sizes(value: str) -> list[tuple[int, int, int]]:
 
 
 def _variants(value: str) -> list[str]:
+    from .variants import VARIANT_NAMES
+
     variants = [name.strip() for name in value.split(",") if name.strip()]
     unknown = [name for name in variants if name not in VARIANT_NAMES]
     if not variants or unknown:
@@ -543,10 +629,13 @@ def _variants(value: str) -> list[str]:
 
 
 def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .variants import VARIANT_NAMES
     from .zoo import STANDARD_SIZES
 
-    parser.add_argument("--output", required=True, help="folder to write the checkpoints and the README table into")
-    parser.add_argument("--owner", help="Hub namespace the checkpoints will be pushed to (named in cards and table)")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="folder to write the checkpoints and the README table into")
+    parser.add_argument("--owner", metavar="NAMESPACE",
+                        help="Hub namespace the checkpoints will be pushed to (named in cards and table)")
     parser.add_argument(
         "--variants",
         type=_variants,
@@ -559,18 +648,14 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(STANDARD_SIZES),
         help="comma-separated KxDxT sizes (default: " + ",".join("x".join(map(str, size)) for size in STANDARD_SIZES) + ")",
     )
-    parser.add_argument("--dtype", default="float64", choices=list(DTYPES), help="weight dtype (default: float64, exact)")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help=DTYPE_HELP)
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arguments(parser)
 
 
 def run_zoo(args: argparse.Namespace) -> None:
     from .zoo import build_zoo, standard_zoo
 
-    if args.no_progress:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
     results = build_zoo(
         args.output,
         standard_zoo(args.variants, args.sizes),
@@ -583,8 +668,6 @@ def run_zoo(args: argparse.Namespace) -> None:
 
 
 def run_build_kernels(args) -> None:
-    import time
-
     from .cpu_kernels import build_kernels
 
     started = time.monotonic()
@@ -619,9 +702,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from .tasks import FAMILIES
     from .variants import INITIALIZATIONS
 
-    parser.add_argument("--output", required=True, help="directory of the checkpoints, the log and the final model")
-    parser.add_argument("--num-clusters", type=int, default=6, help="k (default: 6)")
-    parser.add_argument("--point-dim", type=int, default=8, help="d (default: 8)")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="directory of the checkpoints, the log and the final model")
+    parser.add_argument(*N_CLUSTERS, dest="n_clusters", type=int, default=6, metavar="K",
+                        help="number of clusters k of the training tasks (default: 6)")
+    parser.add_argument("--point-dim", type=int, default=8, metavar="D", help="dimension d of the points (default: 8)")
     parser.add_argument("--num-points", type=int, default=128, help="points per training task (default: 128)")
     parser.add_argument("--family", default="normal", choices=FAMILIES, help="noise family of the training tasks")
     parser.add_argument("--scale", type=float, default=0.1, help="per-coordinate noise scale (default: 0.1)")
@@ -633,23 +718,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="tasks per global batch (default: 32)")
     parser.add_argument("--learning-rate", type=float, default=0.01, help="Adam's learning rate (default: 0.01)")
     parser.add_argument("--max-grad-norm", type=float, default=None, help="clip gradients to this norm")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the task stream")
+    parser.add_argument(*SEED, dest="seed", type=int, default=0, help="seed of the weights and of the task stream "
+                        "(default: 0)")
     parser.add_argument("--log-steps", type=int, default=10, help="log (and step the plateau decay) every N steps")
     parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps")
     parser.add_argument("--card-tasks", type=int, default=64, help="unseen tasks evaluated for each card (0: none)")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype (default: float32)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="weight dtype (default: float32, "
+                        "unlike the other commands: the weights are learned by gradient steps, not exact)")
     parser.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint-N directory")
     parser.add_argument("--tensorboard", action="store_true", help="log to TensorBoard as well")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where an accelerator is present")
     parser.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty output directory")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arguments(parser)
 
 
 def run_train(args: argparse.Namespace) -> None:
     from .learned import train_learned
 
     result = train_learned(
-        args.output, num_clusters=args.num_clusters, point_dim=args.point_dim, num_points=args.num_points,
+        args.output, num_clusters=args.n_clusters, point_dim=args.point_dim, num_points=args.num_points,
         inverse_temperature=args.gamma, init_from=args.init_from, loss_inverse_temperature=args.loss_inverse_temperature,
         num_layers=args.num_layers, family=args.family, scale=args.scale, dtype=args.dtype, card_tasks=args.card_tasks,
         max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -667,7 +754,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from .tasks import FAMILIES
 
     parser.add_argument("checkpoints", nargs="+", help="learned checkpoints (several: training seeds, summarised)")
-    parser.add_argument("--output", required=True, help="directory for table.md, evaluation.json and the figures")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="directory for table.md, evaluation.json and the figures")
     parser.add_argument("--num-points", type=_int_list, default=list(EVALUATION_NUM_POINTS),
                         help=f"comma-separated n (default: {','.join(map(str, EVALUATION_NUM_POINTS))})")
     parser.add_argument("--families", type=_choice_list(FAMILIES), default=list(FAMILIES),
@@ -677,13 +765,14 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-tasks", type=int, default=320, help="unseen tasks per setting (default: 320)")
     parser.add_argument("--steps", type=int, default=20, help="steps of the loop and Lloyd iterations (default: 20)")
     parser.add_argument("--scale", type=float, default=0.1, help="per-coordinate noise scale (default: 0.1)")
-    parser.add_argument("--seed", type=int, default=EVALUATION_SEED, help=f"task stream (default: {EVALUATION_SEED})")
+    parser.add_argument(*SEED, dest="seed", type=int, default=EVALUATION_SEED,
+                        help=f"seed of the task stream (default: {EVALUATION_SEED})")
     parser.add_argument("--batch-size", type=int, default=32, help="tasks run at once (default: 32)")
     parser.add_argument("--loop", default="reembed", choices=("reembed", "tokens"),
                         help="reembed (default): each step one call on the points and current centroids embedded afresh; "
                         "tokens: one call of --steps layers, the tokens carried by the residual stream")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arguments(parser)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -705,9 +794,15 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-transformer", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="cluster a built-in example and compare with the reference algorithm")
-    demo.add_argument("--seed", type=int, default=0)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
+    demo = commands.add_parser(
+        "demo",
+        help="cluster a built-in example and compare with the reference algorithm",
+        description="Cluster a seeded Gaussian mixture (2000 points, d=2, k=5) with a 10-layer Lloyd transformer in "
+        "float64 and with the reference loop, and print how they compare.",
+    )
+    demo.add_argument(*SEED, dest="seed", type=int, default=0, help="seed of the mixture and the initial centroids "
+                      "(default: 0)")
     demo.set_defaults(run=run_demo)
     build = commands.add_parser(
         "build-kernels",
@@ -716,7 +811,12 @@ def build_parser() -> argparse.ArgumentParser:
         "print where they are. Nothing is rebuilt if they are already built; concurrent builds build once.",
     )
     build.set_defaults(run=run_build_kernels)
-    convert = commands.add_parser("convert", help="write an analytic, validated safetensors checkpoint")
+    convert = commands.add_parser(
+        "convert",
+        help="write an analytic, validated safetensors checkpoint",
+        description="Build the transformer of a clustering algorithm (weights set analytically, no training), check "
+        "it against the reference loop on random mixtures, and write it as a Hugging Face checkpoint to DIR.",
+    )
     add_convert_arguments(convert)
     convert.set_defaults(run=run_convert)
     cluster = commands.add_parser(
@@ -755,6 +855,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = commands.add_parser(
         "zoo",
         help="write the standard set of validated checkpoints (every variant at a few sizes) and a README table",
+        description="Write one validated checkpoint (as convert does) per variant and size into DIR, with a card each "
+        "and a README table of them all, ready to push.",
     )
     add_zoo_arguments(zoo)
     zoo.set_defaults(run=run_zoo)
@@ -772,10 +874,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="loop learned checkpoints on unseen tasks against Lloyd and write a table and figures",
+        description="Run learned checkpoints for --steps steps on unseen tasks of each noise family, size and start, "
+        "beside Lloyd's algorithm from the same start, and write table.md, evaluation.json and the figures to DIR.",
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
     return parser
+
+
+def walk_parsers(parser: argparse.ArgumentParser, path=("kmeans-transformer",)):
+    """Every (command path, parser) under `parser`, itself included."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                yield from walk_parsers(subparser, (*path, name))
 
 
 # What the command reports as one line (exit status 2); anything else is a bug and keeps its traceback.
@@ -821,9 +934,22 @@ def _signals_raise():
                 signal.signal(signum, handler)
 
 
+def report_error(command: str, message) -> None:
+    """
+    Every error the command reports, in argparse's form: one line `kmeans-transformer COMMAND: error: message`, the
+    message starting in lower case (unless it starts with a name in capitals) and without a final full stop.
+    """
+    message = " ".join(str(message).split()) or "failed"
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    print(f"kmeans-transformer {command}: error: {message.removesuffix('.')}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        _quiet_libraries()
     with _signals_raise() as leaving:
         try:
             args.run(args)
@@ -831,13 +957,12 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(error, _user_errors()):
                 raise
             leaving()
-            print(f"kmeans-transformer {args.command}: error: {error}", file=sys.stderr)
+            report_error(args.command, error)
             return 2
         except (KeyboardInterrupt, _Terminated) as interrupt:
             leaving()
             signum = signal.SIGINT if isinstance(interrupt, KeyboardInterrupt) else signal.SIGTERM
-            print(f"kmeans-transformer {args.command}: error: interrupted ({signum.name}); no output was left "
-                  "half-written", file=sys.stderr)
+            report_error(args.command, f"interrupted ({signum.name}); no output was left half-written")
             return 128 + signum
     return 0
 

@@ -172,7 +172,7 @@ def cluster_points(
 
     from tqdm.auto import tqdm
 
-    quiet = not (progress and processes.is_main)
+    quiet = not (progress and processes.is_main) or num_iterations == 0  # no bar for no work
     bar = tqdm(range(num_iterations), desc="points mode", unit="iteration", disable=quiet)
     with torch.no_grad():
         for _ in bar:

@@ -242,7 +242,7 @@ def existing(*names):
     "make_input, arguments, prepare, words",
     [
         (lambda tmp_path, iris: tmp_path / "missing.csv", [], None, ["missing.csv", "does not exist"]),
-        (write_corrupt_parquet, [], None, ["Cannot read", "broken.parquet", "Parquet"]),
+        (write_corrupt_parquet, [], None, ["cannot read", "broken.parquet", "Parquet"]),
         (write_json, [], None, ["unsupported file type '.json'", ".csv, .parquet, .npy"]),
         (write_iris, ["--columns", "sepal length (cm),petal size"], None, ["no column 'petal size'", "available columns: sepal length (cm)"]),
         (write_iris, ["--columns", "sepal length (cm),species"], None, ["'species'", "not numeric"]),
@@ -308,7 +308,7 @@ def test_plot_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch, ca
     code, out, err = cluster(capsys, iris_csv, "--n-clusters", 3, "--output", tmp_path / "out.csv", "--plot", tmp_path / "f.png")
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [
-        'kmeans-transformer cluster: error: Plotting needs matplotlib; install it with: pip install "kmeans-transformer[plots]"'
+        'kmeans-transformer cluster: error: plotting needs matplotlib; install it with: pip install "kmeans-transformer[plots]"'
     ]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["iris.csv"]
 
