@@ -155,18 +155,31 @@ at::Tensor nearest_values(at::Tensor query, at::Tensor key, at::Tensor values, i
   char* target = static_cast<char*>(out.data_ptr());
   const int64_t* label = labels.data_ptr<int64_t>();
   at::parallel_for(0, groups * n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      std::memcpy(target + i * row_bytes, source + ((i / n) * k + label[i]) * row_bytes, row_bytes);
+    for (int64_t group = begin / n, i = begin; i < end; ++group) {  // row i of `group`, without a division per row
+      const char* group_source = source + group * k * row_bytes;
+      const int64_t stop = std::min(end, (group + 1) * n);
+      if (row_bytes == 8) {  // one int64 or double per row (the labels' codes): a plain copy, not a memcpy call
+        const int64_t* from = reinterpret_cast<const int64_t*>(group_source);
+        int64_t* to = reinterpret_cast<int64_t*>(target);
+        for (; i < stop; ++i) to[i] = from[label[i]];
+      } else {
+        for (; i < stop; ++i) std::memcpy(target + i * row_bytes, group_source + label[i] * row_bytes, row_bytes);
+      }
+    }
   });
   return out;
 }
 
 // The sums are accumulated in double whatever the input type (`sums` is a double tensor): float rows are widened as
 // they are added, so a float mean of many points keeps its digits; double rows are summed as before.
-template <typename scalar_t>
+// Rows may be strided (`values.stride(1)`, `values.stride(0)`: a slice of the compact tokens, read in place); a width
+// up to 4 is a compile-time constant (`Width`, 0 for any other), so that a row's additions are unrolled.
+template <typename scalar_t, int Width>
 static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes, const at::Tensor& visible,
                               at::Tensor& sums, at::Tensor& counts) {
-  const int64_t groups = values.size(0), rows = values.size(1), width = values.size(2), num_codes = sums.size(1);
+  const int64_t groups = values.size(0), rows = values.size(1), num_codes = sums.size(1);
+  const int64_t width = Width > 0 ? Width : values.size(2);
+  const int64_t row_stride = values.stride(1), group_stride = values.stride(0);
   const int64_t blocks = (rows + kSumRows - 1) / kSumRows;
   const scalar_t* v = values.data_ptr<scalar_t>();
   const int64_t* code = codes.data_ptr<int64_t>();
@@ -175,16 +188,17 @@ static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes,
   auto partial_counts = blocks == 1 ? counts : at::zeros({groups * blocks, num_codes}, counts.options());
   double* ps = partial.data_ptr<double>();
   int64_t* pc = partial_counts.data_ptr<int64_t>();
-  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, groups * blocks, std::max<int64_t>(1, kSumRows / std::max<int64_t>(1, rows * width)), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task / blocks, start = group * rows + (task % blocks) * kSumRows;
       const int64_t stop = std::min(start + kSumRows, (group + 1) * rows);
       double* __restrict__ task_sums = ps + task * num_codes * width;
       int64_t* __restrict__ task_counts = pc + task * num_codes;
+      const scalar_t* group_rows = v + group * group_stride;
       for (int64_t i = start; i < stop; ++i) {
         const int64_t bin = code[i];
         if (bin < 0 || bin >= num_codes || (seen && !seen[i])) continue;
-        const scalar_t* __restrict__ row = v + i * width;
+        const scalar_t* __restrict__ row = group_rows + (i - group * rows) * row_stride;
         double* __restrict__ total = task_sums + bin * width;
         for (int64_t column = 0; column < width; ++column) total[column] += static_cast<double>(row[column]);
         task_counts[bin] += 1;
@@ -207,9 +221,9 @@ static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes,
 
 std::vector<at::Tensor> segment_sums(at::Tensor values, at::Tensor codes, c10::optional<at::Tensor> visible,
                                      int64_t num_codes) {
-  TORCH_CHECK(values.dim() == 3 && values.is_contiguous() && codes.dim() == 2 && codes.is_contiguous() &&
+  TORCH_CHECK(values.dim() == 3 && values.stride(2) == 1 && codes.dim() == 2 && codes.is_contiguous() &&
               codes.scalar_type() == at::kLong && codes.size(0) == values.size(0) && codes.size(1) == values.size(1),
-              "segment_sums: contiguous values (groups, rows, width) and int64 codes (groups, rows)");
+              "segment_sums: values (groups, rows, width) with contiguous rows and int64 codes (groups, rows)");
   at::Tensor mask;
   if (visible.has_value()) {
     mask = visible->contiguous();
@@ -217,9 +231,16 @@ std::vector<at::Tensor> segment_sums(at::Tensor values, at::Tensor codes, c10::o
   }
   auto sums = at::zeros({values.size(0), num_codes, values.size(2)}, values.options().dtype(at::kDouble));
   auto counts = at::zeros({values.size(0), num_codes}, codes.options());
-  if (values.scalar_type() == at::kFloat) segment_sums_impl<float>(values, codes, mask, sums, counts);
-  else if (values.scalar_type() == at::kDouble) segment_sums_impl<double>(values, codes, mask, sums, counts);
-  else TORCH_CHECK(false, "segment_sums: float32 or float64 only");
+  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble, "segment_sums: float32 or float64 only");
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segment_sums", [&] {
+    switch (values.size(2)) {
+      case 1: segment_sums_impl<scalar_t, 1>(values, codes, mask, sums, counts); break;
+      case 2: segment_sums_impl<scalar_t, 2>(values, codes, mask, sums, counts); break;
+      case 3: segment_sums_impl<scalar_t, 3>(values, codes, mask, sums, counts); break;
+      case 4: segment_sums_impl<scalar_t, 4>(values, codes, mask, sums, counts); break;
+      default: segment_sums_impl<scalar_t, 0>(values, codes, mask, sums, counts);
+    }
+  });
   return {sums, counts};
 }
 """
@@ -587,4 +608,4 @@ def segment_sums(
         return None
     if _loaded() is None:
         return None
-    return torch.ops.kmeans_transformer.segment_sums(values.contiguous(), codes.contiguous(), visible, num_codes)
+    return torch.ops.kmeans_transformer.segment_sums(_contiguous_rows(values), codes.contiguous(), visible, num_codes)
