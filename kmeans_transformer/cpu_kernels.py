@@ -568,12 +568,20 @@ def _for_scores(query: torch.Tensor, key: torch.Tensor):
     return _loaded()
 
 
+def _operators(module):
+    """
+    Where the loops are called from: the module itself in eager code (no dispatch through the operator's wrappers,
+    which costs about as much as the loops on a small batch), the custom operators while `torch.compile` traces.
+    """
+    return torch.ops.kmeans_transformer if torch.compiler.is_compiling() else module
+
+
 def nearest_keys(query: torch.Tensor, key: torch.Tensor, block_rows: int) -> torch.LongTensor | None:
     """`argmax_j query_i . key_j` (first maximiser) for `(groups, n, e)` queries and `(groups, k, e)` keys, or None."""
     module = _for_scores(query, key)
     if module is None:
         return None
-    return torch.ops.kmeans_transformer.nearest_keys(_contiguous_rows(query), key.contiguous(), max(1, block_rows))
+    return _operators(module).nearest_keys(_contiguous_rows(query), key.contiguous(), max(1, block_rows))
 
 
 def _contiguous_rows(query: torch.Tensor) -> torch.Tensor:
@@ -591,7 +599,7 @@ def nearest_values(query: torch.Tensor, key: torch.Tensor, values: torch.Tensor,
     module = _for_scores(query, key)
     if module is None or values.requires_grad or values.device.type != "cpu":
         return None
-    return torch.ops.kmeans_transformer.nearest_values(
+    return _operators(module).nearest_values(
         _contiguous_rows(query), key.contiguous(), values.contiguous(), max(1, block_rows)
     )
 
@@ -606,6 +614,7 @@ def segment_sums(
     """
     if not _usable(values):
         return None
-    if _loaded() is None:
+    module = _loaded()
+    if module is None:
         return None
-    return torch.ops.kmeans_transformer.segment_sums(_contiguous_rows(values), codes.contiguous(), visible, num_codes)
+    return _operators(module).segment_sums(_contiguous_rows(values), codes.contiguous(), visible, num_codes)
