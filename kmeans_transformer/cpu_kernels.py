@@ -12,7 +12,10 @@ PyTorch code, with the same labels up to the rounding of the scores, and less sp
 - `segment_sums(values, codes, visible, num_codes)`: per group, `sums[j] = Σ_{i visible, code_i = j} values_i` and
   the counts. Rows are summed in order within fixed blocks of rows, blocks in parallel, and the blocks' partial sums
   are added in order: the result does not depend on the number of threads. The sums are accumulated in double for
-  float32 and float64 values alike (returned as float64).
+  float32 and float64 values alike (returned as float64). Strided rows (the point slice of the compact tokens) are
+  read in place.
+
+In eager code the module's functions are called directly; while `torch.compile` traces, the custom operators.
 
 Set `KMEANS_TRANSFORMER_CPU_KERNELS=0` to use the PyTorch code only. The first use waits at most
 `KMEANS_TRANSFORMER_BUILD_TIMEOUT` seconds (default 600) for the build, then runs the PyTorch code with a warning; a
