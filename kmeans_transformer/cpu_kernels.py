@@ -12,7 +12,10 @@ PyTorch code, with the same labels up to the rounding of the scores, and less sp
 - `segment_sums(values, codes, visible, num_codes)`: per group, `sums[j] = Σ_{i visible, code_i = j} values_i` and
   the counts. Rows are summed in order within fixed blocks of rows, blocks in parallel, and the blocks' partial sums
   are added in order: the result does not depend on the number of threads. The sums are accumulated in double for
-  float32 and float64 values alike (returned as float64).
+  float32 and float64 values alike (returned as float64). Strided rows (the point slice of the compact tokens) are
+  read in place.
+
+In eager code the module's functions are called directly; while `torch.compile` traces, the custom operators.
 
 Set `KMEANS_TRANSFORMER_CPU_KERNELS=0` to use the PyTorch code only. The first use waits at most
 `KMEANS_TRANSFORMER_BUILD_TIMEOUT` seconds (default 600) for the build, then runs the PyTorch code with a warning; a
@@ -155,18 +158,31 @@ at::Tensor nearest_values(at::Tensor query, at::Tensor key, at::Tensor values, i
   char* target = static_cast<char*>(out.data_ptr());
   const int64_t* label = labels.data_ptr<int64_t>();
   at::parallel_for(0, groups * n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      std::memcpy(target + i * row_bytes, source + ((i / n) * k + label[i]) * row_bytes, row_bytes);
+    for (int64_t group = begin / n, i = begin; i < end; ++group) {  // row i of `group`, without a division per row
+      const char* group_source = source + group * k * row_bytes;
+      const int64_t stop = std::min(end, (group + 1) * n);
+      if (row_bytes == 8) {  // one int64 or double per row (the labels' codes): a plain copy, not a memcpy call
+        const int64_t* from = reinterpret_cast<const int64_t*>(group_source);
+        int64_t* to = reinterpret_cast<int64_t*>(target);
+        for (; i < stop; ++i) to[i] = from[label[i]];
+      } else {
+        for (; i < stop; ++i) std::memcpy(target + i * row_bytes, group_source + label[i] * row_bytes, row_bytes);
+      }
+    }
   });
   return out;
 }
 
 // The sums are accumulated in double whatever the input type (`sums` is a double tensor): float rows are widened as
 // they are added, so a float mean of many points keeps its digits; double rows are summed as before.
-template <typename scalar_t>
+// Rows may be strided (`values.stride(1)`, `values.stride(0)`: a slice of the compact tokens, read in place); a width
+// up to 4 is a compile-time constant (`Width`, 0 for any other), so that a row's additions are unrolled.
+template <typename scalar_t, int Width>
 static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes, const at::Tensor& visible,
                               at::Tensor& sums, at::Tensor& counts) {
-  const int64_t groups = values.size(0), rows = values.size(1), width = values.size(2), num_codes = sums.size(1);
+  const int64_t groups = values.size(0), rows = values.size(1), num_codes = sums.size(1);
+  const int64_t width = Width > 0 ? Width : values.size(2);
+  const int64_t row_stride = values.stride(1), group_stride = values.stride(0);
   const int64_t blocks = (rows + kSumRows - 1) / kSumRows;
   const scalar_t* v = values.data_ptr<scalar_t>();
   const int64_t* code = codes.data_ptr<int64_t>();
@@ -175,16 +191,17 @@ static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes,
   auto partial_counts = blocks == 1 ? counts : at::zeros({groups * blocks, num_codes}, counts.options());
   double* ps = partial.data_ptr<double>();
   int64_t* pc = partial_counts.data_ptr<int64_t>();
-  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, groups * blocks, std::max<int64_t>(1, kSumRows / std::max<int64_t>(1, rows * width)), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task / blocks, start = group * rows + (task % blocks) * kSumRows;
       const int64_t stop = std::min(start + kSumRows, (group + 1) * rows);
       double* __restrict__ task_sums = ps + task * num_codes * width;
       int64_t* __restrict__ task_counts = pc + task * num_codes;
+      const scalar_t* group_rows = v + group * group_stride;
       for (int64_t i = start; i < stop; ++i) {
         const int64_t bin = code[i];
         if (bin < 0 || bin >= num_codes || (seen && !seen[i])) continue;
-        const scalar_t* __restrict__ row = v + i * width;
+        const scalar_t* __restrict__ row = group_rows + (i - group * rows) * row_stride;
         double* __restrict__ total = task_sums + bin * width;
         for (int64_t column = 0; column < width; ++column) total[column] += static_cast<double>(row[column]);
         task_counts[bin] += 1;
@@ -207,9 +224,9 @@ static void segment_sums_impl(const at::Tensor& values, const at::Tensor& codes,
 
 std::vector<at::Tensor> segment_sums(at::Tensor values, at::Tensor codes, c10::optional<at::Tensor> visible,
                                      int64_t num_codes) {
-  TORCH_CHECK(values.dim() == 3 && values.is_contiguous() && codes.dim() == 2 && codes.is_contiguous() &&
+  TORCH_CHECK(values.dim() == 3 && values.stride(2) == 1 && codes.dim() == 2 && codes.is_contiguous() &&
               codes.scalar_type() == at::kLong && codes.size(0) == values.size(0) && codes.size(1) == values.size(1),
-              "segment_sums: contiguous values (groups, rows, width) and int64 codes (groups, rows)");
+              "segment_sums: values (groups, rows, width) with contiguous rows and int64 codes (groups, rows)");
   at::Tensor mask;
   if (visible.has_value()) {
     mask = visible->contiguous();
@@ -217,10 +234,26 @@ std::vector<at::Tensor> segment_sums(at::Tensor values, at::Tensor codes, c10::o
   }
   auto sums = at::zeros({values.size(0), num_codes, values.size(2)}, values.options().dtype(at::kDouble));
   auto counts = at::zeros({values.size(0), num_codes}, codes.options());
-  if (values.scalar_type() == at::kFloat) segment_sums_impl<float>(values, codes, mask, sums, counts);
-  else if (values.scalar_type() == at::kDouble) segment_sums_impl<double>(values, codes, mask, sums, counts);
-  else TORCH_CHECK(false, "segment_sums: float32 or float64 only");
+  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble, "segment_sums: float32 or float64 only");
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segment_sums", [&] {
+    switch (values.size(2)) {
+      case 1: segment_sums_impl<scalar_t, 1>(values, codes, mask, sums, counts); break;
+      case 2: segment_sums_impl<scalar_t, 2>(values, codes, mask, sums, counts); break;
+      case 3: segment_sums_impl<scalar_t, 3>(values, codes, mask, sums, counts); break;
+      case 4: segment_sums_impl<scalar_t, 4>(values, codes, mask, sums, counts); break;
+      default: segment_sums_impl<scalar_t, 0>(values, codes, mask, sums, counts);
+    }
+  });
   return {sums, counts};
+}
+
+// The loops touch no Python object: they run without the GIL, so that another Python thread (points mode's
+// read-ahead decoding the next chunk) goes on meanwhile.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  const auto released = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("nearest_keys", &nearest_keys, "nearest_keys", released);
+  m.def("nearest_values", &nearest_values, "nearest_values", released);
+  m.def("segment_sums", &segment_sums, "segment_sums", released);
 }
 """
 
@@ -395,7 +428,6 @@ def _build(deadline: float, timeout: float):
         module = load_inline(
             name=name,
             cpp_sources=[_SOURCE],
-            functions=["nearest_keys", "nearest_values", "segment_sums"],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             build_directory=directory,
@@ -547,12 +579,20 @@ def _for_scores(query: torch.Tensor, key: torch.Tensor):
     return _loaded()
 
 
+def _operators(module):
+    """
+    Where the loops are called from: the module itself in eager code (no dispatch through the operator's wrappers,
+    which costs about as much as the loops on a small batch), the custom operators while `torch.compile` traces.
+    """
+    return torch.ops.kmeans_transformer if torch.compiler.is_compiling() else module
+
+
 def nearest_keys(query: torch.Tensor, key: torch.Tensor, block_rows: int) -> torch.LongTensor | None:
     """`argmax_j query_i . key_j` (first maximiser) for `(groups, n, e)` queries and `(groups, k, e)` keys, or None."""
     module = _for_scores(query, key)
     if module is None:
         return None
-    return torch.ops.kmeans_transformer.nearest_keys(_contiguous_rows(query), key.contiguous(), max(1, block_rows))
+    return _operators(module).nearest_keys(_contiguous_rows(query), key.contiguous(), max(1, block_rows))
 
 
 def _contiguous_rows(query: torch.Tensor) -> torch.Tensor:
@@ -570,7 +610,7 @@ def nearest_values(query: torch.Tensor, key: torch.Tensor, values: torch.Tensor,
     module = _for_scores(query, key)
     if module is None or values.requires_grad or values.device.type != "cpu":
         return None
-    return torch.ops.kmeans_transformer.nearest_values(
+    return _operators(module).nearest_values(
         _contiguous_rows(query), key.contiguous(), values.contiguous(), max(1, block_rows)
     )
 
@@ -585,6 +625,7 @@ def segment_sums(
     """
     if not _usable(values):
         return None
-    if _loaded() is None:
+    module = _loaded()
+    if module is None:
         return None
-    return torch.ops.kmeans_transformer.segment_sums(values.contiguous(), codes.contiguous(), visible, num_codes)
+    return _operators(module).segment_sums(_contiguous_rows(values), codes.contiguous(), visible, num_codes)

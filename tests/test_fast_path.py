@@ -112,11 +112,14 @@ def test_nearest_keys_and_values_against_a_plain_loop():
             np.testing.assert_array_equal(gathered.numpy(), np.take_along_axis(values.numpy(), expected[..., None], 1))
 
 
-def test_segment_sums_against_a_plain_loop():
+@pytest.mark.parametrize("width", [3, 6])  # a width the loop unrolls, and one it does not
+@pytest.mark.parametrize("strided", [False, True])
+def test_segment_sums_against_a_plain_loop(width, strided):
     generator = torch.Generator().manual_seed(3)
     require_compiled()
-    groups, rows, width, num_codes = 2, 70_000, 3, 5  # more rows than one summing block
-    values = integer_tensor(generator, groups, rows, width)
+    groups, rows, num_codes = 2, 70_000, 5  # more rows than one summing block
+    values = integer_tensor(generator, groups, rows + 4, width + 1)  # the point slice of tokens, read in place
+    values = values[:, :rows, :width] if strided else values[:, :rows, :width].contiguous()
     codes = torch.randint(-1, num_codes + 1, (groups, rows), generator=generator)
     visible = torch.rand(groups, rows, generator=generator) > 0.1
     sums, counts = cpu_kernels.segment_sums(values, codes, visible, num_codes)
