@@ -436,9 +436,9 @@ class KMeansTransformerTrimGate(nn.Module):
         new[..., slices["outlier"]] = trimmed[..., None].to(point_states.dtype)
         return new - point_states
 
-    def cluster_quantiles(self, distance, labels, assigned) -> torch.Tensor:
+    def cluster_quantiles(self, distance, labels, assigned, num_clusters=None) -> torch.Tensor:
         """For every point, the `trim_quantile` quantile of the distances in its cluster, `(batch, n)`."""
-        k = self.config.num_clusters
+        k = num_clusters or self.config.num_clusters
         members = nn.functional.one_hot(labels, k).bool() & assigned[..., None]
         values = distance[:, None, :].expand(-1, k, -1).masked_fill(~members.transpose(1, 2), float("inf"))
         ordered = values.sort(dim=-1).values
@@ -452,7 +452,7 @@ class KMeansTransformerTrimGate(nn.Module):
         quantiles = torch.where(fraction < 0.5, low + fraction * step, high - step * (1 - fraction))
         return quantiles.gather(1, labels)
 
-    def weighted_trim(self, distance, labels, assigned, sample_weight) -> torch.Tensor:
+    def weighted_trim(self, distance, labels, assigned, sample_weight, num_clusters=None) -> torch.Tensor:
         """The trimmed points under sample weights (see the class docstring), `(batch, n)` bool."""
         weights = (sample_weight * assigned).to(torch.float64)
         if self.config.trim_quantile is None:
@@ -460,7 +460,7 @@ class KMeansTransformerTrimGate(nn.Module):
             order = distance.masked_fill(~assigned, float("inf")).argsort(dim=-1, stable=True).flip(-1)
             beyond = torch.zeros_like(weights).scatter_(-1, order, weights.gather(-1, order).cumsum(dim=-1))
             return assigned & (beyond <= num_trimmed) & (weights > 0)
-        k = self.config.num_clusters
+        k = num_clusters or self.config.num_clusters
         members = nn.functional.one_hot(labels, k).bool() & assigned[..., None]
         values = distance[:, None, :].expand(-1, k, -1).masked_fill(~members.transpose(1, 2), float("inf"))
         ordered, order = values.sort(dim=-1)
@@ -488,6 +488,41 @@ class KMeansTransformerTrimGate(nn.Module):
         order = distance.masked_fill(~assigned, float("inf")).argsort(dim=-1, stable=True)
         ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
         return assigned & (ranks >= (counts - num_trimmed)[:, None])
+
+    def compact_labels(self, point_tokens, centroids, labels, sample_weight=None) -> torch.LongTensor:
+        """
+        The gate on the compact state (`VariantSpec.compact`): `δ_i = |x_i - c_a(i)|^2` from the labels `(batch, n)`
+        of compact point tokens `[x_i ; 1]` and centroids `(batch, k, d)`, and the labels of the trimmed points set to
+        -1, so that the update counts them nowhere. The rule of `forward`, with no `(batch, k, n)` table: a
+        per-cluster quantile is taken on each cluster's members alone (one `argsort` of the labels groups them).
+        """
+        assigned = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)  # those `forward` counts
+        own = centroids.gather(1, labels.clamp(min=0)[..., None].expand(-1, -1, centroids.shape[-1]))
+        difference = point_tokens[..., :-1] - own  # exactly `distance_proj`'s `x_i - a_i`
+        distance = (difference * difference).sum(dim=-1)
+        if self.config.trim_quantile is None:
+            if sample_weight is None:
+                trimmed = self.largest_fraction(distance, assigned)
+            else:
+                trimmed = self.weighted_trim(distance, labels, assigned, sample_weight)
+            return labels.masked_fill(trimmed, -1)
+        trimmed = torch.zeros_like(assigned)
+        for problem in range(labels.shape[0]):
+            members = labels[problem].masked_fill(~assigned[problem], self.config.num_clusters)
+            counts = torch.bincount(members, minlength=self.config.num_clusters + 1)[:-1].tolist()
+            order = members.argsort(stable=True)
+            for indices in order[: sum(counts)].split(counts):
+                if len(indices) == 0:
+                    continue
+                own_distance = distance[problem, indices][None]
+                ones, zeros = torch.ones_like(own_distance, dtype=torch.bool), torch.zeros_like(indices)[None]
+                if sample_weight is None:
+                    cut = own_distance > self.cluster_quantiles(own_distance, zeros, ones, num_clusters=1)
+                else:
+                    weights = sample_weight[problem, indices][None]
+                    cut = self.weighted_trim(own_distance, zeros, ones, weights, num_clusters=1)
+                trimmed[problem, indices] = cut[0]
+        return labels.masked_fill(trimmed, -1)
 
 
 class KMeansTransformerMedoidCost(KMeansTransformerPositionAttention):

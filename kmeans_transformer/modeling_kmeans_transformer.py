@@ -257,6 +257,7 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         num_points = tokens.shape[1] - self.update.config.num_clusters
         centroids = tokens[:, num_points:, :-1]
         labels = self.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
+        labels = gated_labels(self.point_blocks, tokens[:, :num_points], centroids, labels, sample_weight)
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
         statistics = self.update.accumulate(labels, tokens[:, :num_points], **weighted)
         centroids.copy_(self.finalize(statistics, {"centroids": centroids})["centroids"])
@@ -277,6 +278,11 @@ class KMeansTransformerAssignmentHead(nn.Module):
         self.assign = assign(config)
         gates = {name: block for name, block in spec.point_blocks.items() if block.reports_assignment}
         self.point_blocks = nn.ModuleDict({name: block(config) for name, block in gates.items()})
+
+    def compact_labels(self, point_tokens, centroids, point_mask, sample_weight=None) -> torch.LongTensor:
+        """The head on the compact state: the assign block's labels, then its gates' (-1: padding, an outlier)."""
+        labels = self.assign.assign_labels(point_tokens, centroids, point_mask)
+        return gated_labels(self.point_blocks, point_tokens, centroids, labels, sample_weight)
 
     def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None) -> torch.Tensor:
         num_points = point_mask.shape[1]
@@ -344,6 +350,16 @@ def attention_backend_problem(config: KMeansTransformerConfig, implementation: s
         f"attn_implementation={implementation!r} would turn {spec.title}'s argmax blocks into a softmax at "
         f"`inverse_temperature`, a different algorithm: keep the exact \"kmeans_hardmax\" (the default){how}."
     )
+
+
+def gated_labels(blocks, point_tokens, centroids, labels, sample_weight=None) -> torch.LongTensor:
+    """
+    The labels after the point blocks on the compact state: each block's `compact_labels` (the trim gate sets its
+    outliers' labels to -1); the spec allows the compact engine only where every point block has one.
+    """
+    for block in blocks.values():
+        labels = block.compact_labels(point_tokens, centroids, labels, sample_weight)
+    return labels
 
 
 def weighted_blocks(point_mask: torch.Tensor, sample_weight: torch.Tensor | None):
@@ -727,7 +743,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         Which engine `forward` runs: `"compact"` when all of these hold, else `"tokens"`:
 
-        - the variant's spec allows it (`VariantSpec.compact`: `"lloyd"`, `"spherical"`) and `config.fast_hardmax`;
+        - the variant's spec allows it (`VariantSpec.compact`: `"lloyd"`, `"spherical"`, `"trimmed"`) and
+          `config.fast_hardmax`;
         - the attention implementation is the exact hardmax kernel (`"kmeans_hardmax"`, or its alias `"hardmax"`);
         - no attentions or hidden states are asked for (the compact state has no tokens);
         - no gradient is recorded for the weights (call the model under `torch.no_grad()` or with frozen weights);
@@ -855,10 +872,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         for iteration in range(num_iterations):
             labels = self._layer(iteration).compact_forward(tokens, point_mask, **weighted)
         if final_assignment:
-            labels = self.assignment_head.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
+            labels = self.assignment_head.compact_labels(tokens[:, :num_points], centroids, point_mask, inputs.sample_weight)
         centroids = centroids.clone()
         inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
+        if self.config.variant_spec.reports_outliers:  # a real point without a label is trimmed
+            output.outliers = (labels < 0) & inputs.point_mask
         if output_assignments:  # one write of the (batch, n, k) zeros and n ones (no int64 one-hot on the way)
             assignments = points.new_zeros(batch_size, num_points, self.config.num_clusters)
             ones = (labels >= 0).to(points.dtype)[..., None]
@@ -974,7 +993,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             exponents = self._rescaling_exponents(points, centroids)  # labels do not change: no scaling back
             if exponents is not None:
                 points, centroids = _divided_by_power_of_two(exponents, points, centroids)
-            labels = self.assignment_head.assign.assign_labels(_with_ones(points), centroids, None)
+            labels = self.assignment_head.compact_labels(_with_ones(points), centroids, None)
             return labels, labels
         state = {name: parameters[name] for name in self.config.variant_spec.state_names}
         output = self(points, parameters["centroids"], num_iterations=0, **state)

@@ -226,7 +226,8 @@ class VariantSpec:
         label_determined: the update depends on the labels alone, so repeated labels mean convergence.
         sums_over_points: the update is `finalize(Σ over points of accumulate(...))`, so points mode can run it on
             data in chunks and processes.
-        compact: the compact engine applies (a hardmax assignment by labels and a mean update).
+        compact: the compact engine applies (a hardmax assignment by labels, each point block's `compact_labels`, a
+            mean update).
         scaling: how the result changes when the data (points and centroids) is multiplied by `s`, which decides how
             the model treats data outside the dtype's safe range (`attention.safe_magnitude_exponents`, where squared
             distances would overflow or underflow). `"equivariant"`: the labels stay, the centroids scale by `s`,
@@ -431,7 +432,7 @@ _SPECS = (
             TokenSlot("assigned", "point_dim", _POINT_SCRATCH), TokenSlot("distance", 1, _POINT_SCRATCH),
             TokenSlot("outlier", 1, _POINT_SCRATCH),
         ),
-        exclusive=(("trim_quantile", "trim_fraction"),),
+        exclusive=(("trim_quantile", "trim_fraction"),), compact=True,
         reference=trimmed_kmeans, reference_parameters=("trim_quantile", "trim_fraction"),
     ),
     VariantSpec(
