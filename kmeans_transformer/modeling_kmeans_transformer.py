@@ -743,8 +743,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         Which engine `forward` runs: `"compact"` when all of these hold, else `"tokens"`:
 
-        - the variant's spec allows it (`VariantSpec.compact`: `"lloyd"`, `"spherical"`, `"trimmed"`) and
-          `config.fast_hardmax`;
+        - the variant's spec allows it (`VariantSpec.compact`: `"lloyd"`, `"spherical"`, `"trimmed"`, `"soft"`,
+          `"gmm"`, `"fuzzy"`) and `config.fast_hardmax`;
         - the attention implementation is the exact hardmax kernel (`"kmeans_hardmax"`, or its alias `"hardmax"`);
         - no attentions or hidden states are asked for (the compact state has no tokens);
         - no gradient is recorded for the weights (call the model under `torch.no_grad()` or with frozen weights);
@@ -865,6 +865,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         centroids, the position slice and a constant feature, one `(batch, n + k, d + 1)` tensor written once; the
         labels are carried in index form.
         """
+        if self._layer(0).update.assignment_kind == "weights":  # soft assignments: their own pass, in chunks
+            return self._run_compact_weights(inputs, num_iterations, final_assignment, output_assignments)
         tokens, point_mask = self._compact_tokens(inputs)
         batch_size, num_points = inputs.points.shape[:2]
         points, centroids = tokens[:, :num_points, :-1], tokens[:, num_points:, :-1]
@@ -883,6 +885,65 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             ones = (labels >= 0).to(points.dtype)[..., None]
             output.assignments = assignments.scatter_(-1, labels.clamp(min=0)[..., None], ones)
         return output
+
+    def _run_compact_weights(self, inputs: PreparedInputs, num_iterations, final_assignment, output_assignments):
+        """
+        The compact engine of a weighted assignment (soft, gmm, fuzzy): each layer passes over the points in chunks
+        (`_weights_pass`), the assign block's `compact_weights` giving a chunk's `(batch, m, k)` assignment and the
+        update's `accumulate` its float64 sums; the layer's `finalize` turns the summed statistics into the next
+        parameters. The whole `(batch, n, k)` assignment is held only when it is returned.
+        """
+        spec, dtype = self.config.variant_spec, inputs.points.dtype
+        values = _with_ones(spec.seen_points(inputs.points))
+        parameters = {"centroids": spec.seen_points(inputs.centroids), **inputs.state}
+        weights = inputs.sample_weight
+        if weights is None and not bool(inputs.point_mask.all()):
+            weights = inputs.point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
+        labels, assignments = values.new_full(values.shape[:2], -1, dtype=torch.long), None
+        for iteration in range(num_iterations):
+            layer = self._layer(iteration)
+            keep = output_assignments and not final_assignment and iteration == num_iterations - 1
+            labels, assignments, statistics = self._weights_pass(layer.assign, layer.update, values, inputs, weights, parameters, keep)
+            parameters = {name: value.to(dtype) for name, value in layer.finalize(statistics, parameters).items()}
+        if final_assignment:
+            head = self.assignment_head.assign
+            labels, assignments, _ = self._weights_pass(head, None, values, inputs, weights, parameters, output_assignments)
+        centroids = parameters["centroids"]
+        inertia = labelled_inertia(values[..., :-1], centroids, labels, inputs.sample_weight)
+        output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
+        if output_assignments:
+            if assignments is None:  # no pass made them: the zero slots of the input tokens
+                assignments = values.new_zeros(*values.shape[:2], self.config.num_clusters)
+            output.assignments = assignments
+            if spec.soft_assignment:
+                output.responsibilities = assignments
+        for carried in spec.state:
+            output[carried.name] = parameters[carried.name]
+        return output
+
+    def _weights_pass(self, assign, update, values, inputs: PreparedInputs, weights, parameters, keep):
+        """
+        One pass of a weighted assign over the points, `assign.compact_rows` at a time (`score_chunk_size` numbers
+        of the kernel's): the labels (the first largest weight; -1 where a point has none), the whole assignment
+        when `keep`, and, with an `update`, its statistics summed in float64.
+        """
+        batch_size, num_points = values.shape[:2]
+        rows = assign.compact_rows(batch_size, values.device)
+        labels = values.new_empty(batch_size, num_points, dtype=torch.long)
+        kept = values.new_empty(batch_size, num_points, self.config.num_clusters) if keep else None
+        statistics = None
+        for start in range(0, num_points, rows):
+            chunk = slice(start, start + rows)
+            assignment = assign.compact_weights(values[:, chunk], parameters, inputs.point_mask[:, chunk])
+            labelled = inputs.point_mask[:, chunk] & (assignment.amax(dim=-1) > 0)
+            labels[:, chunk] = assignment.argmax(dim=-1).masked_fill(~labelled, -1)
+            if keep:
+                kept[:, chunk] = assignment
+            if update is not None:
+                weighted = {} if weights is None else {"sample_weight": weights[:, chunk].to(torch.float64)}
+                part = update.accumulate(assignment.to(torch.float64), values[:, chunk].to(torch.float64), **weighted)
+                statistics = part if statistics is None else statistics + part
+        return labels, kept, statistics
 
     def _compact_tokens(self, inputs: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
