@@ -44,13 +44,14 @@ def main():
     parser.add_argument("--clusters", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=None, help="default: every variant the compact engine runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
     points = torch.randn(1, args.points, args.dim, generator=torch.Generator().manual_seed(0))
     runs = {}
     for name, spec in VARIANTS.items():
-        if spec.compact:
+        if spec.compact and (name == "lloyd" or args.variants is None or name in args.variants):
             model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=args.clusters, point_dim=args.dim, variant=name))
             runs[(name, "compact")] = model
             if name != "lloyd":

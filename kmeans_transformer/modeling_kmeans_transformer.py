@@ -865,7 +865,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         centroids, the position slice and a constant feature, one `(batch, n + k, d + 1)` tensor written once; the
         labels are carried in index form.
         """
-        if self._layer(0).update.assignment_kind == "weights":  # soft assignments: their own pass, in chunks
+        if not self._compact_by_labels():  # a weighted assignment: its own pass, in chunks of points
             return self._run_compact_weights(inputs, num_iterations, final_assignment, output_assignments)
         tokens, point_mask = self._compact_tokens(inputs)
         batch_size, num_points = inputs.points.shape[:2]
@@ -885,6 +885,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             ones = (labels >= 0).to(points.dtype)[..., None]
             output.assignments = assignments.scatter_(-1, labels.clamp(min=0)[..., None], ones)
         return output
+
+    def _compact_by_labels(self) -> bool:
+        """Whether the compact engine carries labels (a hardmax assignment) rather than chunks of weights."""
+        return self._layer(0).update.assignment_kind == "labels"
 
     def _run_compact_weights(self, inputs: PreparedInputs, num_iterations, final_assignment, output_assignments):
         """
@@ -967,9 +971,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         The compact engine's iterations one at a time, for a caller that decides after each whether to go on (the
         looped fit of [`KMeans`]): the inputs checked and the compact tokens written once, instead of once per
         `forward(num_iterations=1)` call. None where `forward` would not run the compact engine on these inputs
-        (`engine()`, separate layers, or data outside the dtype's safe range, which `forward` rescales).
+        (`engine()`, separate layers, a weighted assignment, or data outside the dtype's safe range, which `forward`
+        rescales).
         """
-        if self.engine() != "compact" or not self.config.share_layers:
+        if self.engine() != "compact" or not self.config.share_layers or not self._compact_by_labels():
             return None
         inputs = self.prepare_inputs(points, centroids, num_iterations=1, sample_weight=sample_weight)
         return None if inputs.exponents is not None else CompactIterations(self, inputs)
@@ -1048,7 +1053,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         update, the `(batch, n, k)` weights otherwise). Runs the compact engine when it applies, else the tokens.
         """
         self._check_precision()
-        if self.engine() == "compact":
+        if self.engine() == "compact" and self._compact_by_labels():
             spec = self.config.variant_spec
             points, centroids = spec.seen_points(points), spec.seen_points(parameters["centroids"])
             exponents = self._rescaling_exponents(points, centroids)  # labels do not change: no scaling back
