@@ -294,6 +294,40 @@ class KMeansTransformerAssign(KMeansTransformerPositionAttention):
         labels = labels[..., 0, 0]
         return labels if point_mask is None else labels.masked_fill(~point_mask, -1)
 
+    def compact_query_key_weights(self, point_tokens: torch.Tensor, parameters: dict[str, torch.Tensor]):
+        """A weighted assign's query and key on the compact state: `q_proj(p_i) = x_i`, `k_proj(q_j) = c_j`, prepared."""
+        return self.prepare_query_key(point_tokens[..., :-1], parameters["centroids"])
+
+    pair_width = 1  # numbers the kernel holds per (point, cluster) pair: one score
+
+    def compact_rows(self, batch_size: int, device: torch.device) -> int:
+        """Points per chunk of `compact_weights`: `score_chunk_size` numbers, `pair_width` per (point, cluster) pair."""
+        budget = self.config.score_chunk_size or (2**22 if device.type == "cpu" else 2**28)
+        return max(1, budget // max(1, batch_size * self.config.num_clusters * self.pair_width))
+
+    def identity(self, num_clusters: int, like: torch.Tensor) -> torch.Tensor:
+        """The values `e_j` of `compact_weights`, `(k, k)`, made once per dtype and device (not once per chunk)."""
+        cached = getattr(self, "_identity", None)
+        if cached is None or cached.shape[0] != num_clusters or (cached.dtype, cached.device) != (like.dtype, like.device):
+            self._identity = cached = torch.eye(num_clusters, dtype=like.dtype, device=like.device)
+        return cached
+
+    def compact_weights(self, point_tokens: torch.Tensor, parameters: dict[str, torch.Tensor], point_mask: torch.Tensor):
+        """
+        A weighted assign (`update.assignment_kind == "weights"`) on the compact state, for a chunk of compact point
+        tokens `[x_i ; 1]` `(batch, m, d + 1)` and the parameters (`centroids` `(batch, k, d)`, the carried state):
+        the block's own kernel on the same queries and keys, with the value `e_j` (the identity), so the output is
+        the assignment slot `y_i` itself, `(batch, m, k)`; zero rows where `point_mask` `(batch, m)` is False.
+        """
+        query, key = self.compact_query_key_weights(point_tokens, parameters)
+        batch_size, num_clusters = key.shape[:2]
+        codes = self.identity(num_clusters, query).expand(batch_size, 1, -1, -1)
+        attention_mask = point_mask[:, None, :, None].expand(-1, 1, -1, num_clusters)
+        weights, _ = self.attention_interface()(
+            self, query.unsqueeze(1), key.unsqueeze(1), codes, attention_mask, scaling=self.scaling, dropout=0.0
+        )
+        return weights.reshape(*point_tokens.shape[:-1], num_clusters).masked_fill(~point_mask[..., None], 0.0)
+
 
 class KMeansTransformerSoftAssign(KMeansTransformerAssign):
     """`"soft"`: the assign block under softmax at `γ`: `y_i` holds the responsibilities `r_ij = softmax_j(-γ |x_i - c_j|^2)`."""
@@ -323,6 +357,7 @@ class KMeansTransformerFuzzyAssign(KMeansTransformerAssign):
     def __init__(self, config):
         super().__init__(config)
         self.fuzzifier = config.fuzzifier  # read by `fuzzy_membership_attention_forward`
+        self.pair_width = config.point_dim  # the kernel takes the distances from the differences `x_i - c_j`
 
     def prepare_query_key(self, query, key):
         return query, key
@@ -374,6 +409,13 @@ class KMeansTransformerGaussianAssign(KMeansTransformerAssign):
 
     def prepare_query_key(self, query, key):
         return query, gaussian_log_density_key(key)
+
+    def compact_query_key_weights(self, point_tokens, parameters):
+        """The query `[x_i ; |x_i|^2 ; 1]` and the key of `[μ_j ; σ_j^2 ; π_j]`, as `forward` reads them."""
+        points = point_tokens[..., :-1]
+        query = torch.cat([points, (points * points).sum(dim=-1, keepdim=True), point_tokens[..., -1:]], dim=-1)
+        key = torch.stack([parameters["variances"], parameters["weights"]], dim=-1).to(points.dtype)
+        return self.prepare_query_key(query, torch.cat([parameters["centroids"], key], dim=-1))
 
 
 class KMeansTransformerTrimGate(nn.Module):
@@ -436,9 +478,9 @@ class KMeansTransformerTrimGate(nn.Module):
         new[..., slices["outlier"]] = trimmed[..., None].to(point_states.dtype)
         return new - point_states
 
-    def cluster_quantiles(self, distance, labels, assigned) -> torch.Tensor:
+    def cluster_quantiles(self, distance, labels, assigned, num_clusters=None) -> torch.Tensor:
         """For every point, the `trim_quantile` quantile of the distances in its cluster, `(batch, n)`."""
-        k = self.config.num_clusters
+        k = num_clusters or self.config.num_clusters
         members = nn.functional.one_hot(labels, k).bool() & assigned[..., None]
         values = distance[:, None, :].expand(-1, k, -1).masked_fill(~members.transpose(1, 2), float("inf"))
         ordered = values.sort(dim=-1).values
@@ -452,7 +494,7 @@ class KMeansTransformerTrimGate(nn.Module):
         quantiles = torch.where(fraction < 0.5, low + fraction * step, high - step * (1 - fraction))
         return quantiles.gather(1, labels)
 
-    def weighted_trim(self, distance, labels, assigned, sample_weight) -> torch.Tensor:
+    def weighted_trim(self, distance, labels, assigned, sample_weight, num_clusters=None) -> torch.Tensor:
         """The trimmed points under sample weights (see the class docstring), `(batch, n)` bool."""
         weights = (sample_weight * assigned).to(torch.float64)
         if self.config.trim_quantile is None:
@@ -460,7 +502,7 @@ class KMeansTransformerTrimGate(nn.Module):
             order = distance.masked_fill(~assigned, float("inf")).argsort(dim=-1, stable=True).flip(-1)
             beyond = torch.zeros_like(weights).scatter_(-1, order, weights.gather(-1, order).cumsum(dim=-1))
             return assigned & (beyond <= num_trimmed) & (weights > 0)
-        k = self.config.num_clusters
+        k = num_clusters or self.config.num_clusters
         members = nn.functional.one_hot(labels, k).bool() & assigned[..., None]
         values = distance[:, None, :].expand(-1, k, -1).masked_fill(~members.transpose(1, 2), float("inf"))
         ordered, order = values.sort(dim=-1)
@@ -488,6 +530,41 @@ class KMeansTransformerTrimGate(nn.Module):
         order = distance.masked_fill(~assigned, float("inf")).argsort(dim=-1, stable=True)
         ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
         return assigned & (ranks >= (counts - num_trimmed)[:, None])
+
+    def compact_labels(self, point_tokens, centroids, labels, sample_weight=None) -> torch.LongTensor:
+        """
+        The gate on the compact state (`VariantSpec.compact`): `δ_i = |x_i - c_a(i)|^2` from the labels `(batch, n)`
+        of compact point tokens `[x_i ; 1]` and centroids `(batch, k, d)`, and the labels of the trimmed points set to
+        -1, so that the update counts them nowhere. The rule of `forward`, with no `(batch, k, n)` table: a
+        per-cluster quantile is taken on each cluster's members alone (one `argsort` of the labels groups them).
+        """
+        assigned = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)  # those `forward` counts
+        own = centroids.gather(1, labels.clamp(min=0)[..., None].expand(-1, -1, centroids.shape[-1]))
+        difference = point_tokens[..., :-1] - own  # exactly `distance_proj`'s `x_i - a_i`
+        distance = (difference * difference).sum(dim=-1)
+        if self.config.trim_quantile is None:
+            if sample_weight is None:
+                trimmed = self.largest_fraction(distance, assigned)
+            else:
+                trimmed = self.weighted_trim(distance, labels, assigned, sample_weight)
+            return labels.masked_fill(trimmed, -1)
+        trimmed = torch.zeros_like(assigned)
+        for problem in range(labels.shape[0]):
+            members = labels[problem].masked_fill(~assigned[problem], self.config.num_clusters)
+            counts = torch.bincount(members, minlength=self.config.num_clusters + 1)[:-1].tolist()
+            order = members.argsort(stable=True)
+            for indices in order[: sum(counts)].split(counts):
+                if len(indices) == 0:
+                    continue
+                own_distance = distance[problem, indices][None]
+                ones, zeros = torch.ones_like(own_distance, dtype=torch.bool), torch.zeros_like(indices)[None]
+                if sample_weight is None:
+                    cut = own_distance > self.cluster_quantiles(own_distance, zeros, ones, num_clusters=1)
+                else:
+                    weights = sample_weight[problem, indices][None]
+                    cut = self.weighted_trim(own_distance, zeros, ones, weights, num_clusters=1)
+                trimmed[problem, indices] = cut[0]
+        return labels.masked_fill(trimmed, -1)
 
 
 class KMeansTransformerMedoidCost(KMeansTransformerPositionAttention):

@@ -257,6 +257,7 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         num_points = tokens.shape[1] - self.update.config.num_clusters
         centroids = tokens[:, num_points:, :-1]
         labels = self.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
+        labels = gated_labels(self.point_blocks, tokens[:, :num_points], centroids, labels, sample_weight)
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
         statistics = self.update.accumulate(labels, tokens[:, :num_points], **weighted)
         centroids.copy_(self.finalize(statistics, {"centroids": centroids})["centroids"])
@@ -277,6 +278,11 @@ class KMeansTransformerAssignmentHead(nn.Module):
         self.assign = assign(config)
         gates = {name: block for name, block in spec.point_blocks.items() if block.reports_assignment}
         self.point_blocks = nn.ModuleDict({name: block(config) for name, block in gates.items()})
+
+    def compact_labels(self, point_tokens, centroids, point_mask, sample_weight=None) -> torch.LongTensor:
+        """The head on the compact state: the assign block's labels, then its gates' (-1: padding, an outlier)."""
+        labels = self.assign.assign_labels(point_tokens, centroids, point_mask)
+        return gated_labels(self.point_blocks, point_tokens, centroids, labels, sample_weight)
 
     def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None) -> torch.Tensor:
         num_points = point_mask.shape[1]
@@ -344,6 +350,16 @@ def attention_backend_problem(config: KMeansTransformerConfig, implementation: s
         f"attn_implementation={implementation!r} would turn {spec.title}'s argmax blocks into a softmax at "
         f"`inverse_temperature`, a different algorithm: keep the exact \"kmeans_hardmax\" (the default){how}."
     )
+
+
+def gated_labels(blocks, point_tokens, centroids, labels, sample_weight=None) -> torch.LongTensor:
+    """
+    The labels after the point blocks on the compact state: each block's `compact_labels` (the trim gate sets its
+    outliers' labels to -1); the spec allows the compact engine only where every point block has one.
+    """
+    for block in blocks.values():
+        labels = block.compact_labels(point_tokens, centroids, labels, sample_weight)
+    return labels
 
 
 def weighted_blocks(point_mask: torch.Tensor, sample_weight: torch.Tensor | None):
@@ -727,7 +743,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         Which engine `forward` runs: `"compact"` when all of these hold, else `"tokens"`:
 
-        - the variant's spec allows it (`VariantSpec.compact`: `"lloyd"`, `"spherical"`) and `config.fast_hardmax`;
+        - the variant's spec allows it (`VariantSpec.compact`: `"lloyd"`, `"spherical"`, `"trimmed"`, `"soft"`,
+          `"gmm"`, `"fuzzy"`) and `config.fast_hardmax`;
         - the attention implementation is the exact hardmax kernel (`"kmeans_hardmax"`, or its alias `"hardmax"`);
         - no attentions or hidden states are asked for (the compact state has no tokens);
         - no gradient is recorded for the weights (call the model under `torch.no_grad()` or with frozen weights);
@@ -848,6 +865,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         centroids, the position slice and a constant feature, one `(batch, n + k, d + 1)` tensor written once; the
         labels are carried in index form.
         """
+        if not self._compact_by_labels():  # a weighted assignment: its own pass, in chunks of points
+            return self._run_compact_weights(inputs, num_iterations, final_assignment, output_assignments)
         tokens, point_mask = self._compact_tokens(inputs)
         batch_size, num_points = inputs.points.shape[:2]
         points, centroids = tokens[:, :num_points, :-1], tokens[:, num_points:, :-1]
@@ -855,15 +874,80 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         for iteration in range(num_iterations):
             labels = self._layer(iteration).compact_forward(tokens, point_mask, **weighted)
         if final_assignment:
-            labels = self.assignment_head.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
+            labels = self.assignment_head.compact_labels(tokens[:, :num_points], centroids, point_mask, inputs.sample_weight)
         centroids = centroids.clone()
         inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
+        if self.config.variant_spec.reports_outliers:  # a real point without a label is trimmed
+            output.outliers = (labels < 0) & inputs.point_mask
         if output_assignments:  # one write of the (batch, n, k) zeros and n ones (no int64 one-hot on the way)
             assignments = points.new_zeros(batch_size, num_points, self.config.num_clusters)
             ones = (labels >= 0).to(points.dtype)[..., None]
             output.assignments = assignments.scatter_(-1, labels.clamp(min=0)[..., None], ones)
         return output
+
+    def _compact_by_labels(self) -> bool:
+        """Whether the compact engine carries labels (a hardmax assignment) rather than chunks of weights."""
+        return self._layer(0).update.assignment_kind == "labels"
+
+    def _run_compact_weights(self, inputs: PreparedInputs, num_iterations, final_assignment, output_assignments):
+        """
+        The compact engine of a weighted assignment (soft, gmm, fuzzy): each layer passes over the points in chunks
+        (`_weights_pass`), the assign block's `compact_weights` giving a chunk's `(batch, m, k)` assignment and the
+        update's `accumulate` its float64 sums; the layer's `finalize` turns the summed statistics into the next
+        parameters. The whole `(batch, n, k)` assignment is held only when it is returned.
+        """
+        spec, dtype = self.config.variant_spec, inputs.points.dtype
+        values = _with_ones(spec.seen_points(inputs.points))
+        parameters = {"centroids": spec.seen_points(inputs.centroids), **inputs.state}
+        weights = inputs.sample_weight
+        if weights is None and not bool(inputs.point_mask.all()):
+            weights = inputs.point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
+        labels, assignments = values.new_full(values.shape[:2], -1, dtype=torch.long), None
+        for iteration in range(num_iterations):
+            layer = self._layer(iteration)
+            keep = output_assignments and not final_assignment and iteration == num_iterations - 1
+            labels, assignments, statistics = self._weights_pass(layer.assign, layer.update, values, inputs, weights, parameters, keep)
+            parameters = {name: value.to(dtype) for name, value in layer.finalize(statistics, parameters).items()}
+        if final_assignment:
+            head = self.assignment_head.assign
+            labels, assignments, _ = self._weights_pass(head, None, values, inputs, weights, parameters, output_assignments)
+        centroids = parameters["centroids"]
+        inertia = labelled_inertia(values[..., :-1], centroids, labels, inputs.sample_weight)
+        output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
+        if output_assignments:
+            if assignments is None:  # no pass made them: the zero slots of the input tokens
+                assignments = values.new_zeros(*values.shape[:2], self.config.num_clusters)
+            output.assignments = assignments
+            if spec.soft_assignment:
+                output.responsibilities = assignments
+        for carried in spec.state:
+            output[carried.name] = parameters[carried.name]
+        return output
+
+    def _weights_pass(self, assign, update, values, inputs: PreparedInputs, weights, parameters, keep):
+        """
+        One pass of a weighted assign over the points, `assign.compact_rows` at a time (`score_chunk_size` numbers
+        of the kernel's): the labels (the first largest weight; -1 where a point has none), the whole assignment
+        when `keep`, and, with an `update`, its statistics summed in float64.
+        """
+        batch_size, num_points = values.shape[:2]
+        rows = assign.compact_rows(batch_size, values.device)
+        labels = values.new_empty(batch_size, num_points, dtype=torch.long)
+        kept = values.new_empty(batch_size, num_points, self.config.num_clusters) if keep else None
+        statistics = None
+        for start in range(0, num_points, rows):
+            chunk = slice(start, start + rows)
+            assignment = assign.compact_weights(values[:, chunk], parameters, inputs.point_mask[:, chunk])
+            labelled = inputs.point_mask[:, chunk] & (assignment.amax(dim=-1) > 0)
+            labels[:, chunk] = assignment.argmax(dim=-1).masked_fill(~labelled, -1)
+            if keep:
+                kept[:, chunk] = assignment
+            if update is not None:
+                weighted = {} if weights is None else {"sample_weight": weights[:, chunk].to(torch.float64)}
+                part = update.accumulate(assignment.to(torch.float64), values[:, chunk].to(torch.float64), **weighted)
+                statistics = part if statistics is None else statistics + part
+        return labels, kept, statistics
 
     def _compact_tokens(self, inputs: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
@@ -887,9 +971,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         The compact engine's iterations one at a time, for a caller that decides after each whether to go on (the
         looped fit of [`KMeans`]): the inputs checked and the compact tokens written once, instead of once per
         `forward(num_iterations=1)` call. None where `forward` would not run the compact engine on these inputs
-        (`engine()`, separate layers, or data outside the dtype's safe range, which `forward` rescales).
+        (`engine()`, separate layers, a weighted assignment, or data outside the dtype's safe range, which `forward`
+        rescales).
         """
-        if self.engine() != "compact" or not self.config.share_layers:
+        if self.engine() != "compact" or not self.config.share_layers or not self._compact_by_labels():
             return None
         inputs = self.prepare_inputs(points, centroids, num_iterations=1, sample_weight=sample_weight)
         return None if inputs.exponents is not None else CompactIterations(self, inputs)
@@ -968,13 +1053,13 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         update, the `(batch, n, k)` weights otherwise). Runs the compact engine when it applies, else the tokens.
         """
         self._check_precision()
-        if self.engine() == "compact":
+        if self.engine() == "compact" and self._compact_by_labels():
             spec = self.config.variant_spec
             points, centroids = spec.seen_points(points), spec.seen_points(parameters["centroids"])
             exponents = self._rescaling_exponents(points, centroids)  # labels do not change: no scaling back
             if exponents is not None:
                 points, centroids = _divided_by_power_of_two(exponents, points, centroids)
-            labels = self.assignment_head.assign.assign_labels(_with_ones(points), centroids, None)
+            labels = self.assignment_head.compact_labels(_with_ones(points), centroids, None)
             return labels, labels
         state = {name: parameters[name] for name in self.config.variant_spec.state_names}
         output = self(points, parameters["centroids"], num_iterations=0, **state)

@@ -226,7 +226,8 @@ class VariantSpec:
         label_determined: the update depends on the labels alone, so repeated labels mean convergence.
         sums_over_points: the update is `finalize(Σ over points of accumulate(...))`, so points mode can run it on
             data in chunks and processes.
-        compact: the compact engine applies (a hardmax assignment by labels and a mean update).
+        compact: the compact engine applies: a hardmax assignment by labels, each point block's `compact_labels`, a
+            mean update; or a weighted assignment (`compact_weights`, in chunks of points) and the update's sums.
         scaling: how the result changes when the data (points and centroids) is multiplied by `s`, which decides how
             the model treats data outside the dtype's safe range (`attention.safe_magnitude_exponents`, where squared
             distances would overflow or underflow). `"equivariant"`: the labels stay, the centroids scale by `s`,
@@ -416,7 +417,7 @@ _SPECS = (
     ),
     VariantSpec(
         "soft", "soft k-means", {"inverse_temperature": 1.0}, KMeansTransformerSoftAssign, KMeansTransformerSoftUpdate,
-        soft_assignment=True, label_determined=False, sums_over_points=True, scale_parameters=("inverse_temperature",),
+        soft_assignment=True, label_determined=False, sums_over_points=True, compact=True, scale_parameters=("inverse_temperature",),
         reference=soft_kmeans, reference_parameters=("inverse_temperature",),
     ),
     VariantSpec(
@@ -431,7 +432,7 @@ _SPECS = (
             TokenSlot("assigned", "point_dim", _POINT_SCRATCH), TokenSlot("distance", 1, _POINT_SCRATCH),
             TokenSlot("outlier", 1, _POINT_SCRATCH),
         ),
-        exclusive=(("trim_quantile", "trim_fraction"),),
+        exclusive=(("trim_quantile", "trim_fraction"),), compact=True,
         reference=trimmed_kmeans, reference_parameters=("trim_quantile", "trim_fraction"),
     ),
     VariantSpec(
@@ -458,14 +459,14 @@ _SPECS = (
             TokenSlot("square_norm", 1, point_value=_square_norms), TokenSlot("variance", 1),
             TokenSlot("mixing_weight", 1, "centroid_erase"),
         ),
-        state=MIXTURE_STATE, soft_assignment=True, label_determined=False, sums_over_points=True,
+        state=MIXTURE_STATE, soft_assignment=True, label_determined=False, sums_over_points=True, compact=True,
         scale_parameters=("reg_covar",),
         reference=_mixture_reference, reference_parameters=("reg_covar",), reference_label="gaussian_mixture_em",
         zoo_parameters=({"reg_covar": 1e-6},),
     ),
     VariantSpec(
         "fuzzy", "fuzzy c-means", {"fuzzifier": 2.0}, KMeansTransformerFuzzyAssign, KMeansTransformerFuzzyUpdate,
-        soft_assignment=True, label_determined=False, sums_over_points=True,
+        soft_assignment=True, label_determined=False, sums_over_points=True, compact=True,
         reference=fuzzy_cmeans, reference_parameters=("fuzzifier",),
     ),
     # the reference is what the untrained layer computes with init_from="lloyd"

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel, cpu_kernels
+from kmeans_transformer.variants import VARIANTS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from kmeans_transformer.attention import (
@@ -191,6 +192,76 @@ def test_fast_path_is_the_dense_path_on_real_points(variant, dtype, rtol, compil
     torch.testing.assert_close(fast.inertia, dense.inertia, rtol=rtol, atol=0)
 
 
+# Every variant the compact engine runs, at its defaults, and each other form of its parameters.
+OTHER_FORMS = {"trimmed": [{"trim_quantile": None, "trim_fraction": 0.15}]}
+COMPACT_CASES = [
+    (name, parameters)
+    for name, spec in VARIANTS.items() if spec.compact
+    for parameters in [{}, *OTHER_FORMS.get(name, [])]
+]
+
+
+@pytest.mark.parametrize("variant,parameters", COMPACT_CASES, ids=[f"{n}-{'-'.join(p) or 'defaults'}" for n, p in COMPACT_CASES])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_every_compact_variant_is_its_tokens(variant, parameters, weighted):
+    """
+    Integer points, integer sample weights (zeros among them), padding and an emptied cluster, in float64. A hardmax
+    variant: every output of the compact engine (labels, outliers, assignments, centroids, inertia) is that of the
+    token engine, bit for bit. A weighted assignment (soft, gmm, fuzzy): its chunks' sums round in another order,
+    so the numbers agree to 1e-12, and the labels wherever the two largest weights are not tied to that precision
+    (integer points tie exactly, and then the last bit decides).
+    """
+    generator = torch.Generator().manual_seed(11)
+    batch, n, d, k = 3, 300, 3, 6
+    points = integer_tensor(generator, batch, n, d, dtype=torch.float64, low=1, high=7)  # > 0 for spherical
+    mask = torch.ones(batch, n, dtype=torch.bool)
+    mask[1, 220:] = False
+    centroids = points[:, :k].clone()
+    centroids[:, -1] = -50.0
+    weights = {"sample_weight": torch.randint(0, 4, (batch, n), generator=generator).double()} if weighted else {}
+    config = KMeansTransformerConfig(
+        num_clusters=k, point_dim=d, num_iterations=4, variant=variant, score_chunk_size=batch * k * 64, **parameters
+    )  # several chunks of points
+    model = KMeansTransformerModel(config).double()
+    spec = model.config.variant_spec
+    dense, fast = dense_and_fast(model, points, centroids=centroids, attention_mask=mask, **weights)
+    if spec.reports_outliers:
+        assert torch.equal(fast.outliers, dense.outliers)
+        assert 0 < int(fast.outliers.sum()) < int(mask.sum())  # the gate trims some points, not all
+    if spec.soft_assignment:
+        top = dense.assignments.topk(2, dim=-1).values
+        clear = (top[..., 0] - top[..., 1] > 1e-12) | ~mask
+        assert torch.equal(fast.labels[clear], dense.labels[clear]) and clear.float().mean() > 0.5
+        torch.testing.assert_close(fast.responsibilities, dense.responsibilities, rtol=0, atol=1e-12)
+        tolerance = 1e-12
+    else:
+        assert torch.equal(fast.labels, dense.labels)
+        tolerance = 0 if not spec.unit_norm else 1e-14  # unit vectors are not integers: sums round in their order
+    torch.testing.assert_close(fast.assignments, dense.assignments, rtol=0, atol=tolerance)
+    for name in ("centroids", *spec.state_names):
+        torch.testing.assert_close(getattr(fast, name), getattr(dense, name), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(fast.inertia, dense.inertia, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("variant,parameters", COMPACT_CASES, ids=[f"{n}-{'-'.join(p) or 'defaults'}" for n, p in COMPACT_CASES])
+def test_every_compact_variant_is_its_tokens_on_real_points(variant, parameters):
+    """Gaussian points and real sample weights: the same labels, centroids within the order of their sums."""
+    generator = torch.Generator().manual_seed(12)
+    points = torch.randn(2, 2000, 5, generator=generator, dtype=torch.float64) * 3
+    weights = torch.rand(2, 2000, generator=generator, dtype=torch.float64) * 2
+    config = KMeansTransformerConfig(num_clusters=7, point_dim=5, num_iterations=4, variant=variant, **parameters)
+    model = KMeansTransformerModel(config).double()
+    for weighted in ({}, {"sample_weight": weights}):
+        dense, fast = dense_and_fast(model, points, **weighted)
+        assert torch.equal(fast.labels, dense.labels)
+        if model.config.variant_spec.reports_outliers:
+            assert torch.equal(fast.outliers, dense.outliers) and bool(fast.outliers.any())
+        torch.testing.assert_close(fast.assignments, dense.assignments, rtol=0, atol=1e-12)
+        for name in ("centroids", *model.config.variant_spec.state_names):
+            torch.testing.assert_close(getattr(fast, name), getattr(dense, name), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fast.inertia, dense.inertia, rtol=1e-12, atol=0)
+
+
 def test_fast_path_runs_only_where_it_is_exact(monkeypatch):
     model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, point_dim=2, num_iterations=2))
     points = torch.randn(50, 2, generator=torch.Generator().manual_seed(6))
@@ -222,17 +293,24 @@ def test_fast_path_runs_only_where_it_is_exact(monkeypatch):
     with torch.no_grad():
         update[0, 0] -= 1e-3
     assert model.has_analytic_weights() and not runs_dense()
-    for variant in ("soft", "trimmed", "kmedoids", "gmm"):
+    for variant in (name for name, spec in VARIANTS.items() if not spec.compact):
         assert not KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, variant=variant)).engine() == "compact"
     eager = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, attn_implementation="eager", inverse_temperature=1.0))
     assert eager.config._attn_implementation == "eager" and not eager.engine() == "compact"
 
 
-def test_fast_path_never_holds_the_assignment_matrix():
-    """With `output_assignments=False`, the largest tensor is the compact tokens, however large k is."""
-    n, d, k = 20_000, 4, 512
+@pytest.mark.parametrize("variant,parameters", COMPACT_CASES, ids=[f"{n}-{'-'.join(p) or 'defaults'}" for n, p in COMPACT_CASES])
+def test_fast_path_never_holds_the_assignment_matrix(variant, parameters):
+    """
+    With `output_assignments=False`, the largest tensor is the compact tokens, one chunk of scores, or (a weighted
+    assignment) the `k × k` values `e_j`, however large k is: never `n × k`.
+    """
+    n, d, k, chunk = 20_000, 4, 512, 2**18
     points = torch.randn(n, d, generator=torch.Generator().manual_seed(7))
-    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=2, score_chunk_size=2**16))
+    config = KMeansTransformerConfig(
+        num_clusters=k, point_dim=d, num_iterations=1, score_chunk_size=chunk, variant=variant, **parameters
+    )
+    model = KMeansTransformerModel(config)
     largest = []
 
     class TensorSizes(TorchDispatchMode):
@@ -245,7 +323,7 @@ def test_fast_path_never_holds_the_assignment_matrix():
     with TensorSizes():
         output = model(points, output_assignments=False)
     assert output.assignments is None and output.labels.shape == (1, n)
-    assert max(largest) <= (n + k) * (d + 1)  # the compact tokens; never n * k = 10,240,000
+    assert max(largest) <= max((n + k) * (d + 1), chunk, k * k)  # never n * k = 10,240,000
 
 
 def test_softmax_blocks_run_sdpa_unless_weights_are_asked_for():
