@@ -13,7 +13,8 @@ centres spread by 4).
    k-means++ draws differ between libraries, so the iteration counts are reported too); the target is a ratio of
    at most 1.0.
 
-Each measurement is one untimed warm-up, then the median of `--repeats` timed runs. Every library uses the same
+Each measurement is one untimed warm-up, then the median of `--repeats` timed runs, the runs of the two sides of a
+ratio taken in turn. Every library uses the same
 number of threads (`--threads`: torch's and the OpenMP/BLAS pools through threadpoolctl).
 
 Writes `estimator.md` and `estimator.json` to `--output-dir` (default: a new directory `estimator-<date>-<time>` in
@@ -49,15 +50,17 @@ def mixture(n: int, d: int, k: int, seed: int) -> np.ndarray:
     return (centres[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(np.float32)
 
 
-def timed(function, repeats: int) -> tuple[float, object]:
-    """The median wall time of `repeats` calls after one untimed warm-up, and the last call's result."""
-    result = function()
-    times = []
+def interleaved(functions, repeats: int) -> list[tuple[float, object]]:
+    """Per function, the median wall time of `repeats` calls after one untimed warm-up, and its last result; the
+    functions are run in turn, one call of each per round, so that a change of the machine's load falls on all alike."""
+    results = [function() for function in functions]
+    times = [[] for _ in functions]
     for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+        for index, function in enumerate(functions):
+            started = time.perf_counter()
+            results[index] = function()
+            times[index].append(time.perf_counter() - started)
+    return [(statistics.median(spent), result) for spent, result in zip(times, results, strict=True)]
 
 
 def measure(args) -> dict:
@@ -72,7 +75,7 @@ def measure(args) -> dict:
     def estimator_fit():
         return KMeans(args.k, init=initial, n_init=1, tol=0, max_iter=args.max_iter).fit(X)
 
-    estimator_time, fitted = timed(estimator_fit, args.repeats)
+    fitted = estimator_fit()
     iterations = int(fitted.n_iter_)
     config = KMeansTransformerConfig(point_dim=args.d, num_clusters=args.k, num_iterations=iterations)
     model = KMeansTransformerModel(config).eval()
@@ -82,13 +85,18 @@ def measure(args) -> dict:
         with torch.no_grad():
             return model(points, centroids=centroids, output_assignments=False)
 
-    model_time, output = timed(model_run, args.repeats)
+    (estimator_time, fitted), (model_time, output) = interleaved([estimator_fit, model_run], args.repeats)
     same_labels = float((output.labels[0].numpy() == fitted.labels_).mean())
 
-    restarts = {}
-    for name, estimator in (("kmeans-transformer", KMeans), ("scikit-learn", ScikitKMeans)):
-        seconds, result = timed(lambda: estimator(args.k, n_init=10, random_state=args.seed).fit(X), args.repeats)
-        restarts[name] = {"seconds": seconds, "n_iter": int(result.n_iter_), "inertia": float(result.inertia_)}
+    names, estimators = ("kmeans-transformer", "scikit-learn"), (KMeans, ScikitKMeans)
+    runs = interleaved(
+        [lambda estimator=estimator: estimator(args.k, n_init=10, random_state=args.seed).fit(X) for estimator in estimators],
+        args.repeats,
+    )
+    restarts = {
+        name: {"seconds": seconds, "n_iter": int(result.n_iter_), "inertia": float(result.inertia_)}
+        for name, (seconds, result) in zip(names, runs, strict=True)
+    }
     return {
         "iterations": iterations,
         "estimator_ms_per_iteration": estimator_time / iterations * 1e3,
@@ -132,7 +140,7 @@ def main(argv=None) -> None:
     parser.add_argument("--d", type=int, default=16, help="dimension (default 16)")
     parser.add_argument("--k", type=int, default=8, help="number of clusters (default 8)")
     parser.add_argument("--max-iter", type=int, default=300, help="iteration cap of the timed fit (default 300)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs per measurement (default 9)")
     parser.add_argument("--threads", type=int, default=1, help="threads of every library (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the restarts (default 0)")
     parser.add_argument("--quick", action="store_true", help="20,000 points and 3 repeats")

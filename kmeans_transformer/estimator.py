@@ -479,13 +479,15 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                         )
                 if iteration + 1 == self.max_iter:
                     done[:] = True
-                for name, values in updated.items():
-                    final[name][active[done]] = values[done]
-                n_iter[active[done]] = iteration + 1
-                active, current = active[~done], {name: values[~done] for name, values in updated.items()}
-                previous_labels = labels[~done] if spec.label_determined else None
-                if iterations is not None and bool(done.any()):
-                    iterations.keep(torch.nonzero(~done)[:, 0])
+                current, previous_labels = updated, labels if spec.label_determined else None
+                if bool(done.any()):  # the finished restarts leave the batch
+                    for name, values in updated.items():
+                        final[name][active[done]] = values[done]
+                    n_iter[active[done]] = iteration + 1
+                    active, current = active[~done], {name: values[~done] for name, values in updated.items()}
+                    previous_labels = labels[~done] if spec.label_determined else None
+                    if iterations is not None:
+                        iterations.keep(torch.nonzero(~done)[:, 0])
                 progress.update()
                 progress.set_postfix(restarts_running=f"{len(active)}/{n_restarts}")
                 if len(active) == 0:
