@@ -109,7 +109,9 @@ def writing_into_directory(path, is_owned, keep=lambda existing: False) -> Itera
     `keep(existing_path)` is true (that file stays as it was); then each file of `path` that `is_owned(file)` and
     that the new files do not include is removed (the leftovers of a previous checkpoint). Files not owned are never
     touched. On error (or an interrupt) while the block runs, the temporary directory is removed and `path` is as it
-    was, so a previous checkpoint there still loads.
+    was, so a previous checkpoint there still loads; a directory this call created is removed again if the renames
+    are interrupted (an existing one may then hold the new files so far and the previous ones for the rest, each
+    whole).
     """
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
@@ -122,16 +124,24 @@ def writing_into_directory(path, is_owned, keep=lambda existing: False) -> Itera
     written = None
     try:
         yield temporary
-        written = sorted(entry.name for entry in temporary.iterdir())
-        for name in written:
-            target = path / name
-            if (target.exists() or target.is_symlink()) and keep(target):
-                continue
-            if target.is_dir() and not target.is_symlink():
-                raise IsADirectoryError(f"{target} is a directory; the checkpoint file {name} cannot replace it.")
-            if target.is_symlink():
-                target.unlink()  # replace the link itself, never the file it points to
-            os.replace(temporary / name, target)
+        written, renamed = sorted(entry.name for entry in temporary.iterdir()), []
+        try:
+            for name in written:
+                target = path / name
+                if (target.exists() or target.is_symlink()) and keep(target):
+                    continue
+                if target.is_dir() and not target.is_symlink():
+                    raise IsADirectoryError(f"{target} is a directory; the checkpoint file {name} cannot replace it.")
+                if target.is_symlink():
+                    target.unlink()  # replace the link itself, never the file it points to
+                os.replace(temporary / name, target)
+                renamed.append(target)
+        except BaseException:
+            if created:  # a new directory interrupted between its renames: none of it stays
+                for target in renamed:
+                    target.unlink(missing_ok=True)
+                written = None
+            raise
         for entry in path.iterdir():
             if entry.name not in written and entry != temporary and not entry.is_dir() and is_owned(entry):
                 entry.unlink()

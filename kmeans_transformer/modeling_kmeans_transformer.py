@@ -888,7 +888,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
     def _compact_by_labels(self) -> bool:
         """Whether the compact engine carries labels (a hardmax assignment) rather than chunks of weights."""
-        return self._layer(0).update.assignment_kind == "labels"
+        return self.config.variant_spec.update.assignment_kind == "labels"  # also for a model with no layer
 
     def _run_compact_weights(self, inputs: PreparedInputs, num_iterations, final_assignment, output_assignments):
         """

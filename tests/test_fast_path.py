@@ -358,3 +358,21 @@ def test_an_edit_through_data_is_seen_and_both_engines_agree_with_it():
     assign.q_proj.weight.data = assign.q_proj.weight.data.clone()
     assign.q_proj.weight.data[0] /= 3.0  # back to the construction through a replaced .data tensor
     assert model.has_analytic_weights() and model.engine() == "compact"
+
+
+@pytest.mark.parametrize("variant", [name for name, spec in VARIANTS.items() if spec.compact and not spec.unit_norm])
+def test_a_model_with_no_layer_assigns_on_the_compact_engine(variant):
+    """`num_iterations=0` with separate layers builds no layer: the assignment head alone labels the points (the
+    nearest centroid, equal variances and weights for gmm; a trimmed point is -1)."""
+    rng = np.random.default_rng(5)
+    points, centroids = rng.normal(size=(1, 40, 3)), rng.normal(size=(1, 4, 3))
+    config = KMeansTransformerConfig(variant=variant, point_dim=3, num_clusters=4, num_iterations=0, share_layers=False)
+    model = KMeansTransformerModel(config).double().eval()
+    assert len(model.layers) == 0
+    with torch.no_grad():
+        assert model.engine() == "compact"
+        labels = model(torch.from_numpy(points), centroids=torch.from_numpy(centroids)).labels[0].numpy()
+    nearest = ((points[0][:, None] - centroids[0][None]) ** 2).sum(-1).argmin(1)
+    kept = labels >= 0
+    assert kept.sum() >= 30
+    np.testing.assert_array_equal(labels[kept], nearest[kept])
