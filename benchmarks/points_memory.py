@@ -50,6 +50,20 @@ def rss_mib() -> float:
     return float("nan")
 
 
+def stamp_iterations(model) -> list[float]:
+    """A list that gets the `perf_counter` time at the end of each of `model`'s iterations (each ends with one
+    `finalize`, whichever engine runs it)."""
+    stamps, finalize = [], model.finalize
+
+    def timed_finalize(*args, **kwargs):
+        new = finalize(*args, **kwargs)
+        stamps.append(time.perf_counter())
+        return new
+
+    model.finalize = timed_finalize
+    return stamps
+
+
 def child(path: str, clusters: int, iterations: int, chunk_size: int, report: str) -> None:
     """Run points mode on `path` and write the figures to `report` (JSON)."""
     import torch
@@ -63,14 +77,7 @@ def child(path: str, clusters: int, iterations: int, chunk_size: int, report: st
     config = KMeansTransformerConfig(num_clusters=clusters, point_dim=dim, num_iterations=iterations)
     model = KMeansTransformerModel(config).eval()  # float32
     rss_before = rss_mib()
-    stamps, finalize = [], model.finalize  # every iteration ends with one `finalize`
-
-    def timed_finalize(*args, **kwargs):
-        new = finalize(*args, **kwargs)
-        stamps.append(time.perf_counter())
-        return new
-
-    model.finalize = timed_finalize
+    stamps = stamp_iterations(model)
     start = time.perf_counter()
     result = cluster_points(model, path, chunk_size=chunk_size, progress=False)
     total = time.perf_counter() - start

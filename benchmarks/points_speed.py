@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from points_memory import generate, machine  # noqa: E402
+from points_memory import generate, machine, stamp_iterations  # noqa: E402
 
 
 def _model(clusters: int, dim: int, iterations: int):
@@ -69,14 +69,7 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
 
         accelerator = Accelerator(cpu=True)
         is_main = accelerator.is_main_process
-        stamps, finalize = [], model.finalize
-
-        def timed_finalize(*args, **kwargs):
-            new = finalize(*args, **kwargs)
-            stamps.append(time.perf_counter())
-            return new
-
-        model.finalize = timed_finalize
+        stamps = stamp_iterations(model)
         start = time.perf_counter()
         result = cluster_points(model, path, chunk_size=chunk_size, accelerator=accelerator, progress=False)
         figures["total_s"] = time.perf_counter() - start

@@ -536,7 +536,8 @@ class KMeansTransformerTrimGate(nn.Module):
         The gate on the compact state (`VariantSpec.compact`): `δ_i = |x_i - c_a(i)|^2` from the labels `(batch, n)`
         of compact point tokens `[x_i ; 1]` and centroids `(batch, k, d)`, and the labels of the trimmed points set to
         -1, so that the update counts them nowhere. The rule of `forward`, with no `(batch, k, n)` table: a
-        per-cluster quantile is taken on each cluster's members alone (one `argsort` of the labels groups them).
+        per-cluster quantile is taken on each cluster's members alone, one row per cluster (one `argsort` of the labels
+        groups them), so the table is `(batch * k, largest cluster)`.
         """
         assigned = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)  # those `forward` counts
         own = centroids.gather(1, labels.clamp(min=0)[..., None].expand(-1, -1, centroids.shape[-1]))
@@ -548,22 +549,29 @@ class KMeansTransformerTrimGate(nn.Module):
             else:
                 trimmed = self.weighted_trim(distance, labels, assigned, sample_weight)
             return labels.masked_fill(trimmed, -1)
-        trimmed = torch.zeros_like(assigned)
-        for problem in range(labels.shape[0]):
-            members = labels[problem].masked_fill(~assigned[problem], self.config.num_clusters)
-            counts = torch.bincount(members, minlength=self.config.num_clusters + 1)[:-1].tolist()
-            order = members.argsort(stable=True)
-            for indices in order[: sum(counts)].split(counts):
-                if len(indices) == 0:
-                    continue
-                own_distance = distance[problem, indices][None]
-                ones, zeros = torch.ones_like(own_distance, dtype=torch.bool), torch.zeros_like(indices)[None]
-                if sample_weight is None:
-                    cut = own_distance > self.cluster_quantiles(own_distance, zeros, ones, num_clusters=1)
-                else:
-                    weights = sample_weight[problem, indices][None]
-                    cut = self.weighted_trim(own_distance, zeros, ones, weights, num_clusters=1)
-                trimmed[problem, indices] = cut[0]
+        # Every cluster's members as one row of a (batch * k, largest cluster) table, in point order, padded and
+        # unassigned past its count; the gate's own per-cluster rule then runs on all rows at once (one "cluster" each).
+        k, (batch_size, num_points) = self.config.num_clusters, labels.shape
+        members = labels.masked_fill(~assigned, k)
+        counts = torch.zeros(batch_size, k + 1, dtype=torch.long, device=labels.device)
+        counts.scatter_add_(1, members, torch.ones_like(members))
+        order = members.argsort(dim=1, stable=True)  # grouped by cluster, in point order within a cluster
+        grouped = members.gather(1, order)
+        slot = torch.arange(num_points, device=labels.device) - (counts.cumsum(1) - counts).gather(1, grouped)
+        kept = grouped < k
+        row = (torch.arange(batch_size, device=labels.device)[:, None] * k + grouped)[kept]
+        column, point = slot[kept], order[kept]
+        problem = torch.arange(batch_size, device=labels.device)[:, None].expand_as(order)[kept]
+        shape = (batch_size * k, max(int(counts[:, :k].max()), 1))
+        table = distance.new_zeros(shape).index_put_((row, column), distance[problem, point])
+        in_row = torch.zeros(shape, dtype=torch.bool, device=labels.device).index_put_((row, column), assigned[problem, point])
+        zeros = torch.zeros(shape, dtype=torch.long, device=labels.device)
+        if sample_weight is None:
+            cut = in_row & (table > self.cluster_quantiles(table, zeros, in_row, num_clusters=1))
+        else:
+            weights = sample_weight.new_zeros(shape).index_put_((row, column), sample_weight[problem, point])
+            cut = self.weighted_trim(table, zeros, in_row, weights, num_clusters=1)
+        trimmed = torch.zeros_like(assigned).index_put_((problem, point), cut[row, column])
         return labels.masked_fill(trimmed, -1)
 
 

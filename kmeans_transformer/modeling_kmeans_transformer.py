@@ -1153,13 +1153,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         dtype, device = self.embeddings.cluster_embeddings.dtype, self.embeddings.cluster_embeddings.device
         weights = _as_float_tensor(sample_weight, "sample_weight", dtype, device)
         batch_size, num_points = point_mask.shape
-        if weights.dim() == 1 and batch_size == 1:
-            weights = weights.unsqueeze(0)
-        if tuple(weights.shape) != (batch_size, num_points):
-            raise ValueError(
-                f"`sample_weight` must have shape (batch_size, num_points) = {(batch_size, num_points)}, "
-                f"got {tuple(weights.shape)}."
-            )
+        weights = _per_point(weights, "sample_weight", batch_size, num_points)
         if not bool(torch.isfinite(weights).all()):
             raise ValueError("`sample_weight` contain NaN or infinite values.")
         if bool((weights < 0).any()):
@@ -1405,6 +1399,17 @@ def labelled_inertia(
     return total.to(points.dtype)
 
 
+def _per_point(values: torch.Tensor, name: str, batch_size: int, num_points: int) -> torch.Tensor:
+    """`values` of one number per point as `(batch_size, num_points)` (1-D for a single problem), or a ValueError."""
+    if values.dim() == 1 and batch_size == 1:
+        values = values.unsqueeze(0)
+    if tuple(values.shape) != (batch_size, num_points):
+        raise ValueError(
+            f"`{name}` must have shape (batch_size, num_points) = {(batch_size, num_points)}, got {tuple(values.shape)}."
+        )
+    return values
+
+
 def _as_tensor(values, name: str) -> torch.Tensor:
     """
     A tensor from a tensor, a numpy array or scalar, a (nested) list, or a pandas DataFrame or Series (its values);
@@ -1450,13 +1455,7 @@ def _check_mask(attention_mask, batch_size: int, num_points: int, device: torch.
     mask = _as_tensor(attention_mask, "attention_mask").to(device)
     if mask.dtype.is_complex:
         raise ValueError(f"`attention_mask` must hold real 0 and 1 (or bools), got complex dtype {mask.dtype}.")
-    if mask.dim() == 1 and batch_size == 1:
-        mask = mask.unsqueeze(0)
-    if tuple(mask.shape) != (batch_size, num_points):
-        raise ValueError(
-            f"`attention_mask` must have shape (batch_size, num_points) = {(batch_size, num_points)}, "
-            f"got {tuple(mask.shape)}."
-        )
+    mask = _per_point(mask, "attention_mask", batch_size, num_points)
     if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("`attention_mask` must hold only 0 and 1.")
     return mask.bool()
