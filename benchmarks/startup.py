@@ -1,6 +1,7 @@
 """Start-up time of the command and the package, each the median of several runs in fresh subprocesses.
 
-Measured: `kmeans-transformer --help`, an argument error (`kmeans-transformer cluster` without its arguments),
+Measured: `kmeans-transformer --help` and an argument error (`kmeans-transformer cluster` without its arguments),
+both through the installed console script (the one next to this interpreter),
 `import kmeans_transformer`, `import torch, transformers` (what the package is built on) and `from sklearn.cluster
 import KMeans` (for comparison). Each run is a new interpreter (`sys.executable`), timed from start to exit with
 `time.perf_counter`, after one untimed warm-up run of each (the files then come from the page cache). Prints a
@@ -22,8 +23,8 @@ from pathlib import Path
 
 
 CASES = {
-    "`kmeans-transformer --help`": ["-m", "kmeans_transformer.cli", "--help"],
-    "argument error (`kmeans-transformer cluster`)": ["-m", "kmeans_transformer.cli", "cluster"],
+    "`kmeans-transformer --help`": ["kmeans-transformer", "--help"],
+    "argument error (`kmeans-transformer cluster`)": ["kmeans-transformer", "cluster"],
     "`import kmeans_transformer`": ["-c", "import kmeans_transformer"],
     "`import torch, transformers`": ["-c", "import torch, transformers"],
     "`from sklearn.cluster import KMeans`": ["-c", "from sklearn.cluster import KMeans"],
@@ -31,8 +32,13 @@ CASES = {
 
 
 def seconds(arguments: list[str]) -> float:
+    """Wall time of one run: the console script `kmeans-transformer` or `python ARGUMENTS`."""
+    if arguments[0] == "kmeans-transformer":
+        command = [str(Path(sys.executable).parent / "kmeans-transformer"), *arguments[1:]]
+    else:
+        command = [sys.executable, *arguments]
     start = time.perf_counter()
-    subprocess.run([sys.executable, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     return time.perf_counter() - start
 
 

@@ -1,36 +1,51 @@
-"""kmeans-transformer: clustering algorithms as exact, inspectable Hugging Face transformer models."""
+"""
+kmeans-transformer: clustering algorithms as exact, inspectable Hugging Face transformer models.
 
-from transformers import AutoConfig, AutoModel
+Importing the package registers its configurations with `AutoConfig` and its models with `AutoModel`. The model
+classes, the scikit-learn estimator and its functions are imported on first access (`kmeans_transformer.KMeans`,
+`from kmeans_transformer import KMeansTransformerModel`, or the first `AutoModel.from_pretrained` of one of ours):
+the modeling code needs `transformers.modeling_utils` (about 2 s to import) and the estimator scikit-learn and pandas,
+and neither a configuration, the Auto registration nor the command line's parser needs them.
+"""
 
+import importlib
+
+from transformers.models.auto.configuration_auto import AutoConfig
+from transformers.models.auto.modeling_auto import AutoModel
+
+from .configuration_attention_clustering import AttentionClusteringConfig, IdentityAttentionConfig
+from .configuration_in_context import InContextClusteringConfig
 from .configuration_kmeans_transformer import KMeansTransformerConfig
-from .modeling_kmeans_transformer import (
-    KMeansTransformerModel,
-    KMeansTransformerOutput,
-    KMeansTransformerPreTrainedModel,
-)
-from .attention_clustering import (
-    AttentionClusteringConfig,
-    AttentionClusteringModel,
-    CardedModelMixin,
-    IdentityAttentionConfig,
-    IdentityAttentionModel,
-)
-from .in_context import InContextClusteringConfig, InContextClusteringModel
 from .reference import lloyd
 
 
 __version__ = "0.1.0"
 
-# The scikit-learn estimator and its functions are imported on first access (`kmeans_transformer.KMeans`, or
-# `from kmeans_transformer import KMeans`): scikit-learn and pandas take seconds to import, and neither the models,
-# their Auto registration nor most commands need them.
-_LAZY = {"KMeans": "estimator", "k_means": "estimator", "kmeans_plusplus": "estimator"}
+# Each lazily imported name and its module.
+_LAZY = {
+    "KMeansTransformerModel": "modeling_kmeans_transformer",
+    "KMeansTransformerOutput": "modeling_kmeans_transformer",
+    "KMeansTransformerPreTrainedModel": "modeling_kmeans_transformer",
+    "AttentionClusteringModel": "attention_clustering",
+    "IdentityAttentionModel": "attention_clustering",
+    "CardedModelMixin": "attention_clustering",
+    "InContextClusteringModel": "in_context",
+    "KMeans": "estimator",
+    "k_means": "estimator",
+    "kmeans_plusplus": "estimator",
+}
+
+# Each configuration and the name of its model class (in `_LAZY`).
+_MODELS = {
+    KMeansTransformerConfig: "KMeansTransformerModel",
+    AttentionClusteringConfig: "AttentionClusteringModel",
+    IdentityAttentionConfig: "IdentityAttentionModel",
+    InContextClusteringConfig: "InContextClusteringModel",
+}
 
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
@@ -40,53 +55,32 @@ def __getattr__(name):
 def __dir__():
     return sorted({*globals(), *_LAZY})
 
-# `model.push_to_hub` writes this package's card; the modeling file itself never imports the Hub code.
-KMeansTransformerModel.carded_push = staticmethod(lambda *args, **kwargs: _push_model(*args, **kwargs))
+
+class _ModelClassOnFirstUse:
+    """
+    Stands for one of the package's model classes in `AutoModel`'s mapping until it is first used: any attribute
+    (`from_pretrained`, `from_config`, ...) imports the modeling module, puts the class itself in the mapping, and is
+    read from the class.
+    """
+
+    def __init__(self, config_class, name: str):
+        self._config_class, self._name = config_class, name
+
+    def __getattr__(self, attribute):
+        model_class = __getattr__(self._name)
+        AutoModel.register(self._config_class, model_class, exist_ok=True)
+        return getattr(model_class, attribute)
+
+    def __repr__(self):
+        return f"<{__name__}.{self._name}, imported on first use>"
 
 
-# The models that learn to cluster write their card on `save_pretrained` (`cards.write_learning_card`).
-CardedModelMixin.card_writer = staticmethod(lambda *args, **kwargs: _write_learning_card(*args, **kwargs))
-
-
-# Every `save_pretrained` of the package writes into an existing directory as transformers does, safely.
-KMeansTransformerModel.checkpoint_saving = CardedModelMixin.checkpoint_saving = staticmethod(
-    lambda *args, **kwargs: _saving_checkpoint(*args, **kwargs)
-)
-
-
-def _saving_checkpoint(*args, **kwargs):
-    from .convert import saving_checkpoint
-
-    return saving_checkpoint(*args, **kwargs)
-
-
-def _write_learning_card(*args, **kwargs):
-    from .cards import write_learning_card
-
-    return write_learning_card(*args, **kwargs)
-
-
-def _push_model(*args, **kwargs):
-    from .hub import push_model
-
-    return push_model(*args, **kwargs)
-
-
-AutoConfig.register(KMeansTransformerConfig.model_type, KMeansTransformerConfig)
-AutoModel.register(KMeansTransformerConfig, KMeansTransformerModel)
-# Checkpoints carry the two modeling files and an `auto_map`, so they also load with `trust_remote_code=True`.
-KMeansTransformerConfig.register_for_auto_class()
-KMeansTransformerModel.register_for_auto_class("AutoModel")
-# The models that learn to cluster: each its own model type, loadable the same two ways.
-for _config_class, _model_class in (
-    (AttentionClusteringConfig, AttentionClusteringModel),
-    (IdentityAttentionConfig, IdentityAttentionModel),
-    (InContextClusteringConfig, InContextClusteringModel),
-):
+for _config_class, _model_name in _MODELS.items():
     AutoConfig.register(_config_class.model_type, _config_class)
-    AutoModel.register(_config_class, _model_class)
+    # Checkpoints carry the modeling files and an `auto_map`, so they also load with `trust_remote_code=True`.
     _config_class.register_for_auto_class()
-    _model_class.register_for_auto_class("AutoModel")
+    # `AutoModel.register` would read the class's `config_class`; the mapping takes the stand-in as it is.
+    AutoModel._model_mapping.register(_config_class, _ModelClassOnFirstUse(_config_class, _model_name))
 
 __all__ = [
     "AttentionClusteringConfig",

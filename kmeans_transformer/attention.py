@@ -4,15 +4,15 @@ Attention kernels of the k-means transformer and the query/key augmentations tha
 
 Every kernel follows transformers' eager signature and is registered with `AttentionInterface` under a name that
 says whose it is (`kmeans_hardmax`, ...); the earlier generic names (`hardmax`, ...) stay registered as aliases, so
-configs that name them keep loading.
+configs that name them keep loading. The registration happens on the first call of `attention_functions()` (the
+modeling module makes it when imported): transformers.modeling_utils, which holds the interface, takes seconds to
+import, and a configuration or the command line's parser needs none of it.
 """
 
 import math
 
 import torch
 from torch import nn
-
-from transformers.modeling_utils import AttentionInterface
 
 from .cpu_kernels import nearest_values, segment_sums
 
@@ -385,10 +385,24 @@ KERNEL_ALIASES = {
     "gumbel_max": "kmeans_gumbel_max",
     "distance": "kmeans_distance",
 }
-for _name, _function in KMEANS_ATTENTION_FUNCTIONS.items():
-    AttentionInterface.register(_name, _function)
-for _alias, _name in KERNEL_ALIASES.items():
-    AttentionInterface.register(_alias, KMEANS_ATTENTION_FUNCTIONS[_name])
+_registered = False
+
+
+def attention_functions():
+    """
+    transformers' attention interface (`ALL_ATTENTION_FUNCTIONS`), this module's kernels and their aliases registered
+    with it on the first call.
+    """
+    global _registered
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    if not _registered:
+        for name, function in KMEANS_ATTENTION_FUNCTIONS.items():
+            AttentionInterface.register(name, function)
+        for alias, name in KERNEL_ALIASES.items():
+            AttentionInterface.register(alias, KMEANS_ATTENTION_FUNCTIONS[name])
+        _registered = True
+    return ALL_ATTENTION_FUNCTIONS
 
 
 def augment_for_squared_distance(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,9 +21,11 @@ on each batch of fresh samples. With `k = 2` this is the two-head layer.
 stacked `num_layers` times. Since `exp(λ x_i·x_j) = exp(-λ|x_i - x_j|²/2) exp(λ|x_i|²/2) exp(λ|x_j|²/2)`, one step is
 a Gaussian mean-shift step at bandwidth `1/√λ` in which point `j` carries the weight `exp(λ|x_j|²/2)`.
 
-This file imports only torch and transformers, so checkpoints load with `trust_remote_code=True`.
+This file and its configuration file import only torch and transformers, so checkpoints load with
+`trust_remote_code=True`.
 """
 
+import importlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +33,10 @@ import torch
 from torch import nn
 
 from transformers import initialization as init
-from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput
+
+from .configuration_attention_clustering import AttentionClusteringConfig, IdentityAttentionConfig
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -49,14 +52,6 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
 
 def _attention_function(config):
     return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
-
-
-def _check_positive(name: str, value, integer: bool = False) -> None:
-    if integer:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
-        raise ValueError(f"`{name}` must be a finite positive number, got {value!r}.")
 
 
 def _as_points(points, dtype, point_dim: int) -> torch.Tensor:
@@ -134,33 +129,6 @@ class _ClusteringPreTrainedModel(CardedModelMixin, PreTrainedModel):
 # ---------------------------------------------------------------------------------------------------------------------
 # The k-head attention clustering layer
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-class AttentionClusteringConfig(PreTrainedConfig):
-    r"""
-    Configuration of an [`AttentionClusteringModel`].
-
-    Args:
-        num_heads (`int`, *optional*, defaults to 2): heads `k`, one per mixture component.
-        point_dim (`int`, *optional*, defaults to 2): dimension `d`.
-        inverse_temperature (`float`, *optional*, defaults to 1.0): `λ`; `1/σ²` matches components of variance `σ²`.
-        initializer_range (`float`, *optional*, defaults to 0.1): initialisation scale `s`: `θ_h ~ N(0, s² I / d)`,
-            so `|θ_h| ≈ s`.
-    """
-
-    model_type = "attention_clustering"
-
-    num_heads: int = 2
-    point_dim: int = 2
-    inverse_temperature: float = 1.0
-    initializer_range: float = 0.1
-
-    def __post_init__(self, **kwargs):
-        _check_positive("num_heads", self.num_heads, integer=True)
-        _check_positive("point_dim", self.point_dim, integer=True)
-        _check_positive("inverse_temperature", self.inverse_temperature)
-        _check_positive("initializer_range", self.initializer_range)
-        super().__post_init__(**kwargs)
 
 
 @dataclass
@@ -249,29 +217,6 @@ def head_alignment(heads, centres) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Identity attention
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-class IdentityAttentionConfig(PreTrainedConfig):
-    r"""
-    Configuration of an [`IdentityAttentionModel`].
-
-    Args:
-        point_dim (`int`, *optional*, defaults to 2): dimension `d`.
-        inverse_temperature (`float`, *optional*, defaults to 1.0): `λ` (mean-shift bandwidth `1/√λ`).
-        num_layers (`int`, *optional*, defaults to 1): identity-attention steps `L`.
-    """
-
-    model_type = "identity_attention"
-
-    point_dim: int = 2
-    inverse_temperature: float = 1.0
-    num_layers: int = 1
-
-    def __post_init__(self, **kwargs):
-        _check_positive("point_dim", self.point_dim, integer=True)
-        _check_positive("inverse_temperature", self.inverse_temperature)
-        _check_positive("num_layers", self.num_layers, integer=True)
-        super().__post_init__(**kwargs)
 
 
 @dataclass
@@ -370,3 +315,10 @@ __all__ = [
     "head_alignment",
     "quantisation",
 ]
+
+# Within the installed package (not a checkpoint's copy of this file), the package attaches its saving and card hooks
+# and the Auto classes; the module is named by a string, so that a checkpoint carries only this file's relative imports.
+if __package__ == "kmeans_transformer":
+    importlib.import_module("kmeans_transformer.hooks").attach_learning_models(
+        CardedModelMixin, AttentionClusteringModel, IdentityAttentionModel
+    )

@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
 from .attention import (
     KERNEL_ALIASES,
     KMEANS_ATTENTION_FUNCTIONS,
     augment_for_negative_squared_distance,
     augment_for_squared_distance,
+    attention_functions,
     chunked_hardmax_attention_forward,
     code_sums,
     eager_attention_forward,
@@ -119,14 +118,14 @@ class KMeansTransformerAttention(nn.Module):
         name, implementation = self.attention_function, self.config._attn_implementation
         if name is None:
             name = implementation
-        elif name == "softmax" and ALL_ATTENTION_FUNCTIONS.get(implementation) in EXACT_ARGMAX_KERNELS:
+        elif name == "softmax" and attention_functions().get(implementation) in EXACT_ARGMAX_KERNELS:
             name = "eager" if need_weights else "sdpa"
         elif name == "softmax":
             name = implementation
         if need_weights:  # the kernels that return no weights give way to the dense kernel of the same weights
             dense = {"sdpa": "eager", "kmeans_hardmax_chunked": "kmeans_hardmax"}
             name = dense.get(KERNEL_ALIASES.get(name, name), name)
-        return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
+        return attention_functions().get_interface(name, eager_attention_forward)
 
     def forward(
         self,
@@ -288,7 +287,7 @@ class KMeansTransformerAssign(KMeansTransformerPositionAttention):
         query, key = self.compact_query_key(point_tokens, centroids)
         codes = torch.arange(num_clusters, device=centroids.device)[None, None, :, None].expand(batch_size, 1, -1, -1)
         attention_mask = None if point_mask is None else point_mask[:, None, :, None]
-        labels, _ = ALL_ATTENTION_FUNCTIONS["kmeans_hardmax_chunked"](
+        labels, _ = attention_functions()["kmeans_hardmax_chunked"](
             self, query.unsqueeze(1), key.unsqueeze(1), codes, attention_mask
         )
         labels = labels[..., 0, 0]

@@ -54,11 +54,47 @@ def _quiet_libraries() -> None:
         disable_progress_bars()
 
 
-def _algorithm_names() -> list[str]:
-    """The variants whose models are algorithms as built (not `VariantSpec.trainable`: that one is made by `train`)."""
-    from .variants import VARIANT_NAMES, VARIANTS
+def command_line_options() -> dict:
+    """
+    What the parser reads from the package's registries, as plain data: the variants (`algorithms`: those built as
+    algorithms, not `VariantSpec.trainable`), one option per variant parameter with its help from the specs, the zoo's
+    sizes, the task families, the learned layer's starts and evaluation settings. The console command parses with a
+    snapshot of it (`command_options.OPTIONS`), so that `--help` and argument errors import neither torch nor
+    transformers; a test checks the snapshot against this function, and `python scripts/write_command_options.py`
+    rewrites it.
+    """
+    from .learned import EVALUATION_NUM_POINTS, EVALUATION_SEED, STARTS
+    from .tasks import FAMILIES
+    from .variants import ALGORITHM_PARAMETER_NAMES, INITIALIZATIONS, PARAMETER_NAMES, PARAMETERS, VARIANT_NAMES, VARIANTS
+    from .zoo import STANDARD_SIZES
 
-    return [name for name in VARIANT_NAMES if not VARIANTS[name].trainable]
+    parameters = {}
+    for name in PARAMETER_NAMES:
+        parameter = PARAMETERS[name]
+        forms = [value for spec in VARIANTS.values() if spec.form_parameter == name for value in spec.forms]
+        parameters[name] = {
+            "choices": forms or list(parameter.choices or ()),
+            "help": f"{parameter.description}; " + _parameter_help(name, parameter.requirement),
+        }
+    return {
+        "variants": list(VARIANT_NAMES),
+        "algorithms": [name for name in VARIANT_NAMES if not VARIANTS[name].trainable],
+        "parameters": parameters,
+        "algorithm_parameters": list(ALGORITHM_PARAMETER_NAMES),
+        "standard_sizes": [list(size) for size in STANDARD_SIZES],
+        "families": list(FAMILIES),
+        "initializations": list(INITIALIZATIONS),
+        "starts": list(STARTS),
+        "evaluation_num_points": list(EVALUATION_NUM_POINTS),
+        "evaluation_seed": EVALUATION_SEED,
+    }
+
+
+def _options() -> dict:
+    """The parser's registry data: the snapshot the console command ships (see `command_line_options`)."""
+    from .command_options import OPTIONS
+
+    return OPTIONS
 
 
 def _algorithm_parameters(args: argparse.Namespace) -> dict:
@@ -69,7 +105,7 @@ def _algorithm_parameters(args: argparse.Namespace) -> dict:
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--variant", default="lloyd", choices=_algorithm_names(),
+        "--variant", default="lloyd", choices=_options()["algorithms"],
         help="clustering algorithm (default: lloyd; a learned layer is written by the train command)",
     )
     parser.add_argument(*N_CLUSTERS, dest="n_clusters", type=int, required=True, metavar="K",
@@ -89,16 +125,12 @@ def add_variant_arguments(parser: argparse.ArgumentParser, algorithms_only: bool
     One option per variant parameter (`variants.PARAMETERS`; those the algorithms read if `algorithms_only`), its
     values, readers and defaults from the specs.
     """
-    from .variants import ALGORITHM_PARAMETER_NAMES, PARAMETER_NAMES, PARAMETERS, VARIANTS
-
+    options = _options()
     group = parser.add_argument_group("variant parameters (each only for the variants that read it)")
-    for name in ALGORITHM_PARAMETER_NAMES if algorithms_only else PARAMETER_NAMES:
-        parameter = PARAMETERS[name]
-        forms = [value for spec in VARIANTS.values() if spec.form_parameter == name for value in spec.forms]
-        forms = forms or list(parameter.choices or ())
-        kind = {"choices": forms} if forms else {"type": float, "metavar": "X"}
-        help_text = f"{parameter.description}; " + _parameter_help(name, parameter.requirement)
-        group.add_argument(f"--{name.replace('_', '-')}", **kind, help=help_text)
+    for name in options["algorithm_parameters"] if algorithms_only else options["parameters"]:
+        parameter = options["parameters"][name]
+        kind = {"choices": parameter["choices"]} if parameter["choices"] else {"type": float, "metavar": "X"}
+        group.add_argument(f"--{name.replace('_', '-')}", **kind, help=parameter["help"])
 
 
 def _parameter_help(name: str, requirement: str) -> str:
@@ -179,7 +211,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of clusters k")
     parser.add_argument("--output", required=True, metavar="OUT", help="the rows with their labels: .csv or .parquet")
     parser.add_argument(
-        "--variant", default="lloyd", choices=_algorithm_names(), help="clustering algorithm (default: lloyd)"
+        "--variant", default="lloyd", choices=_options()["algorithms"], help="clustering algorithm (default: lloyd)"
     )
     add_variant_arguments(parser, algorithms_only=True)
     fit = parser.add_argument_group("fitting")
@@ -617,21 +649,19 @@ def _sizes(value: str) -> list[tuple[int, int, int]]:
 
 
 def _variants(value: str) -> list[str]:
-    from .variants import VARIANT_NAMES
-
+    known = _options()["variants"]
     variants = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = [name for name in variants if name not in VARIANT_NAMES]
+    unknown = [name for name in variants if name not in known]
     if not variants or unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown variant(s) {unknown or value!r}; expected some of {', '.join(VARIANT_NAMES)}"
+            f"unknown variant(s) {unknown or value!r}; expected some of {', '.join(known)}"
         )
     return variants
 
 
 def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
-    from .variants import VARIANT_NAMES
-    from .zoo import STANDARD_SIZES
-
+    options = _options()
+    variant_names, standard_sizes = options["variants"], [tuple(size) for size in options["standard_sizes"]]
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder to write the checkpoints and the README table into")
     parser.add_argument("--owner", metavar="NAMESPACE",
@@ -639,14 +669,14 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variants",
         type=_variants,
-        default=list(VARIANT_NAMES),
-        help=f"comma-separated variants (default: all: {','.join(VARIANT_NAMES)})",
+        default=list(variant_names),
+        help=f"comma-separated variants (default: all: {','.join(variant_names)})",
     )
     parser.add_argument(
         "--sizes",
         type=_sizes,
-        default=list(STANDARD_SIZES),
-        help="comma-separated KxDxT sizes (default: " + ",".join("x".join(map(str, size)) for size in STANDARD_SIZES) + ")",
+        default=standard_sizes,
+        help="comma-separated KxDxT sizes (default: " + ",".join("x".join(map(str, size)) for size in standard_sizes) + ")",
     )
     parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help=DTYPE_HELP)
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
@@ -699,8 +729,7 @@ def _choice_list(choices):
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .tasks import FAMILIES
-    from .variants import INITIALIZATIONS
+    options = _options()
 
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="directory of the checkpoints, the log and the final model")
@@ -708,10 +737,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of clusters k of the training tasks (default: 6)")
     parser.add_argument("--point-dim", type=int, default=8, metavar="D", help="dimension d of the points (default: 8)")
     parser.add_argument("--num-points", type=int, default=128, help="points per training task (default: 128)")
-    parser.add_argument("--family", default="normal", choices=FAMILIES, help="noise family of the training tasks")
+    parser.add_argument("--family", default="normal", choices=options["families"], help="noise family of the training tasks")
     parser.add_argument("--scale", type=float, default=0.1, help="per-coordinate noise scale (default: 0.1)")
     parser.add_argument("--gamma", type=float, default=1.0, help="γ of the distance softmax (default: 1)")
-    parser.add_argument("--init-from", default="lloyd", choices=INITIALIZATIONS, help="initial weights (default: lloyd)")
+    parser.add_argument("--init-from", default="lloyd", choices=options["initializations"], help="initial weights (default: lloyd)")
     parser.add_argument("--loss-inverse-temperature", type=float, default=10.0, help="λ of the loss (default: 10)")
     parser.add_argument("--num-layers", type=int, default=1, help="layers T before the loss (default: 1)")
     parser.add_argument("--steps", type=int, default=2000, help="optimisation steps (default: 2000)")
@@ -750,23 +779,24 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from .learned import EVALUATION_NUM_POINTS, EVALUATION_SEED, STARTS
-    from .tasks import FAMILIES
-
+    options = _options()
+    num_points, families, starts, seed = (
+        options[name] for name in ("evaluation_num_points", "families", "starts", "evaluation_seed")
+    )
     parser.add_argument("checkpoints", nargs="+", help="learned checkpoints (several: training seeds, summarised)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="directory for table.md, evaluation.json and the figures")
-    parser.add_argument("--num-points", type=_int_list, default=list(EVALUATION_NUM_POINTS),
-                        help=f"comma-separated n (default: {','.join(map(str, EVALUATION_NUM_POINTS))})")
-    parser.add_argument("--families", type=_choice_list(FAMILIES), default=list(FAMILIES),
-                        help=f"comma-separated noise families (default: {','.join(FAMILIES)})")
-    parser.add_argument("--starts", type=_choice_list(STARTS), default=list(STARTS),
-                        help=f"comma-separated starts (default: {','.join(STARTS)})")
+    parser.add_argument("--num-points", type=_int_list, default=list(num_points),
+                        help=f"comma-separated n (default: {','.join(map(str, num_points))})")
+    parser.add_argument("--families", type=_choice_list(families), default=list(families),
+                        help=f"comma-separated noise families (default: {','.join(families)})")
+    parser.add_argument("--starts", type=_choice_list(starts), default=list(starts),
+                        help=f"comma-separated starts (default: {','.join(starts)})")
     parser.add_argument("--num-tasks", type=int, default=320, help="unseen tasks per setting (default: 320)")
     parser.add_argument("--steps", type=int, default=20, help="steps of the loop and Lloyd iterations (default: 20)")
     parser.add_argument("--scale", type=float, default=0.1, help="per-coordinate noise scale (default: 0.1)")
-    parser.add_argument(*SEED, dest="seed", type=int, default=EVALUATION_SEED,
-                        help=f"seed of the task stream (default: {EVALUATION_SEED})")
+    parser.add_argument(*SEED, dest="seed", type=int, default=seed,
+                        help=f"seed of the task stream (default: {seed})")
     parser.add_argument("--batch-size", type=int, default=32, help="tasks run at once (default: 32)")
     parser.add_argument("--loop", default="reembed", choices=("reembed", "tokens"),
                         help="reembed (default): each step one call on the points and current centroids embedded afresh; "
@@ -945,9 +975,13 @@ def report_error(command: str, message) -> None:
     print(f"kmeans-transformer {command}: error: {message.removesuffix('.')}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed (`--help` and argument errors exit here); nothing beyond the standard library needed."""
+    return build_parser().parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command: its exit status (2 for a user error, reported on one line; 128 + signal if stopped)."""
     if not getattr(args, "verbose", False):
         _quiet_libraries()
     with _signals_raise() as leaving:
@@ -965,6 +999,10 @@ def main(argv: list[str] | None = None) -> int:
             report_error(args.command, f"interrupted ({signum.name}); no output was left half-written")
             return 128 + signum
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_arguments(argv))
 
 
 if __name__ == "__main__":

@@ -211,21 +211,31 @@ class KMeansTransformerConfig(PreTrainedConfig):
                 f"(`kmeans_transformer.reference.lloyd`, scikit-learn's `KMeans`), or {escape}."
             )
 
+    # `variant_spec` and `token_slices` are read for every block built and on every iteration: they read the fields
+    # from the instance's `__dict__` directly, past transformers' `__getattribute__` (microseconds per read; it only
+    # redirects `attribute_map` aliases and per-layer attributes, of which this config has none).
+
     @property
     def variant_spec(self) -> VariantSpec:
         """The declaration of `variant` (in the form its parameters select): blocks, slots, state, capabilities."""
-        return get_variant(self.variant).resolve({name: getattr(self, name) for name in PARAMETER_NAMES})
+        fields = object.__getattribute__(self, "__dict__")
+        spec = get_variant(fields["variant"])
+        if spec.form_parameter is None:
+            return spec
+        return _resolved_form(spec, fields[spec.form_parameter])
 
     @property
     def token_slices(self) -> dict[str, slice]:
         """The named slices of a token (see the class docstring), in order."""
+        fields = object.__getattribute__(self, "__dict__")
+        point_dim = fields["point_dim"]
         widths = [
-            ("position", self.point_dim),
-            ("code", self.num_clusters),
-            ("previous", self.point_dim),
+            ("position", point_dim),
+            ("code", fields["num_clusters"]),
+            ("previous", point_dim),
             ("is_centroid", 1),
         ]
-        widths += self.variant_spec.slot_widths(self.point_dim)
+        widths += self.variant_spec.slot_widths(point_dim)
         slices, start = {}, 0
         for name, width in widths:
             slices[name] = slice(start, start + width)
@@ -236,6 +246,21 @@ class KMeansTransformerConfig(PreTrainedConfig):
     def hidden_size(self) -> int:
         """Width of every token: `2 * point_dim + num_clusters + 1` plus the variant's own slots."""
         return max(s.stop for s in self.token_slices.values())
+
+
+_FORMS: dict[tuple[int, object], tuple[VariantSpec, VariantSpec]] = {}
+
+
+def _resolved_form(spec: VariantSpec, value) -> VariantSpec:
+    """`spec.resolve` for the form parameter's `value`, made once per spec and value (kept with the spec it came from)."""
+    try:
+        key = (id(spec), value)
+        kept = _FORMS.get(key)
+    except TypeError:  # an unhashable value: the spec's own check names it
+        return spec.resolve({spec.form_parameter: value})
+    if kept is None or kept[0] is not spec:
+        kept = _FORMS[key] = (spec, spec.resolve({spec.form_parameter: value}))
+    return kept[1]
 
 
 def _check_dtype(value) -> None:

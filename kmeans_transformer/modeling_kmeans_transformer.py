@@ -20,6 +20,7 @@ engine, which runs the assign block on a compact state and the update block as i
 """
 
 import difflib
+import importlib
 import inspect
 import math
 import operator
@@ -33,11 +34,12 @@ from torch import nn
 
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .attention import (
+    attention_functions,
     hardmax_attention_forward,
     rescaling_exponents,
     safe_magnitude_exponents,
@@ -56,6 +58,9 @@ from .variants import VARIANTS
 
 
 logger = logging.get_logger(__name__)
+
+# transformers' attention interface, with this package's kernels registered (`kmeans_hardmax`, ...).
+ALL_ATTENTION_FUNCTIONS = attention_functions()
 
 BLOCK_NAMES = ("point_erase", "assign", "centroid_erase", "update")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -420,6 +425,14 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
             raise ValueError(problem)
         return super().get_correct_attn_implementation(requested, is_init_check)
 
+    def initialize_weights(self):
+        """transformers' initialisation, each block's analytic projections computed once (not once per projection)."""
+        self._analytic_projections = {}
+        try:
+            super().initialize_weights()
+        finally:
+            del self._analytic_projections
+
     @torch.no_grad()
     def _init_weights(self, module):
         """
@@ -435,7 +448,12 @@ class KMeansTransformerPreTrainedModel(PreTrainedModel):
                     bound = 1 / math.sqrt(module.weight.shape[1])
                     init.uniform_(module.bias, -bound, bound)
                 return
-            weight, bias = owner.analytic_projections(self.config)[name]
+            cache = self.__dict__.get("_analytic_projections")  # set during `initialize_weights`
+            if cache is None:
+                projections = owner.analytic_projections(self.config)
+            elif (projections := cache.get(id(owner))) is None:
+                projections = cache[id(owner)] = owner.analytic_projections(self.config)
+            weight, bias = projections[name]
             init.copy_(module.weight, weight)
             if module.bias is not None:
                 init.copy_(module.bias, bias)
@@ -530,8 +548,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     ```
     """
 
-    # Set by the `kmeans_transformer` package to its carded push (`hub.push_model`); None where only this file and
-    # its relative imports are present (a model loaded with `trust_remote_code`): transformers' own push is used.
+    # Set by the `kmeans_transformer` package (`hooks.attach`, at the end of this file) to its carded push
+    # (`hub.push_model`); None where only this file and its relative imports are present (a model loaded with
+    # `trust_remote_code`): transformers' own push is used.
     carded_push = None
     # Set by the package to `convert.saving_checkpoint` (the save semantics of `save_pretrained` below); None where
     # only this file and its relative imports are present: transformers' own `save_pretrained` is used.
@@ -1479,3 +1498,9 @@ def _with_ones(points: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["DTYPES", "labelled_inertia", "KMeansTransformerModel", "KMeansTransformerPreTrainedModel", "KMeansTransformerOutput"]
+
+# Within the installed package (not a checkpoint's copy of this file), the package attaches its saving, card and push
+# hooks and the Auto class; the module is named by a string, so that a checkpoint carries only this file's relative
+# imports.
+if __package__ == "kmeans_transformer":
+    importlib.import_module("kmeans_transformer.hooks").attach_kmeans_transformer(KMeansTransformerModel)
