@@ -481,3 +481,69 @@ def test_reading_ahead_keeps_order_raises_the_readers_error_and_stops_early():
     for thread in [thread for thread in threading.enumerate() if thread.name == "points-reader"]:
         thread.join(timeout=10)
         assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The scratch file: the dataset is decoded once, later passes read it back, and it is removed at the end
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", ["disk", "none"])
+def test_scratch_file_decodes_once_and_equals_the_in_memory_model(cache, tmp_path, rng, monkeypatch):
+    from kmeans_transformer import points
+
+    X = blobs(rng, n=900)
+    weights = rng.uniform(0.0, 2.0, size=len(X))
+    model = make_model(T=4)
+    expected = model(torch.from_numpy(X), sample_weight=torch.from_numpy(weights))
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=250, w=weights)
+    scratch, decoded, seen = tmp_path / "scratch", [], []
+    scratch.mkdir()
+    checked_values = points._checked_values
+
+    def counting(*args):
+        decoded.append(1)
+        seen.extend(entry.name for entry in scratch.iterdir())
+        return checked_values(*args)
+
+    monkeypatch.setattr(points, "_checked_values", counting)
+    result = cluster_points(
+        _no_model_calls(model), path, chunk_size=128, progress=False, labels_output=tmp_path / "labels",
+        weight_column="w", cache=cache, cache_directory=scratch,
+    )
+    chunks = -(-len(X) // 128)
+    assert len(decoded) == chunks * (1 if cache == "disk" else 4 + 1)  # 4 iterations and the final pass
+    assert bool(seen) == (cache == "disk") and list(scratch.iterdir()) == []  # made in `scratch`, then removed
+    _, labels = read_labels(tmp_path / "labels")
+    np.testing.assert_array_equal(labels, expected.labels[0].numpy())
+    np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=0, atol=1e-12)
+    assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-12)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, ValueError])
+def test_scratch_file_is_removed_on_an_error_or_interrupt(error, tmp_path, rng, monkeypatch):
+    from kmeans_transformer import points
+
+    X = blobs(rng, n=500)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    iteration, calls = points._iteration, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the scratch file is complete: the second pass reads it
+            assert len(list(scratch.iterdir())) == 1
+            raise error("stop")
+        return iteration(*args)
+
+    monkeypatch.setattr(points, "_iteration", interrupted)
+    with pytest.raises(error, match="stop"):
+        cluster_points(make_model(), write_parquet(tmp_path / "points.parquet", X), chunk_size=100, progress=False,
+                       cache_directory=scratch)
+    assert list(scratch.iterdir()) == []
+
+
+def test_unknown_cache_is_refused(rng):
+    dataset = datasets.Dataset.from_dict({f"x{i}": blobs(rng, n=50)[:, i] for i in range(D)})
+    with pytest.raises(ValueError, match="`cache` must be one of 'disk', 'none', got 'memory'"):
+        cluster_points(make_model(), dataset, cache="memory", progress=False)
