@@ -176,6 +176,11 @@ def cluster_points(
                                       cache)
     processes = Processes.of(accelerator)
     device, spec = model.device, model.config.variant_spec
+    if spec.trims_by_quantile and not (model.engine() == "compact" and model._compact_by_labels()):
+        raise ValueError(
+            f"Points mode trims ({model.config.variant!r}) on the compact engine's labels: it needs the hardmax "
+            "assignment (inverse_temperature=None) and the analytic weights."
+        )
     source = _open_source(dataset)
     features = _select_features(source, columns, weight_column)
     head = _read_head(source, features, model.config)
@@ -203,8 +208,8 @@ def cluster_points(
                 yield indices, torch.from_numpy(values).to(device), weights
 
         for _ in bar:
-            parameters = _iteration(model, chunks(), parameters, processes.reduce_sum)
-        totals = _final_pass(model, chunks(), parameters, processes, labels_output, overwrite)
+            parameters = _iteration(model, chunks, parameters, processes.reduce_sum)
+        totals = _final_pass(model, chunks, parameters, processes, labels_output, overwrite)
 
     k = model.config.num_clusters
     return PointsResult(
@@ -225,12 +230,13 @@ def _check_arguments(config, chunk_size, num_iterations, initial_state, labels_o
     if labels_output is not None:
         check_output_directory(labels_output, overwrite, _is_labels_directory, "a directory of label parts",
                                how="pass overwrite=True")
-    supported = variants_with("sums_over_points")
+    supported = variants_with("points_mode")
     spec = config.variant_spec
-    if not spec.sums_over_points:
+    if not spec.points_mode:
         raise ValueError(
             f"Points mode supports the variants {', '.join(supported)}, whose update is a function of sums over the "
-            f"points; variant {config.variant!r} is not one of them."
+            f"points (after a trim by a quantile of all points); variant {config.variant!r} is not one of them (its "
+            "update needs all points at once)."
         )
     if not config.share_layers:
         raise ValueError("Points mode loops the model's assignment one iteration at a time: it needs share_layers=True.")
@@ -409,21 +415,124 @@ def _initial_parameters(model, head: np.ndarray, initial_state) -> dict[str, tor
 
 def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> dict[str, torch.Tensor]:
     """
-    One iteration over the shard: each chunk's statistics (`model.accumulate` of `model.assign`) added up, summed over
-    the processes, and the new parameters (`model.finalize`), in float64.
+    One iteration over the shard: each chunk's statistics (`model.accumulate` of its assignment, `_assigned`) added
+    up, summed over the processes, and the new parameters (`model.finalize`), in float64.
     """
     statistics = None
-    for _, points, weights in chunks:
-        chunk_statistics = _statistics(model, points, parameters, weights)
+    for _, points, weights, _, assignment in _assigned(model, chunks, parameters, reduce_sum):
+        chunk_statistics = _statistics(model, points, assignment, weights)
         statistics = chunk_statistics if statistics is None else statistics + chunk_statistics
     if statistics is None:  # an empty shard (fewer rows than processes) adds zeros of the right shape
-        statistics = _statistics(model, parameters["centroids"].new_zeros(0, model.config.point_dim), parameters)
+        empty = parameters["centroids"].new_zeros(0, model.config.point_dim)
+        statistics = _statistics(model, empty, _assign(model, empty, parameters)[1])
     return model.finalize(reduce_sum(statistics), parameters)
 
 
-def _statistics(model, points: torch.Tensor, parameters: dict[str, torch.Tensor], weights=None) -> torch.Tensor:
-    """The update's sufficient statistics `(1, k, width)` over `points` `(n, d)` float64 (weighted), in float64."""
-    _, assignment = _assign(model, points, parameters)
+def _assigned(model, chunks, parameters, reduce_sum) -> Iterator[tuple]:
+    """
+    Each chunk of `chunks()` with its labels `(1, n)` and assignment (`_assign`): `(indices, points, weights, labels,
+    assignment)`. For a variant that trims by a quantile of all points (`VariantSpec.trims_by_quantile`), a first
+    pass labels the shard and finds the trimmed points across processes (`_sharded_trim`), and a second pass yields
+    the chunks again with the trimmed points' labels set to -1.
+    """
+    if not model.config.variant_spec.trims_by_quantile:
+        for indices, points, weights in chunks():
+            labels, assignment = _assign(model, points, parameters)
+            yield indices, points, weights, labels, assignment
+        return
+    labels = _sharded_trim(model, chunks, parameters, reduce_sum)
+    start = 0
+    for indices, points, weights in chunks():
+        chunk_labels = labels[None, start : start + len(indices)]
+        start += len(indices)
+        yield indices, points, weights, chunk_labels, chunk_labels
+
+
+def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> torch.Tensor:
+    """
+    The labels `(n,)` of the shard's points after the trim gate (-1: trimmed), as the gate finds them on all points
+    of all processes at once (`KMeansTransformerTrimGate.compact_labels`, weighted or not). One pass over the chunks
+    keeps each point's label (the assign block's), its distance `δ_i` to its centroid (`gate.distances`, in the
+    model's dtype) and its weight, `n` numbers each; the order statistics the gate needs are then found exactly by
+    bisection (`_smallest_keys`) on the distances' bit patterns, which order non-negative floats as their values,
+    with one all-reduce of `2k` (or 1) sums per round (at most one round per bit):
+
+    - `trim_quantile` q: per cluster, `v(p)` = the smallest distance whose summed weight of members at or below it
+      exceeds `p`, at `p = floor(h)` and `min(floor(h) + 1, W_j - 1)`, `h = q (W_j - 1)`, `W_j` the cluster's total
+      weight (its count without weights); `τ_j` interpolates them (`gate.interpolated`); trimmed: `δ_i > τ_a(i)`.
+    - `trim_fraction` α: point `i` is trimmed when the weight of the points before it, farthest first (the higher
+      global row index first among equal distances), with its own, is at most `floor(α W)`: the points beyond a
+      distance `v*` found by bisection, and among those at `v*` the ones above a row index found the same way.
+
+    Weights are summed in another order than the gate's cumulative sums: with integer weights (or none) every sum
+    is exact and the trim is the gate's exactly.
+    """
+    config, dtype = model.config, model.dtype
+    (gate,) = model.assignment_head.point_blocks.values()  # the trim gate (`VariantSpec.trims_by_quantile`)
+    centroids = parameters["centroids"].to(dtype)
+    labels, distances, weights, indices = [], [], [], []
+    for index, points, weight in chunks():
+        tokens = torch.cat([points.to(dtype), torch.ones_like(points[:, :1], dtype=dtype)], dim=-1)[None]
+        chunk_labels = model.assignment_head.assign.assign_labels(tokens, centroids, None)
+        labels.append(chunk_labels[0])
+        distances.append(gate.distances(tokens, centroids, chunk_labels)[0])
+        weights.append(torch.ones(len(index), dtype=torch.float64) if weight is None else weight.to(torch.float64))
+        indices.append(torch.from_numpy(index))
+    device = centroids.device
+    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    distance = torch.cat(distances) if distances else centroids.new_zeros(0)
+    weight = (torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64)).to(device)
+    index = (torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)).to(device)
+    weight = weight * (weight > 0) * (labels >= 0)  # the points the gate counts
+    bits = torch.int32 if distance.element_size() == 4 else torch.int64
+    keys = distance.view(bits).to(torch.int64)  # δ >= 0: the bit patterns are in the order of the values
+    infinity = int(torch.tensor(float("inf"), dtype=distance.dtype).view(bits))
+    k = config.num_clusters
+    if config.trim_quantile is not None:
+        totals = reduce_sum(torch.bincount(labels, weight, minlength=k))
+        position = config.trim_quantile * (totals - 1).clamp(min=0)
+        below = position.floor()
+        ranks = torch.stack([below, torch.minimum(below + 1, (totals - 1).clamp(min=0))])
+        values = _smallest_keys(keys, labels, weight, (2, k), -1, infinity, lambda sums: sums > ranks, reduce_sum)
+        low, high = values.to(bits).view(distance.dtype)
+        quantiles = gate.interpolated(low, high, (position - below).to(distance.dtype))
+        trimmed = (weight > 0) & (distance > quantiles[labels])
+        return labels.masked_fill(trimmed, -1)
+    total = reduce_sum(weight.sum()[None])
+    budget = torch.floor(config.trim_fraction * total)
+    single = torch.zeros_like(labels)
+    (cut,) = _smallest_keys(keys, single, weight, (1, 1), -1, infinity, lambda sums: total - sums <= budget, reduce_sum)[0]
+    beyond = total - reduce_sum((weight * (keys <= cut)).sum()[None])  # the weight of the points farther than `cut`
+    tied = weight * (keys == cut)
+    tied_total = reduce_sum(tied.sum()[None])
+    (last,) = _smallest_keys(index, single, tied, (1, 1), -2, 2**62, lambda sums: beyond + tied_total - sums <= budget,
+                             reduce_sum)[0]
+    trimmed = (weight > 0) & ((keys > cut) | ((keys == cut) & (index > last)))
+    return labels.masked_fill(trimmed, -1)
+
+
+def _smallest_keys(keys, groups, weights, shape, lower: int, upper: int, enough, reduce_sum) -> torch.Tensor:
+    """
+    For each target `t` and group `g` (`shape`: targets, groups), the smallest integer `v` in `(lower, upper]` with `enough(S)[t, g]`, where
+    `S[t, g]` is the summed `weights` of the points of group `g` (`groups`, all processes) whose `keys` are at most
+    the candidate: bisection, one all-reduce of the `(targets, num_groups)` sums per round. `enough` must be monotone
+    in `v`, false at `lower` and true at `upper`; every process runs the same rounds.
+    """
+    lo = torch.full(shape, lower, dtype=torch.int64, device=keys.device)
+    hi = torch.full(shape, upper, dtype=torch.int64, device=keys.device)
+    num_groups = shape[1]
+    while bool((hi - lo > 1).any()):
+        middle = lo + (hi - lo) // 2
+        sums = torch.stack([
+            torch.bincount(groups, weights * (keys <= row[groups]), minlength=num_groups) for row in middle
+        ])
+        found = enough(reduce_sum(sums))
+        hi, lo = torch.where(found, middle, hi), torch.where(found, lo, middle)
+    return hi
+
+
+def _statistics(model, points: torch.Tensor, assignment: torch.Tensor, weights=None) -> torch.Tensor:
+    """The update's sufficient statistics `(1, k, width)` over `points` `(n, d)` (weighted) and their assignment."""
     if assignment.is_floating_point():
         assignment = assignment.to(torch.float64)
     weighted = {} if weights is None else {"sample_weight": weights[None]}
@@ -456,8 +565,7 @@ def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: P
     totals = parameters["centroids"].new_zeros(k + 1)
     shared = nullcontext() if labels_output is None else _shared_directory(Path(labels_output), overwrite, processes)
     with shared as directory, _LabelsWriter(directory, processes) as writer:
-        for indices, points, weights in chunks:
-            labels, _ = _assign(model, points, parameters)
+        for indices, points, weights, labels, _ in _assigned(model, chunks, parameters, processes.reduce_sum):
             weights = None if weights is None else weights[None]
             totals[k] += labelled_inertia(spec.seen_points(points)[None], parameters["centroids"], labels, weights)[0]
             labelled = labels[0][labels[0] >= 0]

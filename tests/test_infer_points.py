@@ -16,7 +16,7 @@ import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
 from kmeans_transformer import reference
-from kmeans_transformer.points import _statistics, cluster_points
+from kmeans_transformer.points import _assign, _statistics, cluster_points
 from kmeans_transformer.reference import lloyd
 from kmeans_transformer.variants import variants_with
 
@@ -86,7 +86,8 @@ def test_chunk_statistics_are_the_update_sums(variant, rng):
     else:
         weights = reference.fuzzy_memberships(X, C, 2.0) ** 2.0
     model = make_model(variant=variant).float()  # the assignment in float32, the sums in float64
-    statistics = _statistics(model, torch.from_numpy(X), {"centroids": torch.from_numpy(C)[None]})
+    points = torch.from_numpy(X)
+    statistics = _statistics(model, points, _assign(model, points, {"centroids": torch.from_numpy(C)[None]})[1])
     assert statistics.dtype == torch.float64 and statistics.shape == (1, K, D + 1)
     tolerance = 0 if variant == "lloyd" else 1e-6
     np.testing.assert_allclose(statistics[0, :, :D].numpy(), weights.T @ X, rtol=tolerance, atol=tolerance)
@@ -384,9 +385,15 @@ def _starting_state(variant, rng):
     return {"variances": rng.uniform(1.0, 3.0, K), "weights": rng.dirichlet(np.ones(K))}
 
 
+# every variant points mode runs, each with its defaults, and trimmed also by a global fraction (its other rule)
+POINTS_CASES = [(variant, {}) for variant in variants_with("points_mode")] + [
+    ("trimmed", {"trim_quantile": None, "trim_fraction": 0.07})
+]
+
+
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("variant", variants_with("sums_over_points"))
-def test_points_mode_in_chunks_equals_the_in_memory_model(variant, weighted, tmp_path, rng):
+@pytest.mark.parametrize("variant, parameters", POINTS_CASES, ids=lambda case: str(case))
+def test_points_mode_in_chunks_equals_the_in_memory_model(variant, parameters, weighted, tmp_path, rng):
     """
     Several chunks (the last one short, some shorter than k) give the one-call model's labels and, in float64, its
     centroids, inertia and carried state to 1e-12; the variants whose compact engine carries labels never build the tokens (no `forward`).
@@ -394,7 +401,7 @@ def test_points_mode_in_chunks_equals_the_in_memory_model(variant, weighted, tmp
     X = blobs(rng, n=1000) + 0.5
     weights = rng.uniform(0.0, 3.0, size=len(X)) if weighted else None
     state = _starting_state(variant, rng)
-    model = make_model(T=6, variant=variant)
+    model = make_model(T=6, variant=variant, **parameters)
     expected = model(
         torch.from_numpy(X), sample_weight=None if weights is None else torch.from_numpy(weights),
         **{name: torch.from_numpy(value) for name, value in state.items()},
@@ -414,7 +421,11 @@ def test_points_mode_in_chunks_equals_the_in_memory_model(variant, weighted, tmp
     np.testing.assert_array_equal(labels, expected.labels[0].numpy())
     np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=0, atol=1e-12)
     assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-12)
-    np.testing.assert_array_equal(result.cluster_sizes, np.bincount(expected.labels[0].numpy(), minlength=K))
+    kept = expected.labels[0].numpy()
+    if model.config.variant_spec.reports_outliers:  # the trim dropped points (-1), and the same ones
+        assert 0 < (kept < 0).sum() < len(X) // 5
+        kept = kept[kept >= 0]
+    np.testing.assert_array_equal(result.cluster_sizes, np.bincount(kept, minlength=K))
     for name in state:
         np.testing.assert_allclose(result.state[name], expected[name][0].numpy(), rtol=1e-12, atol=1e-15)
 
