@@ -176,10 +176,12 @@ def cluster_points(
                                       cache)
     processes = Processes.of(accelerator)
     device, spec = model.device, model.config.variant_spec
-    if spec.trims_by_quantile and not (model.engine() == "compact" and model._compact_by_labels()):
+    with torch.no_grad():  # points mode records no gradient
+        compact = model.engine() == "compact" and model._compact_by_labels()
+    if spec.trims_by_quantile and not compact:
         raise ValueError(
-            f"Points mode trims ({model.config.variant!r}) on the compact engine's labels: it needs the hardmax "
-            "assignment (inverse_temperature=None) and the analytic weights."
+            f"Points mode trims ({model.config.variant!r}) on the compact engine's labels, which this model does not "
+            "run (model.engine() is 'tokens': edited or trained weights, a hook, or fast_hardmax=False)."
         )
     source = _open_source(dataset)
     features = _select_features(source, columns, weight_column)

@@ -558,3 +558,80 @@ def test_unknown_cache_is_refused(rng):
     dataset = datasets.Dataset.from_dict({f"x{i}": blobs(rng, n=50)[:, i] for i in range(D)})
     with pytest.raises(ValueError, match="`cache` must be one of 'disk', 'none', got 'memory'"):
         cluster_points(make_model(), dataset, cache="memory", progress=False)
+
+
+@pytest.mark.slow  # about 45 s: one launch, eight runs on each of two processes
+def test_every_variant_on_two_gloo_processes_equals_the_in_memory_model(tmp_path, rng):
+    """
+    Two processes (one launch), each variant points mode runs unweighted from the path (contiguous blocks) and
+    weighted from a stream (every other row): labels identical to the one-call model's, float64 results to 1e-12.
+    """
+    X = blobs(rng, n=1201) + 0.5
+    weights = rng.uniform(0.0, 3.0, size=len(X))
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=250, w=weights)
+    cases, expected = [], {}
+    for number, ((variant, parameters), weighted) in enumerate(
+        [(case, weighted) for case in POINTS_CASES for weighted in (False, True)]
+    ):
+        name, state = f"case{number}", _starting_state(variant, rng)
+        model = make_model(T=5, variant=variant, **parameters)
+        expected[name] = model(
+            torch.from_numpy(X), sample_weight=torch.from_numpy(weights) if weighted else None,
+            **{key: torch.from_numpy(value) for key, value in state.items()},
+        )
+        cases.append({
+            "name": name, "variant": variant, "parameters": parameters, "weighted": weighted, "k": K, "T": 5,
+            "state": {key: value.tolist() for key, value in state.items()}, "chunk_size": 113,
+            "source": "stream" if weighted else "path",
+        })
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    worker = Path(__file__).parent / "scripts" / "points_variants_worker.py"
+    subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(worker), str(path), str(tmp_path),
+         str(tmp_path / "cases.json")],
+        check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+    )
+    for case in cases:
+        name, output = case["name"], expected[case["name"]]
+        result = np.load(tmp_path / f"{name}.npz")
+        index, labels = read_labels(tmp_path / f"labels_{name}")
+        np.testing.assert_array_equal(index, np.arange(len(X)))
+        np.testing.assert_array_equal(labels, output.labels[0].numpy(), err_msg=str(case))
+        np.testing.assert_allclose(result["centroids"], output.centroids[0].numpy(), rtol=0, atol=1e-12)
+        assert float(result["inertia"]) == pytest.approx(float(output.inertia[0]), rel=1e-12)
+        for key in case["state"]:
+            np.testing.assert_allclose(result[f"state_{key}"], output[key][0].numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("parameters", [{}, {"trim_quantile": None, "trim_fraction": 0.15}], ids=["quantile", "fraction"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_trimmed_on_integer_data_with_ties_is_the_in_memory_trim(parameters, weighted, tmp_path, rng):
+    """
+    Integer points (many equal distances, so the tie rule decides: the higher row index is trimmed first) and integer
+    weights: every sum is exact, so the trim across chunks is the gate's on all points, and the centroids are equal.
+    """
+    X = rng.integers(-3, 4, size=(800, D)).astype(np.float64)
+    weights = rng.integers(0, 4, size=len(X)).astype(np.float64) if weighted else None
+    model = make_model(T=4, variant="trimmed", **parameters)
+    expected = model(torch.from_numpy(X), sample_weight=None if weights is None else torch.from_numpy(weights))
+    extra = {} if weights is None else {"w": weights}
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=300, **extra)
+    result = cluster_points(
+        _no_model_calls(model), path, chunk_size=97, progress=False, labels_output=tmp_path / "labels",
+        weight_column=None if weights is None else "w",
+    )
+    _, labels = read_labels(tmp_path / "labels")
+    expected_labels = expected.labels[0].numpy()
+    assert (expected_labels < 0).any()
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(result.centroids, expected.centroids[0].numpy())
+
+
+def test_trimmed_needs_the_compact_engine(rng):
+    dataset = datasets.Dataset.from_dict({f"x{i}": blobs(rng, n=50)[:, i] for i in range(D)})
+    model = make_model(variant="trimmed")
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # an edited model runs the tokens
+    with pytest.raises(ValueError, match="which this model does not run"):
+        cluster_points(_no_model_calls(model), dataset, progress=False)
