@@ -13,9 +13,10 @@ assignment of that chunk needs), never all points. One iteration is the model's 
 3. every process sets `parameters = model.finalize(statistics, parameters)`: the update block and the variant's
    centroid blocks (spherical normalisation, gmm's M-step), with their rules for empty clusters.
 
-Points mode runs the variants whose update is a function of sums over the points (`VariantSpec.sums_over_points`:
-`variants_with("sums_over_points")`) and refuses the others, whose updates (medoids, sparsemax, trimming) need all
-points at once. A variant's carried state (gmm's variances and weights) travels with the centroids in `parameters`
+Points mode runs the variants whose update is a function of sums over the points (`VariantSpec.sums_over_points`),
+and those that trim by a quantile of all points first (`VariantSpec.trims_by_quantile`: the trim gate's quantile is
+found exactly across chunks and processes, `_sharded_trim`, then a second pass sums the points kept), together
+`variants_with("points_mode")`; it refuses the others, whose updates (medoids, sparsemax) need all points at once. A variant's carried state (gmm's variances and weights) travels with the centroids in `parameters`
 and is returned in `PointsResult.state`. Precision: the parameters are held in float64 from one iteration to the
 next; the model assigns in its own dtype (points and parameters cast to it), and the statistics are float64 sums of
 the points as read, weighted by that assignment. Sums are taken in another order than in one forward pass, so results
@@ -134,8 +135,8 @@ def cluster_points(
     docstring for the iteration and the reading).
 
     Args:
-        model: a `KMeansTransformerModel` of a variant of `variants_with("sums_over_points")` (`"lloyd"`, `"soft"`,
-            `"spherical"`, `"gmm"`, `"fuzzy"`) with `share_layers=True`.
+        model: a `KMeansTransformerModel` of a variant of `variants_with("points_mode")` (`"lloyd"`, `"soft"`,
+            `"spherical"`, `"trimmed"`, `"gmm"`, `"fuzzy"`) with `share_layers=True`.
         dataset: a `datasets.Dataset`, a `datasets.IterableDataset`, a `.parquet` file or a `save_to_disk` directory.
         columns: the feature columns, in order; a column of equally long lists of numbers (an embedding) gives one
             coordinate per entry. Default: every numeric (integer or float, not boolean) column, in table order.
