@@ -5,8 +5,10 @@ a Parquet file and runs, each in a fresh subprocess (so that each reports its ow
 
 - `memory`: the whole file read into one float32 array, and one `model(points, centroids)` call (the compact engine)
   with 1 and with T + 1 iterations (the faster of two calls each); time per iteration = the difference / T;
-- `points`: `cluster_points` on the file (float32 model, `chunk_size` rows per chunk, Parquet streamed), T iterations;
-  time per iteration = the time between consecutive `model.finalize` calls (each iteration ends with one);
+- `points`: `cluster_points` on the file (float32 model, `chunk_size` rows per chunk, Parquet streamed; the first
+  iteration also writes the decoded chunks to the scratch file that later ones read, `cache="disk"`), T iterations;
+  time per iteration = the time between consecutive `model.finalize` calls (each iteration ends with one), i.e.
+  iterations 2 to T;
 - `points-1`, `points-2`: the same on one process with one thread, and on two `torchrun` gloo processes with one
   thread each (rank 0's times).
 

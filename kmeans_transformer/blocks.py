@@ -489,9 +489,20 @@ class KMeansTransformerTrimGate(nn.Module):
         above = torch.minimum(below + 1, (counts - 1).clamp(min=0))
         fraction = (position - below).to(distance.dtype)
         low, high = ordered.gather(-1, below[..., None])[..., 0], ordered.gather(-1, above[..., None])[..., 0]
+        return self.interpolated(low, high, fraction).gather(1, labels)
+
+    @staticmethod
+    def interpolated(low: torch.Tensor, high: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+        """The quantile between the sorted values `low` and `high` at `fraction` of the way (from the nearer end)."""
         step = torch.where(fraction > 0, high - low, torch.zeros_like(low))
-        quantiles = torch.where(fraction < 0.5, low + fraction * step, high - step * (1 - fraction))
-        return quantiles.gather(1, labels)
+        return torch.where(fraction < 0.5, low + fraction * step, high - step * (1 - fraction))
+
+    @staticmethod
+    def distances(point_tokens, centroids, labels) -> torch.Tensor:
+        """`δ_i = |x_i - c_a(i)|^2`, `(batch, n)`, from compact point tokens `[x_i ; 1]` and their labels (-1: none)."""
+        own = centroids.gather(1, labels.clamp(min=0)[..., None].expand(-1, -1, centroids.shape[-1]))
+        difference = point_tokens[..., :-1] - own  # exactly `distance_proj`'s `x_i - a_i`
+        return (difference * difference).sum(dim=-1)
 
     def weighted_trim(self, distance, labels, assigned, sample_weight, num_clusters=None) -> torch.Tensor:
         """The trimmed points under sample weights (see the class docstring), `(batch, n)` bool."""
@@ -517,9 +528,7 @@ class KMeansTransformerTrimGate(nn.Module):
             return ordered.gather(-1, torch.minimum(index, last))[..., 0]
 
         fraction = (position - below)[..., 0].to(distance.dtype)
-        low, high = value_at(below), value_at(above)
-        step = torch.where(fraction > 0, high - low, torch.zeros_like(low))
-        quantiles = torch.where(fraction < 0.5, low + fraction * step, high - step * (1 - fraction))
+        quantiles = self.interpolated(value_at(below), value_at(above), fraction)
         return assigned & (distance > quantiles.gather(1, labels)) & (weights > 0)
 
     def largest_fraction(self, distance, assigned) -> torch.Tensor:
@@ -539,9 +548,7 @@ class KMeansTransformerTrimGate(nn.Module):
         groups them), so the table is `(batch * k, largest cluster)`.
         """
         assigned = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)  # those `forward` counts
-        own = centroids.gather(1, labels.clamp(min=0)[..., None].expand(-1, -1, centroids.shape[-1]))
-        difference = point_tokens[..., :-1] - own  # exactly `distance_proj`'s `x_i - a_i`
-        distance = (difference * difference).sum(dim=-1)
+        distance = self.distances(point_tokens, centroids, labels)
         if self.config.trim_quantile is None:
             if sample_weight is None:
                 trimmed = self.largest_fraction(distance, assigned)

@@ -491,6 +491,11 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
                         "list-valued column such as an embedding counts as its coordinates)")
     points.add_argument("--chunk-size", type=int, default=65536, metavar="N",
                         help="points read and assigned at a time (default: 65536)")
+    points.add_argument("--cache", choices=("disk", "none"), default="disk",
+                        help="disk: the first pass writes the decoded points to a private scratch file that later "
+                        "passes read back (removed at the end); none: decode the dataset on every pass (default: disk)")
+    points.add_argument("--cache-directory", metavar="DIR", help="where the scratch file is made (default: the "
+                        "system's temporary directory); it needs room for each process's rows as decoded")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is available "
                         "(the device is otherwise Accelerate's choice, one per process)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="several processes: "
@@ -602,6 +607,8 @@ def _infer_points(args: argparse.Namespace, model, accelerator, output: Path) ->
             progress=not args.no_progress,
             labels_output=directory / "labels",
             weight_column=args.weight_column,
+            cache=args.cache,
+            cache_directory=args.cache_directory,
         )
         if accelerator.is_main_process:
             write_points_output(result, directory, accelerator.num_processes, model=args.model, dataset=args.dataset)

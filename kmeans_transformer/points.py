@@ -13,9 +13,10 @@ assignment of that chunk needs), never all points. One iteration is the model's 
 3. every process sets `parameters = model.finalize(statistics, parameters)`: the update block and the variant's
    centroid blocks (spherical normalisation, gmm's M-step), with their rules for empty clusters.
 
-Points mode runs the variants whose update is a function of sums over the points (`VariantSpec.sums_over_points`:
-`variants_with("sums_over_points")`) and refuses the others, whose updates (medoids, sparsemax, trimming) need all
-points at once. A variant's carried state (gmm's variances and weights) travels with the centroids in `parameters`
+Points mode runs the variants whose update is a function of sums over the points (`VariantSpec.sums_over_points`),
+and those that trim by a quantile of all points first (`VariantSpec.trims_by_quantile`: the trim gate's quantile is
+found exactly across chunks and processes, `_sharded_trim`, then a second pass sums the points kept), together
+`variants_with("points_mode")`; it refuses the others, whose updates (medoids, sparsemax) need all points at once. A variant's carried state (gmm's variances and weights) travels with the centroids in `parameters`
 and is returned in `PointsResult.state`. Precision: the parameters are held in float64 from one iteration to the
 next; the model assigns in its own dtype (points and parameters cast to it), and the statistics are float64 sums of
 the points as read, weighted by that assignment. Sums are taken in another order than in one forward pass, so results
@@ -28,6 +29,18 @@ kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.seg
 float64 are copied once into a `(chunk, d)` array of the wider of their type and the model's (no float64 copy of
 float32 data for a float32 model), and the next chunk is read by a thread while the current one is assigned
 (`_read_ahead`), so memory holds two chunks. See `benchmarks/points_speed.py` and docs/points_memory.md.
+
+Scratch file (`cache="disk"`, the default). Decoding Parquet costs more than the kernels (2,000,000 x 32 float32
+points, k = 256: about 1.8 s of decoding against 0.85 s of assignment per iteration), so the first pass writes each
+chunk as the model is given it (its global row indices, its points in the dtype above, its weights) to a private file,
+`chunks.bin` in a new temporary directory (`tempfile.TemporaryDirectory` in `cache_directory`, default the system's
+temporary directory: never next to the user's data or outputs), and every later pass reads the chunks back with
+`os.preadv` into fresh arrays instead of decoding again. The directory is removed when `cluster_points` returns or
+raises, on an interrupt too (a killed process leaves it, as any temporary file). The file is read, not memory-mapped:
+the page cache keeps it in memory when there is room, without counting in the process's resident memory, which stays
+that of two chunks whatever the size of the data. Each process writes only its own rows: `rows * (d * itemsize + 8)`
+bytes of disk (8 more per row with weights). `cache="none"` decodes the dataset on every pass (no disk used). With
+`num_iterations=0` there is one pass, and nothing is written.
 
 Reading. The dataset is a `datasets.Dataset`, a `datasets.IterableDataset` (streaming), a `.parquet` file (read with
 `pyarrow.parquet.ParquetFile.iter_batches`) or a directory written by `Dataset.save_to_disk`. Process `rank` of `world`
@@ -52,6 +65,7 @@ process failed, was stopped or killed, or the process group's timeout passed) is
 """
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -113,14 +127,16 @@ def cluster_points(
     labels_output=None,
     overwrite: bool = False,
     weight_column: str | None = None,
+    cache: str = "disk",
+    cache_directory=None,
 ) -> PointsResult:
     """
     Cluster the rows of `dataset` as one problem with `model`, reading `chunk_size` rows at a time (see the module
     docstring for the iteration and the reading).
 
     Args:
-        model: a `KMeansTransformerModel` of a variant of `variants_with("sums_over_points")` (`"lloyd"`, `"soft"`,
-            `"spherical"`, `"gmm"`, `"fuzzy"`) with `share_layers=True`.
+        model: a `KMeansTransformerModel` of a variant of `variants_with("points_mode")` (`"lloyd"`, `"soft"`,
+            `"spherical"`, `"trimmed"`, `"gmm"`, `"fuzzy"`) with `share_layers=True`.
         dataset: a `datasets.Dataset`, a `datasets.IterableDataset`, a `.parquet` file or a `save_to_disk` directory.
         columns: the feature columns, in order; a column of equally long lists of numbers (an embedding) gives one
             coordinate per entry. Default: every numeric (integer or float, not boolean) column, in table order.
@@ -143,6 +159,13 @@ def cluster_points(
         weight_column: a numeric column of non-negative sample weights (not a feature; checked with the rows): each
             point enters the statistics with its weight (`model.accumulate(..., sample_weight=...)`) and the inertia
             is weighted; `cluster_sizes` still count the points.
+        cache: `"disk"` (default): the first pass writes each chunk as decoded (points in the dtype the model is
+            given, global row indices, weights) to a private scratch file, and every later pass reads the file back
+            instead of decoding the dataset again (see "Scratch file" in the module docstring); `"none"`: decode the
+            dataset on every pass.
+        cache_directory: where the scratch file's temporary directory is made; default the system's temporary
+            directory (`tempfile.gettempdir()`, `TMPDIR`). It must hold each process's shard: `rows * (d * itemsize
+            + 8)` bytes, `+ 8` per row more with `weight_column`.
 
     Returns:
         A `PointsResult`, identical on every process.
@@ -150,9 +173,17 @@ def cluster_points(
     Initial centroids: the model's stored fitted centroids if `config.fitted_centroids`, else the first `k` rows of
     the whole dataset (the model's default for one problem), read by every process alike.
     """
-    num_iterations = _check_arguments(model.config, chunk_size, num_iterations, initial_state, labels_output, overwrite)
+    num_iterations = _check_arguments(model.config, chunk_size, num_iterations, initial_state, labels_output, overwrite,
+                                      cache)
     processes = Processes.of(accelerator)
     device, spec = model.device, model.config.variant_spec
+    with torch.no_grad():  # points mode records no gradient
+        compact = model.engine() == "compact" and model._compact_by_labels()
+    if spec.trims_by_quantile and not compact:
+        raise ValueError(
+            f"Points mode trims ({model.config.variant!r}) on the compact engine's labels, which this model does not "
+            "run (model.engine() is 'tokens': edited or trained weights, a hook, or fast_hardmax=False)."
+        )
     source = _open_source(dataset)
     features = _select_features(source, columns, weight_column)
     head = _read_head(source, features, model.config)
@@ -161,23 +192,27 @@ def cluster_points(
     num_points = _validate_shard(shard, features, source.name, device, processes.reduce_sum, spec, weight_column)
     parameters = _initial_parameters(model, head, initial_state)
 
-    def read() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+    def decoded() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         for indices, table in shard():
-            weights = None if weight_column is None else torch.from_numpy(_weights(table, weight_column)).to(device)
-            values = _checked_values(features, table, indices, model.dtype)
-            yield indices, torch.from_numpy(values).to(device), weights
-
-    def chunks() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
-        return _read_ahead(read())
+            weights = None if weight_column is None else _weights(table, weight_column)
+            yield indices, _checked_values(features, table, indices, model.dtype), weights
 
     from tqdm.auto import tqdm
 
     quiet = not (progress and processes.is_main) or num_iterations == 0  # no bar for no work
     bar = tqdm(range(num_iterations), desc="points mode", unit="iteration", disable=quiet)
-    with torch.no_grad():
+    scratch = _ScratchFile(cache_directory) if cache == "disk" and num_iterations > 0 else None
+    with torch.no_grad(), scratch or nullcontext():
+
+        def chunks() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+            items = decoded() if scratch is None else scratch.chunks(decoded)
+            for indices, values, weights in _read_ahead(items):
+                weights = None if weights is None else torch.from_numpy(weights).to(device)
+                yield indices, torch.from_numpy(values).to(device), weights
+
         for _ in bar:
-            parameters = _iteration(model, chunks(), parameters, processes.reduce_sum)
-        totals = _final_pass(model, chunks(), parameters, processes, labels_output, overwrite)
+            parameters = _iteration(model, chunks, parameters, processes.reduce_sum)
+        totals = _final_pass(model, chunks, parameters, processes, labels_output, overwrite)
 
     k = model.config.num_clusters
     return PointsResult(
@@ -190,20 +225,26 @@ def cluster_points(
     )
 
 
-def _check_arguments(config, chunk_size, num_iterations, initial_state, labels_output, overwrite) -> int:
+CACHES = ("disk", "none")
+
+
+def _check_arguments(config, chunk_size, num_iterations, initial_state, labels_output, overwrite, cache) -> int:
     """Check the arguments that need no data (and where the labels go); return the number of iterations."""
     if labels_output is not None:
         check_output_directory(labels_output, overwrite, _is_labels_directory, "a directory of label parts",
                                how="pass overwrite=True")
-    supported = variants_with("sums_over_points")
+    supported = variants_with("points_mode")
     spec = config.variant_spec
-    if not spec.sums_over_points:
+    if not spec.points_mode:
         raise ValueError(
             f"Points mode supports the variants {', '.join(supported)}, whose update is a function of sums over the "
-            f"points; variant {config.variant!r} is not one of them."
+            f"points (after a trim by a quantile of all points); variant {config.variant!r} is not one of them (its "
+            "update needs all points at once)."
         )
     if not config.share_layers:
         raise ValueError("Points mode loops the model's assignment one iteration at a time: it needs share_layers=True.")
+    if cache not in CACHES:
+        raise ValueError(f"`cache` must be one of {', '.join(map(repr, CACHES))}, got {cache!r}.")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be an integer >= 1, got {chunk_size!r}.")
     given = {name for name, value in (initial_state or {}).items() if value is not None}
@@ -377,21 +418,124 @@ def _initial_parameters(model, head: np.ndarray, initial_state) -> dict[str, tor
 
 def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> dict[str, torch.Tensor]:
     """
-    One iteration over the shard: each chunk's statistics (`model.accumulate` of `model.assign`) added up, summed over
-    the processes, and the new parameters (`model.finalize`), in float64.
+    One iteration over the shard: each chunk's statistics (`model.accumulate` of its assignment, `_assigned`) added
+    up, summed over the processes, and the new parameters (`model.finalize`), in float64.
     """
     statistics = None
-    for _, points, weights in chunks:
-        chunk_statistics = _statistics(model, points, parameters, weights)
+    for _, points, weights, _, assignment in _assigned(model, chunks, parameters, reduce_sum):
+        chunk_statistics = _statistics(model, points, assignment, weights)
         statistics = chunk_statistics if statistics is None else statistics + chunk_statistics
     if statistics is None:  # an empty shard (fewer rows than processes) adds zeros of the right shape
-        statistics = _statistics(model, parameters["centroids"].new_zeros(0, model.config.point_dim), parameters)
+        empty = parameters["centroids"].new_zeros(0, model.config.point_dim)
+        statistics = _statistics(model, empty, _assign(model, empty, parameters)[1])
     return model.finalize(reduce_sum(statistics), parameters)
 
 
-def _statistics(model, points: torch.Tensor, parameters: dict[str, torch.Tensor], weights=None) -> torch.Tensor:
-    """The update's sufficient statistics `(1, k, width)` over `points` `(n, d)` float64 (weighted), in float64."""
-    _, assignment = _assign(model, points, parameters)
+def _assigned(model, chunks, parameters, reduce_sum) -> Iterator[tuple]:
+    """
+    Each chunk of `chunks()` with its labels `(1, n)` and assignment (`_assign`): `(indices, points, weights, labels,
+    assignment)`. For a variant that trims by a quantile of all points (`VariantSpec.trims_by_quantile`), a first
+    pass labels the shard and finds the trimmed points across processes (`_sharded_trim`), and a second pass yields
+    the chunks again with the trimmed points' labels set to -1.
+    """
+    if not model.config.variant_spec.trims_by_quantile:
+        for indices, points, weights in chunks():
+            labels, assignment = _assign(model, points, parameters)
+            yield indices, points, weights, labels, assignment
+        return
+    labels = _sharded_trim(model, chunks, parameters, reduce_sum)
+    start = 0
+    for indices, points, weights in chunks():
+        chunk_labels = labels[None, start : start + len(indices)]
+        start += len(indices)
+        yield indices, points, weights, chunk_labels, chunk_labels
+
+
+def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> torch.Tensor:
+    """
+    The labels `(n,)` of the shard's points after the trim gate (-1: trimmed), as the gate finds them on all points
+    of all processes at once (`KMeansTransformerTrimGate.compact_labels`, weighted or not). One pass over the chunks
+    keeps each point's label (the assign block's), its distance `δ_i` to its centroid (`gate.distances`, in the
+    model's dtype) and its weight, `n` numbers each; the order statistics the gate needs are then found exactly by
+    bisection (`_smallest_keys`) on the distances' bit patterns, which order non-negative floats as their values,
+    with one all-reduce of `2k` (or 1) sums per round (at most one round per bit):
+
+    - `trim_quantile` q: per cluster, `v(p)` = the smallest distance whose summed weight of members at or below it
+      exceeds `p`, at `p = floor(h)` and `min(floor(h) + 1, W_j - 1)`, `h = q (W_j - 1)`, `W_j` the cluster's total
+      weight (its count without weights); `τ_j` interpolates them (`gate.interpolated`); trimmed: `δ_i > τ_a(i)`.
+    - `trim_fraction` α: point `i` is trimmed when the weight of the points before it, farthest first (the higher
+      global row index first among equal distances), with its own, is at most `floor(α W)`: the points beyond a
+      distance `v*` found by bisection, and among those at `v*` the ones above a row index found the same way.
+
+    Weights are summed in another order than the gate's cumulative sums: with integer weights (or none) every sum
+    is exact and the trim is the gate's exactly.
+    """
+    config, dtype = model.config, model.dtype
+    (gate,) = model.assignment_head.point_blocks.values()  # the trim gate (`VariantSpec.trims_by_quantile`)
+    centroids = parameters["centroids"].to(dtype)
+    labels, distances, weights, indices = [], [], [], []
+    for index, points, weight in chunks():
+        tokens = torch.cat([points.to(dtype), torch.ones_like(points[:, :1], dtype=dtype)], dim=-1)[None]
+        chunk_labels = model.assignment_head.assign.assign_labels(tokens, centroids, None)
+        labels.append(chunk_labels[0])
+        distances.append(gate.distances(tokens, centroids, chunk_labels)[0])
+        weights.append(torch.ones(len(index), dtype=torch.float64) if weight is None else weight.to(torch.float64))
+        indices.append(torch.from_numpy(index))
+    device = centroids.device
+    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    distance = torch.cat(distances) if distances else centroids.new_zeros(0)
+    weight = (torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64)).to(device)
+    index = (torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)).to(device)
+    weight = weight * (weight > 0) * (labels >= 0)  # the points the gate counts
+    bits = torch.int32 if distance.element_size() == 4 else torch.int64
+    keys = distance.view(bits).to(torch.int64)  # δ >= 0: the bit patterns are in the order of the values
+    infinity = int(torch.tensor(float("inf"), dtype=distance.dtype).view(bits))
+    k = config.num_clusters
+    if config.trim_quantile is not None:
+        totals = reduce_sum(torch.bincount(labels, weight, minlength=k))
+        position = config.trim_quantile * (totals - 1).clamp(min=0)
+        below = position.floor()
+        ranks = torch.stack([below, torch.minimum(below + 1, (totals - 1).clamp(min=0))])
+        values = _smallest_keys(keys, labels, weight, (2, k), -1, infinity, lambda sums: sums > ranks, reduce_sum)
+        low, high = values.to(bits).view(distance.dtype)
+        quantiles = gate.interpolated(low, high, (position - below).to(distance.dtype))
+        trimmed = (weight > 0) & (distance > quantiles[labels])
+        return labels.masked_fill(trimmed, -1)
+    total = reduce_sum(weight.sum()[None])
+    budget = torch.floor(config.trim_fraction * total)
+    single = torch.zeros_like(labels)
+    (cut,) = _smallest_keys(keys, single, weight, (1, 1), -1, infinity, lambda sums: total - sums <= budget, reduce_sum)[0]
+    beyond = total - reduce_sum((weight * (keys <= cut)).sum()[None])  # the weight of the points farther than `cut`
+    tied = weight * (keys == cut)
+    tied_total = reduce_sum(tied.sum()[None])
+    (last,) = _smallest_keys(index, single, tied, (1, 1), -2, 2**62, lambda sums: beyond + tied_total - sums <= budget,
+                             reduce_sum)[0]
+    trimmed = (weight > 0) & ((keys > cut) | ((keys == cut) & (index > last)))
+    return labels.masked_fill(trimmed, -1)
+
+
+def _smallest_keys(keys, groups, weights, shape, lower: int, upper: int, enough, reduce_sum) -> torch.Tensor:
+    """
+    For each target `t` and group `g` (`shape`: targets, groups), the smallest integer `v` in `(lower, upper]` with `enough(S)[t, g]`, where
+    `S[t, g]` is the summed `weights` of the points of group `g` (`groups`, all processes) whose `keys` are at most
+    the candidate: bisection, one all-reduce of the `(targets, num_groups)` sums per round. `enough` must be monotone
+    in `v`, false at `lower` and true at `upper`; every process runs the same rounds.
+    """
+    lo = torch.full(shape, lower, dtype=torch.int64, device=keys.device)
+    hi = torch.full(shape, upper, dtype=torch.int64, device=keys.device)
+    num_groups = shape[1]
+    while bool((hi - lo > 1).any()):
+        middle = lo + (hi - lo) // 2
+        sums = torch.stack([
+            torch.bincount(groups, weights * (keys <= row[groups]), minlength=num_groups) for row in middle
+        ])
+        found = enough(reduce_sum(sums))
+        hi, lo = torch.where(found, middle, hi), torch.where(found, lo, middle)
+    return hi
+
+
+def _statistics(model, points: torch.Tensor, assignment: torch.Tensor, weights=None) -> torch.Tensor:
+    """The update's sufficient statistics `(1, k, width)` over `points` `(n, d)` (weighted) and their assignment."""
     if assignment.is_floating_point():
         assignment = assignment.to(torch.float64)
     weighted = {} if weights is None else {"sample_weight": weights[None]}
@@ -424,8 +568,7 @@ def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: P
     totals = parameters["centroids"].new_zeros(k + 1)
     shared = nullcontext() if labels_output is None else _shared_directory(Path(labels_output), overwrite, processes)
     with shared as directory, _LabelsWriter(directory, processes) as writer:
-        for indices, points, weights in chunks:
-            labels, _ = _assign(model, points, parameters)
+        for indices, points, weights, labels, _ in _assigned(model, chunks, parameters, processes.reduce_sum):
             weights = None if weights is None else weights[None]
             totals[k] += labelled_inertia(spec.seen_points(points)[None], parameters["centroids"], labels, weights)[0]
             labelled = labels[0][labels[0] >= 0]
@@ -566,6 +709,74 @@ def _read_ahead(items: Iterator) -> Iterator:
     finally:
         stop.set()
         reader.join()
+
+
+class _ScratchFile:
+    """
+    A process's decoded chunks in a private scratch file: `chunks(decoded)` passes `decoded()`'s chunks through
+    while writing them (the first pass), then reads them back from the file (every later pass). The file lies in a
+    new temporary directory, removed when the context is left, on an error or an interrupt too.
+    """
+
+    def __init__(self, directory=None):
+        self.directory, self.file, self.layout, self.complete = directory, None, [], False
+
+    def __enter__(self) -> "_ScratchFile":
+        import tempfile
+
+        self.temporary = tempfile.TemporaryDirectory(prefix="kmeans-transformer-points-", dir=self.directory)
+        try:
+            self.file = open(Path(self.temporary.name) / "chunks.bin", "w+b", buffering=0)
+        except BaseException:
+            self.temporary.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exception) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.temporary.cleanup()
+
+    def chunks(self, decoded) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        return self._read() if self.complete else self._write(decoded())
+
+    def _write(self, items) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        self.file.seek(0)
+        self.file.truncate()
+        self.layout = []
+        for indices, values, weights in items:
+            parts = [np.ascontiguousarray(indices, dtype=np.int64), np.ascontiguousarray(values)]
+            parts += [] if weights is None else [np.ascontiguousarray(weights, dtype=np.float64)]
+            try:
+                for part in parts:
+                    self.file.write(memoryview(part).cast("B"))
+            except OSError as error:
+                raise OSError(
+                    f"Cannot write points mode's scratch file in {self.temporary.name}: "
+                    f"{' '.join(str(error).split())}; pass cache_directory with room for the data (--cache-directory)"
+                    ", or cache='none' (--cache none) to decode the dataset on every pass."
+                ) from error
+            self.layout.append([(part.dtype, part.shape) for part in parts])
+            yield indices, values, weights
+        self.complete = True
+
+    def _read(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        offset = 0
+        for layout in self.layout:
+            parts = []
+            for dtype, shape in layout:
+                part = np.empty(shape, dtype=dtype)
+                view = memoryview(part).cast("B")
+                done = 0
+                while done < len(view):  # os.preadv may return fewer bytes than asked
+                    read = os.preadv(self.file.fileno(), [view[done:]], offset + done)
+                    if read == 0:
+                        raise OSError(f"points mode's scratch file in {self.temporary.name} is shorter than written.")
+                    done += read
+                offset += len(view)
+                parts.append(part)
+            yield parts[0], parts[1], parts[2] if len(parts) > 2 else None
 
 
 def _weights(table: pa.Table, name: str) -> np.ndarray:

@@ -226,6 +226,9 @@ class VariantSpec:
         label_determined: the update depends on the labels alone, so repeated labels mean convergence.
         sums_over_points: the update is `finalize(Σ over points of accumulate(...))`, so points mode can run it on
             data in chunks and processes.
+        trims_by_quantile: a point block (the trim gate) drops the points beyond a quantile of all points' distances
+            to their centroids; the update is then sums over the kept points, and points mode finds the quantile
+            exactly across chunks and processes (`points._sharded_trim`).
         compact: the compact engine applies: a hardmax assignment by labels, each point block's `compact_labels`, a
             mean update; or a weighted assignment (`compact_weights`, in chunks of points) and the update's sums.
         scaling: how the result changes when the data (points and centroids) is multiplied by `s`, which decides how
@@ -266,6 +269,7 @@ class VariantSpec:
     soft_assignment: bool = False
     label_determined: bool = True
     sums_over_points: bool = False
+    trims_by_quantile: bool = False
     compact: bool = False
     scaling: str = "equivariant"
     scale_parameters: tuple[str, ...] = ()
@@ -301,6 +305,11 @@ class VariantSpec:
     @property
     def state_names(self) -> tuple[str, ...]:
         return tuple(state.name for state in self.state)
+
+    @property
+    def points_mode(self) -> bool:
+        """Points mode runs it: its update is sums over the points, possibly after a trim by a global quantile."""
+        return self.sums_over_points or self.trims_by_quantile
 
     @property
     def reports_outliers(self) -> bool:
@@ -432,7 +441,7 @@ _SPECS = (
             TokenSlot("assigned", "point_dim", _POINT_SCRATCH), TokenSlot("distance", 1, _POINT_SCRATCH),
             TokenSlot("outlier", 1, _POINT_SCRATCH),
         ),
-        exclusive=(("trim_quantile", "trim_fraction"),), compact=True,
+        exclusive=(("trim_quantile", "trim_fraction"),), compact=True, trims_by_quantile=True,
         reference=trimmed_kmeans, reference_parameters=("trim_quantile", "trim_fraction"),
     ),
     VariantSpec(

@@ -116,3 +116,18 @@ def test_infer_errors_are_one_line_and_write_nothing(tmp_path, rng, checkpoint, 
         assert output.read_text() == "keep me"
     else:
         assert not output.exists()
+
+
+@pytest.mark.parametrize("cache", ["disk", "none"])
+def test_points_mode_cache_options(cache, tmp_path, rng, checkpoint):
+    """`--cache disk` makes its scratch file in `--cache-directory` and removes it; both give Lloyd's result."""
+    points = mixture(rng, 600, 2, 3)
+    pd.DataFrame(points, columns=["x", "y"]).to_parquet(tmp_path / "points.parquet")
+    (tmp_path / "scratch").mkdir()
+    arguments = ["infer", "--mode", "points", "--model", str(checkpoint), "--dataset", str(tmp_path / "points.parquet"),
+                 "--output", str(tmp_path / "out"), "--chunk-size", "97", "--cpu", "--no-progress", "--cache", cache,
+                 "--cache-directory", str(tmp_path / "scratch")]
+    assert main(arguments) == 0
+    labels, _, _ = read_points_output(tmp_path / "out")
+    np.testing.assert_array_equal(labels["label"].to_numpy(), reference.lloyd(points, points[:3], 6).labels)
+    assert list((tmp_path / "scratch").iterdir()) == []

@@ -16,7 +16,7 @@ import torch
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
 from kmeans_transformer import reference
-from kmeans_transformer.points import _statistics, cluster_points
+from kmeans_transformer.points import _assign, _statistics, cluster_points
 from kmeans_transformer.reference import lloyd
 from kmeans_transformer.variants import variants_with
 
@@ -86,7 +86,8 @@ def test_chunk_statistics_are_the_update_sums(variant, rng):
     else:
         weights = reference.fuzzy_memberships(X, C, 2.0) ** 2.0
     model = make_model(variant=variant).float()  # the assignment in float32, the sums in float64
-    statistics = _statistics(model, torch.from_numpy(X), {"centroids": torch.from_numpy(C)[None]})
+    points = torch.from_numpy(X)
+    statistics = _statistics(model, points, _assign(model, points, {"centroids": torch.from_numpy(C)[None]})[1])
     assert statistics.dtype == torch.float64 and statistics.shape == (1, K, D + 1)
     tolerance = 0 if variant == "lloyd" else 1e-6
     np.testing.assert_allclose(statistics[0, :, :D].numpy(), weights.T @ X, rtol=tolerance, atol=tolerance)
@@ -384,9 +385,15 @@ def _starting_state(variant, rng):
     return {"variances": rng.uniform(1.0, 3.0, K), "weights": rng.dirichlet(np.ones(K))}
 
 
+# every variant points mode runs, each with its defaults, and trimmed also by a global fraction (its other rule)
+POINTS_CASES = [(variant, {}) for variant in variants_with("points_mode")] + [
+    ("trimmed", {"trim_quantile": None, "trim_fraction": 0.07})
+]
+
+
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("variant", variants_with("sums_over_points"))
-def test_points_mode_in_chunks_equals_the_in_memory_model(variant, weighted, tmp_path, rng):
+@pytest.mark.parametrize("variant, parameters", POINTS_CASES, ids=lambda case: str(case))
+def test_points_mode_in_chunks_equals_the_in_memory_model(variant, parameters, weighted, tmp_path, rng):
     """
     Several chunks (the last one short, some shorter than k) give the one-call model's labels and, in float64, its
     centroids, inertia and carried state to 1e-12; the variants whose compact engine carries labels never build the tokens (no `forward`).
@@ -394,7 +401,7 @@ def test_points_mode_in_chunks_equals_the_in_memory_model(variant, weighted, tmp
     X = blobs(rng, n=1000) + 0.5
     weights = rng.uniform(0.0, 3.0, size=len(X)) if weighted else None
     state = _starting_state(variant, rng)
-    model = make_model(T=6, variant=variant)
+    model = make_model(T=6, variant=variant, **parameters)
     expected = model(
         torch.from_numpy(X), sample_weight=None if weights is None else torch.from_numpy(weights),
         **{name: torch.from_numpy(value) for name, value in state.items()},
@@ -414,7 +421,11 @@ def test_points_mode_in_chunks_equals_the_in_memory_model(variant, weighted, tmp
     np.testing.assert_array_equal(labels, expected.labels[0].numpy())
     np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=0, atol=1e-12)
     assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-12)
-    np.testing.assert_array_equal(result.cluster_sizes, np.bincount(expected.labels[0].numpy(), minlength=K))
+    kept = expected.labels[0].numpy()
+    if model.config.variant_spec.reports_outliers:  # the trim dropped points (-1), and the same ones
+        assert 0 < (kept < 0).sum() < len(X) // 5
+        kept = kept[kept >= 0]
+    np.testing.assert_array_equal(result.cluster_sizes, np.bincount(kept, minlength=K))
     for name in state:
         np.testing.assert_allclose(result.state[name], expected[name][0].numpy(), rtol=1e-12, atol=1e-15)
 
@@ -481,3 +492,146 @@ def test_reading_ahead_keeps_order_raises_the_readers_error_and_stops_early():
     for thread in [thread for thread in threading.enumerate() if thread.name == "points-reader"]:
         thread.join(timeout=10)
         assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The scratch file: the dataset is decoded once, later passes read it back, and it is removed at the end
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", ["disk", "none"])
+def test_scratch_file_decodes_once_and_equals_the_in_memory_model(cache, tmp_path, rng, monkeypatch):
+    from kmeans_transformer import points
+
+    X = blobs(rng, n=900)
+    weights = rng.uniform(0.0, 2.0, size=len(X))
+    model = make_model(T=4)
+    expected = model(torch.from_numpy(X), sample_weight=torch.from_numpy(weights))
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=250, w=weights)
+    scratch, decoded, seen = tmp_path / "scratch", [], []
+    scratch.mkdir()
+    checked_values = points._checked_values
+
+    def counting(*args):
+        decoded.append(1)
+        seen.extend(entry.name for entry in scratch.iterdir())
+        return checked_values(*args)
+
+    monkeypatch.setattr(points, "_checked_values", counting)
+    result = cluster_points(
+        _no_model_calls(model), path, chunk_size=128, progress=False, labels_output=tmp_path / "labels",
+        weight_column="w", cache=cache, cache_directory=scratch,
+    )
+    chunks = -(-len(X) // 128)
+    assert len(decoded) == chunks * (1 if cache == "disk" else 4 + 1)  # 4 iterations and the final pass
+    assert bool(seen) == (cache == "disk") and list(scratch.iterdir()) == []  # made in `scratch`, then removed
+    _, labels = read_labels(tmp_path / "labels")
+    np.testing.assert_array_equal(labels, expected.labels[0].numpy())
+    np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=0, atol=1e-12)
+    assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-12)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, ValueError])
+def test_scratch_file_is_removed_on_an_error_or_interrupt(error, tmp_path, rng, monkeypatch):
+    from kmeans_transformer import points
+
+    X = blobs(rng, n=500)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    iteration, calls = points._iteration, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the scratch file is complete: the second pass reads it
+            assert len(list(scratch.iterdir())) == 1
+            raise error("stop")
+        return iteration(*args)
+
+    monkeypatch.setattr(points, "_iteration", interrupted)
+    with pytest.raises(error, match="stop"):
+        cluster_points(make_model(), write_parquet(tmp_path / "points.parquet", X), chunk_size=100, progress=False,
+                       cache_directory=scratch)
+    assert list(scratch.iterdir()) == []
+
+
+def test_unknown_cache_is_refused(rng):
+    dataset = datasets.Dataset.from_dict({f"x{i}": blobs(rng, n=50)[:, i] for i in range(D)})
+    with pytest.raises(ValueError, match="`cache` must be one of 'disk', 'none', got 'memory'"):
+        cluster_points(make_model(), dataset, cache="memory", progress=False)
+
+
+@pytest.mark.slow  # about 45 s: one launch, eight runs on each of two processes
+def test_every_variant_on_two_gloo_processes_equals_the_in_memory_model(tmp_path, rng):
+    """
+    Two processes (one launch), each variant points mode runs unweighted from the path (contiguous blocks) and
+    weighted from a stream (every other row): labels identical to the one-call model's, float64 results to 1e-12.
+    """
+    X = blobs(rng, n=1201) + 0.5
+    weights = rng.uniform(0.0, 3.0, size=len(X))
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=250, w=weights)
+    cases, expected = [], {}
+    for number, ((variant, parameters), weighted) in enumerate(
+        [(case, weighted) for case in POINTS_CASES for weighted in (False, True)]
+    ):
+        name, state = f"case{number}", _starting_state(variant, rng)
+        model = make_model(T=5, variant=variant, **parameters)
+        expected[name] = model(
+            torch.from_numpy(X), sample_weight=torch.from_numpy(weights) if weighted else None,
+            **{key: torch.from_numpy(value) for key, value in state.items()},
+        )
+        cases.append({
+            "name": name, "variant": variant, "parameters": parameters, "weighted": weighted, "k": K, "T": 5,
+            "state": {key: value.tolist() for key, value in state.items()}, "chunk_size": 113,
+            "source": "stream" if weighted else "path",
+        })
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    worker = Path(__file__).parent / "scripts" / "points_variants_worker.py"
+    subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(worker), str(path), str(tmp_path),
+         str(tmp_path / "cases.json")],
+        check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+    )
+    for case in cases:
+        name, output = case["name"], expected[case["name"]]
+        result = np.load(tmp_path / f"{name}.npz")
+        index, labels = read_labels(tmp_path / f"labels_{name}")
+        np.testing.assert_array_equal(index, np.arange(len(X)))
+        np.testing.assert_array_equal(labels, output.labels[0].numpy(), err_msg=str(case))
+        np.testing.assert_allclose(result["centroids"], output.centroids[0].numpy(), rtol=0, atol=1e-12)
+        assert float(result["inertia"]) == pytest.approx(float(output.inertia[0]), rel=1e-12)
+        for key in case["state"]:
+            np.testing.assert_allclose(result[f"state_{key}"], output[key][0].numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("parameters", [{}, {"trim_quantile": None, "trim_fraction": 0.15}], ids=["quantile", "fraction"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_trimmed_on_integer_data_with_ties_is_the_in_memory_trim(parameters, weighted, tmp_path, rng):
+    """
+    Integer points (many equal distances, so the tie rule decides: the higher row index is trimmed first) and integer
+    weights: every sum is exact, so the trim across chunks is the gate's on all points, and the centroids are equal.
+    """
+    X = rng.integers(-3, 4, size=(800, D)).astype(np.float64)
+    weights = rng.integers(0, 4, size=len(X)).astype(np.float64) if weighted else None
+    model = make_model(T=4, variant="trimmed", **parameters)
+    expected = model(torch.from_numpy(X), sample_weight=None if weights is None else torch.from_numpy(weights))
+    extra = {} if weights is None else {"w": weights}
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=300, **extra)
+    result = cluster_points(
+        _no_model_calls(model), path, chunk_size=97, progress=False, labels_output=tmp_path / "labels",
+        weight_column=None if weights is None else "w",
+    )
+    _, labels = read_labels(tmp_path / "labels")
+    expected_labels = expected.labels[0].numpy()
+    assert (expected_labels < 0).any()
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(result.centroids, expected.centroids[0].numpy())
+
+
+def test_trimmed_needs_the_compact_engine(rng):
+    dataset = datasets.Dataset.from_dict({f"x{i}": blobs(rng, n=50)[:, i] for i in range(D)})
+    model = make_model(variant="trimmed")
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # an edited model runs the tokens
+    with pytest.raises(ValueError, match="which this model does not run"):
+        cluster_points(_no_model_calls(model), dataset, progress=False)
