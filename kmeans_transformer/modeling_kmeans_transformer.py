@@ -939,8 +939,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         for start in range(0, num_points, rows):
             chunk = slice(start, start + rows)
             assignment = assign.compact_weights(values[:, chunk], parameters, inputs.point_mask[:, chunk])
-            labelled = inputs.point_mask[:, chunk] & (assignment.amax(dim=-1) > 0)
-            labels[:, chunk] = assignment.argmax(dim=-1).masked_fill(~labelled, -1)
+            largest, first = assignment.max(dim=-1)  # the first largest weight
+            labels[:, chunk] = first.masked_fill_(~(inputs.point_mask[:, chunk] & (largest > 0)), -1)
             if keep:
                 kept[:, chunk] = assignment
             if update is not None:
