@@ -63,16 +63,15 @@ def softmax_weights(scores: torch.Tensor, key_weights=None) -> torch.Tensor:
     return torch.softmax(scores + _log_key_weights(key_weights, scores), dim=-1)
 
 
-def fuzzy_weights(distances: torch.Tensor, fuzzifier: float) -> torch.Tensor:
+def fuzzy_weights(squared_distances: torch.Tensor, fuzzifier: float) -> torch.Tensor:
     """
-    The fuzzy c-means rule on distances `D_ij` (`inf` for a hidden key), `weights_ij = (δ_i / D_ij)^p / Σ_j'
-    (δ_i / D_ij')^p` with `p = 2/(m-1)` and `δ_i = min_j D_ij`, so no power overflows; a row with `δ_i = 0` shares
-    its weight equally among its zero distances (the limit of the formula), so no weight is NaN.
+    The fuzzy c-means rule on squared distances `D_ij^2` (`inf` for a hidden key), `weights_ij = (δ_i^2 / D_ij^2)^q
+    / Σ_j' (δ_i^2 / D_ij'^2)^q` with `q = 1/(m-1)` and `δ_i = min_j D_ij`, so no power overflows; a row with `δ_i =
+    0` shares its weight equally among its zero distances (the limit of the formula), so no weight is NaN.
     """
-    nearest = distances.amin(dim=-1, keepdim=True)
-    coincide = nearest == 0
-    ratios = nearest / torch.where(distances > 0, distances, torch.ones_like(distances))  # in [0, 1], no overflow
-    scores = torch.where(coincide, (distances == 0).to(distances.dtype), ratios.pow(2.0 / (fuzzifier - 1.0)))
+    nearest = squared_distances.amin(dim=-1, keepdim=True)
+    ratios = (nearest / squared_distances).pow_(1.0 / (fuzzifier - 1.0))  # in [0, 1]; 0/0 only where nearest = 0
+    scores = torch.where(nearest == 0, (squared_distances == 0).to(ratios.dtype), ratios)
     return scores / scores.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
 
 
@@ -370,10 +369,10 @@ def fuzzy_membership_attention_forward(
     weight equally among them (the limit of the formula), so no weight is NaN.
     """
     difference = query[..., :, None, :] - key[..., None, :, :]
-    distances = torch.linalg.vector_norm(difference, dim=-1)
+    squared_distances = (difference * difference).sum(dim=-1)
     if attention_mask is not None:
-        distances = distances.masked_fill(~attention_mask, float("inf"))
-    return _attend(fuzzy_weights(distances, module.fuzzifier), value, attention_mask)
+        squared_distances = squared_distances.masked_fill(~attention_mask, float("inf"))
+    return _attend(fuzzy_weights(squared_distances, module.fuzzifier), value, attention_mask)
 
 
 # name -> kernel; each is also registered under its earlier generic name (`KERNEL_ALIASES`).
@@ -440,10 +439,10 @@ def gaussian_log_density_key(key: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean * precision, -0.5 * precision, bias], dim=-1)
 
 
-def euclidean_distances(points: torch.Tensor, centroids: torch.Tensor, cancellation: float = 0.5) -> torch.Tensor:
+def squared_distances(points: torch.Tensor, centroids: torch.Tensor, cancellation: float = 0.5) -> torch.Tensor:
     """
-    `|x_i - c_j|` `(batch, m, k)` for `points` `(batch, m, d)` and `centroids` `(batch, k, d)` from one GEMM,
-    `sqrt(|x_i|^2 + |c_j|^2 - 2 x_i.c_j)`, where that is accurate: an entry under `cancellation (|x_i|^2 + |c_j|^2)`
+    `|x_i - c_j|^2` `(batch, m, k)` for `points` `(batch, m, d)` and `centroids` `(batch, k, d)` from one GEMM,
+    `|x_i|^2 + |c_j|^2 - 2 x_i.c_j`, where that is accurate: an entry under `cancellation (|x_i|^2 + |c_j|^2)`
     (the sum cancels there, a point on a centroid among them) is taken again from the differences, so a zero
     distance is exactly 0 and every squared distance is within about `(d + 2) ε / cancellation` of itself.
     """
@@ -454,7 +453,7 @@ def euclidean_distances(points: torch.Tensor, centroids: torch.Tensor, cancellat
         batch, row, column = close
         difference = points[batch, row] - centroids[batch, column]
         squared[close] = (difference * difference).sum(dim=-1)
-    return squared.clamp_(min=0).sqrt_()
+    return squared.clamp_(min=0)
 
 
 def unit_normalize(vectors: torch.Tensor) -> torch.Tensor:
