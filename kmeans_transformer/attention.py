@@ -58,12 +58,29 @@ def _attend(weights, value, attention_mask):
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
+def softmax_weights(scores: torch.Tensor, key_weights=None) -> torch.Tensor:
+    """The softmax rule, `weights_ij = softmax_j(s_ij + log w_j)` (`key_weights` `w`, or none)."""
+    return torch.softmax(scores + _log_key_weights(key_weights, scores), dim=-1)
+
+
+def fuzzy_weights(squared_distances: torch.Tensor, fuzzifier: float) -> torch.Tensor:
+    """
+    The fuzzy c-means rule on squared distances `D_ij^2` (`inf` for a hidden key), `weights_ij = (δ_i^2 / D_ij^2)^q
+    / Σ_j' (δ_i^2 / D_ij'^2)^q` with `q = 1/(m-1)` and `δ_i = min_j D_ij`, so no power overflows; a row with `δ_i =
+    0` shares its weight equally among its zero distances (the limit of the formula), so no weight is NaN.
+    """
+    nearest = squared_distances.amin(dim=-1, keepdim=True)
+    ratios = (nearest / squared_distances).pow_(1.0 / (fuzzifier - 1.0))  # in [0, 1]; 0/0 only where nearest = 0
+    scores = torch.where(nearest == 0, (squared_distances == 0).to(ratios.dtype), ratios)
+    return scores / scores.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
+
+
 def eager_attention_forward(
     module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention: `weights_i = softmax_j(s_ij + log w_j)` over the visible keys."""
     scores = _masked_scores(query, key, attention_mask, scaling)
-    weights = torch.softmax(scores + _log_key_weights(kwargs.get("key_weights"), scores), dim=-1)
+    weights = softmax_weights(scores, kwargs.get("key_weights"))
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     return _attend(weights, value, attention_mask)
 
@@ -351,17 +368,11 @@ def fuzzy_membership_attention_forward(
     visible keys, the softmax of the scores `-(2/(m-1)) log D_ij`. A query at distance 0 from some keys shares its
     weight equally among them (the limit of the formula), so no weight is NaN.
     """
-    exponent = 2.0 / (module.fuzzifier - 1.0)
     difference = query[..., :, None, :] - key[..., None, :, :]
-    distances = torch.linalg.vector_norm(difference, dim=-1)
+    squared_distances = (difference * difference).sum(dim=-1)
     if attention_mask is not None:
-        distances = distances.masked_fill(~attention_mask, float("inf"))
-    nearest = distances.amin(dim=-1, keepdim=True)
-    coincide = nearest == 0
-    ratios = nearest / torch.where(distances > 0, distances, torch.ones_like(distances))  # in [0, 1], no overflow
-    scores = torch.where(coincide, (distances == 0).to(query.dtype), ratios.pow(exponent))
-    weights = scores / scores.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
-    return _attend(weights, value, attention_mask)
+        squared_distances = squared_distances.masked_fill(~attention_mask, float("inf"))
+    return _attend(fuzzy_weights(squared_distances, module.fuzzifier), value, attention_mask)
 
 
 # name -> kernel; each is also registered under its earlier generic name (`KERNEL_ALIASES`).
@@ -440,6 +451,23 @@ def gaussian_log_density_key(key: torch.Tensor) -> torch.Tensor:
     precision = 1 / variance
     bias = torch.log(weight) - 0.5 * mean.shape[-1] * torch.log(variance) - 0.5 * precision * (mean * mean).sum(-1, keepdim=True)
     return torch.cat([mean * precision, -0.5 * precision, bias], dim=-1)
+
+
+def squared_distances(points: torch.Tensor, centroids: torch.Tensor, cancellation: float = 0.5) -> torch.Tensor:
+    """
+    `|x_i - c_j|^2` `(batch, m, k)` for `points` `(batch, m, d)` and `centroids` `(batch, k, d)` from one GEMM,
+    `|x_i|^2 + |c_j|^2 - 2 x_i.c_j`, where that is accurate: an entry under `cancellation (|x_i|^2 + |c_j|^2)`
+    (the sum cancels there, a point on a centroid among them) is taken again from the differences, so a zero
+    distance is exactly 0 and every squared distance is within about `(d + 2) ε / cancellation` of itself.
+    """
+    scale = (points * points).sum(dim=-1, keepdim=True) + (centroids * centroids).sum(dim=-1)[:, None, :]
+    squared = torch.baddbmm(scale, points, centroids.transpose(1, 2), alpha=-2)
+    close = torch.nonzero(squared < cancellation * scale, as_tuple=True)
+    if close[0].numel():
+        batch, row, column = close
+        difference = points[batch, row] - centroids[batch, column]
+        squared[close] = (difference * difference).sum(dim=-1)
+    return squared.clamp_(min=0)
 
 
 def unit_normalize(vectors: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,12 @@ from .attention import (
     chunked_hardmax_attention_forward,
     code_sums,
     eager_attention_forward,
+    fuzzy_weights,
     gaussian_log_density_key,
     hardmax_attention_forward,
+    softmax_weights,
     squared_distance_key,
+    squared_distances,
     unit_normalize,
 )
 
@@ -295,37 +298,36 @@ class KMeansTransformerAssign(KMeansTransformerPositionAttention):
 
     def compact_query_key_weights(self, point_tokens: torch.Tensor, parameters: dict[str, torch.Tensor]):
         """A weighted assign's query and key on the compact state: `q_proj(p_i) = x_i`, `k_proj(q_j) = c_j`, prepared."""
-        return self.prepare_query_key(point_tokens[..., :-1], parameters["centroids"])
-
-    pair_width = 1  # numbers the kernel holds per (point, cluster) pair: one score
+        return self.compact_query_key(point_tokens, parameters["centroids"])
 
     def compact_rows(self, batch_size: int, device: torch.device) -> int:
-        """Points per chunk of `compact_weights`: `score_chunk_size` numbers, `pair_width` per (point, cluster) pair."""
-        budget = self.config.score_chunk_size or (2**22 if device.type == "cpu" else 2**28)
-        return max(1, budget // max(1, batch_size * self.config.num_clusters * self.pair_width))
-
-    def identity(self, num_clusters: int, like: torch.Tensor) -> torch.Tensor:
-        """The values `e_j` of `compact_weights`, `(k, k)`, made once per dtype and device (not once per chunk)."""
-        cached = getattr(self, "_identity", None)
-        if cached is None or cached.shape[0] != num_clusters or (cached.dtype, cached.device) != (like.dtype, like.device):
-            self._identity = cached = torch.eye(num_clusters, dtype=like.dtype, device=like.device)
-        return cached
+        """
+        Points per chunk of `compact_weights`: `score_chunk_size` numbers, one per (point, cluster) pair; by default
+        `2**18` on the CPU (a chunk's few `(m, k)` passes stay in cache) and `2**28` on accelerators.
+        """
+        budget = self.config.score_chunk_size or (2**18 if device.type == "cpu" else 2**28)
+        return max(1, budget // max(1, batch_size * self.config.num_clusters))
 
     def compact_weights(self, point_tokens: torch.Tensor, parameters: dict[str, torch.Tensor], point_mask: torch.Tensor):
         """
         A weighted assign (`update.assignment_kind == "weights"`) on the compact state, for a chunk of compact point
         tokens `[x_i ; 1]` `(batch, m, d + 1)` and the parameters (`centroids` `(batch, k, d)`, the carried state):
-        the block's own kernel on the same queries and keys, with the value `e_j` (the identity), so the output is
-        the assignment slot `y_i` itself, `(batch, m, k)`; zero rows where `point_mask` `(batch, m)` is False.
+        the weights of the block's own kernel on the same queries and keys (`compact_memberships`), which are the
+        assignment slot `y_i` itself (the value is `e_j`), `(batch, m, k)`; zero rows where `point_mask` `(batch, m)` is False (None:
+        every point is real).
         """
         query, key = self.compact_query_key_weights(point_tokens, parameters)
-        batch_size, num_clusters = key.shape[:2]
-        codes = self.identity(num_clusters, query).expand(batch_size, 1, -1, -1)
-        attention_mask = point_mask[:, None, :, None].expand(-1, 1, -1, num_clusters)
-        weights, _ = self.attention_interface()(
-            self, query.unsqueeze(1), key.unsqueeze(1), codes, attention_mask, scaling=self.scaling, dropout=0.0
-        )
-        return weights.reshape(*point_tokens.shape[:-1], num_clusters).masked_fill(~point_mask[..., None], 0.0)
+        weights = self.compact_memberships(query, key)
+        return weights if point_mask is None else weights.masked_fill_(~point_mask[..., None], 0.0)
+
+    def compact_memberships(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """
+        The block's kernel's weights on prepared queries `(batch, m, w)` and keys `(batch, k, w)`, every key
+        visible, without the values `e_j` (the weights are the assignment): the softmax rule of `"softmax"` on the
+        scores of one GEMM.
+        """
+        scores = torch.matmul(query, key.transpose(-1, -2))
+        return softmax_weights(scores if self.scaling == 1 else scores.mul_(self.scaling))
 
 
 class KMeansTransformerSoftAssign(KMeansTransformerAssign):
@@ -356,10 +358,16 @@ class KMeansTransformerFuzzyAssign(KMeansTransformerAssign):
     def __init__(self, config):
         super().__init__(config)
         self.fuzzifier = config.fuzzifier  # read by `fuzzy_membership_attention_forward`
-        self.pair_width = config.point_dim  # the kernel takes the distances from the differences `x_i - c_j`
 
     def prepare_query_key(self, query, key):
         return query, key
+
+    def compact_query_key(self, point_tokens, centroids):
+        return point_tokens[..., :-1], centroids
+
+    def compact_memberships(self, query, key):
+        """The kernel's rule (`fuzzy_weights`) on the distances of one GEMM, those that cancel taken from the differences."""
+        return fuzzy_weights(squared_distances(query, key), self.fuzzifier)
 
 
 class KMeansTransformerTrimmedAssign(KMeansTransformerAssign):

@@ -103,7 +103,9 @@ class KMeansTransformerConfig(PreTrainedConfig):
         score_chunk_size (`int`, *optional*):
             The fast kernels hold at most this many attention scores at once (queries are processed in blocks of
             `score_chunk_size // (batch_size * num_clusters)` rows). Defaults to `2**22` on the CPU (16 MiB in
-            float32) and `2**28` on accelerators (1 GiB), where fewer, larger blocks keep the device busy.
+            float32) and `2**28` on accelerators (1 GiB), where fewer, larger blocks keep the device busy; the
+            compact engine of a weighted assignment (soft, gmm, fuzzy) takes `2**18` on the CPU (chunks that stay
+            in cache).
 
     Bounds. A config may come from an untrusted `config.json`, so values that would take minutes to build or run,
     or exhaust memory, are refused (`ValueError`) before anything is allocated: `num_iterations` above

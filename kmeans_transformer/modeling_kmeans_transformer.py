@@ -925,12 +925,13 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         labels, assignments = values.new_full(values.shape[:2], -1, dtype=torch.long), None
         for iteration in range(num_iterations):
             layer = self._layer(iteration)
-            keep = output_assignments and not final_assignment and iteration == num_iterations - 1
-            labels, assignments, statistics = self._weights_pass(layer.assign, layer.update, values, inputs, weights, parameters, keep)
+            last = not final_assignment and iteration == num_iterations - 1  # its labels are the output's
+            passed = self._weights_pass(layer.assign, layer.update, values, inputs, weights, parameters, output_assignments and last, last)
+            labels, assignments, statistics = passed if last else (labels, assignments, passed[2])
             parameters = {name: value.to(dtype) for name, value in layer.finalize(statistics, parameters).items()}
         if final_assignment:
             head = self.assignment_head.assign
-            labels, assignments, _ = self._weights_pass(head, None, values, inputs, weights, parameters, output_assignments)
+            labels, assignments, _ = self._weights_pass(head, None, values, inputs, weights, parameters, output_assignments, True)
         centroids = parameters["centroids"]
         inertia = labelled_inertia(values[..., :-1], centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
@@ -944,28 +945,31 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             output[carried.name] = parameters[carried.name]
         return output
 
-    def _weights_pass(self, assign, update, values, inputs: PreparedInputs, weights, parameters, keep):
+    def _weights_pass(self, assign, update, values, inputs: PreparedInputs, weights, parameters, keep, label):
         """
         One pass of a weighted assign over the points, `assign.compact_rows` at a time (`score_chunk_size` numbers
-        of the kernel's): the labels (the first largest weight; -1 where a point has none), the whole assignment
-        when `keep`, and, with an `update`, its statistics summed in float64.
+        of the kernel's): when `label`, the labels (the first largest weight; -1 where a point has none; else None),
+        the whole assignment when `keep`, and, with an `update`, its statistics: a chunk's sums in the points' dtype
+        (one GEMM), the chunks' in float64.
         """
         batch_size, num_points = values.shape[:2]
         rows = assign.compact_rows(batch_size, values.device)
-        labels = values.new_empty(batch_size, num_points, dtype=torch.long)
+        labels = values.new_empty(batch_size, num_points, dtype=torch.long) if label else None
         kept = values.new_empty(batch_size, num_points, self.config.num_clusters) if keep else None
+        padded = not bool(inputs.point_mask.all())
         statistics = None
         for start in range(0, num_points, rows):
             chunk = slice(start, start + rows)
-            assignment = assign.compact_weights(values[:, chunk], parameters, inputs.point_mask[:, chunk])
-            labelled = inputs.point_mask[:, chunk] & (assignment.amax(dim=-1) > 0)
-            labels[:, chunk] = assignment.argmax(dim=-1).masked_fill(~labelled, -1)
+            assignment = assign.compact_weights(values[:, chunk], parameters, inputs.point_mask[:, chunk] if padded else None)
+            if label:
+                largest, first = assignment.max(dim=-1)  # the first largest weight
+                labels[:, chunk] = first.masked_fill_(~(inputs.point_mask[:, chunk] & (largest > 0)), -1)
             if keep:
                 kept[:, chunk] = assignment
             if update is not None:
-                weighted = {} if weights is None else {"sample_weight": weights[:, chunk].to(torch.float64)}
-                part = update.accumulate(assignment.to(torch.float64), values[:, chunk].to(torch.float64), **weighted)
-                statistics = part if statistics is None else statistics + part
+                weighted = {} if weights is None else {"sample_weight": weights[:, chunk]}
+                part = update.accumulate(assignment, values[:, chunk], **weighted).to(torch.float64)
+                statistics = part if statistics is None else statistics.add_(part)
         return labels, kept, statistics
 
     def _compact_tokens(self, inputs: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -16,6 +16,7 @@ from kmeans_transformer.attention import (
     chunked_hardmax_attention_forward,
     hardmax_attention_forward,
     index_hardmax_attention_forward,
+    squared_distances,
 )
 
 
@@ -302,8 +303,8 @@ def test_fast_path_runs_only_where_it_is_exact(monkeypatch):
 @pytest.mark.parametrize("variant,parameters", COMPACT_CASES, ids=[f"{n}-{'-'.join(p) or 'defaults'}" for n, p in COMPACT_CASES])
 def test_fast_path_never_holds_the_assignment_matrix(variant, parameters):
     """
-    With `output_assignments=False`, the largest tensor is the compact tokens, one chunk of scores, or (a weighted
-    assignment) the `k × k` values `e_j`, however large k is: never `n × k`.
+    With `output_assignments=False`, the largest tensor is the compact tokens or one chunk of scores, however large
+    k is: never `n × k`.
     """
     n, d, k, chunk = 20_000, 4, 512, 2**18
     points = torch.randn(n, d, generator=torch.Generator().manual_seed(7))
@@ -323,7 +324,7 @@ def test_fast_path_never_holds_the_assignment_matrix(variant, parameters):
     with TensorSizes():
         output = model(points, output_assignments=False)
     assert output.assignments is None and output.labels.shape == (1, n)
-    assert max(largest) <= max((n + k) * (d + 1), chunk, k * k)  # never n * k = 10,240,000
+    assert max(largest) <= max((n + k) * (d + 1), chunk)  # never n * k = 10,240,000
 
 
 def test_softmax_blocks_run_sdpa_unless_weights_are_asked_for():
@@ -376,3 +377,38 @@ def test_a_model_with_no_layer_assigns_on_the_compact_engine(variant):
     kept = labels >= 0
     assert kept.sum() >= 30
     np.testing.assert_array_equal(labels[kept], nearest[kept])
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6], ids=["near-origin", "far-from-origin"])
+def test_squared_distances_of_one_gemm_are_the_differences(offset):
+    """
+    The weighted compact engine's distances (`squared_distances`: one GEMM, the entries that cancel taken again from
+    the differences) against a plain NumPy loop over the differences: every entry to a few ulps (far from the origin
+    every entry cancels, and all come from the differences), and a point on a centroid exactly 0.
+    """
+    generator = torch.Generator().manual_seed(21)
+    points = torch.randn(2, 300, 7, generator=generator, dtype=torch.float64) + offset
+    centroids = torch.randn(2, 9, 7, generator=generator, dtype=torch.float64) + offset
+    centroids[:, :4] = points[:, 10:14]  # points on centroids
+    fast = squared_distances(points, centroids).numpy()
+    x, c = points.numpy(), centroids.numpy()
+    expected = np.empty((2, 300, 9))
+    for b in range(2):
+        for i in range(300):
+            for j in range(9):
+                expected[b, i, j] = sum((x[b, i, t] - c[b, j, t]) ** 2 for t in range(7))
+    np.testing.assert_allclose(fast, expected, rtol=1e-13, atol=0)
+    assert (fast[:, range(10, 14), range(4)] == 0).all() and (fast > 0).sum() == 2 * (300 * 9 - 4)
+
+
+def test_compact_fuzzy_far_from_the_origin_is_the_reference():
+    """Points far from the origin (every GEMM distance cancels): the compact engine's memberships are the NumPy ones."""
+    from kmeans_transformer.reference import fuzzy_memberships
+
+    generator = torch.Generator().manual_seed(22)
+    points = torch.randn(400, 3, generator=generator, dtype=torch.float64) + 1e5
+    centroids = points[:5].clone()
+    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=5, point_dim=3, variant="fuzzy", num_iterations=0)).double()
+    assert model.engine() == "compact"
+    output = model(points, centroids)
+    np.testing.assert_allclose(output.assignments[0].numpy(), fuzzy_memberships(points.numpy(), centroids.numpy(), 2.0), rtol=1e-9, atol=1e-12)
