@@ -259,7 +259,7 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         labels = self.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
         labels = gated_labels(self.point_blocks, tokens[:, :num_points], centroids, labels, sample_weight)
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
-        statistics = self.update.accumulate(labels, tokens[:, :num_points], **weighted)
+        statistics = self.update.compact_statistics(labels, tokens[:, :num_points], centroids, **weighted)
         centroids.copy_(self.finalize(statistics, {"centroids": centroids})["centroids"])
         return labels, statistics
 
