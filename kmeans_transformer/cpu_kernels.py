@@ -272,52 +272,82 @@ static void group_members(const int64_t* code, const scalar_t* weight, int64_t n
 // Sparsemax over each cluster's members of z_i = scaling * ((Σ_e 2c_e x_ie - |x_i|^2) - |c|^2) (the token kernel's
 // score [2c ; -1 ; -|c|^2] . [x ; |x|^2 ; 1]), the projection of `kmeans_sparsemax` (sorted decreasingly, running sums
 // in double rounded to the dtype, support = the number of ranks r with 1 + W_r z_(r) > C_r), then Σ_i p_i x_i in
-// double in point order, and the members' mass. No contraction into fused multiply-adds: each step rounds as torch's.
+// double in point order, and the members' mass. Three passes: the scores in point order, one threshold per cluster,
+// the weighted sums in point order. No contraction into fused multiply-adds: each step rounds as torch's.
 template <typename scalar_t>
 __attribute__((optimize("fp-contract=off")))
-static void sparsemax_cluster(const scalar_t* points, int64_t ldx, const int64_t* members, int64_t m,
-                              const scalar_t* weight, const scalar_t* centre, int64_t d, scalar_t scaling,
-                              double* sums, double* mass) {
-  std::vector<scalar_t> z(m);
+static scalar_t sparsemax_norm(const scalar_t* centre, int64_t d) {
   scalar_t cc = 0;
   for (int64_t e = 0; e < d; ++e) cc = cc + centre[e] * centre[e];
-  for (int64_t t = 0; t < m; ++t) {
-    const scalar_t* x = points + members[t] * ldx;
+  return cc;
+}
+
+template <typename scalar_t>
+__attribute__((optimize("fp-contract=off")))
+static void sparsemax_scores(const scalar_t* x, int64_t ldx, const int64_t* code, int64_t begin, int64_t end,
+                             const scalar_t* centres, const scalar_t* norms, int64_t k, int64_t d, scalar_t scaling,
+                             scalar_t* z) {
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t c = code[i];
+    if (c < 0 || c >= k) continue;
+    const scalar_t* row = x + i * ldx;
+    const scalar_t* centre = centres + c * d;
     scalar_t dot = 0, xx = 0;
-    for (int64_t e = 0; e < d; ++e) dot = dot + (scalar_t(2) * centre[e]) * x[e];
-    for (int64_t e = 0; e < d; ++e) xx = xx + x[e] * x[e];
-    z[t] = ((dot - xx) - cc) * scaling;
+    for (int64_t e = 0; e < d; ++e) {  // two sums in coordinate order, side by side
+      dot = dot + (scalar_t(2) * centre[e]) * row[e];
+      xx = xx + row[e] * row[e];
+    }
+    z[i] = ((dot - xx) - norms[c]) * scaling;
   }
-  std::vector<int64_t> order(m);
-  for (int64_t t = 0; t < m; ++t) order[t] = t;
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return z[a] > z[b]; });
+}
+
+template <typename scalar_t>
+__attribute__((optimize("fp-contract=off")))
+static scalar_t sparsemax_threshold(const scalar_t* z, const int64_t* members, int64_t m, const scalar_t* weight) {
+  std::vector<std::pair<scalar_t, int64_t>> ordered(m);
+  for (int64_t t = 0; t < m; ++t) ordered[t] = {z[members[t]], t};
+  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
   double running = 0, running_mass = 0;
-  scalar_t cumulative_at = 0, mass_at = 1;
   int64_t support = 0;
-  std::vector<scalar_t> cumulative(m), masses(m);
+  scalar_t cumulative_at = 0, mass_at = 1;
   for (int64_t r = 0; r < m; ++r) {
-    const int64_t t = order[r];
-    const scalar_t w = weight ? weight[members[t]] : scalar_t(1);
-    running += static_cast<double>(weight ? w * z[t] : z[t]);
+    const scalar_t value = ordered[r].first;
+    const scalar_t w = weight ? weight[members[ordered[r].second]] : scalar_t(1);
+    running += static_cast<double>(weight ? w * value : value);
     running_mass += static_cast<double>(w);
-    cumulative[r] = static_cast<scalar_t>(running);
-    masses[r] = weight ? static_cast<scalar_t>(running_mass) : static_cast<scalar_t>(r + 1);
-    if (scalar_t(1) + masses[r] * z[t] > cumulative[r]) ++support;
+    const scalar_t cumulative = static_cast<scalar_t>(running);
+    const scalar_t mass = weight ? static_cast<scalar_t>(running_mass) : static_cast<scalar_t>(r + 1);
+    if (scalar_t(1) + mass * value > cumulative) ++support;
   }
   support = std::max<int64_t>(support, 1);
-  cumulative_at = cumulative[support - 1];
-  mass_at = masses[support - 1];
-  const scalar_t threshold = (cumulative_at - scalar_t(1)) / mass_at;
-  double total_mass = 0;
-  for (int64_t t = 0; t < m; ++t) {
-    const scalar_t w = weight ? weight[members[t]] : scalar_t(1);
-    scalar_t p = std::max(z[t] - threshold, scalar_t(0));
-    if (weight) p = p * w;
-    const scalar_t* x = points + members[t] * ldx;
-    for (int64_t e = 0; e < d; ++e) sums[e] += static_cast<double>(p) * static_cast<double>(x[e]);
-    total_mass += static_cast<double>(w);
+  running = 0, running_mass = 0;
+  for (int64_t r = 0; r < support; ++r) {  // the running sums at rank `support`, as rounded above
+    const scalar_t w = weight ? weight[members[ordered[r].second]] : scalar_t(1);
+    running += static_cast<double>(weight ? w * ordered[r].first : ordered[r].first);
+    running_mass += static_cast<double>(w);
   }
-  *mass = total_mass;
+  cumulative_at = static_cast<scalar_t>(running);
+  mass_at = weight ? static_cast<scalar_t>(running_mass) : static_cast<scalar_t>(support);
+  return (cumulative_at - scalar_t(1)) / mass_at;
+}
+
+template <typename scalar_t>
+__attribute__((optimize("fp-contract=off")))
+static void sparsemax_sums(const scalar_t* x, int64_t ldx, const int64_t* code, int64_t n, const scalar_t* weight,
+                           const scalar_t* z, const scalar_t* thresholds, int64_t k, int64_t d, double* sums, double* masses) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t c = code[i];
+    if (c < 0 || c >= k || (weight && !(weight[i] > 0))) continue;
+    const scalar_t w = weight ? weight[i] : scalar_t(1);
+    scalar_t p = std::max(z[i] - thresholds[c], scalar_t(0));
+    if (weight) p = p * w;
+    const scalar_t* row = x + i * ldx;
+    double* total = sums + c * d;
+    for (int64_t e = 0; e < d; ++e) total[e] += static_cast<double>(p) * static_cast<double>(row[e]);
+    masses[c] += static_cast<double>(w);
+  }
 }
 
 std::vector<at::Tensor> sparsemax_update(at::Tensor points, at::Tensor codes, at::Tensor centroids,
@@ -342,21 +372,36 @@ std::vector<at::Tensor> sparsemax_update(at::Tensor points, at::Tensor codes, at
     const scalar_t* c = centroids.data_ptr<scalar_t>();
     const scalar_t* wt = w.defined() ? w.data_ptr<scalar_t>() : nullptr;
     const int64_t* code = codes.data_ptr<int64_t>();
+    const int64_t gx = points.stride(0), ldx = points.stride(1);
+    std::vector<scalar_t> norms(groups * k), z(groups * n), thresholds(groups * k);
+    for (int64_t j = 0; j < groups * k; ++j) norms[j] = sparsemax_norm<scalar_t>(c + j * d, d);
+    const int64_t blocks = (n + 4095) / 4096;
+    at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / blocks, first = (task % blocks) * 4096;
+        sparsemax_scores<scalar_t>(x + g * gx, ldx, code + g * n, first, std::min(n, first + 4096), c + g * k * d,
+                                   &norms[g * k], k, d, static_cast<scalar_t>(scaling), &z[g * n]);
+      }
+    });
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g)
         group_members<scalar_t>(code + g * n, wt ? wt + g * n : nullptr, n, k, &starts[g * (k + 1)], &members[g * n]);
     });
-    double* s = sums.data_ptr<double>();
-    double* ms = masses.data_ptr<double>();
     at::parallel_for(0, groups * k, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t g = task / k, j = task % k;
         const int64_t start = starts[g * (k + 1) + j], stop = starts[g * (k + 1) + j + 1];
-        if (stop == start) continue;
-        sparsemax_cluster<scalar_t>(x + g * points.stride(0), points.stride(1), &members[g * n] + start, stop - start,
-                                    wt ? wt + g * n : nullptr, c + (g * k + j) * d, d, static_cast<scalar_t>(scaling),
-                                    s + (g * k + j) * d, ms + g * k + j);
+        if (stop > start)
+          thresholds[task] = sparsemax_threshold<scalar_t>(&z[g * n], &members[g * n] + start, stop - start,
+                                                           wt ? wt + g * n : nullptr);
       }
+    });
+    double* s = sums.data_ptr<double>();
+    double* ms = masses.data_ptr<double>();
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        sparsemax_sums<scalar_t>(x + g * gx, ldx, code + g * n, n, wt ? wt + g * n : nullptr, &z[g * n],
+                                 &thresholds[g * k], k, d, s + g * k * d, ms + g * k);
     });
   });
   return {sums, masses};
