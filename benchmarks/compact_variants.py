@@ -2,7 +2,9 @@
 Per-iteration time of each variant the compact engine runs, on its compact engine and on its token engine, against
 Lloyd's compact engine: `python benchmarks/compact_variants.py [--points 100000 --dim 32 --clusters 64]`. One thread;
 the runs are interleaved (one of each in turn, `--rounds` times) so that a shared machine's load falls on all alike.
-Prints a Markdown table with the machine, the date and the load average.
+Prints a Markdown table with the machine, the date and the load average. k-medoids' token engine holds `n × n` tables
+(not run past `--max-token-points`); its compact engine is compared with a compiled `O(Σ_j |S_j|^2 d)` loop as well:
+`scipy.spatial.distance.cdist` within each cluster of the same labels, summed, and the first least cost taken.
 """
 
 import argparse
@@ -28,6 +30,20 @@ def seconds_per_iteration(model, points, iterations):
     return ((middle - start) - (time.perf_counter() - middle)) / iterations
 
 
+def medoid_loop_seconds(model, points):
+    """One medoid update by `cdist` within each cluster (labels from Lloyd's assignment to the first k points)."""
+    from scipy.spatial.distance import cdist
+
+    x = points[0].numpy()
+    labels = model(points, num_iterations=0, output_assignments=False).labels[0].numpy()
+    start = time.perf_counter()
+    for j in range(model.config.num_clusters):
+        members = x[labels == j]
+        if len(members):
+            members[cdist(members, members).sum(axis=1).argmin()]
+    return time.perf_counter() - start
+
+
 def processor() -> str:
     """The CPU's model name (Linux), else the machine type."""
     try:
@@ -45,6 +61,7 @@ def main():
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=None, help="default: every variant the compact engine runs")
+    parser.add_argument("--max-token-points", type=int, default=20_000, help="token engine of k-medoids only up to this n")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
@@ -54,7 +71,7 @@ def main():
         if spec.compact and (name == "lloyd" or args.variants is None or name in args.variants):
             model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=args.clusters, point_dim=args.dim, variant=name))
             runs[(name, "compact")] = model
-            if name != "lloyd":
+            if name != "lloyd" and (name != "kmedoids" or args.points <= args.max_token_points):
                 runs[(name, "tokens")] = model
     times = {key: [] for key in runs}
     for model in runs.values():  # warm up: the compiled loops load, the weights' construction is cached
@@ -65,6 +82,8 @@ def main():
             model.config.fast_hardmax = engine == "compact"
             assert model.engine() == engine
             times[(name, engine)].append(seconds_per_iteration(model, points, args.iterations))
+    if ("kmedoids", "compact") in runs:
+        times[("kmedoids", "cdist loop")] = [medoid_loop_seconds(runs[("kmedoids", "compact")], points) for _ in range(args.rounds)]
     lloyd = statistics.median(times[("lloyd", "compact")])
     print(f"{processor()}, {os.cpu_count()} cores, 1 thread, "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, load average {load[0]:.1f} (before) "

@@ -284,15 +284,22 @@ def sparsemax_attention_forward(
     w_(s) z_(s)}`, `τ = (Σ_{s<=K} w_(s) z_(s) - 1) / W_K` and `weights_ij = w_j max(s_ij - τ_i, 0)`.
     """
     scores = _masked_scores(query, key, attention_mask, scaling)
-    key_weights = _key_weights(kwargs.get("key_weights"), scores)
+    weights = sparsemax_projection(scores, _key_weights(kwargs.get("key_weights"), scores))
+    return _attend(weights, value, attention_mask)
+
+
+def sparsemax_projection(scores: torch.Tensor, key_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """
+    The weights of `sparsemax_attention_forward` from its scores (`-inf` where a key is hidden), along the last axis;
+    `key_weights` (broadcastable to the scores, or None) the keys' multiplicities.
+    """
     if key_weights is None:
         ordered = scores.sort(dim=-1, descending=True).values
         cumulative = ordered.cumsum(dim=-1)
         ranks = torch.arange(1, scores.shape[-1] + 1, device=scores.device, dtype=scores.dtype)
         support = (1 + ranks * ordered > cumulative).sum(dim=-1, keepdim=True).clamp(min=1)
         threshold = (cumulative.gather(-1, support - 1) - 1) / support
-        weights = (scores - threshold).clamp(min=0).nan_to_num(0.0)
-        return _attend(weights, value, attention_mask)
+        return (scores - threshold).clamp(min=0).nan_to_num(0.0)
     ordered, order = scores.sort(dim=-1, descending=True)
     multiplicities = key_weights.expand_as(scores).gather(-1, order)
     visible = torch.isfinite(ordered)
@@ -300,8 +307,7 @@ def sparsemax_attention_forward(
     cumulative = torch.where(visible, multiplicities * ordered, 0.0).cumsum(dim=-1)
     support = (visible & (1 + masses * ordered > cumulative)).sum(dim=-1, keepdim=True).clamp(min=1)
     threshold = (cumulative.gather(-1, support - 1) - 1) / masses.gather(-1, support - 1)
-    weights = ((scores - threshold).clamp(min=0) * key_weights).nan_to_num(0.0)
-    return _attend(weights, value, attention_mask)
+    return ((scores - threshold).clamp(min=0) * key_weights).nan_to_num(0.0)
 
 
 def gumbel_max_attention_forward(

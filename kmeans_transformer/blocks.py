@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from . import cpu_kernels
 from .attention import (
     KERNEL_ALIASES,
     KMEANS_ATTENTION_FUNCTIONS,
@@ -29,6 +30,7 @@ from .attention import (
     gaussian_log_density_key,
     hardmax_attention_forward,
     softmax_weights,
+    sparsemax_projection,
     squared_distance_key,
     squared_distances,
     unit_normalize,
@@ -616,6 +618,13 @@ class KMeansTransformerMedoidCost(KMeansTransformerPositionAttention):
             kwargs["key_weights"] = sample_weight
         return super().forward(point_states, point_states, same_cluster[:, None], **kwargs)[0]
 
+    def compact_labels(self, point_tokens, centroids, labels, sample_weight=None) -> torch.LongTensor:
+        """
+        On the compact state the costs are read by the update alone, which computes them with this block's rule over
+        each cluster's members (`KMeansTransformerMedoidUpdate.compact_statistics`): the labels stay as they are.
+        """
+        return labels
+
 
 class KMeansTransformerUpdate(KMeansTransformerAttention):
     """
@@ -691,6 +700,16 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
             return code_sums(values, assignment, None, self.config.num_clusters)[0]  # float64 sums
         sums, counts = code_sums(values, assignment, None, self.config.num_clusters)  # float64 sums
         return torch.cat([sums[..., :-1], counts[..., None].to(sums.dtype)], dim=-1)
+
+    def compact_statistics(self, labels, point_tokens, centroids, sample_weight=None) -> torch.Tensor:
+        """
+        What the compact engine's layer hands to `finalize`: the labels `(batch, n)` of compact point tokens `[x_i ;
+        1]` `(batch, n, d + 1)`, the entering centroids `(batch, k, d)` -> `(batch, k, width)`, whose last column is
+        each cluster's mass (its count, or its total sample weight). Here the sums of `accumulate`; an update that is
+        not a function of sums over points (sparsemax, medoids) reads the members themselves.
+        """
+        weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return self.accumulate(labels, point_tokens, **weighted)
 
     def finalize(self, statistics: torch.Tensor, parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """
@@ -818,6 +837,25 @@ class KMeansTransformerMedoidUpdate(KMeansTransformerUpdate):
         query[1][0] = 1.0
         key_weight[0, config.token_slices["medoid_cost"]] = -1.0
 
+    def compact_statistics(self, labels, point_tokens, centroids, sample_weight=None) -> torch.Tensor:
+        """
+        `[x_m(j) ; mass_j]` `(batch, k, d + 1)`: the medoid cost block and this block on the compact state. The
+        members of cluster `j` are the points labelled `j` of weight > 0; `m(j)` is the first of them (in point
+        order) of least `cost_i = Σ_{i'} w_i' |x_i - x_i'|` over the members, the distances in the points' dtype and
+        their sum in float64 in point order (the compiled `cpu_kernels.medoid_update`, else blocks of candidates in
+        PyTorch). `O(Σ_j |S_j|^2 d)` time, no `(n, n)` table.
+        """
+        points, k = point_tokens[..., :-1], self.config.num_clusters
+        compiled = cpu_kernels.medoid_update(points, labels, k, sample_weight)
+        if compiled is None:
+            compiled = _medoids(points, labels, k, sample_weight)
+        chosen, masses = compiled
+        medoids = points.gather(1, chosen.clamp(min=0)[..., None].expand(-1, -1, points.shape[-1]))
+        return torch.cat([medoids.to(torch.float64), masses[..., None]], dim=-1)
+
+    def finalize(self, statistics, parameters):
+        return chosen_centroids(statistics, parameters)
+
 
 class KMeansTransformerDistanceUpdate(KMeansTransformerUpdate):
     """
@@ -851,11 +889,106 @@ class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
     def attention_scaling(config):
         return config.inverse_temperature / math.sqrt(config.point_dim)
 
+    def compact_statistics(self, labels, point_tokens, centroids, sample_weight=None) -> torch.Tensor:
+        """
+        `[Σ_i p_ij x_i ; mass_j]` `(batch, k, d + 1)`, this block on the compact state: for each cluster the sparsemax
+        `p` of its members' scores (the points labelled `j` of weight > 0, each with its multiplicity `w_i`),
+        `scaling · (2 c_j·x_i - |x_i|^2 - |c_j|^2)`, the kernel's projection on the members alone (no `(k, n)`
+        scores): the compiled `cpu_kernels.sparsemax_update`, else one row per cluster of a `(batch · k, largest
+        cluster)` table through `sparsemax_projection`. The weighted sum is taken in float64.
+        """
+        points, k = point_tokens[..., :-1], self.config.num_clusters
+        compiled = cpu_kernels.sparsemax_update(points, labels, centroids, sample_weight, self.scaling)
+        if compiled is not None:
+            sums, masses = compiled
+            return torch.cat([sums, masses[..., None]], dim=-1)
+        counted = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)
+        own = centroids.gather(1, labels.clamp(min=0)[..., None].expand(-1, -1, points.shape[-1]))
+        dot = ((2 * own) * points).sum(dim=-1)
+        scores = ((dot - (points * points).sum(dim=-1)) - (own * own).sum(dim=-1)) * self.scaling
+        problem, point, row, column, shape = member_table(labels, counted, k)
+        table = scores.new_full(shape, -math.inf).index_put_((row, column), scores[problem, point])
+        multiplicities = None
+        if sample_weight is not None:
+            weights = sample_weight.to(scores.dtype)
+            multiplicities = scores.new_zeros(shape).index_put_((row, column), weights[problem, point])
+        projected = sparsemax_projection(table, multiplicities)
+        weights = scores.new_zeros(labels.shape).index_put_((problem, point), projected[row, column])
+        members = labels.masked_fill(~counted, -1)
+        sums, counts = code_sums(weights[..., None].to(torch.float64) * points.to(torch.float64), members, None, k)
+        masses = counts.to(torch.float64)
+        if sample_weight is not None:
+            masses = code_sums(sample_weight[..., None].to(torch.float64), members, None, k)[0][..., 0]
+        return torch.cat([sums, masses[..., None]], dim=-1)
+
+    def finalize(self, statistics, parameters):
+        return chosen_centroids(statistics, parameters)
+
 
 class KMeansTransformerGumbelMedoidUpdate(KMeansTransformerDistanceUpdate):
     """Gumbel `"kmedoids"`: one member drawn with weights `softmax(-γ |x_i - c_j|^2)` by Gumbel-max: the new medoid."""
 
     attention_function = "kmeans_gumbel_max"
+
+
+def chosen_centroids(statistics: torch.Tensor, parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """
+    The `finalize` of a member-based update (`compact_statistics`: `[c_j ; mass_j]`): the new centroid of each
+    cluster with members, the entering one where it has none, in the centroids' dtype.
+    """
+    chosen, masses = statistics[..., :-1], statistics[..., -1:]
+    centroids = torch.where(masses > 0, chosen.to(parameters["centroids"].dtype), parameters["centroids"])
+    return {**parameters, "centroids": centroids}
+
+
+def member_table(labels: torch.LongTensor, counted: torch.BoolTensor, num_clusters: int):
+    """
+    Every cluster's members as one row of a `(batch · k, largest cluster)` table, in point order: returns the
+    members' `(problem, point)` indices, their `(row, column)` places and the table's shape.
+    """
+    k, (batch_size, num_points) = num_clusters, labels.shape
+    groups = labels.masked_fill(~counted, k)
+    counts = torch.zeros(batch_size, k + 1, dtype=torch.long, device=labels.device)
+    counts.scatter_add_(1, groups, torch.ones_like(groups))
+    order = groups.argsort(dim=1, stable=True)
+    grouped = groups.gather(1, order)
+    slot = torch.arange(num_points, device=labels.device) - (counts.cumsum(1) - counts).gather(1, grouped)
+    kept = grouped < k
+    problem = torch.arange(batch_size, device=labels.device)[:, None].expand_as(order)[kept]
+    row = (problem * k + grouped[kept])
+    shape = (batch_size * k, max(int(counts[:, :k].max()), 1) if counts.numel() else 1)
+    return problem, order[kept], row, slot[kept], shape
+
+
+def _medoids(points, labels, num_clusters, sample_weight=None, budget=2**22):
+    """
+    `cpu_kernels.medoid_update` in PyTorch (any device): per cluster, its members' costs in blocks of candidates
+    (`budget` numbers of differences at a time) and the first of least cost. Returns `(chosen, masses)`.
+    """
+    batch_size = points.shape[0]
+    counted = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)
+    chosen = labels.new_full((batch_size, num_clusters), -1)
+    masses = points.new_zeros(batch_size, num_clusters, dtype=torch.float64)
+    for problem in range(batch_size):
+        for cluster in range(num_clusters):
+            members = torch.nonzero(counted[problem] & (labels[problem] == cluster))[:, 0]
+            if len(members) == 0:
+                continue
+            rows = points[problem, members]
+            weights = torch.ones(len(members), dtype=torch.float64, device=points.device)
+            if sample_weight is not None:
+                weights = sample_weight[problem, members].to(points.dtype).to(torch.float64)
+            masses[problem, cluster] = weights.sum()
+            step = max(1, budget // max(1, rows.numel()))
+            best, best_cost = -1, math.inf
+            for start in range(0, len(members), step):
+                difference = rows[start : start + step, None, :] - rows[None, :, :]
+                costs = ((difference * difference).sum(dim=-1).sqrt().to(torch.float64) * weights).sum(dim=-1)
+                index = int(costs.argmin())
+                if float(costs[index]) < best_cost:
+                    best, best_cost = start + index, float(costs[index])
+            chosen[problem, cluster] = members[best]
+    return chosen, masses
 
 
 class KMeansTransformerCentroidNorm(nn.Module):

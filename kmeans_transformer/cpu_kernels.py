@@ -247,6 +247,258 @@ std::vector<at::Tensor> segment_sums(at::Tensor values, at::Tensor codes, c10::o
   return {sums, counts};
 }
 
+// ==================================================================================================================
+// Member-based updates (sparse, k-medoids): each cluster's members, grouped by a counting sort of the labels, then one
+// task per cluster (sparsemax) or per block of candidate members (medoid costs), in parallel.
+// A member: a row whose code is in [0, num_codes) and whose weight (when given) is > 0; members keep point order.
+// ==================================================================================================================
+
+template <typename scalar_t>
+static void group_members(const int64_t* code, const scalar_t* weight, int64_t n, int64_t num_codes,
+                          int64_t* starts, int64_t* members) {
+  std::fill(starts, starts + num_codes + 1, int64_t(0));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t c = code[i];
+    if (c >= 0 && c < num_codes && (!weight || weight[i] > 0)) ++starts[c + 1];
+  }
+  for (int64_t c = 0; c < num_codes; ++c) starts[c + 1] += starts[c];
+  std::vector<int64_t> next(starts, starts + num_codes);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t c = code[i];
+    if (c >= 0 && c < num_codes && (!weight || weight[i] > 0)) members[next[c]++] = i;
+  }
+}
+
+// Sparsemax over each cluster's members of z_i = scaling * ((Σ_e 2c_e x_ie - |x_i|^2) - |c|^2) (the token kernel's
+// score [2c ; -1 ; -|c|^2] . [x ; |x|^2 ; 1]), the projection of `kmeans_sparsemax` (sorted decreasingly, running sums
+// in double rounded to the dtype, support = the number of ranks r with 1 + W_r z_(r) > C_r), then Σ_i p_i x_i in
+// double in point order, and the members' mass. Three passes: the scores in point order, one threshold per cluster,
+// the weighted sums in point order. No contraction into fused multiply-adds: each step rounds as torch's.
+template <typename scalar_t>
+__attribute__((optimize("fp-contract=off")))
+static scalar_t sparsemax_norm(const scalar_t* centre, int64_t d) {
+  scalar_t cc = 0;
+  for (int64_t e = 0; e < d; ++e) cc = cc + centre[e] * centre[e];
+  return cc;
+}
+
+template <typename scalar_t>
+__attribute__((optimize("fp-contract=off")))
+static void sparsemax_scores(const scalar_t* x, int64_t ldx, const int64_t* code, int64_t begin, int64_t end,
+                             const scalar_t* centres, const scalar_t* norms, int64_t k, int64_t d, scalar_t scaling,
+                             scalar_t* z) {
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t c = code[i];
+    if (c < 0 || c >= k) continue;
+    const scalar_t* row = x + i * ldx;
+    const scalar_t* centre = centres + c * d;
+    scalar_t dot = 0, xx = 0;
+    for (int64_t e = 0; e < d; ++e) {  // two sums in coordinate order, side by side
+      dot = dot + (scalar_t(2) * centre[e]) * row[e];
+      xx = xx + row[e] * row[e];
+    }
+    z[i] = ((dot - xx) - norms[c]) * scaling;
+  }
+}
+
+template <typename scalar_t>
+__attribute__((optimize("fp-contract=off")))
+static scalar_t sparsemax_threshold(const scalar_t* z, const int64_t* members, int64_t m, const scalar_t* weight) {
+  std::vector<std::pair<scalar_t, int64_t>> ordered(m);
+  for (int64_t t = 0; t < m; ++t) ordered[t] = {z[members[t]], t};
+  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
+  double running = 0, running_mass = 0;
+  int64_t support = 0;
+  scalar_t cumulative_at = 0, mass_at = 1;
+  for (int64_t r = 0; r < m; ++r) {
+    const scalar_t value = ordered[r].first;
+    const scalar_t w = weight ? weight[members[ordered[r].second]] : scalar_t(1);
+    running += static_cast<double>(weight ? w * value : value);
+    running_mass += static_cast<double>(w);
+    const scalar_t cumulative = static_cast<scalar_t>(running);
+    const scalar_t mass = weight ? static_cast<scalar_t>(running_mass) : static_cast<scalar_t>(r + 1);
+    if (scalar_t(1) + mass * value > cumulative) ++support;
+  }
+  support = std::max<int64_t>(support, 1);
+  running = 0, running_mass = 0;
+  for (int64_t r = 0; r < support; ++r) {  // the running sums at rank `support`, as rounded above
+    const scalar_t w = weight ? weight[members[ordered[r].second]] : scalar_t(1);
+    running += static_cast<double>(weight ? w * ordered[r].first : ordered[r].first);
+    running_mass += static_cast<double>(w);
+  }
+  cumulative_at = static_cast<scalar_t>(running);
+  mass_at = weight ? static_cast<scalar_t>(running_mass) : static_cast<scalar_t>(support);
+  return (cumulative_at - scalar_t(1)) / mass_at;
+}
+
+template <typename scalar_t>
+__attribute__((optimize("fp-contract=off")))
+static void sparsemax_sums(const scalar_t* x, int64_t ldx, const int64_t* code, int64_t n, const scalar_t* weight,
+                           const scalar_t* z, const scalar_t* thresholds, int64_t k, int64_t d, double* sums, double* masses) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t c = code[i];
+    if (c < 0 || c >= k || (weight && !(weight[i] > 0))) continue;
+    const scalar_t w = weight ? weight[i] : scalar_t(1);
+    scalar_t p = std::max(z[i] - thresholds[c], scalar_t(0));
+    if (weight) p = p * w;
+    const scalar_t* row = x + i * ldx;
+    double* total = sums + c * d;
+    for (int64_t e = 0; e < d; ++e) total[e] += static_cast<double>(p) * static_cast<double>(row[e]);
+    masses[c] += static_cast<double>(w);
+  }
+}
+
+std::vector<at::Tensor> sparsemax_update(at::Tensor points, at::Tensor codes, at::Tensor centroids,
+                                         c10::optional<at::Tensor> weights, double scaling) {
+  TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && codes.dim() == 2 && codes.is_contiguous() &&
+              codes.scalar_type() == at::kLong && centroids.dim() == 3 && centroids.is_contiguous() &&
+              codes.size(0) == points.size(0) && codes.size(1) == points.size(1) &&
+              centroids.size(0) == points.size(0) && centroids.size(2) == points.size(2) &&
+              centroids.scalar_type() == points.scalar_type(),
+              "sparsemax_update: points (groups, n, d) with contiguous rows, int64 codes (groups, n), centroids (groups, k, d)");
+  at::Tensor w;
+  if (weights.has_value()) {
+    w = weights->contiguous();
+    TORCH_CHECK(w.scalar_type() == points.scalar_type() && w.sizes() == codes.sizes(), "sparsemax_update: weights (groups, n)");
+  }
+  const int64_t groups = points.size(0), n = points.size(1), d = points.size(2), k = centroids.size(1);
+  auto sums = at::zeros({groups, k, d}, points.options().dtype(at::kDouble));
+  auto masses = at::zeros({groups, k}, points.options().dtype(at::kDouble));
+  std::vector<int64_t> starts(groups * (k + 1)), members(groups * n);
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "sparsemax_update", [&] {
+    const scalar_t* x = points.data_ptr<scalar_t>();
+    const scalar_t* c = centroids.data_ptr<scalar_t>();
+    const scalar_t* wt = w.defined() ? w.data_ptr<scalar_t>() : nullptr;
+    const int64_t* code = codes.data_ptr<int64_t>();
+    const int64_t gx = points.stride(0), ldx = points.stride(1);
+    std::vector<scalar_t> norms(groups * k), z(groups * n), thresholds(groups * k);
+    for (int64_t j = 0; j < groups * k; ++j) norms[j] = sparsemax_norm<scalar_t>(c + j * d, d);
+    const int64_t blocks = (n + 4095) / 4096;
+    at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / blocks, first = (task % blocks) * 4096;
+        sparsemax_scores<scalar_t>(x + g * gx, ldx, code + g * n, first, std::min(n, first + 4096), c + g * k * d,
+                                   &norms[g * k], k, d, static_cast<scalar_t>(scaling), &z[g * n]);
+      }
+    });
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        group_members<scalar_t>(code + g * n, wt ? wt + g * n : nullptr, n, k, &starts[g * (k + 1)], &members[g * n]);
+    });
+    at::parallel_for(0, groups * k, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / k, j = task % k;
+        const int64_t start = starts[g * (k + 1) + j], stop = starts[g * (k + 1) + j + 1];
+        if (stop > start)
+          thresholds[task] = sparsemax_threshold<scalar_t>(&z[g * n], &members[g * n] + start, stop - start,
+                                                           wt ? wt + g * n : nullptr);
+      }
+    });
+    double* s = sums.data_ptr<double>();
+    double* ms = masses.data_ptr<double>();
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        sparsemax_sums<scalar_t>(x + g * gx, ldx, code + g * n, n, wt ? wt + g * n : nullptr, &z[g * n],
+                                 &thresholds[g * k], k, d, s + g * k * d, ms + g * k);
+    });
+  });
+  return {sums, masses};
+}
+
+// k-medoids: cost_i = Σ_{i' members} w_i' |x_i - x_i'| for every member i (distances in the dtype, their weighted sum
+// in double, in point order), then each cluster's first member of least cost. Candidates are taken a vector register
+// at a time (16 floats or 8 doubles, transposed into columns), each task a block of candidates of one cluster.
+template <typename T>
+__attribute__((optimize("no-math-errno")))
+static void medoid_costs_block(const T* points, int64_t ldx, const int64_t* members, int64_t m, int64_t first,
+                               int64_t count, const T* weight, int64_t d, std::vector<Vec<T>>& columns, double* cost) {
+  constexpr int L = Lanes<T>::value;
+  T* lanes = reinterpret_cast<T*>(columns.data());
+  std::fill(lanes, lanes + d * L, T(0));
+  for (int64_t r = 0; r < count; ++r) {
+    const T* row = points + members[first + r] * ldx;
+    for (int64_t e = 0; e < d; ++e) lanes[e * L + r] = row[e];
+  }
+  double total[L] = {};
+  T distance[L];
+  for (int64_t t = 0; t < m; ++t) {
+    const T* x = points + members[t] * ldx;
+    Vec<T> acc = {};
+    for (int64_t e = 0; e < d; ++e) {
+      const Vec<T> difference = columns[e] - x[e];
+      acc += difference * difference;
+    }
+    for (int r = 0; r < L; ++r) distance[r] = std::sqrt(acc[r]);
+    const double w = weight ? static_cast<double>(weight[members[t]]) : 1.0;
+    for (int r = 0; r < L; ++r) total[r] += w * static_cast<double>(distance[r]);
+  }
+  for (int64_t r = 0; r < count; ++r) cost[r] = total[r];
+}
+
+std::vector<at::Tensor> medoid_update(at::Tensor points, at::Tensor codes, int64_t num_codes, c10::optional<at::Tensor> weights) {
+  TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && codes.dim() == 2 && codes.is_contiguous() &&
+              codes.scalar_type() == at::kLong && codes.size(0) == points.size(0) && codes.size(1) == points.size(1),
+              "medoid_update: points (groups, n, d) with contiguous rows and int64 codes (groups, n)");
+  at::Tensor w;
+  if (weights.has_value()) {
+    w = weights->contiguous();
+    TORCH_CHECK(w.scalar_type() == points.scalar_type() && w.sizes() == codes.sizes(), "medoid_update: weights (groups, n)");
+  }
+  const int64_t groups = points.size(0), n = points.size(1), d = points.size(2), k = num_codes;
+  auto chosen = at::full({groups, k}, -1, codes.options());
+  auto masses = at::zeros({groups, k}, points.options().dtype(at::kDouble));
+  std::vector<int64_t> starts(groups * (k + 1)), members(groups * n);
+  std::vector<double> costs(groups * n);
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "medoid_update", [&] {
+    constexpr int L = Lanes<scalar_t>::value;
+    const scalar_t* x = points.data_ptr<scalar_t>();
+    const scalar_t* wt = w.defined() ? w.data_ptr<scalar_t>() : nullptr;
+    const int64_t* code = codes.data_ptr<int64_t>();
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        group_members<scalar_t>(code + g * n, wt ? wt + g * n : nullptr, n, k, &starts[g * (k + 1)], &members[g * n]);
+    });
+    std::vector<int64_t> task_start(groups * k + 1, 0);  // blocks of L candidates per cluster, numbered in order
+    for (int64_t c = 0; c < groups * k; ++c) {
+      const int64_t g = c / k, j = c % k;
+      const int64_t size = starts[g * (k + 1) + j + 1] - starts[g * (k + 1) + j];
+      task_start[c + 1] = task_start[c] + (size + L - 1) / L;
+    }
+    at::parallel_for(0, task_start[groups * k], 1, [&](int64_t begin, int64_t end) {
+      std::vector<Vec<scalar_t>> columns(d);
+      int64_t c = std::upper_bound(task_start.begin(), task_start.end(), begin) - task_start.begin() - 1;
+      for (int64_t task = begin; task < end; ++task) {
+        while (task_start[c + 1] <= task) ++c;
+        const int64_t g = c / k, j = c % k;
+        const int64_t start = starts[g * (k + 1) + j], size = starts[g * (k + 1) + j + 1] - start;
+        const int64_t first = (task - task_start[c]) * L;
+        medoid_costs_block<scalar_t>(x + g * points.stride(0), points.stride(1), &members[g * n] + start, size, first,
+                                     std::min<int64_t>(L, size - first), wt ? wt + g * n : nullptr, d, columns,
+                                     &costs[g * n + start + first]);
+      }
+    });
+    int64_t* out = chosen.data_ptr<int64_t>();
+    double* ms = masses.data_ptr<double>();
+    at::parallel_for(0, groups * k, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t g = c / k, j = c % k;
+        const int64_t start = starts[g * (k + 1) + j], stop = starts[g * (k + 1) + j + 1];
+        double mass = 0;
+        for (int64_t t = start; t < stop; ++t) {
+          mass += wt ? static_cast<double>(wt[g * n + members[g * n + t]]) : 1.0;
+          if (out[c] < 0 || costs[g * n + t] < costs[g * n + out[c]]) out[c] = t;  // the first least cost
+        }
+        ms[c] = mass;
+      }
+    });
+    for (int64_t c = 0; c < groups * k; ++c)  // positions in the member list -> point indices
+      if (out[c] >= 0) out[c] = members[(c / k) * n + out[c]];
+  });
+  return {chosen, masses};
+}
+
 // The loops touch no Python object: they run without the GIL, so that another Python thread (points mode's
 // read-ahead decoding the next chunk) goes on meanwhile.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -254,6 +506,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nearest_keys", &nearest_keys, "nearest_keys", released);
   m.def("nearest_values", &nearest_values, "nearest_values", released);
   m.def("segment_sums", &segment_sums, "segment_sums", released);
+  m.def("sparsemax_update", &sparsemax_update, "sparsemax_update", released);
+  m.def("medoid_update", &medoid_update, "medoid_update", released);
 }
 """
 
@@ -629,3 +883,45 @@ def segment_sums(
     if module is None:
         return None
     return _operators(module).segment_sums(_contiguous_rows(values), codes.contiguous(), visible, num_codes)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Member-based updates (sparse, k-medoids): eager calls only (while `torch.compile` traces, the PyTorch code runs).
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _member_module(points: torch.Tensor, *others: torch.Tensor | None):
+    """The compiled module when it can run a member-based update on these tensors, else None."""
+    tensors = [points, *(t for t in others if t is not None)]
+    if not _usable(*tensors) or torch.compiler.is_compiling() or points.shape[1] >= 2**31:
+        return None
+    return _loaded()
+
+
+def sparsemax_update(
+    points: torch.Tensor, codes: torch.LongTensor, centroids: torch.Tensor, weights: torch.Tensor | None, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """
+    Per group and cluster, `Σ_i p_i x_i` over the members (code `j`, weight > 0) with `p` the sparsemax of their
+    scores `scaling · (2 c_j·x_i - |x_i|^2 - |c_j|^2)` (float64, `(groups, k, d)`), and the members' mass (their
+    number or total weight, float64 `(groups, k)`); or None.
+    """
+    module = _member_module(points, centroids, weights)
+    if module is None:
+        return None
+    weights = None if weights is None else weights.to(points.dtype).contiguous()
+    return tuple(module.sparsemax_update(_contiguous_rows(points), codes.contiguous(), centroids.contiguous(), weights, float(scaling)))
+
+
+def medoid_update(
+    points: torch.Tensor, codes: torch.LongTensor, num_codes: int, weights: torch.Tensor | None
+) -> tuple[torch.LongTensor, torch.Tensor] | None:
+    """
+    Per group and cluster, the index of the first member (code `j`, weight > 0) of least `Σ_{i'} w_i' |x_i - x_i'|`
+    over the members (-1 for none), `(groups, k)`, and the members' mass (float64 `(groups, k)`); or None.
+    """
+    module = _member_module(points, weights)
+    if module is None:
+        return None
+    weights = None if weights is None else weights.to(points.dtype).contiguous()
+    return tuple(module.medoid_update(_contiguous_rows(points), codes.contiguous(), int(num_codes), weights))

@@ -258,13 +258,14 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         return self.compact_step(tokens, point_mask, sample_weight)[0]
 
     def compact_step(self, tokens: torch.Tensor, point_mask: torch.Tensor | None, sample_weight=None):
-        """`compact_forward`, returning also the summed statistics `(batch, k, d + 1)` the update read."""
+        """`compact_forward`, returning also the statistics `(batch, k, width)` the update read (`compact_statistics`;
+        the last column is each cluster's mass)."""
         num_points = tokens.shape[1] - self.update.config.num_clusters
         centroids = tokens[:, num_points:, :-1]
         labels = self.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
         labels = gated_labels(self.point_blocks, tokens[:, :num_points], centroids, labels, sample_weight)
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
-        statistics = self.update.accumulate(labels, tokens[:, :num_points], **weighted)
+        statistics = self.update.compact_statistics(labels, tokens[:, :num_points], centroids, **weighted)
         centroids.copy_(self.finalize(statistics, {"centroids": centroids})["centroids"])
         return labels, statistics
 
@@ -763,7 +764,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         Which engine `forward` runs: `"compact"` when all of these hold, else `"tokens"`:
 
         - the variant's spec allows it (`VariantSpec.compact`: `"lloyd"`, `"spherical"`, `"trimmed"`, `"soft"`,
-          `"gmm"`, `"fuzzy"`) and `config.fast_hardmax`;
+          `"gmm"`, `"fuzzy"`, `"sparse"`, deterministic `"kmedoids"`) and `config.fast_hardmax`;
         - the attention implementation is the exact hardmax kernel (`"kmeans_hardmax"`, or its alias `"hardmax"`);
         - no attentions or hidden states are asked for (the compact state has no tokens);
         - no gradient is recorded for the weights (call the model under `torch.no_grad()` or with frozen weights);

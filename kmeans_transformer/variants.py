@@ -230,7 +230,8 @@ class VariantSpec:
             to their centroids; the update is then sums over the kept points, and points mode finds the quantile
             exactly across chunks and processes (`points._sharded_trim`).
         compact: the compact engine applies: a hardmax assignment by labels, each point block's `compact_labels`, a
-            mean update; or a weighted assignment (`compact_weights`, in chunks of points) and the update's sums.
+            mean update or a member-based one (`compact_statistics`: sparsemax, medoids); or a weighted assignment
+            (`compact_weights`, in chunks of points) and the update's sums.
         scaling: how the result changes when the data (points and centroids) is multiplied by `s`, which decides how
             the model treats data outside the dtype's safe range (`attention.safe_magnitude_exponents`, where squared
             distances would overflow or underflow). `"equivariant"`: the labels stay, the centroids scale by `s`,
@@ -446,18 +447,20 @@ _SPECS = (
     ),
     VariantSpec(
         "sparse", "sparse-update k-means", {"inverse_temperature": 0.01}, KMeansTransformerAssign,
-        KMeansTransformerSparseUpdate, label_determined=False, scale_parameters=("inverse_temperature",),
+        KMeansTransformerSparseUpdate, label_determined=False, compact=True, scale_parameters=("inverse_temperature",),
         reference=sparse_kmeans, reference_parameters=("inverse_temperature",),
     ),
     VariantSpec(
         "kmedoids", "k-medoids", {"inverse_temperature": 1.0, "medoid_selection": "deterministic"},
         KMeansTransformerAssign, KMeansTransformerMedoidUpdate, point_blocks={"medoid_cost": KMeansTransformerMedoidCost},
-        slots=(TokenSlot("medoid_cost", 1, _POINT_SCRATCH),), reference=kmedoids, form_parameter="medoid_selection",
+        slots=(TokenSlot("medoid_cost", 1, _POINT_SCRATCH),), compact=True, reference=kmedoids,
+        form_parameter="medoid_selection",
         forms={
             "deterministic": {},
             # keeps the (unused) `medoid_cost` slot: one token layout
             "gumbel": {"update": KMeansTransformerGumbelMedoidUpdate, "point_blocks": {}, "label_determined": False,
-                       "random": True, "reference": None, "scale_parameters": ("inverse_temperature",)},
+                       "random": True, "reference": None, "scale_parameters": ("inverse_temperature",),
+                       "compact": False},
         },
         zoo_parameters=({}, {"medoid_selection": "gumbel"}),
     ),

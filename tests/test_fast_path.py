@@ -238,6 +238,8 @@ def test_every_compact_variant_is_its_tokens(variant, parameters, weighted):
     else:
         assert torch.equal(fast.labels, dense.labels)
         tolerance = 0 if not spec.unit_norm else 1e-14  # unit vectors are not integers: sums round in their order
+        if not spec.label_determined:  # sparsemax weights are not integers: the token engine's matrix products
+            tolerance = 1e-12  # round its sums in another order
     torch.testing.assert_close(fast.assignments, dense.assignments, rtol=0, atol=tolerance)
     for name in ("centroids", *spec.state_names):
         torch.testing.assert_close(getattr(fast, name), getattr(dense, name), rtol=tolerance, atol=tolerance)
