@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--cases", nargs="+", default=[case.name for case in BATCHED],
+                        choices=[case.name for case in BATCHED])
     args = parser.parse_args(argv)
     limiter = configure_threads(args.threads)
     machine = machine_description("cpu")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
           f"torch-kmeans {machine['versions']['torch-kmeans']}, "
           f"fast-pytorch-kmeans {machine['versions']['fast-pytorch-kmeans']}\n")
     print("| case | library | ms / iteration (median, range) | peer / model |\n|---|---|---|---|")
-    for case in BATCHED:
+    for case in (case for case in BATCHED if case.name in args.cases):
         times = run(case, args)
         ours = statistics.median(times[OURS])
         for library, values in times.items():
