@@ -247,8 +247,7 @@ std::vector<at::Tensor> segment_sums(at::Tensor values, at::Tensor codes, c10::o
   return {sums, counts};
 }
 
-// ==================================================================================================================
-// Member-based updates (sparse, k-medoids): each cluster's members, grouped by a counting sort of the labels, then one
+// ===========================================================================================================// Member-based updates (sparse, k-medoids): each cluster's members, grouped by a counting sort of the labels, then one
 // task per cluster (sparsemax) or per block of candidate members (medoid costs), in parallel.
 // A member: a row whose code is in [0, num_codes) and whose weight (when given) is > 0; members keep point order.
 // ==================================================================================================================
@@ -499,6 +498,80 @@ std::vector<at::Tensor> medoid_update(at::Tensor points, at::Tensor codes, int64
   return {chosen, masses};
 }
 
+// ---- lloyd_step: one Lloyd iteration of a batch of problems, in place on the compact tokens -------------------
+// Per problem (in parallel over problems): the labels of `nearest_group` (those of `nearest_keys`), the float64
+// sums of the point tokens [x_i ; 1] per label in the order of `segment_sums` (row after row, in blocks of
+// kSumRows added block after block), then c_j = (float) (Σ x_i / |S_j|) where |S_j| > 0, else c_j kept: the
+// numbers of nearest_keys, segment_sums and the update's finalize, without leaving the loop between them.
+template <typename scalar_t>
+static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const bool* seen, at::Tensor& labels,
+                            at::Tensor& statistics, int64_t n) {
+  constexpr int L = Lanes<scalar_t>::value * kRowVectors;
+  const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
+  const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
+  const int64_t blocks = (n + kSumRows - 1) / kSumRows;
+  scalar_t* t = tokens.data_ptr<scalar_t>();
+  const scalar_t* keys = key.data_ptr<scalar_t>();
+  int64_t* out = labels.data_ptr<int64_t>();
+  double* stats = statistics.data_ptr<double>();
+  at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
+    std::vector<Vec<scalar_t>> columns(width * kRowVectors);
+    std::vector<double> partial(blocks > 1 ? k * width : 0);
+    for (int64_t g = begin; g < end; ++g) {
+      scalar_t* rows = t + g * group_stride;
+      int64_t* label = out + g * n;
+      for (int64_t start = 0; start < n; start += L)
+        nearest_group<scalar_t>(rows + start * ldq, std::min<int64_t>(L, n - start), ldq, keys + g * k * width, k,
+                                width, columns, label + start);
+      if (seen) for (int64_t i = 0; i < n; ++i) if (!seen[g * n + i]) label[i] = -1;
+      double* __restrict__ sums = stats + g * k * width;
+      for (int64_t block = 0; block < blocks; ++block) {
+        double* __restrict__ total = blocks == 1 ? sums : partial.data();
+        if (blocks > 1) std::fill(partial.begin(), partial.end(), 0.0);
+        for (int64_t i = block * kSumRows, stop = std::min(n, (block + 1) * kSumRows); i < stop; ++i) {
+          if (label[i] < 0) continue;
+          const scalar_t* __restrict__ row = rows + i * ldq;
+          double* __restrict__ bin = total + label[i] * width;
+          for (int64_t c = 0; c < width; ++c) bin[c] += static_cast<double>(row[c]);
+        }
+        if (blocks > 1) for (int64_t j = 0; j < k * width; ++j) sums[j] += partial[j];
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const double count = sums[j * width + width - 1];  // the sum of the ones: |S_j|, exact
+        if (!(count > 0)) continue;
+        scalar_t* centroid = rows + (n + j) * ldq;
+        for (int64_t c = 0; c + 1 < width; ++c) centroid[c] = static_cast<scalar_t>(sums[j * width + c] / count);
+      }
+    }
+  });
+}
+
+// tokens (groups, n + k, d + 1) contiguous, [x_i ; 1] then [c_j ; 1], updated in place; key (groups, k, d + 1), the
+// assign block's [2 c_j ; -|c_j|^2]. Returns the labels (groups, n) (-1 where `visible` is false) and the
+// statistics [Σ_{a(i)=j} x_i ; |S_j|] (groups, k, d + 1) in float64.
+std::vector<at::Tensor> lloyd_step(at::Tensor tokens, at::Tensor key, c10::optional<at::Tensor> visible) {
+  TORCH_CHECK(tokens.dim() == 3 && key.dim() == 3 && tokens.is_contiguous() && key.is_contiguous() &&
+              key.size(0) == tokens.size(0) && key.size(2) == tokens.size(2) && key.size(1) <= tokens.size(1) &&
+              key.scalar_type() == tokens.scalar_type(),
+              "lloyd_step: contiguous tokens (groups, n + k, e) and key (groups, k, e) of one dtype");
+  const int64_t k = key.size(1), n = tokens.size(1) - k;
+  const bool* seen = nullptr;
+  at::Tensor mask;
+  if (visible.has_value()) {
+    mask = visible->contiguous();
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 2 && mask.size(0) == tokens.size(0) && mask.size(1) == n,
+                "lloyd_step: bool visible (groups, n)");
+    seen = mask.data_ptr<bool>();
+  }
+  auto labels = at::empty({tokens.size(0), n}, tokens.options().dtype(at::kLong));
+  auto statistics = at::zeros({tokens.size(0), k, tokens.size(2)}, tokens.options().dtype(at::kDouble));
+  if (tokens.scalar_type() == at::kFloat) lloyd_step_impl<float>(tokens, key, seen, labels, statistics, n);
+  else if (tokens.scalar_type() == at::kDouble) lloyd_step_impl<double>(tokens, key, seen, labels, statistics, n);
+  else TORCH_CHECK(false, "lloyd_step: float32 or float64 only");
+  return {labels, statistics};
+}
+// ---- end of lloyd_step -----------------------------------------------------------------------------------------
+
 // The loops touch no Python object: they run without the GIL, so that another Python thread (points mode's
 // read-ahead decoding the next chunk) goes on meanwhile.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -508,6 +581,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("segment_sums", &segment_sums, "segment_sums", released);
   m.def("sparsemax_update", &sparsemax_update, "sparsemax_update", released);
   m.def("medoid_update", &medoid_update, "medoid_update", released);
+  m.def("lloyd_step", &lloyd_step, "lloyd_step", released);
 }
 """
 
@@ -925,3 +999,18 @@ def medoid_update(
         return None
     weights = None if weights is None else weights.to(points.dtype).contiguous()
     return tuple(module.medoid_update(_contiguous_rows(points), codes.contiguous(), int(num_codes), weights))
+
+
+def lloyd_step(
+    tokens: torch.Tensor, key: torch.Tensor, point_mask: torch.BoolTensor | None
+) -> tuple[torch.LongTensor, torch.Tensor] | None:
+    """
+    One Lloyd iteration of a batch in one compiled loop, in place on the contiguous compact tokens `(batch, n + k, d
+    + 1)` (`[x_i ; 1]`, then `[c_j ; 1]`) with the assign block's keys `[2 c_j ; -|c_j|^2]` `(batch, k, d + 1)`:
+    the labels of `nearest_keys` (-1 where `point_mask` is False), the float64 sums `[Σ_{a(i)=j} x_i ; |S_j|]` of
+    `segment_sums`, and the centroid rows replaced by `Σ x_i / |S_j|` rounded once (kept where `|S_j| = 0`). Returns
+    the labels and the sums, or None where the loops do not run (then nothing is changed).
+    """
+    if torch.compiler.is_compiling() or not tokens.is_contiguous() or _for_scores(tokens, key) is None:
+        return None
+    return tuple(_loaded().lloyd_step(tokens, key.contiguous(), point_mask))

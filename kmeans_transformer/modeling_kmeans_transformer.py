@@ -54,6 +54,7 @@ from .blocks import (
     tag_analytic,
 )
 from .configuration_kmeans_transformer import KMeansTransformerConfig
+from .cpu_kernels import lloyd_step
 from .variants import VARIANTS
 
 
@@ -219,6 +220,9 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         self.centroid_erase = spec.centroid_erase(config)
         self.update = spec.update(config)
         self.centroid_blocks = nn.ModuleDict({name: block(config) for name, block in spec.centroid_blocks.items()})
+        # Lloyd's own blocks and nothing else: the compact step may run as one compiled loop (`cpu_kernels.lloyd_step`)
+        self.plain_lloyd = (type(self.assign) is KMeansTransformerAssign and type(self.update) is KMeansTransformerUpdate
+                            and not self.point_blocks and not self.centroid_blocks)
 
     def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None, **kwargs):
         """
@@ -258,10 +262,18 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
         return self.compact_step(tokens, point_mask, sample_weight)[0]
 
     def compact_step(self, tokens: torch.Tensor, point_mask: torch.Tensor | None, sample_weight=None):
-        """`compact_forward`, returning also the statistics `(batch, k, width)` the update read (`compact_statistics`;
-        the last column is each cluster's mass)."""
+        """
+        `compact_forward`, returning also the statistics `(batch, k, width)` the update read (`compact_statistics`;
+        the last column is each cluster's mass). For Lloyd's blocks without sample weights on CPU the assign, the sums
+        and the update run per problem in one compiled loop (`cpu_kernels.lloyd_step`: the same numbers as the steps
+        below, without a Python operation between them).
+        """
         num_points = tokens.shape[1] - self.update.config.num_clusters
         centroids = tokens[:, num_points:, :-1]
+        if self.plain_lloyd and sample_weight is None:
+            fused = lloyd_step(tokens, self.assign.compact_query_key(tokens[:, :num_points], centroids)[1], point_mask)
+            if fused is not None:
+                return fused
         labels = self.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
         labels = gated_labels(self.point_blocks, tokens[:, :num_points], centroids, labels, sample_weight)
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}

@@ -414,3 +414,61 @@ def test_compact_fuzzy_far_from_the_origin_is_the_reference():
     assert model.engine() == "compact"
     output = model(points, centroids)
     np.testing.assert_allclose(output.assignments[0].numpy(), fuzzy_memberships(points.numpy(), centroids.numpy(), 2.0), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lloyd_step_against_a_plain_loop(dtype):
+    """The compiled batched Lloyd step on integer points (exact sums, ties, padding, an empty cluster, more rows than
+    one summing block) against a NumPy loop: first nearest label, per-label sums and counts, means."""
+    generator = torch.Generator().manual_seed(6)
+    require_compiled()
+    for batch, n, d, k in ((3, 37, 2, 4), (2, 70_000, 3, 5), (4, 200, 33, 9)):
+        points = integer_tensor(generator, batch, n, d, dtype=dtype)
+        centroids = integer_tensor(generator, batch, k, d, dtype=dtype)
+        centroids[:, -1] = 100.0  # far from every point: its cluster is empty and keeps its centroid
+        mask = torch.rand(batch, n, generator=generator) > 0.1
+        tokens = torch.cat([torch.cat([points, centroids], dim=1), torch.ones(batch, n + k, 1, dtype=dtype)], dim=-1)
+        key = torch.cat([2 * centroids, -(centroids * centroids).sum(dim=-1, keepdim=True)], dim=-1)
+        labels, statistics = cpu_kernels.lloyd_step(tokens, key, mask)
+        x, c, visible = points.numpy(), centroids.numpy().astype(np.float64), mask.numpy()
+        for g in range(batch):
+            distances = ((x[g, :, None, :].astype(np.float64) - c[g][None]) ** 2).sum(axis=-1)
+            expected = np.where(visible[g], distances.argmin(axis=1), -1)  # first minimiser
+            np.testing.assert_array_equal(labels[g].numpy(), expected)
+            sums = np.zeros((k, d))
+            counts = np.zeros(k)
+            for i in np.nonzero(expected >= 0)[0]:
+                sums[expected[i]] += x[g, i]
+                counts[expected[i]] += 1
+            np.testing.assert_array_equal(statistics[g].numpy(), np.concatenate([sums, counts[:, None]], axis=1))
+            means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], c[g]).astype(x.dtype)
+            assert counts[-1] == 0
+            np.testing.assert_array_equal(tokens[g, n:, :-1].numpy(), means)
+            np.testing.assert_array_equal(tokens[g, :n].numpy(), np.concatenate([x[g], np.ones((n, 1))], axis=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True])
+def test_lloyd_runs_one_compiled_step_per_iteration_with_the_numbers_of_the_blocks(dtype, masked, monkeypatch):
+    """On real points the compiled step is the engine's Lloyd iteration, and its every number is that of the compact
+    blocks it fuses (the nearest keys, the segment sums, the update's finalize) run one after another."""
+    require_compiled()
+    from kmeans_transformer import modeling_kmeans_transformer
+
+    generator = torch.Generator().manual_seed(7)
+    batch, n, d, k = 40, 150, 2, 4
+    points = (3 * torch.randn(batch, n, d, generator=generator)).to(dtype)
+    mask = torch.rand(batch, n, generator=generator) > 0.2 if masked else None
+    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=5)).to(dtype)
+    calls = []
+    fused_step = modeling_kmeans_transformer.lloyd_step
+    monkeypatch.setattr(modeling_kmeans_transformer, "lloyd_step", lambda *a: calls.append(1) or fused_step(*a))
+    with torch.no_grad():
+        fused = model(points, centroids=points[:, :k], attention_mask=mask)
+        assert len(calls) == 5
+        for layer in model.layers:
+            layer.plain_lloyd = False
+        blocks = model(points, centroids=points[:, :k], attention_mask=mask)
+    assert len(calls) == 5
+    for name in ("labels", "centroids", "inertia"):
+        assert torch.equal(fused[name], blocks[name]), name
