@@ -442,6 +442,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         )
         # The compact engine keeps its tokens between iterations; the token engine is called once per iteration.
         iterations = model.compact_iterations(batch(n_restarts), initial, inputs(n_restarts).get("sample_weight"))
+        # The compact engine on CPU sums in a fixed order: the same labels give bit-identical centroids.
+        fixed_order, relocated_now = iterations is not None and points.device.type == "cpu", False
         with progress:
             for iteration in range(self.max_iter):
                 # labels: the assignment made in this iteration, from the centroids entering it.
@@ -455,15 +457,18 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                         **current, **inputs(len(active)),
                     )
                     labels, updated = output.labels, _carried_parameters(output, spec)
+                relocated_before, relocated_now = relocated_now, False
                 if relocates:
                     relocated = _relocated(model, points, sample_weight, labels, current, updated, masses)
+                    relocated_now = relocated is not updated["centroids"]
                     if relocated is not updated["centroids"] and iterations is not None:
                         iterations.set_centroids(relocated)
                     updated["centroids"] = relocated
                 shift = ((updated["centroids"] - current["centroids"]) ** 2).sum(dim=(1, 2))
                 strict = torch.zeros_like(shift, dtype=torch.bool)
-                if previous_labels is not None:
-                    strict = (labels == previous_labels).all(dim=1)  # scikit-learn's strict convergence
+                if previous_labels is not None:  # scikit-learn's strict convergence: the labels did not change
+                    exact = fixed_order and not (relocated_now or relocated_before)
+                    strict = _unchanged(labels, previous_labels, shift, exact)
                 done = strict | (shift <= tolerance)
                 if self.verbose:
                     seen = spec.seen_points(points)[None]
@@ -701,6 +706,22 @@ def _relocatable(model: KMeansTransformerModel) -> bool:
     """Whether the variant's update is a hard mean of the labelled points (lloyd, spherical, trimmed)."""
     update = model.layers[0].update
     return update.assignment_kind == "labels" and update.sums_over_points
+
+
+def _unchanged(labels, previous_labels, shift, fixed_order: bool) -> torch.BoolTensor:
+    """
+    Per restart, whether `labels` `(batch, n)` equal `previous_labels`. With `fixed_order` (a label-determined update
+    summed in a fixed order, no cluster relocated in this iteration or the one before) unchanged labels give exactly
+    the centroids they gave before, so only the restarts whose `shift` is 0 are compared: most iterations then read
+    no labels at all.
+    """
+    if not fixed_order:
+        return (labels == previous_labels).all(dim=1)
+    unchanged = torch.zeros_like(shift, dtype=torch.bool)
+    still = torch.nonzero(shift == 0)[:, 0]
+    if len(still):
+        unchanged[still] = (labels[still] == previous_labels[still]).all(dim=1)
+    return unchanged
 
 
 def _relocated(model, points, sample_weight, labels, entering, updated, masses=None) -> torch.Tensor:
