@@ -382,7 +382,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.n_restarts_ = n_restarts
         self._n_features_out = int(self.n_clusters)  # `get_feature_names_out`: kmeans0, kmeans1, ...
 
-        distinct = len(np.unique(self.labels_[self.labels_ >= 0]))
+        distinct = int(np.count_nonzero(np.bincount(self.labels_[self.labels_ >= 0], minlength=int(self.n_clusters))))
         if distinct < self.n_clusters:
             warnings.warn(
                 f"Number of distinct clusters ({distinct}) found smaller than n_clusters ({self.n_clusters}). "
