@@ -214,13 +214,13 @@ class KMeansTransformerConfig(PreTrainedConfig):
             )
 
     # `variant_spec` and `token_slices` are read for every block built and on every iteration: they read the fields
-    # from the instance's `__dict__` directly, past transformers' `__getattribute__` (microseconds per read; it only
-    # redirects `attribute_map` aliases and per-layer attributes, of which this config has none).
+    # from the instance's `__dict__` (one pass through transformers' `__getattribute__`, which costs microseconds per
+    # read and only redirects `attribute_map` aliases and per-layer attributes, of which this config has none).
 
     @property
     def variant_spec(self) -> VariantSpec:
         """The declaration of `variant` (in the form its parameters select): blocks, slots, state, capabilities."""
-        fields = object.__getattribute__(self, "__dict__")
+        fields = self.__dict__
         spec = get_variant(fields["variant"])
         if spec.form_parameter is None:
             return spec
@@ -229,7 +229,7 @@ class KMeansTransformerConfig(PreTrainedConfig):
     @property
     def token_slices(self) -> dict[str, slice]:
         """The named slices of a token (see the class docstring), in order."""
-        fields = object.__getattribute__(self, "__dict__")
+        fields = self.__dict__
         point_dim = fields["point_dim"]
         widths = [
             ("position", point_dim),

@@ -962,8 +962,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         One pass of a weighted assign over the points, `assign.compact_rows` at a time (`score_chunk_size` numbers
         of the kernel's): when `label`, the labels (the first largest weight; -1 where a point has none; else None),
-        the whole assignment when `keep`, and, with an `update`, its statistics: a chunk's sums in the points' dtype
-        (one GEMM), the chunks' in float64.
+        the whole assignment when `keep`, and, with an `update`, its statistics, summed in float64.
         """
         batch_size, num_points = values.shape[:2]
         rows = assign.compact_rows(batch_size, values.device)
@@ -980,8 +979,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             if keep:
                 kept[:, chunk] = assignment
             if update is not None:
-                weighted = {} if weights is None else {"sample_weight": weights[:, chunk]}
-                part = update.accumulate(assignment, values[:, chunk], **weighted).to(torch.float64)
+                # float64 within a chunk too: gmm's variance is a difference of second moments, which float32 sums
+                # of points far from the origin would cancel.
+                weighted = {} if weights is None else {"sample_weight": weights[:, chunk].to(torch.float64)}
+                part = update.accumulate(assignment.to(torch.float64), values[:, chunk].to(torch.float64), **weighted)
                 statistics = part if statistics is None else statistics.add_(part)
         return labels, kept, statistics
 
@@ -1061,7 +1062,15 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if spec.reports_outliers:
             output.outliers = final_points[..., slices["outlier"]][..., 0] > 0
         for carried in spec.state:
-            output[carried.name] = centroid_tokens[..., slices[carried.slot]][..., 0]
+            output[carried.name] = values = centroid_tokens[..., slices[carried.slot]][..., 0]
+            if carried.positive and not bool((values > 0).all()):
+                # The residual stream adds each update to the slot (old + (new - old)): in a narrow dtype a value
+                # that falls by more than the dtype's precision from one iteration to the next is lost.
+                raise ValueError(
+                    f"The token engine lost the {carried.name} in its residual stream ({values.dtype}: a value fell "
+                    f"by more than the dtype's precision in one iteration); run the model in float64, or on the "
+                    f"compact engine (see `model.engine()`), or centre and scale the data."
+                )
         if spec.soft_assignment:
             output.responsibilities = assignments
         return output

@@ -154,7 +154,8 @@ class CarriedState:
     output of shape `(batch, k)`, written into the centroid tokens' `slot`, carried from one call to the next by
     whoever loops the model. `default(points, point_mask, k)` gives the initial values; `check(values)` returns an
     error message or None; `fitted_value(k)` initialises the stored fitted value. `scale_power`: the values scale as
-    `s**scale_power` when the data is multiplied by `s` (variances 2, weights 0).
+    `s**scale_power` when the data is multiplied by `s` (variances 2, weights 0). `positive`: every value is > 0
+    (a variance), which the token engine checks on what it returns.
     """
 
     name: str
@@ -163,6 +164,7 @@ class CarriedState:
     check: Callable[[torch.Tensor], str | None]
     fitted_value: Callable[[int], float]
     scale_power: int = 0
+    positive: bool = False
 
 
 def _square_norms(points: torch.Tensor) -> torch.Tensor:
@@ -194,7 +196,7 @@ def _on_simplex(values: torch.Tensor) -> str | None:
 
 
 MIXTURE_STATE = (
-    CarriedState("variances", "variance", _total_variance, _positive, lambda k: 1.0, scale_power=2),
+    CarriedState("variances", "variance", _total_variance, _positive, lambda k: 1.0, scale_power=2, positive=True),
     CarriedState("weights", "mixing_weight", _uniform_weights, _on_simplex, lambda k: 1.0 / k),
 )
 
