@@ -565,20 +565,9 @@ class KMeansTransformerTrimGate(nn.Module):
             else:
                 trimmed = self.weighted_trim(distance, labels, assigned, sample_weight)
             return labels.masked_fill(trimmed, -1)
-        # Every cluster's members as one row of a (batch * k, largest cluster) table, in point order, padded and
-        # unassigned past its count; the gate's own per-cluster rule then runs on all rows at once (one "cluster" each).
-        k, (batch_size, num_points) = self.config.num_clusters, labels.shape
-        members = labels.masked_fill(~assigned, k)
-        counts = torch.zeros(batch_size, k + 1, dtype=torch.long, device=labels.device)
-        counts.scatter_add_(1, members, torch.ones_like(members))
-        order = members.argsort(dim=1, stable=True)  # grouped by cluster, in point order within a cluster
-        grouped = members.gather(1, order)
-        slot = torch.arange(num_points, device=labels.device) - (counts.cumsum(1) - counts).gather(1, grouped)
-        kept = grouped < k
-        row = (torch.arange(batch_size, device=labels.device)[:, None] * k + grouped)[kept]
-        column, point = slot[kept], order[kept]
-        problem = torch.arange(batch_size, device=labels.device)[:, None].expand_as(order)[kept]
-        shape = (batch_size * k, max(int(counts[:, :k].max()), 1))
+        # Every cluster's members as one row of a (batch * k, largest cluster) table (`member_table`), unassigned past
+        # its count; the gate's own per-cluster rule then runs on all rows at once (one "cluster" each).
+        problem, point, row, column, shape = member_table(labels, assigned, self.config.num_clusters)
         table = distance.new_zeros(shape).index_put_((row, column), distance[problem, point])
         in_row = torch.zeros(shape, dtype=torch.bool, device=labels.device).index_put_((row, column), assigned[problem, point])
         zeros = torch.zeros(shape, dtype=torch.long, device=labels.device)
