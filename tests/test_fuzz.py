@@ -100,6 +100,19 @@ def separated_clusters(rng, k, d, sizes):
     return points[rng.permutation(len(points))], centres
 
 
+def may_collapse(spec, parameters, dtype, exponent) -> bool:
+    """
+    Whether a mixture's variance may be refused as collapsed (or lost): a component on one point has the variance
+    `reg_covar`, which the moment form `S_j / R_j - |μ_j|^2` (and the token engine's residual stream) can hold only
+    above the rounding of the squared coordinates, up to `2**(2 (e + 7))` for data at magnitude `2**e`.
+    """
+    if not spec.state:
+        return False
+    reg_covar = parameters.get("reg_covar") or 0
+    rounding = math.log2(64 * torch.finfo(dtype).eps) + 2 * (exponent + 7)  # log2, as the power may overflow
+    return not (reg_covar > 0 and math.log2(reg_covar) > rounding)
+
+
 def nearest_checked(points, centroids, labels, dtype, allow_trimmed=False, stiffness=None):
     """
     Assert `labels[i]` is the first argmin of `|points_i - centroids_j|^2` (NumPy, float64) wherever that argmin
@@ -215,12 +228,8 @@ def check_model_forward(data):
         low, high = safe_magnitude_exponents(dtype, d * max(length, k))
         in_range = low <= exponent - 1 and exponent + 7 <= high  # coordinates lie in [2**(e-1), 2**(e+7)]
         plain = not any(isinstance(value, np.generic) for value in parameters.values())
-        mixture_may_collapse = bool(spec.state) and not parameters.get("reg_covar")  # a variance 0 is refused
-        # A documented limit of the token engine: a float32 residual stream cannot hold a variance that falls by
-        # more than float32's precision in one iteration (far-off data); it is refused, never returned as 0.
-        stream_lost = "residual stream" in str(error) and dtype == torch.float32
-        if (min(reals) >= k and (in_range or scale_free(spec, parameters)) and plain and not mixture_may_collapse
-                and not stream_lost):
+        mixture_may_collapse = may_collapse(spec, parameters, dtype, exponent)
+        if min(reals) >= k and (in_range or scale_free(spec, parameters)) and plain and not mixture_may_collapse:
             raise AssertionError(f"valid inputs refused: {type(error).__name__}: {error}") from error
         return
 
@@ -310,7 +319,8 @@ def check_estimator(data):
         note(f"refused: {type(error).__name__}: {error}")
         event(f"estimator refused: {str(error)[:40]}")
         plain = not any(isinstance(value, np.generic) for value in parameters.values())
-        mixture_may_collapse = bool(spec.state) and not parameters.get("reg_covar")  # a variance 0 is refused
+        dtype = torch.float32 if (dtype_name or np.dtype(input_dtype).name) == "float32" else torch.float64
+        mixture_may_collapse = may_collapse(spec, parameters, dtype, exponent)
         if len(X) >= k and plain and not mixture_may_collapse and (abs(exponent) <= 20 or scale_free(spec, parameters)):
             raise AssertionError(f"valid inputs refused: {type(error).__name__}: {error}") from error
         return
