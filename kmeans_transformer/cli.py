@@ -1,8 +1,10 @@
 """The `kmeans-transformer` command: `demo`, `convert`, `cluster`, `infer`, `push` and `zoo`."""
 
 import argparse
+import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from contextlib import ExitStack, contextmanager
@@ -953,6 +955,15 @@ def _signals_raise():
     def terminate(signum, frame):
         raise _Terminated
 
+    def deliver_again(unraisable) -> None:
+        # A signal that lands in a finaliser (`__del__`, a weakref callback) cannot leave it: Python would print the
+        # exception as "ignored" and go on. It is sent again from a thread, to be raised once the finaliser is done.
+        interrupt = {_Terminated: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}.get(unraisable.exc_type)
+        if interrupt is None:
+            unraisable_hook(unraisable)
+        else:
+            threading.Timer(0.01, os.kill, (os.getpid(), interrupt)).start()
+
     def leaving() -> None:
         if previous:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -963,9 +974,13 @@ def _signals_raise():
         signal.signal(signal.SIGTERM, terminate)
     except ValueError:  # not the main thread: leave the handlers alone
         previous = {}
+    unraisable_hook = sys.unraisablehook
+    if previous:
+        sys.unraisablehook = deliver_again
     try:
         yield leaving
     finally:
+        sys.unraisablehook = unraisable_hook
         for signum, handler in previous.items():
             if handler is not None:  # None: a handler not installed from Python, which cannot be restored
                 signal.signal(signum, handler)

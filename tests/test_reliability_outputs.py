@@ -574,3 +574,32 @@ def test_a_stopped_or_killed_worker_ends_the_run_within_the_timeout(tmp_path, ch
     errors = [line for _, line in lines if line.startswith("kmeans-transformer infer: error:")]
     assert len(errors) == (2 if signum == signal.SIGSTOP else 1), text[-3000:]  # one line per surviving process
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_that_lands_in_a_finaliser_is_raised_after_it(signum):
+    # Python cannot raise out of `__del__`: it prints the exception as "ignored" and goes on. The command's handlers
+    # send the signal again, so that the run still stops, with no traceback of ours on stderr.
+    script = f"""
+import os, signal
+from kmeans_transformer.cli import _signals_raise, _Terminated
+
+class Finalised:
+    def __del__(self):
+        os.kill(os.getpid(), {int(signum)})
+        sum(range(1000))
+
+try:
+    with _signals_raise():
+        Finalised()
+        deadline = __import__("time").monotonic() + 20
+        while __import__("time").monotonic() < deadline:
+            pass
+    print("not stopped")
+except (_Terminated, KeyboardInterrupt) as interrupt:
+    print("stopped by", type(interrupt).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    expected = "_Terminated" if signum == signal.SIGTERM else "KeyboardInterrupt"
+    assert done.stdout.strip() == f"stopped by {expected}", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "ignored" not in done.stderr, done.stderr
