@@ -5,8 +5,8 @@ own instruction set (a C++ compiler and ninja are needed, about a minute once; w
 PyTorch code, with the same labels up to the rounding of the scores, and less speed).
 
 - `nearest_keys(query, key)`: for each query row the first index of its largest dot product with the keys,
-  `argmax_j query_i . key_j`, without the `(n, k)` scores: rows are taken a vector register at a time (16 in float32,
-  8 in float64), each key's score is accumulated in coordinate order, and the best so far is kept in registers.
+  `argmax_j query_i . key_j`, without the `(n, k)` scores: rows are taken a vector register at a time (8 float32 or
+  4 float64 with AVX2, twice that with AVX-512), each key's score is accumulated in coordinate order, and the best so far is kept in registers.
   Groups of rows run in parallel on PyTorch's intra-op threads; the result does not depend on their number.
   `nearest_values(query, key, values)` returns each row's maximiser's value row instead.
 - `segment_sums(values, codes, visible, num_codes)`: per group, `sums[j] = Σ_{i visible, code_i = j} values_i` and
@@ -51,14 +51,25 @@ _SOURCE = r"""
 #include <type_traits>
 #include <vector>
 
-// Vectors of query rows: one 64-byte register of floats (16 lanes) or doubles (8), and their labels.
-typedef float FloatVec __attribute__((vector_size(64)));
-typedef int32_t FloatIndex __attribute__((vector_size(64)));
-typedef double DoubleVec __attribute__((vector_size(64)));
-typedef int64_t DoubleIndex __attribute__((vector_size(64)));
+// Vectors of query rows: one register of the machine's widest vectors, 64 bytes with AVX-512 (16 floats or 8
+// doubles), else 32 (8 or 4: a 64-byte vector would take two AVX2 registers, and the key loop's accumulators would
+// no longer fit in the 16), and their labels. Every row's arithmetic is the same whatever the width.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
+typedef float FloatVec __attribute__((vector_size(kVectorBytes)));
+typedef int32_t FloatIndex __attribute__((vector_size(kVectorBytes)));
+typedef double DoubleVec __attribute__((vector_size(kVectorBytes)));
+typedef int64_t DoubleIndex __attribute__((vector_size(kVectorBytes)));
 template <typename T> struct Lanes;
-template <> struct Lanes<float> { using vec = FloatVec; using index = FloatIndex; using label = int32_t; static constexpr int value = 16; };
-template <> struct Lanes<double> { using vec = DoubleVec; using index = DoubleIndex; using label = int64_t; static constexpr int value = 8; };
+template <> struct Lanes<float> {
+  using vec = FloatVec; using index = FloatIndex; using label = int32_t; static constexpr int value = kVectorBytes / 4;
+};
+template <> struct Lanes<double> {
+  using vec = DoubleVec; using index = DoubleIndex; using label = int64_t; static constexpr int value = kVectorBytes / 8;
+};
 template <typename T> using Vec = typename Lanes<T>::vec;
 template <typename T> using Index = typename Lanes<T>::index;
 
@@ -408,7 +419,7 @@ std::vector<at::Tensor> sparsemax_update(at::Tensor points, at::Tensor codes, at
 
 // k-medoids: cost_i = Σ_{i' members} w_i' |x_i - x_i'| for every member i (distances in the dtype, their weighted sum
 // in double, in point order), then each cluster's first member of least cost. Candidates are taken a vector register
-// at a time (16 floats or 8 doubles, transposed into columns), each task a block of candidates of one cluster.
+// at a time (one vector of floats or doubles, transposed into columns), each task a block of candidates of one cluster.
 template <typename T>
 __attribute__((optimize("no-math-errno")))
 static void medoid_costs_block(const T* points, int64_t ldx, const int64_t* members, int64_t m, int64_t first,
