@@ -1,13 +1,13 @@
 """Per-iteration time of Lloyd's k-means: `KMeansTransformerModel` against scikit-learn, faiss, fast-pytorch-kmeans
-and torch-kmeans, side by side in one run.
+and torch-kmeans (and, with `--device cuda`, cuML and faiss-gpu), side by side in one run.
 
 Every library gets the same float32 data (a seeded Gaussian mixture: k centres, unit noise, centres spread so that
 neighbouring clusters overlap a little) and the same initial centroids (k distinct data points picked by a seeded
 permutation), and runs exactly `--iterations` Lloyd iterations (early stopping disabled; where a library may still
 stop, its time is divided by the iterations it ran). Each measurement is one untimed warm-up run of one iteration,
 then `--repeats` timed runs (`time.perf_counter`, CUDA synchronised); the tables give the median and the spread
-(min-max) of the per-iteration milliseconds. No further timed run starts once a measurement has spent 30 s in timed
-runs, so a slow library gets fewer repeats (at least one), and the report says so.
+(min-max) of the per-iteration milliseconds. No further timed run starts once a measurement has spent `--time-budget`
+seconds (default 30) in timed runs, so a slow library gets fewer repeats (at least one), and the report says so.
 
 Cases: five single problems, plus two batches of small problems that the model and torch-kmeans take in one call and
 the other libraries loop over in Python (the per-iteration time of a batch is the loop time divided by the
@@ -36,7 +36,17 @@ repository are in docs/benchmarks/ (regenerate them with `--output-dir docs/benc
     python benchmarks/speed.py --device cuda --gpu-large  # the model and the torch peers on the GPU, plus 1e7 x 128
 
 On `--device cuda` scikit-learn and faiss-cpu stay on the CPU as references (skipped for the `--gpu-large` case),
-and TF32 is off everywhere, so matmuls are true float32.
+and TF32 is off everywhere, so matmuls are true float32. Two GPU peers join the run there (on the CPU they are not
+in the list at all); each is reported unavailable, with the reason, when it is not installed or sees no GPU:
+  * cuml: `cuml.cluster.KMeans(init=c0, n_init=1, max_iter=N, tol=0, output_type="cupy")` on data already in GPU
+    memory (a cupy array), one fit per problem; tol = 0 leaves only a strict rise of the inertia or a centroid shift
+    below 0 to stop it, and the iterations are its `n_iter_`;
+  * faiss-gpu: the faiss runner with one `GpuIndexFlatL2` (made beforehand) as the index of every fit: faiss's
+    `Clustering` keeps the points and the centroid update on the host and pages the points through the GPU index for
+    the assignment, as faiss-gpu's k-means always does.
+The GPU targets: at n = 1e7, d = 128, k = 1024 at most 1.0x the fastest of cuML and faiss-gpu per iteration and at
+least 60% of the measured matmul throughput; every batch of small problems at most 0.3 ms per iteration.
+benchmarks/gpu_check.sh installs the peers and runs this grid on a GPU machine.
 
 Not part of the test suite.
 """
@@ -67,10 +77,13 @@ from kmeans_transformer.files import check_new_path, replacing_file
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OURS = "kmeans_transformer"
 LIBRARIES = (OURS, "scikit-learn", "faiss", "fast-pytorch-kmeans", "torch-kmeans")
+GPU_PEERS = ("cuml", "faiss-gpu")  # in the run only with --device cuda
 CPU_ONLY = ("scikit-learn", "faiss")
 MEMORY_LIBRARIES = (OURS, "scikit-learn", "faiss")
 CENTRE_DISTANCE = 4.0  # typical distance between two mixture centres, in units of the noise's standard deviation
-TIME_BUDGET_S = 30.0  # no further timed run starts once a measurement's timed runs have taken this long
+GPU_LARGE_MAX_RATIO = 1.0  # GPU targets: the model / the fastest GPU peer at the large case, at most
+GPU_GEMM_FRACTION = 0.6  # the model's fraction of the measured matmul throughput at the large case, at least
+GPU_BATCHED_MAX_MS = 0.3  # per-iteration time of a batch of small problems on the GPU, at most
 MIB = 2**20
 
 
@@ -158,6 +171,11 @@ def make_problem(case: Case, seed: int) -> Problem:
     return Problem(case, points, init)
 
 
+def libraries(device: str) -> tuple[str, ...]:
+    """The libraries of a run: the GPU peers only on CUDA."""
+    return LIBRARIES + GPU_PEERS if device == "cuda" else LIBRARIES
+
+
 def configure_threads(threads: int) -> Any:
     """Give torch, the OpenMP/BLAS pools and faiss (where installed) `threads` threads; keep the returned limiter
     alive."""
@@ -167,7 +185,7 @@ def configure_threads(threads: int) -> Any:
     torch.set_num_threads(threads)
     try:
         import faiss
-    except ImportError:  # its runner reports it unavailable
+    except Exception:  # not installed, or its libraries fail to load: its runners report it unavailable
         pass
     else:
         faiss.omp_set_num_threads(threads)
@@ -197,17 +215,19 @@ def machine_description(device: str) -> dict[str, Any]:
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
     mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal:"))
+    # on CUDA the faiss module (CPU and GPU indexes) comes from faiss-gpu's wheel
+    faiss_dists = ((("faiss-gpu-cu12", "faiss"), ("cuml-cu12", "cuml")) if device == "cuda"
+                   else (("faiss-cpu", "faiss"),))
     versions = {}
     for dist, module in (("torch", "torch"), ("transformers", "transformers"), ("kmeans-transformer", OURS),
-                         ("scikit-learn", "sklearn"), ("faiss-cpu", "faiss"),
-                         ("fast-pytorch-kmeans", "fast_pytorch_kmeans"), ("torch-kmeans", "torch_kmeans"),
-                         ("numpy", "numpy")):
+                         ("scikit-learn", "sklearn"), *faiss_dists, ("fast-pytorch-kmeans", "fast_pytorch_kmeans"),
+                         ("torch-kmeans", "torch_kmeans"), ("numpy", "numpy")):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:  # importable from a path without its metadata?
             try:
                 versions[dist] = getattr(importlib.import_module(module), "__version__", "unknown version")
-            except ImportError:
+            except Exception:  # not installed, or fails to load
                 versions[dist] = "not installed"
     return {
         "cpu": cpu,
@@ -301,19 +321,29 @@ def sklearn_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
     return fit
 
 
-def faiss_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
+def faiss_runner(problem: Problem, device: str, gpu: bool = False) -> Callable[[int], Fit]:
     """`faiss.Kmeans(...).train(x, init_centroids=c0)`, one per problem. `max_points_per_centroid = n` stops the
     subsampling (it samples when n > k * max_points_per_centroid), and `early_stop_threshold = -1` stops the early
-    exit on an unchanged objective (the default 0.0 exits then); the iterations are those in `iteration_stats`."""
+    exit on an unchanged objective (the default 0.0 exits then); the iterations are those in `iteration_stats`.
+    `gpu=True` assigns with a `GpuIndexFlatL2` (faiss-gpu; what `faiss.Kmeans(..., gpu=True)` builds), made once
+    with its `StandardGpuResources` and reused by every fit, as `Clustering.train` resets it."""
     import faiss
 
     case = problem.case
+    index = None
+    if gpu:
+        if not hasattr(faiss, "GpuIndexFlatL2") or faiss.get_num_gpus() < 1:
+            raise Unavailable("faiss was built without GPU support or sees no GPU")
+        resources = faiss.StandardGpuResources()
+        index = faiss.GpuIndexFlatL2(resources, case.d)
 
     def fit(iterations: int) -> Fit:
         centroids, ran = [], []
         for points, init in zip(problem.points, problem.init):
             km = faiss.Kmeans(case.d, case.k, niter=iterations, max_points_per_centroid=case.n,
                               min_points_per_centroid=1, early_stop_threshold=-1.0, seed=1234, verbose=False)
+            if index is not None:
+                km.index = index
             km.train(points, init_centroids=init)
             centroids.append(km.centroids)
             ran.append(len(km.iteration_stats))
@@ -369,12 +399,44 @@ def torch_kmeans_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
     return fit
 
 
+def faiss_gpu_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
+    """The faiss runner with a GPU index for the assignment."""
+    return faiss_runner(problem, device, gpu=True)
+
+
+def cuml_runner(problem: Problem, device: str) -> Callable[[int], Fit]:
+    """`cuml.cluster.KMeans(n_clusters=k, init=c0, n_init=1, max_iter=N, tol=0, output_type="cupy").fit(x)` on a cupy
+    copy of the points made beforehand (c0 the host array: k x d floats copied in the fit), one fit per problem. It
+    may still stop when the inertia rises or the centroid shift falls below tol, so the iterations are its `n_iter_`
+    (mean over a loop); its labels are not compared."""
+    import cupy
+    from cuml.cluster import KMeans
+
+    if device != "cuda" or cupy.cuda.runtime.getDeviceCount() < 1:
+        raise Unavailable("cuML runs only on a CUDA device")
+    case = problem.case
+    points = [cupy.asarray(x) for x in problem.points]
+
+    def fit(iterations: int) -> Fit:
+        centroids, ran = [], []
+        for x, c0 in zip(points, problem.init):
+            km = KMeans(n_clusters=case.k, init=c0, n_init=1, max_iter=iterations, tol=0.0, output_type="cupy")
+            km.fit(x)
+            centroids.append(km.cluster_centers_)
+            ran.append(km.n_iter_)
+        return Fit(cupy.stack(centroids).get(), None, float(np.mean(ran)))
+
+    return fit
+
+
 RUNNERS: dict[str, Callable[[Problem, str], Callable[[int], Fit]]] = {
     OURS: ours_runner,
     "scikit-learn": sklearn_runner,
     "faiss": faiss_runner,
     "fast-pytorch-kmeans": fast_pytorch_kmeans_runner,
     "torch-kmeans": torch_kmeans_runner,
+    "cuml": cuml_runner,
+    "faiss-gpu": faiss_gpu_runner,
 }
 
 
@@ -384,14 +446,15 @@ def as_numpy(values: Any) -> np.ndarray | None:
     return values.detach().cpu().numpy()
 
 
-def measure(fit: Callable[[int], Fit], iterations: int, repeats: int, device: str) -> tuple[Timing, Fit]:
+def measure(fit: Callable[[int], Fit], iterations: int, repeats: int, device: str,
+            budget_s: float) -> tuple[Timing, Fit]:
     """A warm-up run of one iteration (untimed), then up to `repeats` timed runs of `iterations`: no further run
-    starts once the timed runs have taken `TIME_BUDGET_S` (so a slow case gets fewer repeats, at least one)."""
+    starts once the timed runs have taken `budget_s` seconds (so a slow case gets fewer repeats, at least one)."""
     sync = synchronizer(device)
     fit(1)
     sync()
     timing, spent = Timing(), 0.0
-    while len(timing.per_iteration_ms) < repeats and (not timing.per_iteration_ms or spent < TIME_BUDGET_S):
+    while len(timing.per_iteration_ms) < repeats and (not timing.per_iteration_ms or spent < budget_s):
         start = time.perf_counter()
         result = fit(iterations)
         sync()
@@ -466,15 +529,17 @@ def run_case(case: Case, args: argparse.Namespace, progress: Any) -> dict[str, A
     problem = make_problem(case, args.seed)
     timings: dict[str, Timing] = {}
     fits: dict[str, Fit] = {}
-    for library in LIBRARIES:
+    for library in libraries(args.device):
         progress.set_description(f"{case.name}: {library}")
         device = "cpu" if library in CPU_ONLY else args.device
         if library in CPU_ONLY and case in GPU_LARGE:
             timings[library] = Timing(unavailable="CPU reference skipped for the GPU-only case")
+        elif library in GPU_PEERS and not cuda_available():
+            timings[library] = Timing(unavailable="no CUDA device")
         else:
             try:
                 timings[library], fits[library] = measure(RUNNERS[library](problem, device), args.iterations,
-                                                          args.repeats, device)
+                                                          args.repeats, device, args.time_budget)
             except Exception as error:  # a library that cannot run a case is recorded, not fatal
                 reason = str(error).splitlines()[0] if str(error) else ""
                 timings[library] = Timing(unavailable=f"{type(error).__name__}: {reason}"[:160])
@@ -498,6 +563,12 @@ def run_case(case: Case, args: argparse.Namespace, progress: Any) -> dict[str, A
     return {"case": case, "timings": timings, "agreement": agreement, "memory": memory}
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.nan
 
@@ -514,7 +585,8 @@ def summarize(result: dict[str, Any], gemm: float) -> dict[str, float]:
     flops = 2 * case.batch * case.n * case.k * case.d
     return {
         "vs_cpu_peers": ratio(ours, fastest(("scikit-learn", "faiss"))),
-        "vs_all_peers": ratio(ours, fastest(LIBRARIES[1:])),
+        "vs_gpu_peers": ratio(ours, fastest(tuple(lib for lib in GPU_PEERS if lib in timings))),
+        "vs_all_peers": ratio(ours, fastest(tuple(lib for lib in timings if lib != OURS))),
         "gemm_fraction": ratio(flops / (ours / 1000), gemm * 1e9) if timings[OURS].ok else math.nan,
         "sklearn_speedup": ratio(timings["scikit-learn"].median, ours),
         "torch_kmeans_speedup": ratio(timings["torch-kmeans"].median, ours),
@@ -541,10 +613,20 @@ def memory_fits(entry: dict[str, Any]) -> bool:
     return entry["input_bytes"] + entry["extra_bytes"] <= 2 * entry["input_bytes"] + 64 * MIB
 
 
-def targets(results: list[dict[str, Any]], summaries: list[dict[str, float]]) -> list[str]:
+def verdict(failing: list[str], missing: list[str] = ()) -> str:
+    """PASS, FAIL with the cases not met, or n/a where no case could be evaluated."""
+    if failing:
+        return f"**FAIL** (not met: {', '.join(failing)})"
+    if missing:
+        return "**n/a** (not measured: " + ", ".join(missing) + ")"
+    return "**PASS**"
+
+
+def targets(results: list[dict[str, Any]], summaries: list[dict[str, float]], device: str) -> list[str]:
     """PASS/FAIL lines for the model's targets, over the cases that were run."""
     lines = []
-    single = [(r["case"].name, s) for r, s in zip(results, summaries) if not r["case"].batched]
+    single = [(r["case"].name, s) for r, s in zip(results, summaries)
+              if not r["case"].batched and r["case"] not in GPU_LARGE]
     if single:
         failing = [name for name, s in single if not s["vs_cpu_peers"] <= 1.0]
         lines.append(f"- One problem, ≤ 1.0x the fastest of scikit-learn and faiss at every grid point: "
@@ -561,12 +643,34 @@ def targets(results: list[dict[str, Any]], summaries: list[dict[str, float]]) ->
                    not memory_fits(entry)]
         lines.append(f"- Peak memory of the model ≤ 2x input + 64 MiB: **{'FAIL' if failing else 'PASS'}**"
                      + (f" (not met: {', '.join(failing)})" if failing else ""))
+    if device != "cuda":
+        return lines
+    large = [(r["case"].name, s) for r, s in zip(results, summaries) if r["case"] in GPU_LARGE]
+    if large:
+        missing = [name for name, s in large if math.isnan(s["vs_gpu_peers"])]
+        failing = [name for name, s in large if not math.isnan(s["vs_gpu_peers"])
+                   and not s["vs_gpu_peers"] <= GPU_LARGE_MAX_RATIO]
+        lines.append(f"- GPU, n = 1e7, d = 128, k = 1024, float32 without TF32, ≤ {GPU_LARGE_MAX_RATIO:.1f}x the "
+                     f"fastest of cuML and faiss-gpu per iteration: {verdict(failing, missing)}")
+        missing = [name for name, s in large if math.isnan(s["gemm_fraction"])]
+        failing = [name for name, s in large if not math.isnan(s["gemm_fraction"])
+                   and not s["gemm_fraction"] >= GPU_GEMM_FRACTION]
+        lines.append(f"- GPU, same case, ≥ {GPU_GEMM_FRACTION:.0%} of the measured matmul throughput: "
+                     f"{verdict(failing, missing)}")
+    batched = [(r["case"].name, r["timings"][OURS]) for r in results if r["case"].batched]
+    if batched:
+        missing = [name for name, t in batched if not t.ok]
+        failing = [name for name, t in batched if t.ok and not t.median <= GPU_BATCHED_MAX_MS]
+        lines.append(f"- GPU, batched small problems ≤ {GPU_BATCHED_MAX_MS} ms per iteration: "
+                     f"{verdict(failing, missing)}")
     return lines
 
 
 def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any]],
                    summaries: list[dict[str, float]]) -> None:
     machine = meta["machine"]
+    libs = libraries(meta["device"])
+    gpu = meta["device"] == "cuda"
     versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
     lines = [
         "# k-means per-iteration time",
@@ -577,29 +681,33 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
         + (f", GPU {machine['gpu']}" if machine["gpu"] else ""),
         f"- Python {machine['python']}; {versions}",
         f"- Device of the model and the torch peers: {meta['device']}"
-        + ("; scikit-learn and faiss-cpu on the CPU as references; TF32 off" if meta["device"] == "cuda" else ""),
+        + ("; scikit-learn and faiss's CPU index on the CPU as references; TF32 off" if gpu else ""),
         f"- Load average when the run started: {machine['load_average']}",
         f"- Threads: {meta['threads']}; iterations: {meta['iterations']}; repeats: {meta['repeats']} after an "
-        f"untimed one-iteration warm-up (fewer once a measurement has spent {TIME_BUDGET_S:.0f} s in timed runs); "
+        f"untimed one-iteration warm-up (fewer once a measurement has spent {meta['time_budget_s']:g} s in timed "
+        "runs); "
         "float32 everywhere, same data and initial centroids for every library",
         f"- Measured float32 matmul throughput ({meta['gemm_size']}² @ {meta['gemm_size']}², torch): "
         f"{meta['gemm_gflops']:.0f} GFLOP/s",
         "",
         "## Per-iteration time (ms, median (min–max))",
         "",
-        "Batched cases: the model and torch-kmeans take the whole batch in one call; scikit-learn, faiss and "
-        "fast-pytorch-kmeans loop over the problems, and their time is that of the whole loop. scikit-learn may stop "
+        "Batched cases: the model and torch-kmeans take the whole batch in one call; the other libraries loop over "
+        "the problems, and their time is that of the whole loop. scikit-learn may stop "
         "at strict convergence: its time is divided by the iterations it ran (mean `n_iter_` over a loop).",
         "",
-        "| case | " + " | ".join(LIBRARIES) + " | ours / fastest of sklearn, faiss (x) | ours / fastest peer (x) "
-        "| GEMM fraction | labels = sklearn | max abs Δ centroid vs sklearn |",
-        "|---" * (len(LIBRARIES) + 6) + "|",
+        "| case | " + " | ".join(libs) + " | ours / fastest of sklearn, faiss (x) | "
+        + ("ours / fastest of cuML, faiss-gpu (x) | " if gpu else "")
+        + "ours / fastest peer (x) | GEMM fraction | labels = sklearn | max abs Δ centroid vs sklearn |",
+        "|---" * (len(libs) + 6 + gpu) + "|",
     ]
     for result, summary in zip(results, summaries):
         agreement = result["agreement"].get(OURS, {})
         lines.append(
-            f"| {result['case'].name} | " + " | ".join(cell(result["timings"][lib]) for lib in LIBRARIES)
-            + f" | {number(summary['vs_cpu_peers'], '.2f')} | {number(summary['vs_all_peers'], '.2f')}"
+            f"| {result['case'].name} | " + " | ".join(cell(result["timings"][lib]) for lib in libs)
+            + f" | {number(summary['vs_cpu_peers'], '.2f')}"
+            + (f" | {number(summary['vs_gpu_peers'], '.2f')}" if gpu else "")
+            + f" | {number(summary['vs_all_peers'], '.2f')}"
             + f" | {number(summary['gemm_fraction'], '.1%')}"
             + f" | {number(agreement.get('label_agreement', math.nan), '.4%')}"
             + f" | {number(agreement.get('max_abs_centroid_difference', math.nan), '.2g')} |"
@@ -614,13 +722,14 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
                                   if timing.iterations != meta["iterations"] else "") if part)
             lines.append(f"- {name}, {lib}: {text}")
 
+    compared = tuple(lib for lib in libs if lib != "scikit-learn")
     lines += ["", "## Agreement with scikit-learn (max abs centroid difference)", "",
-              "| case | " + " | ".join(LIBRARIES[:1] + LIBRARIES[2:]) + " |", "|---" * len(LIBRARIES) + "|"]
+              "| case | " + " | ".join(compared) + " |", "|---" * (len(compared) + 1) + "|"]
     for result in results:
         agreement = result["agreement"]
         lines.append(f"| {result['case'].name} | " + " | ".join(
             number(agreement.get(lib, {}).get("max_abs_centroid_difference", math.nan), ".2g")
-            for lib in LIBRARIES[:1] + LIBRARIES[2:]) + " |")
+            for lib in compared) + " |")
 
     memory_rows = [r for r in results if r["memory"]]
     if memory_rows:
@@ -644,7 +753,7 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
                        for lib, e in r["memory"].items() if "unavailable" in e]
         lines += [f"- {name}, {lib}: n/a ({why})" for name, lib, why in unavailable]
 
-    lines += ["", "## Targets", "", *targets(results, summaries), ""]
+    lines += ["", "## Targets", "", *targets(results, summaries, meta["device"]), ""]
     path.write_text("\n".join(lines))
 
 
@@ -654,14 +763,15 @@ def write_plot(path: Path, meta: dict[str, Any], results: list[dict[str, Any]]) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    width = 0.8 / len(LIBRARIES)
+    libs = libraries(meta["device"])
+    width = 0.8 / len(libs)
     fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(results) + 2), 5.5))
-    for index, library in enumerate(LIBRARIES):
+    for index, library in enumerate(libs):
         xs, medians, lows, highs = [], [], [], []
         for position, result in enumerate(results):
             timing = result["timings"][library]
             if timing.ok:
-                xs.append(position + (index - (len(LIBRARIES) - 1) / 2) * width)
+                xs.append(position + (index - (len(libs) - 1) / 2) * width)
                 medians.append(timing.median)
                 lows.append(timing.median - min(timing.per_iteration_ms))
                 highs.append(max(timing.per_iteration_ms) - timing.median)
@@ -695,6 +805,20 @@ def to_json(results: list[dict[str, Any]], summaries: list[dict[str, float]]) ->
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def write_reports(directory: Path, meta: dict[str, Any], results: list[dict[str, Any]], overwrite: bool) -> None:
+    """speed.md, speed.png and speed.json of the cases run so far, each renamed into place when written."""
+    summaries = [summarize(result, meta["gemm_gflops"]) for result in results]
+    with replacing_file(directory / "speed.md", overwrite=overwrite) as path:
+        write_markdown(path, meta, results, summaries)
+    with replacing_file(directory / "speed.png", overwrite=overwrite) as path:
+        write_plot(path, meta, results)
+    with replacing_file(directory / "speed.json", overwrite=overwrite) as path:
+        path.write_text(json.dumps({**meta, "results": to_json(results, summaries)}, indent=1))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="cases: " + ", ".join(ALL_CASES))
@@ -703,6 +827,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every library (all cores)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="device of the model, fast-pytorch-kmeans and torch-kmeans")
+    parser.add_argument("--time-budget", type=float, default=30.0, metavar="S",
+                        help="no further timed run once a measurement has spent S seconds in them (default 30)")
     parser.add_argument("--quick", action="store_true", help="a tiny grid, to check the script")
     parser.add_argument("--cases", nargs="+", metavar="NAME", help="run only these cases (names below)")
     parser.add_argument("--gpu-large", action="store_true", help="add n=1e7, d=128, k=1024 (needs --device cuda)")
@@ -755,25 +881,21 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "iterations": args.iterations,
         "repeats": args.repeats,
+        "time_budget_s": args.time_budget,
         "gemm_size": gemm_size,
         "gemm_gflops": gemm_gflops(args.device, gemm_size, repeats=5),
     }
     cases = selected_cases(args)
     results = []
-    with tqdm(total=len(cases) * len(LIBRARIES), file=sys.stderr) as progress:
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(cases) * len(libraries(args.device)), file=sys.stderr) as progress:
         for case in cases:
             results.append(run_case(case, args, progress))
             tqdm.write(f"{case.name}: " + ", ".join(f"{lib} {cell(t)}" for lib, t in results[-1]["timings"].items())
                        + " ms/iteration", file=sys.stderr)
+            # after every case, so that a run stopped early (a time limit) keeps the cases it finished
+            write_reports(args.output_dir, meta, results, overwrite=args.overwrite or len(results) > 1)
     del limiter
-    summaries = [summarize(result, meta["gemm_gflops"]) for result in results]
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    with replacing_file(args.output_dir / "speed.md", overwrite=args.overwrite) as path:
-        write_markdown(path, meta, results, summaries)
-    with replacing_file(args.output_dir / "speed.png", overwrite=args.overwrite) as path:
-        write_plot(path, meta, results)
-    with replacing_file(args.output_dir / "speed.json", overwrite=args.overwrite) as path:
-        path.write_text(json.dumps({**meta, "results": to_json(results, summaries)}, indent=1))
     print(f"wrote {', '.join(str(args.output_dir / name) for name in ('speed.md', 'speed.png', 'speed.json'))}")
 
 
