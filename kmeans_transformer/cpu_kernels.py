@@ -73,21 +73,51 @@ template <> struct Lanes<double> {
 template <typename T> using Vec = typename Lanes<T>::vec;
 template <typename T> using Index = typename Lanes<T>::index;
 
-// Labels of up to `kRowVectors * Lanes` rows: the rows are transposed into `columns` (e x kRowVectors vectors), and
-// every key's score `Σ_e q_ie key_je` is accumulated in coordinate order, 4 keys at a time, then compared with the
-// best so far (strictly greater wins, so the first maximiser is kept).
+// Labels of up to `kRowVectors * Lanes` rows: the rows are transposed into `columns` (e x kRowVectors vectors; a
+// full group of 8 float rows 8 coordinates at a time in registers, `transpose_block`), and every key's score
+// `Σ_e q_ie key_je` is accumulated in coordinate order, 4 keys at a time, then compared with the best so far
+// (strictly greater wins, so the first maximiser is kept).
 constexpr int kRowVectors = 1, kKeys = 8;
+
+#if defined(__AVX__) && !defined(__AVX512F__)
+#include <immintrin.h>
+// 8 coordinates of 8 float rows (`ldq` apart) into 8 column vectors `out[c * 8 + r] = rows[r * ldq + c]`, in registers.
+static inline void transpose_block(const float* rows, int64_t ldq, float* out) {
+  __m256 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows + i * ldq);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(out + i * 8, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    _mm256_storeu_ps(out + (i + 4) * 8, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
+}
+#endif
 
 template <typename T>
 static void nearest_group(const T* rows, int64_t count, int64_t ldq, const T* keys, int64_t k, int64_t e,
                           std::vector<Vec<T>>& columns, int64_t* out) {
   constexpr int L = Lanes<T>::value, R = kRowVectors;
   T* lanes = reinterpret_cast<T*>(columns.data());  // lane r of vector (c, v) is lanes[(c * R + v) * L + r]
+  int64_t done = 0;  // coordinates already transposed
+#if defined(__AVX__) && !defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value && L == 8 && R == 1) {
+    if (count == L) for (; done + 8 <= e; done += 8) transpose_block(rows + done, ldq, lanes + done * L);
+  }
+#endif
   if (count < R * L) std::fill(lanes, lanes + e * R * L, T(0));
   for (int64_t r = 0; r < count; ++r) {
     const T* row = rows + r * ldq;
     T* target = lanes + (r / L) * L + r % L;
-    for (int64_t c = 0; c < e; ++c) target[c * R * L] = row[c];
+    for (int64_t c = done; c < e; ++c) target[c * R * L] = row[c];
   }
   Vec<T> best[R];
   Index<T> best_index[R];
