@@ -510,9 +510,11 @@ class KMeansTransformerTrimGate(nn.Module):
     @staticmethod
     def distances(point_tokens, centroids, labels) -> torch.Tensor:
         """`δ_i = |x_i - c_a(i)|^2`, `(batch, n)`, from compact point tokens `[x_i ; 1]` and their labels (-1: none)."""
-        own = centroids.gather(1, labels.clamp(min=0)[..., None].expand(-1, -1, centroids.shape[-1]))
-        difference = point_tokens[..., :-1] - own  # exactly `distance_proj`'s `x_i - a_i`
-        return (difference * difference).sum(dim=-1)
+        batch_size, num_clusters, point_dim = centroids.shape
+        rows = labels.clamp(min=0) + torch.arange(batch_size, device=labels.device)[:, None] * num_clusters
+        own = centroids.reshape(-1, point_dim).index_select(0, rows.flatten()).view(*labels.shape, point_dim)
+        difference = own.neg_().add_(point_tokens[..., :-1])  # exactly `distance_proj`'s `x_i - a_i`
+        return difference.mul_(difference).sum(dim=-1)
 
     def weighted_trim(self, distance, labels, assigned, sample_weight, num_clusters=None) -> torch.Tensor:
         """The trimmed points under sample weights (see the class docstring), `(batch, n)` bool."""
