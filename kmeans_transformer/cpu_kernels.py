@@ -588,56 +588,70 @@ std::vector<at::Tensor> lloyd_step(at::Tensor tokens, at::Tensor key, c10::optio
 // read-ahead decoding the next chunk) goes on meanwhile.
 // ---- weighted_sums: float64 sums of weighted rows, Σ_i w_ij s_i [x_i (; |x_i|^2) ; 1], without float64 copies --
 // Per group: the rows s_i v_i (with |x_i|^2 = Σ_c x_ic^2 in double before the last column when `square_norm`) are
-// widened into a double buffer of the chunk, then the (k x width) sums are accumulated in tiles of 4 clusters x 8
-// columns held in registers, rows in order: sums[j, c] = Σ_i w_ij^power row_ic, each term rounded as
+// widened into a double buffer, 256 rows at a time, then the (k x width) sums are accumulated in tiles of 4 clusters
+// x 8 columns held in registers, rows in order: sums[j, c] = Σ_i w_ij^power row_ic, each term rounded as
 // (double) w_ij^power * row_ic, w = max(w, 0) when power != 1.
 constexpr int kTileKeys = 4, kTileColumns = 8;
+constexpr int64_t kWeightedRows = 256;
 
 template <typename scalar_t>
 static void weighted_sums_group(const scalar_t* w, int64_t m, int64_t k, const scalar_t* v, int64_t ldv, int64_t width,
                                 const scalar_t* s, bool square_norm, double power, std::vector<double>& rows,
                                 std::vector<double>& powers, double* sums) {
+  typedef double D4 __attribute__((vector_size(32)));
   const int64_t out_width = width + (square_norm ? 1 : 0);
   const int64_t padded = (out_width + kTileColumns - 1) / kTileColumns * kTileColumns;
   const int64_t padded_keys = (k + kTileKeys - 1) / kTileKeys * kTileKeys;
-  rows.assign(m * padded, 0.0);
-  powers.assign(m * padded_keys, 0.0);
-  for (int64_t i = 0; i < m; ++i) {
-    const scalar_t* x = v + i * ldv;
-    double* r = &rows[i * padded];
-    const double scale = s ? static_cast<double>(s[i]) : 1.0;
-    double norm = 0;
-    for (int64_t c = 0; c + 1 < width; ++c) {
-      const double value = static_cast<double>(x[c]);
-      norm += value * value;
-      r[c] = s ? scale * value : value;
+  std::vector<double> tiles(padded_keys * padded, 0.0);  // the sums, padded to whole tiles
+  for (int64_t first = 0; first < m; first += kWeightedRows) {  // rows in blocks that stay in cache
+    const int64_t count = std::min(kWeightedRows, m - first);
+    rows.assign(count * padded, 0.0);
+    powers.assign(count * padded_keys, 0.0);
+    for (int64_t r = 0; r < count; ++r) {
+      const int64_t i = first + r;
+      const scalar_t* x = v + i * ldv;
+      double* row = &rows[r * padded];
+      const double scale = s ? static_cast<double>(s[i]) : 1.0;
+      double norm = 0;
+      for (int64_t c = 0; c + 1 < width; ++c) {
+        const double value = static_cast<double>(x[c]);
+        norm += value * value;
+        row[c] = s ? scale * value : value;
+      }
+      if (square_norm) row[width - 1] = s ? scale * norm : norm;
+      row[out_width - 1] = s ? scale * static_cast<double>(x[width - 1]) : static_cast<double>(x[width - 1]);
+      double* p = &powers[r * padded_keys];
+      const scalar_t* wi = w + i * k;
+      if (power == 1.0) for (int64_t j = 0; j < k; ++j) p[j] = static_cast<double>(wi[j]);
+      else if (power == 2.0) for (int64_t j = 0; j < k; ++j) { const double u = std::max(static_cast<double>(wi[j]), 0.0); p[j] = u * u; }
+      else for (int64_t j = 0; j < k; ++j) p[j] = std::pow(std::max(static_cast<double>(wi[j]), 0.0), power);
     }
-    if (square_norm) r[width - 1] = s ? scale * norm : norm;
-    r[out_width - 1] = s ? scale * static_cast<double>(x[width - 1]) : static_cast<double>(x[width - 1]);
-    double* p = &powers[i * padded_keys];
-    const scalar_t* wi = w + i * k;
-    if (power == 1.0) for (int64_t j = 0; j < k; ++j) p[j] = static_cast<double>(wi[j]);
-    else for (int64_t j = 0; j < k; ++j) p[j] = std::pow(std::max(static_cast<double>(wi[j]), 0.0), power);
-  }
-  typedef double D4 __attribute__((vector_size(32)));
-  for (int64_t j0 = 0; j0 < padded_keys; j0 += kTileKeys) {
-    for (int64_t c0 = 0; c0 < padded; c0 += kTileColumns) {
-      D4 acc[kTileKeys][2] = {};
-      for (int64_t i = 0; i < m; ++i) {
-        D4 lo, hi;
-        std::memcpy(&lo, &rows[i * padded + c0], sizeof(D4));
-        std::memcpy(&hi, &rows[i * padded + c0 + 4], sizeof(D4));
-        const double* p = &powers[i * padded_keys + j0];
+    for (int64_t j0 = 0; j0 < padded_keys; j0 += kTileKeys) {
+      for (int64_t c0 = 0; c0 < padded; c0 += kTileColumns) {
+        D4 acc[kTileKeys][2];
         for (int t = 0; t < kTileKeys; ++t) {
-          acc[t][0] += p[t] * lo;
-          acc[t][1] += p[t] * hi;
+          std::memcpy(&acc[t][0], &tiles[(j0 + t) * padded + c0], sizeof(D4));
+          std::memcpy(&acc[t][1], &tiles[(j0 + t) * padded + c0 + 4], sizeof(D4));
+        }
+        for (int64_t r = 0; r < count; ++r) {
+          D4 lo, hi;
+          std::memcpy(&lo, &rows[r * padded + c0], sizeof(D4));
+          std::memcpy(&hi, &rows[r * padded + c0 + 4], sizeof(D4));
+          const double* p = &powers[r * padded_keys + j0];
+          for (int t = 0; t < kTileKeys; ++t) {
+            acc[t][0] += p[t] * lo;
+            acc[t][1] += p[t] * hi;
+          }
+        }
+        for (int t = 0; t < kTileKeys; ++t) {
+          std::memcpy(&tiles[(j0 + t) * padded + c0], &acc[t][0], sizeof(D4));
+          std::memcpy(&tiles[(j0 + t) * padded + c0 + 4], &acc[t][1], sizeof(D4));
         }
       }
-      for (int t = 0; t < kTileKeys && j0 + t < k; ++t)
-        for (int64_t c = c0; c < std::min(out_width, c0 + kTileColumns); ++c)
-          sums[(j0 + t) * out_width + c] = acc[t][(c - c0) / 4][(c - c0) % 4];
     }
   }
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t c = 0; c < out_width; ++c) sums[j * out_width + c] = tiles[j * padded + c];
 }
 
 at::Tensor weighted_sums(at::Tensor weights, at::Tensor values, c10::optional<at::Tensor> sample_weight,
