@@ -702,6 +702,14 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
         return self.accumulate(labels, point_tokens, **weighted)
 
+    def accumulate_float64(self, assignment: torch.Tensor, values: torch.Tensor, sample_weight=None) -> torch.Tensor:
+        """
+        `accumulate` in float64 whatever the dtype of its inputs (a chunk of the compact engine's weighted pass): here
+        on the inputs widened to float64; a weighted update takes its products in float64 from the chunk as it is.
+        """
+        weighted = {} if sample_weight is None else {"sample_weight": sample_weight.to(torch.float64)}
+        return self.accumulate(assignment.to(torch.float64), values.to(torch.float64), **weighted)
+
     def finalize(self, statistics: torch.Tensor, parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """
         The new parameters from summed `statistics` and the entering `parameters` (`{"centroids": (batch, k, d)}`):
@@ -735,6 +743,11 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
         if sample_weight is not None:
             values = values * sample_weight[..., None].to(values.dtype)
         return self.score_weights(assignment).transpose(1, 2) @ values
+
+    def accumulate_float64(self, assignment, values, sample_weight=None):
+        """`accumulate` by the compiled `cpu_kernels.weighted_sums` (`y_ij^score_power` and every product in float64)."""
+        sums = cpu_kernels.weighted_sums(assignment, values, sample_weight, False, self.score_power)
+        return super().accumulate_float64(assignment, values, sample_weight) if sums is None else sums
 
     def score_weights(self, codes: torch.Tensor) -> torch.Tensor:
         """`y_ij^score_power`: a cluster whose powers all round to 0 sees only its own token, and keeps `c_j`."""
@@ -795,6 +808,16 @@ class KMeansTransformerMixtureUpdate(KMeansTransformerUpdate):
         sums = assignment.transpose(1, 2) @ values
         counts = values[..., -1:].sum(dim=1, keepdim=True).expand(-1, sums.shape[1], -1)
         return torch.cat([sums, counts], dim=-1)
+
+    def accumulate_float64(self, assignment, values, sample_weight=None):
+        """`accumulate` by the compiled `cpu_kernels.weighted_sums` (`|x_i|^2` and every product in float64)."""
+        sums = cpu_kernels.weighted_sums(assignment, values, sample_weight, True, 1.0)
+        if sums is None:
+            return super().accumulate_float64(assignment, values, sample_weight)
+        mass = values[..., -1].to(torch.float64)
+        if sample_weight is not None:
+            mass = mass * sample_weight.to(torch.float64)
+        return torch.cat([sums, mass.sum(dim=1)[:, None, None].expand(-1, sums.shape[1], 1)], dim=-1)
 
     def finalize(self, statistics, parameters):
         """The M-step (`mixture_parameters`) from the summed `[N_j ; S_j ; R_j ; n]`."""

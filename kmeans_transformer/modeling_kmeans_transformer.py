@@ -981,8 +981,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             if update is not None:
                 # float64 within a chunk too: gmm's variance is a difference of second moments, which float32 sums
                 # of points far from the origin would cancel.
-                weighted = {} if weights is None else {"sample_weight": weights[:, chunk].to(torch.float64)}
-                part = update.accumulate(assignment.to(torch.float64), values[:, chunk].to(torch.float64), **weighted)
+                weighted = {} if weights is None else {"sample_weight": weights[:, chunk]}
+                part = update.accumulate_float64(assignment, values[:, chunk], **weighted)
                 statistics = part if statistics is None else statistics.add_(part)
         return labels, kept, statistics
 
