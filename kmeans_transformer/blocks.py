@@ -493,13 +493,20 @@ class KMeansTransformerTrimGate(nn.Module):
         members = nn.functional.one_hot(labels, k).bool() & assigned[..., None]
         values = distance[:, None, :].expand(-1, k, -1).masked_fill(~members.transpose(1, 2), float("inf"))
         ordered = values.sort(dim=-1).values
-        counts = members.sum(dim=1)
+        below, above, fraction = self.quantile_ranks(members.sum(dim=1), distance.dtype)
+        low, high = ordered.gather(-1, below[..., None])[..., 0], ordered.gather(-1, above[..., None])[..., 0]
+        return self.interpolated(low, high, fraction).gather(1, labels)
+
+    def quantile_ranks(self, counts: torch.LongTensor, dtype: torch.dtype):
+        """
+        Where the `trim_quantile` q of `m` sorted values lies, for every count `m` of `counts`: the ranks (from 0)
+        `floor(h)` and `min(floor(h) + 1, m - 1)` of the two values it interpolates, `h = q (m - 1)`, and the
+        fraction `h - floor(h)` in `dtype`.
+        """
         position = self.config.trim_quantile * (counts - 1).clamp(min=0).to(torch.float64)
         below = position.floor().long()
         above = torch.minimum(below + 1, (counts - 1).clamp(min=0))
-        fraction = (position - below).to(distance.dtype)
-        low, high = ordered.gather(-1, below[..., None])[..., 0], ordered.gather(-1, above[..., None])[..., 0]
-        return self.interpolated(low, high, fraction).gather(1, labels)
+        return below, above, (position - below).to(dtype)
 
     @staticmethod
     def interpolated(low: torch.Tensor, high: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
@@ -556,8 +563,9 @@ class KMeansTransformerTrimGate(nn.Module):
         The gate on the compact state (`VariantSpec.compact`): `δ_i = |x_i - c_a(i)|^2` from the labels `(batch, n)`
         of compact point tokens `[x_i ; 1]` and centroids `(batch, k, d)`, and the labels of the trimmed points set to
         -1, so that the update counts them nowhere. The rule of `forward`, with no `(batch, k, n)` table: a
-        per-cluster quantile is taken on each cluster's members alone, one row per cluster (one `argsort` of the labels
-        groups them), so the table is `(batch * k, largest cluster)`.
+        per-cluster quantile is taken on each cluster's members alone, the two values it interpolates found by the
+        compiled `cpu_kernels.order_statistics` (a selection, no sort); with sample weights, or without the loops,
+        one row per cluster (`member_table`) of a `(batch * k, largest cluster)` table through the gate's own code.
         """
         assigned = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)  # those `forward` counts
         distance = self.distances(point_tokens, centroids, labels)
@@ -567,6 +575,16 @@ class KMeansTransformerTrimGate(nn.Module):
             else:
                 trimmed = self.weighted_trim(distance, labels, assigned, sample_weight)
             return labels.masked_fill(trimmed, -1)
+        if sample_weight is None:  # the two order statistics of each cluster by the compiled loops, without a sort
+            k = self.config.num_clusters
+            codes = labels.masked_fill(~assigned, -1)
+            counts = torch.zeros(labels.shape[0], k + 1, dtype=torch.long, device=labels.device)
+            counts = counts.scatter_add_(1, codes + 1, torch.ones_like(codes))[:, 1:]
+            below, above, fraction = self.quantile_ranks(counts, distance.dtype)
+            values = cpu_kernels.order_statistics(distance, codes, k, torch.stack([below, above], dim=-1))
+            if values is not None:
+                quantiles = self.interpolated(values[..., 0], values[..., 1], fraction)
+                return labels.masked_fill(assigned & (distance > quantiles.gather(1, codes.clamp(min=0))), -1)
         # Every cluster's members as one row of a (batch * k, largest cluster) table (`member_table`), unassigned past
         # its count; the gate's own per-cluster rule then runs on all rows at once (one "cluster" each).
         problem, point, row, column, shape = member_table(labels, assigned, self.config.num_clusters)

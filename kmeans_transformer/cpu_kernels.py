@@ -540,6 +540,48 @@ std::vector<at::Tensor> medoid_update(at::Tensor points, at::Tensor codes, int64
   return {chosen, masses};
 }
 
+// ---- order_statistics: chosen order statistics of each cluster's members -------------------------------------
+// Per group and code j: the members (code j, in point order, by the counting sort `group_members`) copied out, and
+// for each requested rank r (from 0, clamped to the members) the r-th smallest value by `std::nth_element`: O(n)
+// expected per rank, no sort. Exact: an order statistic is one of the values, whatever finds it.
+at::Tensor order_statistics(at::Tensor values, at::Tensor codes, int64_t num_codes, at::Tensor ranks) {
+  TORCH_CHECK(values.dim() == 2 && codes.sizes() == values.sizes() && codes.scalar_type() == at::kLong &&
+              ranks.dim() == 3 && ranks.size(0) == values.size(0) && ranks.size(1) == num_codes &&
+              ranks.scalar_type() == at::kLong,
+              "order_statistics: values (groups, n), int64 codes (groups, n), int64 ranks (groups, k, r)");
+  const at::Tensor v = values.contiguous(), c = codes.contiguous(), r = ranks.contiguous();
+  const int64_t groups = v.size(0), n = v.size(1), k = num_codes, count = r.size(2);
+  auto out = at::zeros({groups, k, count}, v.options());
+  std::vector<int64_t> starts(groups * (k + 1)), members(groups * n);
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "order_statistics", [&] {
+    const scalar_t* x = v.data_ptr<scalar_t>();
+    const int64_t* code = c.data_ptr<int64_t>();
+    const int64_t* rank = r.data_ptr<int64_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        group_members<scalar_t>(code + g * n, nullptr, n, k, &starts[g * (k + 1)], &members[g * n]);
+    });
+    at::parallel_for(0, groups * k, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> buffer;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / k, j = task % k;
+        const int64_t start = starts[g * (k + 1) + j], size = starts[g * (k + 1) + j + 1] - start;
+        if (size == 0) continue;
+        buffer.resize(size);
+        for (int64_t t = 0; t < size; ++t) buffer[t] = x[g * n + members[g * n + start + t]];
+        for (int64_t s = 0; s < count; ++s) {
+          const int64_t q = std::min(std::max<int64_t>(rank[task * count + s], 0), size - 1);
+          std::nth_element(buffer.begin(), buffer.begin() + q, buffer.end());
+          o[task * count + s] = buffer[q];
+        }
+      }
+    });
+  });
+  return out;
+}
+// ---- end of order_statistics -----------------------------------------------------------------------------------
+
 // ---- lloyd_step: one Lloyd iteration of a batch of problems, in place on the compact tokens -------------------
 // Per problem (in parallel over problems): the labels of `nearest_group` (those of `nearest_keys`), the float64
 // sums of the point tokens [x_i ; 1] per label in the order of `segment_sums` (row after row, in blocks of
@@ -722,6 +764,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparsemax_update", &sparsemax_update, "sparsemax_update", released);
   m.def("medoid_update", &medoid_update, "medoid_update", released);
   m.def("lloyd_step", &lloyd_step, "lloyd_step", released);
+  m.def("order_statistics", &order_statistics, "order_statistics", released);
   m.def("weighted_sums", &weighted_sums, "weighted_sums", released);
 }
 """
@@ -1140,6 +1183,20 @@ def medoid_update(
         return None
     weights = None if weights is None else weights.to(points.dtype).contiguous()
     return tuple(module.medoid_update(_contiguous_rows(points), codes.contiguous(), int(num_codes), weights))
+
+
+def order_statistics(
+    values: torch.Tensor, codes: torch.LongTensor, num_codes: int, ranks: torch.LongTensor
+) -> torch.Tensor | None:
+    """
+    Per group and code `j`, the `ranks[g, j, t]`-th smallest (from 0, clamped to the members) of the `values`
+    `(groups, n)` whose code is `j` (codes `(groups, n)`, -1: none), `(groups, k, t)` in the dtype of the values (0
+    for a code without members); or None where the loops do not run.
+    """
+    module = _member_module(values[..., None])
+    if module is None:
+        return None
+    return module.order_statistics(values, codes, int(num_codes), ranks)
 
 
 def lloyd_step(

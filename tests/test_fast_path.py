@@ -522,3 +522,42 @@ def test_weighted_compact_engine_is_its_pytorch_code(variant, weighted, monkeypa
     assert torch.equal(fast.labels, plain.labels)
     for name in ("centroids", "assignments", "inertia", *model.config.variant_spec.state_names):
         torch.testing.assert_close(getattr(fast, name), getattr(plain, name), rtol=1e-12, atol=1e-12)
+
+
+def test_order_statistics_are_those_of_each_clusters_sorted_members():
+    """The chosen ranks of each cluster's values (clamped to its members; 0 for an empty cluster) against a sort."""
+    require_compiled()
+    generator = torch.Generator().manual_seed(23)
+    for dtype in (torch.float32, torch.float64):
+        values = torch.randint(0, 9, (3, 500), generator=generator).to(dtype) / 4  # many ties
+        codes = torch.randint(-1, 6, (3, 500), generator=generator)
+        codes[2] = codes[2].clamp(max=3)  # clusters 4 and 5 of the last group are empty
+        ranks = torch.randint(-2, 120, (3, 6, 3), generator=generator)
+        found = cpu_kernels.order_statistics(values, codes, 6, ranks)
+        for g in range(3):
+            for j in range(6):
+                members = sorted(float(v) for v, c in zip(values[g], codes[g]) if c == j)
+                for t in range(3):
+                    expected = members[min(max(int(ranks[g, j, t]), 0), len(members) - 1)] if members else 0.0
+                    assert float(found[g, j, t]) == expected, (dtype, g, j, t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_trimmed_compact_engine_is_its_pytorch_code(dtype, monkeypatch):
+    """The per-cluster quantile by the compiled selection trims exactly what the gate's own sorted table trims."""
+    require_compiled()
+    generator = torch.Generator().manual_seed(24)
+    points = torch.randn(3, 700, 3, generator=generator, dtype=dtype) * 3
+    points[0, :200] = points[0, :200].round()  # ties among the distances
+    mask = torch.ones(3, 700, dtype=torch.bool)
+    mask[2, 500:] = False
+    config = KMeansTransformerConfig(num_clusters=6, point_dim=3, num_iterations=4, variant="trimmed", trim_quantile=0.8)
+    model = KMeansTransformerModel(config).to(dtype)
+    assert model.engine() == "compact"
+    fast = model(points, attention_mask=mask)
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "_failed", True)
+    plain = model(points, attention_mask=mask)
+    assert bool((plain.labels == -1).any())
+    for name in ("labels", "centroids", "inertia"):
+        assert torch.equal(getattr(fast, name), getattr(plain, name)), name
