@@ -74,11 +74,14 @@ template <> struct Lanes<double> {
 template <typename T> using Vec = typename Lanes<T>::vec;
 template <typename T> using Index = typename Lanes<T>::index;
 
-// Labels of up to `kRowVectors * Lanes` rows: the rows are transposed into `columns` (e x kRowVectors vectors; a
-// full group of 8 float rows 8 coordinates at a time in registers, `transpose_block`), and every key's score
-// `Σ_e q_ie key_je` is accumulated in coordinate order, 4 keys at a time, then compared with the best so far
-// (strictly greater wins, so the first maximiser is kept).
-constexpr int kRowVectors = 1, kKeys = 8;
+// Labels of a tile of up to `kTileVectors * Lanes` rows. The rows are transposed into `columns`, one column vector
+// per coordinate for each vector of rows (`columns[v * e + c]`; a full vector of 8 float rows 8 coordinates at a
+// time in registers, `transpose_block`). Then, `kKeys` keys at a time, every vector of rows of the tile in turn
+// accumulates each key's score `Σ_e q_ie key_je` in coordinate order and compares it with its best so far (strictly
+// greater wins, so the first maximiser is kept). The tile reuses each block of keys for all its rows while the block
+// is in L1: k = 1024 keys of 129 floats (528 KB) stream from memory once per tile, not once per vector of rows. A
+// row's scores and comparisons are the same whatever the tile.
+constexpr int kTileVectors = 16, kKeys = 8;
 
 #if defined(__AVX__) && !defined(__AVX512F__)
 #include <immintrin.h>
@@ -106,27 +109,31 @@ static inline void transpose_block(const float* rows, int64_t ldq, float* out) {
 template <typename T>
 static void nearest_group(const T* rows, int64_t count, int64_t ldq, const T* keys, int64_t k, int64_t e,
                           std::vector<Vec<T>>& columns, int64_t* out) {
-  constexpr int L = Lanes<T>::value, R = kRowVectors;
-  T* lanes = reinterpret_cast<T*>(columns.data());  // lane r of vector (c, v) is lanes[(c * R + v) * L + r]
-  int64_t done = 0;  // coordinates already transposed
+  constexpr int L = Lanes<T>::value;
+  const int64_t vectors = (count + L - 1) / L;
+  T* lanes = reinterpret_cast<T*>(columns.data());  // lane r of vector (v, c) is lanes[(v * e + c) * L + r]
+  for (int64_t v = 0; v < vectors; ++v) {
+    const int64_t in_vector = std::min<int64_t>(L, count - v * L);
+    T* block = lanes + v * e * L;
+    int64_t done = 0;  // coordinates already transposed
 #if defined(__AVX__) && !defined(__AVX512F__)
-  if constexpr (std::is_same<T, float>::value && L == 8 && R == 1) {
-    if (count == L) for (; done + 8 <= e; done += 8) transpose_block(rows + done, ldq, lanes + done * L);
-  }
+    if constexpr (std::is_same<T, float>::value && L == 8) {
+      if (in_vector == L) for (; done + 8 <= e; done += 8) transpose_block(rows + v * L * ldq + done, ldq, block + done * L);
+    }
 #endif
-  if (count < R * L) std::fill(lanes, lanes + e * R * L, T(0));
-  for (int64_t r = 0; r < count; ++r) {
-    const T* row = rows + r * ldq;
-    T* target = lanes + (r / L) * L + r % L;
-    for (int64_t c = done; c < e; ++c) target[c * R * L] = row[c];
+    if (in_vector < L) std::fill(block, block + e * L, T(0));
+    for (int64_t r = 0; r < in_vector; ++r) {
+      const T* row = rows + (v * L + r) * ldq;
+      for (int64_t c = done; c < e; ++c) block[c * L + r] = row[c];
+    }
   }
-  Vec<T> best[R];
-  Index<T> best_index[R];
-  for (int v = 0; v < R; ++v) {
+  Vec<T> best[kTileVectors];
+  Index<T> best_index[kTileVectors];
+  for (int64_t v = 0; v < vectors; ++v) {
     best_index[v] = Index<T>{};
     for (int r = 0; r < L; ++r) best[v][r] = -std::numeric_limits<T>::infinity();
   }
-  auto keep = [&](const Vec<T>& score, int v, int64_t j) {
+  auto keep = [&](const Vec<T>& score, int64_t v, int64_t j) {
     auto better = score > best[v];
     best[v] = better ? score : best[v];
     best_index[v] = better ? Index<T>{} + (typename Lanes<T>::label)j : best_index[v];
@@ -134,26 +141,28 @@ static void nearest_group(const T* rows, int64_t count, int64_t ldq, const T* ke
   int64_t j = 0;
   for (; j + kKeys <= k; j += kKeys) {
     const T* k0 = keys + j * e;
-    Vec<T> s[R][kKeys] = {};
-    for (int64_t c = 0; c < e; ++c) {
-      for (int v = 0; v < R; ++v) {
-        const Vec<T> column = columns[c * R + v];
-        for (int t = 0; t < kKeys; ++t) s[v][t] += column * k0[t * e + c];
-      }
+    for (int64_t v = 0; v < vectors; ++v) {
+      const Vec<T>* column = columns.data() + v * e;
+      Vec<T> s[kKeys] = {};
+      for (int64_t c = 0; c < e; ++c)
+        for (int t = 0; t < kKeys; ++t) s[t] += column[c] * k0[t * e + c];
+      for (int t = 0; t < kKeys; ++t) keep(s[t], v, j + t);
     }
-    for (int v = 0; v < R; ++v) for (int t = 0; t < kKeys; ++t) keep(s[v][t], v, j + t);
   }
   for (; j < k; ++j) {
-    Vec<T> s[R] = {};
-    for (int64_t c = 0; c < e; ++c) for (int v = 0; v < R; ++v) s[v] += columns[c * R + v] * keys[j * e + c];
-    for (int v = 0; v < R; ++v) keep(s[v], v, j);
+    for (int64_t v = 0; v < vectors; ++v) {
+      const Vec<T>* column = columns.data() + v * e;
+      Vec<T> s = {};
+      for (int64_t c = 0; c < e; ++c) s += column[c] * keys[j * e + c];
+      keep(s, v, j);
+    }
   }
   for (int64_t r = 0; r < count; ++r) out[r] = best_index[r / L][r % L];
 }
 
 template <typename scalar_t>
 static void nearest_keys_impl(const at::Tensor& query, const at::Tensor& key, at::Tensor& labels, int64_t block_rows) {
-  constexpr int L = Lanes<scalar_t>::value * kRowVectors;
+  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
   const int64_t groups = query.size(0), n = query.size(1), e = query.size(2), k = key.size(1);
   const int64_t lane_groups = (n + L - 1) / L;
   const scalar_t* q = query.data_ptr<scalar_t>();
@@ -162,7 +171,7 @@ static void nearest_keys_impl(const at::Tensor& query, const at::Tensor& key, at
   const int64_t ldq = query.stride(1), group_stride = query.stride(0);
   const int64_t grain = std::max<int64_t>(1, block_rows / L);
   at::parallel_for(0, groups * lane_groups, grain, [&](int64_t begin, int64_t end) {
-    std::vector<Vec<scalar_t>> columns(e * kRowVectors);
+    std::vector<Vec<scalar_t>> columns(e * kTileVectors);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task / lane_groups, start = (task % lane_groups) * L;
       nearest_group<scalar_t>(q + group * group_stride + start * ldq, std::min<int64_t>(L, n - start), ldq,
@@ -590,7 +599,7 @@ at::Tensor order_statistics(at::Tensor values, at::Tensor codes, int64_t num_cod
 template <typename scalar_t>
 static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const bool* seen, at::Tensor& labels,
                             at::Tensor& statistics, int64_t n) {
-  constexpr int L = Lanes<scalar_t>::value * kRowVectors;
+  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
   const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
   const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
   const int64_t blocks = (n + kSumRows - 1) / kSumRows;
@@ -599,7 +608,7 @@ static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const boo
   int64_t* out = labels.data_ptr<int64_t>();
   double* stats = statistics.data_ptr<double>();
   at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
-    std::vector<Vec<scalar_t>> columns(width * kRowVectors);
+    std::vector<Vec<scalar_t>> columns(width * kTileVectors);
     std::vector<double> partial(blocks > 1 ? k * width : 0);
     for (int64_t g = begin; g < end; ++g) {
       scalar_t* rows = t + g * group_stride;
@@ -1207,9 +1216,13 @@ def lloyd_step(
     + 1)` (`[x_i ; 1]`, then `[c_j ; 1]`) with the assign block's keys `[2 c_j ; -|c_j|^2]` `(batch, k, d + 1)`:
     the labels of `nearest_keys` (-1 where `point_mask` is False), the float64 sums `[Σ_{a(i)=j} x_i ; |S_j|]` of
     `segment_sums`, and the centroid rows replaced by `Σ x_i / |S_j|` rounded once (kept where `|S_j| = 0`). Returns
-    the labels and the sums, or None where the loops do not run (then nothing is changed).
+    the labels and the sums, or None where the loops do not run (then nothing is changed), or where there are fewer
+    problems than threads: the loop shares the problems among the threads, while the separate steps share each
+    problem's rows, with the same numbers.
     """
     if torch.compiler.is_compiling() or not tokens.is_contiguous() or _for_scores(tokens, key) is None:
+        return None
+    if tokens.shape[0] < torch.get_num_threads():
         return None
     return tuple(_loaded().lloyd_step(tokens, key.contiguous(), point_mask))
 
