@@ -1008,13 +1008,17 @@ def run(args: argparse.Namespace) -> int:
         _quiet_libraries()
     with _signals_raise() as leaving:
         try:
-            args.run(args)
-        except Exception as error:
-            if not isinstance(error, _user_errors()):
-                raise
-            leaving()
-            report_error(args.command, error)
-            return 2
+            try:
+                args.run(args)
+            except Exception as error:
+                # From here the command is reporting and leaving: torchrun's SIGTERM (sent once a peer failed) must
+                # not interrupt the report, however long the import of the error types takes. One that lands
+                # before this line is reported as an interruption below.
+                leaving()
+                if not isinstance(error, _user_errors()):
+                    raise
+                report_error(args.command, error)
+                return 2
         except (KeyboardInterrupt, _Terminated) as interrupt:
             leaving()
             signum = signal.SIGINT if isinstance(interrupt, KeyboardInterrupt) else signal.SIGTERM

@@ -603,3 +603,27 @@ except (_Terminated, KeyboardInterrupt) as interrupt:
     expected = "_Terminated" if signum == signal.SIGTERM else "KeyboardInterrupt"
     assert done.stdout.strip() == f"stopped by {expected}", done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "ignored" not in done.stderr, done.stderr
+
+
+def test_a_sigterm_while_an_error_is_reported_does_not_interrupt_the_report():
+    # torchrun sends SIGTERM to the other workers once one fails; a worker that is itself reporting an error (whose
+    # types are imported only then, slowly on a busy machine) reports it on one line, without a traceback.
+    script = """
+import argparse, os, signal, sys, time
+from kmeans_transformer import cli
+
+errors = cli._user_errors
+def slow_user_errors():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)
+    return errors()
+cli._user_errors = slow_user_errors
+
+def fail(args):
+    raise ValueError("the input is bad")
+
+sys.exit(cli.run(argparse.Namespace(run=fail, command="infer", verbose=True)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "kmeans-transformer infer: error: the input is bad", done.stderr
