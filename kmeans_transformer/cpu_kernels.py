@@ -673,16 +673,18 @@ std::vector<at::Tensor> lloyd_step(at::Tensor tokens, at::Tensor key, c10::optio
 // x 8 columns held in registers, rows in order: sums[j, c] = Σ_i w_ij^power row_ic, each term rounded as
 // (double) w_ij^power * row_ic, w = max(w, 0) when power != 1.
 constexpr int kTileKeys = 4, kTileColumns = 8;
+constexpr int64_t kTaskKeys = 16;  // keys per parallel task (a multiple of kTileKeys)
 constexpr int64_t kWeightedRows = 256;
 
 template <typename scalar_t>
-static void weighted_sums_group(const scalar_t* w, int64_t m, int64_t k, const scalar_t* v, int64_t ldv, int64_t width,
-                                const scalar_t* s, bool square_norm, double power, std::vector<double>& rows,
-                                std::vector<double>& powers, double* sums) {
+static void weighted_sums_group(const scalar_t* w, int64_t m, int64_t k, int64_t key_begin, int64_t key_end,
+                                const scalar_t* v, int64_t ldv, int64_t width, const scalar_t* s, bool square_norm,
+                                double power, std::vector<double>& rows, std::vector<double>& powers, double* sums) {
   typedef double D4 __attribute__((vector_size(32)));
   const int64_t out_width = width + (square_norm ? 1 : 0);
   const int64_t padded = (out_width + kTileColumns - 1) / kTileColumns * kTileColumns;
-  const int64_t padded_keys = (k + kTileKeys - 1) / kTileKeys * kTileKeys;
+  const int64_t keys = key_end - key_begin;  // the sums of keys [key_begin, key_end) only
+  const int64_t padded_keys = (keys + kTileKeys - 1) / kTileKeys * kTileKeys;
   std::vector<double> tiles(padded_keys * padded, 0.0);  // the sums, padded to whole tiles
   for (int64_t first = 0; first < m; first += kWeightedRows) {  // rows in blocks that stay in cache
     const int64_t count = std::min(kWeightedRows, m - first);
@@ -702,10 +704,10 @@ static void weighted_sums_group(const scalar_t* w, int64_t m, int64_t k, const s
       if (square_norm) row[width - 1] = s ? scale * norm : norm;
       row[out_width - 1] = s ? scale * static_cast<double>(x[width - 1]) : static_cast<double>(x[width - 1]);
       double* p = &powers[r * padded_keys];
-      const scalar_t* wi = w + i * k;
-      if (power == 1.0) for (int64_t j = 0; j < k; ++j) p[j] = static_cast<double>(wi[j]);
-      else if (power == 2.0) for (int64_t j = 0; j < k; ++j) { const double u = std::max(static_cast<double>(wi[j]), 0.0); p[j] = u * u; }
-      else for (int64_t j = 0; j < k; ++j) p[j] = std::pow(std::max(static_cast<double>(wi[j]), 0.0), power);
+      const scalar_t* wi = w + i * k + key_begin;
+      if (power == 1.0) for (int64_t j = 0; j < keys; ++j) p[j] = static_cast<double>(wi[j]);
+      else if (power == 2.0) for (int64_t j = 0; j < keys; ++j) { const double u = std::max(static_cast<double>(wi[j]), 0.0); p[j] = u * u; }
+      else for (int64_t j = 0; j < keys; ++j) p[j] = std::pow(std::max(static_cast<double>(wi[j]), 0.0), power);
     }
     for (int64_t j0 = 0; j0 < padded_keys; j0 += kTileKeys) {
       for (int64_t c0 = 0; c0 < padded; c0 += kTileColumns) {
@@ -731,8 +733,8 @@ static void weighted_sums_group(const scalar_t* w, int64_t m, int64_t k, const s
       }
     }
   }
-  for (int64_t j = 0; j < k; ++j)
-    for (int64_t c = 0; c < out_width; ++c) sums[j * out_width + c] = tiles[j * padded + c];
+  for (int64_t j = 0; j < keys; ++j)
+    for (int64_t c = 0; c < out_width; ++c) sums[(key_begin + j) * out_width + c] = tiles[j * padded + c];
 }
 
 at::Tensor weighted_sums(at::Tensor weights, at::Tensor values, c10::optional<at::Tensor> sample_weight,
@@ -754,11 +756,17 @@ at::Tensor weighted_sums(at::Tensor weights, at::Tensor values, c10::optional<at
     const scalar_t* v = values.data_ptr<scalar_t>();
     const scalar_t* sw = s.defined() ? s.data_ptr<scalar_t>() : nullptr;
     double* out = sums.data_ptr<double>();
-    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    // Tasks of kTaskKeys keys of one group, in parallel: one problem's clusters are shared among the threads, and
+    // every sum adds its rows in order whatever the number of threads.
+    const int64_t parts = (k + kTaskKeys - 1) / kTaskKeys;
+    at::parallel_for(0, groups * parts, 1, [&](int64_t begin, int64_t end) {
       std::vector<double> rows, powers;
-      for (int64_t g = begin; g < end; ++g)
-        weighted_sums_group<scalar_t>(w + g * m * k, m, k, v + g * values.stride(0), values.stride(1), width,
-                                      sw ? sw + g * m : nullptr, square_norm, power, rows, powers, out + g * k * out_width);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / parts, first = (task % parts) * kTaskKeys;
+        weighted_sums_group<scalar_t>(w + g * m * k, m, k, first, std::min(k, first + kTaskKeys), v + g * values.stride(0),
+                                      values.stride(1), width, sw ? sw + g * m : nullptr, square_norm, power, rows,
+                                      powers, out + g * k * out_width);
+      }
     });
   });
   return sums;

@@ -478,10 +478,13 @@ def test_lloyd_runs_one_compiled_step_per_iteration_with_the_numbers_of_the_bloc
 @pytest.mark.parametrize("square_norm,power", [(False, 1.0), (False, 2.5), (True, 1.0)])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_weighted_sums_against_a_plain_loop(dtype, square_norm, power, weighted):
-    """`Σ_i w_ij^power s_i [x_i (; |x_i|^2) ; 1]`, every product in float64, on strided rows and a k not of the tile."""
+    """
+    `Σ_i w_ij^power s_i [x_i (; |x_i|^2) ; 1]`, every product in float64, on strided rows and a k not of the tile,
+    split into two parallel tasks of keys: the same numbers on one thread and on two.
+    """
     require_compiled()
     generator = torch.Generator().manual_seed(21)
-    groups, m, d, k = 2, 37, 5, 7
+    groups, m, d, k = 2, 37, 5, 21
     weights = torch.rand(groups, m, k, generator=generator, dtype=dtype) - 0.1  # a few negative: clamped for power != 1
     tokens = torch.randn(groups, m + 3, d + 1, generator=generator, dtype=dtype)
     tokens[..., -1] = 1.0
@@ -500,6 +503,12 @@ def test_weighted_sums_against_a_plain_loop(dtype, square_norm, power, weighted)
                 for c, value in enumerate(row):
                     expected[g, j, c] += w * (scale * value)
     torch.testing.assert_close(sums, expected, rtol=1e-13, atol=1e-13)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        assert torch.equal(cpu_kernels.weighted_sums(weights, values, sample_weight, square_norm, power), sums)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("variant", ["soft", "gmm", "fuzzy"])
