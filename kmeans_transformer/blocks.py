@@ -331,6 +331,13 @@ class KMeansTransformerAssign(KMeansTransformerPositionAttention):
         scores = torch.matmul(query, key.transpose(-1, -2))
         return softmax_weights(scores if self.scaling == 1 else scores.mul_(self.scaling))
 
+    def compact_membership_rule(self) -> dict:
+        """
+        `compact_memberships`' rule for the compiled pass (`cpu_kernels.membership_sums`) on the same queries and
+        keys, whose first `d` query coordinates are the point `x_i`: here the softmax of `scaling · q_i.key_j`.
+        """
+        return {"rule": "softmax", "scaling": self.scaling}
+
 
 class KMeansTransformerSoftAssign(KMeansTransformerAssign):
     """`"soft"`: the assign block under softmax at `γ`: `y_i` holds the responsibilities `r_ij = softmax_j(-γ |x_i - c_j|^2)`."""
@@ -370,6 +377,10 @@ class KMeansTransformerFuzzyAssign(KMeansTransformerAssign):
     def compact_memberships(self, query, key):
         """The kernel's rule (`fuzzy_weights`) on the distances of one GEMM, those that cancel taken from the differences."""
         return fuzzy_weights(squared_distances(query, key), self.fuzzifier)
+
+    def compact_membership_rule(self) -> dict:
+        """The same rule for the compiled pass, which takes every distance from the differences."""
+        return {"rule": "fuzzy", "exponent": 1.0 / (self.fuzzifier - 1.0)}
 
 
 class KMeansTransformerTrimmedAssign(KMeansTransformerAssign):
@@ -751,6 +762,7 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
     attention_function = "kmeans_linear"
     score_power = 1  # read by `linear_attention_forward`
     assignment_kind = "weights"
+    square_norm = False  # whether the sums' rows carry |x_i|^2: `[x_i ; |x_i|^2 ; 1]` (compiled sums)
 
     def accumulate(self, assignment: torch.Tensor, values: torch.Tensor, sample_weight=None) -> torch.Tensor:
         """
@@ -764,8 +776,18 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
 
     def accumulate_float64(self, assignment, values, sample_weight=None):
         """`accumulate` by the compiled `cpu_kernels.weighted_sums` (`y_ij^score_power` and every product in float64)."""
-        sums = cpu_kernels.weighted_sums(assignment, values, sample_weight, False, self.score_power)
-        return super().accumulate_float64(assignment, values, sample_weight) if sums is None else sums
+        sums = cpu_kernels.weighted_sums(assignment, values, sample_weight, **self.compiled_sums_form())
+        if sums is None:
+            return KMeansTransformerUpdate.accumulate_float64(self, assignment, values, sample_weight)
+        return self.statistics_of_sums(sums, values, sample_weight)
+
+    def compiled_sums_form(self) -> dict:
+        """The compiled loops' sums this update reads: `Σ_i w_ij^power s_i [x_i (; |x_i|^2) ; 1]`."""
+        return {"square_norm": self.square_norm, "power": float(self.score_power)}
+
+    def statistics_of_sums(self, sums: torch.Tensor, values: torch.Tensor, sample_weight=None) -> torch.Tensor:
+        """`accumulate`'s statistics from the compiled sums of the points `values` `[x_i ; 1]`: the sums themselves."""
+        return sums
 
     def score_weights(self, codes: torch.Tensor) -> torch.Tensor:
         """`y_ij^score_power`: a cluster whose powers all round to 0 sees only its own token, and keeps `c_j`."""
@@ -790,7 +812,7 @@ class KMeansTransformerFuzzyUpdate(KMeansTransformerWeightedUpdate):
         self.score_power = config.fuzzifier
 
 
-class KMeansTransformerMixtureUpdate(KMeansTransformerUpdate):
+class KMeansTransformerMixtureUpdate(KMeansTransformerWeightedUpdate):
     """
     `"gmm"`, the sums of the M-step: linear attention without normalisation on the responsibilities, with values
     `[x_i ; |x_i|^2 ; 1]` (the 1 is the `v_proj` bias minus `is_centroid`), so the centroid token receives
@@ -798,10 +820,9 @@ class KMeansTransformerMixtureUpdate(KMeansTransformerUpdate):
     `mixing_weight` slots. The M-step block turns them into parameters.
     """
 
-    attention_function = "kmeans_linear"
     normalize_weights = False  # read by `linear_attention_forward`
     value_bias = True
-    assignment_kind = "weights"
+    square_norm = True
 
     @classmethod
     def analytic_projections(cls, config):
@@ -827,11 +848,8 @@ class KMeansTransformerMixtureUpdate(KMeansTransformerUpdate):
         counts = values[..., -1:].sum(dim=1, keepdim=True).expand(-1, sums.shape[1], -1)
         return torch.cat([sums, counts], dim=-1)
 
-    def accumulate_float64(self, assignment, values, sample_weight=None):
-        """`accumulate` by the compiled `cpu_kernels.weighted_sums` (`|x_i|^2` and every product in float64)."""
-        sums = cpu_kernels.weighted_sums(assignment, values, sample_weight, True, 1.0)
-        if sums is None:
-            return super().accumulate_float64(assignment, values, sample_weight)
+    def statistics_of_sums(self, sums, values, sample_weight=None):
+        """`[N_j ; S_j ; R_j]` from the compiled sums (`|x_i|^2` and every product in float64), then the mass `n`."""
         mass = values[..., -1].to(torch.float64)
         if sample_weight is not None:
             mass = mass * sample_weight.to(torch.float64)

@@ -106,9 +106,10 @@ static inline void transpose_block(const float* rows, int64_t ldq, float* out) {
 }
 #endif
 
+// A tile's rows transposed into `columns` (`columns[v * e + c]`, lane r: row v * L + r; the lanes past `count` 0);
+// returns the number of vectors of rows.
 template <typename T>
-static void nearest_group(const T* rows, int64_t count, int64_t ldq, const T* keys, int64_t k, int64_t e,
-                          std::vector<Vec<T>>& columns, int64_t* out) {
+static int64_t transpose_tile(const T* rows, int64_t count, int64_t ldq, int64_t e, std::vector<Vec<T>>& columns) {
   constexpr int L = Lanes<T>::value;
   const int64_t vectors = (count + L - 1) / L;
   T* lanes = reinterpret_cast<T*>(columns.data());  // lane r of vector (v, c) is lanes[(v * e + c) * L + r]
@@ -127,16 +128,18 @@ static void nearest_group(const T* rows, int64_t count, int64_t ldq, const T* ke
       for (int64_t c = done; c < e; ++c) block[c * L + r] = row[c];
     }
   }
-  Vec<T> best[kTileVectors];
-  Index<T> best_index[kTileVectors];
-  for (int64_t v = 0; v < vectors; ++v) {
-    best_index[v] = Index<T>{};
-    for (int r = 0; r < L; ++r) best[v][r] = -std::numeric_limits<T>::infinity();
-  }
-  auto keep = [&](const Vec<T>& score, int64_t v, int64_t j) {
-    auto better = score > best[v];
-    best[v] = better ? score : best[v];
-    best_index[v] = better ? Index<T>{} + (typename Lanes<T>::label)j : best_index[v];
+  return vectors;
+}
+
+// Every score of a transposed tile's rows with every key, handed to `sink(score, v, j)` (a vector of rows' scores
+// with key j), `kKeys` keys at a time for every vector of rows: `Σ_c q_ic key_jc`, or with `Differences` the squared
+// distance `Σ_c (q_ic - key_jc)^2`, accumulated in coordinate order.
+template <typename T, bool Differences = false, typename Sink>
+static void tile_scores(const std::vector<Vec<T>>& columns, int64_t vectors, const T* keys, int64_t k, int64_t e,
+                        Sink&& sink) {
+  auto add = [](Vec<T>& s, const Vec<T>& q, T key) {
+    if constexpr (Differences) { const Vec<T> difference = q - key; s += difference * difference; }
+    else s += q * key;
   };
   int64_t j = 0;
   for (; j + kKeys <= k; j += kKeys) {
@@ -145,18 +148,36 @@ static void nearest_group(const T* rows, int64_t count, int64_t ldq, const T* ke
       const Vec<T>* column = columns.data() + v * e;
       Vec<T> s[kKeys] = {};
       for (int64_t c = 0; c < e; ++c)
-        for (int t = 0; t < kKeys; ++t) s[t] += column[c] * k0[t * e + c];
-      for (int t = 0; t < kKeys; ++t) keep(s[t], v, j + t);
+        for (int t = 0; t < kKeys; ++t) add(s[t], column[c], k0[t * e + c]);
+      for (int t = 0; t < kKeys; ++t) sink(s[t], v, j + t);
     }
   }
   for (; j < k; ++j) {
     for (int64_t v = 0; v < vectors; ++v) {
       const Vec<T>* column = columns.data() + v * e;
       Vec<T> s = {};
-      for (int64_t c = 0; c < e; ++c) s += column[c] * keys[j * e + c];
-      keep(s, v, j);
+      for (int64_t c = 0; c < e; ++c) add(s, column[c], keys[j * e + c]);
+      sink(s, v, j);
     }
   }
+}
+
+template <typename T>
+static void nearest_group(const T* rows, int64_t count, int64_t ldq, const T* keys, int64_t k, int64_t e,
+                          std::vector<Vec<T>>& columns, int64_t* out) {
+  constexpr int L = Lanes<T>::value;
+  const int64_t vectors = transpose_tile(rows, count, ldq, e, columns);
+  Vec<T> best[kTileVectors];
+  Index<T> best_index[kTileVectors];
+  for (int64_t v = 0; v < vectors; ++v) {
+    best_index[v] = Index<T>{};
+    for (int r = 0; r < L; ++r) best[v][r] = -std::numeric_limits<T>::infinity();
+  }
+  tile_scores<T>(columns, vectors, keys, k, e, [&](const Vec<T>& score, int64_t v, int64_t j) {
+    auto better = score > best[v];
+    best[v] = better ? score : best[v];
+    best_index[v] = better ? Index<T>{} + (typename Lanes<T>::label)j : best_index[v];
+  });
   for (int64_t r = 0; r < count; ++r) out[r] = best_index[r / L][r % L];
 }
 
@@ -773,6 +794,285 @@ at::Tensor weighted_sums(at::Tensor weights, at::Tensor values, c10::optional<at
 }
 // ---- end of weighted_sums --------------------------------------------------------------------------------------
 
+// ---- membership_sums: one pass of a weighted assignment (soft, gmm, fuzzy) without the (n, k) weights -----------
+// `exp(x)` of a vector with x <= 0 (-inf included): x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two parts, Cody and
+// Waite), e^r by its Taylor polynomial (degree 7 for float, 13 for double: truncation under 0.1 ulp), times 2^n made
+// from its bits as 2^(n + 64) 2^-64 so that results down to 2^-1074 (2^-149) are subnormal, not 0. Within 2 ulp.
+template <typename T>
+static inline Vec<T> exp_nonpositive(Vec<T> x) {
+  using I = Index<T>;
+  constexpr bool single = std::is_same<T, float>::value;
+  constexpr T lowest = single ? T(-110) : T(-750);  // exp is 0 below, in the dtype
+  constexpr T log2e = T(1.4426950408889634), shifter = single ? T(12582912.0) : T(6755399441055744.0);  // 1.5 2^23, 1.5 2^52
+  constexpr T ln2_hi = single ? T(0.693359375) : T(6.93147180369123816490e-01);
+  constexpr T ln2_lo = single ? T(-2.12194440e-4) : T(1.90821492927058770002e-10);
+  x = x < lowest ? Vec<T>{} + lowest : x;
+  const Vec<T> t = x * log2e + shifter;
+  const Vec<T> n = t - shifter;  // round(x / ln2)
+  const Vec<T> r = (x - n * ln2_hi) - n * ln2_lo;
+  constexpr int degree = single ? 7 : 13;
+  static constexpr double inverse_factorial[14] = {
+      1.0, 1.0, 0.5, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
+      1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
+  Vec<T> p = Vec<T>{} + T(inverse_factorial[degree]);
+  for (int i = degree - 1; i >= 0; --i) p = p * r + T(inverse_factorial[i]);  // Horner on Σ_i r^i / i!
+  const I offset = (I)t - (I)(Vec<T>{} + shifter);  // n as an integer, from the low bits of t
+  constexpr int mantissa = single ? 23 : 52, bias = single ? 127 : 1023;
+  const Vec<T> scale = (Vec<T>)((offset + (bias + 64)) << mantissa);
+  return p * scale * T(5.421010862427522e-20);  // 2^-64
+}
+
+// `Lanes<A>` lanes from `p` as a vector of A: floats widened to doubles, or as they are.
+typedef float FloatHalf __attribute__((vector_size(kVectorBytes / 2)));
+template <typename A, typename T>
+static inline Vec<A> widen(const T* p) {
+  if constexpr (std::is_same<A, T>::value) { Vec<A> h; std::memcpy(&h, p, sizeof(h)); return h; }
+  else { FloatHalf h; std::memcpy(&h, p, sizeof(h)); return __builtin_convertvector(h, DoubleVec); }
+}
+
+enum MembershipKind : int64_t { kSoftmax = 0, kFuzzy = 1 };
+struct MembershipRule {
+  int64_t kind;       // kSoftmax: softmax_j(scaling q_i.key_j); kFuzzy: fuzzy c-means on |q_i - key_j|^2
+  double scaling;     // the softmax's factor on the scores (applied in the dtype when != 1)
+  double exponent;    // fuzzy: the ratios' power 1/(m-1)
+  double power;       // the sums' power of the weights, max(w, 0)^power (1: w itself)
+  bool square_norm;   // the sums' rows [x ; |x|^2 ; 1] instead of [x ; 1]
+  bool sums;          // whether the sums are wanted (else only the labels or the weights)
+};
+constexpr int kMemberVectors = 16;       // vectors of rows per tile
+constexpr int kMemberKeys = 4, kMemberColumns = 3;  // the sums' register tile (written out in `membership_tile`)
+constexpr int64_t kMemberTiles = 64;     // tiles per block of partial sums
+constexpr int64_t kMemberWave = 32;      // blocks whose partial sums are held at once
+
+template <typename T, typename A>
+struct MemberWorkspace {
+  std::vector<Vec<T>> columns, scores;   // the tile's query columns; its (k, vectors) scores, then weights
+  std::vector<Vec<A>> rows, powers;      // the sums' rows, transposed and widened (column-major); a key block's weights^power
+  std::vector<DoubleVec> lane_sums;      // the block's sums so far, lane by lane (Lanes<A> lanes per key and column)
+};
+
+// The weights of one tile (rows [0, count) of `q`), into `ws.scores` (`scores[j * kMemberVectors + v]`), 0 in the
+// lanes of rows that are padding or past `count`; their labels (first largest weight, -1 where it is not > 0) and
+// the weights themselves (row-major into `kept`) when asked; then their sums into `ws.lane_sums`, lane by lane.
+template <typename T, typename A>
+static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, int64_t k, int64_t dim, const T* s, const bool* seen, int64_t count, const MembershipRule& rule,
+                            int64_t* labels, T* kept, MemberWorkspace<T, A>& ws) {
+  constexpr int L = Lanes<T>::value, LA = Lanes<A>::value, V = kMemberVectors;
+  constexpr int kLaneVectors = LA / Lanes<double>::value;  // double vectors per vector of A
+  const int64_t vectors = transpose_tile(q, count, ldq, eq, ws.columns);
+  Vec<T>* S = ws.scores.data();
+  Vec<T> extreme[V];  // each row's largest score (softmax) or least distance (fuzzy), kept as the scores are stored
+  if (rule.kind == kFuzzy) {
+    for (int u = 0; u < V; ++u) extreme[u] = Vec<T>{} + std::numeric_limits<T>::infinity();
+    tile_scores<T, true>(ws.columns, vectors, keys, k, eq, [&](const Vec<T>& d2, int64_t u, int64_t j) {
+      S[j * V + u] = d2;
+      extreme[u] = d2 < extreme[u] ? d2 : extreme[u];
+    });
+  } else {
+    const T scaling = static_cast<T>(rule.scaling);
+    for (int u = 0; u < V; ++u) extreme[u] = Vec<T>{} - std::numeric_limits<T>::infinity();
+    tile_scores<T>(ws.columns, vectors, keys, k, eq, [&](const Vec<T>& x, int64_t u, int64_t j) {
+      const Vec<T> score = rule.scaling == 1.0 ? x : x * scaling;
+      S[j * V + u] = score;
+      extreme[u] = score > extreme[u] ? score : extreme[u];
+    });
+  }
+  const Vec<T> zero = {};
+  for (int64_t u = 0; u < vectors; ++u) {
+    Vec<T> real = zero;  // 1 in the lanes of real rows; the others' weights are 0 (whatever their scores)
+    for (int r = 0; r < L; ++r) real[r] = (u * L + r < count && (!seen || seen[u * L + r])) ? T(1) : T(0);
+    const auto live = real > zero;
+    if (rule.kind == kSoftmax) {  // softmax_j: exp(s_j - max) times 1 / Σ_j' exp(s_j' - max), as torch.softmax
+      const Vec<T> top = extreme[u];
+      Vec<T> total = zero;
+      for (int64_t j = 0; j < k; ++j) { S[j * V + u] = exp_nonpositive<T>(S[j * V + u] - top); total += S[j * V + u]; }
+      const Vec<T> inverse = T(1) / total;
+      for (int64_t j = 0; j < k; ++j) S[j * V + u] = live ? S[j * V + u] * inverse : zero;
+    } else {  // fuzzy c-means: (δ / D_j)^q / Σ_j' (δ / D_j')^q, δ = min_j D_j; δ = 0: shared among the zero distances
+      const Vec<T> nearest = extreme[u];
+      Vec<T> total = zero;
+      const auto on_centroid = nearest == zero;
+      for (int64_t j = 0; j < k; ++j) {
+        Vec<T> ratio = nearest / S[j * V + u];
+        if (rule.exponent != 1.0)
+          for (int r = 0; r < L; ++r) ratio[r] = std::pow(ratio[r], static_cast<T>(rule.exponent));
+        const Vec<T> exact = S[j * V + u] == zero ? zero + T(1) : zero;
+        S[j * V + u] = on_centroid ? exact : ratio;
+        total += S[j * V + u];
+      }
+      const T tiny = std::numeric_limits<T>::min();
+      total = total < tiny ? zero + tiny : total;
+      for (int64_t j = 0; j < k; ++j) S[j * V + u] = live ? S[j * V + u] / total : zero;
+    }
+    if (labels) {  // the first largest weight, as `max` finds it
+      Vec<T> best = S[u];
+      Index<T> index = {};
+      for (int64_t j = 1; j < k; ++j) {
+        const auto better = S[j * V + u] > best;
+        best = better ? S[j * V + u] : best;
+        index = better ? Index<T>{} + (typename Lanes<T>::label)j : index;
+      }
+      for (int r = 0; r < L && u * L + r < count; ++r) labels[u * L + r] = (real[r] > 0 && best[r] > 0) ? index[r] : -1;
+    }
+    if (kept)
+      for (int r = 0; r < L && u * L + r < count; ++r)
+        for (int64_t j = 0; j < k; ++j) kept[(u * L + r) * k + j] = S[j * V + u][r];
+  }
+  if (!rule.sums) return;
+  for (int64_t u = vectors; u < V; ++u) for (int64_t j = 0; j < k; ++j) S[j * V + u] = zero;
+  // The sums Σ_i w_ij^power s_i row_ic, each term w^power * (s_i row_ic) in A, over the tile's rows in A's lanes,
+  // each lane added to its double sum of the block (`lane_sums`). The rows [x ; (|x|^2 ;) 1] are the query's first `dim` columns,
+  // widened once per tile (|x|^2 summed in double in coordinate order), times s_i.
+  const int64_t out_width = dim + 1 + (rule.square_norm ? 1 : 0);
+  const int64_t padded_columns = (out_width + kMemberColumns - 1) / kMemberColumns * kMemberColumns;
+  constexpr int64_t R = L * V, U = R / LA, H = L / LA;  // rows per tile; double vectors per column, per vector of rows
+  Vec<A>* Xw = ws.rows.data();  // column c's vectors of rows: Xw[c * U + a]
+  const T* lanes = reinterpret_cast<const T*>(ws.columns.data());  // lane r of (u, c): lanes[(u * eq + c) * L + r]
+  T scales[R];
+  if (s) for (int64_t i = 0; i < R; ++i) scales[i] = i < count ? s[i] : T(0);
+  const Vec<A> none = {}, one = none + A(1);
+  for (int64_t a = 0; a < U; ++a) {
+    const int64_t u = a / H, h = a % H;
+    if (u >= vectors) { for (int64_t c = 0; c < padded_columns; ++c) Xw[c * U + a] = none; continue; }
+    const Vec<A> scale = s ? widen<A>(scales + a * LA) : one;
+    Vec<A> norm = none;
+    for (int64_t c = 0; c < dim; ++c) {
+      const Vec<A> x = widen<A>(lanes + (u * eq + c) * L + h * LA);
+      norm += x * x;
+      Xw[c * U + a] = s ? scale * x : x;
+    }
+    if (rule.square_norm) Xw[dim * U + a] = s ? scale * norm : norm;
+    Xw[(out_width - 1) * U + a] = scale;
+    for (int64_t c = out_width; c < padded_columns; ++c) Xw[c * U + a] = none;
+  }
+  const T* weights = reinterpret_cast<const T*>(S);  // weight of row i with key j: weights[(j * V) * L + i]
+  A* P = reinterpret_cast<A*>(ws.powers.data());
+  const Vec<A>* Xv = Xw;
+  const Vec<A>* Pv = ws.powers.data();  // key j0 + t's: Pv[t * U + a]
+  for (int64_t j0 = 0; j0 < k; j0 += kMemberKeys) {
+    for (int t = 0; t < kMemberKeys; ++t) {
+      A* p = P + t * R;
+      if (j0 + t >= k) { std::fill(p, p + R, A(0)); continue; }
+      const T* w = weights + (j0 + t) * V * L;
+      if (rule.power == 1.0) for (int64_t i = 0; i < R; ++i) p[i] = static_cast<A>(w[i]);
+      else if (rule.power == 2.0) for (int64_t i = 0; i < R; ++i) { const A a = std::max(static_cast<A>(w[i]), A(0)); p[i] = a * a; }
+      else for (int64_t i = 0; i < R; ++i) p[i] = std::pow(std::max(static_cast<A>(w[i]), A(0)), static_cast<A>(rule.power));
+    }
+    for (int64_t c0 = 0; c0 < padded_columns; c0 += kMemberColumns) {
+      Vec<A> a00 = {}, a01 = {}, a02 = {}, a10 = {}, a11 = {}, a12 = {}, a20 = {}, a21 = {}, a22 = {}, a30 = {}, a31 = {}, a32 = {};
+      const Vec<A>* x0 = Xv + c0 * U;
+      for (int64_t a = 0; a < U; ++a) {
+        const Vec<A> y0 = x0[a], y1 = x0[U + a], y2 = x0[2 * U + a];
+        const Vec<A> w0 = Pv[a], w1 = Pv[U + a], w2 = Pv[2 * U + a], w3 = Pv[3 * U + a];
+        a00 += w0 * y0; a01 += w0 * y1; a02 += w0 * y2;
+        a10 += w1 * y0; a11 += w1 * y1; a12 += w1 * y2;
+        a20 += w2 * y0; a21 += w2 * y1; a22 += w2 * y2;
+        a30 += w3 * y0; a31 += w3 * y1; a32 += w3 * y2;
+      }
+      const Vec<A> acc[kMemberKeys][kMemberColumns] = {{a00, a01, a02}, {a10, a11, a12}, {a20, a21, a22}, {a30, a31, a32}};
+      for (int t = 0; t < kMemberKeys && j0 + t < k; ++t)
+        for (int c = 0; c < kMemberColumns && c0 + c < out_width; ++c) {
+          DoubleVec* lane = ws.lane_sums.data() + ((j0 + t) * out_width + c0 + c) * kLaneVectors;
+          for (int h = 0; h < kLaneVectors; ++h) lane[h] += widen<double>(reinterpret_cast<const A*>(&acc[t][c]) + h * Lanes<double>::value);
+        }
+    }
+  }
+}
+
+template <typename T, typename A>
+static void membership_sums_impl(const at::Tensor& query, const at::Tensor& key, int64_t dim, const at::Tensor& s, const at::Tensor& seen, const MembershipRule& rule,
+                                 at::Tensor& sums, at::Tensor& labels, at::Tensor& kept) {
+  constexpr int64_t R = Lanes<T>::value * kMemberVectors, block_rows = R * kMemberTiles;
+  const int64_t groups = query.size(0), n = query.size(1), eq = query.size(2), k = key.size(1);
+  const int64_t out_width = sums.size(2), sum_keys = sums.size(1);  // sum_keys: k, or 0 when no sums are wanted
+  const int64_t blocks = (n + block_rows - 1) / block_rows, tasks = groups * blocks;
+  const T* qd = query.data_ptr<T>();
+  const T* kd = key.data_ptr<T>();
+  const T* sd = s.defined() ? s.data_ptr<T>() : nullptr;
+  const bool* md = seen.defined() ? seen.data_ptr<bool>() : nullptr;
+  int64_t* ld = labels.defined() ? labels.data_ptr<int64_t>() : nullptr;
+  T* kd_out = kept.defined() ? kept.data_ptr<T>() : nullptr;
+  double* total = sums.data_ptr<double>();
+  const int64_t padded_columns = (out_width + kMemberColumns - 1) / kMemberColumns * kMemberColumns;
+  // Blocks of rows in waves: each block's sums into its own partial sums (in parallel), then added to its group's
+  // sums block after block, so the order of every addition is fixed by the shapes alone, whatever the threads.
+  std::vector<double> partial(std::min(tasks, kMemberWave) * sum_keys * out_width);
+  for (int64_t first = 0; first < tasks; first += kMemberWave) {
+    const int64_t last = std::min(tasks, first + kMemberWave);
+    std::fill(partial.begin(), partial.end(), 0.0);
+    at::parallel_for(first, last, 1, [&](int64_t begin, int64_t end) {
+      MemberWorkspace<T, A> ws;
+      ws.columns.resize(eq * kMemberVectors);
+      ws.scores.resize(k * kMemberVectors);
+      ws.rows.resize(padded_columns * R / Lanes<A>::value);
+      ws.powers.resize(kMemberKeys * R / Lanes<A>::value);
+      constexpr int64_t lane_vectors = Lanes<A>::value / Lanes<double>::value;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / blocks, start = (task % blocks) * block_rows, stop = std::min(n, start + block_rows);
+        ws.lane_sums.assign(sum_keys * out_width * lane_vectors, DoubleVec{});
+        for (int64_t i = start; i < stop; i += R) {
+          const int64_t row = g * n + i;
+          membership_tile<T, A>(qd + g * query.stride(0) + i * query.stride(1), query.stride(1), eq, kd + g * k * eq, k,
+                             dim, sd ? sd + row : nullptr, md ? md + row : nullptr, std::min(R, stop - i), rule,
+                             ld ? ld + row : nullptr, kd_out ? kd_out + row * k : nullptr, ws);
+        }
+        double* out = partial.data() + (task - first) * sum_keys * out_width;  // the block's sums: its lanes in order
+        for (int64_t c = 0; c < sum_keys * out_width; ++c) {
+          const double* lanes = reinterpret_cast<const double*>(ws.lane_sums.data() + c * lane_vectors);
+          double sum = 0;
+          for (int64_t r = 0; r < lane_vectors * Lanes<double>::value; ++r) sum += lanes[r];
+          out[c] = sum;
+        }
+      }
+    });
+    for (int64_t task = first; task < last; ++task) {
+      const double* p = partial.data() + (task - first) * sum_keys * out_width;
+      double* t = total + (task / blocks) * sum_keys * out_width;
+      for (int64_t c = 0; c < sum_keys * out_width; ++c) t[c] += p[c];
+    }
+  }
+}
+
+// query (groups, n, e) and key (groups, k, e) of the rule's scores, whose first `dim` query coordinates are the
+// point x; sample_weight (groups, n) or none; seen (groups, n) bool or none (False: padding, weight 0 and label -1).
+// Returns the float64 sums (groups, k, dim + 1 (+ 1)) of the rows [x ; (|x|^2 ;) 1] (k = 0 unless `want_sums`),
+// the labels (groups, n) when asked, and fills `kept` (groups, n, k) with the weights when given.
+std::vector<at::Tensor> membership_sums(at::Tensor query, at::Tensor key, int64_t dim,
+                                        c10::optional<at::Tensor> sample_weight, c10::optional<at::Tensor> seen,
+                                        int64_t kind, double scaling, double exponent, double power, bool square_norm,
+                                        bool want_sums, bool want_labels, c10::optional<at::Tensor> kept) {
+  TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && query.size(0) == key.size(0) && query.size(2) == key.size(2) &&
+              query.stride(2) == 1 && key.is_contiguous() && query.scalar_type() == key.scalar_type() &&
+              key.size(1) > 0 && dim >= 0 && dim <= query.size(2),
+              "membership_sums: query (groups, n, e) and key (groups, k, e) of one dtype, contiguous rows, dim <= e");
+  TORCH_CHECK(kind == kSoftmax || kind == kFuzzy, "membership_sums: unknown rule");
+  const int64_t groups = query.size(0), n = query.size(1), k = key.size(1);
+  const auto dtype = query.scalar_type();
+  at::Tensor s, m, labels, out;
+  if (sample_weight.has_value()) {
+    s = sample_weight->to(dtype).contiguous();
+    TORCH_CHECK(s.dim() == 2 && s.size(0) == groups && s.size(1) == n, "membership_sums: sample_weight (groups, n)");
+  }
+  if (seen.has_value()) {
+    m = seen->to(at::kBool).contiguous();
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == groups && m.size(1) == n, "membership_sums: seen (groups, n)");
+  }
+  if (kept.has_value()) {
+    out = *kept;
+    TORCH_CHECK(out.is_contiguous() && out.scalar_type() == dtype && out.dim() == 3 && out.size(0) == groups &&
+                out.size(1) == n && out.size(2) == k, "membership_sums: kept (groups, n, k)");
+  }
+  if (want_labels) labels = at::empty({groups, n}, query.options().dtype(at::kLong));
+  const MembershipRule rule{kind, scaling, exponent, power, square_norm, want_sums};
+  auto sums = at::zeros({groups, want_sums ? k : 0, dim + 1 + (square_norm ? 1 : 0)}, query.options().dtype(at::kDouble));
+  if (dtype == at::kFloat && !square_norm) membership_sums_impl<float, float>(query, key, dim, s, m, rule, sums, labels, out);
+  else if (dtype == at::kFloat) membership_sums_impl<float, double>(query, key, dim, s, m, rule, sums, labels, out);
+  else if (dtype == at::kDouble) membership_sums_impl<double, double>(query, key, dim, s, m, rule, sums, labels, out);
+  else TORCH_CHECK(false, "membership_sums: float32 or float64 only");
+  return want_labels ? std::vector<at::Tensor>{sums, labels} : std::vector<at::Tensor>{sums};
+}
+// ---- end of membership_sums ------------------------------------------------------------------------------------
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto released = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("nearest_keys", &nearest_keys, "nearest_keys", released);
@@ -783,6 +1083,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lloyd_step", &lloyd_step, "lloyd_step", released);
   m.def("order_statistics", &order_statistics, "order_statistics", released);
   m.def("weighted_sums", &weighted_sums, "weighted_sums", released);
+  m.def("membership_sums", &membership_sums, "membership_sums", released);
 }
 """
 
@@ -1252,3 +1553,52 @@ def weighted_sums(
     if module is None:
         return None
     return module.weighted_sums(weights.contiguous(), _contiguous_rows(values), sample_weight, bool(square_norm), float(power))
+
+
+MEMBERSHIP_RULES = {"softmax": 0, "fuzzy": 1}  # the compiled pass's rules (`membership_sums`)
+
+
+def membership_sums(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    dim: int,
+    sample_weight: torch.Tensor | None,
+    point_mask: torch.BoolTensor | None,
+    rule: str,
+    *,
+    scaling: float = 1.0,
+    exponent: float = 1.0,
+    power: float = 1.0,
+    square_norm: bool = False,
+    sums: bool = True,
+    labels: bool = False,
+    kept: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.LongTensor | None] | None:
+    """
+    One pass of a weighted assignment over every point in one compiled loop, without the `(groups, n, k)` weights:
+    each tile of rows gets its weights by `rule` from queries `(groups, n, e)` and keys `(groups, k, e)` (the
+    `"softmax"` of `scaling · q_i.key_j`, or the `"fuzzy"` c-means memberships on `|q_i - key_j|^2` with ratio power
+    `exponent = 1/(m-1)`), and adds them up as `weighted_sums` does: `Σ_i w_ij^power s_i v_i` in float64 `(groups,
+    k, dim + 1 (+ 1))` for the rows `v_i = [x_i ; 1]` (`[x_i ; |x_i|^2 ; 1]` with `square_norm`), `x_i` the first
+    `dim` coordinates of the query. Points where `point_mask` is False weigh 0. Returns the sums and, when `labels`,
+    the first largest weight's index (-1 where it is not > 0); writes the weights into `kept` `(groups, n, k)` when
+    given. Without `sums`, only the labels and weights (the sums are None). Eager calls only, else None.
+
+    Float32 rows are summed in float32 over the 16 rows of a tile's lane, and those partial sums in float64 (an error
+    of a few float32 ulp of `Σ_i |w_ij^power s_i v_i|`); with `square_norm` (a difference of second moments is taken
+    from these sums) and for float64 every product is taken in float64, as in `weighted_sums`.
+    """
+    if torch.compiler.is_compiling() or _for_scores(query, key) is None or query.dtype != key.dtype:
+        return None
+    if kept is not None and not kept.is_contiguous():
+        return None
+    if sample_weight is not None and (sample_weight.device.type != "cpu" or sample_weight.requires_grad):
+        return None
+    module = _loaded()
+    if module is None:
+        return None
+    found = module.membership_sums(
+        _contiguous_rows(query), key.contiguous(), int(dim), sample_weight, point_mask, MEMBERSHIP_RULES[rule],
+        float(scaling), float(exponent), float(power), bool(square_norm), bool(sums), bool(labels), kept,
+    )
+    return (found[0] if sums else None), (found[1] if labels else None)

@@ -54,7 +54,7 @@ from .blocks import (
     tag_analytic,
 )
 from .configuration_kmeans_transformer import KMeansTransformerConfig
-from .cpu_kernels import lloyd_step
+from .cpu_kernels import lloyd_step, membership_sums
 from .variants import VARIANTS
 
 
@@ -965,10 +965,13 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         the whole assignment when `keep`, and, with an `update`, its statistics, summed in float64.
         """
         batch_size, num_points = values.shape[:2]
-        rows = assign.compact_rows(batch_size, values.device)
-        labels = values.new_empty(batch_size, num_points, dtype=torch.long) if label else None
         kept = values.new_empty(batch_size, num_points, self.config.num_clusters) if keep else None
         padded = not bool(inputs.point_mask.all())
+        compiled = self._compiled_weights_pass(assign, update, values, inputs.point_mask if padded else None, weights, parameters, kept, label)
+        if compiled is not None:
+            return compiled
+        rows = assign.compact_rows(batch_size, values.device)
+        labels = values.new_empty(batch_size, num_points, dtype=torch.long) if label else None
         statistics = None
         for start in range(0, num_points, rows):
             chunk = slice(start, start + rows)
@@ -985,6 +988,24 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 part = update.accumulate_float64(assignment, values[:, chunk], **weighted)
                 statistics = part if statistics is None else statistics.add_(part)
         return labels, kept, statistics
+
+    @staticmethod
+    def _compiled_weights_pass(assign, update, values, point_mask, weights, parameters, kept, label):
+        """
+        `_weights_pass` in one compiled loop over every point (`cpu_kernels.membership_sums`: the assign's
+        `compact_membership_rule`, the update's `compiled_sums_form`), holding no chunk of weights; None where the
+        loops do not run.
+        """
+        query, key = assign.compact_query_key_weights(values, parameters)
+        form = {"sums": False} if update is None else update.compiled_sums_form()
+        found = membership_sums(
+            query, key, values.shape[-1] - 1, weights, point_mask, **assign.compact_membership_rule(), **form,
+            labels=label, kept=kept,
+        )
+        if found is None:
+            return None
+        sums, labels = found
+        return labels, kept, None if update is None else update.statistics_of_sums(sums, values, weights)
 
     def _compact_tokens(self, inputs: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
