@@ -511,6 +511,77 @@ def test_weighted_sums_against_a_plain_loop(dtype, square_norm, power, weighted)
         torch.set_num_threads(threads)
 
 
+def numpy_memberships(x, centroids, rule, scaling, fuzzifier):
+    """The soft (softmax of `-scaling |x - c|^2`) or fuzzy c-means weights of one problem, in float64 NumPy."""
+    distances = ((x[:, None, :] - centroids[None]) ** 2).sum(axis=-1)
+    if rule == "softmax":
+        scores = -scaling * distances
+        scores -= scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores)
+        return weights / weights.sum(axis=1, keepdims=True)
+    nearest = distances.min(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(nearest == 0, (distances == 0).astype(float), (nearest / distances) ** (1 / (fuzzifier - 1)))
+    return ratios / ratios.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule,fuzzifier", [("softmax", 2.0), ("fuzzy", 2.0), ("fuzzy", 2.5)])
+def test_membership_sums_against_numpy(dtype, rule, fuzzifier):
+    """
+    The compiled weighted pass against NumPy in float64: the weights (softmax with many underflowing to 0, or fuzzy
+    c-means with points on centroids), the first largest weight's label (-1 for padding), and the sums `Σ_i
+    w_ij^power s_i [x_i (; |x_i|^2) ; 1]` over more rows than one block, for a k that is not a multiple of the key
+    tile; the same numbers on one thread and on two.
+    """
+    require_compiled()
+    generator = torch.Generator().manual_seed(25)
+    groups, n, d, k = 2, 9000, 5, 7
+    points = (torch.randn(groups, n, d, generator=generator, dtype=torch.float64) * 3).to(dtype)
+    centroids = points[:, :k].clone()  # the first k points lie on centroids
+    mask = torch.rand(groups, n, generator=generator) > 0.05
+    sample_weight = torch.rand(groups, n, generator=generator, dtype=dtype) * 2
+    scaling = 4.0 if rule == "softmax" else 1.0  # exp(-4 |x - c|^2) underflows for far centroids
+    if rule == "softmax":
+        query = torch.cat([points, torch.ones(groups, n, 1, dtype=dtype)], dim=-1)
+        key = torch.cat([2 * centroids, -(centroids * centroids).sum(dim=-1, keepdim=True)], dim=-1)
+        options = {"scaling": scaling}
+    else:
+        query, key, options = points, centroids, {"exponent": 1 / (fuzzifier - 1)}
+    x, c, visible, s = (t.numpy().astype(np.float64) for t in (points, centroids, mask, sample_weight))
+    precise = dtype == torch.float64
+    for square_norm, power in [(False, 1.0), (True, 1.0), (False, fuzzifier)]:
+        kept = torch.empty(groups, n, k, dtype=dtype)
+        sums, labels = cpu_kernels.membership_sums(
+            query, key, d, sample_weight, mask, rule, **options, power=power, square_norm=square_norm, labels=True, kept=kept
+        )
+        for g in range(groups):
+            weights = numpy_memberships(x[g], c[g], rule, scaling, fuzzifier) * visible[g][:, None]
+            # float32: the scores round to about 2^-24 |x|^2 scaling, and the weights with them
+            np.testing.assert_allclose(kept[g].numpy(), weights, rtol=0, atol=1e-13 if precise else 1e-4)
+            first = weights.argmax(axis=1)
+            top2 = np.sort(weights, axis=1)[:, -2:]
+            clear = top2[:, 1] - top2[:, 0] > (1e-12 if precise else 1e-3)
+            expected_labels = np.where((visible[g] > 0) & (weights.max(axis=1) > 0), first, -1)
+            np.testing.assert_array_equal(labels[g].numpy()[clear], expected_labels[clear])
+            assert clear.mean() > 0.9
+            rows = np.concatenate([x[g], (x[g] ** 2).sum(axis=1, keepdims=True), np.ones((n, 1))], axis=1)
+            rows = rows if square_norm else rows[:, [*range(d), d + 1]]
+            terms = np.maximum(weights, 0) ** power * s[g][:, None]
+            expected = terms.T @ rows
+            bound = np.abs(terms).T @ np.abs(rows)  # the sums' error is relative to the sums of |terms|
+            assert (np.abs(sums[g].numpy() - expected) <= (1e-12 if precise else 1e-4) * bound + 1e-300).all()
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1 if threads > 1 else 2)
+            again = cpu_kernels.membership_sums(
+                query, key, d, sample_weight, mask, rule, **options, power=power, square_norm=square_norm, labels=True
+            )
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(again[0], sums) and torch.equal(again[1], labels)
+
+
 @pytest.mark.parametrize("variant", ["soft", "gmm", "fuzzy"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 def test_weighted_compact_engine_is_its_pytorch_code(variant, weighted, monkeypatch):
