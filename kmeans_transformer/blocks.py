@@ -756,7 +756,7 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
     """
     An update that averages every point with the weights in its assignment slot, `c_j = Σ_i w_ij x_i / Σ_i w_ij`
     (normalised linear attention on the scores `y_ij`, raised to `score_power`); a cluster whose weights are all 0
-    keeps `c_j`.
+    keeps `c_j`. Its sums are those of the compiled weighted pass (`compiled_sums_form`), as gmm's are.
     """
 
     attention_function = "kmeans_linear"

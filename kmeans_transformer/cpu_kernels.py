@@ -15,6 +15,11 @@ PyTorch code, with the same labels up to the rounding of the scores, and less sp
   float32 and float64 values alike (returned as float64). Strided rows (the point slice of the compact tokens) are
   read in place.
 
+- `membership_sums(query, key, dim, ...)`: one pass of a weighted assignment (soft, gmm, fuzzy): per tile of rows the
+  scores of every key (the loop of `nearest_keys`), the weights by the assign block's rule (softmax with a vectorised
+  exponential, or fuzzy c-means on the squared differences) and the update's weighted sums, without the `(n, k)`
+  weights.
+
 In eager code the module's functions are called directly; while `torch.compile` traces, the custom operators.
 
 Set `KMEANS_TRANSFORMER_CPU_KERNELS=0` to use the PyTorch code only. The first use waits at most
@@ -948,9 +953,11 @@ static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, 
   const T* weights = reinterpret_cast<const T*>(S);  // weight of row i with key j: weights[(j * V) * L + i]
   A* P = reinterpret_cast<A*>(ws.powers.data());
   const Vec<A>* Xv = Xw;
-  const Vec<A>* Pv = ws.powers.data();  // key j0 + t's: Pv[t * U + a]
+  // Weights in the sums' type and power 1: read in place (the keys past k are zero rows of `scores`).
+  const bool in_place = std::is_same<A, T>::value && rule.power == 1.0;
   for (int64_t j0 = 0; j0 < k; j0 += kMemberKeys) {
-    for (int t = 0; t < kMemberKeys; ++t) {
+    const Vec<A>* Pv = in_place ? reinterpret_cast<const Vec<A>*>(S + j0 * V) : ws.powers.data();  // key j0 + t's: Pv[t * U + a]
+    for (int t = 0; t < kMemberKeys && !in_place; ++t) {
       A* p = P + t * R;
       if (j0 + t >= k) { std::fill(p, p + R, A(0)); continue; }
       const T* w = weights + (j0 + t) * V * L;
@@ -1003,7 +1010,7 @@ static void membership_sums_impl(const at::Tensor& query, const at::Tensor& key,
     at::parallel_for(first, last, 1, [&](int64_t begin, int64_t end) {
       MemberWorkspace<T, A> ws;
       ws.columns.resize(eq * kMemberVectors);
-      ws.scores.resize(k * kMemberVectors);
+      ws.scores.resize((k + kMemberKeys) * kMemberVectors);  // zero rows past k (read by the sums' last key block)
       ws.rows.resize(padded_columns * R / Lanes<A>::value);
       ws.powers.resize(kMemberKeys * R / Lanes<A>::value);
       constexpr int64_t lane_vectors = Lanes<A>::value / Lanes<double>::value;
@@ -1556,6 +1563,11 @@ def weighted_sums(
 
 
 MEMBERSHIP_RULES = {"softmax": 0, "fuzzy": 1}  # the compiled pass's rules (`membership_sums`)
+
+
+def membership_sums_run(values: torch.Tensor) -> bool:
+    """Whether `membership_sums` runs on points like `values` (CPU, float32 or float64, eager, the loops built)."""
+    return not torch.compiler.is_compiling() and _usable(values) and _loaded() is not None
 
 
 def membership_sums(

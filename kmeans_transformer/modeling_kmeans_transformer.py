@@ -54,7 +54,7 @@ from .blocks import (
     tag_analytic,
 )
 from .configuration_kmeans_transformer import KMeansTransformerConfig
-from .cpu_kernels import lloyd_step, membership_sums
+from .cpu_kernels import lloyd_step, membership_sums, membership_sums_run
 from .variants import VARIANTS
 
 
@@ -994,8 +994,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         `_weights_pass` in one compiled loop over every point (`cpu_kernels.membership_sums`: the assign's
         `compact_membership_rule`, the update's `compiled_sums_form`), holding no chunk of weights; None where the
-        loops do not run.
+        loops do not run (then nothing is computed: the chunks hold no whole-`n` query).
         """
+        if not membership_sums_run(values):
+            return None
         query, key = assign.compact_query_key_weights(values, parameters)
         form = {"sums": False} if update is None else update.compiled_sums_form()
         found = membership_sums(
