@@ -773,6 +773,202 @@ at::Tensor weighted_sums(at::Tensor weights, at::Tensor values, c10::optional<at
 }
 // ---- end of weighted_sums --------------------------------------------------------------------------------------
 
+// ---- batch_costs: a call's passes over the data: compact tokens, inertia, largest magnitudes -----------------
+#include <cstdlib>
+#if __has_include(<sys/mman.h>)
+#include <sys/mman.h>
+#endif
+// A tensor of `sizes` whose memory, when it spans several huge pages, is advised for transparent huge pages
+// (`MADV_HUGEPAGE`, as PyTorch's allocator does under THP_MEM_ALLOC_ENABLE=1): a fresh allocation above glibc's
+// mmap threshold (32 MiB at most) otherwise takes a page fault every 4 KiB on its first write, which costs more than
+// the copy that fills it. Where huge pages are not enabled the advice does nothing.
+static at::Tensor huge_page_tensor(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#if defined(MADV_HUGEPAGE)
+  constexpr size_t kHugePage = size_t(2) << 20;
+  size_t bytes = c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  for (const int64_t size : sizes) bytes *= static_cast<size_t>(size);
+  const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* data = nullptr;
+  if (bytes >= 4 * kHugePage && posix_memalign(&data, kHugePage, rounded) == 0) {
+    madvise(data, rounded, MADV_HUGEPAGE);
+    return at::from_blob(data, sizes, [](void* pointer) { std::free(pointer); }, options);
+  }
+#endif
+  return at::empty(sizes, options);
+}
+
+// tokens (groups, n + k, d + 1): [x_i ; 1] for the points (groups, n, d) (rows contiguous, any strides between
+// them), then [c_j ; 1] for the contiguous centroids (groups, k, d), row after row: each group is read and written
+// once. A copy: the same numbers whatever the threads.
+at::Tensor compact_tokens(at::Tensor points, at::Tensor centroids) {
+  TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && centroids.dim() == 3 && centroids.is_contiguous() &&
+              centroids.size(0) == points.size(0) && centroids.size(2) == points.size(2) &&
+              centroids.scalar_type() == points.scalar_type(),
+              "compact_tokens: points (groups, n, d) with contiguous rows and contiguous centroids (groups, k, d) of one dtype");
+  const int64_t groups = points.size(0), n = points.size(1), k = centroids.size(1), d = points.size(2);
+  auto tokens = huge_page_tensor({groups, n + k, d + 1}, points.options());
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "compact_tokens", [&] {
+    const scalar_t* x = points.data_ptr<scalar_t>();
+    const scalar_t* c = centroids.data_ptr<scalar_t>();
+    scalar_t* t = tokens.data_ptr<scalar_t>();
+    const int64_t ldx = points.stride(1), gx = points.stride(0), width = d + 1;
+    at::parallel_for(0, groups, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, (n + k) * width)), [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        scalar_t* out = t + g * (n + k) * width;
+        for (int64_t i = 0; i < n + k; ++i) {
+          const scalar_t* row = i < n ? x + g * gx + i * ldx : c + (g * k + i - n) * d;
+          std::memcpy(out + i * width, row, d * sizeof(scalar_t));
+          out[i * width + d] = scalar_t(1);
+        }
+      }
+    });
+  });
+  return tokens;
+}
+
+// Σ_i w_i |x_i - c_a(i)|^2 per group over the points whose label a(i) is in [0, k) (w_i = 1 without weights): each
+// point's squared distance in the dtype, its squares added in coordinate order (each square rounded, no fused
+// multiply-add), then widened to double, times w_i in double, and summed in point order within blocks of kSumRows
+// points, the blocks' totals added in order: the same numbers whatever the threads. Points are taken a vector
+// register of rows at a time (float rows with AVX2: their differences 8 coordinates at a time, `transpose_block`).
+template <typename T>
+__attribute__((optimize("fp-contract=off")))
+static double inertia_block(const T* x, int64_t ldx, const T* centres, const int64_t* label, const double* weight,
+                            int64_t first, int64_t stop, int64_t k, int64_t d) {
+  constexpr int L = Lanes<T>::value;
+  double total = 0;
+  for (int64_t start = first; start < stop; start += L) {
+    const int64_t count = std::min<int64_t>(L, stop - start);
+    const T* row[L];
+    const T* centre[L];
+    for (int r = 0; r < L; ++r) {
+      const int64_t i = start + std::min<int64_t>(r, count - 1);
+      const int64_t j = label[i];
+      row[r] = x + i * ldx;
+      centre[r] = centres + (j >= 0 && j < k ? j : 0) * d;
+    }
+    Vec<T> squares = {};
+    int64_t c = 0;
+#if defined(__AVX__) && !defined(__AVX512F__)
+    if constexpr (std::is_same<T, float>::value && L == 8) {  // 8 coordinates of the 8 rows' differences at a time
+      alignas(32) float differences[64], columns[64];
+      for (; c + 8 <= d; c += 8) {
+        for (int r = 0; r < 8; ++r) {  // whole-vector loads and stores, which the transposition's loads forward
+          Vec<T> point, nearest;
+          std::memcpy(&point, row[r] + c, sizeof(point));
+          std::memcpy(&nearest, centre[r] + c, sizeof(nearest));
+          const Vec<T> difference = point - nearest;
+          std::memcpy(differences + r * 8, &difference, sizeof(difference));
+        }
+        transpose_block(differences, 8, columns);
+        for (int e = 0; e < 8; ++e) {
+          Vec<T> difference;
+          std::memcpy(&difference, columns + e * 8, sizeof(difference));
+          squares = squares + difference * difference;
+        }
+      }
+    }
+#endif
+    for (; c < d; ++c) {
+      Vec<T> difference;
+      for (int r = 0; r < L; ++r) difference[r] = row[r][c] - centre[r][c];
+      squares = squares + difference * difference;
+    }
+    for (int64_t r = 0; r < count; ++r) {
+      const int64_t j = label[start + r];
+      if (j < 0 || j >= k) continue;
+      const double square = static_cast<double>(squares[r]);
+      total += weight ? square * weight[start + r] : square;
+    }
+  }
+  return total;
+}
+
+// points (groups, n, d) with contiguous rows, centroids (groups, k, d), int64 labels (groups, n), float64 weights
+// (groups, n) or none -> the float64 totals (groups).
+at::Tensor labelled_inertia(at::Tensor points, at::Tensor centroids, at::Tensor labels, c10::optional<at::Tensor> weights) {
+  TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && centroids.dim() == 3 && centroids.is_contiguous() &&
+              centroids.size(0) == points.size(0) && centroids.size(2) == points.size(2) &&
+              centroids.scalar_type() == points.scalar_type() && labels.dim() == 2 && labels.is_contiguous() &&
+              labels.scalar_type() == at::kLong && labels.size(0) == points.size(0) && labels.size(1) == points.size(1),
+              "labelled_inertia: points (groups, n, d) with contiguous rows, centroids (groups, k, d), int64 labels (groups, n)");
+  at::Tensor w;
+  if (weights.has_value()) {
+    w = weights->contiguous();
+    TORCH_CHECK(w.scalar_type() == at::kDouble && w.sizes() == labels.sizes(), "labelled_inertia: float64 weights (groups, n)");
+  }
+  const int64_t groups = points.size(0), n = points.size(1), k = centroids.size(1), d = points.size(2);
+  const int64_t blocks = std::max<int64_t>(1, (n + kSumRows - 1) / kSumRows);
+  std::vector<double> partial(groups * blocks, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "labelled_inertia", [&] {
+    const scalar_t* x = points.data_ptr<scalar_t>();
+    const scalar_t* c = centroids.data_ptr<scalar_t>();
+    const int64_t* label = labels.data_ptr<int64_t>();
+    const double* wt = w.defined() ? w.data_ptr<double>() : nullptr;
+    const int64_t gx = points.stride(0), ldx = points.stride(1);
+    const int64_t rows = std::min(n, kSumRows);
+    at::parallel_for(0, groups * blocks, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, rows * d)), [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / blocks, first = (task % blocks) * kSumRows;
+        partial[task] = inertia_block<scalar_t>(x + g * gx, ldx, c + g * k * d, label + g * n, wt ? wt + g * n : nullptr,
+                                                first, std::min(n, first + kSumRows), k, d);
+      }
+    });
+  });
+  auto totals = at::zeros({groups}, points.options().dtype(at::kDouble));
+  double* out = totals.data_ptr<double>();
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t block = 0; block < blocks; ++block) out[g] += partial[g * blocks + block];
+  return totals;
+}
+// The largest |v| of each group of values (groups, n, d) (rows contiguous), in the dtype: NaN where a value is NaN
+// (inf where one is infinite and none is NaN). A maximum is one of the values: exact in any order.
+template <typename T>
+static T largest_magnitude(const T* x, int64_t ldx, int64_t n, int64_t d) {
+  constexpr int L = Lanes<T>::value;
+  const int64_t length = ldx == d ? n * d : d, rows = ldx == d ? 1 : n;  // a contiguous group is one long row
+  Vec<T> largest = {}, nan = {};
+  T tail = 0;
+  bool tail_nan = false;
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* row = x + i * ldx;
+    int64_t c = 0;
+    for (; c + L <= length; c += L) {
+      Vec<T> v;
+      std::memcpy(&v, row + c, sizeof(v));
+      const Vec<T> magnitude = v < 0 ? -v : v;
+      largest = magnitude > largest ? magnitude : largest;
+      nan = v != v ? nan + 1 : nan;
+    }
+    for (; c < length; ++c) {
+      const T magnitude = std::fabs(row[c]);
+      tail = magnitude > tail ? magnitude : tail;
+      tail_nan = tail_nan || row[c] != row[c];
+    }
+  }
+  for (int r = 0; r < L; ++r) {
+    tail = largest[r] > tail ? largest[r] : tail;
+    tail_nan = tail_nan || nan[r] != 0;
+  }
+  return tail_nan ? std::numeric_limits<T>::quiet_NaN() : tail;
+}
+
+at::Tensor largest_magnitudes(at::Tensor values) {
+  TORCH_CHECK(values.dim() == 3 && values.stride(2) == 1, "largest_magnitudes: values (groups, n, d) with contiguous rows");
+  const int64_t groups = values.size(0), n = values.size(1), d = values.size(2);
+  auto out = at::empty({groups}, values.options());
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "largest_magnitudes", [&] {
+    const scalar_t* x = values.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t gx = values.stride(0), ldx = values.stride(1);
+    at::parallel_for(0, groups, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, n * d)), [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) o[g] = largest_magnitude<scalar_t>(x + g * gx, ldx, n, d);
+    });
+  });
+  return out;
+}
+// ---- end of batch_costs ----------------------------------------------------------------------------------------
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto released = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("nearest_keys", &nearest_keys, "nearest_keys", released);
@@ -783,6 +979,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lloyd_step", &lloyd_step, "lloyd_step", released);
   m.def("order_statistics", &order_statistics, "order_statistics", released);
   m.def("weighted_sums", &weighted_sums, "weighted_sums", released);
+  m.def("compact_tokens", &compact_tokens, "compact_tokens", released);
+  m.def("labelled_inertia", &labelled_inertia, "labelled_inertia", released);
+  m.def("largest_magnitudes", &largest_magnitudes, "largest_magnitudes", released);
 }
 """
 
@@ -1252,3 +1451,52 @@ def weighted_sums(
     if module is None:
         return None
     return module.weighted_sums(weights.contiguous(), _contiguous_rows(values), sample_weight, bool(square_norm), float(power))
+
+
+def compact_tokens(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor | None:
+    """
+    The compact tokens `(batch, n + k, d + 1)`, `[x_i ; 1]` for the points `(batch, n, d)` then `[c_j ; 1]` for the
+    centroids `(batch, k, d)`, written in one pass into memory advised for transparent huge pages when large; eager
+    calls only, else None.
+    """
+    if torch.compiler.is_compiling() or not _usable(points, centroids) or points.dtype != centroids.dtype:
+        return None
+    module = _loaded()
+    if module is None:
+        return None
+    return module.compact_tokens(_contiguous_rows(points), centroids.contiguous())
+
+
+def labelled_inertia(
+    points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor, sample_weight: torch.Tensor | None
+) -> torch.Tensor | None:
+    """
+    `Σ_i w_i |x_i - c_a(i)|^2` per problem in float64 `(batch,)` over the points `(batch, n, d)` whose label `a(i)`
+    `(batch, n)` is in `[0, k)`: each squared distance in the points' dtype (its squares added in coordinate order),
+    widened, weighted and summed in float64 in point order (within blocks of 2**15 points, added in order); eager
+    calls only, else None.
+    """
+    if torch.compiler.is_compiling() or not _usable(points, centroids) or points.dtype != centroids.dtype:
+        return None
+    if labels.device.type != "cpu" or labels.dtype != torch.long or centroids.shape[1] == 0:
+        return None
+    if sample_weight is not None and (sample_weight.device.type != "cpu" or sample_weight.requires_grad):
+        return None
+    module = _loaded()
+    if module is None:
+        return None
+    weights = None if sample_weight is None else sample_weight.to(torch.float64).contiguous()
+    return module.labelled_inertia(_contiguous_rows(points), centroids.contiguous(), labels.contiguous(), weights)
+
+
+def largest_magnitudes(values: torch.Tensor) -> torch.Tensor | None:
+    """
+    The largest `|v|` of each group of values `(groups, n, d)`, `(groups,)` in their dtype, NaN where one is NaN, in
+    one pass; eager calls only, else None.
+    """
+    if torch.compiler.is_compiling() or not _usable(values) or values.numel() == 0:
+        return None
+    module = _loaded()
+    if module is None:
+        return None
+    return module.largest_magnitudes(_contiguous_rows(values))
