@@ -833,10 +833,9 @@ at::Tensor compact_tokens(at::Tensor points, at::Tensor centroids) {
 // register of rows at a time (float rows with AVX2: their differences 8 coordinates at a time, `transpose_block`).
 template <typename T>
 __attribute__((optimize("fp-contract=off")))
-static double inertia_block(const T* x, int64_t ldx, const T* centres, const int64_t* label, const double* weight,
-                            int64_t first, int64_t stop, int64_t k, int64_t d) {
+static double inertia_block(const T* x, int64_t ldx, const T* centres, int64_t ldc, const int64_t* label,
+                            const double* weight, int64_t first, int64_t stop, int64_t k, int64_t d, double total) {
   constexpr int L = Lanes<T>::value;
-  double total = 0;
   for (int64_t start = first; start < stop; start += L) {
     const int64_t count = std::min<int64_t>(L, stop - start);
     const T* row[L];
@@ -845,7 +844,7 @@ static double inertia_block(const T* x, int64_t ldx, const T* centres, const int
       const int64_t i = start + std::min<int64_t>(r, count - 1);
       const int64_t j = label[i];
       row[r] = x + i * ldx;
-      centre[r] = centres + (j >= 0 && j < k ? j : 0) * d;
+      centre[r] = centres + (j >= 0 && j < k ? j : 0) * ldc;
     }
     Vec<T> squares = {};
     int64_t c = 0;
@@ -910,8 +909,8 @@ at::Tensor labelled_inertia(at::Tensor points, at::Tensor centroids, at::Tensor 
     at::parallel_for(0, groups * blocks, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, rows * d)), [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t g = task / blocks, first = (task % blocks) * kSumRows;
-        partial[task] = inertia_block<scalar_t>(x + g * gx, ldx, c + g * k * d, label + g * n, wt ? wt + g * n : nullptr,
-                                                first, std::min(n, first + kSumRows), k, d);
+        partial[task] = inertia_block<scalar_t>(x + g * gx, ldx, c + g * k * d, d, label + g * n, wt ? wt + g * n : nullptr,
+                                                first, std::min(n, first + kSumRows), k, d, 0.0);
       }
     });
   });
@@ -921,6 +920,73 @@ at::Tensor labelled_inertia(at::Tensor points, at::Tensor centroids, at::Tensor 
     for (int64_t block = 0; block < blocks; ++block) out[g] += partial[g * blocks + block];
   return totals;
 }
+// The assignment head and the inertia in one pass over the compact tokens (groups, n + k, d + 1), [x_i ; 1] then
+// [c_j ; 1], with the assign block's keys [2 c_j ; -|c_j|^2] (groups, k, d + 1): per group (in parallel over groups),
+// each tile of rows gets the labels of `nearest_group` (those of `nearest_keys`; -1 where `visible` is false), then
+// its squared distances to the labelled centroids are added while its rows are in cache, in the order of
+// `labelled_inertia` (points in order within blocks of kSumRows, a multiple of the tile). Returns the labels
+// (groups, n) and the float64 inertia (groups).
+template <typename scalar_t>
+static void nearest_inertia_impl(const at::Tensor& tokens, const at::Tensor& key, const bool* seen, const double* weight,
+                                 at::Tensor& labels, at::Tensor& totals, int64_t n) {
+  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
+  static_assert(kSumRows % L == 0, "a block of the inertia's sums is whole tiles");
+  const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
+  const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
+  const scalar_t* t = tokens.data_ptr<scalar_t>();
+  const scalar_t* keys = key.data_ptr<scalar_t>();
+  int64_t* out = labels.data_ptr<int64_t>();
+  double* total = totals.data_ptr<double>();
+  at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
+    std::vector<Vec<scalar_t>> columns(width * kTileVectors);
+    for (int64_t g = begin; g < end; ++g) {
+      const scalar_t* rows = t + g * group_stride;
+      int64_t* label = out + g * n;
+      double sum = 0, block = 0;
+      for (int64_t start = 0; start < n; start += L) {
+        const int64_t stop = std::min<int64_t>(n, start + L);
+        nearest_group<scalar_t>(rows + start * ldq, stop - start, ldq, keys + g * k * width, k, width, columns, label + start);
+        if (seen) for (int64_t i = start; i < stop; ++i) if (!seen[g * n + i]) label[i] = -1;
+        block = inertia_block<scalar_t>(rows, ldq, rows + n * ldq, ldq, label, weight ? weight + g * n : nullptr, start,
+                                        stop, k, width - 1, block);
+        if (stop % kSumRows == 0 || stop == n) {
+          sum += block;
+          block = 0;
+        }
+      }
+      total[g] = sum;
+    }
+  });
+}
+
+std::vector<at::Tensor> nearest_inertia(at::Tensor tokens, at::Tensor key, c10::optional<at::Tensor> visible,
+                                        c10::optional<at::Tensor> weights) {
+  TORCH_CHECK(tokens.dim() == 3 && key.dim() == 3 && tokens.is_contiguous() && key.is_contiguous() &&
+              key.size(0) == tokens.size(0) && key.size(2) == tokens.size(2) && key.size(1) <= tokens.size(1) &&
+              key.scalar_type() == tokens.scalar_type(),
+              "nearest_inertia: contiguous tokens (groups, n + k, e) and key (groups, k, e) of one dtype");
+  const int64_t k = key.size(1), n = tokens.size(1) - k;
+  at::Tensor mask, w;
+  if (visible.has_value()) {
+    mask = visible->contiguous();
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 2 && mask.size(0) == tokens.size(0) && mask.size(1) == n,
+                "nearest_inertia: bool visible (groups, n)");
+  }
+  if (weights.has_value()) {
+    w = weights->contiguous();
+    TORCH_CHECK(w.scalar_type() == at::kDouble && w.dim() == 2 && w.size(0) == tokens.size(0) && w.size(1) == n,
+                "nearest_inertia: float64 weights (groups, n)");
+  }
+  const bool* seen = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+  const double* weight = w.defined() ? w.data_ptr<double>() : nullptr;
+  auto labels = at::empty({tokens.size(0), n}, tokens.options().dtype(at::kLong));
+  auto totals = at::zeros({tokens.size(0)}, tokens.options().dtype(at::kDouble));
+  if (tokens.scalar_type() == at::kFloat) nearest_inertia_impl<float>(tokens, key, seen, weight, labels, totals, n);
+  else if (tokens.scalar_type() == at::kDouble) nearest_inertia_impl<double>(tokens, key, seen, weight, labels, totals, n);
+  else TORCH_CHECK(false, "nearest_inertia: float32 or float64 only");
+  return {labels, totals};
+}
+
 // The largest |v| of each group of values (groups, n, d) (rows contiguous), in the dtype: NaN where a value is NaN
 // (inf where one is infinite and none is NaN). A maximum is one of the values: exact in any order.
 template <typename T>
@@ -982,6 +1048,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("compact_tokens", &compact_tokens, "compact_tokens", released);
   m.def("labelled_inertia", &labelled_inertia, "labelled_inertia", released);
   m.def("largest_magnitudes", &largest_magnitudes, "largest_magnitudes", released);
+  m.def("nearest_inertia", &nearest_inertia, "nearest_inertia", released);
 }
 """
 
@@ -1500,3 +1567,22 @@ def largest_magnitudes(values: torch.Tensor) -> torch.Tensor | None:
     if module is None:
         return None
     return module.largest_magnitudes(_contiguous_rows(values))
+
+
+def nearest_inertia(
+    tokens: torch.Tensor, key: torch.Tensor, point_mask: torch.BoolTensor | None, sample_weight: torch.Tensor | None
+) -> tuple[torch.LongTensor, torch.Tensor] | None:
+    """
+    The assignment head's labels on the contiguous compact tokens `(batch, n + k, d + 1)` with the assign block's keys
+    `[2 c_j ; -|c_j|^2]` `(batch, k, d + 1)` (those of `nearest_keys`; -1 where `point_mask` is False) and the inertia
+    of `labelled_inertia` against the centroid rows, float64 `(batch,)`, in one pass; or None where the loops do not
+    run, or where there are fewer problems than threads (as `lloyd_step`).
+    """
+    if torch.compiler.is_compiling() or not tokens.is_contiguous() or _for_scores(tokens, key) is None:
+        return None
+    if tokens.shape[0] < torch.get_num_threads():
+        return None
+    if sample_weight is not None and (sample_weight.device.type != "cpu" or sample_weight.requires_grad):
+        return None
+    weights = None if sample_weight is None else sample_weight.to(torch.float64).contiguous()
+    return tuple(_loaded().nearest_inertia(tokens, key.contiguous(), point_mask, weights))

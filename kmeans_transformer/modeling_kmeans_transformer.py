@@ -55,7 +55,7 @@ from .blocks import (
 )
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 from . import cpu_kernels
-from .cpu_kernels import lloyd_step
+from .cpu_kernels import lloyd_step, nearest_inertia
 from .variants import VARIANTS
 
 
@@ -297,11 +297,25 @@ class KMeansTransformerAssignmentHead(nn.Module):
         self.assign = assign(config)
         gates = {name: block for name, block in spec.point_blocks.items() if block.reports_assignment}
         self.point_blocks = nn.ModuleDict({name: block(config) for name, block in gates.items()})
+        # Lloyd's assign and no gate: the labels and the inertia may come from one compiled pass (`nearest_inertia`)
+        self.plain_assign = type(self.assign) is KMeansTransformerAssign and not self.point_blocks
 
     def compact_labels(self, point_tokens, centroids, point_mask, sample_weight=None) -> torch.LongTensor:
         """The head on the compact state: the assign block's labels, then its gates' (-1: padding, an outlier)."""
         labels = self.assign.assign_labels(point_tokens, centroids, point_mask)
         return gated_labels(self.point_blocks, point_tokens, centroids, labels, sample_weight)
+
+    def compact_labels_and_inertia(self, tokens, point_mask, sample_weight=None):
+        """
+        `compact_labels` on the compact tokens `(batch, n + k, d + 1)` and `labelled_inertia` against their centroid
+        rows, in one compiled pass (`cpu_kernels.nearest_inertia`: the same numbers) where the head is Lloyd's
+        assign alone; else None.
+        """
+        if not self.plain_assign:
+            return None
+        num_points = tokens.shape[1] - self.assign.config.num_clusters
+        key = self.assign.compact_query_key(tokens[:, :num_points], tokens[:, num_points:, :-1])[1]
+        return nearest_inertia(tokens, key, point_mask, sample_weight)
 
     def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None) -> torch.Tensor:
         num_points = point_mask.shape[1]
@@ -906,10 +920,14 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         weighted = {} if inputs.sample_weight is None else {"sample_weight": inputs.sample_weight}
         for iteration in range(num_iterations):
             labels = self._layer(iteration).compact_forward(tokens, point_mask, **weighted)
-        if final_assignment:
+        head = self.assignment_head.compact_labels_and_inertia(tokens, point_mask, inputs.sample_weight) if final_assignment else None
+        if head is not None:
+            labels, inertia = head[0], head[1].to(points.dtype)
+        elif final_assignment:
             labels = self.assignment_head.compact_labels(tokens[:, :num_points], centroids, point_mask, inputs.sample_weight)
         centroids = centroids.clone()
-        inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
+        if head is None:
+            inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
         if self.config.variant_spec.reports_outliers:  # a real point without a label is trimmed
             output.outliers = (labels < 0) & inputs.point_mask

@@ -651,3 +651,42 @@ def test_compact_tokens_and_largest_magnitudes_in_one_pass(dtype):
     spoiled[2, 1, 0] = float("inf")
     found = cpu_kernels.largest_magnitudes(spoiled)
     assert bool(found[0].isnan()) and float(found[1]) == float("inf") and bool(found[2].isnan())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_head_labels_and_inertia_in_one_pass_are_those_of_the_separate_steps(dtype, weighted):
+    """
+    The assignment head's compiled pass (`nearest_inertia`) gives the labels of the assign block and the inertia of
+    `labelled_inertia`, bit for bit, with padding and across a block of 2**15 points; the model's outputs are those
+    of the separate steps.
+    """
+    require_compiled()
+    generator = torch.Generator().manual_seed(27)
+    batch, n, d, k = 3, 2**15 + 500, 9, 7
+    points = (torch.randn(batch, n, d, generator=generator) * 4).to(dtype)
+    mask = torch.ones(batch, n, dtype=torch.bool)
+    mask[1, n - 700:] = False
+    sample_weight = (torch.rand(batch, n, generator=generator).to(dtype) * 2).masked_fill(~mask, 0) if weighted else None
+    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=2)).to(dtype)
+    head = model.assignment_head
+    assert head.plain_assign
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # one problem per thread at least: the pass runs
+        with torch.no_grad():
+            inputs = model.prepare_inputs(points, points[:, :k], mask, sample_weight=sample_weight)
+            tokens, point_mask = model._compact_tokens(inputs)
+            labels, inertia = head.compact_labels_and_inertia(tokens, point_mask, sample_weight)
+            centroids = tokens[:, n:, :-1]
+            expected = head.compact_labels(tokens[:, :n], centroids, point_mask)
+            assert torch.equal(labels, expected) and bool((labels[1, n - 700:] == -1).all())
+            reference = cpu_kernels.labelled_inertia(tokens[:, :n, :-1], centroids, expected, sample_weight)
+            assert torch.equal(inertia, reference)
+            fused = model(points, attention_mask=mask, sample_weight=sample_weight)
+            head.plain_assign = False
+            separate = model(points, attention_mask=mask, sample_weight=sample_weight)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("labels", "centroids", "inertia", "assignments"):
+        assert torch.equal(fused[name], separate[name]), name
