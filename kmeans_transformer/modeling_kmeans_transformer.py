@@ -920,7 +920,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         weighted = {} if inputs.sample_weight is None else {"sample_weight": inputs.sample_weight}
         for iteration in range(num_iterations):
             labels = self._layer(iteration).compact_forward(tokens, point_mask, **weighted)
-        head = self.assignment_head.compact_labels_and_inertia(tokens, point_mask, inputs.sample_weight) if final_assignment else None
+        head = None
+        if final_assignment:  # labels and inertia in one pass where the head allows it
+            head = self.assignment_head.compact_labels_and_inertia(tokens, point_mask, inputs.sample_weight)
         if head is not None:
             labels, inertia = head[0], head[1].to(points.dtype)
         elif final_assignment:
@@ -1276,7 +1278,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 )
         return fitted
 
-    def _rescaling_exponents(self, points: torch.Tensor, centroids: torch.Tensor, point_magnitudes=None) -> torch.LongTensor | None:
+    def _rescaling_exponents(self, points, centroids, point_magnitudes=None) -> torch.LongTensor | None:
         """
         Per problem, the exponent `e` by which the model divides the data (`2**-e`, exact) so that its largest
         `|coordinate|` lands in `[1/2, 1)`, or None when every problem lies inside the safe range of the dtype

@@ -667,7 +667,9 @@ def test_head_labels_and_inertia_in_one_pass_are_those_of_the_separate_steps(dty
     points = (torch.randn(batch, n, d, generator=generator) * 4).to(dtype)
     mask = torch.ones(batch, n, dtype=torch.bool)
     mask[1, n - 700:] = False
-    sample_weight = (torch.rand(batch, n, generator=generator).to(dtype) * 2).masked_fill(~mask, 0) if weighted else None
+    sample_weight = None
+    if weighted:
+        sample_weight = (torch.rand(batch, n, generator=generator).to(dtype) * 2).masked_fill(~mask, 0)
     model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=2)).to(dtype)
     head = model.assignment_head
     assert head.plain_assign
