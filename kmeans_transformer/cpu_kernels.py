@@ -812,13 +812,14 @@ at::Tensor compact_tokens(at::Tensor points, at::Tensor centroids) {
     const scalar_t* c = centroids.data_ptr<scalar_t>();
     scalar_t* t = tokens.data_ptr<scalar_t>();
     const int64_t ldx = points.stride(1), gx = points.stride(0), width = d + 1;
-    at::parallel_for(0, groups, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, (n + k) * width)), [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) {
-        scalar_t* out = t + g * (n + k) * width;
-        for (int64_t i = 0; i < n + k; ++i) {
+    // Rows of all groups in parallel (a single problem's too), token row r = g * (n + k) + i.
+    at::parallel_for(0, groups * (n + k), std::max<int64_t>(1, (1 << 16) / width), [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin / (n + k), r = begin; r < end; ++g) {  // without a division per row
+        for (const int64_t stop = std::min(end, (g + 1) * (n + k)); r < stop; ++r) {
+          const int64_t i = r - g * (n + k);
           const scalar_t* row = i < n ? x + g * gx + i * ldx : c + (g * k + i - n) * d;
-          std::memcpy(out + i * width, row, d * sizeof(scalar_t));
-          out[i * width + d] = scalar_t(1);
+          std::memcpy(t + r * width, row, d * sizeof(scalar_t));
+          t[r * width + d] = scalar_t(1);
         }
       }
     });
@@ -988,11 +989,13 @@ std::vector<at::Tensor> nearest_inertia(at::Tensor tokens, at::Tensor key, c10::
 }
 
 // The largest |v| of each group of values (groups, n, d) (rows contiguous), in the dtype: NaN where a value is NaN
-// (inf where one is infinite and none is NaN). A maximum is one of the values: exact in any order.
+// (inf where one is infinite and none is NaN). Blocks of kSumRows rows in parallel (a single problem's too), each
+// block's largest kept, then the largest of a group's blocks: a maximum is one of the values, exact in any order.
 template <typename T>
-static T largest_magnitude(const T* x, int64_t ldx, int64_t n, int64_t d) {
+static T largest_magnitude(const T* x, int64_t ldx, int64_t rows, int64_t d, bool& nan_found) {
   constexpr int L = Lanes<T>::value;
-  const int64_t length = ldx == d ? n * d : d, rows = ldx == d ? 1 : n;  // a contiguous group is one long row
+  const int64_t length = ldx == d ? rows * d : d;  // contiguous rows are one long row
+  if (ldx == d) rows = 1;
   Vec<T> largest = {}, nan = {};
   T tail = 0;
   bool tail_nan = false;
@@ -1016,20 +1019,39 @@ static T largest_magnitude(const T* x, int64_t ldx, int64_t n, int64_t d) {
     tail = largest[r] > tail ? largest[r] : tail;
     tail_nan = tail_nan || nan[r] != 0;
   }
-  return tail_nan ? std::numeric_limits<T>::quiet_NaN() : tail;
+  nan_found = tail_nan;
+  return tail;
 }
 
 at::Tensor largest_magnitudes(at::Tensor values) {
   TORCH_CHECK(values.dim() == 3 && values.stride(2) == 1, "largest_magnitudes: values (groups, n, d) with contiguous rows");
   const int64_t groups = values.size(0), n = values.size(1), d = values.size(2);
+  const int64_t blocks = std::max<int64_t>(1, (n + kSumRows - 1) / kSumRows);
   auto out = at::empty({groups}, values.options());
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "largest_magnitudes", [&] {
     const scalar_t* x = values.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t gx = values.stride(0), ldx = values.stride(1);
-    at::parallel_for(0, groups, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, n * d)), [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) o[g] = largest_magnitude<scalar_t>(x + g * gx, ldx, n, d);
+    std::vector<scalar_t> largest(groups * blocks, scalar_t(0));
+    std::vector<char> nan(groups * blocks, 0);
+    const int64_t rows = std::min(n, kSumRows);
+    at::parallel_for(0, groups * blocks, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, rows * d)), [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / blocks, first = (task % blocks) * kSumRows;
+        bool found = false;
+        largest[task] = largest_magnitude<scalar_t>(x + g * gx + first * ldx, ldx, std::min(n, first + kSumRows) - first, d, found);
+        nan[task] = found;
+      }
     });
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t g = 0; g < groups; ++g) {
+      scalar_t m = 0;
+      bool found = false;
+      for (int64_t task = g * blocks; task < (g + 1) * blocks; ++task) {
+        m = largest[task] > m ? largest[task] : m;
+        found = found || nan[task];
+      }
+      o[g] = found ? std::numeric_limits<scalar_t>::quiet_NaN() : m;
+    }
   });
   return out;
 }
