@@ -773,7 +773,7 @@ at::Tensor weighted_sums(at::Tensor weights, at::Tensor values, c10::optional<at
 }
 // ---- end of weighted_sums --------------------------------------------------------------------------------------
 
-// ---- batch_costs: a call's passes over the data: compact tokens, inertia, largest magnitudes -----------------
+// ---- batch_costs: a call's passes over the data: compact tokens, inertia (with the head), largest magnitudes ----
 #include <cstdlib>
 #if __has_include(<sys/mman.h>)
 #include <sys/mman.h>
