@@ -1080,6 +1080,290 @@ std::vector<at::Tensor> membership_sums(at::Tensor query, at::Tensor key, int64_
 }
 // ---- end of membership_sums ------------------------------------------------------------------------------------
 
+// ---- batch_costs: a call's passes over the data: compact tokens, inertia (with the head), largest magnitudes ----
+#include <cstdlib>
+#if __has_include(<sys/mman.h>)
+#include <sys/mman.h>
+#endif
+// A tensor of `sizes` whose memory, when it spans several huge pages, is advised for transparent huge pages
+// (`MADV_HUGEPAGE`, as PyTorch's allocator does under THP_MEM_ALLOC_ENABLE=1): a fresh allocation above glibc's
+// mmap threshold (32 MiB at most) otherwise takes a page fault every 4 KiB on its first write, which costs more than
+// the copy that fills it. Where huge pages are not enabled the advice does nothing.
+static at::Tensor huge_page_tensor(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#if defined(MADV_HUGEPAGE)
+  constexpr size_t kHugePage = size_t(2) << 20;
+  size_t bytes = c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  for (const int64_t size : sizes) bytes *= static_cast<size_t>(size);
+  const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* data = nullptr;
+  if (bytes >= 4 * kHugePage && posix_memalign(&data, kHugePage, rounded) == 0) {
+    madvise(data, rounded, MADV_HUGEPAGE);
+    return at::from_blob(data, sizes, [](void* pointer) { std::free(pointer); }, options);
+  }
+#endif
+  return at::empty(sizes, options);
+}
+
+// tokens (groups, n + k, d + 1): [x_i ; 1] for the points (groups, n, d) (rows contiguous, any strides between
+// them), then [c_j ; 1] for the contiguous centroids (groups, k, d), row after row: each group is read and written
+// once. A copy: the same numbers whatever the threads.
+at::Tensor compact_tokens(at::Tensor points, at::Tensor centroids) {
+  TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && centroids.dim() == 3 && centroids.is_contiguous() &&
+              centroids.size(0) == points.size(0) && centroids.size(2) == points.size(2) &&
+              centroids.scalar_type() == points.scalar_type(),
+              "compact_tokens: points (groups, n, d) with contiguous rows and contiguous centroids (groups, k, d) of one dtype");
+  const int64_t groups = points.size(0), n = points.size(1), k = centroids.size(1), d = points.size(2);
+  auto tokens = huge_page_tensor({groups, n + k, d + 1}, points.options());
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "compact_tokens", [&] {
+    const scalar_t* x = points.data_ptr<scalar_t>();
+    const scalar_t* c = centroids.data_ptr<scalar_t>();
+    scalar_t* t = tokens.data_ptr<scalar_t>();
+    const int64_t ldx = points.stride(1), gx = points.stride(0), width = d + 1;
+    // Rows of all groups in parallel (a single problem's too), token row r = g * (n + k) + i.
+    at::parallel_for(0, groups * (n + k), std::max<int64_t>(1, (1 << 16) / width), [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin / (n + k), r = begin; r < end; ++g) {  // without a division per row
+        for (const int64_t stop = std::min(end, (g + 1) * (n + k)); r < stop; ++r) {
+          const int64_t i = r - g * (n + k);
+          const scalar_t* row = i < n ? x + g * gx + i * ldx : c + (g * k + i - n) * d;
+          std::memcpy(t + r * width, row, d * sizeof(scalar_t));
+          t[r * width + d] = scalar_t(1);
+        }
+      }
+    });
+  });
+  return tokens;
+}
+
+// Σ_i w_i |x_i - c_a(i)|^2 per group over the points whose label a(i) is in [0, k) (w_i = 1 without weights): each
+// point's squared distance in the dtype, its squares added in coordinate order (each square rounded, no fused
+// multiply-add), then widened to double, times w_i in double, and summed in point order within blocks of kSumRows
+// points, the blocks' totals added in order: the same numbers whatever the threads. Points are taken a vector
+// register of rows at a time (float rows with AVX2: their differences 8 coordinates at a time, `transpose_block`).
+template <typename T>
+__attribute__((optimize("fp-contract=off")))
+static double inertia_block(const T* x, int64_t ldx, const T* centres, int64_t ldc, const int64_t* label,
+                            const double* weight, int64_t first, int64_t stop, int64_t k, int64_t d, double total) {
+  constexpr int L = Lanes<T>::value;
+  for (int64_t start = first; start < stop; start += L) {
+    const int64_t count = std::min<int64_t>(L, stop - start);
+    const T* row[L];
+    const T* centre[L];
+    for (int r = 0; r < L; ++r) {
+      const int64_t i = start + std::min<int64_t>(r, count - 1);
+      const int64_t j = label[i];
+      row[r] = x + i * ldx;
+      centre[r] = centres + (j >= 0 && j < k ? j : 0) * ldc;
+    }
+    Vec<T> squares = {};
+    int64_t c = 0;
+#if defined(__AVX__) && !defined(__AVX512F__)
+    if constexpr (std::is_same<T, float>::value && L == 8) {  // 8 coordinates of the 8 rows' differences at a time
+      alignas(32) float differences[64], columns[64];
+      for (; c + 8 <= d; c += 8) {
+        for (int r = 0; r < 8; ++r) {  // whole-vector loads and stores, which the transposition's loads forward
+          Vec<T> point, nearest;
+          std::memcpy(&point, row[r] + c, sizeof(point));
+          std::memcpy(&nearest, centre[r] + c, sizeof(nearest));
+          const Vec<T> difference = point - nearest;
+          std::memcpy(differences + r * 8, &difference, sizeof(difference));
+        }
+        transpose_block(differences, 8, columns);
+        for (int e = 0; e < 8; ++e) {
+          Vec<T> difference;
+          std::memcpy(&difference, columns + e * 8, sizeof(difference));
+          squares = squares + difference * difference;
+        }
+      }
+    }
+#endif
+    for (; c < d; ++c) {
+      Vec<T> difference;
+      for (int r = 0; r < L; ++r) difference[r] = row[r][c] - centre[r][c];
+      squares = squares + difference * difference;
+    }
+    for (int64_t r = 0; r < count; ++r) {
+      const int64_t j = label[start + r];
+      if (j < 0 || j >= k) continue;
+      const double square = static_cast<double>(squares[r]);
+      total += weight ? square * weight[start + r] : square;
+    }
+  }
+  return total;
+}
+
+// points (groups, n, d) with contiguous rows, centroids (groups, k, d), int64 labels (groups, n), float64 weights
+// (groups, n) or none -> the float64 totals (groups).
+at::Tensor labelled_inertia(at::Tensor points, at::Tensor centroids, at::Tensor labels, c10::optional<at::Tensor> weights) {
+  TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && centroids.dim() == 3 && centroids.is_contiguous() &&
+              centroids.size(0) == points.size(0) && centroids.size(2) == points.size(2) &&
+              centroids.scalar_type() == points.scalar_type() && labels.dim() == 2 && labels.is_contiguous() &&
+              labels.scalar_type() == at::kLong && labels.size(0) == points.size(0) && labels.size(1) == points.size(1),
+              "labelled_inertia: points (groups, n, d) with contiguous rows, centroids (groups, k, d), int64 labels (groups, n)");
+  at::Tensor w;
+  if (weights.has_value()) {
+    w = weights->contiguous();
+    TORCH_CHECK(w.scalar_type() == at::kDouble && w.sizes() == labels.sizes(), "labelled_inertia: float64 weights (groups, n)");
+  }
+  const int64_t groups = points.size(0), n = points.size(1), k = centroids.size(1), d = points.size(2);
+  const int64_t blocks = std::max<int64_t>(1, (n + kSumRows - 1) / kSumRows);
+  std::vector<double> partial(groups * blocks, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "labelled_inertia", [&] {
+    const scalar_t* x = points.data_ptr<scalar_t>();
+    const scalar_t* c = centroids.data_ptr<scalar_t>();
+    const int64_t* label = labels.data_ptr<int64_t>();
+    const double* wt = w.defined() ? w.data_ptr<double>() : nullptr;
+    const int64_t gx = points.stride(0), ldx = points.stride(1);
+    const int64_t rows = std::min(n, kSumRows);
+    at::parallel_for(0, groups * blocks, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, rows * d)), [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / blocks, first = (task % blocks) * kSumRows;
+        partial[task] = inertia_block<scalar_t>(x + g * gx, ldx, c + g * k * d, d, label + g * n, wt ? wt + g * n : nullptr,
+                                                first, std::min(n, first + kSumRows), k, d, 0.0);
+      }
+    });
+  });
+  auto totals = at::zeros({groups}, points.options().dtype(at::kDouble));
+  double* out = totals.data_ptr<double>();
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t block = 0; block < blocks; ++block) out[g] += partial[g * blocks + block];
+  return totals;
+}
+// The assignment head and the inertia in one pass over the compact tokens (groups, n + k, d + 1), [x_i ; 1] then
+// [c_j ; 1], with the assign block's keys [2 c_j ; -|c_j|^2] (groups, k, d + 1): per group (in parallel over groups),
+// each tile of rows gets the labels of `nearest_group` (those of `nearest_keys`; -1 where `visible` is false), then
+// its squared distances to the labelled centroids are added while its rows are in cache, in the order of
+// `labelled_inertia` (points in order within blocks of kSumRows, a multiple of the tile). Returns the labels
+// (groups, n) and the float64 inertia (groups).
+template <typename scalar_t>
+static void nearest_inertia_impl(const at::Tensor& tokens, const at::Tensor& key, const bool* seen, const double* weight,
+                                 at::Tensor& labels, at::Tensor& totals, int64_t n) {
+  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
+  static_assert(kSumRows % L == 0, "a block of the inertia's sums is whole tiles");
+  const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
+  const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
+  const scalar_t* t = tokens.data_ptr<scalar_t>();
+  const scalar_t* keys = key.data_ptr<scalar_t>();
+  int64_t* out = labels.data_ptr<int64_t>();
+  double* total = totals.data_ptr<double>();
+  at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
+    std::vector<Vec<scalar_t>> columns(width * kTileVectors);
+    for (int64_t g = begin; g < end; ++g) {
+      const scalar_t* rows = t + g * group_stride;
+      int64_t* label = out + g * n;
+      double sum = 0, block = 0;
+      for (int64_t start = 0; start < n; start += L) {
+        const int64_t stop = std::min<int64_t>(n, start + L);
+        nearest_group<scalar_t>(rows + start * ldq, stop - start, ldq, keys + g * k * width, k, width, columns, label + start);
+        if (seen) for (int64_t i = start; i < stop; ++i) if (!seen[g * n + i]) label[i] = -1;
+        block = inertia_block<scalar_t>(rows, ldq, rows + n * ldq, ldq, label, weight ? weight + g * n : nullptr, start,
+                                        stop, k, width - 1, block);
+        if (stop % kSumRows == 0 || stop == n) {
+          sum += block;
+          block = 0;
+        }
+      }
+      total[g] = sum;
+    }
+  });
+}
+
+std::vector<at::Tensor> nearest_inertia(at::Tensor tokens, at::Tensor key, c10::optional<at::Tensor> visible,
+                                        c10::optional<at::Tensor> weights) {
+  TORCH_CHECK(tokens.dim() == 3 && key.dim() == 3 && tokens.is_contiguous() && key.is_contiguous() &&
+              key.size(0) == tokens.size(0) && key.size(2) == tokens.size(2) && key.size(1) <= tokens.size(1) &&
+              key.scalar_type() == tokens.scalar_type(),
+              "nearest_inertia: contiguous tokens (groups, n + k, e) and key (groups, k, e) of one dtype");
+  const int64_t k = key.size(1), n = tokens.size(1) - k;
+  at::Tensor mask, w;
+  if (visible.has_value()) {
+    mask = visible->contiguous();
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 2 && mask.size(0) == tokens.size(0) && mask.size(1) == n,
+                "nearest_inertia: bool visible (groups, n)");
+  }
+  if (weights.has_value()) {
+    w = weights->contiguous();
+    TORCH_CHECK(w.scalar_type() == at::kDouble && w.dim() == 2 && w.size(0) == tokens.size(0) && w.size(1) == n,
+                "nearest_inertia: float64 weights (groups, n)");
+  }
+  const bool* seen = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+  const double* weight = w.defined() ? w.data_ptr<double>() : nullptr;
+  auto labels = at::empty({tokens.size(0), n}, tokens.options().dtype(at::kLong));
+  auto totals = at::zeros({tokens.size(0)}, tokens.options().dtype(at::kDouble));
+  if (tokens.scalar_type() == at::kFloat) nearest_inertia_impl<float>(tokens, key, seen, weight, labels, totals, n);
+  else if (tokens.scalar_type() == at::kDouble) nearest_inertia_impl<double>(tokens, key, seen, weight, labels, totals, n);
+  else TORCH_CHECK(false, "nearest_inertia: float32 or float64 only");
+  return {labels, totals};
+}
+
+// The largest |v| of each group of values (groups, n, d) (rows contiguous), in the dtype: NaN where a value is NaN
+// (inf where one is infinite and none is NaN). Blocks of kSumRows rows in parallel (a single problem's too), each
+// block's largest kept, then the largest of a group's blocks: a maximum is one of the values, exact in any order.
+template <typename T>
+static T largest_magnitude(const T* x, int64_t ldx, int64_t rows, int64_t d, bool& nan_found) {
+  constexpr int L = Lanes<T>::value;
+  const int64_t length = ldx == d ? rows * d : d;  // contiguous rows are one long row
+  if (ldx == d) rows = 1;
+  Vec<T> largest = {}, nan = {};
+  T tail = 0;
+  bool tail_nan = false;
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* row = x + i * ldx;
+    int64_t c = 0;
+    for (; c + L <= length; c += L) {
+      Vec<T> v;
+      std::memcpy(&v, row + c, sizeof(v));
+      const Vec<T> magnitude = v < 0 ? -v : v;
+      largest = magnitude > largest ? magnitude : largest;
+      nan = v != v ? nan + 1 : nan;
+    }
+    for (; c < length; ++c) {
+      const T magnitude = std::fabs(row[c]);
+      tail = magnitude > tail ? magnitude : tail;
+      tail_nan = tail_nan || row[c] != row[c];
+    }
+  }
+  for (int r = 0; r < L; ++r) {
+    tail = largest[r] > tail ? largest[r] : tail;
+    tail_nan = tail_nan || nan[r] != 0;
+  }
+  nan_found = tail_nan;
+  return tail;
+}
+
+at::Tensor largest_magnitudes(at::Tensor values) {
+  TORCH_CHECK(values.dim() == 3 && values.stride(2) == 1, "largest_magnitudes: values (groups, n, d) with contiguous rows");
+  const int64_t groups = values.size(0), n = values.size(1), d = values.size(2);
+  const int64_t blocks = std::max<int64_t>(1, (n + kSumRows - 1) / kSumRows);
+  auto out = at::empty({groups}, values.options());
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "largest_magnitudes", [&] {
+    const scalar_t* x = values.data_ptr<scalar_t>();
+    const int64_t gx = values.stride(0), ldx = values.stride(1);
+    std::vector<scalar_t> largest(groups * blocks, scalar_t(0));
+    std::vector<char> nan(groups * blocks, 0);
+    const int64_t rows = std::min(n, kSumRows);
+    at::parallel_for(0, groups * blocks, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, rows * d)), [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / blocks, first = (task % blocks) * kSumRows;
+        bool found = false;
+        largest[task] = largest_magnitude<scalar_t>(x + g * gx + first * ldx, ldx, std::min(n, first + kSumRows) - first, d, found);
+        nan[task] = found;
+      }
+    });
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t g = 0; g < groups; ++g) {
+      scalar_t m = 0;
+      bool found = false;
+      for (int64_t task = g * blocks; task < (g + 1) * blocks; ++task) {
+        m = largest[task] > m ? largest[task] : m;
+        found = found || nan[task];
+      }
+      o[g] = found ? std::numeric_limits<scalar_t>::quiet_NaN() : m;
+    }
+  });
+  return out;
+}
+// ---- end of batch_costs ----------------------------------------------------------------------------------------
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto released = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("nearest_keys", &nearest_keys, "nearest_keys", released);
@@ -1091,6 +1375,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("order_statistics", &order_statistics, "order_statistics", released);
   m.def("weighted_sums", &weighted_sums, "weighted_sums", released);
   m.def("membership_sums", &membership_sums, "membership_sums", released);
+  m.def("compact_tokens", &compact_tokens, "compact_tokens", released);
+  m.def("labelled_inertia", &labelled_inertia, "labelled_inertia", released);
+  m.def("largest_magnitudes", &largest_magnitudes, "largest_magnitudes", released);
+  m.def("nearest_inertia", &nearest_inertia, "nearest_inertia", released);
 }
 """
 
@@ -1614,3 +1902,71 @@ def membership_sums(
         float(scaling), float(exponent), float(power), bool(square_norm), bool(sums), bool(labels), kept,
     )
     return (found[0] if sums else None), (found[1] if labels else None)
+
+
+def compact_tokens(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor | None:
+    """
+    The compact tokens `(batch, n + k, d + 1)`, `[x_i ; 1]` for the points `(batch, n, d)` then `[c_j ; 1]` for the
+    centroids `(batch, k, d)`, written in one pass into memory advised for transparent huge pages when large; eager
+    calls only, else None.
+    """
+    if torch.compiler.is_compiling() or not _usable(points, centroids) or points.dtype != centroids.dtype:
+        return None
+    module = _loaded()
+    if module is None:
+        return None
+    return module.compact_tokens(_contiguous_rows(points), centroids.contiguous())
+
+
+def labelled_inertia(
+    points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor, sample_weight: torch.Tensor | None
+) -> torch.Tensor | None:
+    """
+    `Σ_i w_i |x_i - c_a(i)|^2` per problem in float64 `(batch,)` over the points `(batch, n, d)` whose label `a(i)`
+    `(batch, n)` is in `[0, k)`: each squared distance in the points' dtype (its squares added in coordinate order),
+    widened, weighted and summed in float64 in point order (within blocks of 2**15 points, added in order); eager
+    calls only, else None.
+    """
+    if torch.compiler.is_compiling() or not _usable(points, centroids) or points.dtype != centroids.dtype:
+        return None
+    if labels.device.type != "cpu" or labels.dtype != torch.long or centroids.shape[1] == 0:
+        return None
+    if sample_weight is not None and (sample_weight.device.type != "cpu" or sample_weight.requires_grad):
+        return None
+    module = _loaded()
+    if module is None:
+        return None
+    weights = None if sample_weight is None else sample_weight.to(torch.float64).contiguous()
+    return module.labelled_inertia(_contiguous_rows(points), centroids.contiguous(), labels.contiguous(), weights)
+
+
+def largest_magnitudes(values: torch.Tensor) -> torch.Tensor | None:
+    """
+    The largest `|v|` of each group of values `(groups, n, d)`, `(groups,)` in their dtype, NaN where one is NaN, in
+    one pass; eager calls only, else None.
+    """
+    if torch.compiler.is_compiling() or not _usable(values) or values.numel() == 0:
+        return None
+    module = _loaded()
+    if module is None:
+        return None
+    return module.largest_magnitudes(_contiguous_rows(values))
+
+
+def nearest_inertia(
+    tokens: torch.Tensor, key: torch.Tensor, point_mask: torch.BoolTensor | None, sample_weight: torch.Tensor | None
+) -> tuple[torch.LongTensor, torch.Tensor] | None:
+    """
+    The assignment head's labels on the contiguous compact tokens `(batch, n + k, d + 1)` with the assign block's keys
+    `[2 c_j ; -|c_j|^2]` `(batch, k, d + 1)` (those of `nearest_keys`; -1 where `point_mask` is False) and the inertia
+    of `labelled_inertia` against the centroid rows, float64 `(batch,)`, in one pass; or None where the loops do not
+    run, or where there are fewer problems than threads (as `lloyd_step`).
+    """
+    if torch.compiler.is_compiling() or not tokens.is_contiguous() or _for_scores(tokens, key) is None:
+        return None
+    if tokens.shape[0] < torch.get_num_threads():
+        return None
+    if sample_weight is not None and (sample_weight.device.type != "cpu" or sample_weight.requires_grad):
+        return None
+    weights = None if sample_weight is None else sample_weight.to(torch.float64).contiguous()
+    return tuple(_loaded().nearest_inertia(tokens, key.contiguous(), point_mask, weights))

@@ -54,7 +54,8 @@ from .blocks import (
     tag_analytic,
 )
 from .configuration_kmeans_transformer import KMeansTransformerConfig
-from .cpu_kernels import lloyd_step, membership_sums, membership_sums_run
+from . import cpu_kernels
+from .cpu_kernels import lloyd_step, membership_sums, membership_sums_run, nearest_inertia
 from .variants import VARIANTS
 
 
@@ -296,11 +297,25 @@ class KMeansTransformerAssignmentHead(nn.Module):
         self.assign = assign(config)
         gates = {name: block for name, block in spec.point_blocks.items() if block.reports_assignment}
         self.point_blocks = nn.ModuleDict({name: block(config) for name, block in gates.items()})
+        # Lloyd's assign and no gate: the labels and the inertia may come from one compiled pass (`nearest_inertia`)
+        self.plain_assign = type(self.assign) is KMeansTransformerAssign and not self.point_blocks
 
     def compact_labels(self, point_tokens, centroids, point_mask, sample_weight=None) -> torch.LongTensor:
         """The head on the compact state: the assign block's labels, then its gates' (-1: padding, an outlier)."""
         labels = self.assign.assign_labels(point_tokens, centroids, point_mask)
         return gated_labels(self.point_blocks, point_tokens, centroids, labels, sample_weight)
+
+    def compact_labels_and_inertia(self, tokens, point_mask, sample_weight=None):
+        """
+        `compact_labels` on the compact tokens `(batch, n + k, d + 1)` and `labelled_inertia` against their centroid
+        rows, in one compiled pass (`cpu_kernels.nearest_inertia`: the same numbers) where the head is Lloyd's
+        assign alone; else None.
+        """
+        if not self.plain_assign:
+            return None
+        num_points = tokens.shape[1] - self.assign.config.num_clusters
+        key = self.assign.compact_query_key(tokens[:, :num_points], tokens[:, num_points:, :-1])[1]
+        return nearest_inertia(tokens, key, point_mask, sample_weight)
 
     def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None) -> torch.Tensor:
         num_points = point_mask.shape[1]
@@ -905,10 +920,16 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         weighted = {} if inputs.sample_weight is None else {"sample_weight": inputs.sample_weight}
         for iteration in range(num_iterations):
             labels = self._layer(iteration).compact_forward(tokens, point_mask, **weighted)
-        if final_assignment:
+        head = None
+        if final_assignment:  # labels and inertia in one pass where the head allows it
+            head = self.assignment_head.compact_labels_and_inertia(tokens, point_mask, inputs.sample_weight)
+        if head is not None:
+            labels, inertia = head[0], head[1].to(points.dtype)
+        elif final_assignment:
             labels = self.assignment_head.compact_labels(tokens[:, :num_points], centroids, point_mask, inputs.sample_weight)
         centroids = centroids.clone()
-        inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
+        if head is None:
+            inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
         if self.config.variant_spec.reports_outliers:  # a real point without a label is trimmed
             output.outliers = (labels < 0) & inputs.point_mask
@@ -1016,11 +1037,13 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         spec = self.config.variant_spec
         points, centroids = spec.seen_points(inputs.points), spec.seen_points(inputs.centroids)
-        batch_size, num_points, point_dim = points.shape
-        tokens = points.new_empty(batch_size, num_points + centroids.shape[1], point_dim + 1)
-        tokens[:, :num_points, :-1] = points
-        tokens[:, num_points:, :-1] = centroids
-        tokens[..., -1] = 1.0
+        tokens = cpu_kernels.compact_tokens(points, centroids)  # one pass, into memory advised for huge pages
+        if tokens is None:
+            batch_size, num_points, point_dim = points.shape
+            tokens = points.new_empty(batch_size, num_points + centroids.shape[1], point_dim + 1)
+            tokens[:, :num_points, :-1] = points
+            tokens[:, num_points:, :-1] = centroids
+            tokens[..., -1] = 1.0
         point_mask = inputs.point_mask
         if not torch.compiler.is_compiling() and bool(point_mask.all()):
             point_mask = None
@@ -1179,14 +1202,16 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         spec, state = self.config.variant_spec, self._given_state(state)
         fitted = self._fitted_defaults()
         assign_only = num_iterations == 0 and (centroids is not None or "centroids" in fitted)
-        points, point_mask = self._check_points(points, attention_mask, 1 if assign_only else self.config.num_clusters)
+        points, point_mask, magnitudes = self._check_points(
+            points, attention_mask, 1 if assign_only else self.config.num_clusters
+        )
         centroids = self._check_centroids(fitted.get("centroids") if centroids is None else centroids, points, point_mask)
         sample_weight = self._check_sample_weight(sample_weight, point_mask)
         for carried in spec.state:
             values = state.get(carried.name, fitted.get(carried.name))
             if values is not None:
                 state[carried.name] = self._check_component_values(values, carried.name, points.shape[0])
-        exponents = self._rescaling_exponents(points, centroids) if rescale else None
+        exponents = self._rescaling_exponents(points, centroids, magnitudes) if rescale else None
         if exponents is not None:
             points, centroids = _divided_by_power_of_two(exponents, points, centroids)
             powers = {carried.name: carried.scale_power for carried in spec.state}
@@ -1276,21 +1301,21 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 )
         return fitted
 
-    def _rescaling_exponents(self, points: torch.Tensor, centroids: torch.Tensor) -> torch.LongTensor | None:
+    def _rescaling_exponents(self, points, centroids, point_magnitudes=None) -> torch.LongTensor | None:
         """
         Per problem, the exponent `e` by which the model divides the data (`2**-e`, exact) so that its largest
         `|coordinate|` lands in `[1/2, 1)`, or None when every problem lies inside the safe range of the dtype
         (`attention.safe_magnitude_exponents`: squared distances and sums of squares neither overflow nor
         underflow), which is then used as it is, bit for bit. Only for a variant whose result is equivariant under
         the rescaling (`VariantSpec.scaling`, `scale_dependence`); for the others such data is refused.
+        `point_magnitudes`: the points' largest `|coordinate|` per problem where already known.
         """
         spec = self.config.variant_spec
         if spec.scaling == "invariant":  # it normalises every vector itself
             return None
-        magnitudes = torch.stack([  # the largest |coordinate| of each problem
-            extreme for values in (points.detach(), centroids.detach())
-            for extreme in (values.amax(dim=(1, 2)), -values.amin(dim=(1, 2)))
-        ]).amax(dim=0)
+        if point_magnitudes is None:
+            point_magnitudes = _largest_magnitudes(points)
+        magnitudes = torch.maximum(point_magnitudes, _largest_magnitudes(centroids))  # of each problem
         if torch.compiler.is_compiling():  # traced: no branch on the data, so data outside the range is refused
             exponents = rescaling_exponents(magnitudes, points.shape[2] * 2**31)  # the range for any n < 2**31
             torch._assert_async(
@@ -1359,10 +1384,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             )
         return num_iterations
 
-    def _check_points(self, points, attention_mask, minimum: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_points(self, points, attention_mask, minimum: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """
         Validate the points and the mask (shapes, dtypes, values, at least `minimum` real points per problem: `k`,
-        or 1 for an assignment to given centroids); padding set to 0.
+        or 1 for an assignment to given centroids); padding set to 0. Also the largest `|coordinate|` of each problem
+        where the compiled loop found it on the way (`cpu_kernels.largest_magnitudes`, one pass), else None.
         """
         k, d = self.config.num_clusters, self.config.point_dim
         dtype, device = self.embeddings.cluster_embeddings.dtype, self._execution_device()
@@ -1395,14 +1421,18 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             )
         if attention_mask is not None and (traced or not bool(point_mask.all())):
             points = points.masked_fill(~point_mask[..., None], 0.0)  # padding's values do not count
+        magnitudes = None if traced else cpu_kernels.largest_magnitudes(points.detach())
         if traced:
             torch._assert_async(torch.isfinite(points).all(), "`points` contain NaN or infinite values.")
+        elif magnitudes is not None:  # NaN or inf where a coordinate is
+            if not bool(torch.isfinite(magnitudes).all()):
+                raise ValueError("`points` contain NaN or infinite values.")
         # a sum is finite when every term is (a finite sum that overflows is told apart by the full check)
         elif not bool(torch.isfinite(points.sum())) and not all(
             bool(torch.isfinite(block).all()) for block in points.reshape(-1, d).split(2**20)
         ):
             raise ValueError("`points` contain NaN or infinite values.")
-        return points, point_mask
+        return points, point_mask, magnitudes
 
     def _check_centroids(self, centroids, points, point_mask) -> torch.Tensor:
         """The given centroids, checked, as `(batch, k, d)`; by default the first `k` real points of each problem."""
@@ -1448,8 +1478,13 @@ def labelled_inertia(
     `Σ_i w_i |x_i - c_label(i)|^2` over the labelled points (`labels >= 0`; `w_i = 1` without `sample_weight`), per
     problem, in blocks of points small enough (about 2**18 numbers) that the temporaries stay in cache. Each point's
     squared distance is taken in the points' dtype, and their sum is accumulated in float64 whatever the dtype
-    (float64 points as they are), then rounded once to the points' dtype.
+    (float64 points as they are), then rounded once to the points' dtype. On the CPU the compiled loop
+    (`cpu_kernels.labelled_inertia`) adds each point's squares in coordinate order and the points in order; the
+    PyTorch code below adds them in its reductions' order, which may round the last bit otherwise.
     """
+    compiled = cpu_kernels.labelled_inertia(points, centroids, labels, sample_weight)
+    if compiled is not None:
+        return compiled.to(points.dtype)
     batch_size, num_points, point_dim = points.shape
     rows = max(1, 2**18 // (batch_size * point_dim))
     if torch.compiler.is_compiling():  # traced: one block, no loop over a symbolic number of points
@@ -1465,6 +1500,15 @@ def labelled_inertia(
             squares = squares * sample_weight[:, start : start + rows].to(torch.float64)
         total += (squares * (block_labels >= 0)).sum(dim=-1)
     return total.to(points.dtype)
+
+
+def _largest_magnitudes(values: torch.Tensor) -> torch.Tensor:
+    """The largest `|coordinate|` of each problem `(batch,)` of `(batch, m, d)` values (NaN where one is NaN)."""
+    found = cpu_kernels.largest_magnitudes(values.detach())
+    if found is None:
+        values = values.detach()
+        found = torch.maximum(values.amax(dim=(1, 2)), -values.amin(dim=(1, 2)))
+    return found
 
 
 def _per_point(values: torch.Tensor, name: str, batch_size: int, num_points: int) -> torch.Tensor:

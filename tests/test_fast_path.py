@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel, cpu_kernels
+from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel, cpu_kernels, modeling_kmeans_transformer
 from kmeans_transformer.variants import VARIANTS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -624,7 +624,11 @@ def test_order_statistics_are_those_of_each_clusters_sorted_members():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_trimmed_compact_engine_is_its_pytorch_code(dtype, monkeypatch):
-    """The per-cluster quantile by the compiled selection trims exactly what the gate's own sorted table trims."""
+    """
+    The per-cluster quantile by the compiled selection trims exactly what the gate's own sorted table trims: the same
+    labels and centroids; the inertia is summed by the compiled loop in point order and by the PyTorch code in its
+    reductions' order, so it agrees to rounding.
+    """
     require_compiled()
     generator = torch.Generator().manual_seed(24)
     points = torch.randn(3, 700, 3, generator=generator, dtype=dtype) * 3
@@ -639,5 +643,123 @@ def test_trimmed_compact_engine_is_its_pytorch_code(dtype, monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_failed", True)
     plain = model(points, attention_mask=mask)
     assert bool((plain.labels == -1).any())
-    for name in ("labels", "centroids", "inertia"):
+    for name in ("labels", "centroids"):
         assert torch.equal(getattr(fast, name), getattr(plain, name)), name
+    torch.testing.assert_close(fast.inertia, plain.inertia, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_labelled_inertia_against_a_plain_loop(dtype, weighted, monkeypatch):
+    """
+    `Σ_i w_i |x_i - c_a(i)|^2` of the compiled loop on strided rows (the compact tokens' point slice), unlabelled
+    points (-1) among them and two blocks of 2**15 points: each squared distance in the dtype, its squares added in
+    coordinate order, then widened and summed in point order within each block, the blocks added in order; the same
+    numbers on one thread and on two, and those of `labelled_inertia`'s PyTorch code to rounding.
+    """
+    require_compiled()
+    generator = torch.Generator().manual_seed(25)
+    groups, n, d, k = 2, 2**15 + 300, 11, 5  # 8 coordinates a vector, then 3 one at a time
+    tokens = torch.randn(groups, n + k, d + 1, generator=generator, dtype=dtype) * 3
+    points, centroids = tokens[:, :n, :-1], tokens[:, n:, :-1].clone()
+    labels = torch.randint(-1, k, (groups, n), generator=generator)
+    sample_weight = torch.rand(groups, n, generator=generator, dtype=dtype) * 2 if weighted else None
+    found = cpu_kernels.labelled_inertia(points, centroids, labels, sample_weight)
+    x, c, a = points.numpy(), centroids.numpy(), labels.numpy()
+    for g in range(groups):
+        squares = np.zeros(n, dtype=x.dtype)
+        for e in range(d):  # numpy rounds each operation to the dtype
+            difference = x[g, :, e] - c[g, a[g].clip(0), e]
+            squares = squares + difference * difference
+        total = 0.0
+        for start in range(0, n, 2**15):
+            block = 0.0
+            for i in range(start, min(n, start + 2**15)):
+                if a[g, i] >= 0:
+                    block += float(squares[i]) * (1.0 if sample_weight is None else float(sample_weight[g, i]))
+            total += block
+        assert float(found[g]) == total, g
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        assert torch.equal(cpu_kernels.labelled_inertia(points, centroids, labels, sample_weight), found)
+    finally:
+        torch.set_num_threads(threads)
+    inertia = modeling_kmeans_transformer.labelled_inertia(points, centroids, labels, sample_weight)
+    assert torch.equal(inertia, found.to(dtype))
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "_failed", True)
+    plain = modeling_kmeans_transformer.labelled_inertia(points, centroids, labels, sample_weight)
+    torch.testing.assert_close(plain, inertia, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compact_tokens_and_largest_magnitudes_in_one_pass(dtype):
+    """
+    The compact tokens `[x_i ; 1]`, `[c_j ; 1]` written by the compiled loop (large enough for memory advised for huge
+    pages) are those of a concatenation, and behave as any tensor; the largest `|coordinate|` of each problem is that
+    of `amax`/`amin`, NaN where a coordinate is NaN and inf where one is infinite.
+    """
+    require_compiled()
+    generator = torch.Generator().manual_seed(26)
+    groups, n, d, k = 3, 40000, 13, 4
+    points = (torch.randn(groups, n, d + 2, generator=generator, dtype=dtype) * 5)[..., :d]  # strided rows
+    centroids = torch.randn(groups, k, d, generator=generator, dtype=dtype)
+    tokens = cpu_kernels.compact_tokens(points, centroids)
+    expected = torch.cat([torch.cat([points, centroids], dim=1), torch.ones(groups, n + k, 1, dtype=dtype)], dim=-1)
+    assert tokens.is_contiguous() and torch.equal(tokens, expected)
+    kept = tokens[[2, 0]]
+    tokens[:, n:, :-1].mul_(2.0)
+    assert torch.equal(kept, expected[[2, 0]]) and torch.equal(tokens[:, n:, :-1], 2 * centroids)
+    del tokens
+    for values in (points, points.contiguous(), points[:, :5, :1]):
+        expected = torch.maximum(values.amax(dim=(1, 2)), -values.amin(dim=(1, 2)))
+        assert torch.equal(cpu_kernels.largest_magnitudes(values), expected)
+    spoiled = points.clone()
+    spoiled[0, n - 1, d - 1] = float("nan")
+    spoiled[1, 7, 3] = -float("inf")
+    spoiled[2, 0, 0] = float("nan")
+    spoiled[2, 1, 0] = float("inf")
+    found = cpu_kernels.largest_magnitudes(spoiled)
+    assert bool(found[0].isnan()) and float(found[1]) == float("inf") and bool(found[2].isnan())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_head_labels_and_inertia_in_one_pass_are_those_of_the_separate_steps(dtype, weighted):
+    """
+    The assignment head's compiled pass (`nearest_inertia`) gives the labels of the assign block and the inertia of
+    `labelled_inertia`, bit for bit, with padding and across a block of 2**15 points; the model's outputs are those
+    of the separate steps.
+    """
+    require_compiled()
+    generator = torch.Generator().manual_seed(27)
+    batch, n, d, k = 3, 2**15 + 500, 9, 7
+    points = (torch.randn(batch, n, d, generator=generator) * 4).to(dtype)
+    mask = torch.ones(batch, n, dtype=torch.bool)
+    mask[1, n - 700:] = False
+    sample_weight = None
+    if weighted:
+        sample_weight = (torch.rand(batch, n, generator=generator).to(dtype) * 2).masked_fill(~mask, 0)
+    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=2)).to(dtype)
+    head = model.assignment_head
+    assert head.plain_assign
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # one problem per thread at least: the pass runs
+        with torch.no_grad():
+            inputs = model.prepare_inputs(points, points[:, :k], mask, sample_weight=sample_weight)
+            tokens, point_mask = model._compact_tokens(inputs)
+            labels, inertia = head.compact_labels_and_inertia(tokens, point_mask, sample_weight)
+            centroids = tokens[:, n:, :-1]
+            expected = head.compact_labels(tokens[:, :n], centroids, point_mask)
+            assert torch.equal(labels, expected) and bool((labels[1, n - 700:] == -1).all())
+            reference = cpu_kernels.labelled_inertia(tokens[:, :n, :-1], centroids, expected, sample_weight)
+            assert torch.equal(inertia, reference)
+            fused = model(points, attention_mask=mask, sample_weight=sample_weight)
+            head.plain_assign = False
+            separate = model(points, attention_mask=mask, sample_weight=sample_weight)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("labels", "centroids", "inertia", "assignments"):
+        assert torch.equal(fused[name], separate[name]), name
