@@ -733,8 +733,8 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
 
     def accumulate_float64(self, assignment: torch.Tensor, values: torch.Tensor, sample_weight=None) -> torch.Tensor:
         """
-        `accumulate` in float64 whatever the dtype of its inputs (a chunk of the compact engine's weighted pass): here
-        on the inputs widened to float64; a weighted update takes its products in float64 from the chunk as it is.
+        `accumulate` in float64 whatever the dtype of its inputs (a chunk of the compact engine's weighted pass where
+        the compiled pass does not run): on the inputs widened to float64.
         """
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight.to(torch.float64)}
         return self.accumulate(assignment.to(torch.float64), values.to(torch.float64), **weighted)
@@ -773,13 +773,6 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
         if sample_weight is not None:
             values = values * sample_weight[..., None].to(values.dtype)
         return self.score_weights(assignment).transpose(1, 2) @ values
-
-    def accumulate_float64(self, assignment, values, sample_weight=None):
-        """`accumulate` by the compiled `cpu_kernels.weighted_sums` (`y_ij^score_power` and every product in float64)."""
-        sums = cpu_kernels.weighted_sums(assignment, values, sample_weight, **self.compiled_sums_form())
-        if sums is None:
-            return KMeansTransformerUpdate.accumulate_float64(self, assignment, values, sample_weight)
-        return self.statistics_of_sums(sums, values, sample_weight)
 
     def compiled_sums_form(self) -> dict:
         """The compiled loops' sums this update reads: `Σ_i w_ij^power s_i [x_i (; |x_i|^2) ; 1]`."""

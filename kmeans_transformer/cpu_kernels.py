@@ -691,114 +691,6 @@ std::vector<at::Tensor> lloyd_step(at::Tensor tokens, at::Tensor key, c10::optio
 }
 // ---- end of lloyd_step -----------------------------------------------------------------------------------------
 
-// The loops touch no Python object: they run without the GIL, so that another Python thread (points mode's
-// read-ahead decoding the next chunk) goes on meanwhile.
-// ---- weighted_sums: float64 sums of weighted rows, Σ_i w_ij s_i [x_i (; |x_i|^2) ; 1], without float64 copies --
-// Per group: the rows s_i v_i (with |x_i|^2 = Σ_c x_ic^2 in double before the last column when `square_norm`) are
-// widened into a double buffer, 256 rows at a time, then the (k x width) sums are accumulated in tiles of 4 clusters
-// x 8 columns held in registers, rows in order: sums[j, c] = Σ_i w_ij^power row_ic, each term rounded as
-// (double) w_ij^power * row_ic, w = max(w, 0) when power != 1.
-constexpr int kTileKeys = 4, kTileColumns = 8;
-constexpr int64_t kTaskKeys = 16;  // keys per parallel task (a multiple of kTileKeys)
-constexpr int64_t kWeightedRows = 256;
-
-template <typename scalar_t>
-static void weighted_sums_group(const scalar_t* w, int64_t m, int64_t k, int64_t key_begin, int64_t key_end,
-                                const scalar_t* v, int64_t ldv, int64_t width, const scalar_t* s, bool square_norm,
-                                double power, std::vector<double>& rows, std::vector<double>& powers, double* sums) {
-  typedef double D4 __attribute__((vector_size(32)));
-  const int64_t out_width = width + (square_norm ? 1 : 0);
-  const int64_t padded = (out_width + kTileColumns - 1) / kTileColumns * kTileColumns;
-  const int64_t keys = key_end - key_begin;  // the sums of keys [key_begin, key_end) only
-  const int64_t padded_keys = (keys + kTileKeys - 1) / kTileKeys * kTileKeys;
-  std::vector<double> tiles(padded_keys * padded, 0.0);  // the sums, padded to whole tiles
-  for (int64_t first = 0; first < m; first += kWeightedRows) {  // rows in blocks that stay in cache
-    const int64_t count = std::min(kWeightedRows, m - first);
-    rows.assign(count * padded, 0.0);
-    powers.assign(count * padded_keys, 0.0);
-    for (int64_t r = 0; r < count; ++r) {
-      const int64_t i = first + r;
-      const scalar_t* x = v + i * ldv;
-      double* row = &rows[r * padded];
-      const double scale = s ? static_cast<double>(s[i]) : 1.0;
-      double norm = 0;
-      for (int64_t c = 0; c + 1 < width; ++c) {
-        const double value = static_cast<double>(x[c]);
-        norm += value * value;
-        row[c] = s ? scale * value : value;
-      }
-      if (square_norm) row[width - 1] = s ? scale * norm : norm;
-      row[out_width - 1] = s ? scale * static_cast<double>(x[width - 1]) : static_cast<double>(x[width - 1]);
-      double* p = &powers[r * padded_keys];
-      const scalar_t* wi = w + i * k + key_begin;
-      if (power == 1.0) for (int64_t j = 0; j < keys; ++j) p[j] = static_cast<double>(wi[j]);
-      else if (power == 2.0) for (int64_t j = 0; j < keys; ++j) { const double u = std::max(static_cast<double>(wi[j]), 0.0); p[j] = u * u; }
-      else for (int64_t j = 0; j < keys; ++j) p[j] = std::pow(std::max(static_cast<double>(wi[j]), 0.0), power);
-    }
-    for (int64_t j0 = 0; j0 < padded_keys; j0 += kTileKeys) {
-      for (int64_t c0 = 0; c0 < padded; c0 += kTileColumns) {
-        D4 acc[kTileKeys][2];
-        for (int t = 0; t < kTileKeys; ++t) {
-          std::memcpy(&acc[t][0], &tiles[(j0 + t) * padded + c0], sizeof(D4));
-          std::memcpy(&acc[t][1], &tiles[(j0 + t) * padded + c0 + 4], sizeof(D4));
-        }
-        for (int64_t r = 0; r < count; ++r) {
-          D4 lo, hi;
-          std::memcpy(&lo, &rows[r * padded + c0], sizeof(D4));
-          std::memcpy(&hi, &rows[r * padded + c0 + 4], sizeof(D4));
-          const double* p = &powers[r * padded_keys + j0];
-          for (int t = 0; t < kTileKeys; ++t) {
-            acc[t][0] += p[t] * lo;
-            acc[t][1] += p[t] * hi;
-          }
-        }
-        for (int t = 0; t < kTileKeys; ++t) {
-          std::memcpy(&tiles[(j0 + t) * padded + c0], &acc[t][0], sizeof(D4));
-          std::memcpy(&tiles[(j0 + t) * padded + c0 + 4], &acc[t][1], sizeof(D4));
-        }
-      }
-    }
-  }
-  for (int64_t j = 0; j < keys; ++j)
-    for (int64_t c = 0; c < out_width; ++c) sums[(key_begin + j) * out_width + c] = tiles[j * padded + c];
-}
-
-at::Tensor weighted_sums(at::Tensor weights, at::Tensor values, c10::optional<at::Tensor> sample_weight,
-                         bool square_norm, double power) {
-  TORCH_CHECK(weights.dim() == 3 && weights.is_contiguous() && values.dim() == 3 && values.stride(2) == 1 &&
-              weights.size(0) == values.size(0) && weights.size(1) == values.size(1) && values.size(2) >= 1 &&
-              weights.scalar_type() == values.scalar_type(),
-              "weighted_sums: contiguous weights (groups, m, k) and values (groups, m, width) with contiguous rows, of one dtype");
-  at::Tensor s;
-  if (sample_weight.has_value()) {
-    s = sample_weight->to(values.scalar_type()).contiguous();
-    TORCH_CHECK(s.dim() == 2 && s.size(0) == values.size(0) && s.size(1) == values.size(1), "weighted_sums: sample_weight (groups, m)");
-  }
-  const int64_t groups = values.size(0), m = values.size(1), width = values.size(2), k = weights.size(2);
-  const int64_t out_width = width + (square_norm ? 1 : 0);
-  auto sums = at::zeros({groups, k, out_width}, values.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "weighted_sums", [&] {
-    const scalar_t* w = weights.data_ptr<scalar_t>();
-    const scalar_t* v = values.data_ptr<scalar_t>();
-    const scalar_t* sw = s.defined() ? s.data_ptr<scalar_t>() : nullptr;
-    double* out = sums.data_ptr<double>();
-    // Tasks of kTaskKeys keys of one group, in parallel: one problem's clusters are shared among the threads, and
-    // every sum adds its rows in order whatever the number of threads.
-    const int64_t parts = (k + kTaskKeys - 1) / kTaskKeys;
-    at::parallel_for(0, groups * parts, 1, [&](int64_t begin, int64_t end) {
-      std::vector<double> rows, powers;
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t g = task / parts, first = (task % parts) * kTaskKeys;
-        weighted_sums_group<scalar_t>(w + g * m * k, m, k, first, std::min(k, first + kTaskKeys), v + g * values.stride(0),
-                                      values.stride(1), width, sw ? sw + g * m : nullptr, square_norm, power, rows,
-                                      powers, out + g * k * out_width);
-      }
-    });
-  });
-  return sums;
-}
-// ---- end of weighted_sums --------------------------------------------------------------------------------------
-
 // ---- membership_sums: one pass of a weighted assignment (soft, gmm, fuzzy) without the (n, k) weights -----------
 // `exp(x)` of a vector with x <= 0 (-inf included): x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two parts, Cody and
 // Waite), e^r by its Taylor polynomial (degree 7 for float, 13 for double: truncation under 0.1 ulp), times 2^n made
@@ -925,7 +817,7 @@ static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, 
   }
   if (!rule.sums) return;
   for (int64_t u = vectors; u < V; ++u) for (int64_t j = 0; j < k; ++j) S[j * V + u] = zero;
-  // The sums Σ_i w_ij^power s_i row_ic, each term w^power * (s_i row_ic) in A, over the tile's rows in A's lanes,
+  // The sums Σ_i w_ij^power s_i row_ic (w = max(w, 0) when power != 1), each term w^power * (s_i row_ic) in A, over the tile's rows in A's lanes,
   // each lane added to its double sum of the block (`lane_sums`). The rows [x ; (|x|^2 ;) 1] are the query's first `dim` columns,
   // widened once per tile (|x|^2 summed in double in coordinate order), times s_i.
   const int64_t out_width = dim + 1 + (rule.square_norm ? 1 : 0);
@@ -1364,6 +1256,8 @@ at::Tensor largest_magnitudes(at::Tensor values) {
 }
 // ---- end of batch_costs ----------------------------------------------------------------------------------------
 
+// The loops touch no Python object: they run without the GIL, so that another Python thread (points mode's
+// read-ahead decoding the next chunk) goes on meanwhile.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto released = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("nearest_keys", &nearest_keys, "nearest_keys", released);
@@ -1373,7 +1267,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("medoid_update", &medoid_update, "medoid_update", released);
   m.def("lloyd_step", &lloyd_step, "lloyd_step", released);
   m.def("order_statistics", &order_statistics, "order_statistics", released);
-  m.def("weighted_sums", &weighted_sums, "weighted_sums", released);
   m.def("membership_sums", &membership_sums, "membership_sums", released);
   m.def("compact_tokens", &compact_tokens, "compact_tokens", released);
   m.def("labelled_inertia", &labelled_inertia, "labelled_inertia", released);
@@ -1831,25 +1724,6 @@ def lloyd_step(
     return tuple(_loaded().lloyd_step(tokens, key.contiguous(), point_mask))
 
 
-def weighted_sums(
-    weights: torch.Tensor, values: torch.Tensor, sample_weight: torch.Tensor | None, square_norm: bool, power: float
-) -> torch.Tensor | None:
-    """
-    `Σ_i w_ij^power s_i v_i` in float64 `(groups, k, width')` for weights `(groups, m, k)` (clamped at 0 when `power
-    != 1`), rows `v_i` `(groups, m, width)` of the dtype and sample weights `s_i` `(groups, m)` or None; with
-    `square_norm`, `v_i = [x_i ; 1]` becomes `[x_i ; |x_i|^2 ; 1]` (`|x_i|^2` summed in float64). Every product is
-    taken in float64 from the rows widened once; eager calls only, else None.
-    """
-    if torch.compiler.is_compiling() or not _usable(weights, values) or weights.dtype != values.dtype:
-        return None
-    if sample_weight is not None and (sample_weight.device.type != "cpu" or sample_weight.requires_grad):
-        return None
-    module = _loaded()
-    if module is None:
-        return None
-    return module.weighted_sums(weights.contiguous(), _contiguous_rows(values), sample_weight, bool(square_norm), float(power))
-
-
 MEMBERSHIP_RULES = {"softmax": 0, "fuzzy": 1}  # the compiled pass's rules (`membership_sums`)
 
 
@@ -1878,7 +1752,7 @@ def membership_sums(
     One pass of a weighted assignment over every point in one compiled loop, without the `(groups, n, k)` weights:
     each tile of rows gets its weights by `rule` from queries `(groups, n, e)` and keys `(groups, k, e)` (the
     `"softmax"` of `scaling · q_i.key_j`, or the `"fuzzy"` c-means memberships on `|q_i - key_j|^2` with ratio power
-    `exponent = 1/(m-1)`), and adds them up as `weighted_sums` does: `Σ_i w_ij^power s_i v_i` in float64 `(groups,
+    `exponent = 1/(m-1)`), and adds them up: `Σ_i w_ij^power s_i v_i` (`w^power` of `max(w, 0)` when `power != 1`) in float64 `(groups,
     k, dim + 1 (+ 1))` for the rows `v_i = [x_i ; 1]` (`[x_i ; |x_i|^2 ; 1]` with `square_norm`), `x_i` the first
     `dim` coordinates of the query. Points where `point_mask` is False weigh 0. Returns the sums and, when `labels`,
     the first largest weight's index (-1 where it is not > 0); writes the weights into `kept` `(groups, n, k)` when
@@ -1886,7 +1760,7 @@ def membership_sums(
 
     Float32 rows are summed in float32 over the 16 rows of a tile's lane, and those partial sums in float64 (an error
     of a few float32 ulp of `Σ_i |w_ij^power s_i v_i|`); with `square_norm` (a difference of second moments is taken
-    from these sums) and for float64 every product is taken in float64, as in `weighted_sums`.
+    from these sums) and for float64 every product is taken in float64.
     """
     if torch.compiler.is_compiling() or _for_scores(query, key) is None or query.dtype != key.dtype:
         return None

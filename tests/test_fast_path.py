@@ -474,43 +474,6 @@ def test_lloyd_runs_one_compiled_step_per_iteration_with_the_numbers_of_the_bloc
         assert torch.equal(fused[name], blocks[name]), name
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("square_norm,power", [(False, 1.0), (False, 2.5), (True, 1.0)])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_weighted_sums_against_a_plain_loop(dtype, square_norm, power, weighted):
-    """
-    `Σ_i w_ij^power s_i [x_i (; |x_i|^2) ; 1]`, every product in float64, on strided rows and a k not of the tile,
-    split into two parallel tasks of keys: the same numbers on one thread and on two.
-    """
-    require_compiled()
-    generator = torch.Generator().manual_seed(21)
-    groups, m, d, k = 2, 37, 5, 21
-    weights = torch.rand(groups, m, k, generator=generator, dtype=dtype) - 0.1  # a few negative: clamped for power != 1
-    tokens = torch.randn(groups, m + 3, d + 1, generator=generator, dtype=dtype)
-    tokens[..., -1] = 1.0
-    values = tokens[:, :m]
-    sample_weight = torch.rand(groups, m, generator=generator, dtype=dtype) if weighted else None
-    sums = cpu_kernels.weighted_sums(weights, values, sample_weight, square_norm, power)
-    expected = torch.zeros(groups, k, d + 1 + square_norm, dtype=torch.float64)
-    for g in range(groups):
-        for i in range(m):
-            x = [float(value) for value in values[g, i]]
-            row = x[:-1] + ([sum(value * value for value in x[:-1])] if square_norm else []) + x[-1:]
-            scale = 1.0 if sample_weight is None else float(sample_weight[g, i])
-            for j in range(k):
-                w = float(weights[g, i, j])
-                w = w if power == 1 else max(w, 0.0) ** power
-                for c, value in enumerate(row):
-                    expected[g, j, c] += w * (scale * value)
-    torch.testing.assert_close(sums, expected, rtol=1e-13, atol=1e-13)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1 if threads > 1 else 2)
-        assert torch.equal(cpu_kernels.weighted_sums(weights, values, sample_weight, square_norm, power), sums)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def numpy_memberships(x, centroids, rule, scaling, fuzzifier):
     """The soft (softmax of `-scaling |x - c|^2`) or fuzzy c-means weights of one problem, in float64 NumPy."""
     distances = ((x[:, None, :] - centroids[None]) ** 2).sum(axis=-1)
@@ -585,7 +548,7 @@ def test_membership_sums_against_numpy(dtype, rule, fuzzifier):
 @pytest.mark.parametrize("variant", ["soft", "gmm", "fuzzy"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 def test_weighted_compact_engine_is_its_pytorch_code(variant, weighted, monkeypatch):
-    """The compact engine of a weighted assignment with the compiled sums is its PyTorch code, padded batches included."""
+    """The compact engine of a weighted assignment with the compiled pass is its PyTorch code, padded batches included."""
     require_compiled()
     generator = torch.Generator().manual_seed(22)
     points = torch.randn(3, 400, 4, generator=generator, dtype=torch.float64) * 2
