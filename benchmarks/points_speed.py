@@ -14,6 +14,10 @@ a Parquet file and runs, each in a fresh subprocess (so that each reports its ow
 
     nice python benchmarks/points_speed.py --json points_speed.json   # the recorded run
     python benchmarks/points_speed.py --quick                         # 200,000 points, seconds
+    python benchmarks/points_speed.py --variant soft --runs memory-1-thread points-1-process
+
+`--variant` picks the model's variant (gmm starts from unit variances and equal weights, given to both modes);
+`--runs` picks some of the five runs (the ratios need their two runs).
 
 Not part of the test suite.
 """
@@ -32,14 +36,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 from points_memory import generate, machine, stamp_iterations  # noqa: E402
 
 
-def _model(clusters: int, dim: int, iterations: int):
+RUNS = ("memory", "points", "memory-1-thread", "points-1-process", "points-2-processes")
+
+
+def _model(clusters: int, dim: int, iterations: int, variant: str):
     from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
 
-    config = KMeansTransformerConfig(num_clusters=clusters, point_dim=dim, num_iterations=iterations)
+    config = KMeansTransformerConfig(num_clusters=clusters, point_dim=dim, num_iterations=iterations, variant=variant)
     return KMeansTransformerModel(config).eval()  # float32
 
 
-def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int, report: str) -> None:
+def _initial_state(model) -> dict:
+    """The carried state both modes start from: unit variances and equal weights (gmm), else nothing."""
+    import numpy as np
+
+    k = model.config.num_clusters
+    values = {"variances": np.ones(k), "weights": np.full(k, 1.0 / k)}
+    return {name: values[name] for name in model.config.variant_spec.state_names}
+
+
+def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int, variant: str, report: str) -> None:
     """Run one measurement on `path` and write its figures to `report` (JSON; rank 0 only when distributed)."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -49,8 +65,9 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
     if "POINTS_SPEED_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["POINTS_SPEED_THREADS"]))
     dim = len(pq.ParquetFile(path).schema_arrow.names)
-    model = _model(clusters, dim, iterations)
-    figures, is_main = {"mode": mode, "torch_threads": torch.get_num_threads()}, True
+    model = _model(clusters, dim, iterations, variant)
+    state = _initial_state(model)
+    figures, is_main = {"mode": mode, "variant": variant, "torch_threads": torch.get_num_threads()}, True
     if mode == "memory":
         table = pq.read_table(path)
         points = torch.from_numpy(np.column_stack([column.to_numpy() for column in table.columns]))[None]
@@ -59,7 +76,8 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
         times = {1: float("inf"), iterations + 1: float("inf")}
         for count in [1, iterations + 1] * 2:  # the faster of two calls each: the machine may be shared
             start = time.perf_counter()
-            output = model(points, initial, num_iterations=count)
+            output = model(points, initial, num_iterations=count,
+                           **{name: torch.from_numpy(value).float() for name, value in state.items()})
             times[count] = min(times[count], time.perf_counter() - start)
         figures["engine"] = model.engine()
         figures["iteration_s"] = [(times[iterations + 1] - times[1]) / iterations]
@@ -73,7 +91,8 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
         is_main = accelerator.is_main_process
         stamps = stamp_iterations(model)
         start = time.perf_counter()
-        result = cluster_points(model, path, chunk_size=chunk_size, accelerator=accelerator, progress=False)
+        result = cluster_points(model, path, chunk_size=chunk_size, accelerator=accelerator, progress=False,
+                                initial_state=state or None)
         figures["total_s"] = time.perf_counter() - start
         figures["iteration_s"] = [b - a for a, b in zip(stamps, stamps[1:])]
         figures["processes"] = accelerator.num_processes
@@ -86,7 +105,7 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
 
 def run(mode: str, path: Path, args, workdir: Path, processes: int = 1, threads: int | None = None) -> dict:
     report = workdir / f"{mode}-{processes}-{threads}.json"
-    sizes = [str(args.clusters), str(args.iterations), str(args.chunk_size)]
+    sizes = [str(args.clusters), str(args.iterations), str(args.chunk_size), args.variant]
     arguments = ["--child", mode, str(path), *sizes, str(report)]
     env = dict(os.environ)
     if threads is not None:
@@ -112,13 +131,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=65536)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default="lloyd", help="the model's variant (one that points mode runs)")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="the runs to make (default all)")
     parser.add_argument("--workdir", help="where to write the Parquet file (default: a temporary directory)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        mode, path, clusters, iterations, chunk_size, report = args.child
-        child(mode, path, int(clusters), int(iterations), int(chunk_size), report)
+        mode, path, clusters, iterations, chunk_size, variant, report = args.child
+        child(mode, path, int(clusters), int(iterations), int(chunk_size), variant, report)
         return
     if args.quick:
         args.num_points = 200_000
@@ -127,38 +148,43 @@ def main() -> None:
         workdir = Path(workdir)
         path = workdir / "points.parquet"
         generate(path, args.num_points, args.dim, args.clusters, args.seed)
-        runs = {
-            "memory": run("memory", path, args, workdir),
-            "points": run("points", path, args, workdir),
-            "memory-1-thread": run("memory", path, args, workdir, threads=1),
-            "points-1-process": run("points", path, args, workdir, threads=1),
-            "points-2-processes": run("points", path, args, workdir, processes=2, threads=1),
+        settings = {
+            "memory": ("memory", 1, None), "points": ("points", 1, None), "memory-1-thread": ("memory", 1, 1),
+            "points-1-process": ("points", 1, 1), "points-2-processes": ("points", 2, 1),
         }
+        runs = {}
+        for name in RUNS:
+            if name in args.runs:
+                mode, processes, threads = settings[name]
+                runs[name] = run(mode, path, args, workdir, processes=processes, threads=threads)
         file_mib = path.stat().st_size / 1024**2
+    ratios = {
+        "points_over_memory": ("points", "memory"),
+        "points_over_memory_1_thread": ("points-1-process", "memory-1-thread"),
+        "two_over_one_process": ("points-2-processes", "points-1-process"),
+    }
     figures = {
         "num_points": args.num_points, "dim": args.dim, "clusters": args.clusters, "iterations": args.iterations,
-        "chunk_size": args.chunk_size, "file_mib": file_mib, "runs": runs,
-        "points_over_memory": runs["points"]["median_iteration_s"] / runs["memory"]["median_iteration_s"],
-        "points_over_memory_1_thread": (
-            runs["points-1-process"]["median_iteration_s"] / runs["memory-1-thread"]["median_iteration_s"]
-        ),
-        "two_over_one_process": (
-            runs["points-2-processes"]["median_iteration_s"] / runs["points-1-process"]["median_iteration_s"]
-        ),
+        "chunk_size": args.chunk_size, "variant": args.variant, "file_mib": file_mib, "runs": runs,
+        **{
+            name: runs[top]["median_iteration_s"] / runs[bottom]["median_iteration_s"]
+            for name, (top, bottom) in ratios.items() if top in runs and bottom in runs
+        },
         "load_average": os.getloadavg(),
         "machine": machine(),
     }
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     print(f"{args.num_points:,} x {args.dim} float32 ({file_mib:.0f} MiB Parquet), k = {args.clusters}, "
-          f"chunk {args.chunk_size}")
+          f"chunk {args.chunk_size}, {args.variant}")
     for name, run_figures in runs.items():
         times = ", ".join(f"{t:.3f}" for t in run_figures["iteration_s"])
         print(f"{name:>20}: {run_figures['median_iteration_s']:.3f} s per iteration ({times}), peak RSS "
               f"{run_figures['peak_rss_mib']:.0f} MiB, {run_figures['torch_threads']} thread(s), "
               f"engine {run_figures['engine']}")
-    print(f"points / in-memory: {figures['points_over_memory']:.2f} (1 thread each: "
-          f"{figures['points_over_memory_1_thread']:.2f}); two processes / one: {figures['two_over_one_process']:.2f}")
+    for name in ratios:
+        if name in figures:
+            print(f"{name.replace('_', ' ')}: {figures[name]:.2f}")
     print(f"load average {figures['load_average']}; machine: {figures['machine']}")
 
 
