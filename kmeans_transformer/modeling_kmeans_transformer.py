@@ -953,19 +953,19 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         spec, dtype = self.config.variant_spec, inputs.points.dtype
         values = _with_ones(spec.seen_points(inputs.points))
         parameters = {"centroids": spec.seen_points(inputs.centroids), **inputs.state}
-        weights = inputs.sample_weight
-        if weights is None and not bool(inputs.point_mask.all()):
-            weights = inputs.point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
+        weights, point_mask = inputs.sample_weight, None if bool(inputs.point_mask.all()) else inputs.point_mask
+        if weights is None and point_mask is not None:
+            weights = point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
         labels, assignments = values.new_full(values.shape[:2], -1, dtype=torch.long), None
         for iteration in range(num_iterations):
             layer = self._layer(iteration)
             last = not final_assignment and iteration == num_iterations - 1  # its labels are the output's
-            passed = self._weights_pass(layer.assign, layer.update, values, inputs, weights, parameters, output_assignments and last, last)
+            passed = self._weights_pass(layer.assign, layer.update, values, point_mask, weights, parameters, output_assignments and last, last)
             labels, assignments, statistics = passed if last else (labels, assignments, passed[2])
             parameters = {name: value.to(dtype) for name, value in layer.finalize(statistics, parameters).items()}
         if final_assignment:
             head = self.assignment_head.assign
-            labels, assignments, _ = self._weights_pass(head, None, values, inputs, weights, parameters, output_assignments, True)
+            labels, assignments, _ = self._weights_pass(head, None, values, point_mask, weights, parameters, output_assignments, True)
         centroids = parameters["centroids"]
         inertia = labelled_inertia(values[..., :-1], centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
@@ -979,16 +979,16 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             output[carried.name] = parameters[carried.name]
         return output
 
-    def _weights_pass(self, assign, update, values, inputs: PreparedInputs, weights, parameters, keep, label):
+    def _weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label):
         """
-        One pass of a weighted assign over the points, `assign.compact_rows` at a time (`score_chunk_size` numbers
+        One pass of a weighted assign over the compact point tokens `values` `[x_i ; 1]` (`point_mask` `(batch, n)`:
+        False for padding; None: every point is real), `assign.compact_rows` at a time (`score_chunk_size` numbers
         of the kernel's): when `label`, the labels (the first largest weight; -1 where a point has none; else None),
         the whole assignment when `keep`, and, with an `update`, its statistics, summed in float64.
         """
         batch_size, num_points = values.shape[:2]
         kept = values.new_empty(batch_size, num_points, self.config.num_clusters) if keep else None
-        padded = not bool(inputs.point_mask.all())
-        compiled = self._compiled_weights_pass(assign, update, values, inputs.point_mask if padded else None, weights, parameters, kept, label)
+        compiled = self._compiled_weights_pass(assign, update, values, point_mask, weights, parameters, kept, label)
         if compiled is not None:
             return compiled
         rows = assign.compact_rows(batch_size, values.device)
@@ -996,10 +996,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         statistics = None
         for start in range(0, num_points, rows):
             chunk = slice(start, start + rows)
-            assignment = assign.compact_weights(values[:, chunk], parameters, inputs.point_mask[:, chunk] if padded else None)
+            real = None if point_mask is None else point_mask[:, chunk]
+            assignment = assign.compact_weights(values[:, chunk], parameters, real)
             if label:
                 largest, first = assignment.max(dim=-1)  # the first largest weight
-                labels[:, chunk] = first.masked_fill_(~(inputs.point_mask[:, chunk] & (largest > 0)), -1)
+                labelled = largest > 0 if real is None else real & (largest > 0)
+                labels[:, chunk] = first.masked_fill_(~labelled, -1)
             if keep:
                 kept[:, chunk] = assignment
             if update is not None:
@@ -1137,11 +1139,16 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         return {"centroids": self.config.variant_spec.seen_points(inputs.centroids), **inputs.state}
 
     @torch.no_grad()
-    def assign(self, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def assign(
+        self, points: torch.Tensor, parameters: dict[str, torch.Tensor], output_assignments: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         The assignment of `points` `(batch, n, d)` to `parameters` by the assign block, as the update reads it: the
         labels `(batch, n)` (-1 for none) and the assignment `update.accumulate` takes (the labels for a hard mean
         update, the `(batch, n, k)` weights otherwise). Runs the compact engine when it applies, else the tokens.
+        With `output_assignments=False` only the labels are made (the assignment is None): a weighted assignment's
+        labels come from the compact engine's pass (`forward(..., output_assignments=False)`), which holds no
+        `(batch, n, k)` weights.
         """
         self._check_precision()
         if self.engine() == "compact" and self._compact_by_labels():
@@ -1151,11 +1158,45 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             if exponents is not None:
                 points, centroids = _divided_by_power_of_two(exponents, points, centroids)
             labels = self.assignment_head.compact_labels(_with_ones(points), centroids, None)
-            return labels, labels
+            return labels, labels if output_assignments else None
         state = {name: parameters[name] for name in self.config.variant_spec.state_names}
-        output = self(points, parameters["centroids"], num_iterations=0, **state)
+        output = self(points, parameters["centroids"], num_iterations=0, output_assignments=output_assignments, **state)
+        if not output_assignments:
+            return output.labels, None
         assignment = output.labels if self._layer(0).update.assignment_kind == "labels" else output.assignments
         return output.labels, assignment
+
+    @torch.no_grad()
+    def statistics(self, points: torch.Tensor, parameters: dict[str, torch.Tensor], sample_weight=None) -> torch.Tensor:
+        """
+        The update's sufficient statistics `(batch, k, width)` in float64 over `points` `(batch, n, d)` assigned to
+        `parameters` (`sample_weight` `(batch, n)` weighing each point): `accumulate(assign(points, parameters)[1],
+        points, sample_weight)`, the sums that add up over disjoint sets of points and that `finalize` turns into the
+        next parameters. Points and parameters are cast to the model's dtype for the assignment.
+
+        A weighted assignment (soft, gmm, fuzzy) on the compact engine is the layer's own pass (`_weights_pass`, as
+        in `forward`): one compiled loop (`cpu_kernels.membership_sums`) that sums each point's weights into the
+        statistics, with no `(batch, n, k)` weights, or, where the loops do not run, chunks of `score_chunk_size`
+        weights summed in float64. Its sums are of the points in the model's dtype (float32 terms summed in float32
+        within a lane of 16 rows, then in float64, as documented there). Elsewhere (a hard assignment: labels and
+        per-label sums of the points as given; the token engine; data outside the dtype's safe range, which
+        `forward` rescales) the assignment is made and accumulated.
+        """
+        self._check_precision()
+        dtype, spec, layer = self.dtype, self.config.variant_spec, self._layer(0)
+        parameters = {name: value.to(dtype) for name, value in parameters.items()}
+        if self.engine() == "compact" and not self._compact_by_labels():
+            seen = spec.seen_points(points.to(dtype))
+            centroids = spec.seen_points(parameters["centroids"])
+            if self._rescaling_exponents(seen, centroids) is None:
+                weights = None if sample_weight is None else sample_weight.to(dtype)
+                parameters = {**parameters, "centroids": centroids}
+                return self._weights_pass(layer.assign, layer.update, _with_ones(seen), None, weights, parameters, False, False)[2]
+        _, assignment = self.assign(points.to(dtype), parameters)
+        if assignment.is_floating_point():  # float64 sums of float64 terms, whatever the model's dtype
+            assignment, points = assignment.to(torch.float64), points.to(torch.float64)
+        weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return self.accumulate(assignment, points, **weighted)
 
     def accumulate(self, assignment: torch.Tensor, points: torch.Tensor, sample_weight=None) -> torch.Tensor:
         """

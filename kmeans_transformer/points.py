@@ -418,37 +418,41 @@ def _initial_parameters(model, head: np.ndarray, initial_state) -> dict[str, tor
 
 def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> dict[str, torch.Tensor]:
     """
-    One iteration over the shard: each chunk's statistics (`model.accumulate` of its assignment, `_assigned`) added
-    up, summed over the processes, and the new parameters (`model.finalize`), in float64.
+    One iteration over the shard: each chunk's statistics (`_statistics`: `model.statistics`, or for a variant that
+    trims by a quantile of all points the sums of its labels after the trim, `_labelled`) added up, summed over the
+    processes, and the new parameters (`model.finalize`), in float64.
     """
+    if model.config.variant_spec.trims_by_quantile:
+        parts = (
+            _statistics(model, points, parameters, weights, labels)
+            for _, points, weights, labels in _labelled(model, chunks, parameters, reduce_sum)
+        )
+    else:
+        parts = (_statistics(model, points, parameters, weights) for _, points, weights in chunks())
     statistics = None
-    for _, points, weights, _, assignment in _assigned(model, chunks, parameters, reduce_sum):
-        chunk_statistics = _statistics(model, points, assignment, weights)
+    for chunk_statistics in parts:
         statistics = chunk_statistics if statistics is None else statistics + chunk_statistics
     if statistics is None:  # an empty shard (fewer rows than processes) adds zeros of the right shape
-        empty = parameters["centroids"].new_zeros(0, model.config.point_dim)
-        statistics = _statistics(model, empty, _assign(model, empty, parameters)[1])
+        statistics = _statistics(model, parameters["centroids"].new_zeros(0, model.config.point_dim), parameters)
     return model.finalize(reduce_sum(statistics), parameters)
 
 
-def _assigned(model, chunks, parameters, reduce_sum) -> Iterator[tuple]:
+def _labelled(model, chunks, parameters, reduce_sum) -> Iterator[tuple]:
     """
-    Each chunk of `chunks()` with its labels `(1, n)` and assignment (`_assign`): `(indices, points, weights, labels,
-    assignment)`. For a variant that trims by a quantile of all points (`VariantSpec.trims_by_quantile`), a first
-    pass labels the shard and finds the trimmed points across processes (`_sharded_trim`), and a second pass yields
-    the chunks again with the trimmed points' labels set to -1.
+    Each chunk of `chunks()` with its labels `(1, n)` (`_labels`): `(indices, points, weights, labels)`. For a
+    variant that trims by a quantile of all points (`VariantSpec.trims_by_quantile`), a first pass labels the shard
+    and finds the trimmed points across processes (`_sharded_trim`), and a second pass yields the chunks again with
+    the trimmed points' labels set to -1.
     """
     if not model.config.variant_spec.trims_by_quantile:
         for indices, points, weights in chunks():
-            labels, assignment = _assign(model, points, parameters)
-            yield indices, points, weights, labels, assignment
+            yield indices, points, weights, _labels(model, points, parameters)
         return
     labels = _sharded_trim(model, chunks, parameters, reduce_sum)
     start = 0
     for indices, points, weights in chunks():
-        chunk_labels = labels[None, start : start + len(indices)]
+        yield indices, points, weights, labels[None, start : start + len(indices)]
         start += len(indices)
-        yield indices, points, weights, chunk_labels, chunk_labels
 
 
 def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> torch.Tensor:
@@ -534,33 +538,37 @@ def _smallest_keys(keys, groups, weights, shape, lower: int, upper: int, enough,
     return hi
 
 
-def _statistics(model, points: torch.Tensor, assignment: torch.Tensor, weights=None) -> torch.Tensor:
-    """The update's sufficient statistics `(1, k, width)` over `points` `(n, d)` (weighted) and their assignment."""
-    if assignment.is_floating_point():
-        assignment = assignment.to(torch.float64)
-    weighted = {} if weights is None else {"sample_weight": weights[None]}
-    return model.accumulate(assignment, points[None], **weighted)
-
-
-def _assign(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _statistics(model, points: torch.Tensor, parameters, weights=None, labels=None) -> torch.Tensor:
     """
-    `model.assign` of `points` `(n, d)` to `parameters`, both cast to the model's dtype: labels `(1, n)` and the
-    assignment `(1, n)` or `(1, n, k)`. An empty chunk (an empty shard) is given the centroids as points, whose rows
-    are dropped: the model takes no empty problem, and a point's assignment depends only on it and the parameters.
+    The update's sufficient statistics `(1, k, width)` in float64 over `points` `(n, d)` (weighted): those of their
+    assignment to `parameters` (`model.statistics`), or of the given `labels` `(1, n)` (`model.accumulate`). An
+    empty chunk (an empty shard) is given the centroids as points, of weight 0: the model takes no empty problem.
+    """
+    if labels is None and points.shape[0] == 0:
+        points = parameters["centroids"][0]
+        weights = points.new_zeros(points.shape[0], dtype=torch.float64)
+    weighted = {} if weights is None else {"sample_weight": weights[None]}
+    if labels is not None:
+        return model.accumulate(labels, points[None], **weighted)
+    return model.statistics(points[None], parameters, **weighted)
+
+
+def _labels(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
+    """
+    The labels `(1, n)` of `points` `(n, d)` under `parameters`, both cast to the model's dtype (`model.assign`,
+    without the assignment). An empty chunk (an empty shard) is given the centroids as points, whose rows are
+    dropped: the model takes no empty problem, and a point's label depends only on it and the parameters.
     """
     parameters = {name: value.to(model.dtype) for name, value in parameters.items()}
     n = points.shape[0]
-    chunk = points.to(model.dtype)
-    if n == 0:
-        chunk = parameters["centroids"][0]
-    labels, assignment = model.assign(chunk[None], parameters)
-    return labels[:, :n], assignment[:, :n]
+    chunk = points.to(model.dtype) if n else parameters["centroids"][0]
+    return model.assign(chunk[None], parameters, output_assignments=False)[0][:, :n]
 
 
 def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: Processes, labels_output,
                 overwrite: bool) -> torch.Tensor:
     """
-    The labels of the returned parameters (`model.assign`), written to `labels_output` if given (built whole, see
+    The labels of the returned parameters (`_labelled`), written to `labels_output` if given (built whole, see
     `shared_output_directory`), and the totals `(k + 1,)` float64 over all processes: the cluster sizes, then the
     inertia of the points as the model sees them (the model's `labelled_inertia`).
     """
@@ -568,7 +576,7 @@ def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: P
     totals = parameters["centroids"].new_zeros(k + 1)
     shared = nullcontext() if labels_output is None else _shared_directory(Path(labels_output), overwrite, processes)
     with shared as directory, _LabelsWriter(directory, processes) as writer:
-        for indices, points, weights, labels, _ in _assigned(model, chunks, parameters, processes.reduce_sum):
+        for indices, points, weights, labels in _labelled(model, chunks, parameters, processes.reduce_sum):
             weights = None if weights is None else weights[None]
             totals[k] += labelled_inertia(spec.seen_points(points)[None], parameters["centroids"], labels, weights)[0]
             labelled = labels[0][labels[0] >= 0]

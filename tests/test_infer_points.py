@@ -14,11 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
+from test_fast_path import require_compiled
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel, cpu_kernels
 from kmeans_transformer import reference
-from kmeans_transformer.points import _assign, _statistics, cluster_points
+from kmeans_transformer.points import cluster_points
 from kmeans_transformer.reference import lloyd
-from kmeans_transformer.variants import variants_with
+from kmeans_transformer.variants import VARIANTS, variants_with
 
 
 K, D, T = 6, 3, 8
@@ -75,23 +78,40 @@ def _no_model_calls(model):
     return model
 
 
-@pytest.mark.parametrize("variant", ["lloyd", "soft", "fuzzy"])
-def test_chunk_statistics_are_the_update_sums(variant, rng):
-    """A chunk's statistics are the update's sums `Σ_i w_ij x_i` and `Σ_i w_ij`, in float64; 4 < k points: padded."""
-    X, C = blobs(rng, n=4), blobs(rng, n=K)
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pytorch"])
+@pytest.mark.parametrize("variant", ["lloyd", "soft", "fuzzy", "gmm"])
+def test_chunk_statistics_are_the_update_sums(variant, compiled, rng, monkeypatch):
+    """
+    A chunk's statistics (`model.statistics`) are the update's sums `Σ_i w_ij s_i x_i` and `Σ_i w_ij s_i` (gmm: and
+    `Σ_i r_ij s_i |x_i|^2`, `Σ_i s_i`), in float64, with the compiled pass and with the PyTorch chunks; 4 < k points.
+    """
+    X, C, s = blobs(rng, n=4), blobs(rng, n=K), rng.uniform(0.0, 2.0, size=4)
+    state = {"variances": rng.uniform(1.0, 3.0, K), "weights": rng.dirichlet(np.ones(K))}
     if variant == "lloyd":
         weights = np.eye(K)[reference.assign_labels(X, C)]
     elif variant == "soft":
         weights = reference.soft_responsibilities(reference.squared_distances(X, C), 1.0)
-    else:
+    elif variant == "fuzzy":
         weights = reference.fuzzy_memberships(X, C, 2.0) ** 2.0
-    model = make_model(variant=variant).float()  # the assignment in float32, the sums in float64
-    points = torch.from_numpy(X)
-    statistics = _statistics(model, points, _assign(model, points, {"centroids": torch.from_numpy(C)[None]})[1])
-    assert statistics.dtype == torch.float64 and statistics.shape == (1, K, D + 1)
-    tolerance = 0 if variant == "lloyd" else 1e-6
-    np.testing.assert_allclose(statistics[0, :, :D].numpy(), weights.T @ X, rtol=tolerance, atol=tolerance)
-    np.testing.assert_allclose(statistics[0, :, D].numpy(), weights.sum(axis=0), rtol=tolerance, atol=tolerance)
+    else:
+        weights = reference.gaussian_responsibilities(X, C, state["variances"], state["weights"])
+    if not compiled:
+        monkeypatch.setattr(cpu_kernels, "_module", None)
+        monkeypatch.setattr(cpu_kernels, "_failed", True)
+    model = make_model(variant=variant)
+    parameters = {"centroids": torch.from_numpy(C)[None]}
+    if variant == "gmm":
+        parameters.update({name: torch.from_numpy(value)[None] for name, value in state.items()})
+    statistics = model.statistics(torch.from_numpy(X)[None], parameters, torch.from_numpy(s)[None])
+    width = D + (3 if variant == "gmm" else 1)
+    assert statistics.dtype == torch.float64 and statistics.shape == (1, K, width)
+    expected = [(weights * s[:, None]).T @ X, (weights * s[:, None]).sum(axis=0)]
+    if variant == "gmm":
+        expected[1:1] = [(weights * s[:, None]).T @ (X * X).sum(axis=1)]
+        expected.append(np.full(K, s.sum()))
+    found = [statistics[0, :, :D], *statistics[0, :, D:].T]
+    for value, sums in zip(found, expected, strict=True):
+        np.testing.assert_allclose(value.numpy(), sums, rtol=1e-12, atol=1e-12)
 
 
 def test_parquet_file_matches_lloyd(tmp_path, rng):
@@ -428,6 +448,93 @@ def test_points_mode_in_chunks_equals_the_in_memory_model(variant, parameters, w
     np.testing.assert_array_equal(result.cluster_sizes, np.bincount(kept, minlength=K))
     for name in state:
         np.testing.assert_allclose(result.state[name], expected[name][0].numpy(), rtol=1e-12, atol=1e-15)
+
+
+# the variants points mode runs whose assignment is weights, not labels (soft, gmm, fuzzy)
+WEIGHTED = [variant for variant in variants_with("points_mode") if VARIANTS[variant].update.assignment_kind != "labels"]
+
+
+@pytest.mark.parametrize("variant", WEIGHTED)
+def test_weighted_chunks_never_hold_a_chunk_by_k_tensor(variant, rng):
+    """
+    Each chunk of a weighted variant goes through the compiled pass (`model.statistics`; its labels in the final
+    pass too): the largest tensor points mode makes is a chunk's points with two more columns, never the `chunk × k`
+    weights.
+    """
+    require_compiled()
+    n, d, k, chunk = 5000, 4, 256, 2048
+    X = blobs(rng, n=n, k=8, d=d)
+    dataset = datasets.Dataset.from_dict({f"x{i}": X[:, i] for i in range(d)})
+    model = make_model(k=k, d=d, T=2, variant=variant)
+    state = {"variances": np.ones(k), "weights": np.full(k, 1.0 / k)} if variant == "gmm" else None
+    largest = []
+
+    class TensorSizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            tensors = result if isinstance(result, (tuple, list)) else [result]
+            largest.extend(t.numel() for t in tensors if isinstance(t, torch.Tensor))
+            return result
+
+    assert model.engine() == "compact"  # checks the weights once (tensors of hidden_size ** 2), outside the count
+    with TensorSizes():
+        result = cluster_points(model, dataset, chunk_size=chunk, initial_state=state, progress=False)
+    assert result.num_iterations == 2 and result.cluster_sizes.sum() == n
+    assert max(largest) <= chunk * (d + 2)  # never chunk * k = 524,288
+
+
+@pytest.mark.parametrize("variant", WEIGHTED)
+def test_weighted_points_mode_without_the_compiled_loops_equals_the_in_memory_model(variant, tmp_path, rng,
+                                                                                   monkeypatch):
+    """Where the compiled loops do not run, the chunks go through the layer's PyTorch chunks of weights: same results."""
+    X = blobs(rng, n=700) + 0.5
+    weights = rng.uniform(0.0, 3.0, size=len(X))
+    state = _starting_state(variant, rng)
+    model = make_model(T=5, variant=variant, score_chunk_size=50 * K)  # chunks of 50 points within the 128 rows
+    expected = model(
+        torch.from_numpy(X), sample_weight=torch.from_numpy(weights),
+        **{name: torch.from_numpy(value) for name, value in state.items()},
+    )
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "_failed", True)
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=300, w=weights)
+    result = cluster_points(
+        model, path, chunk_size=128, initial_state=state or None, progress=False, labels_output=tmp_path / "labels",
+        weight_column="w",
+    )
+    _, labels = read_labels(tmp_path / "labels")
+    np.testing.assert_array_equal(labels, expected.labels[0].numpy())
+    np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=0, atol=1e-12)
+    assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-12)
+    for name in state:
+        np.testing.assert_allclose(result.state[name], expected[name][0].numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("variant", WEIGHTED)
+def test_weighted_variants_read_float32_columns_into_a_float32_model(variant, tmp_path, rng):
+    """
+    Float32 columns and a float32 model (the chunks are float32, no float64 copy): the weighted forward's labels,
+    and its centroids, inertia and state to float32 rounding (the forward holds its parameters in float32).
+    """
+    X = (blobs(rng, n=900) + 0.5).astype(np.float32)
+    weights = rng.uniform(0.0, 3.0, size=len(X))
+    state = _starting_state(variant, rng)
+    model = make_model(T=4, variant=variant).float()
+    expected = model(
+        torch.from_numpy(X), sample_weight=torch.from_numpy(weights).float(),
+        **{name: torch.from_numpy(value).float() for name, value in state.items()},
+    )
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=300, w=weights)
+    result = cluster_points(
+        model, path, chunk_size=128, initial_state=state or None, progress=False, labels_output=tmp_path / "labels",
+        weight_column="w",
+    )
+    _, labels = read_labels(tmp_path / "labels")
+    np.testing.assert_array_equal(labels, expected.labels[0].numpy())
+    np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=1e-5, atol=1e-5)
+    assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-5)
+    for name in state:
+        np.testing.assert_allclose(result.state[name], expected[name][0].numpy(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
