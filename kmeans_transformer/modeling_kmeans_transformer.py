@@ -1185,7 +1185,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         self._check_precision()
         dtype, spec, layer = self.dtype, self.config.variant_spec, self._layer(0)
         parameters = {name: value.to(dtype) for name, value in parameters.items()}
-        if self.engine() == "compact" and not self._compact_by_labels():
+        if not self._compact_by_labels() and self.engine() == "compact":
             seen = spec.seen_points(points.to(dtype))
             centroids = spec.seen_points(parameters["centroids"])
             if self._rescaling_exponents(seen, centroids) is None:

@@ -3,12 +3,12 @@
 `cluster_points` runs the model's iterations over a dataset read in chunks, on one process or on every process of an
 Accelerate (`torch.distributed`) launch. Memory holds the parameters and one chunk of points (with what the model's
 assignment of that chunk needs), never all points. One iteration is the model's iteration as sufficient statistics
-(`KMeansTransformerModel.assign`, `accumulate`, `finalize`; see docs/architecture.md), written nowhere else:
+(`KMeansTransformerModel.statistics`, `finalize`; see docs/architecture.md), written nowhere else:
 
-1. every process reads its shard chunk by chunk; the model assigns each chunk to the current parameters
-   (`labels, assignment = model.assign(chunk, parameters)`: the compact engine for `"lloyd"` and `"spherical"`, the
-   tokens otherwise) and adds up the update's sufficient statistics over it (`model.accumulate(assignment, chunk)`,
-   `(1, k, width)`, in float64);
+1. every process reads its shard chunk by chunk and adds up the update's sufficient statistics of each chunk
+   assigned to the current parameters (`model.statistics(chunk, parameters)`, `(1, k, width)`, in float64: the
+   labels and per-label sums of a hard assignment, the layer's weighted pass otherwise; for a variant that trims,
+   `model.accumulate` of the labels after the trim);
 2. one all-reduce of these `k * width` numbers sums them over the processes;
 3. every process sets `parameters = model.finalize(statistics, parameters)`: the update block and the variant's
    centroid blocks (spherical normalisation, gmm's M-step), with their rules for empty clusters.
@@ -16,16 +16,26 @@ assignment of that chunk needs), never all points. One iteration is the model's 
 Points mode runs the variants whose update is a function of sums over the points (`VariantSpec.sums_over_points`),
 and those that trim by a quantile of all points first (`VariantSpec.trims_by_quantile`: the trim gate's quantile is
 found exactly across chunks and processes, `_sharded_trim`, then a second pass sums the points kept), together
-`variants_with("points_mode")`; it refuses the others, whose updates (medoids, sparsemax) need all points at once. A variant's carried state (gmm's variances and weights) travels with the centroids in `parameters`
-and is returned in `PointsResult.state`. Precision: the parameters are held in float64 from one iteration to the
-next; the model assigns in its own dtype (points and parameters cast to it), and the statistics are float64 sums of
-the points as read, weighted by that assignment. Sums are taken in another order than in one forward pass, so results
-agree with it to rounding, not bit for bit (a hard assignment itself, lowest index on ties, is the model's; on
-integer-valued data every sum is exact and `"lloyd"` gives the forward pass's centroids bit for bit).
+`variants_with("points_mode")`; it refuses the others, whose updates (medoids, sparsemax) need all points at once. A
+variant's carried state (gmm's variances and weights) travels with the centroids in `parameters` and is returned in
+`PointsResult.state`. Precision: the parameters are held in float64 from one iteration to the next; the model
+assigns in its own dtype (points and parameters cast to it), and the statistics are float64 sums: for a hard
+assignment, of the points as read; for a weighted one (soft, gmm, fuzzy), of the points in the model's dtype, as
+one forward pass sums them (`cpu_kernels.membership_sums`: float64 products for float64 points and for gmm; float32
+soft and fuzzy sum each lane of 16 rows in float32, then in float64, within a few float32 ulps of `Σ_i |w_ij s_i
+x_i|`). Sums are taken in another order than in one forward pass, so results agree with it to rounding, not bit for
+bit (within 1e-12 in float64; a hard assignment itself, lowest index on ties, is the model's; on integer-valued
+data every sum is exact and `"lloyd"` gives the forward pass's centroids bit for bit).
 
-Speed. For `"lloyd"` and `"spherical"` a chunk costs what it costs the in-memory compact engine: the nearest-centroid
-kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the same
-`assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`. Columns of float32 or
+Speed. A chunk costs what it costs the in-memory compact engine. For `"lloyd"`, `"spherical"` and `"trimmed"`: the
+nearest-centroid kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the
+same `assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`. For `"soft"`,
+`"gmm"` and `"fuzzy"`: the layer's weighted pass (`KMeansTransformerModel._weights_pass`), one compiled loop over
+the chunk that turns each tile's scores into weights and adds them into the float64 sums at once, with no `(chunk,
+k)` weights; the final pass takes the labels from the assignment head's pass the same way. Where the compiled loops
+do not run (CUDA, no C++ compiler) that pass holds `score_chunk_size` weights at a time; data outside the dtype's
+safe range (which the model rescales) and the token engine (edited weights, hooks) take the chunk's whole `(chunk,
+k)` assignment from `model.assign` instead. Columns of float32 or
 float64 are copied once into a `(chunk, d)` array of the wider of their type and the model's (no float64 copy of
 float32 data for a float32 model), and the next chunk is read by a thread while the current one is assigned
 (`_read_ahead`), so memory holds two chunks. See `benchmarks/points_speed.py` and docs/points_memory.md.
@@ -140,9 +150,10 @@ def cluster_points(
         dataset: a `datasets.Dataset`, a `datasets.IterableDataset`, a `.parquet` file or a `save_to_disk` directory.
         columns: the feature columns, in order; a column of equally long lists of numbers (an embedding) gives one
             coordinate per entry. Default: every numeric (integer or float, not boolean) column, in table order.
-        chunk_size: rows per model call. A call holds about `chunk_size * (2d + k + 1)` numbers per token tensor,
-            several tensors at once (the compact engine of `"lloyd"` and `"spherical"`: `chunk_size * (d + 1)`); the
-            next chunk is read meanwhile, so two chunks of points are held.
+        chunk_size: rows per model call. On the compact engine a call holds about `chunk_size * (d + 2)` numbers
+            (the chunk's compact tokens; no `(chunk_size, k)` weights where the compiled loops run); on the token
+            engine `chunk_size * (2d + k + 1)` numbers per token tensor, several at once. The next chunk is read
+            meanwhile, so two chunks of points are held.
         num_iterations: the number of iterations, default `model.config.num_iterations`.
         initial_state: the variant's carried state to start from, by name (gmm: `{"variances": (k,), "weights":
             (k,)}`), as `forward` takes it. A state not given is the model's stored fitted one

@@ -510,6 +510,23 @@ def test_weighted_points_mode_without_the_compiled_loops_equals_the_in_memory_mo
         np.testing.assert_allclose(result.state[name], expected[name][0].numpy(), rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.filterwarnings("ignore:The inertia of data this large:RuntimeWarning")
+def test_fuzzy_points_mode_on_data_beyond_the_safe_range_is_the_rescaled_model(tmp_path, rng):
+    """
+    Data whose squared distances overflow float64 (2**540 ≈ 3.6e162): the model rescales it by a power of two, and
+    points mode takes each chunk's memberships from it (`model.assign`) and sums them on the points as read.
+    """
+    scale = 2.0**540
+    X = blobs(rng, n=500) + 0.5
+    model = make_model(T=4, variant="fuzzy")
+    expected = model(torch.from_numpy(X * scale))
+    path = write_parquet(tmp_path / "points.parquet", X * scale)
+    result = cluster_points(model, path, chunk_size=128, progress=False, labels_output=tmp_path / "labels")
+    _, labels = read_labels(tmp_path / "labels")
+    np.testing.assert_array_equal(labels, expected.labels[0].numpy())
+    np.testing.assert_allclose(result.centroids / scale, expected.centroids[0].numpy() / scale, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("variant", WEIGHTED)
 def test_weighted_variants_read_float32_columns_into_a_float32_model(variant, tmp_path, rng):
     """
