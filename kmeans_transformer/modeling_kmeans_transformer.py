@@ -1191,7 +1191,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             if self._rescaling_exponents(seen, centroids) is None:
                 weights = None if sample_weight is None else sample_weight.to(dtype)
                 parameters = {**parameters, "centroids": centroids}
-                return self._weights_pass(layer.assign, layer.update, _with_ones(seen), None, weights, parameters, False, False)[2]
+                values = _with_ones(seen)
+                return self._weights_pass(layer.assign, layer.update, values, None, weights, parameters, False, False)[2]
         _, assignment = self.assign(points.to(dtype), parameters)
         if assignment.is_floating_point():  # float64 sums of float64 terms, whatever the model's dtype
             assignment, points = assignment.to(torch.float64), points.to(torch.float64)

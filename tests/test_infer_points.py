@@ -486,7 +486,7 @@ def test_weighted_chunks_never_hold_a_chunk_by_k_tensor(variant, rng):
 @pytest.mark.parametrize("variant", WEIGHTED)
 def test_weighted_points_mode_without_the_compiled_loops_equals_the_in_memory_model(variant, tmp_path, rng,
                                                                                    monkeypatch):
-    """Where the compiled loops do not run, the chunks go through the layer's PyTorch chunks of weights: same results."""
+    """Without the compiled loops the chunks go through the layer's PyTorch chunks of weights: the same results."""
     X = blobs(rng, n=700) + 0.5
     weights = rng.uniform(0.0, 3.0, size=len(X))
     state = _starting_state(variant, rng)
