@@ -7,6 +7,8 @@ PyTorch code, with the same labels up to the rounding of the scores, and less sp
 - `nearest_keys(query, key)`: for each query row the first index of its largest dot product with the keys,
   `argmax_j query_i . key_j`, without the `(n, k)` scores: rows are taken a vector register at a time (8 float32 or
   4 float64 with AVX2, twice that with AVX-512), each key's score is accumulated in coordinate order, and the best so far is kept in registers.
+  With at most four registers of keys (k <= 32 float32 with AVX2) the keys lie across the lanes instead, a few rows
+  at a time, with the same scores and labels.
   Groups of rows run in parallel on PyTorch's intra-op threads; the result does not depend on their number.
   `nearest_values(query, key, values)` returns each row's maximiser's value row instead.
 - `segment_sums(values, codes, visible, num_codes)`: per group, `sums[j] = Σ_{i visible, code_i = j} values_i` and
@@ -167,18 +169,127 @@ static void tile_scores(const std::vector<Vec<T>>& columns, int64_t vectors, con
   }
 }
 
+// Small k (at most kPanelVectors vectors of keys): the keys are transposed once into a panel (`panel[c * V + t]`,
+// lane l: key t * L + l; 0 past k) and the rows are read as they lie, a few at a time: each coordinate of
+// a row, broadcast, meets the V vectors of keys, so that every register holds L of the row's scores, each
+// accumulated `Σ_c q_ic key_jc` in coordinate order (the numbers of `tile_scores`). A row's label is then found
+// across its lanes: m, the largest of its scores that are not NaN (-inf past k), and the first key whose score equals
+// m, or 0 where m is -inf: the first strict maximiser, as the tile's running comparison finds. `kPanelRows[V - 1]`
+// rows at a time keep their R × V sums, the V vectors of keys and a broadcast coordinate in AVX2's 16 registers (R
+// = 8, 5, 3, 2: measured), and the rows `kPanelAhead` bytes on are prefetched.
+constexpr int kPanelVectors = 4, kPanelRows[kPanelVectors] = {8, 5, 3, 2};
+constexpr int64_t kPanelAhead = 4096;
+
+// A thread's workspace for `nearest_group`: a tile's transposed rows, or the panel of the keys at `panel_keys`.
+template <typename T>
+struct Scoring {
+  std::vector<Vec<T>> columns, panel;
+  const T* panel_keys = nullptr;
+  explicit Scoring(int64_t e) : columns(e * kTileVectors) {}
+};
+
+template <typename T>
+static inline T largest_lane(const Vec<T>& x) {
+#if defined(__AVX__) && !defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) {
+    const __m256 v = (__m256)x;
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+  } else {
+    const __m256d v = (__m256d)x;
+    const __m128d h = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(h, _mm_unpackhi_pd(h, h)));
+  }
+#else
+  T m = x[0];
+  for (int l = 1; l < Lanes<T>::value; ++l) m = x[l] > m ? x[l] : m;
+  return m;
+#endif
+}
+
+// Bit l set where lane l of `x` equals `value`.
+template <typename T>
+static inline uint64_t equal_lanes(const Vec<T>& x, T value) {
+  const Index<T> equal = x == (Vec<T>{} + value);
+#if defined(__AVX__) && !defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) return static_cast<uint64_t>(_mm256_movemask_ps((__m256)equal));
+  else return static_cast<uint64_t>(_mm256_movemask_pd((__m256d)equal));
+#else
+  uint64_t bits = 0;
+  for (int l = 0; l < Lanes<T>::value; ++l) bits |= static_cast<uint64_t>(equal[l] != 0) << l;
+  return bits;
+#endif
+}
+
+template <typename T, int V, int R>
+static inline void panel_rows(const T* rows, int64_t ldq, const Vec<T>* panel, const Index<T>& past_k, int64_t e,
+                              int64_t* out) {
+  constexpr int L = Lanes<T>::value;
+  const T lowest = -std::numeric_limits<T>::infinity();
+  Vec<T> s[R][V] = {};
+  for (int64_t c = 0; c < e; ++c) {
+    const Vec<T>* p = panel + c * V;
+    for (int r = 0; r < R; ++r) {
+      const T x = rows[r * ldq + c];
+      for (int t = 0; t < V; ++t) s[r][t] += p[t] * x;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    s[r][V - 1] = past_k ? Vec<T>{} + lowest : s[r][V - 1];
+    Vec<T> largest = Vec<T>{} + lowest;  // per lane, NaN never larger
+    for (int t = 0; t < V; ++t) largest = s[r][t] > largest ? s[r][t] : largest;
+    const T m = largest_lane<T>(largest);
+    uint64_t bits = 0;
+    for (int t = 0; t < V; ++t) bits |= equal_lanes<T>(s[r][t], m) << (t * L);
+    out[r] = m > lowest ? __builtin_ctzll(bits) : 0;
+  }
+}
+
+template <typename T, int V>
+static void panel_group(const T* rows, int64_t count, int64_t ldq, const Vec<T>* panel, int64_t k, int64_t e,
+                        int64_t* out) {
+  constexpr int L = Lanes<T>::value, R = kPanelRows[V - 1];
+  Index<T> past_k;
+  for (int l = 0; l < L; ++l) past_k[l] = (V - 1) * L + l >= k ? -1 : 0;
+  const int64_t span = R * ldq * static_cast<int64_t>(sizeof(T));
+  int64_t i = 0;
+  for (; i + R <= count; i += R) {
+    const char* ahead = reinterpret_cast<const char*>(rows + i * ldq) + kPanelAhead;
+    for (int64_t b = 0; b < span; b += 64) __builtin_prefetch(ahead + b);
+    panel_rows<T, V, R>(rows + i * ldq, ldq, panel, past_k, e, out + i);
+  }
+  for (; i < count; ++i) panel_rows<T, V, 1>(rows + i * ldq, ldq, panel, past_k, e, out + i);
+}
+
 template <typename T>
 static void nearest_group(const T* rows, int64_t count, int64_t ldq, const T* keys, int64_t k, int64_t e,
-                          std::vector<Vec<T>>& columns, int64_t* out) {
+                          Scoring<T>& ws, int64_t* out) {
   constexpr int L = Lanes<T>::value;
-  const int64_t vectors = transpose_tile(rows, count, ldq, e, columns);
+  if (k > 0 && k <= kPanelVectors * L) {
+    const int64_t vectors = (k + L - 1) / L;
+    if (ws.panel_keys != keys) {
+      ws.panel.assign(e * vectors, Vec<T>{});
+      T* lanes = reinterpret_cast<T*>(ws.panel.data());
+      for (int64_t j = 0; j < k; ++j)
+        for (int64_t c = 0; c < e; ++c) lanes[(c * vectors + j / L) * L + j % L] = keys[j * e + c];
+      ws.panel_keys = keys;
+    }
+    const Vec<T>* panel = ws.panel.data();
+    if (vectors == 1) panel_group<T, 1>(rows, count, ldq, panel, k, e, out);
+    else if (vectors == 2) panel_group<T, 2>(rows, count, ldq, panel, k, e, out);
+    else if (vectors == 3) panel_group<T, 3>(rows, count, ldq, panel, k, e, out);
+    else panel_group<T, 4>(rows, count, ldq, panel, k, e, out);
+    return;
+  }
+  const int64_t vectors = transpose_tile(rows, count, ldq, e, ws.columns);
   Vec<T> best[kTileVectors];
   Index<T> best_index[kTileVectors];
   for (int64_t v = 0; v < vectors; ++v) {
     best_index[v] = Index<T>{};
     for (int r = 0; r < L; ++r) best[v][r] = -std::numeric_limits<T>::infinity();
   }
-  tile_scores<T>(columns, vectors, keys, k, e, [&](const Vec<T>& score, int64_t v, int64_t j) {
+  tile_scores<T>(ws.columns, vectors, keys, k, e, [&](const Vec<T>& score, int64_t v, int64_t j) {
     auto better = score > best[v];
     best[v] = better ? score : best[v];
     best_index[v] = better ? Index<T>{} + (typename Lanes<T>::label)j : best_index[v];
@@ -197,11 +308,11 @@ static void nearest_keys_impl(const at::Tensor& query, const at::Tensor& key, at
   const int64_t ldq = query.stride(1), group_stride = query.stride(0);
   const int64_t grain = std::max<int64_t>(1, block_rows / L);
   at::parallel_for(0, groups * lane_groups, grain, [&](int64_t begin, int64_t end) {
-    std::vector<Vec<scalar_t>> columns(e * kTileVectors);
+    Scoring<scalar_t> scoring(e);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task / lane_groups, start = (task % lane_groups) * L;
       nearest_group<scalar_t>(q + group * group_stride + start * ldq, std::min<int64_t>(L, n - start), ldq,
-                              keys + group * k * e, k, e, columns, out + group * n + start);
+                              keys + group * k * e, k, e, scoring, out + group * n + start);
     }
   });
 }
@@ -621,39 +732,46 @@ at::Tensor order_statistics(at::Tensor values, at::Tensor codes, int64_t num_cod
 // Per problem (in parallel over problems): the labels of `nearest_group` (those of `nearest_keys`), the float64
 // sums of the point tokens [x_i ; 1] per label in the order of `segment_sums` (row after row, in blocks of
 // kSumRows added block after block), then c_j = (float) (Σ x_i / |S_j|) where |S_j| > 0, else c_j kept: the
-// numbers of nearest_keys, segment_sums and the update's finalize, without leaving the loop between them.
+// numbers of nearest_keys, segment_sums and the update's finalize, without leaving the loop between them. Each tile
+// of rows is added to its labels' sums as soon as it is labelled, while it is in cache, into bins a whole number of
+// cache lines apart (a bin's vectors then never straddle two lines).
 template <typename scalar_t>
 static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const bool* seen, at::Tensor& labels,
                             at::Tensor& statistics, int64_t n) {
   constexpr int L = Lanes<scalar_t>::value * kTileVectors;
+  static_assert(kSumRows % L == 0, "a block of the sums is whole tiles");
   const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
   const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
-  const int64_t blocks = (n + kSumRows - 1) / kSumRows;
+  const int64_t bin_stride = (width + 7) / 8 * 8;
   scalar_t* t = tokens.data_ptr<scalar_t>();
   const scalar_t* keys = key.data_ptr<scalar_t>();
   int64_t* out = labels.data_ptr<int64_t>();
   double* stats = statistics.data_ptr<double>();
   at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
-    std::vector<Vec<scalar_t>> columns(width * kTileVectors);
-    std::vector<double> partial(blocks > 1 ? k * width : 0);
+    Scoring<scalar_t> scoring(width);
+    std::vector<double> storage(k * bin_stride + 8);
+    double* __restrict__ bins = storage.data() + (8 - reinterpret_cast<uintptr_t>(storage.data()) / 8 % 8) % 8;
     for (int64_t g = begin; g < end; ++g) {
       scalar_t* rows = t + g * group_stride;
       int64_t* label = out + g * n;
-      for (int64_t start = 0; start < n; start += L)
-        nearest_group<scalar_t>(rows + start * ldq, std::min<int64_t>(L, n - start), ldq, keys + g * k * width, k,
-                                width, columns, label + start);
-      if (seen) for (int64_t i = 0; i < n; ++i) if (!seen[g * n + i]) label[i] = -1;
       double* __restrict__ sums = stats + g * k * width;
-      for (int64_t block = 0; block < blocks; ++block) {
-        double* __restrict__ total = blocks == 1 ? sums : partial.data();
-        if (blocks > 1) std::fill(partial.begin(), partial.end(), 0.0);
-        for (int64_t i = block * kSumRows, stop = std::min(n, (block + 1) * kSumRows); i < stop; ++i) {
+      std::fill(bins, bins + k * bin_stride, 0.0);
+      for (int64_t start = 0; start < n; start += L) {
+        const int64_t stop = std::min<int64_t>(n, start + L);
+        nearest_group<scalar_t>(rows + start * ldq, stop - start, ldq, keys + g * k * width, k, width, scoring,
+                                label + start);
+        if (seen) for (int64_t i = start; i < stop; ++i) if (!seen[g * n + i]) label[i] = -1;
+        for (int64_t i = start; i < stop; ++i) {
           if (label[i] < 0) continue;
           const scalar_t* __restrict__ row = rows + i * ldq;
-          double* __restrict__ bin = total + label[i] * width;
+          double* __restrict__ bin = bins + label[i] * bin_stride;
           for (int64_t c = 0; c < width; ++c) bin[c] += static_cast<double>(row[c]);
         }
-        if (blocks > 1) for (int64_t j = 0; j < k * width; ++j) sums[j] += partial[j];
+        if (stop % kSumRows == 0 || stop == n) {  // a block's sums are complete
+          for (int64_t j = 0; j < k; ++j)
+            for (int64_t c = 0; c < width; ++c) sums[j * width + c] += bins[j * bin_stride + c];
+          std::fill(bins, bins + k * bin_stride, 0.0);
+        }
       }
       for (int64_t j = 0; j < k; ++j) {
         const double count = sums[j * width + width - 1];  // the sum of the ones: |S_j|, exact
@@ -1138,14 +1256,14 @@ static void nearest_inertia_impl(const at::Tensor& tokens, const at::Tensor& key
   int64_t* out = labels.data_ptr<int64_t>();
   double* total = totals.data_ptr<double>();
   at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
-    std::vector<Vec<scalar_t>> columns(width * kTileVectors);
+    Scoring<scalar_t> scoring(width);
     for (int64_t g = begin; g < end; ++g) {
       const scalar_t* rows = t + g * group_stride;
       int64_t* label = out + g * n;
       double sum = 0, block = 0;
       for (int64_t start = 0; start < n; start += L) {
         const int64_t stop = std::min<int64_t>(n, start + L);
-        nearest_group<scalar_t>(rows + start * ldq, stop - start, ldq, keys + g * k * width, k, width, columns, label + start);
+        nearest_group<scalar_t>(rows + start * ldq, stop - start, ldq, keys + g * k * width, k, width, scoring, label + start);
         if (seen) for (int64_t i = start; i < stop; ++i) if (!seen[g * n + i]) label[i] = -1;
         block = inertia_block<scalar_t>(rows, ldq, rows + n * ldq, ldq, label, weight ? weight + g * n : nullptr, start,
                                         stop, k, width - 1, block);
@@ -1305,6 +1423,11 @@ def _ninja() -> str | None:
     return beside or shutil.which("ninja")
 
 
+# The loops' own flags: this machine's instructions; hot loops at the start of a 64-byte line (their timing otherwise
+# moved by 10-20% with the code placed before them).
+_CFLAGS = ("-O3", "-march=native", "-falign-loops=64", "-fopenmp")
+
+
 def _toolchain() -> str:
     """What the build depends on besides the source: torch's build and location, Python's headers, the compiler and
     ninja actually found (resolved paths), so that every environment keeps its own build and never rebuilds another's."""
@@ -1322,15 +1445,15 @@ def _toolchain() -> str:
 
 
 def _build_tag() -> str:
-    """A hash of the source, of this CPU's model and flags and of the toolchain (`_toolchain`): a build for one CPU or
-    one environment is never loaded, nor rebuilt over, by another."""
+    """A hash of the source and its compiler flags, of this CPU's model and flags and of the toolchain (`_toolchain`): a
+    build for one CPU or one environment is never loaded, nor rebuilt over, by another."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as info:
             cpu = "".join(line for line in info if line.startswith(("model name", "flags")))
     except OSError:
         pass
-    return hashlib.sha1((_SOURCE + cpu + _toolchain()).encode()).hexdigest()[:12]
+    return hashlib.sha1((_SOURCE + " ".join(_CFLAGS) + cpu + _toolchain()).encode()).hexdigest()[:12]
 
 
 def _build_timeout() -> float:
@@ -1446,7 +1569,7 @@ def _build(deadline: float, timeout: float):
         module = load_inline(
             name=name,
             cpp_sources=[_SOURCE],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_cflags=list(_CFLAGS),
             extra_ldflags=["-fopenmp"],
             build_directory=directory,
             verbose=False,

@@ -114,6 +114,41 @@ def test_nearest_keys_and_values_against_a_plain_loop():
             np.testing.assert_array_equal(gathered.numpy(), np.take_along_axis(values.numpy(), expected[..., None], 1))
 
 
+def first_strict_maximiser(scores):
+    """Per row the first index of the largest score that is not NaN: a scan keeping `score > best` from -inf (index
+    0 where no score is larger than -inf)."""
+    best = np.full(scores.shape[0], -np.inf)
+    label = np.zeros(scores.shape[0], dtype=np.int64)
+    for j in range(scores.shape[1]):
+        better = scores[:, j] > best
+        best = np.where(better, scores[:, j], best)
+        label = np.where(better, j, label)
+    return label
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_keys_for_few_keys_against_a_plain_loop(dtype):
+    """Up to four registers of keys (k <= 32 float32, 16 float64) are scored key-major, a few rows at a time: every k
+    around those widths, row counts that are no multiple of the rows per step, many ties (small integers), and rows
+    whose scores are infinite or NaN (the first strict maximiser of the scan; 0 where none beats -inf)."""
+    generator = torch.Generator().manual_seed(23)
+    require_compiled()
+    n, e = 1031, 7
+    for k in (1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 15, 16, 17, 23, 24, 25, 31, 32, 33):
+        query = integer_tensor(generator, 2, n, e + 1, dtype=dtype, low=-1, high=2)[..., :e]  # rows with a stride
+        key = integer_tensor(generator, 2, k, e, dtype=dtype, low=-1, high=2)
+        query[0, 5, 2] = float("nan")
+        query[0, 6, 3] = float("inf")
+        query[1, 7, 1] = -float("inf")
+        query[1, 8, :] = -float("inf")
+        labels = cpu_kernels.nearest_keys(query, key, block_rows=64)
+        q, c = query.numpy().astype(np.float64), key.numpy().astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            for g in range(2):
+                scores = (q[g, :, None, :] * c[g, None, :, :]).sum(axis=-1)
+                np.testing.assert_array_equal(labels[g].numpy(), first_strict_maximiser(scores), err_msg=f"k={k}")
+
+
 @pytest.mark.parametrize("width", [3, 6])  # a width the loop unrolls, and one it does not
 @pytest.mark.parametrize("strided", [False, True])
 def test_segment_sums_against_a_plain_loop(width, strided):
@@ -419,10 +454,11 @@ def test_compact_fuzzy_far_from_the_origin_is_the_reference():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_lloyd_step_against_a_plain_loop(dtype):
     """The compiled batched Lloyd step on integer points (exact sums, ties, padding, an empty cluster, more rows than
-    one summing block) against a NumPy loop: first nearest label, per-label sums and counts, means."""
+    one summing block, few keys and many) against a NumPy loop: first nearest label, per-label sums and counts,
+    means."""
     generator = torch.Generator().manual_seed(6)
     require_compiled()
-    for batch, n, d, k in ((3, 37, 2, 4), (2, 70_000, 3, 5), (4, 200, 33, 9)):
+    for batch, n, d, k in ((3, 37, 2, 4), (2, 70_000, 3, 5), (4, 200, 33, 9), (2, 1031, 6, 17), (2, 300, 4, 40)):
         points = integer_tensor(generator, batch, n, d, dtype=dtype)
         centroids = integer_tensor(generator, batch, k, d, dtype=dtype)
         centroids[:, -1] = 100.0  # far from every point: its cluster is empty and keeps its centroid
