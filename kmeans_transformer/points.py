@@ -19,14 +19,14 @@ found exactly across chunks and processes, `_sharded_trim`, then a second pass s
 sparsemax update (`VariantSpec.thresholds_by_sparsemax`: each cluster's threshold is found exactly across chunks and
 processes, `_sharded_sparsemax`, then a second pass sums the members weighted by it), together
 `variants_with("points_mode")`; it refuses the others (k-medoids, whose medoid is chosen by the distances between all
-pairs of members; the trainable layer). The trim and the thresholds are found by bisection on the bit patterns of `n` numbers kept from
-one pass (each point's label, distance or score, and weight; never `n x d`), one small all-reduce per round. A
-variant's carried state (gmm's variances and weights) travels with the centroids in `parameters` and is returned in
-`PointsResult.state`. Precision: the parameters are held in float64 from one iteration to the next; the model
-assigns in its own dtype (points and parameters cast to it), and the statistics are float64 sums of the points as
-read, weighted by that assignment. Sums are taken in another order than in one forward pass, so results agree with
-it to rounding, not bit for bit (a hard assignment itself, lowest index on ties, is the model's; on
-integer-valued data every sum is exact and `"lloyd"` gives the forward pass's centroids bit for bit).
+pairs of members; the trainable layer). The trim and the thresholds are found by bisection on the bit patterns of
+`n` numbers kept from one pass (each point's label, distance or score, and weight; never `n x d`), one small
+all-reduce per round. A variant's carried state (gmm's variances and weights) travels with the centroids in
+`parameters` and is returned in `PointsResult.state`. Precision: the parameters are held in float64 from one
+iteration to the next; the model assigns in its own dtype (points and parameters cast to it), and the statistics are
+float64 sums of the points as read, weighted by that assignment. Sums are taken in another order than in one forward
+pass, so results agree with it to rounding, not bit for bit (a hard assignment itself, lowest index on ties, is the
+model's; on integer-valued data every sum is exact and `"lloyd"` gives the forward pass's centroids bit for bit).
 
 Speed. For `"lloyd"` and `"spherical"` a chunk costs what it costs the in-memory compact engine: the nearest-centroid
 kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the same

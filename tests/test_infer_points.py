@@ -728,7 +728,7 @@ def test_sparse_points_mode_equals_the_model_and_the_reference(weighted, chunk_s
     assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-12)
 
 
-@pytest.mark.slow  # about 20 s: one launch of two processes
+@pytest.mark.slow  # about 30 s: one launch of two processes
 def test_sparse_on_two_gloo_processes_equals_the_model_and_the_reference(tmp_path, rng):
     """`sparse_problem` on two processes, unweighted from the path and weighted from a stream: as on one."""
     X, weights, initial = sparse_problem(rng, weighted=True)
