@@ -768,3 +768,72 @@ def test_sparse_needs_the_compact_engine(rng):
         next(model.parameters()).add_(1e-3)  # an edited model runs the tokens
     with pytest.raises(ValueError, match="runs 'sparse' on the compact engine's labels, which this model does not run"):
         cluster_points(_no_model_calls(model), dataset, progress=False)
+
+
+def on_threads(world, function):
+    """`function(rank, reduce_sum)` on `world` threads, whose `reduce_sum` adds up their tensors (as an all-reduce)."""
+    import threading
+
+    barrier, slots, results = threading.Barrier(world), [None] * world, [None] * world
+
+    def reduce_sum(tensor, rank):
+        slots[rank] = tensor
+        barrier.wait()
+        total = sum(slots[1:], slots[0].clone())
+        barrier.wait()  # every thread has read the slots before any writes the next
+        return total
+
+    def run(rank):
+        results[rank] = function(rank, lambda tensor: reduce_sum(tensor, rank))
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_sparse_statistics_across_processes_are_the_sparsemax_of_each_cluster(world, rng):
+    """
+    `_sharded_sparsemax` over shards in chunks (threads standing for processes) sums to the sparsemax update of every
+    cluster, computed in NumPy on the members repeated by their integer weights (`reference.sparsemax`): a cluster of
+    one member, one whose members are all tied, one with weights 0 to 3 (0: not a member), and an empty one.
+    """
+    from kmeans_transformer.points import _sharded_sparsemax
+
+    d, k = 4, 4
+    centroids = np.array([[0.0, 0, 0, 0], [50, 0, 0, 0], [-50, 0, 0, 0], [0, 500, 0, 0]])
+    tied = centroids[1] + np.concatenate([np.eye(d), -np.eye(d)]) * 0.75
+    spread = centroids[2] + rng.normal(scale=0.6, size=(40, d))
+    X = np.concatenate([centroids[:1] + 0.1, tied, spread])
+    weights = np.concatenate([[2.0], rng.integers(1, 4, size=len(tied)), rng.integers(0, 4, size=len(spread))])
+    order = rng.permutation(len(X))
+    X, weights = X[order], weights[order]
+    model = make_model(k=k, d=d, T=1, variant="sparse", inverse_temperature=1.5)
+    parameters = {"centroids": torch.from_numpy(centroids)[None]}
+
+    def shard(rank, reduce_sum):
+        rows = np.array_split(np.arange(len(X)), world)[rank]
+
+        def chunks():
+            for part in np.array_split(rows, 3):
+                yield part, torch.from_numpy(X[part]), torch.from_numpy(weights[part])
+
+        return _sharded_sparsemax(model, chunks, parameters, reduce_sum)
+
+    statistics = sum(on_threads(world, shard))[0].numpy()
+    labels = reference.assign_labels(X, centroids)
+    for j in range(k):
+        members = (labels == j) & (weights > 0)
+        points = np.repeat(X[members], weights[members].astype(np.int64), axis=0)
+        assert statistics[j, d] == len(points)
+        if not len(points):
+            np.testing.assert_array_equal(statistics[j], 0.0)
+            continue
+        p = reference.sparsemax(-1.5 * ((points - centroids[j]) ** 2).sum(axis=1) / np.sqrt(d))
+        np.testing.assert_allclose(statistics[j, :d], p @ points, rtol=0, atol=1e-12)
+    assert (labels == 0).sum() == 1 and (labels == 3).sum() == 0
+    p_tied = reference.sparsemax(-1.5 * ((tied - centroids[1]) ** 2).sum(axis=1) / np.sqrt(d))
+    assert np.all(p_tied == p_tied[0])  # all tied: every member in the support
