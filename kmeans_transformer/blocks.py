@@ -935,10 +935,10 @@ class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
     def compact_statistics(self, labels, point_tokens, centroids, sample_weight=None) -> torch.Tensor:
         """
         `[Σ_i p_ij x_i ; mass_j]` `(batch, k, d + 1)`, this block on the compact state: for each cluster the sparsemax
-        `p` of its members' scores (the points labelled `j` of weight > 0, each with its multiplicity `w_i`),
-        `scaling · (2 c_j·x_i - |x_i|^2 - |c_j|^2)`, the kernel's projection on the members alone (no `(k, n)`
-        scores): the compiled `cpu_kernels.sparsemax_update`, else one row per cluster of a `(batch · k, largest
-        cluster)` table through `sparsemax_projection`. The weighted sum is taken in float64.
+        `p` of its members' scores (the points labelled `j` of weight > 0, each with its multiplicity `w_i`;
+        `member_scores`), the kernel's projection on the members alone (no `(k, n)` scores): the compiled
+        `cpu_kernels.sparsemax_update`, else one row per cluster of a `(batch · k, largest cluster)` table through
+        `sparsemax_projection`. The weighted sum is taken in float64.
         """
         points, k = point_tokens[..., :-1], self.config.num_clusters
         compiled = cpu_kernels.sparsemax_update(points, labels, centroids, sample_weight, self.scaling)
@@ -946,9 +946,7 @@ class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
             sums, masses = compiled
             return torch.cat([sums, masses[..., None]], dim=-1)
         counted = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)
-        own = centroids.gather(1, labels.clamp(min=0)[..., None].expand(-1, -1, points.shape[-1]))
-        dot = ((2 * own) * points).sum(dim=-1)
-        scores = ((dot - (points * points).sum(dim=-1)) - (own * own).sum(dim=-1)) * self.scaling
+        scores = self.member_scores(labels, points, centroids)
         problem, point, row, column, shape = member_table(labels, counted, k)
         table = scores.new_full(shape, -math.inf).index_put_((row, column), scores[problem, point])
         multiplicities = None
@@ -957,7 +955,37 @@ class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
             multiplicities = scores.new_zeros(shape).index_put_((row, column), weights[problem, point])
         projected = sparsemax_projection(table, multiplicities)
         weights = scores.new_zeros(labels.shape).index_put_((problem, point), projected[row, column])
-        members = labels.masked_fill(~counted, -1)
+        return self._member_sums(weights, points, labels.masked_fill(~counted, -1), sample_weight)
+
+    def member_scores(self, labels, points, centroids) -> torch.Tensor:
+        """
+        Each point's score for its own cluster `a(i)` (`labels` `(batch, n)`, points `(batch, n, d)`, centroids
+        `(batch, k, d)`): `s_i = scaling · ((2 c_a(i)·x_i - |x_i|^2) - |c_a(i)|^2)`, the kernel's augmented product
+        `-scaling |x_i - c_a(i)|^2`, in the points' dtype `(batch, n)` (any value where `a(i) = -1`).
+        """
+        index = labels.clamp(min=0)
+        own = centroids.gather(1, index[..., None].expand(-1, -1, points.shape[-1]))
+        dot = 2 * (own * points).sum(dim=-1)  # = Σ_e (2 c_e) x_e: doubling is exact
+        norms = (centroids * centroids).sum(dim=-1).gather(1, index)
+        return ((dot - (points * points).sum(dim=-1)) - norms) * self.scaling
+
+    def thresholded_statistics(self, labels, points, scores, thresholds, sample_weight=None) -> torch.Tensor:
+        """
+        `compact_statistics` from each cluster's sparsemax threshold `τ_j` (`thresholds` `(batch, k)`, found
+        elsewhere, e.g. over points in chunks): `p_i = w_i max(s_i - τ_a(i), 0)` (`scores` from `member_scores`),
+        then `[Σ_i p_i x_i ; mass_j]` over the members, as the projection computes them.
+        """
+        counted = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)
+        own = thresholds.to(scores.dtype).gather(1, labels.clamp(min=0))
+        weights = (scores - own).clamp(min=0)
+        if sample_weight is not None:
+            weights = weights * sample_weight.to(scores.dtype)
+        return self._member_sums(weights.masked_fill(~counted, 0), points, labels.masked_fill(~counted, -1),
+                                 sample_weight)
+
+    def _member_sums(self, weights, points, members, sample_weight) -> torch.Tensor:
+        """`[Σ_i p_i x_i ; mass_j]` in float64 over the `members` (labels, -1 for none) with their weights `p`."""
+        k = self.config.num_clusters
         sums, counts = code_sums(weights[..., None].to(torch.float64) * points.to(torch.float64), members, None, k)
         masses = counts.to(torch.float64)
         if sample_weight is not None:

@@ -8,24 +8,30 @@ assignment of that chunk needs), never all points. One iteration is the model's 
 1. every process reads its shard chunk by chunk and adds up the update's sufficient statistics of each chunk
    assigned to the current parameters (`model.statistics(chunk, parameters)`, `(1, k, width)`, in float64: the
    labels and per-label sums of a hard assignment, the layer's weighted pass otherwise; for a variant that trims,
-   `model.accumulate` of the labels after the trim);
+   `model.accumulate` of the labels after the trim; for `"sparse"`, the members weighted by the thresholds that
+   `_sharded_sparsemax` finds);
 2. one all-reduce of these `k * width` numbers sums them over the processes;
 3. every process sets `parameters = model.finalize(statistics, parameters)`: the update block and the variant's
    centroid blocks (spherical normalisation, gmm's M-step), with their rules for empty clusters.
 
 Points mode runs the variants whose update is a function of sums over the points (`VariantSpec.sums_over_points`),
 and those that trim by a quantile of all points first (`VariantSpec.trims_by_quantile`: the trim gate's quantile is
-found exactly across chunks and processes, `_sharded_trim`, then a second pass sums the points kept), together
-`variants_with("points_mode")`; it refuses the others, whose updates (medoids, sparsemax) need all points at once. A
-variant's carried state (gmm's variances and weights) travels with the centroids in `parameters` and is returned in
-`PointsResult.state`. Precision: the parameters are held in float64 from one iteration to the next; the model
-assigns in its own dtype (points and parameters cast to it), and the statistics are float64 sums: for a hard
-assignment, of the points as read; for a weighted one (soft, gmm, fuzzy), of the points in the model's dtype, as
-one forward pass sums them (`cpu_kernels.membership_sums`: float64 products for float64 points and for gmm; float32
-soft and fuzzy sum each lane of 16 rows in float32, then in float64, within a few float32 ulps of `Σ_i |w_ij s_i
-x_i|`). Sums are taken in another order than in one forward pass, so results agree with it to rounding, not bit for
-bit (within 1e-12 in float64; a hard assignment itself, lowest index on ties, is the model's; on integer-valued
-data every sum is exact and `"lloyd"` gives the forward pass's centroids bit for bit).
+found exactly across chunks and processes, `_sharded_trim`, then a second pass sums the points kept), and the
+sparsemax update (`VariantSpec.thresholds_by_sparsemax`: each cluster's threshold is found exactly across chunks and
+processes, `_sharded_sparsemax`, then a second pass sums the members weighted by it), together
+`variants_with("points_mode")`; it refuses the others (k-medoids, whose medoid is chosen by the distances between all
+pairs of members; the trainable layer). The trim and the thresholds are found by bisection on the bit patterns of
+`n` numbers kept from one pass (each point's label, distance or score, and weight; never `n x d`), one small
+all-reduce per round. A variant's carried state (gmm's variances and weights) travels with the centroids in
+`parameters` and is returned in `PointsResult.state`. Precision: the parameters are held in float64 from one
+iteration to the next; the model assigns in its own dtype (points and parameters cast to it), and the statistics are
+float64 sums: for a hard assignment and for sparse, of the points as read; for a weighted one (soft, gmm, fuzzy), of
+the points in the model's dtype, as one forward pass sums them (`cpu_kernels.membership_sums`: float64 products for
+float64 points and for gmm; float32 soft and fuzzy sum each lane of 16 rows in float32, then in float64, within a
+few float32 ulps of `Σ_i |w_ij s_i x_i|`). Sums are taken in another order than in one forward pass, so results
+agree with it to rounding, not bit for bit (within 1e-12 in float64; a hard assignment itself, lowest index on ties,
+is the model's; on integer-valued data every sum is exact and `"lloyd"` gives the forward pass's centroids bit for
+bit).
 
 Speed. A chunk costs what it costs the in-memory compact engine. For `"lloyd"`, `"spherical"` and `"trimmed"`: the
 nearest-centroid kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the
@@ -35,7 +41,9 @@ the chunk that turns each tile's scores into weights and adds them into the floa
 k)` weights; the final pass takes the labels from the assignment head's pass the same way. Where the compiled loops
 do not run (CUDA, no C++ compiler) that pass holds `score_chunk_size` weights at a time; data outside the dtype's
 safe range (which the model rescales) and the token engine (edited weights, hooks) take the chunk's whole `(chunk,
-k)` assignment from `model.assign` instead. Columns of float32 or
+k)` assignment from `model.assign` instead. For `"sparse"` a chunk costs more than in memory (about 5x at 500,000 x
+32, k = 64; see docs/performance.md): the labels from the nearest-centroid kernel, then its scores and float64
+weighted sums in PyTorch over two passes, and the bisection's rounds over the `n` kept numbers. Columns of float32 or
 float64 are copied once into a `(chunk, d)` array of the wider of their type and the model's (no float64 copy of
 float32 data for a float32 model), and the next chunk is read by a thread while the current one is assigned
 (`_read_ahead`), so memory holds two chunks. See `benchmarks/points_speed.py` and docs/points_memory.md.
@@ -146,7 +154,7 @@ def cluster_points(
 
     Args:
         model: a `KMeansTransformerModel` of a variant of `variants_with("points_mode")` (`"lloyd"`, `"soft"`,
-            `"spherical"`, `"trimmed"`, `"gmm"`, `"fuzzy"`) with `share_layers=True`.
+            `"spherical"`, `"trimmed"`, `"sparse"`, `"gmm"`, `"fuzzy"`) with `share_layers=True`.
         dataset: a `datasets.Dataset`, a `datasets.IterableDataset`, a `.parquet` file or a `save_to_disk` directory.
         columns: the feature columns, in order; a column of equally long lists of numbers (an embedding) gives one
             coordinate per entry. Default: every numeric (integer or float, not boolean) column, in table order.
@@ -190,9 +198,9 @@ def cluster_points(
     device, spec = model.device, model.config.variant_spec
     with torch.no_grad():  # points mode records no gradient
         compact = model.engine() == "compact" and model._compact_by_labels()
-    if spec.trims_by_quantile and not compact:
+    if not spec.sums_over_points and not compact:  # a trim or sparsemax thresholds, found on the labels
         raise ValueError(
-            f"Points mode trims ({model.config.variant!r}) on the compact engine's labels, which this model does not "
+            f"Points mode runs {model.config.variant!r} on the compact engine's labels, which this model does not "
             "run (model.engine() is 'tokens': edited or trained weights, a hook, or fast_hardmax=False)."
         )
     source = _open_source(dataset)
@@ -249,8 +257,8 @@ def _check_arguments(config, chunk_size, num_iterations, initial_state, labels_o
     if not spec.points_mode:
         raise ValueError(
             f"Points mode supports the variants {', '.join(supported)}, whose update is a function of sums over the "
-            f"points (after a trim by a quantile of all points); variant {config.variant!r} is not one of them (its "
-            "update needs all points at once)."
+            f"points (after a trim by a quantile of all points, or with a sparsemax threshold per cluster); variant "
+            f"{config.variant!r} is not one of them (its update needs all points at once)."
         )
     if not config.share_layers:
         raise ValueError("Points mode loops the model's assignment one iteration at a time: it needs share_layers=True.")
@@ -430,9 +438,11 @@ def _initial_parameters(model, head: np.ndarray, initial_state) -> dict[str, tor
 def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> dict[str, torch.Tensor]:
     """
     One iteration over the shard: each chunk's statistics (`_statistics`: `model.statistics`, or for a variant that
-    trims by a quantile of all points the sums of its labels after the trim, `_labelled`) added up, summed over the
-    processes, and the new parameters (`model.finalize`), in float64.
+    trims by a quantile of all points the sums of its labels after the trim, `_labelled`; for a sparsemax update,
+    `_sharded_sparsemax`) added up, summed over the processes, and the new parameters (`model.finalize`), in float64.
     """
+    if model.config.variant_spec.thresholds_by_sparsemax:
+        return model.finalize(reduce_sum(_sharded_sparsemax(model, chunks, parameters, reduce_sum)), parameters)
     if model.config.variant_spec.trims_by_quantile:
         parts = (
             _statistics(model, points, parameters, weights, labels)
@@ -547,6 +557,129 @@ def _smallest_keys(keys, groups, weights, shape, lower: int, upper: int, enough,
         found = enough(reduce_sum(sums))
         hi, lo = torch.where(found, middle, hi), torch.where(found, lo, middle)
     return hi
+
+
+def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> torch.Tensor:
+    """
+    The statistics `(1, k, d + 1)` of this shard for a sparsemax update (`VariantSpec.thresholds_by_sparsemax`), whose
+    sum over the processes is the update's `compact_statistics` on all points at once. A first pass keeps each
+    point's label (the assign block's), its score `s_i` for its cluster (`update.member_scores`, in the model's
+    dtype) and its weight, `n` numbers each. Per cluster `j`, with members `M_j` (labelled `j`, weight `w_i > 0`),
+    the threshold `τ_j` solves `Σ_{M_j} w_i max(s_i - τ_j, 0) = 1`. Its support is the members with `G_j(u_i) < 1`
+    (`_sparsemax_support`), where `u_i = -s_i` and `G_j(u) = Σ_{M_j} w_i max(u - u_i, 0)`: the sorted rule
+    `1 + W_r z_(r) > C_r` of `attention.sparsemax_projection` for each member; `G_j` is non-decreasing, so tied
+    members are all in or all out. Then `τ_j = (Σ_support w_i s_i - 1) / Σ_support w_i` (one all-reduce of `2k`
+    sums), and a second pass sums `[Σ_i w_i max(s_i - τ_a(i), 0) x_i ; mass_j]` (`update.thresholded_statistics`);
+    a cluster without members has mass 0 and keeps its centroid (`finalize`). The sums are taken in another order
+    than the projection's running sums, so `τ_j` agrees with it to rounding, and a member at the edge of the
+    support, whose weight is 0 up to rounding there, may fall on either side.
+    """
+    dtype, spec, k = model.dtype, model.config.variant_spec, model.config.num_clusters
+    update = model.layers[0].update
+    centroids = parameters["centroids"].to(dtype)
+    device = centroids.device
+    labels, scores, weights = [], [], []
+    for _, points, weight in chunks():
+        chunk_labels = _labels(model, points, parameters)
+        labels.append(chunk_labels[0])
+        scores.append(update.member_scores(chunk_labels, spec.seen_points(points.to(dtype))[None], centroids)[0])
+        weights.append(torch.ones(len(points), dtype=torch.float64, device=device) if weight is None
+                       else weight.to(torch.float64))
+    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    score = torch.cat(scores) if scores else centroids.new_zeros(0)
+    weight = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64, device=device)
+    support = _sparsemax_support(score, labels, weight, k, reduce_sum)
+    groups = labels.clamp(min=0)
+    weight = torch.where(support, weight, 0.0)
+    cumulative, mass = reduce_sum(torch.stack([
+        torch.bincount(groups, weight * score.to(torch.float64), minlength=k),
+        torch.bincount(groups, weight, minlength=k),
+    ])).to(dtype)
+    thresholds = ((cumulative - 1) / torch.where(mass > 0, mass, 1))[None]  # as the projection: (C_K - 1) / W_K
+    statistics, start = torch.zeros(1, k, model.config.point_dim + 1, dtype=torch.float64, device=device), 0
+    for _, points, chunk_weight in chunks():
+        end = start + len(points)
+        statistics += update.thresholded_statistics(
+            labels[None, start:end], spec.seen_points(points.to(dtype))[None], score[None, start:end], thresholds,
+            None if chunk_weight is None else chunk_weight[None],
+        )
+        start = end
+    return statistics
+
+
+def _sparsemax_support(score, labels, weight, k: int, reduce_sum) -> torch.BoolTensor:
+    """
+    Which of this shard's points `(n,)` are in the sparsemax support of their cluster, over all processes: with
+    `u_i = -score_i` and the members (label >= 0, `weight` > 0), the support of cluster `j` is its members with
+    `G_j(u_i) < 1`, `G_j(u) = Σ_{members i'} w_i' max(u - u_i', 0)`, non-decreasing: the members below `u*_j`, the
+    smallest `u` with `G_j(u) >= 1`. `u*_j` is found by bisection on the keys of `u` (`_ordered_keys`: the float
+    bit patterns, in the order of the values), one all-reduce of `4k` sums per round: the bracket `(lo, hi]` holds
+    the smallest key where `G >= 1`; the members at or below `lo` enter `G` at a candidate `v` as `G(lo) + W_lo (v -
+    lo)` (`W_lo` their weight), so that a round adds up only the members inside the bracket, whose number halves with
+    each round once the bracket reaches the data; a cluster is done when none is left inside (at most one round per
+    bit of the dtype). Comparisons are on the values (float64, exact), so `-0.0` and `+0.0` are one value.
+    """
+    dtype, device = score.dtype, score.device
+    member = (labels >= 0) & (weight > 0)
+    distance = (0.0 - score).to(torch.float64)  # u_i (0 - 0 = +0: no negative zero)
+    infinity = torch.tensor(float("inf"), dtype=dtype, device=device)
+    floor = _ordered_keys(-infinity)
+    lo = (floor - 1).expand(k).clone()  # below every key: G = 0 there
+    hi = _ordered_keys(infinity).expand(k).clone()  # above every member's key
+
+    def value(keys):  # the candidate values, float64, +0.0 for -0.0
+        return _key_values(keys, dtype).to(torch.float64) + 0.0
+
+    below_excess, below_weight = (torch.zeros(k, dtype=torch.float64, device=device) for _ in range(2))
+    inside = torch.ones(k, dtype=torch.bool, device=device)  # members may lie strictly between lo and hi
+    active = torch.nonzero(member)[:, 0]  # this process's members strictly inside the brackets
+    group, u, w = labels[active], distance[active], weight[active]
+    while True:
+        searching = inside & (lo + 1 < hi)
+        if not bool(searching.any()):
+            break
+        middle = torch.where(searching, (lo >> 1) + (hi >> 1) + (lo & hi & 1), hi)  # floor((lo + hi) / 2)
+        candidate = value(middle)
+        gap = candidate[group] - u  # > 0: below the candidate
+        side = torch.bincount(group * 3 + (gap.sign() + 1).to(torch.long), minlength=3 * k).view(k, 3)
+        local = torch.stack([
+            torch.bincount(group, w * gap.clamp(min=0), minlength=k),
+            torch.bincount(group, w * (gap >= 0), minlength=k),
+            side[:, 2].to(torch.float64),  # below the candidate
+            side[:, 0].to(torch.float64),  # above it
+        ])
+        excess, weight_at_or_below, left_below, left_above = reduce_sum(local)
+        linear = torch.where(below_weight > 0, below_weight * (candidate - value(lo.clamp(min=floor))), 0.0)
+        total = below_excess + linear + excess  # G at the candidate
+        enough = searching & (total >= 1)
+        rising = searching & ~enough
+        hi, lo = torch.where(enough, middle, hi), torch.where(rising, middle, lo)
+        below_excess = torch.where(rising, total, below_excess)
+        below_weight = torch.where(rising, below_weight + weight_at_or_below, below_weight)
+        inside = torch.where(enough, left_below > 0, torch.where(rising, left_above > 0, inside))
+        kept = torch.where(enough, side[:, 2], side[:, 0])  # this process's members left inside, per cluster
+        if int(kept.sum()) < len(u):
+            index = torch.nonzero(torch.where(enough[group], gap > 0, gap < 0))[:, 0]
+            group, u, w = group[index], u[index], w[index]
+    return member & (distance < value(hi)[labels.clamp(min=0)])
+
+
+def _ordered_keys(values: torch.Tensor) -> torch.Tensor:
+    """
+    int64 keys of float `values` in the order of the values (`-inf` lowest, `-0.0` just below `+0.0`): the bit
+    pattern as a signed integer, with the magnitude bits of a negative value flipped (`_key_values` inverts it).
+    """
+    pattern = values.view(_BITS[values.element_size()])
+    return torch.where(pattern < 0, pattern ^ torch.iinfo(pattern.dtype).max, pattern).to(torch.int64)
+
+
+def _key_values(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The floats of `dtype` whose `_ordered_keys` are `keys`."""
+    pattern = keys.to(_BITS[torch.finfo(dtype).bits // 8])
+    return torch.where(pattern < 0, pattern ^ torch.iinfo(pattern.dtype).max, pattern).view(dtype)
+
+
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # the signed integer of each float width, in bytes
 
 
 def _statistics(model, points: torch.Tensor, parameters, weights=None, labels=None) -> torch.Tensor:

@@ -231,6 +231,10 @@ class VariantSpec:
         trims_by_quantile: a point block (the trim gate) drops the points beyond a quantile of all points' distances
             to their centroids; the update is then sums over the kept points, and points mode finds the quantile
             exactly across chunks and processes (`points._sharded_trim`).
+        thresholds_by_sparsemax: the update weighs each cluster's members by the sparsemax of their scores, `p_i =
+            w_i max(s_i - τ_j, 0)`; given the thresholds `τ_j` (one per cluster, a function of all its members'
+            scores) it is sums over the points, and points mode finds them exactly across chunks and processes
+            (`points._sharded_sparsemax`).
         compact: the compact engine applies: a hardmax assignment by labels, each point block's `compact_labels`, a
             mean update or a member-based one (`compact_statistics`: sparsemax, medoids); or a weighted assignment
             (`compact_weights`, in chunks of points) and the update's sums.
@@ -273,6 +277,7 @@ class VariantSpec:
     label_determined: bool = True
     sums_over_points: bool = False
     trims_by_quantile: bool = False
+    thresholds_by_sparsemax: bool = False
     compact: bool = False
     scaling: str = "equivariant"
     scale_parameters: tuple[str, ...] = ()
@@ -311,8 +316,11 @@ class VariantSpec:
 
     @property
     def points_mode(self) -> bool:
-        """Points mode runs it: its update is sums over the points, possibly after a trim by a global quantile."""
-        return self.sums_over_points or self.trims_by_quantile
+        """
+        Points mode runs it: its update is sums over the points, possibly after a trim by a global quantile or with
+        a sparsemax threshold per cluster.
+        """
+        return self.sums_over_points or self.trims_by_quantile or self.thresholds_by_sparsemax
 
     @property
     def reports_outliers(self) -> bool:
@@ -449,8 +457,9 @@ _SPECS = (
     ),
     VariantSpec(
         "sparse", "sparse-update k-means", {"inverse_temperature": 0.01}, KMeansTransformerAssign,
-        KMeansTransformerSparseUpdate, label_determined=False, compact=True, scale_parameters=("inverse_temperature",),
-        reference=sparse_kmeans, reference_parameters=("inverse_temperature",),
+        KMeansTransformerSparseUpdate, label_determined=False, thresholds_by_sparsemax=True, compact=True,
+        scale_parameters=("inverse_temperature",), reference=sparse_kmeans,
+        reference_parameters=("inverse_temperature",),
     ),
     VariantSpec(
         "kmedoids", "k-medoids", {"inverse_temperature": 1.0, "medoid_selection": "deterministic"},

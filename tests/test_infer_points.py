@@ -759,3 +759,205 @@ def test_trimmed_needs_the_compact_engine(rng):
         next(model.parameters()).add_(1e-3)  # an edited model runs the tokens
     with pytest.raises(ValueError, match="which this model does not run"):
         cluster_points(_no_model_calls(model), dataset, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sparse: each cluster's sparsemax threshold found across chunks and processes
+# ---------------------------------------------------------------------------------------------------------------------
+
+SPARSE_K, SPARSE_D, SPARSE_GAMMA = 4, 4, 2.0  # γ / sqrt(d) = 1: the scores are -|x - c|^2, exact on halves
+
+
+def sparse_problem(rng, weighted):
+    """
+    Points, integer weights (or None) and initial centroids of `k = 4` clusters far apart in `d = 4`: cluster 0 a
+    tight blob (its sparsemax support: every member); cluster 1 a point at its centroid, the others at squared
+    distance >= 1.44 (support: that point alone); cluster 2 two points at its centroid, four tied at squared
+    distance 0.25 (in the support) and four tied at 1 (out); cluster 3 far from every point (empty: keeps its
+    centroid). The rows are shuffled, so every cluster spans chunks and processes.
+    """
+    axes = np.eye(SPARSE_D)
+    blob = rng.normal(scale=0.01, size=(40, SPARSE_D))
+    directions = rng.normal(size=(12, SPARSE_D))
+    spread = directions / np.linalg.norm(directions, axis=1, keepdims=True) * rng.uniform(1.2, 3.0, size=(12, 1))
+    centre_b, centre_c = 100 * axes[0], -100 * axes[0]
+    near, far = np.concatenate([axes[:2], -axes[:2]]) * 0.5, np.concatenate([axes[2:], -axes[2:]])
+    groups = [blob, centre_b + np.concatenate([[np.zeros(SPARSE_D)], spread]),
+              centre_c + np.concatenate([np.zeros((2, SPARSE_D)), near, far, 2 * far[:2] + 0.3])]
+    X = np.concatenate(groups)
+    weights = None
+    if weighted:  # the single support point and the two centre points of cluster 2 weigh 1
+        weights = rng.integers(0, 4, size=len(X)).astype(np.float64)
+        weights[[40, 53, 54]] = 1.0
+    initial = np.stack([blob.mean(axis=0) + 0.003, centre_b, centre_c, 1000 * axes[1]])
+    order = rng.permutation(len(X))
+    return X[order], None if weights is None else weights[order], initial
+
+
+def repeated(X, weights):
+    """The points, each repeated its (integer) weight times: a weighted problem for the unweighted reference."""
+    return X if weights is None else np.repeat(X, weights.astype(np.int64), axis=0)
+
+
+def sparse_model(initial, T=5):
+    model = make_model(k=SPARSE_K, d=SPARSE_D, T=T, variant="sparse", inverse_temperature=SPARSE_GAMMA,
+                       fitted_centroids=True)
+    model.embeddings.fitted_centroids.data = torch.from_numpy(initial)
+    return model
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_sparse_problem_has_every_kind_of_support(weighted, rng):
+    """The first iteration's supports (independent reference `sparsemax`) are those `sparse_problem` describes."""
+    X, weights, initial = sparse_problem(rng, weighted)
+    points = repeated(X, weights)
+    labels = reference.assign_labels(points, initial)
+    assert (labels == 3).sum() == 0
+    supports = []
+    for j in range(SPARSE_K - 1):
+        distances = ((points[labels == j] - initial[j]) ** 2).sum(axis=1)
+        p = reference.sparsemax(-SPARSE_GAMMA * distances / np.sqrt(SPARSE_D))
+        assert np.isclose(p.sum(), 1.0)
+        assert all(len(np.unique(p[distances == value])) == 1 for value in distances)  # ties: equal weights
+        supports.append(distances[p > 0])
+    assert len(supports[0]) == (labels == 0).sum()  # every member of the blob
+    np.testing.assert_array_equal(supports[1], [0.0])  # the point at the centroid alone
+    np.testing.assert_array_equal(np.unique(supports[2]), [0.0, 0.25])  # the centre and the near tie, not the far one
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1000])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_sparse_points_mode_equals_the_model_and_the_reference(weighted, chunk_size, tmp_path, rng):
+    """
+    Points mode (several chunks, or one) gives the one-call model's labels, centroids and inertia, and the
+    independent reference `sparse_kmeans` on the points repeated by their weights, to 1e-12 in float64, whatever
+    the kinds of support; the empty cluster keeps its centroid.
+    """
+    X, weights, initial = sparse_problem(rng, weighted)
+    model = sparse_model(initial)
+    expected = model(torch.from_numpy(X), sample_weight=None if weights is None else torch.from_numpy(weights))
+    truth = reference.sparse_kmeans(repeated(X, weights), initial, 5, SPARSE_GAMMA)
+    extra = {} if weights is None else {"w": weights}
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=30, **extra)
+    result = cluster_points(
+        _no_model_calls(model), path, chunk_size=chunk_size, progress=False, labels_output=tmp_path / "labels",
+        weight_column=None if weights is None else "w",
+    )
+    _, labels = read_labels(tmp_path / "labels")
+    np.testing.assert_array_equal(labels, expected.labels[0].numpy())
+    np.testing.assert_array_equal(labels, reference.assign_labels(X, truth.centroids))
+    np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result.centroids, truth.centroids, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(result.centroids[3], initial[3])
+    assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-12)
+
+
+@pytest.mark.slow  # about 30 s: one launch of two processes
+def test_sparse_on_two_gloo_processes_equals_the_model_and_the_reference(tmp_path, rng):
+    """`sparse_problem` on two processes, unweighted from the path and weighted from a stream: as on one."""
+    X, weights, initial = sparse_problem(rng, weighted=True)
+    path = write_parquet(tmp_path / "points.parquet", X, row_group_size=30, w=weights)
+    cases = [
+        {"name": name, "variant": "sparse", "parameters": {"inverse_temperature": SPARSE_GAMMA}, "state": {},
+         "weighted": name == "weighted", "source": "stream" if name == "weighted" else "path", "k": SPARSE_K, "T": 5,
+         "chunk_size": 6, "centroids": initial.tolist()}
+        for name in ("unweighted", "weighted")
+    ]
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    worker = Path(__file__).parent / "scripts" / "points_variants_worker.py"
+    subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(worker), str(path), str(tmp_path),
+         str(tmp_path / "cases.json")],
+        check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+    )
+    model = sparse_model(initial)
+    for case in cases:
+        sample_weight = weights if case["weighted"] else None
+        expected = model(torch.from_numpy(X), sample_weight=None if sample_weight is None else torch.from_numpy(weights))
+        truth = reference.sparse_kmeans(repeated(X, sample_weight), initial, 5, SPARSE_GAMMA)
+        result = np.load(tmp_path / f"{case['name']}.npz")
+        index, labels = read_labels(tmp_path / f"labels_{case['name']}")
+        np.testing.assert_array_equal(index, np.arange(len(X)))
+        np.testing.assert_array_equal(labels, expected.labels[0].numpy())
+        np.testing.assert_allclose(result["centroids"], expected.centroids[0].numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(result["centroids"], truth.centroids, rtol=0, atol=1e-12)
+        assert float(result["inertia"]) == pytest.approx(float(expected.inertia[0]), rel=1e-12)
+
+
+def test_sparse_needs_the_compact_engine(rng):
+    dataset = datasets.Dataset.from_dict({f"x{i}": blobs(rng, n=50)[:, i] for i in range(D)})
+    model = make_model(variant="sparse")
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # an edited model runs the tokens
+    with pytest.raises(ValueError, match="runs 'sparse' on the compact engine's labels, which this model does not run"):
+        cluster_points(_no_model_calls(model), dataset, progress=False)
+
+
+def on_threads(world, function):
+    """`function(rank, reduce_sum)` on `world` threads, whose `reduce_sum` adds up their tensors (as an all-reduce)."""
+    import threading
+
+    barrier, slots, results = threading.Barrier(world), [None] * world, [None] * world
+
+    def reduce_sum(tensor, rank):
+        slots[rank] = tensor
+        barrier.wait()
+        total = sum(slots[1:], slots[0].clone())
+        barrier.wait()  # every thread has read the slots before any writes the next
+        return total
+
+    def run(rank):
+        results[rank] = function(rank, lambda tensor: reduce_sum(tensor, rank))
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_sparse_statistics_across_processes_are_the_sparsemax_of_each_cluster(world, rng):
+    """
+    `_sharded_sparsemax` over shards in chunks (threads standing for processes) sums to the sparsemax update of every
+    cluster, computed in NumPy on the members repeated by their integer weights (`reference.sparsemax`): a cluster of
+    one member, one whose members are all tied, one with weights 0 to 3 (0: not a member), and an empty one.
+    """
+    from kmeans_transformer.points import _sharded_sparsemax
+
+    d, k = 4, 4
+    centroids = np.array([[0.0, 0, 0, 0], [50, 0, 0, 0], [-50, 0, 0, 0], [0, 500, 0, 0]])
+    tied = centroids[1] + np.concatenate([np.eye(d), -np.eye(d)]) * 0.75
+    spread = centroids[2] + rng.normal(scale=0.6, size=(40, d))
+    X = np.concatenate([centroids[:1] + 0.1, tied, spread])
+    weights = np.concatenate([[2.0], rng.integers(1, 4, size=len(tied)), rng.integers(0, 4, size=len(spread))])
+    order = rng.permutation(len(X))
+    X, weights = X[order], weights[order]
+    model = make_model(k=k, d=d, T=1, variant="sparse", inverse_temperature=1.5)
+    parameters = {"centroids": torch.from_numpy(centroids)[None]}
+
+    def shard(rank, reduce_sum):
+        rows = np.array_split(np.arange(len(X)), world)[rank]
+
+        def chunks():
+            for part in np.array_split(rows, 3):
+                yield part, torch.from_numpy(X[part]), torch.from_numpy(weights[part])
+
+        return _sharded_sparsemax(model, chunks, parameters, reduce_sum)
+
+    statistics = sum(on_threads(world, shard))[0].numpy()
+    labels = reference.assign_labels(X, centroids)
+    for j in range(k):
+        members = (labels == j) & (weights > 0)
+        points = np.repeat(X[members], weights[members].astype(np.int64), axis=0)
+        assert statistics[j, d] == len(points)
+        if not len(points):
+            np.testing.assert_array_equal(statistics[j], 0.0)
+            continue
+        p = reference.sparsemax(-1.5 * ((points - centroids[j]) ** 2).sum(axis=1) / np.sqrt(d))
+        np.testing.assert_allclose(statistics[j, :d], p @ points, rtol=0, atol=1e-12)
+    assert (labels == 0).sum() == 1 and (labels == 3).sum() == 0
+    p_tied = reference.sparsemax(-1.5 * ((tied - centroids[1]) ** 2).sum(axis=1) / np.sqrt(d))
+    assert np.all(p_tied == p_tied[0])  # all tied: every member in the support

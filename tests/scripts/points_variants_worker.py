@@ -3,8 +3,9 @@
 Usage: torchrun --nproc_per_node N points_variants_worker.py POINTS.parquet OUTPUT_DIR CASES.json
 
 CASES.json is a list of runs, each `{"name", "variant", "parameters", "state", "weighted", "source", "k", "T",
-"chunk_size"}`: a float64 model of `variant` with `parameters`, the starting `state` (lists), the weight column `w`
-if `weighted`, read from the path (`"source": "path"`, contiguous blocks of rows) or as a streaming `IterableDataset`
+"chunk_size"}` and optionally `"centroids"`: a float64 model of `variant` with `parameters`, the starting `state`
+(lists), the stored fitted `centroids` (a list of k rows; default: the first k rows), the weight column `w` if
+`weighted`, read from the path (`"source": "path"`, contiguous blocks of rows) or as a streaming `IterableDataset`
 (`"stream"`, every N-th row). Labels go to OUTPUT_DIR/labels_<name>; the main process writes OUTPUT_DIR/<name>.npz.
 """
 
@@ -31,9 +32,11 @@ def main(points: str, output: str, cases: str) -> None:
     for case in json.loads(Path(cases).read_text()):
         config = KMeansTransformerConfig(
             num_clusters=case["k"], point_dim=len(columns), num_iterations=case["T"], variant=case["variant"],
-            **case["parameters"],
+            fitted_centroids="centroids" in case, **case["parameters"],
         )
         model = KMeansTransformerModel(config).double().eval()
+        if "centroids" in case:
+            model.embeddings.fitted_centroids.data = torch.tensor(case["centroids"], dtype=torch.float64)
         dataset = points
         if case["source"] == "stream":
             dataset = datasets.load_dataset("parquet", data_files=points, split="train", streaming=True)
