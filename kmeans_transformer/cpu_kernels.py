@@ -855,32 +855,34 @@ static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, 
   for (int64_t u = vectors; u < V; ++u) for (int64_t j = 0; j < k; ++j) S[j * V + u] = zero;
   // The sums Σ_i w_ij^power s_i row_ic (w = max(w, 0) when power != 1), each term w^power * (s_i row_ic) in A, over the tile's rows in A's lanes,
   // each lane's partial sum added to the block's double sums (`block_sums`, `add_lane_sums`). The rows [x ; (|x|^2 ;) 1] are the query's first `dim` columns,
-  // widened once per tile (|x|^2 summed in double in coordinate order), times s_i.
+  // widened once per tile (|x|^2 summed in double in coordinate order), times s_i; where they are the tile's columns
+  // as they are (float sums of float rows, or double of double, and no s_i), the whole column blocks of x are read in
+  // place (`direct` columns) and only the others are copied.
   const int64_t out_width = dim + 1 + (rule.square_norm ? 1 : 0);
   const int64_t padded_columns = (out_width + kMemberColumns - 1) / kMemberColumns * kMemberColumns;
   constexpr int64_t R = L * V, U = R / LA, H = L / LA;  // rows per tile; double vectors per column, per vector of rows
-  Vec<A>* Xw = ws.rows.data();  // column c's vectors of rows: Xw[c * U + a]
+  const int64_t direct = std::is_same<A, T>::value && !s ? dim / kMemberColumns * kMemberColumns : 0;
+  Vec<A>* Xw = ws.rows.data();  // column c >= direct's vectors of rows: Xw[(c - direct) * U + a]
   const T* lanes = reinterpret_cast<const T*>(ws.columns.data());  // lane r of (u, c): lanes[(u * eq + c) * L + r]
   T scales[R];
   if (s) for (int64_t i = 0; i < R; ++i) scales[i] = i < count ? s[i] : T(0);
   const Vec<A> none = {}, one = none + A(1);
   for (int64_t a = 0; a < U; ++a) {
     const int64_t u = a / H, h = a % H;
-    if (u >= vectors) { for (int64_t c = 0; c < padded_columns; ++c) Xw[c * U + a] = none; continue; }
+    if (u >= vectors) { for (int64_t c = direct; c < padded_columns; ++c) Xw[(c - direct) * U + a] = none; continue; }
     const Vec<A> scale = s ? widen<A>(scales + a * LA) : one;
     Vec<A> norm = none;
-    for (int64_t c = 0; c < dim; ++c) {
+    for (int64_t c = rule.square_norm ? 0 : direct; c < dim; ++c) {
       const Vec<A> x = widen<A>(lanes + (u * eq + c) * L + h * LA);
-      norm += x * x;
-      Xw[c * U + a] = s ? scale * x : x;
+      if (rule.square_norm) norm += x * x;
+      if (c >= direct) Xw[(c - direct) * U + a] = s ? scale * x : x;
     }
-    if (rule.square_norm) Xw[dim * U + a] = s ? scale * norm : norm;
-    Xw[(out_width - 1) * U + a] = scale;
-    for (int64_t c = out_width; c < padded_columns; ++c) Xw[c * U + a] = none;
+    if (rule.square_norm) Xw[(dim - direct) * U + a] = s ? scale * norm : norm;
+    Xw[(out_width - 1 - direct) * U + a] = scale;
+    for (int64_t c = out_width; c < padded_columns; ++c) Xw[(c - direct) * U + a] = none;
   }
   const T* weights = reinterpret_cast<const T*>(S);  // weight of row i with key j: weights[(j * V) * L + i]
   A* P = reinterpret_cast<A*>(ws.powers.data());
-  const Vec<A>* Xv = Xw;
   // Weights in the sums' type and power 1: read in place (the keys past k are zero rows of `scores`).
   const bool in_place = std::is_same<A, T>::value && rule.power == 1.0;
   const int64_t key_slots = (k + kMemberKeys - 1) / kMemberKeys * kMemberKeys;
@@ -890,17 +892,23 @@ static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, 
       A* p = P + t * R;
       if (j0 + t >= k) { std::fill(p, p + R, A(0)); continue; }
       const T* w = weights + (j0 + t) * V * L;
-      if (rule.power == 1.0) for (int64_t i = 0; i < R; ++i) p[i] = static_cast<A>(w[i]);
-      else if (rule.power == 2.0) for (int64_t i = 0; i < R; ++i) { const A a = std::max(static_cast<A>(w[i]), A(0)); p[i] = a * a; }
+      Vec<A>* pv = ws.powers.data() + t * U;
+      if (rule.power == 1.0) for (int64_t a = 0; a < U; ++a) pv[a] = widen<A>(w + a * LA);
+      else if (rule.power == 2.0)
+        for (int64_t a = 0; a < U; ++a) { const Vec<A> x = widen<A>(w + a * LA), positive = x > none ? x : none; pv[a] = positive * positive; }
       else for (int64_t i = 0; i < R; ++i) p[i] = std::pow(std::max(static_cast<A>(w[i]), A(0)), static_cast<A>(rule.power));
     }
     for (int64_t c0 = 0; c0 < padded_columns; c0 += kMemberColumns) {
       Vec<A> a00 = {}, a01 = {}, a02 = {}, a10 = {}, a11 = {}, a12 = {}, a20 = {}, a21 = {}, a22 = {}, a30 = {}, a31 = {}, a32 = {};
-      const Vec<A>* x0 = Xv + c0 * U;
-      for (int64_t a = 0; a < U; ++a) {
+      // column c0 + i of vector a: x0[a * step + i * gap], in place (the columns of vector a are e apart; the rows
+      // past the tile's are finite leftovers, whose weights are 0) or copied
+      const bool in_columns = c0 < direct;
+      const Vec<A>* x0 = in_columns ? reinterpret_cast<const Vec<A>*>(ws.columns.data()) + c0 : Xw + (c0 - direct) * U;
+      const int64_t step = in_columns ? eq : 1, gap = in_columns ? 1 : U;
+      for (int64_t a = 0; a < U; ++a, x0 += step) {
         // 12 accumulators, the 3 columns and one key's weights at a time: the 16 registers of AVX2, so that each
         // column and weight is loaded once (else the compiler reloads them as operands of the multiply-adds)
-        Vec<A> y0 = x0[a], y1 = x0[U + a], y2 = x0[2 * U + a];
+        Vec<A> y0 = x0[0], y1 = x0[gap], y2 = x0[2 * gap];
         in_register(y0); in_register(y1); in_register(y2);
         Vec<A> w = Pv[a];
         in_register(w); a00 += w * y0; a01 += w * y1; a02 += w * y2;
