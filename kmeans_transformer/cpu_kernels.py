@@ -1804,9 +1804,10 @@ def membership_sums(
     the first largest weight's index (-1 where it is not > 0); writes the weights into `kept` `(groups, n, k)` when
     given. Without `sums`, only the labels and weights (the sums are None). Eager calls only, else None.
 
-    Float32 rows are summed in float32 over the 16 rows of a tile's lane, and those partial sums in float64 (an error
-    of a few float32 ulp of `Σ_i |w_ij^power s_i v_i|`); with `square_norm` (a difference of second moments is taken
-    from these sums) and for float64 every product is taken in float64.
+    Float32 rows are summed in float32 over the 16 rows of a tile's lane, and those partial sums in float64 in an
+    order fixed by the shapes (an error of at most about 16 · 2^-24 `Σ_i |w_ij^power s_i v_i|`: each product and each
+    float32 addition rounds once; a few float32 ulp in practice); with `square_norm` (a difference of second moments
+    is taken from these sums) and for float64 every product is taken in float64.
     """
     if torch.compiler.is_compiling() or _for_scores(query, key) is None or query.dtype != key.dtype:
         return None
