@@ -298,9 +298,17 @@ class KMeansTransformerAssign(KMeansTransformerPositionAttention):
         labels = labels[..., 0, 0]
         return labels if point_mask is None else labels.masked_fill(~point_mask, -1)
 
-    def compact_query_key_weights(self, point_tokens: torch.Tensor, parameters: dict[str, torch.Tensor]):
-        """A weighted assign's query and key on the compact state: `q_proj(p_i) = x_i`, `k_proj(q_j) = c_j`, prepared."""
-        return self.compact_query_key(point_tokens, parameters["centroids"])
+    def compact_query_key_weights(self, point_tokens: torch.Tensor, parameters: dict[str, torch.Tensor], query=None):
+        """
+        A weighted assign's query and key on the compact state: `q_proj(p_i) = x_i`, `k_proj(q_j) = c_j`, prepared.
+        `query`: this block's `compact_query_weights(point_tokens)` when already made (it depends on the points alone).
+        """
+        made, key = self.compact_query_key(point_tokens, parameters["centroids"])
+        return (made if query is None else query), key
+
+    def compact_query_weights(self, point_tokens: torch.Tensor) -> torch.Tensor:
+        """The query of `compact_query_key_weights`, a function of the points alone (made once for all the layers)."""
+        return self.compact_query_key(point_tokens, point_tokens[:, :0, :-1])[0]
 
     def compact_rows(self, batch_size: int, device: torch.device) -> int:
         """
@@ -430,11 +438,15 @@ class KMeansTransformerGaussianAssign(KMeansTransformerAssign):
     def prepare_query_key(self, query, key):
         return query, gaussian_log_density_key(key)
 
-    def compact_query_key_weights(self, point_tokens, parameters):
-        """The query `[x_i ; |x_i|^2 ; 1]` and the key of `[μ_j ; σ_j^2 ; π_j]`, as `forward` reads them."""
+    def compact_query_weights(self, point_tokens):
+        """The query `[x_i ; |x_i|^2 ; 1]`, as `forward` reads it."""
         points = point_tokens[..., :-1]
-        query = torch.cat([points, (points * points).sum(dim=-1, keepdim=True), point_tokens[..., -1:]], dim=-1)
-        key = torch.stack([parameters["variances"], parameters["weights"]], dim=-1).to(points.dtype)
+        return torch.cat([points, (points * points).sum(dim=-1, keepdim=True), point_tokens[..., -1:]], dim=-1)
+
+    def compact_query_key_weights(self, point_tokens, parameters, query=None):
+        """The query (`compact_query_weights`, unless given) and the key of `[μ_j ; σ_j^2 ; π_j]`, as `forward` reads them."""
+        query = self.compact_query_weights(point_tokens) if query is None else query
+        key = torch.stack([parameters["variances"], parameters["weights"]], dim=-1).to(query.dtype)
         return self.prepare_query_key(query, torch.cat([parameters["centroids"], key], dim=-1))
 
 

@@ -837,6 +837,15 @@ static inline Vec<T> exp_nonpositive(Vec<T> x) {
   return p * scale * T(5.421010862427522e-20);  // 2^-64
 }
 
+// A vector held in a register from here on (an empty asm statement that may change it): its load is not repeated as
+// an operand of each multiply-add that reads it.
+template <typename V>
+static inline void in_register(V& v) {
+#if defined(__AVX__)
+  __asm__("" : "+x"(v));
+#endif
+}
+
 // `Lanes<A>` lanes from `p` as a vector of A: floats widened to doubles, or as they are.
 typedef float FloatHalf __attribute__((vector_size(kVectorBytes / 2)));
 template <typename A, typename T>
@@ -863,17 +872,44 @@ template <typename T, typename A>
 struct MemberWorkspace {
   std::vector<Vec<T>> columns, scores;   // the tile's query columns; its (k, vectors) scores, then weights
   std::vector<Vec<A>> rows, powers;      // the sums' rows, transposed and widened (column-major); a key block's weights^power
-  std::vector<DoubleVec> lane_sums;      // the block's sums so far, lane by lane (Lanes<A> lanes per key and column)
+  std::vector<double> block_sums;        // the block's sums so far, column-major: block_sums[c * keys + j]
 };
+
+// `out[t] += Σ_lanes a_t` for four vectors of A (four keys' partial sums of one column), each a float64 sum of its
+// lanes in a fixed order: float lanes widened, lane r and lane r + L/2 added while more than 4 remain, then
+// (l0 + l1) + (l2 + l3). With AVX2, 2 horizontal additions and a permutation for the four.
+template <typename A>
+static inline void add_lane_sums(const Vec<A>& a0, const Vec<A>& a1, const Vec<A>& a2, const Vec<A>& a3, double* out) {
+#if defined(__AVX__) && !defined(__AVX512F__)
+  auto pairs = [](const Vec<A>& a) -> __m256d {
+    if constexpr (std::is_same<A, float>::value) {
+      const __m256 v = (__m256)a;
+      return _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    } else return (__m256d)a;
+  };
+  const __m256d h01 = _mm256_hadd_pd(pairs(a0), pairs(a1)), h23 = _mm256_hadd_pd(pairs(a2), pairs(a3));
+  const __m256d total = _mm256_add_pd(_mm256_permute2f128_pd(h01, h23, 0x20), _mm256_permute2f128_pd(h01, h23, 0x31));
+  _mm256_storeu_pd(out, _mm256_add_pd(_mm256_loadu_pd(out), total));
+#else
+  const Vec<A>* a[4] = {&a0, &a1, &a2, &a3};
+  for (int t = 0; t < 4; ++t) {
+    double lanes[Lanes<A>::value];
+    for (int r = 0; r < Lanes<A>::value; ++r) lanes[r] = static_cast<double>((*a[t])[r]);
+    int count = Lanes<A>::value;
+    for (; count > 4; count /= 2)
+      for (int r = 0; r < count / 2; ++r) lanes[r] += lanes[r + count / 2];
+    out[t] += count == 4 ? (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) : count == 2 ? lanes[0] + lanes[1] : lanes[0];
+  }
+#endif
+}
 
 // The weights of one tile (rows [0, count) of `q`), into `ws.scores` (`scores[j * kMemberVectors + v]`), 0 in the
 // lanes of rows that are padding or past `count`; their labels (first largest weight, -1 where it is not > 0) and
-// the weights themselves (row-major into `kept`) when asked; then their sums into `ws.lane_sums`, lane by lane.
+// the weights themselves (row-major into `kept`) when asked; then their sums into `ws.block_sums`.
 template <typename T, typename A>
 static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, int64_t k, int64_t dim, const T* s, const bool* seen, int64_t count, const MembershipRule& rule,
                             int64_t* labels, T* kept, MemberWorkspace<T, A>& ws) {
   constexpr int L = Lanes<T>::value, LA = Lanes<A>::value, V = kMemberVectors;
-  constexpr int kLaneVectors = LA / Lanes<double>::value;  // double vectors per vector of A
   const int64_t vectors = transpose_tile(q, count, ldq, eq, ws.columns);
   Vec<T>* S = ws.scores.data();
   Vec<T> extreme[V];  // each row's largest score (softmax) or least distance (fuzzy), kept as the scores are stored
@@ -936,62 +972,76 @@ static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, 
   if (!rule.sums) return;
   for (int64_t u = vectors; u < V; ++u) for (int64_t j = 0; j < k; ++j) S[j * V + u] = zero;
   // The sums Σ_i w_ij^power s_i row_ic (w = max(w, 0) when power != 1), each term w^power * (s_i row_ic) in A, over the tile's rows in A's lanes,
-  // each lane added to its double sum of the block (`lane_sums`). The rows [x ; (|x|^2 ;) 1] are the query's first `dim` columns,
-  // widened once per tile (|x|^2 summed in double in coordinate order), times s_i.
+  // each lane's partial sum added to the block's double sums (`block_sums`, `add_lane_sums`). The rows [x ; (|x|^2 ;) 1] are the query's first `dim` columns,
+  // widened once per tile (|x|^2 summed in double in coordinate order), times s_i; where they are the tile's columns
+  // as they are (float sums of float rows, or double of double, and no s_i), the whole column blocks of x are read in
+  // place (`direct` columns) and only the others are copied.
   const int64_t out_width = dim + 1 + (rule.square_norm ? 1 : 0);
   const int64_t padded_columns = (out_width + kMemberColumns - 1) / kMemberColumns * kMemberColumns;
   constexpr int64_t R = L * V, U = R / LA, H = L / LA;  // rows per tile; double vectors per column, per vector of rows
-  Vec<A>* Xw = ws.rows.data();  // column c's vectors of rows: Xw[c * U + a]
+  const int64_t direct = std::is_same<A, T>::value && !s ? dim / kMemberColumns * kMemberColumns : 0;
+  Vec<A>* Xw = ws.rows.data();  // column c >= direct's vectors of rows: Xw[(c - direct) * U + a]
   const T* lanes = reinterpret_cast<const T*>(ws.columns.data());  // lane r of (u, c): lanes[(u * eq + c) * L + r]
   T scales[R];
   if (s) for (int64_t i = 0; i < R; ++i) scales[i] = i < count ? s[i] : T(0);
   const Vec<A> none = {}, one = none + A(1);
   for (int64_t a = 0; a < U; ++a) {
     const int64_t u = a / H, h = a % H;
-    if (u >= vectors) { for (int64_t c = 0; c < padded_columns; ++c) Xw[c * U + a] = none; continue; }
+    if (u >= vectors) { for (int64_t c = direct; c < padded_columns; ++c) Xw[(c - direct) * U + a] = none; continue; }
     const Vec<A> scale = s ? widen<A>(scales + a * LA) : one;
     Vec<A> norm = none;
-    for (int64_t c = 0; c < dim; ++c) {
+    for (int64_t c = rule.square_norm ? 0 : direct; c < dim; ++c) {
       const Vec<A> x = widen<A>(lanes + (u * eq + c) * L + h * LA);
-      norm += x * x;
-      Xw[c * U + a] = s ? scale * x : x;
+      if (rule.square_norm) norm += x * x;
+      if (c >= direct) Xw[(c - direct) * U + a] = s ? scale * x : x;
     }
-    if (rule.square_norm) Xw[dim * U + a] = s ? scale * norm : norm;
-    Xw[(out_width - 1) * U + a] = scale;
-    for (int64_t c = out_width; c < padded_columns; ++c) Xw[c * U + a] = none;
+    if (rule.square_norm) Xw[(dim - direct) * U + a] = s ? scale * norm : norm;
+    Xw[(out_width - 1 - direct) * U + a] = scale;
+    for (int64_t c = out_width; c < padded_columns; ++c) Xw[(c - direct) * U + a] = none;
   }
   const T* weights = reinterpret_cast<const T*>(S);  // weight of row i with key j: weights[(j * V) * L + i]
   A* P = reinterpret_cast<A*>(ws.powers.data());
-  const Vec<A>* Xv = Xw;
   // Weights in the sums' type and power 1: read in place (the keys past k are zero rows of `scores`).
   const bool in_place = std::is_same<A, T>::value && rule.power == 1.0;
+  const int64_t key_slots = (k + kMemberKeys - 1) / kMemberKeys * kMemberKeys;
   for (int64_t j0 = 0; j0 < k; j0 += kMemberKeys) {
     const Vec<A>* Pv = in_place ? reinterpret_cast<const Vec<A>*>(S + j0 * V) : ws.powers.data();  // key j0 + t's: Pv[t * U + a]
     for (int t = 0; t < kMemberKeys && !in_place; ++t) {
       A* p = P + t * R;
       if (j0 + t >= k) { std::fill(p, p + R, A(0)); continue; }
       const T* w = weights + (j0 + t) * V * L;
-      if (rule.power == 1.0) for (int64_t i = 0; i < R; ++i) p[i] = static_cast<A>(w[i]);
-      else if (rule.power == 2.0) for (int64_t i = 0; i < R; ++i) { const A a = std::max(static_cast<A>(w[i]), A(0)); p[i] = a * a; }
+      Vec<A>* pv = ws.powers.data() + t * U;
+      if (rule.power == 1.0) for (int64_t a = 0; a < U; ++a) pv[a] = widen<A>(w + a * LA);
+      else if (rule.power == 2.0)
+        for (int64_t a = 0; a < U; ++a) { const Vec<A> x = widen<A>(w + a * LA), positive = x > none ? x : none; pv[a] = positive * positive; }
       else for (int64_t i = 0; i < R; ++i) p[i] = std::pow(std::max(static_cast<A>(w[i]), A(0)), static_cast<A>(rule.power));
     }
     for (int64_t c0 = 0; c0 < padded_columns; c0 += kMemberColumns) {
       Vec<A> a00 = {}, a01 = {}, a02 = {}, a10 = {}, a11 = {}, a12 = {}, a20 = {}, a21 = {}, a22 = {}, a30 = {}, a31 = {}, a32 = {};
-      const Vec<A>* x0 = Xv + c0 * U;
-      for (int64_t a = 0; a < U; ++a) {
-        const Vec<A> y0 = x0[a], y1 = x0[U + a], y2 = x0[2 * U + a];
-        const Vec<A> w0 = Pv[a], w1 = Pv[U + a], w2 = Pv[2 * U + a], w3 = Pv[3 * U + a];
-        a00 += w0 * y0; a01 += w0 * y1; a02 += w0 * y2;
-        a10 += w1 * y0; a11 += w1 * y1; a12 += w1 * y2;
-        a20 += w2 * y0; a21 += w2 * y1; a22 += w2 * y2;
-        a30 += w3 * y0; a31 += w3 * y1; a32 += w3 * y2;
+      // column c0 + i of vector a: x0[a * step + i * gap], in place (the columns of vector a are e apart; the rows
+      // past the tile's are finite leftovers, whose weights are 0) or copied
+      const bool in_columns = c0 < direct;
+      const Vec<A>* x0 = in_columns ? reinterpret_cast<const Vec<A>*>(ws.columns.data()) + c0 : Xw + (c0 - direct) * U;
+      const int64_t step = in_columns ? eq : 1, gap = in_columns ? 1 : U;
+      for (int64_t a = 0; a < U; ++a, x0 += step) {
+        // 12 accumulators, the 3 columns and one key's weights at a time: the 16 registers of AVX2, so that each
+        // column and weight is loaded once (else the compiler reloads them as operands of the multiply-adds)
+        Vec<A> y0 = x0[0], y1 = x0[gap], y2 = x0[2 * gap];
+        in_register(y0); in_register(y1); in_register(y2);
+        Vec<A> w = Pv[a];
+        in_register(w); a00 += w * y0; a01 += w * y1; a02 += w * y2;
+        w = Pv[U + a];
+        in_register(w); a10 += w * y0; a11 += w * y1; a12 += w * y2;
+        w = Pv[2 * U + a];
+        in_register(w); a20 += w * y0; a21 += w * y1; a22 += w * y2;
+        w = Pv[3 * U + a];
+        in_register(w); a30 += w * y0; a31 += w * y1; a32 += w * y2;
       }
-      const Vec<A> acc[kMemberKeys][kMemberColumns] = {{a00, a01, a02}, {a10, a11, a12}, {a20, a21, a22}, {a30, a31, a32}};
-      for (int t = 0; t < kMemberKeys && j0 + t < k; ++t)
-        for (int c = 0; c < kMemberColumns && c0 + c < out_width; ++c) {
-          DoubleVec* lane = ws.lane_sums.data() + ((j0 + t) * out_width + c0 + c) * kLaneVectors;
-          for (int h = 0; h < kLaneVectors; ++h) lane[h] += widen<double>(reinterpret_cast<const A*>(&acc[t][c]) + h * Lanes<double>::value);
-        }
+      // keys past k and columns past out_width add 0 (zero weights, zero rows) into the padding of `block_sums`
+      double* column = ws.block_sums.data() + c0 * key_slots + j0;
+      add_lane_sums<A>(a00, a10, a20, a30, column);
+      add_lane_sums<A>(a01, a11, a21, a31, column + key_slots);
+      add_lane_sums<A>(a02, a12, a22, a32, column + 2 * key_slots);
     }
   }
 }
@@ -1011,6 +1061,7 @@ static void membership_sums_impl(const at::Tensor& query, const at::Tensor& key,
   T* kd_out = kept.defined() ? kept.data_ptr<T>() : nullptr;
   double* total = sums.data_ptr<double>();
   const int64_t padded_columns = (out_width + kMemberColumns - 1) / kMemberColumns * kMemberColumns;
+  const int64_t key_slots = (k + kMemberKeys - 1) / kMemberKeys * kMemberKeys;
   // Blocks of rows in waves: each block's sums into its own partial sums (in parallel), then added to its group's
   // sums block after block, so the order of every addition is fixed by the shapes alone, whatever the threads.
   std::vector<double> partial(std::min(tasks, kMemberWave) * sum_keys * out_width);
@@ -1023,23 +1074,18 @@ static void membership_sums_impl(const at::Tensor& query, const at::Tensor& key,
       ws.scores.resize((k + kMemberKeys) * kMemberVectors);  // zero rows past k (read by the sums' last key block)
       ws.rows.resize(padded_columns * R / Lanes<A>::value);
       ws.powers.resize(kMemberKeys * R / Lanes<A>::value);
-      constexpr int64_t lane_vectors = Lanes<A>::value / Lanes<double>::value;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t g = task / blocks, start = (task % blocks) * block_rows, stop = std::min(n, start + block_rows);
-        ws.lane_sums.assign(sum_keys * out_width * lane_vectors, DoubleVec{});
+        ws.block_sums.assign(sum_keys ? key_slots * padded_columns : 0, 0.0);
         for (int64_t i = start; i < stop; i += R) {
           const int64_t row = g * n + i;
           membership_tile<T, A>(qd + g * query.stride(0) + i * query.stride(1), query.stride(1), eq, kd + g * k * eq, k,
                              dim, sd ? sd + row : nullptr, md ? md + row : nullptr, std::min(R, stop - i), rule,
                              ld ? ld + row : nullptr, kd_out ? kd_out + row * k : nullptr, ws);
         }
-        double* out = partial.data() + (task - first) * sum_keys * out_width;  // the block's sums: its lanes in order
-        for (int64_t c = 0; c < sum_keys * out_width; ++c) {
-          const double* lanes = reinterpret_cast<const double*>(ws.lane_sums.data() + c * lane_vectors);
-          double sum = 0;
-          for (int64_t r = 0; r < lane_vectors * Lanes<double>::value; ++r) sum += lanes[r];
-          out[c] = sum;
-        }
+        double* out = partial.data() + (task - first) * sum_keys * out_width;  // the block's sums, row-major
+        for (int64_t j = 0; j < sum_keys; ++j)
+          for (int64_t c = 0; c < out_width; ++c) out[j * out_width + c] = ws.block_sums[c * key_slots + j];
       }
     });
     for (int64_t task = first; task < last; ++task) {
@@ -1881,9 +1927,10 @@ def membership_sums(
     the first largest weight's index (-1 where it is not > 0); writes the weights into `kept` `(groups, n, k)` when
     given. Without `sums`, only the labels and weights (the sums are None). Eager calls only, else None.
 
-    Float32 rows are summed in float32 over the 16 rows of a tile's lane, and those partial sums in float64 (an error
-    of a few float32 ulp of `Σ_i |w_ij^power s_i v_i|`); with `square_norm` (a difference of second moments is taken
-    from these sums) and for float64 every product is taken in float64.
+    Float32 rows are summed in float32 over the 16 rows of a tile's lane, and those partial sums in float64 in an
+    order fixed by the shapes (an error of at most about 16 · 2^-24 `Σ_i |w_ij^power s_i v_i|`: each product and each
+    float32 addition rounds once; a few float32 ulp in practice); with `square_norm` (a difference of second moments
+    is taken from these sums) and for float64 every product is taken in float64.
     """
     if torch.compiler.is_compiling() or _for_scores(query, key) is None or query.dtype != key.dtype:
         return None

@@ -957,15 +957,21 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if weights is None and point_mask is not None:
             weights = point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
         labels, assignments = values.new_full(values.shape[:2], -1, dtype=torch.long), None
+        queries = {}  # the compiled passes' queries, by assign block class: functions of the points alone
         for iteration in range(num_iterations):
             layer = self._layer(iteration)
             last = not final_assignment and iteration == num_iterations - 1  # its labels are the output's
-            passed = self._weights_pass(layer.assign, layer.update, values, point_mask, weights, parameters, output_assignments and last, last)
+            passed = self._weights_pass(
+                layer.assign, layer.update, values, point_mask, weights, parameters, output_assignments and last, last,
+                queries,
+            )
             labels, assignments, statistics = passed if last else (labels, assignments, passed[2])
             parameters = {name: value.to(dtype) for name, value in layer.finalize(statistics, parameters).items()}
         if final_assignment:
             head = self.assignment_head.assign
-            labels, assignments, _ = self._weights_pass(head, None, values, point_mask, weights, parameters, output_assignments, True)
+            labels, assignments, _ = self._weights_pass(
+                head, None, values, point_mask, weights, parameters, output_assignments, True, queries
+            )
         centroids = parameters["centroids"]
         inertia = labelled_inertia(values[..., :-1], centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
@@ -979,16 +985,19 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             output[carried.name] = parameters[carried.name]
         return output
 
-    def _weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label):
+    def _weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label, queries):
         """
         One pass of a weighted assign over the compact point tokens `values` `[x_i ; 1]` (`point_mask` `(batch, n)`:
         False for padding; None: every point is real), `assign.compact_rows` at a time (`score_chunk_size` numbers
         of the kernel's): when `label`, the labels (the first largest weight; -1 where a point has none; else None),
-        the whole assignment when `keep`, and, with an `update`, its statistics, summed in float64.
+        the whole assignment when `keep`, and, with an `update`, its statistics, summed in float64. `queries`: the
+        compiled passes' queries made so far in this forward call, by assign block class (filled here).
         """
         batch_size, num_points = values.shape[:2]
         kept = values.new_empty(batch_size, num_points, self.config.num_clusters) if keep else None
-        compiled = self._compiled_weights_pass(assign, update, values, point_mask, weights, parameters, kept, label)
+        compiled = self._compiled_weights_pass(
+            assign, update, values, point_mask, weights, parameters, kept, label, queries
+        )
         if compiled is not None:
             return compiled
         rows = assign.compact_rows(batch_size, values.device)
@@ -1013,7 +1022,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         return labels, kept, statistics
 
     @staticmethod
-    def _compiled_weights_pass(assign, update, values, point_mask, weights, parameters, kept, label):
+    def _compiled_weights_pass(assign, update, values, point_mask, weights, parameters, kept, label, queries):
         """
         `_weights_pass` in one compiled loop over every point (`cpu_kernels.membership_sums`: the assign's
         `compact_membership_rule`, the update's `compiled_sums_form`), holding no chunk of weights; None where the
@@ -1021,7 +1030,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         if not membership_sums_run(values):
             return None
-        query, key = assign.compact_query_key_weights(values, parameters)
+        if type(assign) not in queries:  # made once per forward call, for every layer and the head alike
+            queries[type(assign)] = assign.compact_query_weights(values)
+        query, key = assign.compact_query_key_weights(values, parameters, queries[type(assign)])
         form = {"sums": False} if update is None else update.compiled_sums_form()
         found = membership_sums(
             query, key, values.shape[-1] - 1, weights, point_mask, **assign.compact_membership_rule(), **form,
@@ -1192,7 +1203,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 weights = None if sample_weight is None else sample_weight.to(dtype)
                 parameters = {**parameters, "centroids": centroids}
                 values = _with_ones(seen)
-                return self._weights_pass(layer.assign, layer.update, values, None, weights, parameters, False, False)[2]
+                passed = self._weights_pass(layer.assign, layer.update, values, None, weights, parameters, False, False, {})
+                return passed[2]
         _, assignment = self.assign(points.to(dtype), parameters)
         if assignment.is_floating_point():  # float64 sums of float64 terms, whatever the model's dtype
             assignment, points = assignment.to(torch.float64), points.to(torch.float64)
