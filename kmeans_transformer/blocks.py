@@ -973,8 +973,12 @@ class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
         """
         Each point's score for its own cluster `a(i)` (`labels` `(batch, n)`, points `(batch, n, d)`, centroids
         `(batch, k, d)`): `s_i = scaling · ((2 c_a(i)·x_i - |x_i|^2) - |c_a(i)|^2)`, the kernel's augmented product
-        `-scaling |x_i - c_a(i)|^2`, in the points' dtype `(batch, n)` (any value where `a(i) = -1`).
+        `-scaling |x_i - c_a(i)|^2`, in the points' dtype `(batch, n)` (any value where `a(i) = -1`): the compiled
+        `cpu_kernels.member_scores` (the scores of `sparsemax_update`, each sum in coordinate order), else PyTorch.
         """
+        compiled = cpu_kernels.member_scores(points, labels, centroids, self.scaling)
+        if compiled is not None:
+            return compiled
         index = labels.clamp(min=0)
         own = centroids.gather(1, index[..., None].expand(-1, -1, points.shape[-1]))
         dot = 2 * (own * points).sum(dim=-1)  # = Σ_e (2 c_e) x_e: doubling is exact
@@ -985,8 +989,13 @@ class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
         """
         `compact_statistics` from each cluster's sparsemax threshold `τ_j` (`thresholds` `(batch, k)`, found
         elsewhere, e.g. over points in chunks): `p_i = w_i max(s_i - τ_a(i), 0)` (`scores` from `member_scores`),
-        then `[Σ_i p_i x_i ; mass_j]` over the members, as the projection computes them.
+        then `[Σ_i p_i x_i ; mass_j]` over the members, as the projection computes them (the compiled
+        `cpu_kernels.thresholded_sums`, else PyTorch).
         """
+        compiled = cpu_kernels.thresholded_sums(points, labels, scores, thresholds.to(scores.dtype), sample_weight)
+        if compiled is not None:
+            sums, masses = compiled
+            return torch.cat([sums, masses[..., None]], dim=-1)
         counted = labels >= 0 if sample_weight is None else (labels >= 0) & (sample_weight > 0)
         own = thresholds.to(scores.dtype).gather(1, labels.clamp(min=0))
         weights = (scores - own).clamp(min=0)

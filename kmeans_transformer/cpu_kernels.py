@@ -520,21 +520,43 @@ static scalar_t sparsemax_threshold(const scalar_t* z, const int64_t* members, i
   return (cumulative_at - scalar_t(1)) / mass_at;
 }
 
-template <typename scalar_t>
+// The weights may be of the points' type (the forward pass) or float64 (points mode's sample weights): a member has
+// w_i > 0, its p_i is rounded to the points' type, and its mass is w_i in double. A member of p_i = 0 adds nothing to
+// the sums (finite points), and is skipped.
+template <typename scalar_t, typename weight_t>
 __attribute__((optimize("fp-contract=off")))
-static void sparsemax_sums(const scalar_t* x, int64_t ldx, const int64_t* code, int64_t n, const scalar_t* weight,
+static void sparsemax_sums(const scalar_t* x, int64_t ldx, const int64_t* code, int64_t n, const weight_t* weight,
                            const scalar_t* z, const scalar_t* thresholds, int64_t k, int64_t d, double* sums, double* masses) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t c = code[i];
     if (c < 0 || c >= k || (weight && !(weight[i] > 0))) continue;
-    const scalar_t w = weight ? weight[i] : scalar_t(1);
     scalar_t p = std::max(z[i] - thresholds[c], scalar_t(0));
-    if (weight) p = p * w;
+    if (weight) p = p * static_cast<scalar_t>(weight[i]);
+    masses[c] += weight ? static_cast<double>(weight[i]) : 1.0;
+    if (p == scalar_t(0)) continue;
     const scalar_t* row = x + i * ldx;
     double* total = sums + c * d;
     for (int64_t e = 0; e < d; ++e) total[e] += static_cast<double>(p) * static_cast<double>(row[e]);
-    masses[c] += static_cast<double>(w);
   }
+}
+
+// Every row's score z_i for its cluster (rows without one are left as they are), in parallel over blocks of rows.
+template <typename scalar_t>
+static void sparsemax_all_scores(const at::Tensor& points, const int64_t* code, const scalar_t* c, int64_t k,
+                                 scalar_t scaling, scalar_t* z) {
+  const int64_t groups = points.size(0), n = points.size(1), d = points.size(2);
+  const scalar_t* x = points.data_ptr<scalar_t>();
+  const int64_t gx = points.stride(0), ldx = points.stride(1);
+  std::vector<scalar_t> norms(groups * k);
+  for (int64_t j = 0; j < groups * k; ++j) norms[j] = sparsemax_norm<scalar_t>(c + j * d, d);
+  const int64_t blocks = (n + 4095) / 4096;
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / blocks, first = (task % blocks) * 4096;
+      sparsemax_scores<scalar_t>(x + g * gx, ldx, code + g * n, first, std::min(n, first + 4096), c + g * k * d,
+                                 &norms[g * k], k, d, scaling, z + g * n);
+    }
+  });
 }
 
 std::vector<at::Tensor> sparsemax_update(at::Tensor points, at::Tensor codes, at::Tensor centroids,
@@ -560,16 +582,8 @@ std::vector<at::Tensor> sparsemax_update(at::Tensor points, at::Tensor codes, at
     const scalar_t* wt = w.defined() ? w.data_ptr<scalar_t>() : nullptr;
     const int64_t* code = codes.data_ptr<int64_t>();
     const int64_t gx = points.stride(0), ldx = points.stride(1);
-    std::vector<scalar_t> norms(groups * k), z(groups * n), thresholds(groups * k);
-    for (int64_t j = 0; j < groups * k; ++j) norms[j] = sparsemax_norm<scalar_t>(c + j * d, d);
-    const int64_t blocks = (n + 4095) / 4096;
-    at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t g = task / blocks, first = (task % blocks) * 4096;
-        sparsemax_scores<scalar_t>(x + g * gx, ldx, code + g * n, first, std::min(n, first + 4096), c + g * k * d,
-                                   &norms[g * k], k, d, static_cast<scalar_t>(scaling), &z[g * n]);
-      }
-    });
+    std::vector<scalar_t> z(groups * n), thresholds(groups * k);
+    sparsemax_all_scores<scalar_t>(points, code, c, k, static_cast<scalar_t>(scaling), z.data());
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g)
         group_members<scalar_t>(code + g * n, wt ? wt + g * n : nullptr, n, k, &starts[g * (k + 1)], &members[g * n]);
@@ -587,11 +601,175 @@ std::vector<at::Tensor> sparsemax_update(at::Tensor points, at::Tensor codes, at
     double* ms = masses.data_ptr<double>();
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g)
-        sparsemax_sums<scalar_t>(x + g * gx, ldx, code + g * n, n, wt ? wt + g * n : nullptr, &z[g * n],
+        sparsemax_sums<scalar_t, scalar_t>(x + g * gx, ldx, code + g * n, n, wt ? wt + g * n : nullptr, &z[g * n],
                                  &thresholds[g * k], k, d, s + g * k * d, ms + g * k);
     });
   });
   return {sums, masses};
+}
+
+// Points mode's sparsemax (`points._sharded_sparsemax`), the update above split at its thresholds: the scores alone;
+// one process's members grouped by cluster, the rounds of the thresholds' bisection over them, and their sums below
+// the thresholds found; the weighted sums from given thresholds.
+at::Tensor member_scores(at::Tensor points, at::Tensor codes, at::Tensor centroids, double scaling) {
+  TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && codes.dim() == 2 && codes.is_contiguous() &&
+              codes.scalar_type() == at::kLong && centroids.dim() == 3 && centroids.is_contiguous() &&
+              codes.size(0) == points.size(0) && codes.size(1) == points.size(1) &&
+              centroids.size(0) == points.size(0) && centroids.size(2) == points.size(2) &&
+              centroids.scalar_type() == points.scalar_type(),
+              "member_scores: points (groups, n, d) with contiguous rows, int64 codes (groups, n), centroids (groups, k, d)");
+  auto z = at::zeros({points.size(0), points.size(1)}, points.options());
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "member_scores", [&] {
+    sparsemax_all_scores<scalar_t>(points, codes.data_ptr<int64_t>(), centroids.data_ptr<scalar_t>(), centroids.size(1),
+                                   static_cast<scalar_t>(scaling), z.data_ptr<scalar_t>());
+  });
+  return z;
+}
+
+std::vector<at::Tensor> thresholded_sums(at::Tensor points, at::Tensor codes, at::Tensor scores, at::Tensor thresholds,
+                                         c10::optional<at::Tensor> weights) {
+  TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && codes.dim() == 2 && codes.is_contiguous() &&
+              codes.scalar_type() == at::kLong && codes.size(0) == points.size(0) && codes.size(1) == points.size(1) &&
+              scores.is_contiguous() && scores.sizes() == codes.sizes() && scores.scalar_type() == points.scalar_type() &&
+              thresholds.dim() == 2 && thresholds.is_contiguous() && thresholds.size(0) == points.size(0) &&
+              thresholds.scalar_type() == points.scalar_type(),
+              "thresholded_sums: points (groups, n, d), int64 codes and scores (groups, n), thresholds (groups, k)");
+  at::Tensor w;
+  if (weights.has_value()) {
+    w = weights->contiguous();
+    TORCH_CHECK(w.scalar_type() == at::kDouble && w.sizes() == codes.sizes(), "thresholded_sums: float64 weights (groups, n)");
+  }
+  const int64_t groups = points.size(0), n = points.size(1), d = points.size(2), k = thresholds.size(1);
+  auto sums = at::zeros({groups, k, d}, points.options().dtype(at::kDouble));
+  auto masses = at::zeros({groups, k}, points.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "thresholded_sums", [&] {
+    const scalar_t* x = points.data_ptr<scalar_t>();
+    const double* wt = w.defined() ? w.data_ptr<double>() : nullptr;
+    const int64_t gx = points.stride(0), ldx = points.stride(1);
+    double* s = sums.data_ptr<double>();
+    double* ms = masses.data_ptr<double>();
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        sparsemax_sums<scalar_t, double>(x + g * gx, ldx, codes.data_ptr<int64_t>() + g * n, n, wt ? wt + g * n : nullptr,
+                                         scores.data_ptr<scalar_t>() + g * n, thresholds.data_ptr<scalar_t>() + g * k,
+                                         k, d, s + g * k * d, ms + g * k);
+    });
+  });
+  return {sums, masses};
+}
+
+// The members (code in [0, k), float64 weight > 0 if given) grouped by cluster in point order: u_i = 0 - s_i (in the
+// scores' type: +0 for a score of -0) and w_i (1 without weights), float64 (m,) each, and each cluster's start
+// (k + 1,). A counting sort: one pass counts, one writes.
+std::vector<at::Tensor> sparsemax_members(at::Tensor codes, at::Tensor scores, c10::optional<at::Tensor> weights,
+                                          int64_t k) {
+  TORCH_CHECK(codes.dim() == 1 && codes.is_contiguous() && codes.scalar_type() == at::kLong &&
+              scores.sizes() == codes.sizes() && scores.is_contiguous() &&
+              (!weights.has_value() || (weights->sizes() == codes.sizes() && weights->is_contiguous() &&
+                                        weights->scalar_type() == at::kDouble)),
+              "sparsemax_members: int64 codes, scores and float64 weights (n,)");
+  const int64_t n = codes.size(0);
+  const int64_t* code = codes.data_ptr<int64_t>();
+  const double* weight = weights.has_value() ? weights->data_ptr<double>() : nullptr;
+  auto starts = at::zeros({k + 1}, codes.options());
+  int64_t* start = starts.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    if (code[i] >= 0 && code[i] < k && (!weight || weight[i] > 0)) ++start[code[i] + 1];
+  for (int64_t j = 0; j < k; ++j) start[j + 1] += start[j];
+  auto u = at::empty({start[k]}, scores.options().dtype(at::kDouble));
+  auto w = at::empty({start[k]}, scores.options().dtype(at::kDouble));
+  double* pu = u.data_ptr<double>();
+  double* pw = w.data_ptr<double>();
+  std::vector<int64_t> next(start, start + k);
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "sparsemax_members", [&] {
+    const scalar_t* score = scores.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t c = code[i];
+      if (c < 0 || c >= k || (weight && !(weight[i] > 0))) continue;
+      const int64_t t = next[c]++;
+      pu[t] = static_cast<double>(scalar_t(0) - score[i]);
+      pw[t] = weight ? weight[i] : 1.0;
+    }
+  });
+  return {u, w, starts};
+}
+
+// One round of the bisection for each searching cluster j. Its members inside the bracket are the range [lower_j,
+// upper_j) of (u, w), in point order: the previous round's decision is applied first (`keep_j` -1: only those with
+// u < previous_j stay, +1: u > previous_j, 0: all), the members that stay written in order to the same range of
+// (into_u, into_w) (the same tensors as (u, w) after the first round, compacted in place) and `upper_j` moved to
+// their end; then their sums at the candidate v_j are returned (4, k): Σ_{u < v} w (v - u), Σ_{u <= v} w, and the
+// numbers of members below and above v_j, in double in point order (zeros where not searching).
+at::Tensor sparsemax_round(at::Tensor u, at::Tensor w, at::Tensor into_u, at::Tensor into_w, at::Tensor lower,
+                           at::Tensor upper, at::Tensor previous, at::Tensor keep, at::Tensor candidate,
+                           at::Tensor searching) {
+  for (const auto& t : {u, w, into_u, into_w, previous, candidate})
+    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == at::kDouble && t.dim() == 1, "sparsemax_round: float64 vectors");
+  for (const auto& t : {lower, upper, keep})
+    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == at::kLong && t.dim() == 1, "sparsemax_round: int64 vectors");
+  const int64_t k = lower.size(0);
+  TORCH_CHECK(searching.is_contiguous() && searching.scalar_type() == at::kBool && searching.size(0) == k &&
+              upper.size(0) == k && previous.size(0) == k && keep.size(0) == k && candidate.size(0) == k &&
+              w.size(0) == u.size(0) && into_u.size(0) == u.size(0) && into_w.size(0) == u.size(0),
+              "sparsemax_round: (m,) members and (k,) clusters");
+  auto sums = at::zeros({4, k}, u.options());
+  const double* pu = u.data_ptr<double>();
+  const double* pw = w.data_ptr<double>();
+  double* qu = into_u.data_ptr<double>();
+  double* qw = into_w.data_ptr<double>();
+  const int64_t* lo = lower.data_ptr<int64_t>();
+  int64_t* hi = upper.data_ptr<int64_t>();
+  const double* before = previous.data_ptr<double>();
+  const int64_t* side = keep.data_ptr<int64_t>();
+  const double* v = candidate.data_ptr<double>();
+  const bool* on = searching.data_ptr<bool>();
+  double* out = sums.data_ptr<double>();
+  at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      if (!on[j]) continue;
+      const double value = v[j], cut = before[j];
+      const int64_t stop = hi[j];
+      double excess = 0, at_or_below = 0;
+      int64_t below = 0, above = 0, next = lo[j];
+      const auto scan = [&](auto stays) {
+        for (int64_t i = lo[j]; i < stop; ++i) {
+          const double x = pu[i], y = pw[i];
+          if (!stays(x)) continue;
+          qu[next] = x, qw[next] = y, ++next;
+          const bool under = x < value, over = x > value;
+          excess += under ? y * (value - x) : 0.0;
+          at_or_below += over ? 0.0 : y;
+          below += under, above += over;
+        }
+      };
+      if (side[j] < 0) scan([cut](double x) { return x < cut; });
+      else if (side[j] > 0) scan([cut](double x) { return x > cut; });
+      else scan([](double) { return true; });
+      hi[j] = next;
+      out[j] = excess, out[k + j] = at_or_below;
+      out[2 * k + j] = static_cast<double>(below), out[3 * k + j] = static_cast<double>(above);
+    }
+  });
+  return sums;
+}
+
+// Σ w_i s_i (= -w_i u_i) and Σ w_i over each cluster's members with u_i < bounds_j, (2, k).
+at::Tensor sparsemax_support_sums(at::Tensor u, at::Tensor w, at::Tensor starts, at::Tensor bounds) {
+  TORCH_CHECK(u.is_contiguous() && w.is_contiguous() && u.scalar_type() == at::kDouble && w.scalar_type() == at::kDouble &&
+              starts.is_contiguous() && starts.scalar_type() == at::kLong && bounds.is_contiguous() &&
+              bounds.scalar_type() == at::kDouble && starts.size(0) == bounds.size(0) + 1,
+              "sparsemax_support_sums: float64 u, w (m,), int64 starts (k + 1,), float64 bounds (k,)");
+  const int64_t k = bounds.size(0);
+  auto sums = at::zeros({2, k}, u.options());
+  const double* pu = u.data_ptr<double>();
+  const double* pw = w.data_ptr<double>();
+  const int64_t* start = starts.data_ptr<int64_t>();
+  const double* bound = bounds.data_ptr<double>();
+  double* out = sums.data_ptr<double>();
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t t = start[j]; t < start[j + 1]; ++t)
+      if (pu[t] < bound[j]) out[j] += pw[t] * -pu[t], out[k + j] += pw[t];
+  return sums;
 }
 
 // k-medoids: cost_i = Σ_{i' members} w_i' |x_i - x_i'| for every member i (distances in the dtype, their weighted sum
@@ -1428,6 +1606,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nearest_values", &nearest_values, "nearest_values", released);
   m.def("segment_sums", &segment_sums, "segment_sums", released);
   m.def("sparsemax_update", &sparsemax_update, "sparsemax_update", released);
+  m.def("member_scores", &member_scores, "member_scores", released);
+  m.def("thresholded_sums", &thresholded_sums, "thresholded_sums", released);
+  m.def("sparsemax_members", &sparsemax_members, "sparsemax_members", released);
+  m.def("sparsemax_round", &sparsemax_round, "sparsemax_round", released);
+  m.def("sparsemax_support_sums", &sparsemax_support_sums, "sparsemax_support_sums", released);
   m.def("medoid_update", &medoid_update, "medoid_update", released);
   m.def("lloyd_step", &lloyd_step, "lloyd_step", released);
   m.def("order_statistics", &order_statistics, "order_statistics", released);
@@ -1844,6 +2027,69 @@ def sparsemax_update(
         return None
     weights = None if weights is None else weights.to(points.dtype).contiguous()
     return tuple(module.sparsemax_update(_contiguous_rows(points), codes.contiguous(), centroids.contiguous(), weights, float(scaling)))
+
+
+def member_scores(
+    points: torch.Tensor, codes: torch.LongTensor, centroids: torch.Tensor, scaling: float
+) -> torch.Tensor | None:
+    """
+    Each point's score for its own cluster `j = codes[g, i]`, `scaling · ((Σ_e 2c_je x_ie - |x_i|^2) - |c_j|^2)` in
+    the points' dtype `(groups, n)` (0 where the code is -1), the scores of `sparsemax_update` bit for bit; or None.
+    """
+    module = _member_module(points, centroids)
+    if module is None or centroids.dtype != points.dtype:
+        return None
+    return module.member_scores(_contiguous_rows(points), codes.contiguous(), centroids.contiguous(), float(scaling))
+
+
+def thresholded_sums(
+    points: torch.Tensor, codes: torch.LongTensor, scores: torch.Tensor, thresholds: torch.Tensor,
+    weights: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """
+    `sparsemax_update`'s sums from given thresholds `τ` `(groups, k)`: per cluster `Σ_i p_i x_i` over the members
+    (code `j`, weight > 0), `p_i = max(s_i - τ_j, 0)` times `w_i` rounded to the points' dtype (`scores` `s` in that
+    dtype), float64 `(groups, k, d)`, and the members' mass (float64 `(groups, k)`); or None.
+    """
+    module = _member_module(points, scores, thresholds, weights)
+    if module is None or not points.dtype == scores.dtype == thresholds.dtype:
+        return None
+    weights = None if weights is None else weights.to(torch.float64).contiguous()
+    found = module.thresholded_sums(
+        _contiguous_rows(points), codes.contiguous(), scores.contiguous(), thresholds.contiguous(), weights
+    )
+    return tuple(found)
+
+
+def sparsemax_members(
+    codes: torch.LongTensor, scores: torch.Tensor, weights: torch.Tensor | None, num_codes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor] | None:
+    """
+    The members (code in `[0, num_codes)`, `weights` > 0 if given) of `(n,)` points grouped by code in point order:
+    `u_i = 0 - s_i` in the dtype of the `scores`, widened, and `w_i` (1 without weights), float64 `(m,)`, and each
+    code's first member `(num_codes + 1,)`; or None. `sparsemax_round` and `sparsemax_support_sums` take them.
+    """
+    module = _member_module(scores[None, :, None], None if weights is None else weights[None])
+    if module is None:
+        return None
+    weights = None if weights is None else weights.to(torch.float64).contiguous()
+    return tuple(module.sparsemax_members(codes.contiguous(), scores.contiguous(), weights, int(num_codes)))
+
+
+def sparsemax_round(u, w, into_u, into_w, lower, upper, previous, keep, candidate, searching) -> torch.Tensor:
+    """
+    One round of the sparsemax thresholds' bisection on `sparsemax_members`: for each `searching` code `j`, its
+    members inside the bracket, positions `[lower_j, upper_j)` of `(u, w)`, less those the previous round left out
+    (`keep_j`: -1 keeps `u < previous_j`, +1 keeps `u > previous_j`, 0 all), written in point order to `(into_u,
+    into_w)` from `lower_j` on (`upper_j` updated in place); returns their `Σ_{u < v} w (v - u)`, `Σ_{u <= v} w` and
+    numbers below and above the `candidate` `v` (float64 `(4, k)`, zeros where not searching).
+    """
+    return _loaded().sparsemax_round(u, w, into_u, into_w, lower, upper, previous, keep, candidate, searching)
+
+
+def sparsemax_support_sums(u, w, starts, bounds) -> torch.Tensor:
+    """`Σ w_i (-u_i)` and `Σ w_i` over each code's members of `sparsemax_members` with `u_i < bounds_j`, `(2, k)`."""
+    return _loaded().sparsemax_support_sums(u, w, starts, bounds)
 
 
 def medoid_update(

@@ -94,6 +94,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from . import cpu_kernels
 from .files import replacing_directory, replacing_file
 from .modeling_kmeans_transformer import labelled_inertia
 from .tabular import (
@@ -564,15 +565,15 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
     The statistics `(1, k, d + 1)` of this shard for a sparsemax update (`VariantSpec.thresholds_by_sparsemax`), whose
     sum over the processes is the update's `compact_statistics` on all points at once. A first pass keeps each
     point's label (the assign block's), its score `s_i` for its cluster (`update.member_scores`, in the model's
-    dtype) and its weight, `n` numbers each. Per cluster `j`, with members `M_j` (labelled `j`, weight `w_i > 0`),
-    the threshold `τ_j` solves `Σ_{M_j} w_i max(s_i - τ_j, 0) = 1`. Its support is the members with `G_j(u_i) < 1`
-    (`_sparsemax_support`), where `u_i = -s_i` and `G_j(u) = Σ_{M_j} w_i max(u - u_i, 0)`: the sorted rule
-    `1 + W_r z_(r) > C_r` of `attention.sparsemax_projection` for each member; `G_j` is non-decreasing, so tied
-    members are all in or all out. Then `τ_j = (Σ_support w_i s_i - 1) / Σ_support w_i` (one all-reduce of `2k`
-    sums), and a second pass sums `[Σ_i w_i max(s_i - τ_a(i), 0) x_i ; mass_j]` (`update.thresholded_statistics`);
-    a cluster without members has mass 0 and keeps its centroid (`finalize`). The sums are taken in another order
-    than the projection's running sums, so `τ_j` agrees with it to rounding, and a member at the edge of the
-    support, whose weight is 0 up to rounding there, may fall on either side.
+    dtype: those of the in-memory update) and its weight, `n` numbers each. Per cluster `j`, with members `M_j`
+    (labelled `j`, weight `w_i > 0`), the threshold `τ_j` solves `Σ_{M_j} w_i max(s_i - τ_j, 0) = 1`. Its support is
+    the members with `G_j(u_i) < 1` (`_sparsemax_bounds`), where `u_i = -s_i` and `G_j(u) = Σ_{M_j} w_i max(u - u_i,
+    0)`: the sorted rule `1 + W_r z_(r) > C_r` of `attention.sparsemax_projection` for each member; `G_j` is
+    non-decreasing, so tied members are all in or all out. Then `τ_j = (Σ_support w_i s_i - 1) / Σ_support w_i` (one
+    all-reduce of `2k` sums), and a second pass sums `[Σ_i w_i max(s_i - τ_a(i), 0) x_i ; mass_j]`
+    (`update.thresholded_statistics`); a cluster without members has mass 0 and keeps its centroid (`finalize`). The
+    sums are taken in another order than the projection's running sums, so `τ_j` agrees with it to rounding, and a
+    member at the edge of the support, whose weight is 0 up to rounding there, may fall on either side.
     """
     dtype, spec, k = model.dtype, model.config.variant_spec, model.config.num_clusters
     update = model.layers[0].update
@@ -583,18 +584,12 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
         chunk_labels = _labels(model, points, parameters)
         labels.append(chunk_labels[0])
         scores.append(update.member_scores(chunk_labels, spec.seen_points(points.to(dtype))[None], centroids)[0])
-        weights.append(torch.ones(len(points), dtype=torch.float64, device=device) if weight is None
-                       else weight.to(torch.float64))
+        if weight is not None:
+            weights.append(weight.to(torch.float64))
     labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
     score = torch.cat(scores) if scores else centroids.new_zeros(0)
-    weight = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64, device=device)
-    support = _sparsemax_support(score, labels, weight, k, reduce_sum)
-    groups = labels.clamp(min=0)
-    weight = torch.where(support, weight, 0.0)
-    cumulative, mass = reduce_sum(torch.stack([
-        torch.bincount(groups, weight * score.to(torch.float64), minlength=k),
-        torch.bincount(groups, weight, minlength=k),
-    ])).to(dtype)
+    members = _Members(score, labels, torch.cat(weights) if weights else None, k)
+    cumulative, mass = reduce_sum(members.support_sums(_sparsemax_bounds(members, dtype, k, reduce_sum))).to(dtype)
     thresholds = ((cumulative - 1) / torch.where(mass > 0, mass, 1))[None]  # as the projection: (C_K - 1) / W_K
     statistics, start = torch.zeros(1, k, model.config.point_dim + 1, dtype=torch.float64, device=device), 0
     for _, points, chunk_weight in chunks():
@@ -607,21 +602,19 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
     return statistics
 
 
-def _sparsemax_support(score, labels, weight, k: int, reduce_sum) -> torch.BoolTensor:
+def _sparsemax_bounds(members: "_Members", dtype: torch.dtype, k: int, reduce_sum) -> torch.Tensor:
     """
-    Which of this shard's points `(n,)` are in the sparsemax support of their cluster, over all processes: with
-    `u_i = -score_i` and the members (label >= 0, `weight` > 0), the support of cluster `j` is its members with
-    `G_j(u_i) < 1`, `G_j(u) = Σ_{members i'} w_i' max(u - u_i', 0)`, non-decreasing: the members below `u*_j`, the
-    smallest `u` with `G_j(u) >= 1`. `u*_j` is found by bisection on the keys of `u` (`_ordered_keys`: the float
-    bit patterns, in the order of the values), one all-reduce of `4k` sums per round: the bracket `(lo, hi]` holds
-    the smallest key where `G >= 1`; the members at or below `lo` enter `G` at a candidate `v` as `G(lo) + W_lo (v -
-    lo)` (`W_lo` their weight), so that a round adds up only the members inside the bracket, whose number halves with
-    each round once the bracket reaches the data; a cluster is done when none is left inside (at most one round per
-    bit of the dtype). Comparisons are on the values (float64, exact), so `-0.0` and `+0.0` are one value.
+    Each cluster's bound `b_j` (float64 `(k,)`) of its sparsemax support over all processes: with `u_i = -s_i` and the
+    members `M_j`, the support is the members with `G_j(u_i) < 1`, `G_j(u) = Σ_{M_j} w_i max(u - u_i, 0)`,
+    non-decreasing: the members with `u_i < b_j`, `b_j` the smallest `u` of `dtype` with `G_j(u) >= 1`. It is found by
+    bisection on the keys of `u` (`_ordered_keys`: the float bit patterns, in the order of the values), one all-reduce
+    of `4k` sums per round: the bracket `(lo, hi]` holds the smallest key where `G >= 1`; the members at or below
+    `lo` enter `G` at a candidate `v` as `G(lo) + W_lo (v - lo)` (`W_lo` their weight), so that a round adds up only
+    the members inside the bracket (`_Members`), whose number halves with each round once the bracket reaches the
+    data; a cluster is done when none is left inside (at most one round per bit of the dtype). Comparisons are on the
+    values (float64, exact), so `-0.0` and `+0.0` are one value.
     """
-    dtype, device = score.dtype, score.device
-    member = (labels >= 0) & (weight > 0)
-    distance = (0.0 - score).to(torch.float64)  # u_i (0 - 0 = +0: no negative zero)
+    device = members.u.device
     infinity = torch.tensor(float("inf"), dtype=dtype, device=device)
     floor = _ordered_keys(-infinity)
     lo = (floor - 1).expand(k).clone()  # below every key: G = 0 there
@@ -632,23 +625,13 @@ def _sparsemax_support(score, labels, weight, k: int, reduce_sum) -> torch.BoolT
 
     below_excess, below_weight = (torch.zeros(k, dtype=torch.float64, device=device) for _ in range(2))
     inside = torch.ones(k, dtype=torch.bool, device=device)  # members may lie strictly between lo and hi
-    active = torch.nonzero(member)[:, 0]  # this process's members strictly inside the brackets
-    group, u, w = labels[active], distance[active], weight[active]
     while True:
         searching = inside & (lo + 1 < hi)
         if not bool(searching.any()):
             break
         middle = torch.where(searching, (lo >> 1) + (hi >> 1) + (lo & hi & 1), hi)  # floor((lo + hi) / 2)
         candidate = value(middle)
-        gap = candidate[group] - u  # > 0: below the candidate
-        side = torch.bincount(group * 3 + (gap.sign() + 1).to(torch.long), minlength=3 * k).view(k, 3)
-        local = torch.stack([
-            torch.bincount(group, w * gap.clamp(min=0), minlength=k),
-            torch.bincount(group, w * (gap >= 0), minlength=k),
-            side[:, 2].to(torch.float64),  # below the candidate
-            side[:, 0].to(torch.float64),  # above it
-        ])
-        excess, weight_at_or_below, left_below, left_above = reduce_sum(local)
+        excess, weight_at_or_below, left_below, left_above = reduce_sum(members.round(candidate, searching))
         linear = torch.where(below_weight > 0, below_weight * (candidate - value(lo.clamp(min=floor))), 0.0)
         total = below_excess + linear + excess  # G at the candidate
         enough = searching & (total >= 1)
@@ -657,11 +640,77 @@ def _sparsemax_support(score, labels, weight, k: int, reduce_sum) -> torch.BoolT
         below_excess = torch.where(rising, total, below_excess)
         below_weight = torch.where(rising, below_weight + weight_at_or_below, below_weight)
         inside = torch.where(enough, left_below > 0, torch.where(rising, left_above > 0, inside))
-        kept = torch.where(enough, side[:, 2], side[:, 0])  # this process's members left inside, per cluster
-        if int(kept.sum()) < len(u):
-            index = torch.nonzero(torch.where(enough[group], gap > 0, gap < 0))[:, 0]
-            group, u, w = group[index], u[index], w[index]
-    return member & (distance < value(hi)[labels.clamp(min=0)])
+        members.narrow(enough, rising)
+    return value(hi)
+
+
+class _Members:
+    """
+    This process's members of each cluster for `_sparsemax_bounds` (label >= 0, weight > 0): `u_i = 0 - s_i` in the
+    scores' dtype (+0 for a score of -0), widened to float64, and `w_i` (1 without weights), and which of them are
+    inside each cluster's bracket. With the compiled loops (`cpu_kernels.sparsemax_members`) they are grouped by
+    cluster in point order, and the members inside a bracket are one range, compacted by each round
+    (`cpu_kernels.sparsemax_round`, which applies the previous round's decision): a round costs the members inside the
+    brackets, no `n`-sized tensor. Else PyTorch keeps the members inside as a subset, taken again after each round.
+    Either way a round's sums run in point order.
+    """
+
+    def __init__(self, score: torch.Tensor, labels: torch.LongTensor, weight: torch.Tensor | None, k: int):
+        self.k = k
+        self.grouped = cpu_kernels.sparsemax_members(labels, score, weight, k)
+        if self.grouped is not None:
+            self.u, self.w, starts = self.grouped
+            self.lower, self.upper = starts[:-1].clone(), starts[1:].clone()
+            self.inside = (torch.empty_like(self.u), torch.empty_like(self.w))  # the members inside, compacted
+            self.previous, self.keep = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.long)
+            return
+        if weight is None:
+            weight = torch.ones_like(score, dtype=torch.float64)
+        index = torch.nonzero((labels >= 0) & (weight > 0))[:, 0]
+        self.group, self.u, self.w = labels[index], (0.0 - score[index]).to(torch.float64), weight[index]
+        self.every = (self.group, self.u, self.w)
+
+    def round(self, candidate: torch.Tensor, searching: torch.BoolTensor) -> torch.Tensor:
+        """
+        This process's `(4, k)` sums at the candidates `v` over the members inside the brackets (those of searching
+        clusters): `Σ_{u_i < v} w_i (v - u_i)`, `Σ_{u_i <= v} w_i`, and the numbers of members below and above `v`.
+        """
+        k = self.k
+        if self.grouped is not None:
+            sums = cpu_kernels.sparsemax_round(self.u, self.w, *self.inside, self.lower, self.upper, self.previous,
+                                               self.keep, candidate, searching)
+            self.u, self.w, self.previous = *self.inside, candidate
+            return sums
+        self.gap = candidate[self.group] - self.u  # > 0: below the candidate
+        side = torch.bincount(self.group * 3 + (self.gap.sign() + 1).to(torch.long), minlength=3 * k).view(k, 3)
+        self.side = side
+        return torch.stack([
+            torch.bincount(self.group, self.w * self.gap.clamp(min=0), minlength=k),
+            torch.bincount(self.group, self.w * (self.gap >= 0), minlength=k),
+            side[:, 2].to(torch.float64),  # below the candidate
+            side[:, 0].to(torch.float64),  # above it
+        ])
+
+    def narrow(self, enough: torch.BoolTensor, rising: torch.BoolTensor) -> None:
+        """Keeps the members inside the new brackets: below the candidate where `enough`, above it where `rising`."""
+        if self.grouped is not None:  # applied by the next round
+            self.keep = enough.long().neg() + rising.long()
+            return
+        kept = torch.where(enough, self.side[:, 2], self.side[:, 0])  # this process's members left inside
+        if int(kept.sum()) < len(self.u):
+            index = torch.nonzero(torch.where(enough[self.group], self.gap > 0, self.gap < 0))[:, 0]
+            self.group, self.u, self.w = self.group[index], self.u[index], self.w[index]
+
+    def support_sums(self, bounds: torch.Tensor) -> torch.Tensor:
+        """`Σ w_i s_i` and `Σ w_i` `(2, k)` over each cluster's members with `u_i < bounds_j` (its support), in point
+        order."""
+        if self.grouped is not None:
+            u, w, starts = self.grouped
+            return cpu_kernels.sparsemax_support_sums(u, w, starts, bounds)
+        group, u, w = self.every
+        w = torch.where(u < bounds[group], w, 0.0)
+        k = self.k
+        return torch.stack([torch.bincount(group, w * -u, minlength=k), torch.bincount(group, w, minlength=k)])
 
 
 def _ordered_keys(values: torch.Tensor) -> torch.Tensor:
