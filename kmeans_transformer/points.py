@@ -41,9 +41,11 @@ the chunk that turns each tile's scores into weights and adds them into the floa
 k)` weights; the final pass takes the labels from the assignment head's pass the same way. Where the compiled loops
 do not run (CUDA, no C++ compiler) that pass holds `score_chunk_size` weights at a time; data outside the dtype's
 safe range (which the model rescales) and the token engine (edited weights, hooks) take the chunk's whole `(chunk,
-k)` assignment from `model.assign` instead. For `"sparse"` a chunk costs more than in memory (about 5x at 500,000 x
-32, k = 64; see docs/performance.md): the labels from the nearest-centroid kernel, then its scores and float64
-weighted sums in PyTorch over two passes, and the bisection's rounds over the `n` kept numbers. Columns of float32 or
+k)` assignment from `model.assign` instead. For `"sparse"`: the labels from the nearest-centroid kernel and the
+in-memory update's scores (`cpu_kernels.member_scores`) in a first pass, the bisection's rounds over the members
+still inside each bracket (`cpu_kernels.sparsemax_round`), the sums from the thresholds in a second pass
+(`cpu_kernels.thresholded_sums`): about 1.4-1.9x the in-memory time per iteration at 500,000 x 32, k = 64, one
+thread (the second pass and the per-chunk copies; see docs/performance.md). Columns of float32 or
 float64 are copied once into a `(chunk, d)` array of the wider of their type and the model's (no float64 copy of
 float32 data for a float32 model), and the next chunk is read by a thread while the current one is assigned
 (`_read_ahead`), so memory holds two chunks. See `benchmarks/points_speed.py` and docs/points_memory.md.
