@@ -918,14 +918,22 @@ def on_threads(world, function):
     return results
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pytorch"])
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_sparse_statistics_across_processes_are_the_sparsemax_of_each_cluster(world, rng):
+def test_sparse_statistics_across_processes_are_the_sparsemax_of_each_cluster(world, compiled, rng, monkeypatch):
     """
     `_sharded_sparsemax` over shards in chunks (threads standing for processes) sums to the sparsemax update of every
     cluster, computed in NumPy on the members repeated by their integer weights (`reference.sparsemax`): a cluster of
-    one member, one whose members are all tied, one with weights 0 to 3 (0: not a member), and an empty one.
+    one member, one whose members are all tied, one with weights 0 to 3 (0: not a member), and an empty one; with the
+    compiled loops (scores, grouped members, rounds, sums) and with their PyTorch fallback.
     """
     from kmeans_transformer.points import _sharded_sparsemax
+
+    if compiled:
+        require_compiled()
+    else:
+        monkeypatch.setattr(cpu_kernels, "_module", None)
+        monkeypatch.setattr(cpu_kernels, "_failed", True)
 
     d, k = 4, 4
     centroids = np.array([[0.0, 0, 0, 0], [50, 0, 0, 0], [-50, 0, 0, 0], [0, 500, 0, 0]])
