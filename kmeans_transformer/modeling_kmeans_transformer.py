@@ -1164,11 +1164,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         self._check_precision()
         if self.engine() == "compact" and self._compact_by_labels():
             spec = self.config.variant_spec
-            points, centroids = spec.seen_points(points), spec.seen_points(parameters["centroids"])
-            exponents = self._rescaling_exponents(points, centroids)  # labels do not change: no scaling back
-            if exponents is not None:
-                points, centroids = _divided_by_power_of_two(exponents, points, centroids)
-            labels = self.assignment_head.compact_labels(_with_ones(points), centroids, None)
+            seen = spec.seen_points(points)
+            labels = self._compact_labels(seen, _with_ones(seen), spec.seen_points(parameters["centroids"]))
             return labels, labels if output_assignments else None
         state = {name: parameters[name] for name in self.config.variant_spec.state_names}
         output = self(points, parameters["centroids"], num_iterations=0, output_assignments=output_assignments, **state)
@@ -1196,20 +1193,33 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         self._check_precision()
         dtype, spec, layer = self.dtype, self.config.variant_spec, self._layer(0)
         parameters = {name: value.to(dtype) for name, value in parameters.items()}
-        if not self._compact_by_labels() and self.engine() == "compact":
-            seen = spec.seen_points(points.to(dtype))
-            centroids = spec.seen_points(parameters["centroids"])
-            if self._rescaling_exponents(seen, centroids) is None:
+        weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
+        if self.engine() == "compact":
+            seen = spec.seen_points(points.to(dtype))  # made once, for the labels and the sums
+            values, centroids = _with_ones(seen), spec.seen_points(parameters["centroids"])
+            if self._compact_by_labels() and points.dtype == dtype:  # the sums are of the points as given
+                return layer.update.accumulate(self._compact_labels(seen, values, centroids), values, **weighted)
+            if not self._compact_by_labels() and self._rescaling_exponents(seen, centroids) is None:
                 weights = None if sample_weight is None else sample_weight.to(dtype)
                 parameters = {**parameters, "centroids": centroids}
-                values = _with_ones(seen)
                 passed = self._weights_pass(layer.assign, layer.update, values, None, weights, parameters, False, False, {})
                 return passed[2]
         _, assignment = self.assign(points.to(dtype), parameters)
         if assignment.is_floating_point():  # float64 sums of float64 terms, whatever the model's dtype
             assignment, points = assignment.to(torch.float64), points.to(torch.float64)
-        weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
         return self.accumulate(assignment, points, **weighted)
+
+    def _compact_labels(self, seen: torch.Tensor, tokens: torch.Tensor, centroids: torch.Tensor) -> torch.LongTensor:
+        """
+        The compact engine's labels `(batch, n)` (the assignment head's, -1 for none) of the seen points `(batch, n,
+        d)`, whose compact tokens `[x_i ; 1]` are `tokens`, against the seen `centroids`. Data outside the dtype's
+        safe range is first divided by a power of two (`_rescaling_exponents`): exact, and the labels do not change.
+        """
+        exponents = self._rescaling_exponents(seen, centroids)
+        if exponents is not None:
+            seen, centroids = _divided_by_power_of_two(exponents, seen, centroids)
+            tokens = _with_ones(seen)
+        return self.assignment_head.compact_labels(tokens, centroids, None)
 
     def accumulate(self, assignment: torch.Tensor, points: torch.Tensor, sample_weight=None) -> torch.Tensor:
         """
