@@ -214,3 +214,31 @@ def test_two_environments_used_in_turn_build_once_each(tmp_path):
     assert notices == [1, 1, 0, 0]
     assert libraries[0][0] != libraries[1][0]  # one build per toolchain
     assert libraries[2] == libraries[0] and libraries[3] == libraries[1]  # loaded again, not rebuilt
+
+
+@pytest.mark.slow
+def test_the_loops_compile_for_an_avx512_cpu(tmp_path):
+    """
+    The loops' AVX-512 code (64-byte vectors of 16 float32 or 8 float64 rows, chosen by the compiler's own target
+    macros) is never run on an AVX2 machine: it still compiles, with the build's own flags for an AVX-512 CPU
+    (`-march=skylake-avx512` in place of `-march=native`), and the object uses 512-bit registers.
+    """
+    import sysconfig
+
+    import torch.utils.cpp_extension as cpp
+
+    compiler = shutil.which(os.environ.get("CXX") or "c++")
+    if compiler is None:
+        pytest.skip("needs a C++ compiler")
+    source = tmp_path / "loops.cpp"
+    source.write_text("#include <torch/extension.h>\n" + cpu_kernels._SOURCE)
+    flags = [flag if not flag.startswith("-march=") else "-march=skylake-avx512" for flag in cpu_kernels._CFLAGS]
+    includes = [f"-isystem{path}" for path in [*cpp.include_paths(), sysconfig.get_path("include")]]
+    command = [compiler, "-DTORCH_EXTENSION_NAME=avx512_check", "-DTORCH_API_INCLUDE_EXTENSION_H", *includes,
+               "-fPIC", "-std=c++20", *flags, "-c", str(source), "-o", str(tmp_path / "loops.o")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    objdump = shutil.which("objdump")
+    if objdump is not None:
+        disassembly = subprocess.run([objdump, "-d", str(tmp_path / "loops.o")], capture_output=True, text=True)
+        assert "zmm" in disassembly.stdout
