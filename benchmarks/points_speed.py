@@ -16,8 +16,9 @@ a Parquet file and runs, each in a fresh subprocess (so that each reports its ow
     python benchmarks/points_speed.py --quick                         # 200,000 points, seconds
     python benchmarks/points_speed.py --variant soft --runs memory-1-thread points-1-process
 
-`--variant` picks the model's variant (gmm starts from unit variances and equal weights, given to both modes);
-`--runs` picks some of the five runs (the ratios need their two runs).
+`--variant` picks the model's variant (gmm starts from unit variances and equal weights, given to both modes),
+`--config` other settings of its config as JSON (`'{"reg_covar": 1e-6}'`: at k = 256 a gmm component otherwise
+collapses onto one point), `--runs` picks some of the five runs (the ratios need their two runs).
 
 Not part of the test suite.
 """
@@ -39,10 +40,12 @@ from points_memory import generate, machine, stamp_iterations  # noqa: E402
 RUNS = ("memory", "points", "memory-1-thread", "points-1-process", "points-2-processes")
 
 
-def _model(clusters: int, dim: int, iterations: int, variant: str):
+def _model(clusters: int, dim: int, iterations: int, variant: str, options: dict):
     from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel
 
-    config = KMeansTransformerConfig(num_clusters=clusters, point_dim=dim, num_iterations=iterations, variant=variant)
+    config = KMeansTransformerConfig(
+        num_clusters=clusters, point_dim=dim, num_iterations=iterations, variant=variant, **options
+    )
     return KMeansTransformerModel(config).eval()  # float32
 
 
@@ -55,7 +58,8 @@ def _initial_state(model) -> dict:
     return {name: values[name] for name in model.config.variant_spec.state_names}
 
 
-def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int, variant: str, report: str) -> None:
+def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int, variant: str, options: dict,
+          report: str) -> None:
     """Run one measurement on `path` and write its figures to `report` (JSON; rank 0 only when distributed)."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -65,7 +69,7 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
     if "POINTS_SPEED_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["POINTS_SPEED_THREADS"]))
     dim = len(pq.ParquetFile(path).schema_arrow.names)
-    model = _model(clusters, dim, iterations, variant)
+    model = _model(clusters, dim, iterations, variant, options)
     state = _initial_state(model)
     figures, is_main = {"mode": mode, "variant": variant, "torch_threads": torch.get_num_threads()}, True
     if mode == "memory":
@@ -105,7 +109,7 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
 
 def run(mode: str, path: Path, args, workdir: Path, processes: int = 1, threads: int | None = None) -> dict:
     report = workdir / f"{mode}-{processes}-{threads}.json"
-    sizes = [str(args.clusters), str(args.iterations), str(args.chunk_size), args.variant]
+    sizes = [str(args.clusters), str(args.iterations), str(args.chunk_size), args.variant, json.dumps(args.config)]
     arguments = ["--child", mode, str(path), *sizes, str(report)]
     env = dict(os.environ)
     if threads is not None:
@@ -132,14 +136,16 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=65536)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", default="lloyd", help="the model's variant (one that points mode runs)")
+    parser.add_argument("--config", type=json.loads, default={},
+                        help='other settings of the model\'s config, as JSON (e.g. \'{"reg_covar": 1e-6}\' for gmm)')
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="the runs to make (default all)")
     parser.add_argument("--workdir", help="where to write the Parquet file (default: a temporary directory)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        mode, path, clusters, iterations, chunk_size, variant, report = args.child
-        child(mode, path, int(clusters), int(iterations), int(chunk_size), variant, report)
+        mode, path, clusters, iterations, chunk_size, variant, options, report = args.child
+        child(mode, path, int(clusters), int(iterations), int(chunk_size), variant, json.loads(options), report)
         return
     if args.quick:
         args.num_points = 200_000
@@ -165,7 +171,8 @@ def main() -> None:
     }
     figures = {
         "num_points": args.num_points, "dim": args.dim, "clusters": args.clusters, "iterations": args.iterations,
-        "chunk_size": args.chunk_size, "variant": args.variant, "file_mib": file_mib, "runs": runs,
+        "chunk_size": args.chunk_size, "variant": args.variant, "config": args.config, "file_mib": file_mib,
+        "runs": runs,
         **{
             name: runs[top]["median_iteration_s"] / runs[bottom]["median_iteration_s"]
             for name, (top, bottom) in ratios.items() if top in runs and bottom in runs
