@@ -1278,8 +1278,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         exponents = self._rescaling_exponents(points, centroids, magnitudes) if rescale else None
         if exponents is not None:
             points, centroids = _divided_by_power_of_two(exponents, points, centroids)
-            powers = {carried.name: carried.scale_power for carried in spec.state}
-            state = {name: times_power_of_two(value, -powers[name] * exponents[:, None]) for name, value in state.items()}
+            state = self._divided_state(state, exponents)
         for carried in spec.state:
             if carried.name not in state:  # a default from the points, weighted by the sample weights
                 mask = point_mask if sample_weight is None else sample_weight
@@ -1365,14 +1364,21 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 )
         return fitted
 
-    def _rescaling_exponents(self, points, centroids, point_magnitudes=None) -> torch.LongTensor | None:
+    def _divided_state(self, state: dict[str, torch.Tensor], exponents: torch.LongTensor) -> dict[str, torch.Tensor]:
+        """The carried `state` (by name, `(batch, k)`) of the data divided by `2**exponents` per problem: each value
+        times `2**(-scale_power * e)` (exact)."""
+        powers = {carried.name: carried.scale_power for carried in self.config.variant_spec.state}
+        return {name: times_power_of_two(value, -powers[name] * exponents[:, None]) for name, value in state.items()}
+
+    def _rescaling_exponents(self, points, centroids, point_magnitudes=None, num_points=None) -> torch.LongTensor | None:
         """
         Per problem, the exponent `e` by which the model divides the data (`2**-e`, exact) so that its largest
         `|coordinate|` lands in `[1/2, 1)`, or None when every problem lies inside the safe range of the dtype
         (`attention.safe_magnitude_exponents`: squared distances and sums of squares neither overflow nor
         underflow), which is then used as it is, bit for bit. Only for a variant whose result is equivariant under
         the rescaling (`VariantSpec.scaling`, `scale_dependence`); for the others such data is refused.
-        `point_magnitudes`: the points' largest `|coordinate|` per problem where already known.
+        `point_magnitudes`: the points' largest `|coordinate|` per problem where already known; `num_points`: the
+        number of points of each problem where `points` holds only some of them (points mode).
         """
         spec = self.config.variant_spec
         if spec.scaling == "invariant":  # it normalises every vector itself
@@ -1387,7 +1393,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 "model does not rescale; run the model eagerly, or use float64."
             )
             return None
-        terms = points.shape[2] * max(points.shape[1], centroids.shape[1])
+        terms = points.shape[2] * max(points.shape[1] if num_points is None else num_points, centroids.shape[1])
         exponents = rescaling_exponents(magnitudes, terms)
         if not bool((exponents != 0).any()):
             return None

@@ -22,7 +22,11 @@ processes, `_sharded_sparsemax`, then a second pass sums the members weighted by
 `variants_with("points_mode")`; it refuses the others (k-medoids, whose medoid is chosen by the distances between all
 pairs of members; the trainable layer). The trim and the thresholds are found by bisection on the bit patterns of
 `n` numbers kept from one pass (each point's label, distance or score, and weight; never `n x d`), one small
-all-reduce per round. A variant's carried state (gmm's variances and weights) travels with the centroids in
+all-reduce per round. Data outside the model's safe range (where squared distances would overflow or underflow) is
+divided by the power of two that `forward` would take for all the points at once (`_rescaling_exponent`, from the
+largest `|coordinate|` that the reading pass finds across processes): every pass sees the divided points (exact),
+and the parameters, state and inertia are scaled back at the end, as `forward` does; a variant whose result depends
+on the data's scale (soft, sparse) refuses such data before the first pass. A variant's carried state (gmm's variances and weights) travels with the centroids in
 `parameters` and is returned in `PointsResult.state`. Precision: the parameters are held in float64 from one
 iteration to the next; the model assigns in its own dtype (points and parameters cast to it), and the statistics are
 float64 sums: for a hard assignment and for sparse, of the points as read; for a weighted one (soft, gmm, fuzzy), of
@@ -39,9 +43,8 @@ same `assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.com
 `"gmm"` and `"fuzzy"`: the layer's weighted pass (`KMeansTransformerModel._weights_pass`), one compiled loop over
 the chunk that turns each tile's scores into weights and adds them into the float64 sums at once, with no `(chunk,
 k)` weights; the final pass takes the labels from the assignment head's pass the same way. Where the compiled loops
-do not run (CUDA, no C++ compiler) that pass holds `score_chunk_size` weights at a time; data outside the dtype's
-safe range (which the model rescales) and the token engine (edited weights, hooks) take the chunk's whole `(chunk,
-k)` assignment from `model.assign` instead. For `"sparse"`: the labels from the nearest-centroid kernel and the
+do not run (CUDA, no C++ compiler) that pass holds `score_chunk_size` weights at a time; the token engine (edited
+weights, hooks) takes the chunk's whole `(chunk, k)` assignment from `model.assign` instead. For `"sparse"`: the labels from the nearest-centroid kernel and the
 in-memory update's scores (`cpu_kernels.member_scores`) in a first pass, the bisection's rounds over the members
 still inside each bracket (`cpu_kernels.sparsemax_round`), the sums from the thresholds in a second pass
 (`cpu_kernels.thresholded_sums`): about 1.4-1.9x the in-memory time per iteration at 500,000 x 32, k = 64, one
@@ -98,7 +101,8 @@ import torch
 
 from . import cpu_kernels
 from .files import replacing_directory, replacing_file
-from .modeling_kmeans_transformer import labelled_inertia
+from .attention import times_power_of_two
+from .modeling_kmeans_transformer import KMeansTransformerOutput, _divided_by_power_of_two, labelled_inertia
 from .tabular import (
     FeatureColumns,
     check_output_directory,
@@ -211,8 +215,11 @@ def cluster_points(
     head = _read_head(source, features, model.config)
     read = features.names + ([] if weight_column is None else [weight_column])
     shard = source.shard(processes.rank, processes.world, chunk_size, read)
-    num_points = _validate_shard(shard, features, source.name, device, processes.reduce_sum, spec, weight_column)
+    num_points, magnitude = _validate_shard(shard, features, source.name, device, processes, spec, weight_column)
     parameters = _initial_parameters(model, head, initial_state)
+    exponent = _rescaling_exponent(model, parameters, magnitude, num_points)
+    if exponent is not None:  # every pass sees the data divided by 2**exponent
+        parameters = _divided_parameters(model, parameters, exponent)
 
     def decoded() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         for indices, table in shard():
@@ -230,13 +237,16 @@ def cluster_points(
             items = decoded() if scratch is None else scratch.chunks(decoded)
             for indices, values, weights in _read_ahead(items):
                 weights = None if weights is None else torch.from_numpy(weights).to(device)
-                yield indices, torch.from_numpy(values).to(device), weights
+                points = torch.from_numpy(values).to(device)
+                yield indices, points if exponent is None else times_power_of_two(points, -exponent), weights
 
         for _ in bar:
             parameters = _iteration(model, chunks, parameters, processes.reduce_sum)
         totals = _final_pass(model, chunks, parameters, processes, labels_output, overwrite)
 
     k = model.config.num_clusters
+    if exponent is not None:
+        parameters, totals[k] = _scaled_back(model, parameters, totals[k], exponent)
     return PointsResult(
         centroids=parameters["centroids"][0].detach().cpu().numpy(),
         inertia=float(totals[k]),
@@ -332,6 +342,16 @@ class Processes:
 
         return self.collective(reduce, tensor, reduction="sum")
 
+    def reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise largest of `tensor` over the processes."""
+        if self.world == 1:
+            return tensor
+        import torch.distributed as distributed
+
+        tensor = tensor.clone()
+        self.collective(distributed.all_reduce, tensor, op=distributed.ReduceOp.MAX)
+        return tensor
+
     def broadcast(self, objects: list) -> list:
         """Process 0's `objects` (a list of picklable objects), on every process."""
         if self.world == 1:
@@ -426,6 +446,37 @@ def _read_head(source, features, config) -> np.ndarray:
             "needs at least k points."
         )
     return features.values(head, np.arange(head.num_rows))
+
+
+def _rescaling_exponent(model, parameters, magnitude: float, num_points: int) -> torch.LongTensor | None:
+    """
+    The exponent `e` `(1,)` by which points mode divides the whole dataset (`2**-e`, exact) when its largest
+    `|coordinate|` (`magnitude`, over every process's rows) or the starting centroids lie outside the model's safe
+    range, as `forward` would for the same points in one call (`model._rescaling_exponents`, which refuses a
+    variant whose result depends on the data's scale); None inside the range, where the data is used as read.
+    """
+    dtype = model.dtype
+    centroids = model.config.variant_spec.seen_points(parameters["centroids"].to(dtype))
+    largest = torch.tensor([magnitude], dtype=torch.float64).to(dtype)  # rounding is monotone: the largest rounded
+    empty = centroids.new_empty(1, 0, model.config.point_dim)
+    return model._rescaling_exponents(empty, centroids, largest.to(centroids.device), num_points=num_points)
+
+
+def _divided_parameters(model, parameters: dict[str, torch.Tensor], exponent) -> dict[str, torch.Tensor]:
+    """The parameters of the data divided by `2**exponent`: the centroids, and each carried state by its power."""
+    (centroids,) = _divided_by_power_of_two(exponent, parameters["centroids"])
+    state = {name: value for name, value in parameters.items() if name != "centroids"}
+    return {"centroids": centroids, **model._divided_state(state, exponent)}
+
+
+def _scaled_back(model, parameters: dict[str, torch.Tensor], inertia: torch.Tensor, exponent):
+    """The parameters and inertia of the divided data in the data's units (`model._scale_back`)."""
+    outputs = KMeansTransformerOutput(centroids=parameters["centroids"], inertia=inertia[None], **{
+        name: value for name, value in parameters.items() if name != "centroids"
+    })
+    model._scale_back(outputs, exponent)
+    names = ["centroids", *model.config.variant_spec.state_names]
+    return {name: outputs[name] for name in names}, outputs.inertia[0]
 
 
 def _initial_parameters(model, head: np.ndarray, initial_state) -> dict[str, torch.Tensor]:
@@ -809,13 +860,14 @@ class _LabelsWriter:
         self.stack.__exit__(*exception)
 
 
-def _validate_shard(shard, features, name: str, device, reduce_sum, spec, weight_column=None) -> int:
+def _validate_shard(shard, features, name: str, device, processes: "Processes", spec,
+                    weight_column=None) -> tuple[int, float]:
     """
     Read the shard once, checking every row (and, for a `unit_norm` variant, that no point is 0: it needs a
     direction; the weights: finite and >= 0, with a positive total); agree across processes; return the total
-    number of rows.
+    number of rows and the largest `|coordinate|` of all of them.
     """
-    rows, problem, total_weight = 0, None, 0.0
+    rows, problem, total_weight, largest = 0, None, 0.0, 0.0
     try:
         for indices, table in shard():
             values = features.values(table, indices)
@@ -836,9 +888,10 @@ def _validate_shard(shard, features, name: str, device, reduce_sum, spec, weight
                         "and has no direction."
                     )
             rows += table.num_rows
+            largest = max(largest, float(np.abs(values).max(initial=0.0)))
     except ValueError as error:
         problem = error
-    outcome = reduce_sum(
+    outcome = processes.reduce_sum(
         torch.tensor([rows, 0 if problem is None else 1, total_weight], dtype=torch.float64, device=device)
     )
     if problem is not None:
@@ -847,7 +900,8 @@ def _validate_shard(shard, features, name: str, device, reduce_sum, spec, weight
         raise ValueError(f"{name} has invalid rows in the part read by another process (see its error).")
     if weight_column is not None and not outcome[2] > 0:
         raise ValueError(f"The weight column {weight_column!r} of {name} sums to 0: no row would count.")
-    return int(outcome[0])
+    magnitude = processes.reduce_max(torch.tensor([largest], dtype=torch.float64, device=device))
+    return int(outcome[0]), float(magnitude[0])
 
 
 def _checked_values(features: FeatureColumns, table: pa.Table, indices: np.ndarray, dtype: torch.dtype) -> np.ndarray:

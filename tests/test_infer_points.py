@@ -454,19 +454,23 @@ def test_points_mode_in_chunks_equals_the_in_memory_model(variant, parameters, w
 WEIGHTED = [variant for variant in variants_with("points_mode") if VARIANTS[variant].update.assignment_kind != "labels"]
 
 
+@pytest.mark.filterwarnings("ignore:The .* of data this large:RuntimeWarning")
+@pytest.mark.parametrize("scale", [1.0, 2.0**-500], ids=["plain", "beyond-the-safe-range"])
 @pytest.mark.parametrize("variant", WEIGHTED)
-def test_weighted_chunks_never_hold_a_chunk_by_k_tensor(variant, rng):
+def test_weighted_chunks_never_hold_a_chunk_by_k_tensor(variant, scale, rng):
     """
     Each chunk of a weighted variant goes through the compiled pass (`model.statistics`; its labels in the final
     pass too): the largest tensor points mode makes is a chunk's points with two more columns, never the `chunk × k`
-    weights.
+    weights; also for data outside the safe range, which the whole dataset's power of two brings into it.
     """
     require_compiled()
+    if scale != 1 and variant not in RESCALED:
+        pytest.skip("refused outside the safe range")
     n, d, k, chunk = 5000, 4, 256, 2048
-    X = blobs(rng, n=n, k=8, d=d)
+    X = blobs(rng, n=n, k=8, d=d) * scale
     dataset = datasets.Dataset.from_dict({f"x{i}": X[:, i] for i in range(d)})
     model = make_model(k=k, d=d, T=2, variant=variant)
-    state = {"variances": np.ones(k), "weights": np.full(k, 1.0 / k)} if variant == "gmm" else None
+    state = {"variances": np.full(k, scale**2), "weights": np.full(k, 1.0 / k)} if variant == "gmm" else None
     largest = []
 
     class TensorSizes(TorchDispatchMode):
@@ -522,21 +526,58 @@ def test_weighted_points_mode_equals_the_in_memory_model_off_the_float64_compile
         np.testing.assert_allclose(result.state[name], expected[name][0].numpy(), rtol=tolerance, atol=1e-15)
 
 
-@pytest.mark.filterwarnings("ignore:The inertia of data this large:RuntimeWarning")
-def test_fuzzy_points_mode_on_data_beyond_the_safe_range_is_the_rescaled_model(tmp_path, rng):
+def _rescalable(variant) -> bool:
+    """Whether the model divides data outside the safe range by a power of two for `variant` at its defaults."""
+    config = make_model(variant=variant).config
+    spec = config.variant_spec
+    return spec.scaling != "invariant" and spec.scale_dependence(config, hardmax=True) is None
+
+
+RESCALED = [variant for variant in variants_with("points_mode") if _rescalable(variant)]
+REFUSED = [variant for variant in variants_with("points_mode") if VARIANTS[variant].scaling != "invariant"
+           and variant not in RESCALED]
+
+
+# huge and tiny scales; gmm's variances at the huge one (2**1080) are past float64's largest number: tiny only
+BEYOND = [(variant, scale) for variant in RESCALED for scale in (2.0**540, 2.0**-500)
+          if scale < 1 or not VARIANTS[variant].state]
+
+
+@pytest.mark.filterwarnings("ignore:The .* of data this large:RuntimeWarning")
+@pytest.mark.parametrize("variant, scale", BEYOND, ids=lambda value: value if isinstance(value, str) else f"{value:.0e}")
+def test_points_mode_on_data_beyond_the_safe_range_is_the_rescaled_model(variant, scale, tmp_path, rng):
     """
-    Data whose squared distances overflow float64 (2**540 ≈ 3.6e162): the model rescales it by a power of two, and
-    points mode takes each chunk's memberships from it (`model.assign`) and sums them on the points as read.
+    Data whose squared distances overflow (2**540 ≈ 3.6e162) or underflow (2**-500 ≈ 3e-151) float64: points mode
+    divides the whole dataset by the power of two that `forward` takes for the same points in one call, so it gives
+    the in-memory model's labels, and its centroids, carried state and inertia in the data's units (inf where the
+    model's are: a square past float64's largest number).
     """
-    scale = 2.0**540
     X = blobs(rng, n=500) + 0.5
-    model = make_model(T=4, variant="fuzzy")
-    expected = model(torch.from_numpy(X * scale))
+    state = _starting_state(variant, rng)
+    powers = {carried.name: carried.scale_power for carried in VARIANTS[variant].state}
+    state = {name: value * scale ** powers[name] for name, value in state.items()}
+    model = make_model(T=4, variant=variant)
+    expected = model(torch.from_numpy(X * scale), **{name: torch.from_numpy(value) for name, value in state.items()})
     path = write_parquet(tmp_path / "points.parquet", X * scale)
-    result = cluster_points(model, path, chunk_size=128, progress=False, labels_output=tmp_path / "labels")
+    result = cluster_points(model, path, chunk_size=128, progress=False, labels_output=tmp_path / "labels",
+                            initial_state=state or None)
     _, labels = read_labels(tmp_path / "labels")
     np.testing.assert_array_equal(labels, expected.labels[0].numpy())
     np.testing.assert_allclose(result.centroids / scale, expected.centroids[0].numpy() / scale, rtol=0, atol=1e-12)
+    for name in state:
+        np.testing.assert_allclose(result.state[name], expected[name][0].numpy(), rtol=1e-12)
+    assert result.inertia == pytest.approx(float(expected.inertia[0]), rel=1e-12)
+    if scale < 1:  # everything finite, and the points far from their first centroids
+        assert 0 < result.inertia < float(((X - X[:K].mean(axis=0)) ** 2).sum()) * scale**2
+
+
+@pytest.mark.parametrize("variant", REFUSED)
+def test_points_mode_refuses_data_beyond_the_safe_range_for_a_scale_dependent_variant(variant, tmp_path, rng):
+    """soft and sparse measure their temperature in units of the data: the whole dataset is refused up front."""
+    path = write_parquet(tmp_path / "points.parquet", (blobs(rng, n=300) + 0.5) * 2.0**540)
+    model = make_model(T=2, variant=variant)
+    with pytest.raises(ValueError, match="outside .* cannot rescale it exactly"):
+        cluster_points(model, path, chunk_size=128, progress=False, initial_state=_starting_state(variant, rng) or None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
