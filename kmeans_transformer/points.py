@@ -888,7 +888,8 @@ def _validate_shard(shard, features, name: str, device, processes: "Processes", 
                         "and has no direction."
                     )
             rows += table.num_rows
-            largest = max(largest, float(np.abs(values).max(initial=0.0)))
+            if values.size:  # no |values| copy
+                largest = max(largest, float(values.max()), -float(values.min()))
     except ValueError as error:
         problem = error
     outcome = processes.reduce_sum(
