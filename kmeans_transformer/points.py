@@ -575,7 +575,7 @@ def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum
         position = config.trim_quantile * (totals - 1).clamp(min=0)
         below = position.floor()
         ranks = torch.stack([below, torch.minimum(below + 1, (totals - 1).clamp(min=0))])
-        values = _smallest_keys(keys, labels, weight, (2, k), -1, infinity, lambda sums: sums > ranks, reduce_sum)
+        values = _smallest_keys(keys, labels, weight, (2, k), infinity, lambda sums: sums > ranks, reduce_sum)
         low, high = values.to(bits).view(distance.dtype)
         quantiles = gate.interpolated(low, high, (position - below).to(distance.dtype))
         trimmed = (weight > 0) & (distance > quantiles[labels])
@@ -583,34 +583,77 @@ def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum
     total = reduce_sum(weight.sum()[None])
     budget = torch.floor(config.trim_fraction * total)
     single = torch.zeros_like(labels)
-    (cut,) = _smallest_keys(keys, single, weight, (1, 1), -1, infinity, lambda sums: total - sums <= budget, reduce_sum)[0]
+    (cut,) = _smallest_keys(keys, single, weight, (1, 1), infinity, lambda sums: total - sums <= budget, reduce_sum)[0]
     beyond = total - reduce_sum((weight * (keys <= cut)).sum()[None])  # the weight of the points farther than `cut`
-    tied = weight * (keys == cut)
-    tied_total = reduce_sum(tied.sum()[None])
-    (last,) = _smallest_keys(index, single, tied, (1, 1), -2, 2**62, lambda sums: beyond + tied_total - sums <= budget,
-                             reduce_sum)[0]
-    trimmed = (weight > 0) & ((keys > cut) | ((keys == cut) & (index > last)))
+    tied = (keys == cut) & (weight > 0)
+    tied_total = reduce_sum(weight[tied].sum()[None])
+    # the first trimmed row index among the points at `cut`: those from it on are trimmed (keys: index + 1 counts
+    # the points before a candidate, from 0 on)
+    (first,) = _smallest_keys(index[tied] + 1, single[tied], weight[tied], (1, 1), 2**62,
+                              lambda sums: beyond + tied_total - sums <= budget, reduce_sum)[0]
+    trimmed = (weight > 0) & ((keys > cut) | ((keys == cut) & (index >= first)))
     return labels.masked_fill(trimmed, -1)
 
 
-def _smallest_keys(keys, groups, weights, shape, lower: int, upper: int, enough, reduce_sum) -> torch.Tensor:
+def _smallest_keys(keys, groups, weights, shape, upper: int, enough, reduce_sum) -> torch.Tensor:
     """
-    For each target `t` and group `g` (`shape`: targets, groups), the smallest integer `v` in `(lower, upper]` with `enough(S)[t, g]`, where
-    `S[t, g]` is the summed `weights` of the points of group `g` (`groups`, all processes) whose `keys` are at most
-    the candidate: bisection, one all-reduce of the `(targets, num_groups)` sums per round. `enough` must be monotone
-    in `v`, false at `lower` and true at `upper`; every process runs the same rounds.
+    For each target `t` and group `g` (`shape`: targets, groups), the smallest integer `v` in `[0, upper]` with
+    `enough(S(v))[t, g]`, where `S(v)[t, g]` is the summed `weights` (>= 0) of the points of group `g` (`groups`, all
+    processes) whose `keys` are at most `v`; `upper` where there is none. `enough` takes sums of shape `(..., targets,
+    groups)`, elementwise, and must be monotone in `v`. The `keys` are non-negative int64 of at most `B` bits, `B`
+    the bit length of `upper` (the bit patterns of non-negative floats, NaN included, with `upper` that of infinity).
+
+    Radix selection, `b` = 8 bits at a time from the top (`ceil(B / b)` levels: 4 for float32 patterns, 8 for
+    float64): after a level, `v` is known to lie in a range `[P 2^s, (P + 1) 2^s)` of each `(t, g)`, and `L[t, g]` =
+    `S(P 2^s - 1)` is the weight below it. The next level splits the range into `2^b` bins by the next bits of the
+    key: one weighted histogram `H` of the points inside (the candidates; every point at the first level), one
+    all-reduce of it, and `S` at the end of bin `c` is `L + Σ_{c' <= c} H[c']`; `v` lies in the first bin where
+    `enough` holds, which becomes the range, and the points outside it drop out. Targets whose ranges coincide share
+    one histogram. After the last level the range is `v` itself; a group where `enough` never holds gets `upper`.
+    Every process runs the same levels and all-reduces (an empty shard too); with integer weights (or dyadic
+    fractions) every sum is exact, so the result is that of sorting all points at once.
     """
-    lo = torch.full(shape, lower, dtype=torch.int64, device=keys.device)
-    hi = torch.full(shape, upper, dtype=torch.int64, device=keys.device)
-    num_groups = shape[1]
-    while bool((hi - lo > 1).any()):
-        middle = lo + (hi - lo) // 2
-        sums = torch.stack([
-            torch.bincount(groups, weights * (keys <= row[groups]), minlength=num_groups) for row in middle
-        ])
-        found = enough(reduce_sum(sums))
-        hi, lo = torch.where(found, middle, hi), torch.where(found, lo, middle)
-    return hi
+    targets, num_groups = shape
+    device = keys.device
+    width = max(int(upper).bit_length(), 1)
+    shifts = [max(width - 8 * level, 0) for level in range(1, (width + 7) // 8 + 1)]
+    groups_range = torch.arange(num_groups, device=device)
+    target_ids = torch.arange(targets, device=device)[:, None].expand(targets, num_groups)
+    prefix = torch.zeros(shape, dtype=torch.int64, device=device)  # the range of each (t, g): `P`
+    below = torch.zeros(shape, dtype=torch.float64, device=device)  # `L`
+    found = torch.ones(shape, dtype=torch.bool, device=device)
+    shared = torch.zeros(shape, dtype=torch.int64, device=device)  # whose histogram each (t, g) reads
+    owner, owners = None, 1  # the candidates' histogram (the first target whose range holds them): 0 at first
+    previous = width
+    for shift in shifts:
+        bins = 1 << (previous - shift)
+        slots = groups * bins + ((keys >> shift) & (bins - 1))
+        if owner is not None:
+            slots += owner * (num_groups * bins)
+        histogram = torch.bincount(slots, weights, minlength=owners * num_groups * bins)
+        histogram = reduce_sum(histogram).view(owners, num_groups, bins)[shared, groups_range]
+        cumulative = histogram.cumsum(-1)
+        reached = enough((below[..., None] + cumulative).movedim(-1, 0)).movedim(0, -1)
+        hit = reached.any(-1)
+        if owner is None:
+            found = hit
+        # the first bin where `enough` holds (the last one if rounding kept it from holding at this level's sums)
+        chosen = torch.where(hit, reached.to(torch.int8).argmax(-1), bins - 1)
+        below = below + (cumulative - histogram).gather(-1, chosen[..., None])[..., 0]
+        prefix = prefix * bins + chosen
+        previous = shift
+        if shift == 0:
+            break
+        # each chosen bin's first target: the histogram of that range at the next level
+        chosen_slots = (shared * num_groups + groups_range) * bins + chosen
+        first = torch.full((owners * num_groups * bins,), targets, dtype=torch.int64, device=device)
+        first.scatter_reduce_(0, chosen_slots[found], target_ids[found], "amin")
+        shared = first[chosen_slots].clamp(max=targets - 1)
+        owner = first[slots]
+        keep = ((owner < targets) & (weights != 0)).nonzero()[:, 0]
+        keys, groups, weights, owner = keys[keep], groups[keep], weights[keep], owner[keep]
+        owners = targets
+    return torch.where(found, prefix.clamp(max=upper), upper)
 
 
 def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> torch.Tensor:

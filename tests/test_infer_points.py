@@ -995,3 +995,95 @@ def test_sparse_statistics_across_processes_are_the_sparsemax_of_each_cluster(wo
     assert (labels == 0).sum() == 1 and (labels == 3).sum() == 0
     p_tied = reference.sparsemax(-1.5 * ((tied - centroids[1]) ** 2).sum(axis=1) / np.sqrt(d))
     assert np.all(p_tied == p_tied[0])  # all tied: every member in the support
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Trimmed: the smallest key at which enough weight lies, found across chunks and processes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def smallest_keys_reference(keys, groups, weights, shape, upper, enough):
+    """
+    Sorted weighted order statistics in NumPy: per group, its keys sorted and their cumulative weights; `S(v)` is the
+    cumulative weight at the last key at most `v`, and the answer is the first of 0 and the group's keys below
+    `upper` where `enough` holds (`enough` of a `shape` array of `S`, read at the group), else `upper`.
+    """
+    result = np.full(shape, upper, dtype=np.int64)
+    for g in range(shape[1]):
+        order = np.argsort(keys[groups == g], kind="stable")
+        ordered, cumulative = keys[groups == g][order], np.cumsum(weights[groups == g][order])
+        candidates = np.unique(np.concatenate([[0], ordered]))
+        for candidate in candidates[candidates < upper]:
+            count = np.searchsorted(ordered, candidate, side="right")
+            reached = enough(np.full(shape, cumulative[count - 1] if count else 0.0))[:, g]
+            result[:, g] = np.where(reached & (result[:, g] == upper), candidate, result[:, g])
+    return result
+
+
+SMALLEST_KEYS_RULES = {
+    # `v(p)`: the smallest key whose weight at or below it exceeds `p` (trimmed's quantiles)
+    "exceeds": lambda sums, totals, bounds: sums > bounds,
+    # the smallest key with at most `bound` of weight above it (trimmed's fraction and its tie rule)
+    "above": lambda sums, totals, bounds: totals - sums <= bounds,
+}
+
+
+@pytest.mark.parametrize("rule", list(SMALLEST_KEYS_RULES))
+@pytest.mark.parametrize("fractional", [False, True], ids=["integer", "fractional"])
+@pytest.mark.parametrize("kind", ["float32", "float64", "index"])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, kind, fractional, rule, rng):
+    """
+    `_smallest_keys` over shards (threads standing for processes; with 3, the last shard is empty) against the sorted
+    order statistics in NumPy, for 4 targets of 5 groups: many tied keys, keys at 0 and at the upper bound (the bit
+    pattern of infinity for distances, 2^62 for row indices), NaN distances (above infinity), integer or dyadic
+    weights (exact sums) with zeros, a group with weight 0 only and an empty one, and bounds that the group's weight
+    never reaches, reaches at `S = 0` already, or at its first key (0). Every process makes the same all-reduces,
+    one per 8 bits of `upper`.
+    """
+    from kmeans_transformer.points import _smallest_keys
+
+    n, shape = 400, (4, 5)
+    if kind == "index":
+        upper = 2**62
+        keys = rng.choice(np.array([0, 1, 2, 3, 2**40, upper - 1, upper]), size=n)
+        keys = np.where(rng.random(n) < 0.5, keys, rng.integers(0, 60, size=n))
+    else:
+        dtype = np.dtype(kind)
+        pool = np.array([0.0, np.finfo(dtype).smallest_subnormal, 1e-30, 0.5, 1.5, 2.0, 1e30, np.finfo(dtype).max,
+                         np.inf, np.nan], dtype=dtype)
+        values = np.where(rng.random(n) < 0.6, rng.choice(pool, size=n), rng.integers(0, 40, size=n) / 8)
+        keys = values.astype(dtype).view(np.int32 if kind == "float32" else np.int64).astype(np.int64)
+        upper = int(np.array(np.inf, dtype=dtype).view(np.int32 if kind == "float32" else np.int64))
+    groups = rng.integers(0, 3, size=n)
+    groups[rng.random(n) < 0.05] = 3  # weight 0 only (below); group 4 is empty
+    choices = np.array([0.0, 0.25, 0.5, 1.75, 3.0]) if fractional else np.array([0.0, 1.0, 2.0, 3.0])
+    weights = np.where(groups == 3, 0.0, rng.choice(choices, size=n))
+    keys[0], groups[0], weights[0] = 0, 0, 1.0
+    totals = np.bincount(groups, weights, minlength=shape[1])
+    bounds = rng.integers(-4, 4 * totals.max() + 8, size=shape) / 4  # beyond the totals too
+    bounds[0, :3] = totals[:3]  # "exceeds": never; "above": at S = 0 already
+    bounds[1, :3] = np.floor(totals[:3] / 2)
+    bounds[2, :3] = bounds[1, :3] + 1  # the quantiles' pair of ranks
+    bounds[3, :3] = 0  # "exceeds": the first key of positive weight (0 in group 0)
+    bounds[0, 3] = -1  # "exceeds": at S = 0 already; "above": never
+    rule_of = SMALLEST_KEYS_RULES[rule]
+    shards = rng.integers(0, max(world - 1, 1), size=n) if world == 3 else rng.integers(0, world, size=n)
+    calls = [0] * world
+
+    def shard(rank, reduce_sum):
+        def counted(tensor):
+            calls[rank] += 1
+            return reduce_sum(tensor)
+
+        mine = shards == rank
+        enough = lambda sums: rule_of(sums, torch.from_numpy(totals), torch.from_numpy(bounds))  # noqa: E731
+        return _smallest_keys(torch.from_numpy(keys[mine]), torch.from_numpy(groups[mine]),
+                              torch.from_numpy(weights[mine]), shape, upper, enough, counted)
+
+    results = on_threads(world, shard)
+    expected = smallest_keys_reference(keys, groups, weights, shape, upper, lambda s: rule_of(s, totals, bounds))
+    for result in results:
+        np.testing.assert_array_equal(result.numpy(), expected)
+    assert calls == [-(-upper.bit_length() // 8)] * world
+    assert (expected == 0).any() and (expected == upper).any() and ((expected > 0) & (expected < upper)).any()
