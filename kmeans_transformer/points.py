@@ -20,9 +20,9 @@ found exactly across chunks and processes, `_sharded_trim`, then a second pass s
 sparsemax update (`VariantSpec.thresholds_by_sparsemax`: each cluster's threshold is found exactly across chunks and
 processes, `_sharded_sparsemax`, then a second pass sums the members weighted by it), together
 `variants_with("points_mode")`; it refuses the others (k-medoids, whose medoid is chosen by the distances between all
-pairs of members; the trainable layer). The trim and the thresholds are found by bisection on the bit patterns of
-`n` numbers kept from one pass (each point's label, distance or score, and weight; never `n x d`), one small
-all-reduce per round. Data outside the model's safe range (where squared distances would overflow or underflow) is
+pairs of members; the trainable layer). The trim and the thresholds are found on the bit patterns of `n` numbers
+kept from one pass (each point's label, distance or score, and weight; never `n x d`): the trim by radix selection,
+8 bits a level, the thresholds by bisection, one small all-reduce per level or round. Data outside the model's safe range (where squared distances would overflow or underflow) is
 divided by the power of two that `forward` would take for all the points at once (`_rescaling_exponent`, from the
 largest `|coordinate|` that the reading pass finds across processes): every pass sees the divided points (exact),
 and the parameters, state and inertia are scaled back at the end, as `forward` does; a variant whose result depends
@@ -536,15 +536,18 @@ def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum
     of all processes at once (`KMeansTransformerTrimGate.compact_labels`, weighted or not). One pass over the chunks
     keeps each point's label (the assign block's), its distance `δ_i` to its centroid (`gate.distances`, in the
     model's dtype) and its weight, `n` numbers each; the order statistics the gate needs are then found exactly by
-    bisection (`_smallest_keys`) on the distances' bit patterns, which order non-negative floats as their values,
-    with one all-reduce of `2k` (or 1) sums per round (at most one round per bit):
+    radix selection (`_smallest_keys`) on the distances' bit patterns, which order non-negative floats as their
+    values: 4 levels (float32; 8 for float64) of one all-reduced histogram of `2k × 256` (or 256) sums, the first
+    over all `n` points, the others over the points still in the bins chosen:
 
     - `trim_quantile` q: per cluster, `v(p)` = the smallest distance whose summed weight of members at or below it
       exceeds `p`, at `p = floor(h)` and `min(floor(h) + 1, W_j - 1)`, `h = q (W_j - 1)`, `W_j` the cluster's total
       weight (its count without weights); `τ_j` interpolates them (`gate.interpolated`); trimmed: `δ_i > τ_a(i)`.
     - `trim_fraction` α: point `i` is trimmed when the weight of the points before it, farthest first (the higher
-      global row index first among equal distances), with its own, is at most `floor(α W)`: the points beyond a
-      distance `v*` found by bisection, and among those at `v*` the ones above a row index found the same way.
+      global row index first among equal distances), with its own, is at most `floor(α W)`: the points beyond the
+      smallest distance `v*` with at most `floor(α W)` of weight beyond it, and among those at `v*` the ones from
+      the smallest row index `r` with the weight beyond `v*` and at `v*` from row `r` on within `floor(α W)` (8
+      more levels, over the points at `v*` only).
 
     Weights are summed in another order than the gate's cumulative sums: with integer weights (or none) every sum
     is exact and the trim is the gate's exactly.
@@ -587,8 +590,7 @@ def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum
     beyond = total - reduce_sum((weight * (keys <= cut)).sum()[None])  # the weight of the points farther than `cut`
     tied = (keys == cut) & (weight > 0)
     tied_total = reduce_sum(weight[tied].sum()[None])
-    # the first trimmed row index among the points at `cut`: those from it on are trimmed (keys: index + 1 counts
-    # the points before a candidate, from 0 on)
+    # the first trimmed row among the points at `cut` (keys `index + 1`: `S(r)` is the tied weight before row `r`)
     (first,) = _smallest_keys(index[tied] + 1, single[tied], weight[tied], (1, 1), 2**62,
                               lambda sums: beyond + tied_total - sums <= budget, reduce_sum)[0]
     trimmed = (weight > 0) & ((keys > cut) | ((keys == cut) & (index >= first)))
