@@ -574,7 +574,7 @@ def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum
     infinity = int(torch.tensor(float("inf"), dtype=distance.dtype).view(bits))
     k = config.num_clusters
     if config.trim_quantile is not None:
-        totals = reduce_sum(torch.bincount(labels, weight, minlength=k))
+        totals = reduce_sum(torch.bincount(labels, weight, minlength=k).to(weight.dtype))  # float64 if empty too
         position = config.trim_quantile * (totals - 1).clamp(min=0)
         below = position.floor()
         ranks = torch.stack([below, torch.minimum(below + 1, (totals - 1).clamp(min=0))])
@@ -632,7 +632,8 @@ def _smallest_keys(keys, groups, weights, shape, upper: int, enough, reduce_sum)
         slots = groups * bins + ((keys >> shift) & (bins - 1))
         if owner is not None:
             slots += owner * (num_groups * bins)
-        histogram = torch.bincount(slots, weights, minlength=owners * num_groups * bins)
+        # (bincount of no points gives int64 zeros: every process must send float64)
+        histogram = torch.bincount(slots, weights, minlength=owners * num_groups * bins).to(weights.dtype)
         histogram = reduce_sum(histogram).view(owners, num_groups, bins)[shared, groups_range]
         cumulative = histogram.cumsum(-1)
         reached = enough((below[..., None] + cumulative).movedim(-1, 0)).movedim(0, -1)

@@ -1039,7 +1039,7 @@ def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, k
     pattern of infinity for distances, 2^62 for row indices), NaN distances (above infinity), integer or dyadic
     weights (exact sums) with zeros, a group with weight 0 only and an empty one, and bounds that the group's weight
     never reaches, reaches at `S = 0` already, or at its first key (0). Every process makes the same all-reduces,
-    one per 8 bits of `upper`.
+    one per 8 bits of `upper`, of float64 sums (an empty shard or candidate set too).
     """
     from kmeans_transformer.points import _smallest_keys
 
@@ -1069,11 +1069,12 @@ def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, k
     bounds[0, 3] = -1  # "exceeds": at S = 0 already; "above": never
     rule_of = SMALLEST_KEYS_RULES[rule]
     shards = rng.integers(0, max(world - 1, 1), size=n) if world == 3 else rng.integers(0, world, size=n)
-    calls = [0] * world
+    calls, dtypes = [0] * world, [set() for _ in range(world)]
 
     def shard(rank, reduce_sum):
         def counted(tensor):
             calls[rank] += 1
+            dtypes[rank].add(tensor.dtype)  # gloo sums the same bytes everywhere: float64 on every process
             return reduce_sum(tensor)
 
         mine = shards == rank
@@ -1085,5 +1086,5 @@ def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, k
     expected = smallest_keys_reference(keys, groups, weights, shape, upper, lambda s: rule_of(s, totals, bounds))
     for result in results:
         np.testing.assert_array_equal(result.numpy(), expected)
-    assert calls == [-(-upper.bit_length() // 8)] * world
+    assert calls == [-(-upper.bit_length() // 8)] * world and dtypes == [{torch.float64}] * world
     assert (expected == 0).any() and (expected == upper).any() and ((expected > 0) & (expected < upper)).any()
