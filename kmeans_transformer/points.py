@@ -623,7 +623,6 @@ def _smallest_keys(keys, groups, weights, shape, upper: int, enough, reduce_sum)
     target_ids = torch.arange(targets, device=device)[:, None].expand(targets, num_groups)
     prefix = torch.zeros(shape, dtype=torch.int64, device=device)  # the range of each (t, g): `P`
     below = torch.zeros(shape, dtype=torch.float64, device=device)  # `L`
-    found = torch.ones(shape, dtype=torch.bool, device=device)
     shared = torch.zeros(shape, dtype=torch.int64, device=device)  # whose histogram each (t, g) reads
     owner, owners = None, 1  # the candidates' histogram (the first target whose range holds them): 0 at first
     previous = width
@@ -638,7 +637,7 @@ def _smallest_keys(keys, groups, weights, shape, upper: int, enough, reduce_sum)
         cumulative = histogram.cumsum(-1)
         reached = enough((below[..., None] + cumulative).movedim(-1, 0)).movedim(0, -1)
         hit = reached.any(-1)
-        if owner is None:
+        if owner is None:  # the first level: whether `enough` holds at all, within the keys' range
             found = hit
         # the first bin where `enough` holds (the last one if rounding kept it from holding at this level's sums)
         chosen = torch.where(hit, reached.to(torch.int8).argmax(-1), bins - 1)
