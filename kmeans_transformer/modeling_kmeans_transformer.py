@@ -508,6 +508,73 @@ class PreparedInputs:
     sample_weight: torch.Tensor | None = None  # (batch, n), 0 on padding; None: every point weighs 1
 
 
+# The largest rounding of an expanded float32 score (in the score's units, see `WeightsFrame.of`) that a weighted pass
+# accepts: above it the pass takes its products in float64.
+EXPANDED_SCORE_TOLERANCE = 2.0**-12
+
+
+@dataclass
+class WeightsFrame:
+    """
+    The coordinates of a weighted pass (soft, gmm, fuzzy) of a model in a dtype narrower than float64: the points
+    and parameters translated to `origin` `o` `(batch, 1, d)`, in the products' `dtype`. Memberships are unchanged by
+    a common translation of points and centroids, and the statistics translate back exactly in float64
+    (`update.untranslated_statistics`); near the data the expanded scores `|x|^2 - 2 x.c + |c|^2` no longer cancel.
+    `values`: the compact point tokens `[x_i - o ; 1]` in `dtype`; `queries`: the compiled passes' queries made from
+    them, by assign block class. A float64 model's frame is the identity (`origin` None).
+    """
+
+    origin: torch.Tensor | None
+    dtype: torch.dtype
+    values: torch.Tensor
+    queries: dict
+
+    @classmethod
+    def of(cls, assign, values: torch.Tensor, parameters: dict, previous: "WeightsFrame | None") -> "WeightsFrame":
+        """
+        The frame of a pass of `assign` over the compact point tokens `values` `[x_i ; 1]` with `parameters`,
+        `previous` that of the forward call's last pass (kept, with its translated points and queries, while it is
+        good enough). The origin is the mean of the entering centroids. The expanded score of point `i` and key `j`
+        rounds by about `u a_j (|x_i - o| + |c_j - o|)^2` (`u` the dtype's unit roundoff, `a_j` the key's
+        `assign.expanded_score_scales`), at most `u a_j (r + |c_j - o|)^2` for the points within `r = max_j |c_j -
+        o|` of the origin; where that bound exceeds `EXPANDED_SCORE_TOLERANCE` (clusters far apart, or one whose
+        spread is tiny against its distance from the others), the products are taken in float64.
+        """
+        if values.dtype == torch.float64:
+            return previous if previous is not None else cls(None, values.dtype, values, {})
+        scales = assign.expanded_score_scales(parameters)
+        unit_roundoff = torch.finfo(values.dtype).eps / 2
+
+        def precise_enough(origin):
+            if scales is None:
+                return True
+            radii = torch.linalg.vector_norm(parameters["centroids"].to(torch.float64) - origin.to(torch.float64), dim=-1)
+            reach = radii + radii.amax(dim=-1, keepdim=True)
+            return bool((unit_roundoff * scales.to(torch.float64) * reach * reach <= EXPANDED_SCORE_TOLERANCE).all())
+
+        if previous is not None and previous.dtype == values.dtype and precise_enough(previous.origin):
+            return previous
+        origin = parameters["centroids"].mean(dim=1, keepdim=True)
+        dtype = values.dtype if precise_enough(origin) else torch.float64
+        if previous is not None and previous.dtype == dtype and torch.equal(previous.origin, origin):
+            return previous
+        shift = torch.cat([origin, origin.new_zeros(*origin.shape[:-1], 1)], dim=-1).to(dtype)
+        return cls(origin, dtype, values.to(dtype) - shift, {})
+
+    def parameters(self, parameters: dict) -> dict:
+        """The parameters in this frame: the centroids translated to the origin, everything in the frame's dtype."""
+        found = {name: value.to(self.dtype) for name, value in parameters.items()}
+        if self.origin is not None:
+            found["centroids"] = found["centroids"] - self.origin.to(self.dtype)
+        return found
+
+    def statistics(self, update, statistics: torch.Tensor | None) -> torch.Tensor | None:
+        """The float64 statistics of the points themselves from those summed in this frame."""
+        if statistics is None or self.origin is None:
+            return statistics
+        return update.untranslated_statistics(statistics, self.origin)
+
+
 class CompactIterations:
     """
     The compact engine's state between iterations (see [`KMeansTransformerModel.compact_iterations`]): the compact
@@ -957,20 +1024,20 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if weights is None and point_mask is not None:
             weights = point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
         labels, assignments = values.new_full(values.shape[:2], -1, dtype=torch.long), None
-        queries = {}  # the compiled passes' queries, by assign block class: functions of the points alone
+        frames = {}  # the passes' frame (`WeightsFrame`: translated points, compiled queries), made once while it serves
         for iteration in range(num_iterations):
             layer = self._layer(iteration)
             last = not final_assignment and iteration == num_iterations - 1  # its labels are the output's
             passed = self._weights_pass(
                 layer.assign, layer.update, values, point_mask, weights, parameters, output_assignments and last, last,
-                queries,
+                frames,
             )
             labels, assignments, statistics = passed if last else (labels, assignments, passed[2])
             parameters = {name: value.to(dtype) for name, value in layer.finalize(statistics, parameters).items()}
         if final_assignment:
             head = self.assignment_head.assign
             labels, assignments, _ = self._weights_pass(
-                head, None, values, point_mask, weights, parameters, output_assignments, True, queries
+                head, None, values, point_mask, weights, parameters, output_assignments, True, frames
             )
         centroids = parameters["centroids"]
         inertia = labelled_inertia(values[..., :-1], centroids, labels, inputs.sample_weight)
@@ -985,14 +1052,26 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             output[carried.name] = parameters[carried.name]
         return output
 
-    def _weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label, queries):
+    def _weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label, frames):
         """
         One pass of a weighted assign over the compact point tokens `values` `[x_i ; 1]` (`point_mask` `(batch, n)`:
         False for padding; None: every point is real), `assign.compact_rows` at a time (`score_chunk_size` numbers
         of the kernel's): when `label`, the labels (the first largest weight; -1 where a point has none; else None),
-        the whole assignment when `keep`, and, with an `update`, its statistics, summed in float64. `queries`: the
-        compiled passes' queries made so far in this forward call, by assign block class (filled here).
+        the whole assignment when `keep` (in the model's dtype), and, with an `update`, its statistics, summed in
+        float64. In a float32 model the pass runs in a `WeightsFrame`: points and parameters translated near the data
+        (and float64 products where that is not enough), the statistics translated back. `frames`: this forward
+        call's frame so far, under `"frame"` (filled here).
         """
+        dtype = values.dtype
+        frame = frames["frame"] = WeightsFrame.of(assign, values, parameters, frames.get("frame"))
+        values, parameters = frame.values, frame.parameters(parameters)
+        labels, kept, statistics = self._framed_weights_pass(
+            assign, update, values, point_mask, weights, parameters, keep, label, frame.queries
+        )
+        return labels, None if kept is None else kept.to(dtype), frame.statistics(update, statistics)
+
+    def _framed_weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label, queries):
+        """`_weights_pass` on points and parameters in its frame; `queries`: the frame's compiled queries."""
         batch_size, num_points = values.shape[:2]
         kept = values.new_empty(batch_size, num_points, self.config.num_clusters) if keep else None
         compiled = self._compiled_weights_pass(
