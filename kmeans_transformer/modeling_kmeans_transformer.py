@@ -519,9 +519,10 @@ class WeightsFrame:
     The coordinates of a weighted pass (soft, gmm, fuzzy) of a model in a dtype narrower than float64: the points
     and parameters translated to `origin` `o` `(batch, 1, d)`, in the products' `dtype`. Memberships are unchanged by
     a common translation of points and centroids, and the statistics translate back exactly in float64
-    (`update.untranslated_statistics`); near the data the expanded scores `|x|^2 - 2 x.c + |c|^2` no longer cancel.
-    `values`: the compact point tokens `[x_i - o ; 1]` in `dtype`; `queries`: the compiled passes' queries made from
-    them, by assign block class. A float64 model's frame is the identity (`origin` None).
+    (`update.untranslated_statistics`); near the data the expanded scores `|x|^2 - 2 x.c + |c|^2` no longer cancel,
+    and the sums of `w x` are of small numbers. `values`: the compact point tokens `[x_i - o ; 1]` in `dtype`;
+    `queries`: the compiled passes' queries made from them, by assign block class. `origin` None: the identity (the
+    points as they are: a float64 model, or data already around the origin).
     """
 
     origin: torch.Tensor | None
@@ -532,32 +533,43 @@ class WeightsFrame:
     @classmethod
     def of(cls, assign, values: torch.Tensor, parameters: dict, previous: "WeightsFrame | None") -> "WeightsFrame":
         """
-        The frame of a pass of `assign` over the compact point tokens `values` `[x_i ; 1]` with `parameters`,
-        `previous` that of the forward call's last pass (kept, with its translated points and queries, while it is
-        good enough). The origin is the mean of the entering centroids. The expanded score of point `i` and key `j`
-        rounds by about `u a_j (|x_i - o| + |c_j - o|)^2` (`u` the dtype's unit roundoff, `a_j` the key's
-        `assign.expanded_score_scales`), at most `u a_j (r + |c_j - o|)^2` for the points within `r = max_j |c_j -
-        o|` of the origin; where that bound exceeds `EXPANDED_SCORE_TOLERANCE` (clusters far apart, or one whose
-        spread is tiny against its distance from the others), the products are taken in float64.
+        The frame of a pass of `assign` over the compact point tokens `values` `[x_i ; 1]` with `parameters`;
+        `previous`: that of the forward call's last pass, kept (with its translated points and queries) while it is
+        precise enough. The origin is the mean `o` of the entering centroids, or the coordinates' own origin where
+        that is no farther from `o` than the farthest centroid (translating gains at most a factor 2 there, and costs
+        a copy of the points). The expanded score of point `i` and key `j` rounds by about `u a_j (|x_i - o| + |c_j -
+        o|)^2` (`u` the dtype's unit roundoff, `a_j` the key's `assign.expanded_score_scales`), at most `u a_j (r +
+        |c_j - o|)^2` for the points within `r = max_j |c_j - o|` of the origin; where that bound exceeds
+        `EXPANDED_SCORE_TOLERANCE` even from the centroids' mean (clusters far apart, or one whose spread is tiny
+        against its distance from the others), the products are taken in float64.
         """
-        if values.dtype == torch.float64:
-            return previous if previous is not None else cls(None, values.dtype, values, {})
+        dtype = values.dtype
+        if dtype == torch.float64:
+            return previous if previous is not None else cls(None, dtype, values, {})
         scales = assign.expanded_score_scales(parameters)
-        unit_roundoff = torch.finfo(values.dtype).eps / 2
+        centroids = parameters["centroids"].to(torch.float64)
+
+        def radii(origin):  # |c_j - o| (batch, k)
+            return torch.linalg.vector_norm(centroids if origin is None else centroids - origin.to(centroids), dim=-1)
 
         def precise_enough(origin):
-            if scales is None:
+            if scales is None:  # the scores are taken from the differences
                 return True
-            radii = torch.linalg.vector_norm(parameters["centroids"].to(torch.float64) - origin.to(torch.float64), dim=-1)
-            reach = radii + radii.amax(dim=-1, keepdim=True)
-            return bool((unit_roundoff * scales.to(torch.float64) * reach * reach <= EXPANDED_SCORE_TOLERANCE).all())
+            reach = radii(origin) + radii(origin).amax(dim=-1, keepdim=True)
+            rounding = torch.finfo(dtype).eps / 2 * scales.to(torch.float64) * reach * reach
+            return bool((rounding <= EXPANDED_SCORE_TOLERANCE).all())
 
-        if previous is not None and previous.dtype == values.dtype and precise_enough(previous.origin):
+        if previous is not None and previous.dtype == dtype and precise_enough(previous.origin):
             return previous
         origin = parameters["centroids"].mean(dim=1, keepdim=True)
-        dtype = values.dtype if precise_enough(origin) else torch.float64
-        if previous is not None and previous.dtype == dtype and torch.equal(previous.origin, origin):
-            return previous
+        central = torch.linalg.vector_norm(origin.to(torch.float64), dim=-1) <= radii(origin).amax(dim=-1, keepdim=True)
+        if bool(central.all()) and precise_enough(None):
+            return cls(None, dtype, values, {})
+        if not precise_enough(origin):
+            dtype = torch.float64
+        if previous is not None and previous.dtype == dtype and previous.origin is not None:
+            if torch.equal(previous.origin, origin):
+                return previous
         shift = torch.cat([origin, origin.new_zeros(*origin.shape[:-1], 1)], dim=-1).to(dtype)
         return cls(origin, dtype, values.to(dtype) - shift, {})
 
