@@ -531,9 +531,9 @@ class WeightsFrame:
     queries: dict
 
     @classmethod
-    def of(cls, assign, values: torch.Tensor, parameters: dict, previous: "WeightsFrame | None") -> "WeightsFrame":
+    def of(cls, assign, points: torch.Tensor, parameters: dict, previous: "WeightsFrame | None") -> "WeightsFrame":
         """
-        The frame of a pass of `assign` over the compact point tokens `values` `[x_i ; 1]` with `parameters`;
+        The frame of a pass of `assign` over the seen `points` `(batch, n, d)` with `parameters`;
         `previous`: that of the forward call's last pass, kept (with its translated points and queries) while it is
         precise enough. The origin is the mean `o` of the entering centroids, or the coordinates' own origin where
         that is no farther from `o` than the farthest centroid (translating gains at most a factor 2 there, and costs
@@ -543,9 +543,9 @@ class WeightsFrame:
         `EXPANDED_SCORE_TOLERANCE` even from the centroids' mean (clusters far apart, or one whose spread is tiny
         against its distance from the others), the products are taken in float64.
         """
-        dtype = values.dtype
+        dtype = points.dtype
         if dtype == torch.float64:
-            return previous if previous is not None else cls(None, dtype, values, {})
+            return previous if previous is not None else cls(None, dtype, _with_ones(points), {})
         scales = assign.expanded_score_scales(parameters)
         centroids = parameters["centroids"].to(torch.float64)
 
@@ -564,14 +564,13 @@ class WeightsFrame:
         origin = parameters["centroids"].mean(dim=1, keepdim=True)
         central = torch.linalg.vector_norm(origin.to(torch.float64), dim=-1) <= radii(origin).amax(dim=-1, keepdim=True)
         if bool(central.all()) and precise_enough(None):
-            return cls(None, dtype, values, {})
+            return previous if previous is not None and previous.origin is None else cls(None, dtype, _with_ones(points), {})
         if not precise_enough(origin):
             dtype = torch.float64
         if previous is not None and previous.dtype == dtype and previous.origin is not None:
             if torch.equal(previous.origin, origin):
                 return previous
-        shift = torch.cat([origin, origin.new_zeros(*origin.shape[:-1], 1)], dim=-1).to(dtype)
-        return cls(origin, dtype, values.to(dtype) - shift, {})
+        return cls(origin, dtype, _with_ones(points.to(dtype), origin.to(dtype)), {})
 
     def parameters(self, parameters: dict) -> dict:
         """The parameters in this frame: the centroids translated to the origin, everything in the frame's dtype."""
@@ -1030,18 +1029,18 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         parameters. The whole `(batch, n, k)` assignment is held only when it is returned.
         """
         spec, dtype = self.config.variant_spec, inputs.points.dtype
-        values = _with_ones(spec.seen_points(inputs.points))
+        points = spec.seen_points(inputs.points)
         parameters = {"centroids": spec.seen_points(inputs.centroids), **inputs.state}
         weights, point_mask = inputs.sample_weight, None if bool(inputs.point_mask.all()) else inputs.point_mask
         if weights is None and point_mask is not None:
             weights = point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
-        labels, assignments = values.new_full(values.shape[:2], -1, dtype=torch.long), None
+        labels, assignments = points.new_full(points.shape[:2], -1, dtype=torch.long), None
         frames = {}  # the passes' frame (`WeightsFrame`: translated points, compiled queries), made once while it serves
         for iteration in range(num_iterations):
             layer = self._layer(iteration)
             last = not final_assignment and iteration == num_iterations - 1  # its labels are the output's
             passed = self._weights_pass(
-                layer.assign, layer.update, values, point_mask, weights, parameters, output_assignments and last, last,
+                layer.assign, layer.update, points, point_mask, weights, parameters, output_assignments and last, last,
                 frames,
             )
             labels, assignments, statistics = passed if last else (labels, assignments, passed[2])
@@ -1049,14 +1048,14 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if final_assignment:
             head = self.assignment_head.assign
             labels, assignments, _ = self._weights_pass(
-                head, None, values, point_mask, weights, parameters, output_assignments, True, frames
+                head, None, points, point_mask, weights, parameters, output_assignments, True, frames
             )
         centroids = parameters["centroids"]
-        inertia = labelled_inertia(values[..., :-1], centroids, labels, inputs.sample_weight)
+        inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
         if output_assignments:
             if assignments is None:  # no pass made them: the zero slots of the input tokens
-                assignments = values.new_zeros(*values.shape[:2], self.config.num_clusters)
+                assignments = points.new_zeros(*points.shape[:2], self.config.num_clusters)
             output.assignments = assignments
             if spec.soft_assignment:
                 output.responsibilities = assignments
@@ -1064,9 +1063,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             output[carried.name] = parameters[carried.name]
         return output
 
-    def _weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label, frames):
+    def _weights_pass(self, assign, update, points, point_mask, weights, parameters, keep, label, frames):
         """
-        One pass of a weighted assign over the compact point tokens `values` `[x_i ; 1]` (`point_mask` `(batch, n)`:
+        One pass of a weighted assign over the seen `points` `(batch, n, d)` (`point_mask` `(batch, n)`:
         False for padding; None: every point is real), `assign.compact_rows` at a time (`score_chunk_size` numbers
         of the kernel's): when `label`, the labels (the first largest weight; -1 where a point has none; else None),
         the whole assignment when `keep` (in the model's dtype), and, with an `update`, its statistics, summed in
@@ -1074,8 +1073,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         (and float64 products where that is not enough), the statistics translated back. `frames`: this forward
         call's frame so far, under `"frame"` (filled here).
         """
-        dtype = values.dtype
-        frame = frames["frame"] = WeightsFrame.of(assign, values, parameters, frames.get("frame"))
+        dtype = points.dtype
+        frame = frames["frame"] = WeightsFrame.of(assign, points, parameters, frames.get("frame"))
         values, parameters = frame.values, frame.parameters(parameters)
         labels, kept, statistics = self._framed_weights_pass(
             assign, update, values, point_mask, weights, parameters, keep, label, frame.queries
@@ -1277,7 +1276,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         in `forward`): one compiled loop (`cpu_kernels.membership_sums`) that sums each point's weights into the
         statistics, with no `(batch, n, k)` weights, or, where the loops do not run, chunks of `score_chunk_size`
         weights summed in float64. Its sums are of the points in the model's dtype (float32 terms summed in float32
-        within a lane of 16 rows, then in float64, as documented there). Elsewhere (a hard assignment: labels and
+        within a lane of 16 rows, then in float64, as documented there), in float32 taken on the points translated
+        near the centroids and translated back in float64 (`WeightsFrame`). Elsewhere (a hard assignment: labels and
         per-label sums of the points as given; the token engine; data outside the dtype's safe range, which
         `forward` rescales) the assignment is made and accumulated.
         """
@@ -1286,14 +1286,14 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         parameters = {name: value.to(dtype) for name, value in parameters.items()}
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
         if self.engine() == "compact":
-            seen = spec.seen_points(points.to(dtype))  # made once, for the labels and the sums
-            values, centroids = _with_ones(seen), spec.seen_points(parameters["centroids"])
+            seen, centroids = spec.seen_points(points.to(dtype)), spec.seen_points(parameters["centroids"])
             if self._compact_by_labels() and points.dtype == dtype:  # the sums are of the points as given
+                values = _with_ones(seen)  # made once, for the labels and the sums
                 return layer.update.accumulate(self._compact_labels(seen, values, centroids), values, **weighted)
             if not self._compact_by_labels() and self._rescaling_exponents(seen, centroids) is None:
                 weights = None if sample_weight is None else sample_weight.to(dtype)
                 parameters = {**parameters, "centroids": centroids}
-                passed = self._weights_pass(layer.assign, layer.update, values, None, weights, parameters, False, False, {})
+                passed = self._weights_pass(layer.assign, layer.update, seen, None, weights, parameters, False, False, {})
                 return passed[2]
         _, assignment = self.assign(points.to(dtype), parameters)
         if assignment.is_floating_point():  # float64 sums of float64 terms, whatever the model's dtype
@@ -1746,9 +1746,17 @@ def _times_power_of_two_rounded(values: torch.Tensor, exponents: torch.Tensor) -
 
 
 
-def _with_ones(points: torch.Tensor) -> torch.Tensor:
-    """The compact point tokens `[x_i ; 1]` `(..., d + 1)` of `points` `(..., d)`."""
-    return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
+def _with_ones(points: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor:
+    """
+    The compact point tokens `[x_i ; 1]` `(..., d + 1)` of `points` `(..., d)`, or with `origin` `(..., 1, d)` those of
+    the translated points, `[x_i - o ; 1]`, written in one pass.
+    """
+    if origin is None:
+        return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
+    tokens = points.new_empty(*points.shape[:-1], points.shape[-1] + 1)
+    torch.sub(points, origin, out=tokens[..., :-1])
+    tokens[..., -1] = 1.0
+    return tokens
 
 
 __all__ = ["DTYPES", "labelled_inertia", "KMeansTransformerModel", "KMeansTransformerPreTrainedModel", "KMeansTransformerOutput"]
