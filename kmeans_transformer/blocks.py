@@ -894,7 +894,8 @@ class KMeansTransformerMixtureUpdate(KMeansTransformerWeightedUpdate):
         d, origin = self.config.point_dim, origin.to(torch.float64)
         sums, square_sums, rest = statistics[..., :d], statistics[..., d : d + 1], statistics[..., d + 1 :]
         masses = rest[..., :1]
-        square_sums = square_sums + 2 * (sums * origin).sum(dim=-1, keepdim=True) + (origin * origin).sum(dim=-1, keepdim=True) * masses
+        cross, square_norm = (sums * origin).sum(dim=-1, keepdim=True), (origin * origin).sum(dim=-1, keepdim=True)
+        square_sums = square_sums + 2 * cross + square_norm * masses
         return torch.cat([sums + origin * masses, square_sums, rest], dim=-1)
 
     def finalize(self, statistics, parameters):

@@ -564,7 +564,9 @@ class WeightsFrame:
         origin = parameters["centroids"].mean(dim=1, keepdim=True)
         central = torch.linalg.vector_norm(origin.to(torch.float64), dim=-1) <= radii(origin).amax(dim=-1, keepdim=True)
         if bool(central.all()) and precise_enough(None):
-            return previous if previous is not None and previous.origin is None else cls(None, dtype, _with_ones(points), {})
+            if previous is not None and previous.origin is None:
+                return previous
+            return cls(None, dtype, _with_ones(points), {})
         if not precise_enough(origin):
             dtype = torch.float64
         if previous is not None and previous.dtype == dtype and previous.origin is not None:
@@ -1035,7 +1037,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if weights is None and point_mask is not None:
             weights = point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
         labels, assignments = points.new_full(points.shape[:2], -1, dtype=torch.long), None
-        frames = {}  # the passes' frame (`WeightsFrame`: translated points, compiled queries), made once while it serves
+        frames = {}  # the passes' `WeightsFrame` (translated points, compiled queries), made once while it serves
         for iteration in range(num_iterations):
             layer = self._layer(iteration)
             last = not final_assignment and iteration == num_iterations - 1  # its labels are the output's
@@ -1293,7 +1295,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             if not self._compact_by_labels() and self._rescaling_exponents(seen, centroids) is None:
                 weights = None if sample_weight is None else sample_weight.to(dtype)
                 parameters = {**parameters, "centroids": centroids}
-                passed = self._weights_pass(layer.assign, layer.update, seen, None, weights, parameters, False, False, {})
+                passed = self._weights_pass(
+                    layer.assign, layer.update, seen, None, weights, parameters, False, False, {}
+                )
                 return passed[2]
         _, assignment = self.assign(points.to(dtype), parameters)
         if assignment.is_floating_point():  # float64 sums of float64 terms, whatever the model's dtype

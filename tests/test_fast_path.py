@@ -8,7 +8,13 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel, cpu_kernels, modeling_kmeans_transformer, reference
+from kmeans_transformer import (
+    KMeansTransformerConfig,
+    KMeansTransformerModel,
+    cpu_kernels,
+    modeling_kmeans_transformer,
+    reference,
+)
 from kmeans_transformer.variants import VARIANTS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -791,8 +797,9 @@ def test_float32_weighted_passes_far_from_the_origin(variant, weighted, layout, 
     points mode runs it, the parameters held in float64). The float32 centroids round to half an ulp of `offset` at
     each iteration (EM contracts near its fixed point, so these roundings do not add up), and the weights to about
     2^-24 relative to the spread: 2 ulps of `offset` plus 1e-4, for the centroids in units of the spread and for
-    gmm's relative variances and its weights (which move with the centroids). Expanded in float32 at the points' own coordinates,
-    the scores `|x|^2 - 2 x.c + |c|^2` would round by about `2^-24 offset^2` (1.5 at 1e4), against unit spread.
+    gmm's relative variances and its weights (which move with the centroids). Expanded in float32 at the points' own
+    coordinates, the scores `|x|^2 - 2 x.c + |c|^2` would round by up to `2^-24 a (2 offset)^2` (12 at 1e4 for gmm's `a` =
+    1/2), against unit spread; `"apart"` needs the float64 products (`EXPANDED_SCORE_TOLERANCE`).
     """
     points, reference_points, start, sample_weight = far_from_the_origin(layout, offset, weighted)
     repeats = np.ones(300, dtype=int) if sample_weight is None else sample_weight.numpy().astype(int)
