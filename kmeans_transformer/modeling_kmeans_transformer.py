@@ -546,7 +546,7 @@ class WeightsFrame:
         dtype = points.dtype
         if dtype == torch.float64:
             return previous if previous is not None else cls(None, dtype, _with_ones(points), {})
-        scales = assign.expanded_score_scales(parameters)
+        scales, unit_roundoff = assign.expanded_score_scales(parameters), torch.finfo(dtype).eps / 2
         centroids = parameters["centroids"].to(torch.float64)
 
         def radii(origin):  # |c_j - o| (batch, k)
@@ -556,7 +556,7 @@ class WeightsFrame:
             if scales is None:  # the scores are taken from the differences
                 return True
             reach = radii(origin) + radii(origin).amax(dim=-1, keepdim=True)
-            rounding = torch.finfo(dtype).eps / 2 * scales.to(torch.float64) * reach * reach
+            rounding = unit_roundoff * scales.to(torch.float64) * reach * reach
             return bool((rounding <= EXPANDED_SCORE_TOLERANCE).all())
 
         if previous is not None and previous.dtype == dtype and precise_enough(previous.origin):
@@ -572,7 +572,7 @@ class WeightsFrame:
         if previous is not None and previous.dtype == dtype and previous.origin is not None:
             if torch.equal(previous.origin, origin):
                 return previous
-        return cls(origin, dtype, _with_ones(points.to(dtype), origin.to(dtype)), {})
+        return cls(origin, dtype, _with_ones(points, origin.to(dtype)), {})
 
     def parameters(self, parameters: dict) -> dict:
         """The parameters in this frame: the centroids translated to the origin, everything in the frame's dtype."""
@@ -1753,11 +1753,11 @@ def _times_power_of_two_rounded(values: torch.Tensor, exponents: torch.Tensor) -
 def _with_ones(points: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor:
     """
     The compact point tokens `[x_i ; 1]` `(..., d + 1)` of `points` `(..., d)`, or with `origin` `(..., 1, d)` those of
-    the translated points, `[x_i - o ; 1]`, written in one pass.
+    the translated points, `[x_i - o ; 1]` in the origin's dtype, written in one pass.
     """
     if origin is None:
         return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
-    tokens = points.new_empty(*points.shape[:-1], points.shape[-1] + 1)
+    tokens = points.new_empty(*points.shape[:-1], points.shape[-1] + 1, dtype=origin.dtype)
     torch.sub(points, origin, out=tokens[..., :-1])
     tokens[..., -1] = 1.0
     return tokens
