@@ -62,16 +62,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=None, help="default: every variant the compact engine runs")
     parser.add_argument("--max-token-points", type=int, default=20_000, help="token engine of k-medoids only up to this n")
+    parser.add_argument("--offset", type=float, default=0.0, help="added to every coordinate (data far from the origin)")
+    parser.add_argument("--compact-only", action="store_true", help="time the compact engines alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
-    points = torch.randn(1, args.points, args.dim, generator=torch.Generator().manual_seed(0))
+    points = torch.randn(1, args.points, args.dim, generator=torch.Generator().manual_seed(0)) + args.offset
     runs = {}
     for name, spec in VARIANTS.items():
         if spec.compact and (name == "lloyd" or args.variants is None or name in args.variants):
             model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=args.clusters, point_dim=args.dim, variant=name))
             runs[(name, "compact")] = model
-            if name != "lloyd" and (name != "kmedoids" or args.points <= args.max_token_points):
+            if name != "lloyd" and not args.compact_only and (name != "kmedoids" or args.points <= args.max_token_points):
                 runs[(name, "tokens")] = model
     times = {key: [] for key in runs}
     for model in runs.values():  # warm up: the compiled loops load, the weights' construction is cached
@@ -87,7 +89,8 @@ def main():
     lloyd = statistics.median(times[("lloyd", "compact")])
     print(f"{processor()}, {os.cpu_count()} cores, 1 thread, "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, load average {load[0]:.1f} (before) "
-          f"{os.getloadavg()[0]:.1f} (after); n={args.points}, d={args.dim}, k={args.clusters}, float32\n")
+          f"{os.getloadavg()[0]:.1f} (after); n={args.points}, d={args.dim}, k={args.clusters}, offset {args.offset:g}, "
+          f"{args.iterations} iterations, float32\n")
     print("| variant | engine | s / iteration (median of rounds) | × lloyd compact |")
     print("|---|---|---|---|")
     for (name, engine), values in times.items():

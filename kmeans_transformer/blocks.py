@@ -346,6 +346,16 @@ class KMeansTransformerAssign(KMeansTransformerPositionAttention):
         """
         return {"rule": "softmax", "scaling": self.scaling}
 
+    def expanded_score_scales(self, parameters: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """
+        The factor `a_j` `(batch, k)` of `-a_j |x_i - c_j|^2` in each key's score when the score is the dot product of
+        `compact_query_key_weights` (`|x_i - c_j|^2` expanded into `|x_i|^2 - 2 x_i.c_j + |c_j|^2`, whose rounding
+        grows with `a_j (|x_i| + |c_j|)^2`, not with the score): here `|scaling|` for every key. None where the
+        scores are taken from the differences (nothing cancels).
+        """
+        centroids = parameters["centroids"]
+        return centroids.new_full(centroids.shape[:2], abs(self.scaling))
+
 
 class KMeansTransformerSoftAssign(KMeansTransformerAssign):
     """`"soft"`: the assign block under softmax at `γ`: `y_i` holds the responsibilities `r_ij = softmax_j(-γ |x_i - c_j|^2)`."""
@@ -389,6 +399,10 @@ class KMeansTransformerFuzzyAssign(KMeansTransformerAssign):
     def compact_membership_rule(self) -> dict:
         """The same rule for the compiled pass, which takes every distance from the differences."""
         return {"rule": "fuzzy", "exponent": 1.0 / (self.fuzzifier - 1.0)}
+
+    def expanded_score_scales(self, parameters):
+        """None: both passes take the distances that cancel from the differences."""
+        return None
 
 
 class KMeansTransformerTrimmedAssign(KMeansTransformerAssign):
@@ -448,6 +462,10 @@ class KMeansTransformerGaussianAssign(KMeansTransformerAssign):
         query = self.compact_query_weights(point_tokens) if query is None else query
         key = torch.stack([parameters["variances"], parameters["weights"]], dim=-1).to(query.dtype)
         return self.prepare_query_key(query, torch.cat([parameters["centroids"], key], dim=-1))
+
+    def expanded_score_scales(self, parameters):
+        """`1 / (2σ_j^2)`, the log-density's factor on `|x_i - μ_j|^2`."""
+        return 0.5 / parameters["variances"]
 
 
 class KMeansTransformerTrimGate(nn.Module):
@@ -794,6 +812,14 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
         """`accumulate`'s statistics from the compiled sums of the points `values` `[x_i ; 1]`: the sums themselves."""
         return sums
 
+    def untranslated_statistics(self, statistics: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """
+        The float64 statistics of the points `x_i` from those of the translated points `x_i - o` (`origin` `o`
+        `(batch, 1, d)`): `Σ_i w_ij x_i = Σ_i w_ij (x_i - o) + o Σ_i w_ij`; the last column `Σ_i w_ij` is unchanged.
+        """
+        origin = origin.to(torch.float64)
+        return torch.cat([statistics[..., :-1] + origin * statistics[..., -1:], statistics[..., -1:]], dim=-1)
+
     def score_weights(self, codes: torch.Tensor) -> torch.Tensor:
         """`y_ij^score_power`: a cluster whose powers all round to 0 sees only its own token, and keeps `c_j`."""
         return codes if self.score_power == 1 else codes.clamp(min=0) ** self.score_power
@@ -859,6 +885,18 @@ class KMeansTransformerMixtureUpdate(KMeansTransformerWeightedUpdate):
         if sample_weight is not None:
             mass = mass * sample_weight.to(torch.float64)
         return torch.cat([sums, mass.sum(dim=1)[:, None, None].expand(-1, sums.shape[1], 1)], dim=-1)
+
+    def untranslated_statistics(self, statistics, origin):
+        """
+        `[N_j ; S_j ; R_j ; n]` of the points `x_i` from those of `x_i - o`: `N_j = N'_j + o R_j` and `S_j = S'_j +
+        2 o.N'_j + |o|^2 R_j` (in float64).
+        """
+        d, origin = self.config.point_dim, origin.to(torch.float64)
+        sums, square_sums, rest = statistics[..., :d], statistics[..., d : d + 1], statistics[..., d + 1 :]
+        masses = rest[..., :1]
+        cross, square_norm = (sums * origin).sum(dim=-1, keepdim=True), (origin * origin).sum(dim=-1, keepdim=True)
+        square_sums = square_sums + 2 * cross + square_norm * masses
+        return torch.cat([sums + origin * masses, square_sums, rest], dim=-1)
 
     def finalize(self, statistics, parameters):
         """The M-step (`mixture_parameters`) from the summed `[N_j ; S_j ; R_j ; n]`."""

@@ -508,6 +508,86 @@ class PreparedInputs:
     sample_weight: torch.Tensor | None = None  # (batch, n), 0 on padding; None: every point weighs 1
 
 
+# The largest rounding of an expanded float32 score (in the score's units, see `WeightsFrame.of`) that a weighted pass
+# accepts: above it the pass takes its products in float64.
+EXPANDED_SCORE_TOLERANCE = 2.0**-12
+
+
+@dataclass
+class WeightsFrame:
+    """
+    The coordinates of a weighted pass (soft, gmm, fuzzy) of a model in a dtype narrower than float64: the points
+    and parameters translated to `origin` `o` `(batch, 1, d)`, in the products' `dtype`. Memberships are unchanged by
+    a common translation of points and centroids, and the statistics translate back exactly in float64
+    (`update.untranslated_statistics`); near the data the expanded scores `|x|^2 - 2 x.c + |c|^2` no longer cancel,
+    and the sums of `w x` are of small numbers. `values`: the compact point tokens `[x_i - o ; 1]` in `dtype`;
+    `queries`: the compiled passes' queries made from them, by assign block class. `origin` None: the identity (the
+    points as they are: a float64 model, or data already around the origin).
+    """
+
+    origin: torch.Tensor | None
+    dtype: torch.dtype
+    values: torch.Tensor
+    queries: dict
+
+    @classmethod
+    def of(cls, assign, points: torch.Tensor, parameters: dict, previous: "WeightsFrame | None") -> "WeightsFrame":
+        """
+        The frame of a pass of `assign` over the seen `points` `(batch, n, d)` with `parameters`;
+        `previous`: that of the forward call's last pass, kept (with its translated points and queries) while it is
+        precise enough. The origin is the mean `o` of the entering centroids, or the coordinates' own origin where
+        that is no farther from `o` than the farthest centroid (translating gains at most a factor 2 there, and costs
+        a copy of the points). The expanded score of point `i` and key `j` rounds by about `u a_j (|x_i - o| + |c_j -
+        o|)^2` (`u` the dtype's unit roundoff, `a_j` the key's `assign.expanded_score_scales`), at most `u a_j (r +
+        |c_j - o|)^2` for the points within `r = max_j |c_j - o|` of the origin; where that bound exceeds
+        `EXPANDED_SCORE_TOLERANCE` even from the centroids' mean (clusters far apart, or one whose spread is tiny
+        against its distance from the others), the products are taken in float64.
+        """
+        dtype = points.dtype
+        if dtype == torch.float64:
+            return previous if previous is not None else cls(None, dtype, _with_ones(points), {})
+        scales, unit_roundoff = assign.expanded_score_scales(parameters), torch.finfo(dtype).eps / 2
+        centroids = parameters["centroids"].to(torch.float64)
+
+        def radii(origin):  # |c_j - o| (batch, k)
+            return torch.linalg.vector_norm(centroids if origin is None else centroids - origin.to(centroids), dim=-1)
+
+        def precise_enough(origin):
+            if scales is None:  # the scores are taken from the differences
+                return True
+            reach = radii(origin) + radii(origin).amax(dim=-1, keepdim=True)
+            rounding = unit_roundoff * scales.to(torch.float64) * reach * reach
+            return bool((rounding <= EXPANDED_SCORE_TOLERANCE).all())
+
+        if previous is not None and previous.dtype == dtype and precise_enough(previous.origin):
+            return previous
+        origin = parameters["centroids"].mean(dim=1, keepdim=True)
+        central = torch.linalg.vector_norm(origin.to(torch.float64), dim=-1) <= radii(origin).amax(dim=-1, keepdim=True)
+        if bool(central.all()) and precise_enough(None):
+            if previous is not None and previous.origin is None:
+                return previous
+            return cls(None, dtype, _with_ones(points), {})
+        if not precise_enough(origin):
+            dtype = torch.float64
+        if previous is not None and previous.dtype == dtype and previous.origin is not None:
+            if torch.equal(previous.origin, origin):
+                return previous
+        return cls(origin, dtype, _with_ones(points, origin.to(dtype)), {})
+
+    def parameters(self, parameters: dict) -> dict:
+        """The parameters in this frame: the centroids translated to the origin, everything in the frame's dtype."""
+        found = {name: value.to(self.dtype) for name, value in parameters.items()}
+        if self.origin is not None:
+            found["centroids"] = found["centroids"] - self.origin.to(self.dtype)
+        return found
+
+    def statistics(self, update, statistics: torch.Tensor | None) -> torch.Tensor | None:
+        """The float64 statistics of the points themselves from those summed in this frame."""
+        if statistics is None or self.origin is None:
+            return statistics
+        return update.untranslated_statistics(statistics, self.origin)
+
+
 class CompactIterations:
     """
     The compact engine's state between iterations (see [`KMeansTransformerModel.compact_iterations`]): the compact
@@ -951,33 +1031,33 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         parameters. The whole `(batch, n, k)` assignment is held only when it is returned.
         """
         spec, dtype = self.config.variant_spec, inputs.points.dtype
-        values = _with_ones(spec.seen_points(inputs.points))
+        points = spec.seen_points(inputs.points)
         parameters = {"centroids": spec.seen_points(inputs.centroids), **inputs.state}
         weights, point_mask = inputs.sample_weight, None if bool(inputs.point_mask.all()) else inputs.point_mask
         if weights is None and point_mask is not None:
             weights = point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
-        labels, assignments = values.new_full(values.shape[:2], -1, dtype=torch.long), None
-        queries = {}  # the compiled passes' queries, by assign block class: functions of the points alone
+        labels, assignments = points.new_full(points.shape[:2], -1, dtype=torch.long), None
+        frames = {}  # the passes' `WeightsFrame` (translated points, compiled queries), made once while it serves
         for iteration in range(num_iterations):
             layer = self._layer(iteration)
             last = not final_assignment and iteration == num_iterations - 1  # its labels are the output's
             passed = self._weights_pass(
-                layer.assign, layer.update, values, point_mask, weights, parameters, output_assignments and last, last,
-                queries,
+                layer.assign, layer.update, points, point_mask, weights, parameters, output_assignments and last, last,
+                frames,
             )
             labels, assignments, statistics = passed if last else (labels, assignments, passed[2])
             parameters = {name: value.to(dtype) for name, value in layer.finalize(statistics, parameters).items()}
         if final_assignment:
             head = self.assignment_head.assign
             labels, assignments, _ = self._weights_pass(
-                head, None, values, point_mask, weights, parameters, output_assignments, True, queries
+                head, None, points, point_mask, weights, parameters, output_assignments, True, frames
             )
         centroids = parameters["centroids"]
-        inertia = labelled_inertia(values[..., :-1], centroids, labels, inputs.sample_weight)
+        inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
         if output_assignments:
             if assignments is None:  # no pass made them: the zero slots of the input tokens
-                assignments = values.new_zeros(*values.shape[:2], self.config.num_clusters)
+                assignments = points.new_zeros(*points.shape[:2], self.config.num_clusters)
             output.assignments = assignments
             if spec.soft_assignment:
                 output.responsibilities = assignments
@@ -985,14 +1065,26 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             output[carried.name] = parameters[carried.name]
         return output
 
-    def _weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label, queries):
+    def _weights_pass(self, assign, update, points, point_mask, weights, parameters, keep, label, frames):
         """
-        One pass of a weighted assign over the compact point tokens `values` `[x_i ; 1]` (`point_mask` `(batch, n)`:
+        One pass of a weighted assign over the seen `points` `(batch, n, d)` (`point_mask` `(batch, n)`:
         False for padding; None: every point is real), `assign.compact_rows` at a time (`score_chunk_size` numbers
         of the kernel's): when `label`, the labels (the first largest weight; -1 where a point has none; else None),
-        the whole assignment when `keep`, and, with an `update`, its statistics, summed in float64. `queries`: the
-        compiled passes' queries made so far in this forward call, by assign block class (filled here).
+        the whole assignment when `keep` (in the model's dtype), and, with an `update`, its statistics, summed in
+        float64. In a float32 model the pass runs in a `WeightsFrame`: points and parameters translated near the data
+        (and float64 products where that is not enough), the statistics translated back. `frames`: this forward
+        call's frame so far, under `"frame"` (filled here).
         """
+        dtype = points.dtype
+        frame = frames["frame"] = WeightsFrame.of(assign, points, parameters, frames.get("frame"))
+        values, parameters = frame.values, frame.parameters(parameters)
+        labels, kept, statistics = self._framed_weights_pass(
+            assign, update, values, point_mask, weights, parameters, keep, label, frame.queries
+        )
+        return labels, None if kept is None else kept.to(dtype), frame.statistics(update, statistics)
+
+    def _framed_weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label, queries):
+        """`_weights_pass` on points and parameters in its frame; `queries`: the frame's compiled queries."""
         batch_size, num_points = values.shape[:2]
         kept = values.new_empty(batch_size, num_points, self.config.num_clusters) if keep else None
         compiled = self._compiled_weights_pass(
@@ -1186,7 +1278,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         in `forward`): one compiled loop (`cpu_kernels.membership_sums`) that sums each point's weights into the
         statistics, with no `(batch, n, k)` weights, or, where the loops do not run, chunks of `score_chunk_size`
         weights summed in float64. Its sums are of the points in the model's dtype (float32 terms summed in float32
-        within a lane of 16 rows, then in float64, as documented there). Elsewhere (a hard assignment: labels and
+        within a lane of 16 rows, then in float64, as documented there), in float32 taken on the points translated
+        near the centroids and translated back in float64 (`WeightsFrame`). Elsewhere (a hard assignment: labels and
         per-label sums of the points as given; the token engine; data outside the dtype's safe range, which
         `forward` rescales) the assignment is made and accumulated.
         """
@@ -1195,14 +1288,16 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         parameters = {name: value.to(dtype) for name, value in parameters.items()}
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
         if self.engine() == "compact":
-            seen = spec.seen_points(points.to(dtype))  # made once, for the labels and the sums
-            values, centroids = _with_ones(seen), spec.seen_points(parameters["centroids"])
+            seen, centroids = spec.seen_points(points.to(dtype)), spec.seen_points(parameters["centroids"])
             if self._compact_by_labels() and points.dtype == dtype:  # the sums are of the points as given
+                values = _with_ones(seen)  # made once, for the labels and the sums
                 return layer.update.accumulate(self._compact_labels(seen, values, centroids), values, **weighted)
             if not self._compact_by_labels() and self._rescaling_exponents(seen, centroids) is None:
                 weights = None if sample_weight is None else sample_weight.to(dtype)
                 parameters = {**parameters, "centroids": centroids}
-                passed = self._weights_pass(layer.assign, layer.update, values, None, weights, parameters, False, False, {})
+                passed = self._weights_pass(
+                    layer.assign, layer.update, seen, None, weights, parameters, False, False, {}
+                )
                 return passed[2]
         _, assignment = self.assign(points.to(dtype), parameters)
         if assignment.is_floating_point():  # float64 sums of float64 terms, whatever the model's dtype
@@ -1655,9 +1750,17 @@ def _times_power_of_two_rounded(values: torch.Tensor, exponents: torch.Tensor) -
 
 
 
-def _with_ones(points: torch.Tensor) -> torch.Tensor:
-    """The compact point tokens `[x_i ; 1]` `(..., d + 1)` of `points` `(..., d)`."""
-    return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
+def _with_ones(points: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor:
+    """
+    The compact point tokens `[x_i ; 1]` `(..., d + 1)` of `points` `(..., d)`, or with `origin` `(..., 1, d)` those of
+    the translated points, `[x_i - o ; 1]` in the origin's dtype, written in one pass.
+    """
+    if origin is None:
+        return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
+    tokens = points.new_empty(*points.shape[:-1], points.shape[-1] + 1, dtype=origin.dtype)
+    torch.sub(points, origin, out=tokens[..., :-1])
+    tokens[..., -1] = 1.0
+    return tokens
 
 
 __all__ = ["DTYPES", "labelled_inertia", "KMeansTransformerModel", "KMeansTransformerPreTrainedModel", "KMeansTransformerOutput"]

@@ -8,7 +8,13 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel, cpu_kernels, modeling_kmeans_transformer
+from kmeans_transformer import (
+    KMeansTransformerConfig,
+    KMeansTransformerModel,
+    cpu_kernels,
+    modeling_kmeans_transformer,
+    reference,
+)
 from kmeans_transformer.variants import VARIANTS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -762,3 +768,65 @@ def test_head_labels_and_inertia_in_one_pass_are_those_of_the_separate_steps(dty
         torch.set_num_threads(threads)
     for name in ("labels", "centroids", "inertia", "assignments"):
         assert torch.equal(fused[name], separate[name]), name
+
+
+def far_from_the_origin(layout, offset, weighted):
+    """
+    Float32 points `(1, n, 4)` of three clusters of unit spread, their float64 values (the float32 ones widened),
+    three starting centroids (points of each cluster), and integer sample weights (or None). `"shifted"`: the clusters
+    within a few units of each other, all `offset` from the origin; `"apart"`: one cluster near the origin, the two
+    others a few units apart, `offset` from it (no origin near all three, and the two overlap).
+    """
+    generator = torch.Generator().manual_seed(31)
+    steps = torch.tensor([0.0, 1.0, 1.0]) if layout == "apart" else torch.ones(3)
+    centres = torch.randn(3, 4, generator=generator, dtype=torch.float64) * 3 + steps[:, None] * offset
+    members = torch.arange(300) % 3
+    points = (centres[members] + torch.randn(300, 4, generator=generator, dtype=torch.float64)).to(torch.float32)
+    weights = torch.randint(1, 4, (300,), generator=generator).to(torch.float32) if weighted else None
+    return points[None], points.double().numpy(), points[None, [0, 1, 2]], weights
+
+
+@pytest.mark.parametrize("variant", ["soft", "gmm", "fuzzy"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("layout,offset", [("shifted", 1e3), ("shifted", 1e4), ("apart", 1e4)])
+def test_float32_weighted_passes_far_from_the_origin(variant, weighted, layout, offset, compiled):
+    """
+    A float32 soft, gmm and fuzzy model on points of unit spread far from the origin (and on clusters far apart)
+    against the float64 plain loops of `reference` on the same float32 points, integer sample weights as repeated
+    points: forward's compact engine, and the iteration as sufficient statistics (`statistics` and `finalize`, as
+    points mode runs it, the parameters held in float64). The float32 centroids round to half an ulp of `offset` at
+    each iteration (EM contracts near its fixed point, so these roundings do not add up), and the weights to about
+    2^-24 relative to the spread: 2 ulps of `offset` plus 1e-4, for the centroids in units of the spread and for
+    gmm's relative variances and its weights (which move with the centroids). Expanded in float32 at the points' own
+    coordinates, the scores `|x|^2 - 2 x.c + |c|^2` would round by up to `2^-24 a (2 offset)^2` (12 at 1e4 for gmm's `a` =
+    1/2), against unit spread; `"apart"` needs the float64 products (`EXPANDED_SCORE_TOLERANCE`).
+    """
+    points, reference_points, start, sample_weight = far_from_the_origin(layout, offset, weighted)
+    repeats = np.ones(300, dtype=int) if sample_weight is None else sample_weight.numpy().astype(int)
+    repeated = np.repeat(reference_points, repeats, axis=0)
+    initial = start[0].double().numpy()
+    iterations = 6
+    options = {"soft": {"inverse_temperature": 0.5}, "gmm": {"reg_covar": 1e-6}, "fuzzy": {"fuzzifier": 2.0}}[variant]
+    config = KMeansTransformerConfig(num_clusters=3, point_dim=4, num_iterations=iterations, variant=variant, **options)
+    model = KMeansTransformerModel(config).float().eval()
+    state = {"variances": torch.ones(1, 3), "weights": torch.full((1, 3), 1 / 3)} if variant == "gmm" else {}
+    if variant == "soft":
+        expected = reference.soft_kmeans(repeated, initial, iterations, 0.5)
+    elif variant == "gmm":
+        expected = reference.gaussian_mixture_em(repeated, initial, np.ones(3), np.full(3, 1 / 3), iterations, 1e-6)
+    else:
+        expected = reference.fuzzy_cmeans(repeated, initial, iterations, 2.0)
+    tolerance = 2 * np.spacing(np.float32(offset)) + 1e-4
+    weights = {} if sample_weight is None else {"sample_weight": sample_weight[None]}
+    assert model.engine() == "compact"
+    output = model(points, start, output_assignments=False, **weights, **state)
+    parameters = {"centroids": start.double(), **{name: value.double() for name, value in state.items()}}
+    for _ in range(iterations):  # points mode's loop on one chunk
+        statistics = model.statistics(points, parameters, **weights)
+        parameters = {name: value.double() for name, value in model.finalize(statistics, parameters).items()}
+    for found in (output.centroids, parameters["centroids"]):
+        np.testing.assert_allclose(found[0].double().numpy(), expected.centroids, rtol=0, atol=tolerance)
+    if variant == "gmm":
+        for found in (output, parameters):
+            np.testing.assert_allclose(found["variances"][0].double().numpy(), expected.variances, rtol=tolerance)
+            np.testing.assert_allclose(found["weights"][0].double().numpy(), expected.weights, rtol=0, atol=tolerance)
