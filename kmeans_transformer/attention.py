@@ -202,7 +202,7 @@ def code_sums(
     flat = values.reshape(groups * rows, width)
     sums = flat.new_zeros(groups * num_codes + 1, width, dtype=torch.float64)
     traced = torch.compiler.is_compiling()  # one block, and counts of a static shape (no bincount)
-    block = flat.shape[0] if values.dtype == torch.float64 or traced else max(1, 2**20 // max(1, width))
+    block = max(1, flat.shape[0]) if values.dtype == torch.float64 or traced else max(1, 2**20 // max(1, width))
     for start in [0] if traced else range(0, flat.shape[0], block):
         sums.index_add_(0, bins[start : start + block], flat[start : start + block].to(torch.float64))
     counts = bins.new_zeros(groups * num_codes + 1).index_add_(0, bins, torch.ones_like(bins))[:-1]

@@ -809,7 +809,8 @@ class _Members:
         group, u, w = self.every
         w = torch.where(u < bounds[group], w, 0.0)
         k = self.k
-        return torch.stack([torch.bincount(group, w * -u, minlength=k), torch.bincount(group, w, minlength=k)])
+        sums = torch.stack([torch.bincount(group, w * -u, minlength=k), torch.bincount(group, w, minlength=k)])
+        return sums.to(torch.float64)  # bincount of no members gives int64 zeros: every process sends float64
 
 
 def _ordered_keys(values: torch.Tensor) -> torch.Tensor:
