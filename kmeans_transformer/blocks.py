@@ -812,6 +812,15 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
         """`accumulate`'s statistics from the compiled sums of the points `values` `[x_i ; 1]`: the sums themselves."""
         return sums
 
+    def sums_cancellation(self, parameters: dict[str, torch.Tensor], statistics=None) -> torch.Tensor | None:
+        """
+        The factor `κ_j` `(batch, k)` by which a relative error `ε` of the compiled sums (each column's sum off by
+        at most `ε Σ_i |w_ij s_i v_ic|`) grows in the result that `finalize` takes from them, relative to that
+        result's own size, for the parameters in the pass's coordinates (those of `parameters`, or of `statistics`
+        when given). None: the results are quotients of the sums (`c_j = N_j / R_j`), which cancel nothing.
+        """
+        return None
+
     def untranslated_statistics(self, statistics: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
         """
         The float64 statistics of the points `x_i` from those of the translated points `x_i - o` (`origin` `o`
@@ -880,11 +889,34 @@ class KMeansTransformerMixtureUpdate(KMeansTransformerWeightedUpdate):
         return torch.cat([sums, counts], dim=-1)
 
     def statistics_of_sums(self, sums, values, sample_weight=None):
-        """`[N_j ; S_j ; R_j]` from the compiled sums (`|x_i|^2` and every product in float64), then the mass `n`."""
+        """`[N_j ; S_j ; R_j]` from the compiled sums, then the mass `n`."""
         mass = values[..., -1].to(torch.float64)
         if sample_weight is not None:
             mass = mass * sample_weight.to(torch.float64)
         return torch.cat([sums, mass.sum(dim=1)[:, None, None].expand(-1, sums.shape[1], 1)], dim=-1)
+
+    def sums_cancellation(self, parameters, statistics=None):
+        """
+        `κ_j = 4 s_j / (d σ_j^2)`: the M-step's variance `d σ_j^2 = s_j - |μ_j|^2 (+ d reg_covar)`, with `s_j = S_j /
+        R_j` the mean of `|y_i|^2` and `μ_j = N_j / R_j`, moves by at most `κ_j ε σ_j^2` (to first order) when each
+        sum is off by `ε` of its sum of absolute terms: `S/R` by `ε s`, `|N/R|^2` by `2 ε |μ| Σ_i r_ij |y_i| / R <=
+        2 ε s` (Cauchy-Schwarz), both through `R` by `ε |2 |μ|^2 - s| <= ε s`. It cancels where the component lies far
+        from the coordinates' origin against its spread, `|μ_j|^2 >> d σ_j^2`. Of the components that `statistics`
+        `[N ; S ; R ; n]` give (after a pass: infinite where the variance is not positive, 0 where `R_j = 0`, whose
+        parameters are kept), else of `parameters` (before it, `s_j` taken as `|μ_j|^2 + d σ_j^2`).
+        """
+        d = self.config.point_dim
+        if statistics is None:
+            centroids = parameters["centroids"].to(torch.float64)
+            spreads = d * parameters["variances"].to(torch.float64)
+            return 4 * ((centroids * centroids).sum(dim=-1) + spreads) / spreads
+        sums, square_sums, masses = statistics[..., :d], statistics[..., d], statistics[..., d + 1]
+        has_mass = masses > 0
+        safe_masses = torch.where(has_mass, masses, torch.ones_like(masses))
+        means, mean_squares = sums / safe_masses[..., None], square_sums / safe_masses
+        spreads = mean_squares - (means * means).sum(dim=-1) + d * self.config.reg_covar
+        cancellation = torch.where(spreads > 0, 4 * mean_squares / spreads, torch.full_like(spreads, math.inf))
+        return torch.where(has_mass, cancellation, torch.zeros_like(cancellation))
 
     def untranslated_statistics(self, statistics, origin):
         """

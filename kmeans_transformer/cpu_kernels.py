@@ -1032,6 +1032,29 @@ static inline Vec<A> widen(const T* p) {
   else { FloatHalf h; std::memcpy(&h, p, sizeof(h)); return __builtin_convertvector(h, DoubleVec); }
 }
 
+// `|x|^2` of `Lanes<A>` rows as a vector of A, column c of the rows at `p + c * stride`: each summed in double in
+// coordinate order, then rounded once to A.
+template <typename A, typename T>
+static inline Vec<A> square_norms(const T* p, int64_t stride, int64_t dim) {
+  if constexpr (std::is_same<A, double>::value) {
+    Vec<A> norm = {};
+    for (int64_t c = 0; c < dim; ++c) { const Vec<A> x = widen<A>(p + c * stride); norm += x * x; }
+    return norm;
+  } else {
+    constexpr int half = Lanes<double>::value;
+    DoubleVec low = {}, high = {};
+    for (int64_t c = 0; c < dim; ++c) {
+      const DoubleVec x = widen<double>(p + c * stride), y = widen<double>(p + c * stride + half);
+      low += x * x;
+      high += y * y;
+    }
+    const FloatHalf halves[2] = {__builtin_convertvector(low, FloatHalf), __builtin_convertvector(high, FloatHalf)};
+    Vec<A> norm;
+    std::memcpy(&norm, halves, sizeof(norm));
+    return norm;
+  }
+}
+
 enum MembershipKind : int64_t { kSoftmax = 0, kFuzzy = 1 };
 struct MembershipRule {
   int64_t kind;       // kSoftmax: softmax_j(scaling q_i.key_j); kFuzzy: fuzzy c-means on |q_i - key_j|^2
@@ -1151,7 +1174,7 @@ static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, 
   for (int64_t u = vectors; u < V; ++u) for (int64_t j = 0; j < k; ++j) S[j * V + u] = zero;
   // The sums Σ_i w_ij^power s_i row_ic (w = max(w, 0) when power != 1), each term w^power * (s_i row_ic) in A, over the tile's rows in A's lanes,
   // each lane's partial sum added to the block's double sums (`block_sums`, `add_lane_sums`). The rows [x ; (|x|^2 ;) 1] are the query's first `dim` columns,
-  // widened once per tile (|x|^2 summed in double in coordinate order), times s_i; where they are the tile's columns
+  // widened once per tile (|x|^2 summed in double in coordinate order and rounded once to A), times s_i; where they are the tile's columns
   // as they are (float sums of float rows, or double of double, and no s_i), the whole column blocks of x are read in
   // place (`direct` columns) and only the others are copied.
   const int64_t out_width = dim + 1 + (rule.square_norm ? 1 : 0);
@@ -1167,13 +1190,14 @@ static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, 
     const int64_t u = a / H, h = a % H;
     if (u >= vectors) { for (int64_t c = direct; c < padded_columns; ++c) Xw[(c - direct) * U + a] = none; continue; }
     const Vec<A> scale = s ? widen<A>(scales + a * LA) : one;
-    Vec<A> norm = none;
-    for (int64_t c = rule.square_norm ? 0 : direct; c < dim; ++c) {
+    for (int64_t c = direct; c < dim; ++c) {
       const Vec<A> x = widen<A>(lanes + (u * eq + c) * L + h * LA);
-      if (rule.square_norm) norm += x * x;
-      if (c >= direct) Xw[(c - direct) * U + a] = s ? scale * x : x;
+      Xw[(c - direct) * U + a] = s ? scale * x : x;
     }
-    if (rule.square_norm) Xw[(dim - direct) * U + a] = s ? scale * norm : norm;
+    if (rule.square_norm) {
+      const Vec<A> norm = square_norms<A>(lanes + u * eq * L + h * LA, L, dim);
+      Xw[(dim - direct) * U + a] = s ? scale * norm : norm;
+    }
     Xw[(out_width - 1 - direct) * U + a] = scale;
     for (int64_t c = out_width; c < padded_columns; ++c) Xw[(c - direct) * U + a] = none;
   }
@@ -1277,11 +1301,12 @@ static void membership_sums_impl(const at::Tensor& query, const at::Tensor& key,
 // query (groups, n, e) and key (groups, k, e) of the rule's scores, whose first `dim` query coordinates are the
 // point x; sample_weight (groups, n) or none; seen (groups, n) bool or none (False: padding, weight 0 and label -1).
 // Returns the float64 sums (groups, k, dim + 1 (+ 1)) of the rows [x ; (|x|^2 ;) 1] (k = 0 unless `want_sums`),
-// the labels (groups, n) when asked, and fills `kept` (groups, n, k) with the weights when given.
+// the labels (groups, n) when asked, and fills `kept` (groups, n, k) with the weights when given. Float32 rows are
+// summed in float32 lanes (16 rows each, then in float64), or with `float64_products` every product in float64.
 std::vector<at::Tensor> membership_sums(at::Tensor query, at::Tensor key, int64_t dim,
                                         c10::optional<at::Tensor> sample_weight, c10::optional<at::Tensor> seen,
                                         int64_t kind, double scaling, double exponent, double power, bool square_norm,
-                                        bool want_sums, bool want_labels, c10::optional<at::Tensor> kept) {
+                                        bool float64_products, bool want_sums, bool want_labels, c10::optional<at::Tensor> kept) {
   TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && query.size(0) == key.size(0) && query.size(2) == key.size(2) &&
               query.stride(2) == 1 && key.is_contiguous() && query.scalar_type() == key.scalar_type() &&
               key.size(1) > 0 && dim >= 0 && dim <= query.size(2),
@@ -1306,7 +1331,7 @@ std::vector<at::Tensor> membership_sums(at::Tensor query, at::Tensor key, int64_
   if (want_labels) labels = at::empty({groups, n}, query.options().dtype(at::kLong));
   const MembershipRule rule{kind, scaling, exponent, power, square_norm, want_sums};
   auto sums = at::zeros({groups, want_sums ? k : 0, dim + 1 + (square_norm ? 1 : 0)}, query.options().dtype(at::kDouble));
-  if (dtype == at::kFloat && !square_norm) membership_sums_impl<float, float>(query, key, dim, s, m, rule, sums, labels, out);
+  if (dtype == at::kFloat && !float64_products) membership_sums_impl<float, float>(query, key, dim, s, m, rule, sums, labels, out);
   else if (dtype == at::kFloat) membership_sums_impl<float, double>(query, key, dim, s, m, rule, sums, labels, out);
   else if (dtype == at::kDouble) membership_sums_impl<double, double>(query, key, dim, s, m, rule, sums, labels, out);
   else TORCH_CHECK(false, "membership_sums: float32 or float64 only");
@@ -2140,6 +2165,7 @@ def lloyd_step(
 
 
 MEMBERSHIP_RULES = {"softmax": 0, "fuzzy": 1}  # the compiled pass's rules (`membership_sums`)
+MEMBERSHIP_LANE_ROWS = 16  # rows that `membership_sums` adds up in each float32 lane before float64 (kMemberVectors)
 
 
 def membership_sums_run(values: torch.Tensor) -> bool:
@@ -2159,6 +2185,7 @@ def membership_sums(
     exponent: float = 1.0,
     power: float = 1.0,
     square_norm: bool = False,
+    float64_products: bool = False,
     sums: bool = True,
     labels: bool = False,
     kept: torch.Tensor | None = None,
@@ -2189,7 +2216,7 @@ def membership_sums(
         return None
     found = module.membership_sums(
         _contiguous_rows(query), key.contiguous(), int(dim), sample_weight, point_mask, MEMBERSHIP_RULES[rule],
-        float(scaling), float(exponent), float(power), bool(square_norm), bool(sums), bool(labels), kept,
+        float(scaling), float(exponent), float(power), bool(square_norm), bool(float64_products), bool(sums), bool(labels), kept,
     )
     return (found[0] if sums else None), (found[1] if labels else None)
 

@@ -55,7 +55,7 @@ from .blocks import (
 )
 from .configuration_kmeans_transformer import KMeansTransformerConfig
 from . import cpu_kernels
-from .cpu_kernels import lloyd_step, membership_sums, membership_sums_run, nearest_inertia
+from .cpu_kernels import MEMBERSHIP_LANE_ROWS, lloyd_step, membership_sums, membership_sums_run, nearest_inertia
 from .variants import VARIANTS
 
 
@@ -511,6 +511,9 @@ class PreparedInputs:
 # The largest rounding of an expanded float32 score (in the score's units, see `WeightsFrame.of`) that a weighted pass
 # accepts: above it the pass takes its products in float64.
 EXPANDED_SCORE_TOLERANCE = 2.0**-12
+# The largest bound on the relative error of a result that a float32 pass's sums cancel into (gmm's variances, see
+# `WeightsFrame.lane_sums`) that the pass accepts from float32 lane sums: above it the sums' products are in float64.
+LANE_SUMS_TOLERANCE = 2.0**-12
 
 
 @dataclass
@@ -580,6 +583,25 @@ class WeightsFrame:
         if self.origin is not None:
             found["centroids"] = found["centroids"] - self.origin.to(self.dtype)
         return found
+
+    def lane_sums(self, update, parameters: dict, statistics: torch.Tensor | None = None) -> bool:
+        """
+        Whether the compiled pass of `update` in this frame adds its products in float32 lanes
+        (`cpu_kernels.membership_sums`: each sum within `ε = (MEMBERSHIP_LANE_ROWS + 2) u` of its sum of absolute
+        terms, `u = 2^-24`: the roundings of a lane's products and additions, of `|y_i|^2` and of `s_i y_i`) rather
+        than in float64: in a float32 frame, where the result that the update's `finalize` takes from the sums moves
+        by at most `LANE_SUMS_TOLERANCE` of itself, `ε κ_j` (`update.sums_cancellation`) for every component. Before
+        the pass `κ_j` is that of the entering `parameters` (in this frame); after it, that of the pass's
+        `statistics` (in this frame), and where it fails there the pass is taken again with float64 products (a
+        component whose spread collapsed in that iteration).
+        """
+        if self.dtype != torch.float32:
+            return False
+        cancellation = update.sums_cancellation(parameters, statistics)
+        if cancellation is None:
+            return True
+        lane_error = (MEMBERSHIP_LANE_ROWS + 2) * torch.finfo(torch.float32).eps / 2
+        return bool((lane_error * cancellation <= LANE_SUMS_TOLERANCE).all())
 
     def statistics(self, update, statistics: torch.Tensor | None) -> torch.Tensor | None:
         """The float64 statistics of the points themselves from those summed in this frame."""
@@ -1079,16 +1101,16 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         frame = frames["frame"] = WeightsFrame.of(assign, points, parameters, frames.get("frame"))
         values, parameters = frame.values, frame.parameters(parameters)
         labels, kept, statistics = self._framed_weights_pass(
-            assign, update, values, point_mask, weights, parameters, keep, label, frame.queries
+            assign, update, values, point_mask, weights, parameters, keep, label, frame
         )
         return labels, None if kept is None else kept.to(dtype), frame.statistics(update, statistics)
 
-    def _framed_weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label, queries):
-        """`_weights_pass` on points and parameters in its frame; `queries`: the frame's compiled queries."""
+    def _framed_weights_pass(self, assign, update, values, point_mask, weights, parameters, keep, label, frame):
+        """`_weights_pass` on points and parameters in its `frame`."""
         batch_size, num_points = values.shape[:2]
         kept = values.new_empty(batch_size, num_points, self.config.num_clusters) if keep else None
         compiled = self._compiled_weights_pass(
-            assign, update, values, point_mask, weights, parameters, kept, label, queries
+            assign, update, values, point_mask, weights, parameters, kept, label, frame
         )
         if compiled is not None:
             return compiled
@@ -1107,33 +1129,43 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 kept[:, chunk] = assignment
             if update is not None:
                 # float64 within a chunk too: gmm's variance is a difference of second moments, which float32 sums
-                # of points far from the origin would cancel.
+                # of points far from the origin would cancel, and a float32 product of a chunk's weights and points
+                # has no bound like the compiled lanes' (its error grows with the chunk's rows, in the library's order).
                 weighted = {} if weights is None else {"sample_weight": weights[:, chunk]}
                 part = update.accumulate_float64(assignment, values[:, chunk], **weighted)
                 statistics = part if statistics is None else statistics.add_(part)
         return labels, kept, statistics
 
     @staticmethod
-    def _compiled_weights_pass(assign, update, values, point_mask, weights, parameters, kept, label, queries):
+    def _compiled_weights_pass(assign, update, values, point_mask, weights, parameters, kept, label, frame):
         """
         `_weights_pass` in one compiled loop over every point (`cpu_kernels.membership_sums`: the assign's
-        `compact_membership_rule`, the update's `compiled_sums_form`), holding no chunk of weights; None where the
-        loops do not run (then nothing is computed: the chunks hold no whole-`n` query).
+        `compact_membership_rule`, the update's `compiled_sums_form`, float32 lane sums where the `frame` allows them,
+        `WeightsFrame.lane_sums`), holding no chunk of weights; None where the loops do not run (then nothing is
+        computed: the chunks hold no whole-`n` query).
         """
         if not membership_sums_run(values):
             return None
+        queries = frame.queries
         if type(assign) not in queries:  # made once per forward call, for every layer and the head alike
             queries[type(assign)] = assign.compact_query_weights(values)
         query, key = assign.compact_query_key_weights(values, parameters, queries[type(assign)])
         form = {"sums": False} if update is None else update.compiled_sums_form()
-        found = membership_sums(
-            query, key, values.shape[-1] - 1, weights, point_mask, **assign.compact_membership_rule(), **form,
-            labels=label, kept=kept,
-        )
-        if found is None:
-            return None
-        sums, labels = found
-        return labels, kept, None if update is None else update.statistics_of_sums(sums, values, weights)
+
+        def summed(lanes):  # (statistics, labels) of the pass, its products in float32 lanes or float64
+            found = membership_sums(
+                query, key, values.shape[-1] - 1, weights, point_mask, **assign.compact_membership_rule(), **form,
+                float64_products=not lanes, labels=label, kept=kept,
+            )
+            if found is None or update is None:
+                return found
+            return update.statistics_of_sums(found[0], values, weights), found[1]
+
+        lanes = update is not None and frame.lane_sums(update, parameters)
+        found = summed(lanes)
+        if lanes and found is not None and not frame.lane_sums(update, parameters, found[0]):
+            found = summed(False)
+        return None if found is None else (found[1], kept, found[0])
 
     def _compact_tokens(self, inputs: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
