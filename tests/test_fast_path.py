@@ -830,3 +830,84 @@ def test_float32_weighted_passes_far_from_the_origin(variant, weighted, layout, 
         for found in (output, parameters):
             np.testing.assert_allclose(found["variances"][0].double().numpy(), expected.variances, rtol=tolerance)
             np.testing.assert_allclose(found["weights"][0].double().numpy(), expected.weights, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("spread", [1e-3, 1.0], ids=["collapsing", "unit"])
+def test_float32_gmm_variances_from_lane_sums(spread, compiled, monkeypatch):
+    """
+    Float32 gmm on three clusters 8 from the origin (and from each other) against the float64 EM of `reference` on
+    the same float32 points, from variances 1: forward's first iteration, and three iterations as sufficient
+    statistics (points mode's loop). With unit spread the compiled pass sums in float32 lanes (the variance's
+    cancellation `κ = 4 s / (d σ^2)` is about 130, within `LANE_SUMS_TOLERANCE`). With spread 1e-3 the first
+    M-step's `d σ^2 = S/R - |N/R|^2 = 2e-6` is a difference of mean squares near 64 (`κ` about 10^8, where float32
+    lanes leave about half of it): entering with variance 1 the pass starts in lanes, its statistics fail the
+    bound, and it is taken again with float64 products. Variances within `LANE_SUMS_TOLERANCE`, centroids within
+    2 float32 ulps of 8 plus 1e-4 of the spread.
+    """
+    generator = torch.Generator().manual_seed(5)
+    angles = torch.tensor([0.0, 2.1, 4.2], dtype=torch.float64)
+    centres = 8 * torch.stack([angles.cos(), angles.sin()], dim=-1)
+    members = torch.arange(300) % 3
+    points = (centres[members] + spread * torch.randn(300, 2, generator=generator, dtype=torch.float64)).float()
+    start = points[None, [0, 1, 2]]
+    state = {"variances": torch.ones(1, 3), "weights": torch.full((1, 3), 1 / 3)}
+    passes = []  # the compiled gmm passes' float64_products, in order
+    membership_sums = modeling_kmeans_transformer.membership_sums
+
+    def recorded(*args, **kwargs):
+        if kwargs.get("square_norm"):
+            passes.append(kwargs["float64_products"])
+        return membership_sums(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_kmeans_transformer, "membership_sums", recorded)
+    model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=3, point_dim=2, num_iterations=1, variant="gmm"))
+    model = model.float().eval()
+    expected = reference.gaussian_mixture_em(points.double().numpy(), start[0].double().numpy(), np.ones(3), np.full(3, 1 / 3), 3)
+    atol = 2 * np.spacing(np.float32(8)) + 1e-4 * spread
+    rtol = modeling_kmeans_transformer.LANE_SUMS_TOLERANCE
+    output = model(points[None], start, output_assignments=False, **state)
+    np.testing.assert_allclose(output.centroids[0].double().numpy(), expected.centroid_history[1], rtol=0, atol=atol)
+    np.testing.assert_allclose(output.variances[0].double().numpy(), expected.variance_history[1], rtol=rtol)
+    if compiled:
+        assert passes == ([False, True] if spread < 1 else [False])
+    parameters = {"centroids": start.double(), **{name: value.double() for name, value in state.items()}}
+    for iteration in range(1, 4):
+        statistics = model.statistics(points[None], parameters)
+        parameters = {name: value.double() for name, value in model.finalize(statistics, parameters).items()}
+        found = parameters["centroids"][0].numpy()
+        np.testing.assert_allclose(found, expected.centroid_history[iteration], rtol=0, atol=atol)
+        np.testing.assert_allclose(parameters["variances"][0].numpy(), expected.variance_history[iteration], rtol=rtol)
+
+
+def test_gmm_sums_cancellation_bounds_the_variance():
+    """
+    `sums_cancellation`'s `κ_j` against a direct computation: the variance `(S/R - |N/R|^2) / d` of sums `[N ; S ;
+    R]` each moved by `ε` of its sum of absolute terms, every sign pattern and random ones, moves by at most `κ_j ε
+    σ_j^2`, and by more than half of it for the component far from the origin (the bound is nearly reached there);
+    before a pass, from the parameters those sums give, `κ_j` is the same.
+    """
+    generator = torch.Generator().manual_seed(7)
+    n, d, k = 500, 3, 3
+    centres = torch.tensor([[0.0, 0.0, 0.0], [3.0, -1.0, 2.0], [400.0, 300.0, 0.0]], dtype=torch.float64)
+    points = centres[torch.arange(n) % k] + torch.randn(n, d, generator=generator, dtype=torch.float64)
+    responsibilities = torch.softmax(torch.randn(n, k, generator=generator, dtype=torch.float64) * 4, dim=-1)
+    rows = torch.cat([points, (points * points).sum(dim=-1, keepdim=True), torch.ones(n, 1, dtype=torch.float64)], -1)
+    sums, magnitudes = responsibilities.T @ rows, responsibilities.T @ rows.abs()  # (k, d + 2)
+    statistics = torch.cat([sums, torch.full((k, 1), float(n), dtype=torch.float64)], dim=-1)[None]
+    update = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d, variant="gmm")).layers[0].update
+    cancellation = update.sums_cancellation({}, statistics)[0]
+
+    def variances(moved):
+        means = moved[:, :d] / moved[:, d + 1 :]
+        return (moved[:, d] / moved[:, d + 1] - (means * means).sum(dim=-1)) / d
+
+    exact, epsilon = variances(sums), 1e-10
+    corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * (d + 2))
+    signs = torch.cat([corners, torch.rand(200, d + 2, generator=generator, dtype=torch.float64) * 2 - 1])
+    largest = torch.stack([(variances(sums + sign * epsilon * magnitudes) - exact).abs() for sign in signs]).amax(0)
+    bound = cancellation * epsilon * exact
+    assert (largest <= bound * (1 + 1e-6)).all()
+    assert largest[2] > bound[2] / 2
+    assert update.config.reg_covar == 0  # then the M-step's variance is `d σ^2 = s - |μ|^2` itself
+    parameters = update.finalize(statistics, {"centroids": torch.zeros(1, k, d), "variances": torch.ones(1, k)})
+    torch.testing.assert_close(update.sums_cancellation(parameters)[0], cancellation, rtol=1e-9, atol=0)
