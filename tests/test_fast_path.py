@@ -537,7 +537,7 @@ def test_membership_sums_against_numpy(dtype, rule, fuzzifier):
     The compiled weighted pass against NumPy in float64: the weights (softmax with many underflowing to 0, or fuzzy
     c-means with points on centroids), the first largest weight's label (-1 for padding), and the sums `Σ_i
     w_ij^power s_i [x_i (; |x_i|^2) ; 1]` over more rows than one block, for a k that is not a multiple of the key
-    tile; the same numbers on one thread and on two.
+    tile, in float32 lanes and with float64 products; the same numbers on one thread and on two.
     """
     require_compiled()
     generator = torch.Generator().manual_seed(25)
@@ -555,10 +555,12 @@ def test_membership_sums_against_numpy(dtype, rule, fuzzifier):
         query, key, options = points, centroids, {"exponent": 1 / (fuzzifier - 1)}
     x, c, visible, s = (t.numpy().astype(np.float64) for t in (points, centroids, mask, sample_weight))
     precise = dtype == torch.float64
-    for square_norm, power in [(False, 1.0), (True, 1.0), (False, fuzzifier)]:
+    forms = [(False, 1.0, False), (True, 1.0, False), (True, 1.0, True), (False, fuzzifier, False)]
+    for square_norm, power, float64_products in forms:
         kept = torch.empty(groups, n, k, dtype=dtype)
         sums, labels = cpu_kernels.membership_sums(
-            query, key, d, sample_weight, mask, rule, **options, power=power, square_norm=square_norm, labels=True, kept=kept
+            query, key, d, sample_weight, mask, rule, **options, power=power, square_norm=square_norm,
+            float64_products=float64_products, labels=True, kept=kept,
         )
         for g in range(groups):
             weights = numpy_memberships(x[g], c[g], rule, scaling, fuzzifier) * visible[g][:, None]
@@ -576,11 +578,18 @@ def test_membership_sums_against_numpy(dtype, rule, fuzzifier):
             expected = terms.T @ rows
             bound = np.abs(terms).T @ np.abs(rows)  # the sums' error is relative to the sums of |terms|
             assert (np.abs(sums[g].numpy() - expected) <= (1e-12 if precise else 1e-4) * bound + 1e-300).all()
+            # the sums of the pass's own weights: float32 lanes within (16 + 3) 2^-24 of the sums of |terms| (16
+            # roundings in a lane; s_i v_ic, |x_i|^2 and w^power rounded to float32 first), else float64 products
+            own = np.maximum(kept[g].numpy().astype(np.float64), 0) ** power * s[g][:, None]
+            lanes = (cpu_kernels.MEMBERSHIP_LANE_ROWS + 3) * 2.0**-24
+            error = np.abs(sums[g].numpy() - own.T @ rows) / (np.abs(own).T @ np.abs(rows) + 1e-300)
+            assert (error <= (1e-13 if precise or float64_products else lanes)).all()
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(1 if threads > 1 else 2)
             again = cpu_kernels.membership_sums(
-                query, key, d, sample_weight, mask, rule, **options, power=power, square_norm=square_norm, labels=True
+                query, key, d, sample_weight, mask, rule, **options, power=power, square_norm=square_norm,
+                float64_products=float64_products, labels=True,
             )
         finally:
             torch.set_num_threads(threads)
