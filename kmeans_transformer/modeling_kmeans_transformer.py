@@ -513,7 +513,7 @@ class PreparedInputs:
 EXPANDED_SCORE_TOLERANCE = 2.0**-12
 # The largest bound on the relative error of a result that a float32 pass's sums cancel into (gmm's variances, see
 # `WeightsFrame.lane_sums`) that the pass accepts from float32 lane sums: above it the sums' products are in float64.
-LANE_SUMS_TOLERANCE = 2.0**-12
+LANE_SUMS_TOLERANCE = 2.0**-14
 
 
 @dataclass
