@@ -2200,10 +2200,13 @@ def membership_sums(
     the first largest weight's index (-1 where it is not > 0); writes the weights into `kept` `(groups, n, k)` when
     given. Without `sums`, only the labels and weights (the sums are None). Eager calls only, else None.
 
-    Float32 rows are summed in float32 over the 16 rows of a tile's lane, and those partial sums in float64 in an
-    order fixed by the shapes (an error of at most about 16 · 2^-24 `Σ_i |w_ij^power s_i v_i|`: each product and each
-    float32 addition rounds once; a few float32 ulp in practice); with `square_norm` (a difference of second moments
-    is taken from these sums) and for float64 every product is taken in float64.
+    Float32 rows are summed in float32 over the `MEMBERSHIP_LANE_ROWS` = 16 rows of a tile's lane, and those partial
+    sums in float64 in an order fixed by the shapes: each column's sum is within `(16 + r) · 2^-24 Σ_i |w_ij^power s_i
+    v_ic|` (16 roundings of a lane's products and additions, and the `r <= 2` of a term before them: `s_i v_ic`, and
+    `|x_i|^2` (summed in float64, rounded once) or `w^power`); about 2^-24 of it in practice. With
+    `float64_products` every product and sum of float32 rows is taken in float64 instead (for sums whose difference
+    would cancel those errors: gmm's second moments, see `WeightsFrame.lane_sums`), at about half the speed of the
+    sums; float64 rows always are.
     """
     if torch.compiler.is_compiling() or _for_scores(query, key) is None or query.dtype != key.dtype:
         return None

@@ -1310,8 +1310,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         in `forward`): one compiled loop (`cpu_kernels.membership_sums`) that sums each point's weights into the
         statistics, with no `(batch, n, k)` weights, or, where the loops do not run, chunks of `score_chunk_size`
         weights summed in float64. Its sums are of the points in the model's dtype (float32 terms summed in float32
-        within a lane of 16 rows, then in float64, as documented there), in float32 taken on the points translated
-        near the centroids and translated back in float64 (`WeightsFrame`). Elsewhere (a hard assignment: labels and
+        within a lane of 16 rows, then in float64, as documented there, or in float64 where gmm's variances would
+        cancel that error: `WeightsFrame.lane_sums`), in float32 taken on the points translated near the centroids
+        and translated back in float64 (`WeightsFrame`). Elsewhere (a hard assignment: labels and
         per-label sums of the points as given; the token engine; data outside the dtype's safe range, which
         `forward` rescales) the assignment is made and accumulated.
         """
