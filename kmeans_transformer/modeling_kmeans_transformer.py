@@ -525,7 +525,8 @@ class WeightsFrame:
     (`update.untranslated_statistics`); near the data the expanded scores `|x|^2 - 2 x.c + |c|^2` no longer cancel,
     and the sums of `w x` are of small numbers. `values`: the compact point tokens `[x_i - o ; 1]` in `dtype`;
     `queries`: the compiled passes' queries made from them, by assign block class. `origin` None: the identity (the
-    points as they are: a float64 model, or data already around the origin).
+    points as they are: a float64 model, or data already around the origin). `lane_sums` decides, pass by pass,
+    whether the compiled sums may be float32 lanes.
     """
 
     origin: torch.Tensor | None
