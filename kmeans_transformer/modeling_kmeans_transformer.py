@@ -813,12 +813,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         The weighted assign blocks (`update.assignment_kind == "weights"`: soft, gmm, fuzzy) that a token-engine run
         of `num_iterations` runs (the head's with `final_assignment`), one per block class, for
-        `_warn_of_expanded_scores`: those whose passes the compact engine translates (`WeightsFrame`). None (empty) for a
-        float64 model (nothing narrower to widen to), a trainable variant, or while `torch.compile` or `torch.export`
-        traces (no values to bound). A trainable variant's scores are dot products too, but of trained queries and
-        keys: projections with biases that may translate and scale the points, so a bound at the points' coordinates
-        says nothing about them, and no compact engine runs it. Hard assignments (lloyd, trimmed, sparse, k-medoids)
-        compare the same expanded scores on both engines.
+        `_warn_of_expanded_scores`: those whose passes the compact engine translates (`WeightsFrame`). Empty for a
+        float64 model (nothing wider to take the products in), a trainable variant, or while `torch.compile` or
+        `torch.export` traces (no values to bound). A trainable variant's scores are dot products too, but of
+        trained queries and keys: projections with biases that may translate and scale the points, so a bound at the
+        points' coordinates says nothing about them, and no compact engine runs it. Hard assignments (lloyd, trimmed,
+        sparse, k-medoids) compare the same expanded scores on both engines.
         """
         spec = self.config.variant_spec
         dtype = self.embeddings.cluster_embeddings.dtype
@@ -855,11 +855,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         warnings.warn(
             f"The token engine's {self.config.variant} scores are {name} expanded dot products |x|^2 - 2 x.c + |c|^2 "
             f"of points up to {float(reach.amax()):.3g} from the origin, which round by up to {rounding:.2g} "
-            f"(tolerance 2^-12): {name} scores of points this far from the origin lose about {lost:.0f} of their "
-            f"{digits:.0f} significant digits, and the results can be wrong. Run the model in float64 "
-            "(model.double()), centre the data (subtract its mean), or run it on the compact engine, which translates "
-            "the scores to the centroids' mean: without gradients (torch.no_grad()), hooks, attentions or hidden "
-            "states (see model.engine()).",
+            f"(tolerance 2^{math.log2(EXPANDED_SCORE_TOLERANCE):.0f}): {name} scores of points this far from the "
+            f"origin lose about {lost:.0f} of their {digits:.0f} significant digits, and the results can be wrong. "
+            "Run the model in float64 (model.double()), centre the data (subtract its mean), or run it on the compact "
+            "engine, which translates the scores to the centroids' mean: without gradients (torch.no_grad()), hooks, "
+            "attentions or hidden states (see model.engine()).",
             RuntimeWarning,
             stacklevel=6,  # the caller of `model(...)`
         )
@@ -955,7 +955,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         - no hook, wrapper or offload watches the blocks (`has_block_hooks`: forward hooks, nnsight, Accelerate);
         - every weight still holds the analytic construction (`has_analytic_weights`), so the compact state is exact.
 
-        The two engines give the same labels; the compact engine sums in another order.
+        The two engines give the same labels; the compact engine sums in another order. For float32 soft and gmm far
+        from the origin the compact engine translates the scores (`WeightsFrame`), and the token engine, which
+        cannot, warns where they lose their digits (`_warn_of_expanded_scores`).
         """
         if not (self.config.variant_spec.compact and self.config.fast_hardmax):
             return "tokens"

@@ -848,7 +848,8 @@ def weighted_far_case(variant, offset, dtype=torch.float32, variances=1.0):
     if variant == "soft":
         expected = reference.soft_kmeans(reference_points, initial, iterations, 0.5).centroids
     elif variant == "gmm":
-        state = {"variances": torch.full((1, 3), variances, dtype=dtype), "weights": torch.full((1, 3), 1 / 3, dtype=dtype)}
+        state = {"variances": torch.full((1, 3), variances), "weights": torch.full((1, 3), 1 / 3)}
+        state = {name: value.to(dtype) for name, value in state.items()}
         expected = reference.gaussian_mixture_em(
             reference_points, initial, np.full(3, variances), np.full(3, 1 / 3), iterations, 1e-6
         ).centroids
