@@ -508,12 +508,33 @@ class PreparedInputs:
     sample_weight: torch.Tensor | None = None  # (batch, n), 0 on padding; None: every point weighs 1
 
 
-# The largest rounding of an expanded float32 score (in the score's units, see `WeightsFrame.of`) that a weighted pass
-# accepts: above it the pass takes its products in float64.
+# The largest rounding of an expanded float32 score (in the score's units, see `expanded_score_rounding`) that a
+# weighted pass accepts: above it the compact engine's pass takes its products in float64, and the token engine warns.
 EXPANDED_SCORE_TOLERANCE = 2.0**-12
 # The largest bound on the relative error of a result that a float32 pass's sums cancel into (gmm's variances, see
 # `WeightsFrame.lane_sums`) that the pass accepts from float32 lane sums: above it the sums' products are in float64.
 LANE_SUMS_TOLERANCE = 2.0**-14
+
+
+def expanded_score_rounding(
+    assign, parameters: dict, dtype: torch.dtype, origin: torch.Tensor | None = None, point_reach=None
+) -> torch.Tensor | None:
+    """
+    The bound `u a_j (r + |c_j - o|)^2` `(batch, k)` (float64) on the rounding of `assign`'s scores in `dtype` when
+    they are expanded dot products, `a_j (|x_i - o|^2 - 2 (x_i - o).(c_j - o) + |c_j - o|^2)` (`u` the dtype's unit
+    roundoff, `a_j` the key's `assign.expanded_score_scales(parameters)`, `c_j` the `parameters`' centroids), for the
+    points within `r` of the origin `o`: `origin` `(batch, 1, d)` (None: the coordinates' own), `point_reach` `r`
+    `(batch, 1)` (None: the centroids' reach `max_j |c_j - o|`). Each term rounds by about `u` times its size, and
+    `|x_i - o|^2 + 2 |x_i - o| |c_j - o| + |c_j - o|^2 = (|x_i - o| + |c_j - o|)^2`. None where the block takes its
+    scores from the differences (nothing cancels).
+    """
+    scales = assign.expanded_score_scales(parameters)
+    if scales is None:
+        return None
+    centroids = parameters["centroids"].detach().to(torch.float64)
+    radii = torch.linalg.vector_norm(centroids if origin is None else centroids - origin.to(centroids), dim=-1)
+    reach = radii + (radii.amax(dim=-1, keepdim=True) if point_reach is None else point_reach)
+    return torch.finfo(dtype).eps / 2 * scales.detach().to(torch.float64) * reach * reach
 
 
 @dataclass
@@ -541,32 +562,25 @@ class WeightsFrame:
         `previous`: that of the forward call's last pass, kept (with its translated points and queries) while it is
         precise enough. The origin is the mean `o` of the entering centroids, or the coordinates' own origin where
         that is no farther from `o` than the farthest centroid (translating gains at most a factor 2 there, and costs
-        a copy of the points). The expanded score of point `i` and key `j` rounds by about `u a_j (|x_i - o| + |c_j -
-        o|)^2` (`u` the dtype's unit roundoff, `a_j` the key's `assign.expanded_score_scales`), at most `u a_j (r +
-        |c_j - o|)^2` for the points within `r = max_j |c_j - o|` of the origin; where that bound exceeds
+        a copy of the points). The expanded scores of the points within `r = max_j |c_j - o|` of the origin round
+        by at most `expanded_score_rounding` (`u a_j (r + |c_j - o|)^2`); where that bound exceeds
         `EXPANDED_SCORE_TOLERANCE` even from the centroids' mean (clusters far apart, or one whose spread is tiny
         against its distance from the others), the products are taken in float64.
         """
         dtype = points.dtype
         if dtype == torch.float64:
             return previous if previous is not None else cls(None, dtype, _with_ones(points), {})
-        scales, unit_roundoff = assign.expanded_score_scales(parameters), torch.finfo(dtype).eps / 2
-        centroids = parameters["centroids"].to(torch.float64)
-
-        def radii(origin):  # |c_j - o| (batch, k)
-            return torch.linalg.vector_norm(centroids if origin is None else centroids - origin.to(centroids), dim=-1)
 
         def precise_enough(origin):
-            if scales is None:  # the scores are taken from the differences
-                return True
-            reach = radii(origin) + radii(origin).amax(dim=-1, keepdim=True)
-            rounding = unit_roundoff * scales.to(torch.float64) * reach * reach
-            return bool((rounding <= EXPANDED_SCORE_TOLERANCE).all())
+            rounding = expanded_score_rounding(assign, parameters, dtype, origin)
+            return rounding is None or bool((rounding <= EXPANDED_SCORE_TOLERANCE).all())
 
         if previous is not None and previous.dtype == dtype and precise_enough(previous.origin):
             return previous
         origin = parameters["centroids"].mean(dim=1, keepdim=True)
-        central = torch.linalg.vector_norm(origin.to(torch.float64), dim=-1) <= radii(origin).amax(dim=-1, keepdim=True)
+        centroids, wide_origin = parameters["centroids"].to(torch.float64), origin.to(torch.float64)
+        reach = torch.linalg.vector_norm(centroids - wide_origin, dim=-1).amax(dim=-1, keepdim=True)  # max_j |c_j - o|
+        central = torch.linalg.vector_norm(wide_origin, dim=-1) <= reach
         if bool(central.all()) and precise_enough(None):
             if previous is not None and previous.origin is None:
                 return previous
@@ -794,6 +808,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             outputs = self._run_compact(inputs, num_iterations, final_assignment, output_assignments)
         else:
             self.check_finite_weights()
+            assigns = self._token_weighted_assigns(num_iterations, final_assignment)
+            entering = {"centroids": self.config.variant_spec.seen_points(inputs.centroids), **inputs.state}
+            warned = self._warn_of_expanded_scores(assigns, inputs, entering)
             outputs = self._run_layers(
                 inputs,
                 num_iterations,
@@ -803,6 +820,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
                 output_hidden_states=output_hidden_states,
                 **{f"output_{name}_attentions": output_attentions for name in BLOCK_NAMES},
             )
+            if not warned:  # gmm's variances shrink: the final parameters' bound may be the larger
+                final = {"centroids": outputs.centroids}
+                final.update({carried.name: outputs[carried.name] for carried in self.config.variant_spec.state})
+                self._warn_of_expanded_scores(assigns, inputs, final)
             if output_attentions and outputs.assign_attentions:
                 outputs.attentions = tuple(
                     zip(*(getattr(outputs, f"{name}_attentions") for name in BLOCK_NAMES), strict=True)
@@ -810,6 +831,62 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if inputs.exponents is not None:
             self._scale_back(outputs, inputs.exponents)
         return outputs
+
+    def _token_weighted_assigns(self, num_iterations: int, final_assignment: bool) -> list:
+        """
+        The weighted assign blocks (`update.assignment_kind == "weights"`: soft, gmm, fuzzy) that a token-engine run
+        of `num_iterations` runs (the head's with `final_assignment`), one per block class, for
+        `_warn_of_expanded_scores`: those whose passes the compact engine translates (`WeightsFrame`). Empty for a
+        float64 model (nothing wider to take the products in), a trainable variant, or while `torch.compile` or
+        `torch.export` traces (no values to bound). A trainable variant's scores are dot products too, but of
+        trained queries and keys: projections with biases that may translate and scale the points, so a bound at the
+        points' coordinates says nothing about them, and no compact engine runs it. Hard assignments (lloyd, trimmed,
+        sparse, k-medoids) compare the same expanded scores on both engines.
+        """
+        spec = self.config.variant_spec
+        dtype = self.embeddings.cluster_embeddings.dtype
+        if dtype == torch.float64 or spec.trainable or spec.update.assignment_kind != "weights":
+            return []
+        if torch.compiler.is_compiling():
+            return []
+        blocks = [self._layer(iteration).assign for iteration in range(num_iterations)]
+        blocks += [self.assignment_head.assign] if final_assignment else []
+        return list({type(block): block for block in blocks}.values())
+
+    def _warn_of_expanded_scores(self, assigns: list, inputs: PreparedInputs, parameters: dict) -> bool:
+        """
+        Warn (`RuntimeWarning`) and return True where the token engine's expanded scores of `assigns` under
+        `parameters` round past `EXPANDED_SCORE_TOLERANCE`: the bound `expanded_score_rounding` at the coordinates'
+        own origin, for the points' actual reach `max_i |x_i|` (real points, as the variant sees them). The token
+        engine computes at the points' own coordinates (a trained model need not be translation-equivariant, and the
+        hidden states that probes read would change), so float32 data far from the origin makes soft's and gmm's
+        weights wrong there; the compact engine translates them.
+        """
+        if not assigns:
+            return False
+        with torch.no_grad():
+            points = self.config.variant_spec.seen_points(inputs.points)
+            norms = torch.linalg.vector_norm(points, dim=-1, dtype=torch.float64)
+            reach = norms.masked_fill(~inputs.point_mask, 0.0).amax(dim=-1, keepdim=True)  # max_i |x_i| (batch, 1)
+            dtype = points.dtype
+            bounds = [expanded_score_rounding(assign, parameters, dtype, None, reach) for assign in assigns]
+            rounding = max((float(bound.amax()) for bound in bounds if bound is not None), default=0.0)
+        if not rounding > EXPANDED_SCORE_TOLERANCE:
+            return False
+        digits = -math.log10(torch.finfo(dtype).eps / 2)  # the dtype's significant decimal digits
+        lost, name = min(digits, math.log10(rounding) + digits), str(dtype).removeprefix("torch.")
+        warnings.warn(
+            f"The token engine's {self.config.variant} scores are {name} expanded dot products |x|^2 - 2 x.c + |c|^2 "
+            f"of points up to {float(reach.amax()):.3g} from the origin, which round by up to {rounding:.2g} "
+            f"(tolerance 2^{math.log2(EXPANDED_SCORE_TOLERANCE):.0f}): {name} scores of points this far from the "
+            f"origin lose about {lost:.0f} of their {digits:.0f} significant digits, and the results can be wrong. "
+            "Run the model in float64 (model.double()), centre the data (subtract its mean), or run it on the compact "
+            "engine, which translates the scores to the centroids' mean: without gradients (torch.no_grad()), hooks, "
+            "attentions or hidden states (see model.engine()).",
+            RuntimeWarning,
+            stacklevel=6,  # the caller of `model(...)`
+        )
+        return True
 
     def _scale_back(self, outputs: KMeansTransformerOutput, exponents: torch.LongTensor) -> None:
         """
@@ -901,7 +978,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         - no hook, wrapper or offload watches the blocks (`has_block_hooks`: forward hooks, nnsight, Accelerate);
         - every weight still holds the analytic construction (`has_analytic_weights`), so the compact state is exact.
 
-        The two engines give the same labels; the compact engine sums in another order.
+        The two engines give the same labels; the compact engine sums in another order. For float32 soft and gmm far
+        from the origin the compact engine translates the scores (`WeightsFrame`), and the token engine, which
+        cannot, warns where they lose their digits (`_warn_of_expanded_scores`).
         """
         if not (self.config.variant_spec.compact and self.config.fast_hardmax):
             return "tokens"

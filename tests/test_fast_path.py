@@ -1,6 +1,7 @@
 """The fast hardmax path: its kernels against the dense hardmax kernel, and the compact layers against the dense tokens."""
 
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -920,3 +921,109 @@ def test_gmm_sums_cancellation_bounds_the_variance():
     assert update.config.reg_covar == 0  # then the M-step's variance is `d σ^2 = s - |μ|^2` itself
     parameters = update.finalize(statistics, {"centroids": torch.zeros(1, k, d), "variances": torch.ones(1, k)})
     torch.testing.assert_close(update.sums_cancellation(parameters)[0], cancellation, rtol=1e-9, atol=0)
+
+
+def weighted_far_case(variant, offset, dtype=torch.float32, variances=1.0):
+    """
+    A model of 6 iterations in `dtype` (soft at γ = 1/2, gmm from variances `variances` and equal weights, or another
+    variant with its defaults) on `far_from_the_origin("shifted", offset)`: the model, its inputs (points, starting
+    centroids, gmm's state) in `dtype`, and the float64 plain loops' centroids on the same points (None for the others).
+    """
+    points, reference_points, start, _ = far_from_the_origin("shifted", offset, False)
+    initial, iterations = start[0].double().numpy(), 6
+    options = {"soft": {"inverse_temperature": 0.5}, "gmm": {"reg_covar": 1e-6}}.get(variant, {})
+    config = KMeansTransformerConfig(num_clusters=3, point_dim=4, num_iterations=iterations, variant=variant, **options)
+    model = KMeansTransformerModel(config).to(dtype).eval()
+    state, expected = {}, None
+    if variant == "soft":
+        expected = reference.soft_kmeans(reference_points, initial, iterations, 0.5).centroids
+    elif variant == "gmm":
+        state = {"variances": torch.full((1, 3), variances), "weights": torch.full((1, 3), 1 / 3)}
+        state = {name: value.to(dtype) for name, value in state.items()}
+        expected = reference.gaussian_mixture_em(
+            reference_points, initial, np.full(3, variances), np.full(3, 1 / 3), iterations, 1e-6
+        ).centroids
+    return model, (points.to(dtype), start.to(dtype)), state, expected
+
+
+def precision_warnings(model, trigger, points, start, **state):
+    """
+    `model(points, start, **state)` on the engine `trigger` makes it run (`"gradients"`, `"hidden_states"`, `"hook"`
+    on the assign block, or `"compact"`), and the messages of the `RuntimeWarning`s about points far from the origin.
+    """
+    options = {"output_hidden_states": True} if trigger == "hidden_states" else {}
+    handle = model.layers[0].assign.register_forward_hook(lambda *args: None) if trigger == "hook" else None
+    try:
+        with torch.enable_grad() if trigger == "gradients" else torch.no_grad():
+            engine = model.engine(output_hidden_states=trigger == "hidden_states")
+            assert engine == ("compact" if trigger == "compact" else "tokens")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                output = model(points, start, **state, **options)
+    finally:
+        if handle is not None:
+            handle.remove()
+    found = [str(w.message) for w in caught if w.category is RuntimeWarning and "far from the origin" in str(w.message)]
+    return output, found
+
+
+def centroid_error(output, expected):
+    return float(np.abs(output.centroids[0].detach().double().numpy() - expected).max())
+
+
+@pytest.mark.parametrize("variant", ["soft", "gmm"])
+@pytest.mark.parametrize("trigger", ["gradients", "hidden_states", "hook"])
+def test_float32_token_engine_warns_far_from_the_origin(variant, trigger):
+    """
+    The token engine computes float32 soft's and gmm's scores `|x|^2 - 2 x.c + |c|^2` at the points' own coordinates:
+    at an offset of 10^3 they round by up to `2^-24 a (2 · 2000)^2` (0.48 for soft's `a` = γ = 1/2), far past
+    `EXPANDED_SCORE_TOLERANCE`, and the centroids are off the float64 plain loops' by over 10 times what the compact
+    engine (which translates the scores) meets on the same data (`test_float32_weighted_passes_far_from_the_origin`).
+    One warning per forward call, naming the remedies; none on the compact engine.
+    """
+    model, (points, start), state, expected = weighted_far_case(variant, 1e3)
+    tolerance = 2 * np.spacing(np.float32(1e3)) + 1e-4
+    output, found = precision_warnings(model, trigger, points, start, **state)
+    assert len(found) == 1, found
+    assert all(remedy in found[0] for remedy in ("float64", "centre the data", "compact engine", "model.engine()"))
+    assert centroid_error(output, expected) > 10 * tolerance
+    output, found = precision_warnings(model, "compact", points, start, **state)
+    assert found == [] and centroid_error(output, expected) <= tolerance
+
+
+def test_float32_token_engine_warns_of_the_final_gmm_variances():
+    """
+    gmm from variances of 10^4 at an offset of 10^2: the entering scores' bound is `2^-24 (2 · 10^4)^-1 (2 · 200)^2`
+    (5e-7), within `EXPANDED_SCORE_TOLERANCE`; the variances shrink to about 1, and the final parameters' bound
+    (5e-3) exceeds it: one warning, after the run.
+    """
+    model, (points, start), state, expected = weighted_far_case("gmm", 1e2, variances=1e4)
+    output, found = precision_warnings(model, "hidden_states", points, start, **state)
+    assert float(output.variances.min()) < 10
+    assert len(found) == 1, found
+
+
+@pytest.mark.parametrize(
+    "variant,offset,dtype",
+    [
+        ("soft", 0.0, torch.float32),  # around the origin: nothing cancels
+        ("gmm", 0.0, torch.float32),
+        ("soft", 1e3, torch.float64),  # float64: 2^-53 (2 · 2000)^2 / 2 ~ 1e-9
+        ("gmm", 1e3, torch.float64),
+        ("lloyd", 1e3, torch.float32),  # a hard assignment: both engines compare the same scores
+        ("spherical", 1e3, torch.float32),
+        ("fuzzy", 1e3, torch.float32),  # distances from the differences
+        ("learned", 1e3, torch.float32),  # trained queries and keys: no bound at the points' coordinates
+    ],
+    ids=lambda value: str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else None,
+)
+def test_no_expanded_score_warning_where_the_scores_keep_their_digits(variant, offset, dtype):
+    """
+    No warning where the token engine's scores are precise enough or not expanded products of the points, or where
+    the compact engine would not do better; soft and gmm then agree with the float64 plain loops.
+    """
+    model, (points, start), state, expected = weighted_far_case(variant, offset, dtype)
+    output, found = precision_warnings(model, "gradients", points, start, **state)
+    assert found == []
+    if expected is not None:
+        assert centroid_error(output, expected) <= (1e-4 if dtype == torch.float32 else 1e-8)
