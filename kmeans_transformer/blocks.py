@@ -348,19 +348,37 @@ class KMeansTransformerAssign(KMeansTransformerPositionAttention):
 
     def expanded_score_scales(self, parameters: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """
-        The factor `a_j` `(batch, k)` of `-a_j |x_i - c_j|^2` in each key's score when the score is the dot product of
-        `compact_query_key_weights` (`|x_i - c_j|^2` expanded into `|x_i|^2 - 2 x_i.c_j + |c_j|^2`, whose rounding
-        grows with `a_j (|x_i| + |c_j|)^2`, not with the score): here `|scaling|` for every key. None where the
-        scores are taken from the differences (nothing cancels).
+        The factor `a_j` `(batch, k)` of `-a_j |x_i - c_j|^2` in each key's score, in the units in which the block's
+        rule reads the scores, when the score is the dot product of `compact_query_key` (`|x_i - c_j|^2` expanded into
+        `|x_i|^2 - 2 x_i.c_j + |c_j|^2`, whose rounding grows with `a_j (|x_i| + |c_j|)^2`, not with the score;
+        `expanded_score_rounding`). None where the scores are taken from the differences, or are not distances
+        (nothing cancels).
+
+        Hardmax reads only which score is largest, at any positive scale: here the units are those at which labels
+        are decided, `a_j = 4 / s_j^2`, `s_j` the distance from `c_j` to its nearest other centroid (the score gap
+        `2 t s_j` of a point `t` from their bisector is `s_j^2 / 4` at `t = s_j / 8`), so that a rounding of
+        `EXPANDED_SCORE_TOLERANCE` moves only points within `2^-15 s_j` of a bisector. 0 for a key with no other
+        centroid or one that another repeats (a tie that no precision decides).
         """
-        centroids = parameters["centroids"]
-        return centroids.new_full(centroids.shape[:2], abs(self.scaling))
+        centroids = parameters["centroids"].detach().to(torch.float64)
+        if centroids.shape[1] < 2:
+            return centroids.new_zeros(centroids.shape[:2])
+        separations = torch.cdist(centroids, centroids).diagonal_scatter(
+            centroids.new_full(centroids.shape[:2], math.inf), dim1=-2, dim2=-1
+        ).amin(dim=-1)
+        scales = 4 / (separations * separations)
+        return torch.where(separations > 0, scales, torch.zeros_like(scales))
 
 
 class KMeansTransformerSoftAssign(KMeansTransformerAssign):
     """`"soft"`: the assign block under softmax at `γ`: `y_i` holds the responsibilities `r_ij = softmax_j(-γ |x_i - c_j|^2)`."""
 
     attention_function = "softmax"
+
+    def expanded_score_scales(self, parameters):
+        """`|scaling|` for every key: softmax reads the scores `-γ |x_i - c_j|^2` themselves."""
+        centroids = parameters["centroids"]
+        return centroids.new_full(centroids.shape[:2], abs(self.scaling))
 
 
 class KMeansTransformerCosineAssign(KMeansTransformerAssign):
@@ -371,6 +389,10 @@ class KMeansTransformerCosineAssign(KMeansTransformerAssign):
 
     def compact_query_key(self, point_tokens, centroids):
         return point_tokens[..., :-1], centroids
+
+    def expanded_score_scales(self, parameters):
+        """None: the scores are the cosines `x_i . c_j` of unit vectors, not expanded distances."""
+        return None
 
 
 class KMeansTransformerFuzzyAssign(KMeansTransformerAssign):
@@ -690,6 +712,9 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
     candidates = "points"
     sums_over_points = True  # False for an update that is not a function of sums over points (medoids, sparsemax)
     assignment_kind = "labels"  # what `accumulate` takes: the labels (a hard mean update) or the weights
+    # Whether the statistics of points translated by `-o` give those of the points (`untranslated_statistics`), so
+    # that a float32 compact pass may run near the data (`CompactFrame`); False for medoids, kept exact data points.
+    statistics_translate = True
 
     @staticmethod
     def query_key_dim(config):
@@ -769,6 +794,15 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight.to(torch.float64)}
         return self.accumulate(assignment.to(torch.float64), values.to(torch.float64), **weighted)
 
+    def untranslated_statistics(self, statistics: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """
+        The float64 statistics of the points `x_i` from those of the translated points `x_i - o` (`origin` `o`
+        `(batch, 1, d)`): `Σ_i w_ij x_i = Σ_i w_ij (x_i - o) + o Σ_i w_ij` (`w_ij` the label's indicator, times the
+        sample weight; or the weighted updates' `y_ij`); the last column `Σ_i w_ij` is unchanged.
+        """
+        origin = origin.to(torch.float64)
+        return torch.cat([statistics[..., :-1] + origin * statistics[..., -1:], statistics[..., -1:]], dim=-1)
+
     def finalize(self, statistics: torch.Tensor, parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """
         The new parameters from summed `statistics` and the entering `parameters` (`{"centroids": (batch, k, d)}`):
@@ -820,14 +854,6 @@ class KMeansTransformerWeightedUpdate(KMeansTransformerUpdate):
         when given). None: the results are quotients of the sums (`c_j = N_j / R_j`), which cancel nothing.
         """
         return None
-
-    def untranslated_statistics(self, statistics: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-        """
-        The float64 statistics of the points `x_i` from those of the translated points `x_i - o` (`origin` `o`
-        `(batch, 1, d)`): `Σ_i w_ij x_i = Σ_i w_ij (x_i - o) + o Σ_i w_ij`; the last column `Σ_i w_ij` is unchanged.
-        """
-        origin = origin.to(torch.float64)
-        return torch.cat([statistics[..., :-1] + origin * statistics[..., -1:], statistics[..., -1:]], dim=-1)
 
     def score_weights(self, codes: torch.Tensor) -> torch.Tensor:
         """`y_ij^score_power`: a cluster whose powers all round to 0 sees only its own token, and keeps `c_j`."""
@@ -951,6 +977,7 @@ class KMeansTransformerMedoidUpdate(KMeansTransformerUpdate):
     hardmax_ties = "first"
     candidates = "members"
     sums_over_points = False
+    statistics_translate = False  # the medoids are data points, exactly
     query_bias = True
 
     @staticmethod
@@ -991,6 +1018,7 @@ class KMeansTransformerDistanceUpdate(KMeansTransformerUpdate):
 
     candidates = "members"
     sums_over_points = False
+    statistics_translate = False
 
     @staticmethod
     def query_key_dim(config):
@@ -1009,6 +1037,7 @@ class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
     """`"sparse"`: sparsemax over the members of `-γ |x_i - c_j|^2 / sqrt(d)`; far members get exactly zero weight."""
 
     attention_function = "kmeans_sparsemax"
+    statistics_translate = True
 
     @staticmethod
     def attention_scaling(config):
@@ -1082,6 +1111,15 @@ class KMeansTransformerSparseUpdate(KMeansTransformerDistanceUpdate):
         if sample_weight is not None:
             masses = code_sums(sample_weight[..., None].to(torch.float64), members, None, k)[0][..., 0]
         return torch.cat([sums, masses[..., None]], dim=-1)
+
+    def untranslated_statistics(self, statistics, origin):
+        """
+        `[Σ_i p_ij x_i ; mass_j]` of the points `x_i` from those of `x_i - o`: the sparsemax weights of a cluster's
+        members sum to 1 (the scores' differences, hence `p`, are those of the translated points), so `Σ_i p_ij x_i =
+        Σ_i p_ij (x_i - o) + o` where the cluster has members (mass > 0), in float64.
+        """
+        origin, masses = origin.to(torch.float64), statistics[..., -1:]
+        return torch.cat([statistics[..., :-1] + origin * (masses > 0), masses], dim=-1)
 
     def finalize(self, statistics, parameters):
         return chosen_centroids(statistics, parameters)

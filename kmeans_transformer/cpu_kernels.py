@@ -1365,18 +1365,23 @@ static at::Tensor huge_page_tensor(at::IntArrayRef sizes, const at::TensorOption
 
 // tokens (groups, n + k, d + 1): [x_i ; 1] for the points (groups, n, d) (rows contiguous, any strides between
 // them), then [c_j ; 1] for the contiguous centroids (groups, k, d), row after row: each group is read and written
-// once. A copy: the same numbers whatever the threads.
-at::Tensor compact_tokens(at::Tensor points, at::Tensor centroids) {
+// once. With an origin o (groups, d), contiguous, [x_i - o ; 1] and [c_j - o ; 1], each difference rounded once.
+// The same numbers whatever the threads.
+at::Tensor compact_tokens(at::Tensor points, at::Tensor centroids, c10::optional<at::Tensor> origin) {
   TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && centroids.dim() == 3 && centroids.is_contiguous() &&
               centroids.size(0) == points.size(0) && centroids.size(2) == points.size(2) &&
               centroids.scalar_type() == points.scalar_type(),
               "compact_tokens: points (groups, n, d) with contiguous rows and contiguous centroids (groups, k, d) of one dtype");
+  TORCH_CHECK(!origin.has_value() || (origin->dim() == 2 && origin->is_contiguous() && origin->size(0) == points.size(0) &&
+                                      origin->size(1) == points.size(2) && origin->scalar_type() == points.scalar_type()),
+              "compact_tokens: a contiguous origin (groups, d) of the points' dtype");
   const int64_t groups = points.size(0), n = points.size(1), k = centroids.size(1), d = points.size(2);
   auto tokens = huge_page_tensor({groups, n + k, d + 1}, points.options());
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "compact_tokens", [&] {
     const scalar_t* x = points.data_ptr<scalar_t>();
     const scalar_t* c = centroids.data_ptr<scalar_t>();
     scalar_t* t = tokens.data_ptr<scalar_t>();
+    const scalar_t* o = origin.has_value() ? origin->data_ptr<scalar_t>() : nullptr;
     const int64_t ldx = points.stride(1), gx = points.stride(0), width = d + 1;
     // Rows of all groups in parallel (a single problem's too), token row r = g * (n + k) + i.
     at::parallel_for(0, groups * (n + k), std::max<int64_t>(1, (1 << 16) / width), [&](int64_t begin, int64_t end) {
@@ -1384,7 +1389,12 @@ at::Tensor compact_tokens(at::Tensor points, at::Tensor centroids) {
         for (const int64_t stop = std::min(end, (g + 1) * (n + k)); r < stop; ++r) {
           const int64_t i = r - g * (n + k);
           const scalar_t* row = i < n ? x + g * gx + i * ldx : c + (g * k + i - n) * d;
-          std::memcpy(t + r * width, row, d * sizeof(scalar_t));
+          if (o == nullptr) {
+            std::memcpy(t + r * width, row, d * sizeof(scalar_t));
+          } else {
+            const scalar_t* shift = o + g * d;
+            for (int64_t e = 0; e < d; ++e) t[r * width + e] = row[e] - shift[e];
+          }
           t[r * width + d] = scalar_t(1);
         }
       }
@@ -2205,7 +2215,7 @@ def membership_sums(
     v_ic|` (16 roundings of a lane's products and additions, and the `r <= 2` of a term before them: `s_i v_ic`, and
     `|x_i|^2` (summed in float64, rounded once) or `w^power`); about 2^-24 of it in practice. With
     `float64_products` every product and sum of float32 rows is taken in float64 instead (for sums whose difference
-    would cancel those errors: gmm's second moments, see `WeightsFrame.lane_sums`), at about half the speed of the
+    would cancel those errors: gmm's second moments, see `CompactFrame.lane_sums`), at about half the speed of the
     sums; float64 rows always are.
     """
     if torch.compiler.is_compiling() or _for_scores(query, key) is None or query.dtype != key.dtype:
@@ -2224,18 +2234,22 @@ def membership_sums(
     return (found[0] if sums else None), (found[1] if labels else None)
 
 
-def compact_tokens(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor | None:
+def compact_tokens(points: torch.Tensor, centroids: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor | None:
     """
     The compact tokens `(batch, n + k, d + 1)`, `[x_i ; 1]` for the points `(batch, n, d)` then `[c_j ; 1]` for the
-    centroids `(batch, k, d)`, written in one pass into memory advised for transparent huge pages when large; eager
-    calls only, else None.
+    centroids `(batch, k, d)`, or with an `origin` `o` `(batch, 1, d)` those of the translated vectors, `[x_i - o ;
+    1]` and `[c_j - o ; 1]` (each difference rounded once in the points' dtype), written in one pass into memory
+    advised for transparent huge pages when large; eager calls only, else None.
     """
     if torch.compiler.is_compiling() or not _usable(points, centroids) or points.dtype != centroids.dtype:
+        return None
+    if origin is not None and (not _usable(origin) or origin.dtype != points.dtype):
         return None
     module = _loaded()
     if module is None:
         return None
-    return module.compact_tokens(_contiguous_rows(points), centroids.contiguous())
+    origin = None if origin is None else origin.reshape(origin.shape[0], -1).contiguous()
+    return module.compact_tokens(_contiguous_rows(points), centroids.contiguous(), origin)
 
 
 def labelled_inertia(

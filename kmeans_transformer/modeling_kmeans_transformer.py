@@ -512,7 +512,7 @@ class PreparedInputs:
 # weighted pass accepts: above it the compact engine's pass takes its products in float64, and the token engine warns.
 EXPANDED_SCORE_TOLERANCE = 2.0**-12
 # The largest bound on the relative error of a result that a float32 pass's sums cancel into (gmm's variances, see
-# `WeightsFrame.lane_sums`) that the pass accepts from float32 lane sums: above it the sums' products are in float64.
+# `CompactFrame.lane_sums`) that the pass accepts from float32 lane sums: above it the sums' products are in float64.
 LANE_SUMS_TOLERANCE = 2.0**-14
 
 
@@ -538,16 +538,23 @@ def expanded_score_rounding(
 
 
 @dataclass
-class WeightsFrame:
+class CompactFrame:
     """
-    The coordinates of a weighted pass (soft, gmm, fuzzy) of a model in a dtype narrower than float64: the points
-    and parameters translated to `origin` `o` `(batch, 1, d)`, in the products' `dtype`. Memberships are unchanged by
-    a common translation of points and centroids, and the statistics translate back exactly in float64
-    (`update.untranslated_statistics`); near the data the expanded scores `|x|^2 - 2 x.c + |c|^2` no longer cancel,
-    and the sums of `w x` are of small numbers. `values`: the compact point tokens `[x_i - o ; 1]` in `dtype`;
-    `queries`: the compiled passes' queries made from them, by assign block class. `origin` None: the identity (the
-    points as they are: a float64 model, or data already around the origin). `lane_sums` decides, pass by pass,
-    whether the compiled sums may be float32 lanes.
+    The coordinates of the compact engine's passes in a model narrower than float64 whose scores are expanded dot
+    products (`assign.expanded_score_scales`): the points and parameters translated to `origin` `o` `(batch, 1, d)`,
+    the mean of the entering centroids. Assignments (labels, memberships, trims, sparsemax weights) depend on the
+    differences `x_i - c_j` alone and are unchanged by a common translation, the inertia too, and the statistics
+    translate back exactly in float64 (`update.untranslated_statistics`: `Σ_i w_ij x_i = Σ_i w_ij (x_i - o) + o Σ_i
+    w_ij`); near the data the expanded scores `|x|^2 - 2 x.c + |c|^2` round by `2^-24 (|x - o| + |c - o|)^2`, not
+    `2^-24 (|x| + |c|)^2`, and the sums are of small numbers. `origin` None: the identity (the points as they are: a
+    float64 model, or data already around the origin, which is neither copied nor translated).
+
+    A weighted pass (soft, gmm, fuzzy) holds its frame (`of`), in the products' `dtype`: `values`, the compact point
+    tokens `[x_i - o ; 1]`, and `queries`, the compiled passes' queries made from them, by assign block class;
+    `lane_sums` decides, pass by pass, whether the compiled sums may be float32 lanes. A hard assignment (lloyd,
+    trimmed, sparse) takes only the origin (`labels_origin`), once per call: its tokens `[x_i - o ; 1]` and `[c_j -
+    o ; 1]` are written in the one pass that writes them (`cpu_kernels.compact_tokens`), the iterations run in the
+    frame, and the centroids are translated back at the end (`untranslated`).
     """
 
     origin: torch.Tensor | None
@@ -555,8 +562,42 @@ class WeightsFrame:
     values: torch.Tensor
     queries: dict
 
+    @staticmethod
+    def mean_origin(centroids: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """
+        The mean `o` `(batch, 1, d)` of `centroids` `(batch, k, d)`, and whether every problem is already central:
+        `|o| <= max_j |c_j - o|`, where translating gains at most a factor 2 in `|x| + |c|` and costs a copy.
+        """
+        origin = centroids.mean(dim=1, keepdim=True)
+        wide, wide_origin = centroids.to(torch.float64), origin.to(torch.float64)
+        reach = torch.linalg.vector_norm(wide - wide_origin, dim=-1).amax(dim=-1, keepdim=True)  # max_j |c_j - o|
+        return origin, bool((torch.linalg.vector_norm(wide_origin, dim=-1) <= reach).all())
+
     @classmethod
-    def of(cls, assign, points: torch.Tensor, parameters: dict, previous: "WeightsFrame | None") -> "WeightsFrame":
+    def labels_origin(cls, assign, update, centroids: torch.Tensor) -> torch.Tensor | None:
+        """
+        The origin of a hard-assignment compact pass of `assign` (a block) and `update` (a block or its class) entering with
+        `centroids` `(batch, k, d)`: their mean (`mean_origin`), or None (the identity) in float64, where the
+        scores are not expanded distances (spherical's cosines: `expanded_score_scales` None), where the update's
+        statistics do not translate (medoids, exact data points: `update.statistics_translate`), and where the
+        centroids are already central.
+        """
+        if centroids.dtype == torch.float64 or not update.statistics_translate or centroids.shape[1] == 0:
+            return None
+        if assign.expanded_score_scales({"centroids": centroids[:, :1]}) is None:  # a declaration: any centroid says it
+            return None
+        origin, central = cls.mean_origin(centroids)
+        return None if central else origin
+
+    @staticmethod
+    def untranslated(centroids: torch.Tensor, origin: torch.Tensor | None) -> torch.Tensor:
+        """The centroids `c_j - o` of a frame as the model returns them: `c_j`, rounded once to their dtype (a copy)."""
+        if origin is None:
+            return centroids.clone()
+        return (centroids.to(torch.float64) + origin.to(torch.float64)).to(centroids.dtype)
+
+    @classmethod
+    def of(cls, assign, points: torch.Tensor, parameters: dict, previous: "CompactFrame | None") -> "CompactFrame":
         """
         The frame of a pass of `assign` over the seen `points` `(batch, n, d)` with `parameters`;
         `previous`: that of the forward call's last pass, kept (with its translated points and queries) while it is
@@ -577,11 +618,8 @@ class WeightsFrame:
 
         if previous is not None and previous.dtype == dtype and precise_enough(previous.origin):
             return previous
-        origin = parameters["centroids"].mean(dim=1, keepdim=True)
-        centroids, wide_origin = parameters["centroids"].to(torch.float64), origin.to(torch.float64)
-        reach = torch.linalg.vector_norm(centroids - wide_origin, dim=-1).amax(dim=-1, keepdim=True)  # max_j |c_j - o|
-        central = torch.linalg.vector_norm(wide_origin, dim=-1) <= reach
-        if bool(central.all()) and precise_enough(None):
+        origin, central = cls.mean_origin(parameters["centroids"])
+        if central and precise_enough(None):
             if previous is not None and previous.origin is None:
                 return previous
             return cls(None, dtype, _with_ones(points), {})
@@ -636,13 +674,17 @@ class CompactIterations:
     def __init__(self, model: "KMeansTransformerModel", inputs: PreparedInputs):
         self.layer = model.layers[0]
         self.num_points = inputs.points.shape[1]
-        self.tokens, self.point_mask = model._compact_tokens(inputs)
+        self.tokens, self.point_mask, self.origin = model._compact_tokens(inputs)  # the tokens in the `CompactFrame`
         self.sample_weight = inputs.sample_weight
 
     @property
     def centroids(self) -> torch.Tensor:
-        """The centroids entering the next step, `(batch, k, d)` (a view of the tokens: clone to keep them)."""
-        return self.tokens[:, self.num_points :, :-1]
+        """
+        The centroids entering the next step, `(batch, k, d)` (a view of the tokens, or where the tokens are
+        translated, `CompactFrame.untranslated`: clone to keep them).
+        """
+        framed = self.tokens[:, self.num_points :, :-1]
+        return framed if self.origin is None else CompactFrame.untranslated(framed, self.origin)
 
     def step(self) -> tuple[torch.LongTensor, torch.Tensor]:
         """
@@ -654,11 +696,14 @@ class CompactIterations:
 
     def set_centroids(self, centroids: torch.Tensor) -> None:
         """Continue from `centroids` `(batch, k, d)` (as the variant sees them)."""
-        self.centroids.copy_(centroids)
+        framed = self.tokens[:, self.num_points :, :-1]
+        framed.copy_(centroids if self.origin is None else centroids.to(framed.dtype) - self.origin)
 
     def keep(self, problems: torch.LongTensor) -> None:
         """Keep only the problems at indices `problems` of the batch, in that order."""
         self.tokens = self.tokens[problems]
+        if self.origin is not None:
+            self.origin = self.origin[problems]
         if self.point_mask is not None:
             self.point_mask = self.point_mask[problems]
         if self.sample_weight is not None:
@@ -836,7 +881,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         The weighted assign blocks (`update.assignment_kind == "weights"`: soft, gmm, fuzzy) that a token-engine run
         of `num_iterations` runs (the head's with `final_assignment`), one per block class, for
-        `_warn_of_expanded_scores`: those whose passes the compact engine translates (`WeightsFrame`). Empty for a
+        `_warn_of_expanded_scores`: those whose passes the compact engine translates (`CompactFrame`). Empty for a
         float64 model (nothing wider to take the products in), a trainable variant, or while `torch.compile` or
         `torch.export` traces (no values to bound). A trainable variant's scores are dot products too, but of
         trained queries and keys: projections with biases that may translate and scale the points, so a bound at the
@@ -979,7 +1024,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         - every weight still holds the analytic construction (`has_analytic_weights`), so the compact state is exact.
 
         The two engines give the same labels; the compact engine sums in another order. For float32 soft and gmm far
-        from the origin the compact engine translates the scores (`WeightsFrame`), and the token engine, which
+        from the origin the compact engine translates the scores (`CompactFrame`), and the token engine, which
         cannot, warns where they lose their digits (`_warn_of_expanded_scores`).
         """
         if not (self.config.variant_spec.compact and self.config.fast_hardmax):
@@ -1092,11 +1137,13 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         The layers and the assignment head on the compact tokens: `[x_i ; 1]` for points and `[c_j ; 1]` for
         centroids, the position slice and a constant feature, one `(batch, n + k, d + 1)` tensor written once; the
-        labels are carried in index form.
+        labels are carried in index form. In a float32 model whose scores are expanded products the tokens are
+        those of the points and centroids translated to the entering centroids' mean `o` (`CompactFrame`): labels,
+        outliers and inertia are those of the frame, and the centroids `c_j - o + o`, rounded once.
         """
         if not self._compact_by_labels():  # a weighted assignment: its own pass, in chunks of points
             return self._run_compact_weights(inputs, num_iterations, final_assignment, output_assignments)
-        tokens, point_mask = self._compact_tokens(inputs)
+        tokens, point_mask, origin = self._compact_tokens(inputs)  # in the `CompactFrame` of `origin`
         batch_size, num_points = inputs.points.shape[:2]
         points, centroids = tokens[:, :num_points, :-1], tokens[:, num_points:, :-1]
         weighted = {} if inputs.sample_weight is None else {"sample_weight": inputs.sample_weight}
@@ -1109,9 +1156,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             labels, inertia = head[0], head[1].to(points.dtype)
         elif final_assignment:
             labels = self.assignment_head.compact_labels(tokens[:, :num_points], centroids, point_mask, inputs.sample_weight)
-        centroids = centroids.clone()
-        if head is None:
+        if head is None:  # in the frame: translation-invariant, and more precise there
             inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
+        centroids = CompactFrame.untranslated(centroids, origin)
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
         if self.config.variant_spec.reports_outliers:  # a real point without a label is trimmed
             output.outliers = (labels < 0) & inputs.point_mask
@@ -1139,7 +1186,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if weights is None and point_mask is not None:
             weights = point_mask.to(dtype)  # padding counts nowhere (x 1.0 is exact)
         labels, assignments = points.new_full(points.shape[:2], -1, dtype=torch.long), None
-        frames = {}  # the passes' `WeightsFrame` (translated points, compiled queries), made once while it serves
+        frames = {}  # the passes' `CompactFrame` (translated points, compiled queries), made once while it serves
         for iteration in range(num_iterations):
             layer = self._layer(iteration)
             last = not final_assignment and iteration == num_iterations - 1  # its labels are the output's
@@ -1173,12 +1220,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         False for padding; None: every point is real), `assign.compact_rows` at a time (`score_chunk_size` numbers
         of the kernel's): when `label`, the labels (the first largest weight; -1 where a point has none; else None),
         the whole assignment when `keep` (in the model's dtype), and, with an `update`, its statistics, summed in
-        float64. In a float32 model the pass runs in a `WeightsFrame`: points and parameters translated near the data
+        float64. In a float32 model the pass runs in a `CompactFrame`: points and parameters translated near the data
         (and float64 products where that is not enough), the statistics translated back. `frames`: this forward
         call's frame so far, under `"frame"` (filled here).
         """
         dtype = points.dtype
-        frame = frames["frame"] = WeightsFrame.of(assign, points, parameters, frames.get("frame"))
+        frame = frames["frame"] = CompactFrame.of(assign, points, parameters, frames.get("frame"))
         values, parameters = frame.values, frame.parameters(parameters)
         labels, kept, statistics = self._framed_weights_pass(
             assign, update, values, point_mask, weights, parameters, keep, label, frame
@@ -1221,7 +1268,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         `_weights_pass` in one compiled loop over every point (`cpu_kernels.membership_sums`: the assign's
         `compact_membership_rule`, the update's `compiled_sums_form`, float32 lane sums where the `frame` allows them,
-        `WeightsFrame.lane_sums`), holding no chunk of weights; None where the loops do not run (then nothing is
+        `CompactFrame.lane_sums`), holding no chunk of weights; None where the loops do not run (then nothing is
         computed: the chunks hold no whole-`n` query).
         """
         if not membership_sums_run(values):
@@ -1247,24 +1294,35 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             found = summed(False)
         return None if found is None else (found[1], kept, found[0])
 
-    def _compact_tokens(self, inputs: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _compact_tokens(self, inputs: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """
-        The compact tokens `(batch, n + k, d + 1)` of prepared inputs, written once, and the point mask (None when
-        every point is real; always given when traced, so that nothing branches on it).
+        The compact tokens `(batch, n + k, d + 1)` of prepared inputs, written once, the point mask (None when every
+        point is real; always given when traced, so that nothing branches on it), and the origin `o` `(batch, 1, d)`
+        of their `CompactFrame` (`_labels_origin`; None: the identity), to which points and centroids are translated
+        in the same pass: `[x_i - o ; 1]`, `[c_j - o ; 1]`.
         """
         spec = self.config.variant_spec
         points, centroids = spec.seen_points(inputs.points), spec.seen_points(inputs.centroids)
-        tokens = cpu_kernels.compact_tokens(points, centroids)  # one pass, into memory advised for huge pages
+        origin = None if torch.compiler.is_compiling() else self._labels_origin(centroids)
+        tokens = cpu_kernels.compact_tokens(points, centroids, origin)  # one pass, into memory advised for huge pages
         if tokens is None:
             batch_size, num_points, point_dim = points.shape
             tokens = points.new_empty(batch_size, num_points + centroids.shape[1], point_dim + 1)
-            tokens[:, :num_points, :-1] = points
-            tokens[:, num_points:, :-1] = centroids
+            if origin is None:
+                tokens[:, :num_points, :-1] = points
+                tokens[:, num_points:, :-1] = centroids
+            else:
+                torch.sub(points, origin, out=tokens[:, :num_points, :-1])
+                torch.sub(centroids, origin, out=tokens[:, num_points:, :-1])
             tokens[..., -1] = 1.0
         point_mask = inputs.point_mask
         if not torch.compiler.is_compiling() and bool(point_mask.all()):
             point_mask = None
-        return tokens, point_mask
+        return tokens, point_mask, origin
+
+    def _labels_origin(self, centroids: torch.Tensor) -> torch.Tensor | None:
+        """The `CompactFrame.labels_origin` of this model's hard-assignment passes entering with the seen `centroids`."""
+        return CompactFrame.labels_origin(self.assignment_head.assign, self.config.variant_spec.update, centroids)
 
     def compact_iterations(self, points, centroids, sample_weight=None) -> "CompactIterations | None":
         """
@@ -1368,8 +1426,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         self._check_precision()
         if self.engine() == "compact" and self._compact_by_labels():
             spec = self.config.variant_spec
-            seen = spec.seen_points(points)
-            labels = self._compact_labels(seen, _with_ones(seen), spec.seen_points(parameters["centroids"]))
+            tokens, centroids, _ = self._framed(spec.seen_points(points), spec.seen_points(parameters["centroids"]))
+            labels = self._compact_labels(tokens, centroids)
             return labels, labels if output_assignments else None
         state = {name: parameters[name] for name in self.config.variant_spec.state_names}
         output = self(points, parameters["centroids"], num_iterations=0, output_assignments=output_assignments, **state)
@@ -1391,8 +1449,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         statistics, with no `(batch, n, k)` weights, or, where the loops do not run, chunks of `score_chunk_size`
         weights summed in float64. Its sums are of the points in the model's dtype (float32 terms summed in float32
         within a lane of 16 rows, then in float64, as documented there, or in float64 where gmm's variances would
-        cancel that error: `WeightsFrame.lane_sums`), in float32 taken on the points translated near the centroids
-        and translated back in float64 (`WeightsFrame`). Elsewhere (a hard assignment: labels and
+        cancel that error: `CompactFrame.lane_sums`), in float32 taken on the points translated near the centroids
+        and translated back in float64 (`CompactFrame`). Elsewhere (a hard assignment: labels and
         per-label sums of the points as given; the token engine; data outside the dtype's safe range, which
         `forward` rescales) the assignment is made and accumulated.
         """
@@ -1403,8 +1461,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if self.engine() == "compact":
             seen, centroids = spec.seen_points(points.to(dtype)), spec.seen_points(parameters["centroids"])
             if self._compact_by_labels() and points.dtype == dtype:  # the sums are of the points as given
-                values = _with_ones(seen)  # made once, for the labels and the sums
-                return layer.update.accumulate(self._compact_labels(seen, values, centroids), values, **weighted)
+                values, centroids, origin = self._framed(seen, centroids)  # made once, for the labels and the sums
+                statistics = layer.update.accumulate(self._compact_labels(values, centroids), values, **weighted)
+                return statistics if origin is None else layer.update.untranslated_statistics(statistics, origin)
             if not self._compact_by_labels() and self._rescaling_exponents(seen, centroids) is None:
                 weights = None if sample_weight is None else sample_weight.to(dtype)
                 parameters = {**parameters, "centroids": centroids}
@@ -1417,12 +1476,25 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             assignment, points = assignment.to(torch.float64), points.to(torch.float64)
         return self.accumulate(assignment, points, **weighted)
 
-    def _compact_labels(self, seen: torch.Tensor, tokens: torch.Tensor, centroids: torch.Tensor) -> torch.LongTensor:
+    def _framed(self, seen: torch.Tensor, centroids: torch.Tensor):
         """
-        The compact engine's labels `(batch, n)` (the assignment head's, -1 for none) of the seen points `(batch, n,
-        d)`, whose compact tokens `[x_i ; 1]` are `tokens`, against the seen `centroids`. Data outside the dtype's
+        The compact point tokens `(batch, n, d + 1)` of the seen points `(batch, n, d)` and the seen `centroids`
+        `(batch, k, d)` in the `CompactFrame` of this model's hard-assignment passes, with its origin `o` (None:
+        the identity, `[x_i ; 1]` and the centroids as given): `[x_i - o ; 1]` and `c_j - o`, each difference
+        rounded once.
+        """
+        origin = self._labels_origin(centroids)
+        if origin is None:
+            return _with_ones(seen), centroids, None
+        return _with_ones(seen, origin), centroids - origin, origin
+
+    def _compact_labels(self, tokens: torch.Tensor, centroids: torch.Tensor) -> torch.LongTensor:
+        """
+        The compact engine's labels `(batch, n)` (the assignment head's, -1 for none) of compact point tokens
+        `[x_i ; 1]` `(batch, n, d + 1)` against the `centroids`, in one frame (`_framed`). Data outside the dtype's
         safe range is first divided by a power of two (`_rescaling_exponents`): exact, and the labels do not change.
         """
+        seen = tokens[..., :-1]
         exponents = self._rescaling_exponents(seen, centroids)
         if exponents is not None:
             seen, centroids = _divided_by_power_of_two(exponents, seen, centroids)

@@ -34,7 +34,7 @@ the points in the model's dtype, as one forward pass sums them (`cpu_kernels.mem
 float64 points; float32 sums each lane of 16 rows in float32, then in float64, within a few float32 ulps of `Σ_i
 |w_ij s_i x_i|`, except a gmm pass whose variances could cancel that error beyond `LANE_SUMS_TOLERANCE`, which
 takes float64 products; a float32 pass runs on the points translated to the mean of the centroids, its sums
-translated back in float64: `WeightsFrame`; each chunk's pass decides for its own sums, and where every chunk's
+translated back in float64: `CompactFrame`; each chunk's pass decides for its own sums, and where every chunk's
 variances pass, those of their sum do). Sums are taken in another order than in one forward
 pass, so results agree with it to rounding, not bit for bit (within 1e-12 in float64; a hard assignment itself, lowest index on ties,
 is the model's; on integer-valued data every sum is exact and `"lloyd"` gives the forward pass's centroids bit for
