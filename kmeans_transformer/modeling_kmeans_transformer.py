@@ -853,7 +853,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             outputs = self._run_compact(inputs, num_iterations, final_assignment, output_assignments)
         else:
             self.check_finite_weights()
-            assigns = self._token_weighted_assigns(num_iterations, final_assignment)
+            assigns = self._token_expanded_assigns(num_iterations, final_assignment)
             entering = {"centroids": self.config.variant_spec.seen_points(inputs.centroids), **inputs.state}
             warned = self._warn_of_expanded_scores(assigns, inputs, entering)
             outputs = self._run_layers(
@@ -877,20 +877,19 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             self._scale_back(outputs, inputs.exponents)
         return outputs
 
-    def _token_weighted_assigns(self, num_iterations: int, final_assignment: bool) -> list:
+    def _token_expanded_assigns(self, num_iterations: int, final_assignment: bool) -> list:
         """
-        The weighted assign blocks (`update.assignment_kind == "weights"`: soft, gmm, fuzzy) that a token-engine run
-        of `num_iterations` runs (the head's with `final_assignment`), one per block class, for
-        `_warn_of_expanded_scores`: those whose passes the compact engine translates (`CompactFrame`). Empty for a
-        float64 model (nothing wider to take the products in), a trainable variant, or while `torch.compile` or
-        `torch.export` traces (no values to bound). A trainable variant's scores are dot products too, but of
-        trained queries and keys: projections with biases that may translate and scale the points, so a bound at the
-        points' coordinates says nothing about them, and no compact engine runs it. Hard assignments (lloyd, trimmed,
-        sparse, k-medoids) compare the same expanded scores on both engines.
+        The assign blocks that a token-engine run of `num_iterations` runs (the head's with `final_assignment`), one
+        per block class, for `_warn_of_expanded_scores`, which bounds those whose scores are expanded products
+        (`expanded_score_scales`: lloyd, trimmed, sparse, k-medoids, soft, gmm; not spherical's cosines nor fuzzy's
+        differences). Empty for a float64 model (nothing wider to take the products in), a trainable variant, or
+        while `torch.compile` or `torch.export` traces (no values to bound). A trainable variant's scores are dot
+        products too, but of trained queries and keys: projections with biases that may translate and scale the
+        points, so a bound at the points' coordinates says nothing about them, and no compact engine runs it.
         """
         spec = self.config.variant_spec
         dtype = self.embeddings.cluster_embeddings.dtype
-        if dtype == torch.float64 or spec.trainable or spec.update.assignment_kind != "weights":
+        if dtype == torch.float64 or spec.trainable:
             return []
         if torch.compiler.is_compiling():
             return []
@@ -902,10 +901,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         Warn (`RuntimeWarning`) and return True where the token engine's expanded scores of `assigns` under
         `parameters` round past `EXPANDED_SCORE_TOLERANCE`: the bound `expanded_score_rounding` at the coordinates'
-        own origin, for the points' actual reach `max_i |x_i|` (real points, as the variant sees them). The token
-        engine computes at the points' own coordinates (a trained model need not be translation-equivariant, and the
-        hidden states that probes read would change), so float32 data far from the origin makes soft's and gmm's
-        weights wrong there; the compact engine translates them.
+        own origin, for the points' actual reach `max_i |x_i|` (real points, as the variant sees them), in the units
+        in which each block's rule reads its scores (`expanded_score_scales`: softmax's own scores; for hardmax, the
+        gap `s_j^2 / 4` at which labels are decided). The token engine computes at the points' own coordinates (a
+        trained model need not be translation-equivariant, and the hidden states that probes read would change), so
+        float32 data far from the origin makes labels, weights and centroids wrong there; the compact engine
+        translates them (`CompactFrame`), except k-medoids' labels.
         """
         if not assigns:
             return False
@@ -922,8 +923,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         lost, name = min(digits, math.log10(rounding) + digits), str(dtype).removeprefix("torch.")
         warnings.warn(
             f"The token engine's {self.config.variant} scores are {name} expanded dot products |x|^2 - 2 x.c + |c|^2 "
-            f"of points up to {float(reach.amax()):.3g} from the origin, which round by up to {rounding:.2g} "
-            f"(tolerance 2^{math.log2(EXPANDED_SCORE_TOLERANCE):.0f}): {name} scores of points this far from the "
+            f"of points up to {float(reach.amax()):.3g} from the origin, which round by up to {rounding:.2g} of "
+            f"the scale at which the assignment reads them (tolerance 2^{math.log2(EXPANDED_SCORE_TOLERANCE):.0f}): {name} scores of points this far from the "
             f"origin lose about {lost:.0f} of their {digits:.0f} significant digits, and the results can be wrong. "
             "Run the model in float64 (model.double()), centre the data (subtract its mean), or run it on the compact "
             "engine, which translates the scores to the centroids' mean: without gradients (torch.no_grad()), hooks, "
@@ -1023,9 +1024,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         - no hook, wrapper or offload watches the blocks (`has_block_hooks`: forward hooks, nnsight, Accelerate);
         - every weight still holds the analytic construction (`has_analytic_weights`), so the compact state is exact.
 
-        The two engines give the same labels; the compact engine sums in another order. For float32 soft and gmm far
-        from the origin the compact engine translates the scores (`CompactFrame`), and the token engine, which
-        cannot, warns where they lose their digits (`_warn_of_expanded_scores`).
+        The two engines give the same labels; the compact engine sums in another order. For float32 data far from
+        the origin the compact engine translates the expanded scores of lloyd, trimmed, sparse, soft and gmm
+        (`CompactFrame`), and the token engine, which cannot, warns where they lose their digits
+        (`_warn_of_expanded_scores`).
         """
         if not (self.config.variant_spec.compact and self.config.fast_hardmax):
             return "tokens"

@@ -29,7 +29,9 @@ and the parameters, state and inertia are scaled back at the end, as `forward` d
 on the data's scale (soft, sparse) refuses such data before the first pass. A variant's carried state (gmm's variances and weights) travels with the centroids in
 `parameters` and is returned in `PointsResult.state`. Precision: the parameters are held in float64 from one
 iteration to the next; the model assigns in its own dtype (points and parameters cast to it), and the statistics are
-float64 sums: for a hard assignment and for sparse, of the points as read; for a weighted one (soft, gmm, fuzzy), of
+float64 sums: for a hard assignment and for sparse, of the points as read (in a float32 model whose scores are
+expanded products, lloyd, trimmed and sparse, labels, trims and sums are taken on the points translated to the mean of
+the centroids, the sums translated back in float64: `CompactFrame`); for a weighted one (soft, gmm, fuzzy), of
 the points in the model's dtype, as one forward pass sums them (`cpu_kernels.membership_sums`: float64 products for
 float64 points; float32 sums each lane of 16 rows in float32, then in float64, within a few float32 ulps of `Σ_i
 |w_ij s_i x_i|`, except a gmm pass whose variances could cancel that error beyond `LANE_SUMS_TOLERANCE`, which
@@ -560,10 +562,11 @@ def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum
     centroids = parameters["centroids"].to(dtype)
     labels, distances, weights, indices = [], [], [], []
     for index, points, weight in chunks():
-        tokens = torch.cat([points.to(dtype), torch.ones_like(points[:, :1], dtype=dtype)], dim=-1)[None]
-        chunk_labels = model.assignment_head.assign.assign_labels(tokens, centroids, None)
+        # labels and distances in the model's `CompactFrame` (translation-invariant; `_framed`)
+        tokens, framed, _ = model._framed(points.to(dtype)[None], centroids)
+        chunk_labels = model.assignment_head.assign.assign_labels(tokens, framed, None)
         labels.append(chunk_labels[0])
-        distances.append(gate.distances(tokens, centroids, chunk_labels)[0])
+        distances.append(gate.distances(tokens, framed, chunk_labels)[0])
         weights.append(torch.ones(len(index), dtype=torch.float64) if weight is None else weight.to(torch.float64))
         indices.append(torch.from_numpy(index))
     device = centroids.device
@@ -674,17 +677,25 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
     all-reduce of `2k` sums), and a second pass sums `[Σ_i w_i max(s_i - τ_a(i), 0) x_i ; mass_j]`
     (`update.thresholded_statistics`); a cluster without members has mass 0 and keeps its centroid (`finalize`). The
     sums are taken in another order than the projection's running sums, so `τ_j` agrees with it to rounding, and a
-    member at the edge of the support, whose weight is 0 up to rounding there, may fall on either side.
+    member at the edge of the support, whose weight is 0 up to rounding there, may fall on either side. Scores and
+    sums are those of the points and centroids in the model's `CompactFrame` (a float32 model far from the origin),
+    the statistics translated back (`untranslated_statistics`).
     """
     dtype, spec, k = model.dtype, model.config.variant_spec, model.config.num_clusters
     update = model.layers[0].update
     centroids = parameters["centroids"].to(dtype)
     device = centroids.device
     labels, scores, weights = [], [], []
+    origin = model._labels_origin(centroids)  # scores and sums in the model's `CompactFrame` (`_framed`)
+    framed = centroids if origin is None else centroids - origin
+
+    def seen(points):  # a chunk's points in the frame
+        return model._framed(spec.seen_points(points.to(dtype))[None], centroids)[0][..., :-1]
+
     for _, points, weight in chunks():
         chunk_labels = _labels(model, points, parameters)
         labels.append(chunk_labels[0])
-        scores.append(update.member_scores(chunk_labels, spec.seen_points(points.to(dtype))[None], centroids)[0])
+        scores.append(update.member_scores(chunk_labels, seen(points), framed)[0])
         if weight is not None:
             weights.append(weight.to(torch.float64))
     labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
@@ -696,11 +707,11 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
     for _, points, chunk_weight in chunks():
         end = start + len(points)
         statistics += update.thresholded_statistics(
-            labels[None, start:end], spec.seen_points(points.to(dtype))[None], score[None, start:end], thresholds,
+            labels[None, start:end], seen(points), score[None, start:end], thresholds,
             None if chunk_weight is None else chunk_weight[None],
         )
         start = end
-    return statistics
+    return statistics if origin is None else update.untranslated_statistics(statistics, origin)
 
 
 def _sparsemax_bounds(members: "_Members", dtype: torch.dtype, k: int, reduce_sum) -> torch.Tensor:

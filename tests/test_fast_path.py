@@ -3,6 +3,7 @@
 import shutil
 import warnings
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,8 @@ from kmeans_transformer import (
     modeling_kmeans_transformer,
     reference,
 )
+from kmeans_transformer.estimator import KMeans
+from kmeans_transformer.points import cluster_points
 from kmeans_transformer.variants import VARIANTS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -842,6 +845,61 @@ def test_float32_weighted_passes_far_from_the_origin(variant, weighted, layout, 
             np.testing.assert_allclose(found["weights"][0].double().numpy(), expected.weights, rtol=0, atol=tolerance)
 
 
+HARD_FAR_OPTIONS = {"lloyd": {}, "trimmed": {"trim_quantile": 0.9}, "sparse": {"inverse_temperature": 0.5}}
+
+
+def hard_far_reference(variant, points, initial, iterations):
+    """The float64 plain loops of `reference` for a hard variant of `HARD_FAR_OPTIONS`."""
+    options = HARD_FAR_OPTIONS[variant]
+    if variant == "lloyd":
+        return reference.lloyd(points, initial, iterations)
+    if variant == "trimmed":
+        return reference.trimmed_kmeans(points, initial, iterations, **options)
+    return reference.sparse_kmeans(points, initial, iterations, options["inverse_temperature"])
+
+
+@pytest.mark.parametrize("variant", list(HARD_FAR_OPTIONS))
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+def test_float32_hard_assignments_far_from_the_origin(variant, offset, compiled, tmp_path):
+    """
+    A float32 lloyd, trimmed and sparse model on points of unit spread `offset` from the origin against the float64
+    plain loops of `reference` on the same float32 points: forward's compact engine, the estimator's looped fit
+    (`compact_iterations`), and points mode (`cluster_points`, parameters held in float64). Expanded at the points'
+    own coordinates the float32 scores `2 x.c - |c|^2` round by about `2^-24 (2 offset)^2` (24 at 10^4, against
+    squared distances of a few units: 186 of 300 labels were wrong); in the compact engine's frame, translated to
+    the centroids' mean, the labels (and trimmed outliers) are the float64 loops' and the centroids within 2
+    float32 ulps of `offset` (their own rounding) plus 1e-4 of the spread. No warning on the compact engine.
+    """
+    points, reference_points, start, _ = far_from_the_origin("shifted", offset, False)
+    initial, iterations = start[0].double().numpy(), 6
+    expected = hard_far_reference(variant, reference_points, initial, iterations)
+    tolerance = 2 * np.spacing(np.float32(offset)) + 1e-4
+    config = KMeansTransformerConfig(
+        num_clusters=3, point_dim=4, num_iterations=iterations, variant=variant, **HARD_FAR_OPTIONS[variant]
+    )
+    model = KMeansTransformerModel(config).float().eval()
+    assert model.engine() == "compact"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        output = model(points, start)
+    np.testing.assert_array_equal(output.labels[0].numpy(), expected.labels)
+    np.testing.assert_allclose(output.centroids[0].double().numpy(), expected.centroids, rtol=0, atol=tolerance)
+    if variant == "trimmed":
+        np.testing.assert_array_equal(output.outliers[0].numpy(), expected.outliers)
+
+    estimator = KMeans(3, init=initial, n_init=1, max_iter=iterations, tol=0.0, variant=variant,
+                       **HARD_FAR_OPTIONS[variant]).fit(points[0].numpy())
+    assert estimator.cluster_centers_.dtype == np.float32
+    np.testing.assert_array_equal(estimator.labels_, expected.labels)
+    np.testing.assert_allclose(estimator.cluster_centers_, expected.centroids, rtol=0, atol=tolerance)
+
+    dataset = datasets.Dataset.from_dict({f"x{e}": points[0, :, e].numpy() for e in range(4)})
+    found = cluster_points(model, dataset, chunk_size=128, num_iterations=iterations, progress=False)  # from rows 0-2
+    np.testing.assert_allclose(found.centroids, expected.centroids, rtol=0, atol=tolerance)
+    labelled = expected.labels[expected.labels >= 0]
+    np.testing.assert_array_equal(found.cluster_sizes, np.bincount(labelled, minlength=3))
+
+
 @pytest.mark.parametrize("spread", [1e-3, 1.0], ids=["collapsing", "unit"])
 def test_float32_gmm_variances_from_lane_sums(spread, compiled, monkeypatch):
     """
@@ -991,6 +1049,25 @@ def test_float32_token_engine_warns_far_from_the_origin(variant, trigger):
     assert found == [] and centroid_error(output, expected) <= tolerance
 
 
+@pytest.mark.parametrize("variant", ["lloyd", "trimmed", "sparse", "kmedoids"])
+def test_float32_token_engine_warns_of_hard_labels_far_from_the_origin(variant):
+    """
+    The token engine's float32 hardmax compares the expanded scores `2 x.c - |c|^2` at the points' own coordinates:
+    at an offset of 10^3 they round by about `2^-24 (2 · 2000)^2` (1), against the scale `s_j^2 / 4` at which the
+    labels are decided (`s_j` a few units between these clusters): one warning per forward call, naming the remedies.
+    The compact engine, which translates the scores, gives the float64 plain loops' labels without a warning (lloyd).
+    """
+    model, (points, start), _, _ = weighted_far_case(variant, 1e3)
+    output, found = precision_warnings(model, "hidden_states", points, start)
+    assert len(found) == 1, found
+    assert all(remedy in found[0] for remedy in ("float64", "centre the data", "compact engine", "model.engine()"))
+    if variant == "lloyd":
+        expected = reference.lloyd(points[0].double().numpy(), start[0].double().numpy(), 6)
+        output, found = precision_warnings(model, "compact", points, start)
+        assert found == []
+        np.testing.assert_array_equal(output.labels[0].numpy(), expected.labels)
+
+
 def test_float32_token_engine_warns_of_the_final_gmm_variances():
     """
     gmm from variances of 10^4 at an offset of 10^2: the entering scores' bound is `2^-24 (2 · 10^4)^-1 (2 · 200)^2`
@@ -1010,7 +1087,7 @@ def test_float32_token_engine_warns_of_the_final_gmm_variances():
         ("gmm", 0.0, torch.float32),
         ("soft", 1e3, torch.float64),  # float64: 2^-53 (2 · 2000)^2 / 2 ~ 1e-9
         ("gmm", 1e3, torch.float64),
-        ("lloyd", 1e3, torch.float32),  # a hard assignment: both engines compare the same scores
+        ("lloyd", 0.0, torch.float32),  # around the origin: a few units against the centroids' separations
         ("spherical", 1e3, torch.float32),
         ("fuzzy", 1e3, torch.float32),  # distances from the differences
         ("learned", 1e3, torch.float32),  # trained queries and keys: no bound at the points' coordinates
