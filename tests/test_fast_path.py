@@ -767,7 +767,7 @@ def test_head_labels_and_inertia_in_one_pass_are_those_of_the_separate_steps(dty
         torch.set_num_threads(1)  # one problem per thread at least: the pass runs
         with torch.no_grad():
             inputs = model.prepare_inputs(points, points[:, :k], mask, sample_weight=sample_weight)
-            tokens, point_mask = model._compact_tokens(inputs)
+            tokens, point_mask, _ = model._compact_tokens(inputs)  # data around the origin: no frame
             labels, inertia = head.compact_labels_and_inertia(tokens, point_mask, sample_weight)
             centroids = tokens[:, n:, :-1]
             expected = head.compact_labels(tokens[:, :n], centroids, point_mask)
