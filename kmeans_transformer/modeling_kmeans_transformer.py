@@ -554,7 +554,8 @@ class CompactFrame:
     `lane_sums` decides, pass by pass, whether the compiled sums may be float32 lanes. A hard assignment (lloyd,
     trimmed, sparse) takes only the origin (`labels_origin`), once per call: its tokens `[x_i - o ; 1]` and `[c_j -
     o ; 1]` are written in the one pass that writes them (`cpu_kernels.compact_tokens`), the iterations run in the
-    frame, and the centroids are translated back at the end (`untranslated`).
+    frame, and each iteration's centroids are also taken in the points' coordinates from its statistics
+    (`iteration_centroids`): the returned ones are rounded once, as without a frame.
     """
 
     origin: torch.Tensor | None
@@ -590,11 +591,15 @@ class CompactFrame:
         return None if central else origin
 
     @staticmethod
-    def untranslated(centroids: torch.Tensor, origin: torch.Tensor | None) -> torch.Tensor:
-        """The centroids `c_j - o` of a frame as the model returns them: `c_j`, rounded once to their dtype (a copy)."""
-        if origin is None:
-            return centroids.clone()
-        return (centroids.to(torch.float64) + origin.to(torch.float64)).to(centroids.dtype)
+    def iteration_centroids(layer, statistics: torch.Tensor, entering: torch.Tensor, origin: torch.Tensor):
+        """
+        The centroids after an iteration of `layer` in the frame of `origin`, in the points' coordinates: its
+        `finalize` of the float64 `statistics` translated back (`update.untranslated_statistics`), from the
+        `entering` centroids in the points' coordinates (kept by an empty cluster), so that each is the float64
+        quotient rounded once to the dtype, as without a frame (`c_j = N_j / R_j` for Lloyd's sums).
+        """
+        statistics = layer.update.untranslated_statistics(statistics, origin)
+        return layer.finalize(statistics, {"centroids": entering})["centroids"]
 
     @classmethod
     def of(cls, assign, points: torch.Tensor, parameters: dict, previous: "CompactFrame | None") -> "CompactFrame":
@@ -676,15 +681,18 @@ class CompactIterations:
         self.num_points = inputs.points.shape[1]
         self.tokens, self.point_mask, self.origin = model._compact_tokens(inputs)  # the tokens in the `CompactFrame`
         self.sample_weight = inputs.sample_weight
+        # in a frame, the centroids in the points' coordinates (`CompactFrame.iteration_centroids`)
+        self.returned = None if self.origin is None else model.config.variant_spec.seen_points(inputs.centroids)
+
+    @property
+    def framed_centroids(self) -> torch.Tensor:
+        """The centroid rows of the tokens, `(batch, k, d)`: `c_j - o` in the `CompactFrame` of `origin` (a view)."""
+        return self.tokens[:, self.num_points :, :-1]
 
     @property
     def centroids(self) -> torch.Tensor:
-        """
-        The centroids entering the next step, `(batch, k, d)` (a view of the tokens, or where the tokens are
-        translated, `CompactFrame.untranslated`: clone to keep them).
-        """
-        framed = self.tokens[:, self.num_points :, :-1]
-        return framed if self.origin is None else CompactFrame.untranslated(framed, self.origin)
+        """The centroids entering the next step, `(batch, k, d)`, in the points' coordinates (clone to keep them)."""
+        return self.framed_centroids if self.origin is None else self.returned
 
     def step(self) -> tuple[torch.LongTensor, torch.Tensor]:
         """
@@ -692,18 +700,23 @@ class CompactIterations:
         each cluster's mass in that assignment `(batch, k)` (its point count, or its total sample weight).
         """
         labels, statistics = self.layer.compact_step(self.tokens, self.point_mask, self.sample_weight)
+        if self.origin is not None:
+            self.returned = CompactFrame.iteration_centroids(self.layer, statistics, self.returned, self.origin)
         return labels, statistics[..., -1]
 
     def set_centroids(self, centroids: torch.Tensor) -> None:
         """Continue from `centroids` `(batch, k, d)` (as the variant sees them)."""
-        framed = self.tokens[:, self.num_points :, :-1]
-        framed.copy_(centroids if self.origin is None else centroids.to(framed.dtype) - self.origin)
+        if self.origin is None:
+            self.framed_centroids.copy_(centroids)
+        else:
+            self.returned = centroids.to(self.tokens.dtype).clone()
+            self.framed_centroids.copy_(self.returned - self.origin)
 
     def keep(self, problems: torch.LongTensor) -> None:
         """Keep only the problems at indices `problems` of the batch, in that order."""
         self.tokens = self.tokens[problems]
         if self.origin is not None:
-            self.origin = self.origin[problems]
+            self.origin, self.returned = self.origin[problems], self.returned[problems]
         if self.point_mask is not None:
             self.point_mask = self.point_mask[problems]
         if self.sample_weight is not None:
@@ -1141,7 +1154,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         centroids, the position slice and a constant feature, one `(batch, n + k, d + 1)` tensor written once; the
         labels are carried in index form. In a float32 model whose scores are expanded products the tokens are
         those of the points and centroids translated to the entering centroids' mean `o` (`CompactFrame`): labels,
-        outliers and inertia are those of the frame, and the centroids `c_j - o + o`, rounded once.
+        outliers and inertia are those of the frame, and the returned centroids the last iteration's statistics
+        translated back, each quotient rounded once (`CompactFrame.iteration_centroids`).
         """
         if not self._compact_by_labels():  # a weighted assignment: its own pass, in chunks of points
             return self._run_compact_weights(inputs, num_iterations, final_assignment, output_assignments)
@@ -1149,8 +1163,11 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         batch_size, num_points = inputs.points.shape[:2]
         points, centroids = tokens[:, :num_points, :-1], tokens[:, num_points:, :-1]
         weighted = {} if inputs.sample_weight is None else {"sample_weight": inputs.sample_weight}
+        returned = self.config.variant_spec.seen_points(inputs.centroids)  # in the points' coordinates, in a frame
         for iteration in range(num_iterations):
-            labels = self._layer(iteration).compact_forward(tokens, point_mask, **weighted)
+            labels, statistics = self._layer(iteration).compact_step(tokens, point_mask, **weighted)
+            if origin is not None:
+                returned = CompactFrame.iteration_centroids(self._layer(iteration), statistics, returned, origin)
         head = None
         if final_assignment:  # labels and inertia in one pass where the head allows it
             head = self.assignment_head.compact_labels_and_inertia(tokens, point_mask, inputs.sample_weight)
@@ -1160,7 +1177,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
             labels = self.assignment_head.compact_labels(tokens[:, :num_points], centroids, point_mask, inputs.sample_weight)
         if head is None:  # in the frame: translation-invariant, and more precise there
             inertia = labelled_inertia(points, centroids, labels, inputs.sample_weight)
-        centroids = CompactFrame.untranslated(centroids, origin)
+        centroids = centroids.clone() if origin is None else returned.clone()
         output = KMeansTransformerOutput(labels=labels, centroids=centroids, inertia=inertia)
         if self.config.variant_spec.reports_outliers:  # a real point without a label is trimmed
             output.outliers = (labels < 0) & inputs.point_mask
