@@ -2234,7 +2234,9 @@ def membership_sums(
     return (found[0] if sums else None), (found[1] if labels else None)
 
 
-def compact_tokens(points: torch.Tensor, centroids: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor | None:
+def compact_tokens(
+    points: torch.Tensor, centroids: torch.Tensor, origin: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """
     The compact tokens `(batch, n + k, d + 1)`, `[x_i ; 1]` for the points `(batch, n, d)` then `[c_j ; 1]` for the
     centroids `(batch, k, d)`, or with an `origin` `o` `(batch, 1, d)` those of the translated vectors, `[x_i - o ;

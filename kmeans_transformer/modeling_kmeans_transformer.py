@@ -577,9 +577,9 @@ class CompactFrame:
     @classmethod
     def labels_origin(cls, assign, update, centroids: torch.Tensor) -> torch.Tensor | None:
         """
-        The origin of a hard-assignment compact pass of `assign` (a block) and `update` (a block or its class) entering with
-        `centroids` `(batch, k, d)`: their mean (`mean_origin`), or None (the identity) in float64, where the
-        scores are not expanded distances (spherical's cosines: `expanded_score_scales` None), where the update's
+        The origin of a hard-assignment compact pass of `assign` (a block) and `update` (a block or its class)
+        entering with `centroids` `(batch, k, d)`: their mean (`mean_origin`), or None (the identity) in float64, where
+        the scores are not expanded distances (spherical's cosines: `expanded_score_scales` None), where the update's
         statistics do not translate (medoids, exact data points: `update.statistics_translate`), and where the
         centroids are already central.
         """
@@ -936,8 +936,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         lost, name = min(digits, math.log10(rounding) + digits), str(dtype).removeprefix("torch.")
         warnings.warn(
             f"The token engine's {self.config.variant} scores are {name} expanded dot products |x|^2 - 2 x.c + |c|^2 "
-            f"of points up to {float(reach.amax()):.3g} from the origin, which round by up to {rounding:.2g} of "
-            f"the scale at which the assignment reads them (tolerance 2^{math.log2(EXPANDED_SCORE_TOLERANCE):.0f}): {name} scores of points this far from the "
+            f"of points up to {float(reach.amax()):.3g} from the origin, which round by up to {rounding:.2g} of the "
+            f"scale at which the assignment reads them (tolerance 2^{math.log2(EXPANDED_SCORE_TOLERANCE):.0f}): "
+            f"{name} scores of points this far from the "
             f"origin lose about {lost:.0f} of their {digits:.0f} significant digits, and the results can be wrong. "
             "Run the model in float64 (model.double()), centre the data (subtract its mean), or run it on the compact "
             "engine, which translates the scores to the centroids' mean: without gradients (torch.no_grad()), hooks, "
@@ -1340,7 +1341,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         return tokens, point_mask, origin
 
     def _labels_origin(self, centroids: torch.Tensor) -> torch.Tensor | None:
-        """The `CompactFrame.labels_origin` of this model's hard-assignment passes entering with the seen `centroids`."""
+        """The `CompactFrame.labels_origin` of this model's hard-assignment passes from the seen `centroids`."""
         return CompactFrame.labels_origin(self.assignment_head.assign, self.config.variant_spec.update, centroids)
 
     def compact_iterations(self, points, centroids, sample_weight=None) -> "CompactIterations | None":
