@@ -50,14 +50,14 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def stamp_iterations(model) -> list[float]:
-    """A list that gets the `perf_counter` time at the end of each of `model`'s iterations (each ends with one
-    `finalize`, whichever engine runs it)."""
+def stamp_iterations(model, clock=time.perf_counter) -> list[float]:
+    """A list that gets the `clock` time (wall-clock by default) at the end of each of `model`'s iterations (each
+    ends with one `finalize`, whichever engine runs it)."""
     stamps, finalize = [], model.finalize
 
     def timed_finalize(*args, **kwargs):
         new = finalize(*args, **kwargs)
-        stamps.append(time.perf_counter())
+        stamps.append(clock())
         return new
 
     model.finalize = timed_finalize

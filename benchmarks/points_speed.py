@@ -12,6 +12,10 @@ a Parquet file and runs, each in a fresh subprocess (so that each reports its ow
 - `points-1`, `points-2`: the same on one process with one thread, and on two `torchrun` gloo processes with one
   thread each (rank 0's times).
 
+Each run also reports the CPU time of its process per iteration (`time.process_time`, every thread of the process,
+the reading thread of points mode included), measured as the wall-clock time is: on a machine shared with other jobs
+it varies less with their load than the wall-clock time does.
+
     nice python benchmarks/points_speed.py --json points_speed.json   # the recorded run
     python benchmarks/points_speed.py --quick                         # 200,000 points, seconds
     python benchmarks/points_speed.py --variant soft --runs memory-1-thread points-1-process
@@ -78,13 +82,16 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
         del table
         initial = points[:, :clusters].clone()
         times = {1: float("inf"), iterations + 1: float("inf")}
+        cpu_times = dict(times)
         for count in [1, iterations + 1] * 2:  # the faster of two calls each: the machine may be shared
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             output = model(points, initial, num_iterations=count,
                            **{name: torch.from_numpy(value).float() for name, value in state.items()})
             times[count] = min(times[count], time.perf_counter() - start)
+            cpu_times[count] = min(cpu_times[count], time.process_time() - cpu_start)
         figures["engine"] = model.engine()
         figures["iteration_s"] = [(times[iterations + 1] - times[1]) / iterations]
+        figures["iteration_cpu_s"] = [(cpu_times[iterations + 1] - cpu_times[1]) / iterations]
         figures["inertia"] = float(output.inertia[0])
     else:
         from accelerate import Accelerator
@@ -93,12 +100,13 @@ def child(mode: str, path: str, clusters: int, iterations: int, chunk_size: int,
 
         accelerator = Accelerator(cpu=True)
         is_main = accelerator.is_main_process
-        stamps = stamp_iterations(model)
+        stamps, cpu_stamps = stamp_iterations(model), stamp_iterations(model, time.process_time)
         start = time.perf_counter()
         result = cluster_points(model, path, chunk_size=chunk_size, accelerator=accelerator, progress=False,
                                 initial_state=state or None)
         figures["total_s"] = time.perf_counter() - start
         figures["iteration_s"] = [b - a for a, b in zip(stamps, stamps[1:])]
+        figures["iteration_cpu_s"] = [b - a for a, b in zip(cpu_stamps, cpu_stamps[1:])]
         figures["processes"] = accelerator.num_processes
         figures["engine"] = model.engine()
         figures["inertia"] = result.inertia
@@ -122,7 +130,8 @@ def run(mode: str, path: Path, args, workdir: Path, processes: int = 1, threads:
         command = [torchrun, "--standalone", "--nproc_per_node", str(processes), __file__, *arguments]
     subprocess.run(command, check=True, env=env)
     figures = json.loads(report.read_text())
-    figures["median_iteration_s"] = sorted(figures["iteration_s"])[len(figures["iteration_s"]) // 2]
+    for name in ("iteration_s", "iteration_cpu_s"):
+        figures[f"median_{name}"] = sorted(figures[name])[len(figures[name]) // 2]
     return figures
 
 
@@ -169,6 +178,7 @@ def main() -> None:
         "points_over_memory_1_thread": ("points-1-process", "memory-1-thread"),
         "two_over_one_process": ("points-2-processes", "points-1-process"),
     }
+    cpu_ratios = {"points_over_memory_1_thread_cpu": ("points-1-process", "memory-1-thread")}
     figures = {
         "num_points": args.num_points, "dim": args.dim, "clusters": args.clusters, "iterations": args.iterations,
         "chunk_size": args.chunk_size, "variant": args.variant, "config": args.config, "file_mib": file_mib,
@@ -176,6 +186,10 @@ def main() -> None:
         **{
             name: runs[top]["median_iteration_s"] / runs[bottom]["median_iteration_s"]
             for name, (top, bottom) in ratios.items() if top in runs and bottom in runs
+        },
+        **{
+            name: runs[top]["median_iteration_cpu_s"] / runs[bottom]["median_iteration_cpu_s"]
+            for name, (top, bottom) in cpu_ratios.items() if top in runs and bottom in runs
         },
         "load_average": os.getloadavg(),
         "machine": machine(),
@@ -186,10 +200,11 @@ def main() -> None:
           f"chunk {args.chunk_size}, {args.variant}")
     for name, run_figures in runs.items():
         times = ", ".join(f"{t:.3f}" for t in run_figures["iteration_s"])
-        print(f"{name:>20}: {run_figures['median_iteration_s']:.3f} s per iteration ({times}), peak RSS "
+        print(f"{name:>20}: {run_figures['median_iteration_s']:.3f} s per iteration ({times}), CPU "
+              f"{run_figures['median_iteration_cpu_s']:.3f} s, peak RSS "
               f"{run_figures['peak_rss_mib']:.0f} MiB, {run_figures['torch_threads']} thread(s), "
               f"engine {run_figures['engine']}")
-    for name in ratios:
+    for name in [*ratios, *cpu_ratios]:
         if name in figures:
             print(f"{name.replace('_', ' ')}: {figures[name]:.2f}")
     print(f"load average {figures['load_average']}; machine: {figures['machine']}")

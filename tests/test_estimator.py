@@ -99,19 +99,55 @@ def test_kmeans_plusplus_restarts_match_scikit_learns_mean_inertia_on_digits(sta
     assert abs(ours / theirs - 1) < 0.01
 
 
-def test_kmeans_plusplus_draws_centres_with_probability_proportional_to_squared_distance():
-    """With one trial per centre, P(first = a, second = b) = 1/n * D(b | a)^2 / Σ_i D(i | a)^2 (a chi-square test)."""
-    points = torch.tensor([[0.0], [1.0], [3.0], [7.0], [15.0]], dtype=torch.float64)
-    n, draws = len(points), 40000
-    _, indices = batched_kmeans_plusplus(points, 2, draws, torch.Generator().manual_seed(0), n_local_trials=1)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize(
+    "dtype, offset", [(torch.float64, 0.0), (torch.float32, 0.0), (torch.float32, 1e4)], ids=["f64", "f32", "f32-at-1e4"]
+)
+def test_kmeans_plusplus_draws_centres_with_probability_proportional_to_squared_distance(dtype, offset, weighted):
+    """
+    With one trial per centre, P(first = a, second = b) = w_a / Σ w * w_b D(b | a)^2 / Σ_i w_i D(i | a)^2 (a
+    chi-square test, `D` in float64 NumPy), also in float32 at 1e4 from the origin, where `|x|^2` rounds by 8.
+    """
+    x = np.array([0.0, 1.0, 3.0, 7.0, 15.0]) + offset  # exact in float32
+    w = np.array([1.0, 2.0, 1.0, 3.0, 1.0]) if weighted else np.ones(len(x))
+    n, draws = len(x), 40000
+    points = torch.tensor(x[:, None], dtype=dtype)
+    _, indices = batched_kmeans_plusplus(
+        points, 2, draws, torch.Generator().manual_seed(0), n_local_trials=1,
+        sample_weight=torch.tensor(w) if weighted else None,
+    )
     observed = np.zeros((n, n))
     np.add.at(observed, (indices[:, 0].numpy(), indices[:, 1].numpy()), 1)
-    x = points[:, 0].numpy()
-    squared = (x[:, None] - x[None, :]) ** 2
-    expected = squared / squared.sum(axis=1, keepdims=True) / n * draws
+    squared = w[None, :] * (x[:, None] - x[None, :]) ** 2
+    expected = squared / squared.sum(axis=1, keepdims=True) * (w / w.sum())[:, None] * draws
     cells = expected > 0
     assert observed[~cells].sum() == 0  # never the first centre twice
     assert stats.chisquare(observed[cells], expected[cells]).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e4])
+def test_float32_kmeans_plusplus_far_from_the_origin_seeds_one_centre_per_blob(offset):
+    """
+    Six tight blobs (σ = 0.05, 3 apart) at `offset` from the origin, in float32: greedy k-means++ puts one centre in
+    each blob, as scikit-learn's `kmeans_plusplus` does on the same data in float64, and draws the same rows as a
+    float64 run from the same generator (the distances are accurate in float32 once the data are taken from their
+    mean; at 1e4, `|x|^2 ~ 2e8` rounds by 16 in float32, more than the squared gaps of 9).
+    """
+    rng = np.random.default_rng(0)
+    k, per, restarts = 6, 100, 20
+    labels = np.repeat(np.arange(k), per)
+    centres = 3.0 * np.stack([np.arange(k) % 3, np.arange(k) // 3], axis=1)
+    X = (centres[labels] + rng.normal(scale=0.05, size=(k * per, 2)) + offset).astype(np.float32).astype(np.float64)
+    for seed in range(restarts):
+        _, theirs = cluster.kmeans_plusplus(X, k, random_state=seed)
+        assert sorted(labels[theirs]) == list(range(k))
+    draws = {}
+    for dtype in (torch.float32, torch.float64):
+        points = torch.tensor(X, dtype=dtype)
+        seeds, draws[dtype] = batched_kmeans_plusplus(points, k, restarts, torch.Generator().manual_seed(0))
+        assert torch.equal(seeds, points[draws[dtype]])  # the original rows, not translated ones
+    assert all(sorted(labels[row]) == list(range(k)) for row in draws[torch.float32].numpy())
+    assert torch.equal(draws[torch.float32], draws[torch.float64])
 
 
 def test_greedy_kmeans_plusplus_matches_scikit_learns_initial_potential():
