@@ -42,7 +42,7 @@ bit).
 
 Speed. A chunk costs what it costs the in-memory compact engine. For `"lloyd"`, `"spherical"` and `"trimmed"`: the
 nearest-centroid kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the
-same `assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`. For `"soft"`,
+same `assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`. The model looks at its weights once per iteration (`KMeansTransformerModel._weights_held`), not per chunk. For `"soft"`,
 `"gmm"` and `"fuzzy"`: the layer's weighted pass (`KMeansTransformerModel._weights_pass`), one compiled loop over
 the chunk that turns each tile's scores into weights and adds them into the float64 sums at once, with no `(chunk,
 k)` weights; the final pass takes the labels from the assignment head's pass the same way. Where the compiled loops
@@ -243,9 +243,11 @@ def cluster_points(
                 points = torch.from_numpy(values).to(device)
                 yield indices, points if exponent is None else times_power_of_two(points, -exponent), weights
 
-        for _ in bar:
-            parameters = _iteration(model, chunks, parameters, processes.reduce_sum)
-        totals = _final_pass(model, chunks, parameters, processes, labels_output, overwrite)
+        for _ in bar:  # the weights are looked at once per iteration, not once per chunk (`_weights_held`)
+            with model._weights_held():
+                parameters = _iteration(model, chunks, parameters, processes.reduce_sum)
+        with model._weights_held():
+            totals = _final_pass(model, chunks, parameters, processes, labels_output, overwrite)
 
     k = model.config.num_clusters
     if exponent is not None:

@@ -1094,3 +1094,38 @@ def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, k
         np.testing.assert_array_equal(result.numpy(), expected)
     assert calls == [-(-upper.bit_length() // 8)] * world and dtypes == [{torch.float64}] * world
     assert (expected == 0).any() and (expected == upper).any() and ((expected > 0) & (expected < upper)).any()
+
+
+@pytest.mark.parametrize("variant", ["lloyd", "trimmed", "soft"])
+def test_points_mode_compares_the_weights_once_per_iteration_not_per_chunk(variant, tmp_path, rng, monkeypatch):
+    """
+    Points mode looks at the weights (`has_analytic_weights`' element-wise comparison) once per iteration
+    (`_weights_held`), not once per chunk; a user's call still compares them on every call, and an edit through
+    `.data` between calls is seen at once.
+    """
+    from kmeans_transformer import modeling_kmeans_transformer as modeling
+
+    calls = []
+    compare = modeling._compare_weights
+    monkeypatch.setattr(modeling, "_compare_weights", lambda pairs: calls.append(1) or compare(pairs))
+    X = blobs(rng, n=2000)
+    path = write_parquet(tmp_path / "points.parquet", X)
+    model, iterations = make_model(variant=variant, T=3), 3
+    cluster_points(model, path, chunk_size=100, progress=False)  # 20 chunks a pass, 4 passes (5 for trimmed's)
+    assert len(calls) <= 1 + iterations + 1  # the engine's check before the passes, then one per pass
+    calls.clear()
+    points = torch.from_numpy(X[:50])[None]
+    parameters = {"centroids": torch.from_numpy(X[:K])[None]}
+    model.statistics(points, parameters)
+    model.statistics(points, parameters)
+    assert len(calls) == 2
+    embeddings = model.embeddings.cluster_embeddings
+    embeddings.data[0, 0] += 1.0  # `.data` does not bump the version counter
+    assert model.engine() == "tokens"
+    with model._weights_held():
+        embeddings.data[0, 0] -= 1.0
+        assert model.engine() == "compact"
+        embeddings.data[0, 0] += 1.0  # within the context the first answer holds
+        assert model.engine() == "compact"
+    assert model.engine() == "tokens"
+
