@@ -1057,10 +1057,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def has_analytic_weights(self) -> bool:
         """
         Whether every analytic weight (and the cluster embeddings) holds the construction's value, compared element by
-        element on every call (once per context within `_weights_held`, which a loop that owns its calls opens), so that any
-        edit (in place, through `.data`, by loading) is seen. The construction's
-        values are built once per dtype and device and kept (`_analytic_values`). Always False for a trainable
-        variant (`VariantSpec.trainable`, `"learned"`), even while its weights hold the construction they start from.
+        element on every call (once per context within `_weights_held`, which a loop that owns its calls opens), so
+        that any edit (in place, through `.data`, by loading) is seen. The construction's values are built once per
+        dtype and device and kept (`_analytic_values`). Always False for a trainable variant (`VariantSpec.trainable`, `"learned"`), even while its weights hold the construction they start from.
         `torch.export` traces with no values to compare, so an exported model runs the token engine (exact for any
         weights); under `torch.compile` the comparison runs outside the graph, on every call.
         """

@@ -1129,3 +1129,34 @@ def test_points_mode_compares_the_weights_once_per_iteration_not_per_chunk(varia
         assert model.engine() == "compact"
     assert model.engine() == "tokens"
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lloyd_chunk_statistics_from_the_fused_loop_are_the_separate_kernels(dtype, rng, monkeypatch):
+    """
+    An unweighted Lloyd chunk's statistics in points mode come from the fused compiled loop (`lloyd_step`) and equal
+    bit for bit those of `model.statistics` (the nearest-centroid kernel, then `segment_sums`), over more rows than a
+    block of the sums (2**15) and with ties; the labels behind them are the float64 plain loop's where its distances
+    are exact (integer points), and the sums are the float64 sums of each label's points.
+    """
+    from kmeans_transformer import points as points_mode
+
+    require_compiled()
+    runs = []
+    step = cpu_kernels.lloyd_step
+    monkeypatch.setattr(cpu_kernels, "lloyd_step", lambda *args: runs.append(1) or step(*args))
+    model = make_model(k=7, d=5).to(dtype)
+    for X in (rng.integers(-4, 5, size=(70_001, 5)), rng.normal(scale=3.0, size=(70_001, 5))):
+        X = torch.from_numpy(X.astype(np.float64)).to(dtype)
+        parameters = {"centroids": X[:7][None].to(torch.float64) + 0.25}
+        runs.clear()
+        fused = points_mode._statistics(model, X, parameters)
+        assert runs == [1]
+        expected = model.statistics(X[None], parameters)
+        assert fused.dtype == torch.float64 and torch.equal(fused, expected)
+    X = rng.integers(-4, 5, size=(70_001, 5)).astype(np.float64)
+    centroids = X[:7] + 0.5  # distances exact in float32 too: ties broken by the lowest index alike
+    labels = ((X[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+    found = points_mode._statistics(model, torch.from_numpy(X).to(dtype), {"centroids": torch.from_numpy(centroids)[None]})
+    for j in range(7):
+        np.testing.assert_array_equal(found[0, j, :5].numpy(), X[labels == j].sum(0))
+        assert found[0, j, 5] == (labels == j).sum()
