@@ -19,6 +19,7 @@ iteration (`KMeansTransformerModel.engine`): the token layers, and, for the vari
 engine, which runs the assign block on a compact state and the update block as its sufficient statistics.
 """
 
+import contextlib
 import difflib
 import importlib
 import inspect
@@ -1099,6 +1100,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
     def check_finite_weights(self) -> None:
         """`ValueError` naming the first weight that holds a NaN or an infinite value (a corrupt checkpoint or edit)."""
+        self._held_check("finite_weights", self._check_finite_weights_now)
+
+    def _check_finite_weights_now(self) -> None:
         for name, parameter in self.named_parameters():
             if parameter.device.type == "meta":  # offloaded: Accelerate loads it where it runs
                 continue
@@ -1114,15 +1118,48 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
     def has_analytic_weights(self) -> bool:
         """
         Whether every analytic weight (and the cluster embeddings) holds the construction's value, compared element by
-        element on every call, so that any edit (in place, through `.data`, by loading) is seen. The construction's
-        values are built once per dtype and device and kept (`_analytic_values`). Always False for a trainable
-        variant (`VariantSpec.trainable`, `"learned"`), even while its weights hold the construction they start from.
+        element on every call (once per context within `_weights_held`, which a loop that owns its calls opens), so
+        that any edit (in place, through `.data`, by loading) is seen. The construction's values are built once per
+        dtype and device and kept (`_analytic_values`). Always False for a trainable variant (`VariantSpec.trainable`, `"learned"`), even while its weights hold the construction they start from.
         `torch.export` traces with no values to compare, so an exported model runs the token engine (exact for any
         weights); under `torch.compile` the comparison runs outside the graph, on every call.
         """
         if self.config.variant_spec.trainable or torch.compiler.is_exporting():
             return False
-        return _compare_weights(self._analytic_values())
+        return self._held_check("analytic_weights", lambda: _compare_weights(self._analytic_values()))
+
+    @contextlib.contextmanager
+    def _weights_held(self):
+        """
+        Within this context the weights are taken to stay as they are: `has_analytic_weights` and
+        `check_finite_weights` look at them at their first call only and repeat its answer (or its error) at the
+        later ones. For a caller that owns its loop and calls the model many times on the same weights (points mode:
+        one context per iteration, so an edit between iterations is seen at the next). Outside it, and for a user's
+        calls, every call looks at every element anew. Nested contexts share the outermost one's answers.
+        """
+        if "_held_checks" in self.__dict__:
+            yield
+            return
+        self.__dict__["_held_checks"] = {}
+        try:
+            yield
+        finally:
+            del self.__dict__["_held_checks"]
+
+    def _held_check(self, name: str, check):
+        """`check()`, or within `_weights_held` the outcome of its first call there (its value, or its error again)."""
+        held = self.__dict__.get("_held_checks")
+        if held is None or torch.compiler.is_compiling():
+            return check()
+        if name not in held:
+            try:
+                held[name] = (check(), None)
+            except ValueError as error:
+                held[name] = (None, error)
+        value, error = held[name]
+        if error is not None:
+            raise error
+        return value
 
     def _analytic_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every analytic tensor of the model with the construction's value for it, in the tensor's dtype and device."""

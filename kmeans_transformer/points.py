@@ -44,7 +44,9 @@ bit).
 
 Speed. A chunk costs what it costs the in-memory compact engine. For `"lloyd"`, `"spherical"` and `"trimmed"`: the
 nearest-centroid kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the
-same `assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`. For `"soft"`,
+same `assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`; for `"lloyd"` without
+weights on one thread, both in one compiled loop (`_fused_lloyd_statistics`: `cpu_kernels.lloyd_step`, the same
+numbers). The model looks at its weights once per iteration (`KMeansTransformerModel._weights_held`), not per chunk. For `"soft"`,
 `"gmm"` and `"fuzzy"`: the layer's weighted pass (`KMeansTransformerModel._weights_pass`), one compiled loop over
 the chunk that turns each tile's scores into weights and adds them into the float64 sums at once, with no `(chunk,
 k)` weights; the final pass takes the labels from the assignment head's pass the same way. Where the compiled loops
@@ -245,9 +247,11 @@ def cluster_points(
                 points = torch.from_numpy(values).to(device)
                 yield indices, points if exponent is None else times_power_of_two(points, -exponent), weights
 
-        for _ in bar:
-            parameters = _iteration(model, chunks, parameters, processes.reduce_sum)
-        totals = _final_pass(model, chunks, parameters, processes, labels_output, overwrite)
+        for _ in bar:  # the weights are looked at once per iteration, not once per chunk (`_weights_held`)
+            with model._weights_held():
+                parameters = _iteration(model, chunks, parameters, processes.reduce_sum)
+        with model._weights_held():
+            totals = _final_pass(model, chunks, parameters, processes, labels_output, overwrite)
 
     k = model.config.num_clusters
     if exponent is not None:
@@ -856,7 +860,32 @@ def _statistics(model, points: torch.Tensor, parameters, weights=None, labels=No
     weighted = {} if weights is None else {"sample_weight": weights[None]}
     if labels is not None:
         return model.accumulate(labels, points[None], **weighted)
-    return model.statistics(points[None], parameters, **weighted)
+    fused = _fused_lloyd_statistics(model, points, parameters) if weights is None else None
+    return model.statistics(points[None], parameters, **weighted) if fused is None else fused
+
+
+def _fused_lloyd_statistics(model, points: torch.Tensor, parameters) -> torch.Tensor | None:
+    """
+    `model.statistics` of an unweighted chunk `(n, d)` for Lloyd's blocks, from one compiled loop: `lloyd_step` (as
+    `KMeansTransformerLayer.compact_step` runs it in memory) on the chunk's compact tokens `[x_i ; 1]` and `[c_j ; 1]`
+    (`cpu_kernels.compact_tokens`, one write), whose labels are those of the nearest-centroid kernel and whose float64
+    sums `[Σ_{a(i)=j} x_i ; |S_j|]` are `segment_sums`' (row after row, block after block): the same numbers as the
+    labels and `accumulate` of `model.statistics`, each tile summed while in cache. Its update of the centroid rows
+    is dropped. None where `model.statistics` would do otherwise or the loop does not run (another variant, the token
+    engine, points not in the model's dtype, data the model would rescale, more threads than problems).
+    """
+    layer = model._layer(0)
+    if not layer.plain_lloyd or points.dtype != model.dtype or model.engine() != "compact":
+        return None
+    model._check_precision()
+    centroids = parameters["centroids"].to(model.dtype)
+    if model._rescaling_exponents(points[None], centroids) is not None:
+        return None
+    tokens = cpu_kernels.compact_tokens(points[None], centroids)
+    if tokens is None:
+        return None
+    fused = cpu_kernels.lloyd_step(tokens, layer.assign.compact_query_key(tokens[:, : len(points)], centroids)[1], None)
+    return None if fused is None else fused[1]
 
 
 def _labels(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1094,3 +1094,69 @@ def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, k
         np.testing.assert_array_equal(result.numpy(), expected)
     assert calls == [-(-upper.bit_length() // 8)] * world and dtypes == [{torch.float64}] * world
     assert (expected == 0).any() and (expected == upper).any() and ((expected > 0) & (expected < upper)).any()
+
+
+@pytest.mark.parametrize("variant", ["lloyd", "trimmed", "soft"])
+def test_points_mode_compares_the_weights_once_per_iteration_not_per_chunk(variant, tmp_path, rng, monkeypatch):
+    """
+    Points mode looks at the weights (`has_analytic_weights`' element-wise comparison) once per iteration
+    (`_weights_held`), not once per chunk; a user's call still compares them on every call, and an edit through
+    `.data` between calls is seen at once.
+    """
+    from kmeans_transformer import modeling_kmeans_transformer as modeling
+
+    calls = []
+    compare = modeling._compare_weights
+    monkeypatch.setattr(modeling, "_compare_weights", lambda pairs: calls.append(1) or compare(pairs))
+    X = blobs(rng, n=2000)
+    path = write_parquet(tmp_path / "points.parquet", X)
+    model, iterations = make_model(variant=variant, T=3), 3
+    cluster_points(model, path, chunk_size=100, progress=False)  # 20 chunks a pass, 4 passes (5 for trimmed's)
+    assert len(calls) <= 1 + iterations + 1  # the engine's check before the passes, then one per pass
+    calls.clear()
+    points = torch.from_numpy(X[:50])[None]
+    parameters = {"centroids": torch.from_numpy(X[:K])[None]}
+    model.statistics(points, parameters)
+    model.statistics(points, parameters)
+    assert len(calls) == 2
+    embeddings = model.embeddings.cluster_embeddings
+    embeddings.data[0, 0] += 1.0  # `.data` does not bump the version counter
+    assert model.engine() == "tokens"
+    with model._weights_held():
+        embeddings.data[0, 0] -= 1.0
+        assert model.engine() == "compact"
+        embeddings.data[0, 0] += 1.0  # within the context the first answer holds
+        assert model.engine() == "compact"
+    assert model.engine() == "tokens"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lloyd_chunk_statistics_from_the_fused_loop_are_the_separate_kernels(dtype, rng, monkeypatch):
+    """
+    An unweighted Lloyd chunk's statistics in points mode come from the fused compiled loop (`lloyd_step`) and equal
+    bit for bit those of `model.statistics` (the nearest-centroid kernel, then `segment_sums`), over more rows than a
+    block of the sums (2**15) and with ties; the labels behind them are the float64 plain loop's where its distances
+    are exact (integer points), and the sums are the float64 sums of each label's points.
+    """
+    from kmeans_transformer import points as points_mode
+
+    require_compiled()
+    runs = []
+    step = cpu_kernels.lloyd_step
+    monkeypatch.setattr(cpu_kernels, "lloyd_step", lambda *args: runs.append(1) or step(*args))
+    model = make_model(k=7, d=5).to(dtype)
+    for X in (rng.integers(-4, 5, size=(70_001, 5)), rng.normal(scale=3.0, size=(70_001, 5))):
+        X = torch.from_numpy(X.astype(np.float64)).to(dtype)
+        parameters = {"centroids": X[:7][None].to(torch.float64) + 0.25}
+        runs.clear()
+        fused = points_mode._statistics(model, X, parameters)
+        assert runs == [1]
+        expected = model.statistics(X[None], parameters)
+        assert fused.dtype == torch.float64 and torch.equal(fused, expected)
+    X = rng.integers(-4, 5, size=(70_001, 5)).astype(np.float64)
+    centroids = X[:7] + 0.5  # distances exact in float32 too: ties broken by the lowest index alike
+    labels = ((X[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+    found = points_mode._statistics(model, torch.from_numpy(X).to(dtype), {"centroids": torch.from_numpy(centroids)[None]})
+    for j in range(7):
+        np.testing.assert_array_equal(found[0, j, :5].numpy(), X[labels == j].sum(0))
+        assert found[0, j, 5] == (labels == j).sum()
