@@ -868,7 +868,8 @@ def _fused_lloyd_statistics(model, points: torch.Tensor, parameters) -> torch.Te
     """
     `model.statistics` of an unweighted chunk `(n, d)` for Lloyd's blocks, from one compiled loop: `lloyd_step` (as
     `KMeansTransformerLayer.compact_step` runs it in memory) on the chunk's compact tokens `[x_i ; 1]` and `[c_j ; 1]`
-    (`cpu_kernels.compact_tokens`, one write), whose labels are those of the nearest-centroid kernel and whose float64
+    (`cpu_kernels.compact_tokens`, one write; in the `CompactFrame` of `model.statistics`, translated to the origin
+    `o` and the sums translated back, `N_j + o |S_j|`), whose labels are those of the nearest-centroid kernel and whose float64
     sums `[Σ_{a(i)=j} x_i ; |S_j|]` are `segment_sums`' (row after row, block after block): the same numbers as the
     labels and `accumulate` of `model.statistics`, each tile summed while in cache. Its update of the centroid rows
     is dropped. None where `model.statistics` would do otherwise or the loop does not run (another variant, the token
@@ -881,11 +882,15 @@ def _fused_lloyd_statistics(model, points: torch.Tensor, parameters) -> torch.Te
     centroids = parameters["centroids"].to(model.dtype)
     if model._rescaling_exponents(points[None], centroids) is not None:
         return None
-    tokens = cpu_kernels.compact_tokens(points[None], centroids)
+    origin = model._labels_origin(centroids)  # the `CompactFrame` that `model.statistics` takes
+    tokens = cpu_kernels.compact_tokens(points[None], centroids, origin)
     if tokens is None:
         return None
-    fused = cpu_kernels.lloyd_step(tokens, layer.assign.compact_query_key(tokens[:, : len(points)], centroids)[1], None)
-    return None if fused is None else fused[1]
+    keys = layer.assign.compact_query_key(tokens[:, : len(points)], tokens[:, len(points) :, :-1])[1]
+    fused = cpu_kernels.lloyd_step(tokens, keys, None)
+    if fused is None:
+        return None
+    return fused[1] if origin is None else layer.update.untranslated_statistics(fused[1], origin)
 
 
 def _labels(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1135,7 +1135,7 @@ def test_lloyd_chunk_statistics_from_the_fused_loop_are_the_separate_kernels(dty
     """
     An unweighted Lloyd chunk's statistics in points mode come from the fused compiled loop (`lloyd_step`) and equal
     bit for bit those of `model.statistics` (the nearest-centroid kernel, then `segment_sums`), over more rows than a
-    block of the sums (2**15) and with ties; the labels behind them are the float64 plain loop's where its distances
+    block of the sums (2**15) and with ties, and far from the origin (translated in float32); the labels behind them are the float64 plain loop's where its distances
     are exact (integer points), and the sums are the float64 sums of each label's points.
     """
     from kmeans_transformer import points as points_mode
@@ -1145,9 +1145,12 @@ def test_lloyd_chunk_statistics_from_the_fused_loop_are_the_separate_kernels(dty
     step = cpu_kernels.lloyd_step
     monkeypatch.setattr(cpu_kernels, "lloyd_step", lambda *args: runs.append(1) or step(*args))
     model = make_model(k=7, d=5).to(dtype)
-    for X in (rng.integers(-4, 5, size=(70_001, 5)), rng.normal(scale=3.0, size=(70_001, 5))):
+    far = rng.normal(scale=3.0, size=(70_001, 5)) + 1e4  # in float32, in the `CompactFrame` of `model.statistics`
+    for X in (rng.integers(-4, 5, size=(70_001, 5)), rng.normal(scale=3.0, size=(70_001, 5)), far):
         X = torch.from_numpy(X.astype(np.float64)).to(dtype)
         parameters = {"centroids": X[:7][None].to(torch.float64) + 0.25}
+        translated = model._labels_origin(parameters["centroids"].to(dtype)) is not None
+        assert translated == (dtype == torch.float32 and bool(X.mean() > 1e3))
         runs.clear()
         fused = points_mode._statistics(model, X, parameters)
         assert runs == [1]
