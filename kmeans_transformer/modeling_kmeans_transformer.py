@@ -1126,6 +1126,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         """
         if self.config.variant_spec.trainable or torch.compiler.is_exporting():
             return False
+        if torch.compiler.is_compiling():  # the graph's one break, here: compared outside it on every call
+            return _compare_weights(self._analytic_values())
         return self._held_check("analytic_weights", lambda: _compare_weights(self._analytic_values()))
 
     @contextlib.contextmanager
