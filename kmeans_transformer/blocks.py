@@ -915,11 +915,15 @@ class KMeansTransformerMixtureUpdate(KMeansTransformerWeightedUpdate):
         return torch.cat([sums, counts], dim=-1)
 
     def statistics_of_sums(self, sums, values, sample_weight=None):
-        """`[N_j ; S_j ; R_j]` from the compiled sums, then the mass `n`."""
-        mass = values[..., -1].to(torch.float64)
-        if sample_weight is not None:
-            mass = mass * sample_weight.to(torch.float64)
-        return torch.cat([sums, mass.sum(dim=1)[:, None, None].expand(-1, sums.shape[1], 1)], dim=-1)
+        """
+        `[N_j ; S_j ; R_j]` from the compiled sums, then the mass `n` (`Σ_i w_i` with `sample_weight`): that of the
+        ones column of `values` `[x_i ; 1]`, without a pass over it.
+        """
+        if sample_weight is None:
+            mass = sums.new_full(sums.shape[:1], float(values.shape[1]))
+        else:
+            mass = sample_weight.to(torch.float64).sum(dim=1)
+        return torch.cat([sums, mass[:, None, None].expand(-1, sums.shape[1], 1)], dim=-1)
 
     def sums_cancellation(self, parameters, statistics=None):
         """

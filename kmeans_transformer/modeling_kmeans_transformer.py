@@ -612,14 +612,15 @@ class CompactFrame:
         a copy of the points). The expanded scores of the points within `r = max_j |c_j - o|` of the origin round
         by at most `expanded_score_rounding` (`u a_j (r + |c_j - o|)^2`); where that bound exceeds
         `EXPANDED_SCORE_TOLERANCE` even from the centroids' mean (clusters far apart, or one whose spread is tiny
-        against its distance from the others), the products are taken in float64.
+        against its distance from the others), the products are taken in float64, in the previous float64 frame
+        while the bound holds there in float64 (a collapsed gmm component, pass after pass: no new copy each pass).
         """
         dtype = points.dtype
         if dtype == torch.float64:
             return previous if previous is not None else cls(None, dtype, _with_ones(points), {})
 
-        def precise_enough(origin):
-            rounding = expanded_score_rounding(assign, parameters, dtype, origin)
+        def precise_enough(origin, products=dtype):
+            rounding = expanded_score_rounding(assign, parameters, products, origin)
             return rounding is None or bool((rounding <= EXPANDED_SCORE_TOLERANCE).all())
 
         if previous is not None and previous.dtype == dtype and precise_enough(previous.origin):
@@ -631,6 +632,8 @@ class CompactFrame:
             return cls(None, dtype, _with_ones(points), {})
         if not precise_enough(origin):
             dtype = torch.float64
+            if previous is not None and previous.dtype == dtype and precise_enough(previous.origin, dtype):
+                return previous  # float64 products still: the frame is kept while float64 is precise enough in it
         if previous is not None and previous.dtype == dtype and previous.origin is not None:
             if torch.equal(previous.origin, origin):
                 return previous

@@ -845,6 +845,38 @@ def test_float32_weighted_passes_far_from_the_origin(variant, weighted, layout, 
             np.testing.assert_allclose(found["weights"][0].double().numpy(), expected.weights, rtol=0, atol=tolerance)
 
 
+def test_float32_gmm_keeps_its_float64_frame(monkeypatch):
+    """
+    Float32 gmm on clusters 10^4 apart (`"apart"`: no origin near all three, so every pass takes its products in
+    float64) against the float64 EM of `reference` on the same float32 points: the points are translated into the
+    float64 frame once per forward call, not once per pass (the frame is kept while its bound holds in float64), and
+    the centroids, variances and weights are those of the float64 loop (2 float32 ulps of 10^4 plus 1e-4).
+    """
+    points, reference_points, start, _ = far_from_the_origin("apart", 1e4, False)
+    translations = []  # the dtype of each translated copy of the points
+    with_ones = modeling_kmeans_transformer._with_ones
+
+    def recorded(values, origin=None):
+        if origin is not None and values.shape[-2] == points.shape[1]:
+            translations.append(origin.dtype)
+        return with_ones(values, origin)
+
+    monkeypatch.setattr(modeling_kmeans_transformer, "_with_ones", recorded)
+    iterations = 6
+    config = KMeansTransformerConfig(num_clusters=3, point_dim=4, num_iterations=iterations, variant="gmm", reg_covar=1e-6)
+    model = KMeansTransformerModel(config).float().eval()
+    state = {"variances": torch.ones(1, 3), "weights": torch.full((1, 3), 1 / 3)}
+    output = model(points, start, output_assignments=False, **state)
+    assert translations == [torch.float64]
+    expected = reference.gaussian_mixture_em(
+        reference_points, start[0].double().numpy(), np.ones(3), np.full(3, 1 / 3), iterations, 1e-6
+    )
+    tolerance = 2 * np.spacing(np.float32(1e4)) + 1e-4
+    np.testing.assert_allclose(output.centroids[0].double().numpy(), expected.centroids, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(output.variances[0].double().numpy(), expected.variances, rtol=tolerance)
+    np.testing.assert_allclose(output.weights[0].double().numpy(), expected.weights, rtol=0, atol=tolerance)
+
+
 HARD_FAR_OPTIONS = {"lloyd": {}, "trimmed": {"trim_quantile": 0.9}, "sparse": {"inverse_temperature": 0.5}}
 
 
