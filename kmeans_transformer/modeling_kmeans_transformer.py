@@ -1512,7 +1512,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         weights summed in float64. Its sums are of the points in the model's dtype (float32 terms summed in float32
         within a lane of 16 rows, then in float64, as documented there, or in float64 where gmm's variances would
         cancel that error: `CompactFrame.lane_sums`), in float32 taken on the points translated near the centroids
-        and translated back in float64 (`CompactFrame`). Elsewhere (a hard assignment: labels and
+        and translated back in float64 (`CompactFrame`). Lloyd's blocks without sample weights take the labels and
+        the sums from one compiled loop (`_fused_lloyd_statistics`). Elsewhere (a hard assignment: labels and
         per-label sums of the points as given; the token engine; data outside the dtype's safe range, which
         `forward` rescales) the assignment is made and accumulated.
         """
@@ -1523,6 +1524,9 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if self.engine() == "compact":
             seen, centroids = spec.seen_points(points.to(dtype)), spec.seen_points(parameters["centroids"])
             if self._compact_by_labels() and points.dtype == dtype:  # the sums are of the points as given
+                fused = self._fused_lloyd_statistics(seen, centroids) if sample_weight is None else None
+                if fused is not None:
+                    return fused
                 values, centroids, origin = self._framed(seen, centroids)  # made once, for the labels and the sums
                 statistics = layer.update.accumulate(self._compact_labels(values, centroids), values, **weighted)
                 return statistics if origin is None else layer.update.untranslated_statistics(statistics, origin)
@@ -1537,6 +1541,31 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         if assignment.is_floating_point():  # float64 sums of float64 terms, whatever the model's dtype
             assignment, points = assignment.to(torch.float64), points.to(torch.float64)
         return self.accumulate(assignment, points, **weighted)
+
+    def _fused_lloyd_statistics(self, seen: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor | None:
+        """
+        `statistics` of the unweighted seen points `(batch, n, d)` for Lloyd's blocks from one compiled loop:
+        `lloyd_step` (as `KMeansTransformerLayer.compact_step` runs it in `forward`) on the compact tokens `[x_i ;
+        1]` and `[c_j ; 1]` (`cpu_kernels.compact_tokens`, one write, in the `CompactFrame` of the labels, the sums
+        translated back, `N_j + o |S_j|`). Its labels are those of the nearest-centroid kernel and its float64 sums
+        `[Σ_{a(i)=j} x_i ; |S_j|]` those of `segment_sums` (row after row, block after block), each tile summed
+        while in cache: the same numbers as the labels and `accumulate`. Its update of the centroid rows is
+        dropped. None where the loop does not run (another variant, data the model would rescale, more threads
+        than problems).
+        """
+        layer = self._layer(0)
+        if not layer.plain_lloyd or self._rescaling_exponents(seen, centroids) is not None:
+            return None
+        origin = self._labels_origin(centroids)
+        tokens = cpu_kernels.compact_tokens(seen, centroids, origin)
+        if tokens is None:
+            return None
+        num_points = seen.shape[1]
+        keys = layer.assign.compact_query_key(tokens[:, :num_points], tokens[:, num_points:, :-1])[1]
+        fused = lloyd_step(tokens, keys, None)
+        if fused is None:
+            return None
+        return fused[1] if origin is None else layer.update.untranslated_statistics(fused[1], origin)
 
     def _framed(self, seen: torch.Tensor, centroids: torch.Tensor):
         """

@@ -45,8 +45,8 @@ bit).
 Speed. A chunk costs what it costs the in-memory compact engine. For `"lloyd"`, `"spherical"` and `"trimmed"`: the
 nearest-centroid kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the
 same `assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`; for `"lloyd"` without
-weights on one thread, both in one compiled loop (`_fused_lloyd_statistics`: `cpu_kernels.lloyd_step`, the same
-numbers). The model looks at its weights once per iteration (`KMeansTransformerModel._weights_held`), not per chunk. For `"soft"`,
+weights on one thread, both in one compiled loop (`model.statistics`' `_fused_lloyd_statistics`:
+`cpu_kernels.lloyd_step`, the same numbers). The model looks at its weights once per iteration (`KMeansTransformerModel._weights_held`), not per chunk. For `"soft"`,
 `"gmm"` and `"fuzzy"`: the layer's weighted pass (`KMeansTransformerModel._weights_pass`), one compiled loop over
 the chunk that turns each tile's scores into weights and adds them into the float64 sums at once, with no `(chunk,
 k)` weights; the final pass takes the labels from the assignment head's pass the same way. Where the compiled loops
@@ -860,37 +860,7 @@ def _statistics(model, points: torch.Tensor, parameters, weights=None, labels=No
     weighted = {} if weights is None else {"sample_weight": weights[None]}
     if labels is not None:
         return model.accumulate(labels, points[None], **weighted)
-    fused = _fused_lloyd_statistics(model, points, parameters) if weights is None else None
-    return model.statistics(points[None], parameters, **weighted) if fused is None else fused
-
-
-def _fused_lloyd_statistics(model, points: torch.Tensor, parameters) -> torch.Tensor | None:
-    """
-    `model.statistics` of an unweighted chunk `(n, d)` for Lloyd's blocks, from one compiled loop: `lloyd_step` (as
-    `KMeansTransformerLayer.compact_step` runs it in memory) on the chunk's compact tokens `[x_i ; 1]` and `[c_j ; 1]`
-    (`cpu_kernels.compact_tokens`, one write; in the `CompactFrame` of `model.statistics`, translated to the origin
-    `o` and the sums translated back, `N_j + o |S_j|`), whose labels are those of the nearest-centroid kernel and whose float64
-    sums `[Σ_{a(i)=j} x_i ; |S_j|]` are `segment_sums`' (row after row, block after block): the same numbers as the
-    labels and `accumulate` of `model.statistics`, each tile summed while in cache. Its update of the centroid rows
-    is dropped. None where `model.statistics` would do otherwise or the loop does not run (another variant, the token
-    engine, points not in the model's dtype, data the model would rescale, more threads than problems).
-    """
-    layer = model._layer(0)
-    if not layer.plain_lloyd or points.dtype != model.dtype or model.engine() != "compact":
-        return None
-    model._check_precision()
-    centroids = parameters["centroids"].to(model.dtype)
-    if model._rescaling_exponents(points[None], centroids) is not None:
-        return None
-    origin = model._labels_origin(centroids)  # the `CompactFrame` that `model.statistics` takes
-    tokens = cpu_kernels.compact_tokens(points[None], centroids, origin)
-    if tokens is None:
-        return None
-    keys = layer.assign.compact_query_key(tokens[:, : len(points)], tokens[:, len(points) :, :-1])[1]
-    fused = cpu_kernels.lloyd_step(tokens, keys, None)
-    if fused is None:
-        return None
-    return fused[1] if origin is None else layer.update.untranslated_statistics(fused[1], origin)
+    return model.statistics(points[None], parameters, **weighted)
 
 
 def _labels(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:

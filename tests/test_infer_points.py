@@ -18,7 +18,7 @@ from test_fast_path import require_compiled
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kmeans_transformer import KMeansTransformerConfig, KMeansTransformerModel, cpu_kernels
-from kmeans_transformer import reference
+from kmeans_transformer import modeling_kmeans_transformer, reference
 from kmeans_transformer.points import cluster_points
 from kmeans_transformer.reference import lloyd
 from kmeans_transformer.variants import VARIANTS, variants_with
@@ -1133,17 +1133,21 @@ def test_points_mode_compares_the_weights_once_per_iteration_not_per_chunk(varia
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_lloyd_chunk_statistics_from_the_fused_loop_are_the_separate_kernels(dtype, rng, monkeypatch):
     """
-    An unweighted Lloyd chunk's statistics in points mode come from the fused compiled loop (`lloyd_step`) and equal
-    bit for bit those of `model.statistics` (the nearest-centroid kernel, then `segment_sums`), over more rows than a
-    block of the sums (2**15) and with ties, and far from the origin (translated in float32); the labels behind them are the float64 plain loop's where its distances
-    are exact (integer points), and the sums are the float64 sums of each label's points.
+    An unweighted Lloyd chunk's statistics in points mode (`model.statistics`) come from the fused compiled loop
+    (`lloyd_step`) and equal bit for bit those of the separate kernels (the nearest-centroid kernel, then
+    `segment_sums`, where the loop does not run), over more rows than a block of the sums (2**15) and with ties, and
+    far from the origin (translated in float32); the labels behind them are the float64 plain loop's where its
+    distances are exact (integer points), and the sums are the float64 sums of each label's points.
     """
     from kmeans_transformer import points as points_mode
 
     require_compiled()
-    runs = []
-    step = cpu_kernels.lloyd_step
-    monkeypatch.setattr(cpu_kernels, "lloyd_step", lambda *args: runs.append(1) or step(*args))
+    runs, fused_loop = [], [True]
+    step = modeling_kmeans_transformer.lloyd_step
+    monkeypatch.setattr(
+        modeling_kmeans_transformer, "lloyd_step",
+        lambda *args: (runs.append(1) or step(*args)) if fused_loop[0] else None,
+    )
     model = make_model(k=7, d=5).to(dtype)
     far = rng.normal(scale=3.0, size=(70_001, 5)) + 1e4  # in float32, in the `CompactFrame` of `model.statistics`
     for X in (rng.integers(-4, 5, size=(70_001, 5)), rng.normal(scale=3.0, size=(70_001, 5)), far):
@@ -1154,7 +1158,9 @@ def test_lloyd_chunk_statistics_from_the_fused_loop_are_the_separate_kernels(dty
         runs.clear()
         fused = points_mode._statistics(model, X, parameters)
         assert runs == [1]
+        fused_loop[0] = False
         expected = model.statistics(X[None], parameters)
+        fused_loop[0] = True
         assert fused.dtype == torch.float64 and torch.equal(fused, expected)
     X = rng.integers(-4, 5, size=(70_001, 5)).astype(np.float64)
     centroids = X[:7] + 0.5  # distances exact in float32 too: ties broken by the lowest index alike
