@@ -1475,7 +1475,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
 
     @torch.no_grad()
     def assign(
-        self, points: torch.Tensor, parameters: dict[str, torch.Tensor], output_assignments: bool = True
+        self, points: torch.Tensor, parameters: dict[str, torch.Tensor], output_assignments: bool = True, *,
+        points_seen: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         The assignment of `points` `(batch, n, d)` to `parameters` by the assign block, as the update reads it: the
@@ -1483,12 +1484,15 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         update, the `(batch, n, k)` weights otherwise). Runs the compact engine when it applies, else the tokens.
         With `output_assignments=False` only the labels are made (the assignment is None): a weighted assignment's
         labels come from the compact engine's pass (`forward(..., output_assignments=False)`), which holds no
-        `(batch, n, k)` weights.
+        `(batch, n, k)` weights. `points_seen`: the points are already as the model sees them (`seen_points`:
+        unit-normalised for a `unit_norm` variant, once, by a caller that keeps them; the token engine sees them
+        anew).
         """
         self._check_precision()
         if self.engine() == "compact" and self._compact_by_labels():
             spec = self.config.variant_spec
-            tokens, centroids, _ = self._framed(spec.seen_points(points), spec.seen_points(parameters["centroids"]))
+            seen = points if points_seen else spec.seen_points(points)
+            tokens, centroids, _ = self._framed(seen, spec.seen_points(parameters["centroids"]))
             labels = self._compact_labels(tokens, centroids)
             return labels, labels if output_assignments else None
         state = {name: parameters[name] for name in self.config.variant_spec.state_names}
@@ -1499,7 +1503,10 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         return output.labels, assignment
 
     @torch.no_grad()
-    def statistics(self, points: torch.Tensor, parameters: dict[str, torch.Tensor], sample_weight=None) -> torch.Tensor:
+    def statistics(
+        self, points: torch.Tensor, parameters: dict[str, torch.Tensor], sample_weight=None, *,
+        points_seen: bool = False,
+    ) -> torch.Tensor:
         """
         The update's sufficient statistics `(batch, k, width)` in float64 over `points` `(batch, n, d)` assigned to
         `parameters` (`sample_weight` `(batch, n)` weighing each point): `accumulate(assign(points, parameters)[1],
@@ -1515,14 +1522,15 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         and translated back in float64 (`CompactFrame`). Lloyd's blocks without sample weights take the labels and
         the sums from one compiled loop (`_fused_lloyd_statistics`). Elsewhere (a hard assignment: labels and
         per-label sums of the points as given; the token engine; data outside the dtype's safe range, which
-        `forward` rescales) the assignment is made and accumulated.
+        `forward` rescales) the assignment is made and accumulated. `points_seen`: as for `assign`.
         """
         self._check_precision()
         dtype, spec, layer = self.dtype, self.config.variant_spec, self._layer(0)
         parameters = {name: value.to(dtype) for name, value in parameters.items()}
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
         if self.engine() == "compact":
-            seen, centroids = spec.seen_points(points.to(dtype)), spec.seen_points(parameters["centroids"])
+            seen = points.to(dtype) if points_seen else spec.seen_points(points.to(dtype))
+            centroids = spec.seen_points(parameters["centroids"])
             if self._compact_by_labels() and points.dtype == dtype:  # the sums are of the points as given
                 fused = self._fused_lloyd_statistics(seen, centroids) if sample_weight is None else None
                 if fused is not None:

@@ -46,7 +46,8 @@ Speed. A chunk costs what it costs the in-memory compact engine. For `"lloyd"`, 
 nearest-centroid kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the
 same `assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`; for `"lloyd"` without
 weights on one thread, both in one compiled loop (`model.statistics`' `_fused_lloyd_statistics`:
-`cpu_kernels.lloyd_step`, the same numbers). The model looks at its weights once per iteration (`KMeansTransformerModel._weights_held`), not per chunk. For `"soft"`,
+`cpu_kernels.lloyd_step`, the same numbers); `"spherical"`'s points are unit-normalised once, as they are read
+(`_seen_values`: the scratch file holds them so, and the model is told, `points_seen`). The model looks at its weights once per iteration (`KMeansTransformerModel._weights_held`), not per chunk. For `"soft"`,
 `"gmm"` and `"fuzzy"`: the layer's weighted pass (`KMeansTransformerModel._weights_pass`), one compiled loop over
 the chunk that turns each tile's scores into weights and adds them into the float64 sums at once, with no `(chunk,
 k)` weights; the final pass takes the labels from the assignment head's pass the same way. Where the compiled loops
@@ -231,7 +232,8 @@ def cluster_points(
     def decoded() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         for indices, table in shard():
             weights = None if weight_column is None else _weights(table, weight_column)
-            yield indices, _checked_values(features, table, indices, model.dtype), weights
+            values = _checked_values(features, table, indices, model.dtype)
+            yield indices, _seen_values(spec, values, model.dtype), weights
 
     from tqdm.auto import tqdm
 
@@ -685,7 +687,7 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
     sums are those of the points and centroids in the model's `CompactFrame` (a float32 model far from the origin),
     the statistics translated back (`untranslated_statistics`).
     """
-    dtype, spec, k = model.dtype, model.config.variant_spec, model.config.num_clusters
+    dtype, k = model.dtype, model.config.num_clusters
     update = model.layers[0].update
     centroids = parameters["centroids"].to(dtype)
     device = centroids.device
@@ -694,7 +696,7 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
     framed = centroids if origin is None else centroids - origin
 
     def seen(points):  # a chunk's points in the frame
-        return model._framed(spec.seen_points(points.to(dtype))[None], centroids)[0][..., :-1]
+        return model._framed(points.to(dtype)[None], centroids)[0][..., :-1]
 
     for _, points, weight in chunks():
         chunk_labels = _labels(model, points, parameters)
@@ -860,7 +862,7 @@ def _statistics(model, points: torch.Tensor, parameters, weights=None, labels=No
     weighted = {} if weights is None else {"sample_weight": weights[None]}
     if labels is not None:
         return model.accumulate(labels, points[None], **weighted)
-    return model.statistics(points[None], parameters, **weighted)
+    return model.statistics(points[None], parameters, **weighted, points_seen=True)
 
 
 def _labels(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -872,7 +874,7 @@ def _labels(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) ->
     parameters = {name: value.to(model.dtype) for name, value in parameters.items()}
     n = points.shape[0]
     chunk = points.to(model.dtype) if n else parameters["centroids"][0]
-    return model.assign(chunk[None], parameters, output_assignments=False)[0][:, :n]
+    return model.assign(chunk[None], parameters, output_assignments=False, points_seen=True)[0][:, :n]
 
 
 def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: Processes, labels_output,
@@ -882,13 +884,13 @@ def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: P
     `shared_output_directory`), and the totals `(k + 1,)` float64 over all processes: the cluster sizes, then the
     inertia of the points as the model sees them (the model's `labelled_inertia`).
     """
-    k, spec = model.config.num_clusters, model.config.variant_spec
+    k = model.config.num_clusters
     totals = parameters["centroids"].new_zeros(k + 1)
     shared = nullcontext() if labels_output is None else _shared_directory(Path(labels_output), overwrite, processes)
     with shared as directory, _LabelsWriter(directory, processes) as writer:
         for indices, points, weights, labels in _labelled(model, chunks, parameters, processes.reduce_sum):
             weights = None if weights is None else weights[None]
-            totals[k] += labelled_inertia(spec.seen_points(points)[None], parameters["centroids"], labels, weights)[0]
+            totals[k] += labelled_inertia(points[None], parameters["centroids"], labels, weights)[0]
             labelled = labels[0][labels[0] >= 0]
             totals[:k] += torch.bincount(labelled, minlength=k).to(torch.float64)
             writer.write(indices, labels[0])
@@ -987,6 +989,18 @@ def _checked_values(features: FeatureColumns, table: pa.Table, indices: np.ndarr
         column = table.column(name)
         values[:, position] = (column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)).to_numpy()
     return values
+
+
+def _seen_values(spec, values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """
+    A chunk's checked points as the model sees them, in the model's `dtype`: unit-normalised for a `unit_norm`
+    variant (`spec.seen_points`, row by row, so the same numbers as one call on all points), once per point when
+    read, not once per pass: every pass (and the scratch file) holds these, and the model is told so
+    (`points_seen`). A `unit_norm` variant is invariant under scaling, so no rescaling exponent applies to it.
+    """
+    if not spec.unit_norm:
+        return values
+    return spec.seen_points(torch.from_numpy(values).to(dtype)).numpy()
 
 
 def _read_ahead(items: Iterator) -> Iterator:

@@ -184,6 +184,33 @@ def test_soft_and_spherical_match_one_forward(variant, rng):
     np.testing.assert_array_equal(result.cluster_sizes, np.bincount(expected.labels[0].numpy(), minlength=K))
 
 
+@pytest.mark.parametrize("cache", ["disk", "none"])
+def test_spherical_points_are_normalised_once_when_read(cache, rng, monkeypatch):
+    """
+    Points mode on a unit-norm variant normalises each point once, as it is read (the scratch file holds the
+    normalised points), not once per pass: the rows given to `unit_normalize` beyond the centroids' are the `n`
+    points of the first pass (with `cache="none"`, of every pass: each decodes anew), and the result is the float32
+    in-memory forward pass's (labels and sizes exactly, centroids within 1e-6).
+    """
+    from kmeans_transformer import variants
+
+    X = (blobs(rng, n=600) + 0.5).astype(np.float32)
+    model = make_model(T=5, variant="spherical").float()
+    expected = model(torch.from_numpy(X))
+    normalised = []  # the rows of each call on more vectors than the centroids
+    unit_normalize = variants.unit_normalize
+    monkeypatch.setattr(
+        variants, "unit_normalize",
+        lambda vectors: (normalised.append(vectors.shape[-2]) if vectors.shape[-2] > K else None) or unit_normalize(vectors),
+    )
+    dataset = datasets.Dataset.from_dict({f"x{i}": X[:, i] for i in range(D)})
+    result = cluster_points(model, dataset, chunk_size=100, progress=False, cache=cache)
+    passes = 1 if cache == "disk" else 5 + 1  # 5 iterations and the final pass (the validating read does not normalise)
+    assert sum(normalised) == 600 * passes
+    np.testing.assert_allclose(result.centroids, expected.centroids[0].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(result.cluster_sizes, np.bincount(expected.labels[0].numpy(), minlength=K))
+
+
 def test_spherical_zero_point_is_refused_before_any_model_call(rng):
     X = blobs(rng, n=300)
     X[250] = 0.0
