@@ -695,8 +695,9 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
     origin = model._labels_origin(centroids)  # scores and sums in the model's `CompactFrame` (`_framed`)
     framed = centroids if origin is None else centroids - origin
 
-    def seen(points):  # a chunk's points in the frame
-        return model._framed(points.to(dtype)[None], centroids)[0][..., :-1]
+    def seen(points):  # a chunk's points in the frame, `x_i - o` rounded once (as `_framed`); as given without one
+        points = points.to(dtype)[None]
+        return points if origin is None else points - origin
 
     for _, points, weight in chunks():
         chunk_labels = _labels(model, points, parameters)
