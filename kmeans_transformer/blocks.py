@@ -713,7 +713,8 @@ class KMeansTransformerUpdate(KMeansTransformerAttention):
     sums_over_points = True  # False for an update that is not a function of sums over points (medoids, sparsemax)
     assignment_kind = "labels"  # what `accumulate` takes: the labels (a hard mean update) or the weights
     # Whether the statistics of points translated by `-o` give those of the points (`untranslated_statistics`), so
-    # that a float32 compact pass may run near the data (`CompactFrame`); False for medoids, kept exact data points.
+    # that a float32 compact pass may run near the data (`CompactFrame`); False for medoids, kept exact data points,
+    # whose labels are then taken from float64 products where float32 ones would not keep them (`labels_dtype`).
     statistics_translate = True
 
     @staticmethod

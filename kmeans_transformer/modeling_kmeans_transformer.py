@@ -276,7 +276,7 @@ class KMeansTransformerLayer(GradientCheckpointingLayer):
             fused = lloyd_step(tokens, self.assign.compact_query_key(tokens[:, :num_points], centroids)[1], point_mask)
             if fused is not None:
                 return fused
-        labels = self.assign.assign_labels(tokens[:, :num_points], centroids, point_mask)
+        labels = CompactFrame.labels(self.assign, self.update, tokens[:, :num_points], centroids, point_mask)
         labels = gated_labels(self.point_blocks, tokens[:, :num_points], centroids, labels, sample_weight)
         weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
         statistics = self.update.compact_statistics(labels, tokens[:, :num_points], centroids, **weighted)
@@ -300,22 +300,29 @@ class KMeansTransformerAssignmentHead(nn.Module):
         self.point_blocks = nn.ModuleDict({name: block(config) for name, block in gates.items()})
         # Lloyd's assign and no gate: the labels and the inertia may come from one compiled pass (`nearest_inertia`)
         self.plain_assign = type(self.assign) is KMeansTransformerAssign and not self.point_blocks
+        self.update_class = spec.update  # the layers' update, whose statistics decide the labels' `CompactFrame`
 
     def compact_labels(self, point_tokens, centroids, point_mask, sample_weight=None) -> torch.LongTensor:
-        """The head on the compact state: the assign block's labels, then its gates' (-1: padding, an outlier)."""
-        labels = self.assign.assign_labels(point_tokens, centroids, point_mask)
+        """
+        The head on the compact state: the assign block's labels (`CompactFrame.labels`), then its gates' (-1:
+        padding, an outlier).
+        """
+        labels = CompactFrame.labels(self.assign, self.update_class, point_tokens, centroids, point_mask)
         return gated_labels(self.point_blocks, point_tokens, centroids, labels, sample_weight)
 
     def compact_labels_and_inertia(self, tokens, point_mask, sample_weight=None):
         """
         `compact_labels` on the compact tokens `(batch, n + k, d + 1)` and `labelled_inertia` against their centroid
         rows, in one compiled pass (`cpu_kernels.nearest_inertia`: the same numbers) where the head is Lloyd's
-        assign alone; else None.
+        assign alone and takes its labels in the tokens' dtype (`CompactFrame.labels_dtype`); else None.
         """
         if not self.plain_assign:
             return None
         num_points = tokens.shape[1] - self.assign.config.num_clusters
-        key = self.assign.compact_query_key(tokens[:, :num_points], tokens[:, num_points:, :-1])[1]
+        centroids = tokens[:, num_points:, :-1]
+        if CompactFrame.labels_dtype(self.assign, self.update_class, centroids) != tokens.dtype:
+            return None
+        key = self.assign.compact_query_key(tokens[:, :num_points], centroids)[1]
         return nearest_inertia(tokens, key, point_mask, sample_weight)
 
     def forward(self, hidden_states: torch.Tensor, point_mask: torch.Tensor, sample_weight=None) -> torch.Tensor:
@@ -556,7 +563,10 @@ class CompactFrame:
     trimmed, sparse) takes only the origin (`labels_origin`), once per call: its tokens `[x_i - o ; 1]` and `[c_j -
     o ; 1]` are written in the one pass that writes them (`cpu_kernels.compact_tokens`), the iterations run in the
     frame, and each iteration's centroids are also taken in the points' coordinates from its statistics
-    (`iteration_centroids`): the returned ones are rounded once, as without a frame.
+    (`iteration_centroids`): the returned ones are rounded once, as without a frame. A hard assignment whose update's
+    statistics do not translate (k-medoids: its medoids are the data rows themselves) keeps the points as they are,
+    and takes its labels from float64 products where the float32 ones would round past the tolerance
+    (`labels_dtype`, `labels`).
     """
 
     origin: torch.Tensor | None
@@ -581,8 +591,8 @@ class CompactFrame:
         The origin of a hard-assignment compact pass of `assign` (a block) and `update` (a block or its class)
         entering with `centroids` `(batch, k, d)`: their mean (`mean_origin`), or None (the identity) in float64, where
         the scores are not expanded distances (spherical's cosines: `expanded_score_scales` None), where the update's
-        statistics do not translate (medoids, exact data points: `update.statistics_translate`), and where the
-        centroids are already central.
+        statistics do not translate (medoids, exact data points: `update.statistics_translate`; their labels' precision
+        is `labels_dtype`'s), and where the centroids are already central.
         """
         if centroids.dtype == torch.float64 or not update.statistics_translate or centroids.shape[1] == 0:
             return None
@@ -590,6 +600,38 @@ class CompactFrame:
             return None
         origin, central = cls.mean_origin(centroids)
         return None if central else origin
+
+    @staticmethod
+    def labels_dtype(assign, update, centroids: torch.Tensor) -> torch.dtype:
+        """
+        The dtype of the products from which a hard-assignment compact pass of `assign` and `update` (a block or its
+        class) entering with `centroids` `(batch, k, d)` takes its labels: the centroids' own, or float64 where no
+        frame translates the pass (the update's statistics do not translate: `update.statistics_translate`) and its
+        expanded scores at the coordinates' own origin round past `EXPANDED_SCORE_TOLERANCE` (`expanded_score_rounding`,
+        for the points within the centroids' reach, as `of` bounds them). float64 products of float32 points and
+        centroids round `2^-29` of the float32 ones: k-medoids' labels are then those of the differences, and its
+        medoid update, which is `O(Σ_j |S_j|^2 d)`, still reads the points as given. The centroids' own dtype while
+        `torch.compile` traces (no values to bound; nor is a frame taken there, `_compact_tokens`).
+        """
+        dtype = centroids.dtype
+        if dtype == torch.float64 or update.statistics_translate or centroids.shape[1] == 0:
+            return dtype
+        if torch.compiler.is_compiling():
+            return dtype
+        rounding = expanded_score_rounding(assign, {"centroids": centroids}, dtype)
+        if rounding is None or bool((rounding <= EXPANDED_SCORE_TOLERANCE).all()):
+            return dtype
+        return torch.float64
+
+    @classmethod
+    def labels(cls, assign, update, point_tokens: torch.Tensor, centroids: torch.Tensor, point_mask):
+        """
+        `assign.assign_labels` `(batch, n)` of the compact point tokens `(batch, n, d + 1)` against `centroids`
+        `(batch, k, d)` (`point_mask` None: every point is real), the tokens and centroids widened to `labels_dtype`
+        (a copy of the tokens, made for these labels only).
+        """
+        dtype = cls.labels_dtype(assign, update, centroids)
+        return assign.assign_labels(point_tokens.to(dtype), centroids.to(dtype), point_mask)
 
     @staticmethod
     def iteration_centroids(layer, statistics: torch.Tensor, entering: torch.Tensor, origin: torch.Tensor):
@@ -923,7 +965,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         gap `s_j^2 / 4` at which labels are decided). The token engine computes at the points' own coordinates (a
         trained model need not be translation-equivariant, and the hidden states that probes read would change), so
         float32 data far from the origin makes labels, weights and centroids wrong there; the compact engine
-        translates them (`CompactFrame`), except k-medoids' labels.
+        translates them, or takes k-medoids' labels from float64 products (`CompactFrame`).
         """
         if not assigns:
             return False
@@ -1198,7 +1240,8 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         labels are carried in index form. In a float32 model whose scores are expanded products the tokens are
         those of the points and centroids translated to the entering centroids' mean `o` (`CompactFrame`): labels,
         outliers and inertia are those of the frame, and the returned centroids the last iteration's statistics
-        translated back, each quotient rounded once (`CompactFrame.iteration_centroids`).
+        translated back, each quotient rounded once (`CompactFrame.iteration_centroids`); k-medoids' tokens stay
+        untranslated, its labels from float64 products where needed (`CompactFrame.labels`).
         """
         if not self._compact_by_labels():  # a weighted assignment: its own pass, in chunks of points
             return self._run_compact_weights(inputs, num_iterations, final_assignment, output_assignments)

@@ -934,6 +934,43 @@ def test_float32_hard_assignments_far_from_the_origin(variant, offset, compiled,
     labelled = expected.labels[expected.labels >= 0]
     np.testing.assert_array_equal(found.cluster_sizes, np.bincount(labelled, minlength=3))
 
+@pytest.mark.parametrize("offset", [1e4, 1e5])
+def test_float32_kmedoids_far_from_the_origin(offset, compiled):
+    """
+    A float32 deterministic k-medoids model on points of unit spread `offset` from the origin against the float64
+    plain loops of `reference.kmedoids` on the same float32 points (nearest medoid by the differences, the member of
+    least summed Euclidean distance): forward's compact engine, the estimator's looped fit (`compact_iterations`) and
+    `model.assign`. Expanded at the points' own coordinates the float32 scores `2 x.c - |c|^2` round by about `2^-24
+    (2 offset)^2` (24 at 10^4, against squared distances of a few units: 152 of 300 labels were wrong); the medoids
+    stay data points, so no frame translates them, and the labels are taken from float64 products: the labels and
+    the medoids (exact data rows) are the float64 loops'. No warning on the compact engine.
+    """
+    points, reference_points, start, _ = far_from_the_origin("shifted", offset, False)
+    initial, iterations = start[0].double().numpy(), 6
+    expected = reference.kmedoids(reference_points, initial, iterations)
+    config = KMeansTransformerConfig(num_clusters=3, point_dim=4, num_iterations=iterations, variant="kmedoids")
+    model = KMeansTransformerModel(config).float().eval()
+    assert model.engine() == "compact"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        output = model(points, start)
+    np.testing.assert_array_equal(output.labels[0].numpy(), expected.labels)
+    np.testing.assert_array_equal(output.centroids[0].double().numpy(), expected.centroids)  # data rows, exactly
+    medoids = torch.from_numpy(expected.centroids).float()[None]
+    expected_inertia = reference.inertia(reference_points, expected.labels, expected.centroids)
+    np.testing.assert_allclose(float(output.inertia[0]), expected_inertia, rtol=1e-5)
+
+    labels, _ = model.assign(points, {"centroids": medoids}, output_assignments=False)
+    np.testing.assert_array_equal(labels[0].numpy(), reference.assign_labels(reference_points, expected.centroids))
+
+    assert model.compact_iterations(points, start) is not None  # the estimator's path
+    estimator = KMeans(3, init=initial, n_init=1, max_iter=iterations, tol=0.0, variant="kmedoids")
+    estimator.fit(points[0].numpy())
+    np.testing.assert_array_equal(estimator.labels_, expected.labels)
+    np.testing.assert_array_equal(estimator.cluster_centers_.astype(np.float64), expected.centroids)
+    np.testing.assert_array_equal(estimator.predict(points[0].numpy()), expected.labels)
+
+
 
 @pytest.mark.parametrize("spread", [1e-3, 1.0], ids=["collapsing", "unit"])
 def test_float32_gmm_variances_from_lane_sums(spread, compiled, monkeypatch):
