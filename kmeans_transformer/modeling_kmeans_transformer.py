@@ -1623,9 +1623,12 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         The compact point tokens `(batch, n, d + 1)` of the seen points `(batch, n, d)` and the seen `centroids`
         `(batch, k, d)` in the `CompactFrame` of this model's hard-assignment passes, with its origin `o` (None:
         the identity, `[x_i ; 1]` and the centroids as given): `[x_i - o ; 1]` and `c_j - o`, each difference
-        rounded once.
+        rounded once; where the compiled loops run, written in one pass (`cpu_kernels.compact_tokens`).
         """
         origin = self._labels_origin(centroids)
+        tokens = cpu_kernels.compact_tokens(seen, centroids, origin)
+        if tokens is not None:
+            return tokens[:, : seen.shape[1]], tokens[:, seen.shape[1] :, :-1], origin
         if origin is None:
             return _with_ones(seen), centroids, None
         return _with_ones(seen, origin), centroids - origin, origin
