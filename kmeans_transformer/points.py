@@ -21,7 +21,7 @@ sparsemax update (`VariantSpec.thresholds_by_sparsemax`: each cluster's threshol
 processes, `_sharded_sparsemax`, then a second pass sums the members weighted by it), together
 `variants_with("points_mode")`; it refuses the others (k-medoids, whose medoid is chosen by the distances between all
 pairs of members; the trainable layer). The trim and the thresholds are found on the bit patterns of `n` numbers
-kept from one pass (each point's label, distance or score, and weight; never `n x d`): the trim by radix selection,
+kept from one pass (a point's label, distance or score, and any weight; never `n x d`): the trim by radix selection,
 8 bits a level, the thresholds by bisection, one small all-reduce per level or round. Data outside the model's safe range (where squared distances would overflow or underflow) is
 divided by the power of two that `forward` would take for all the points at once (`_rescaling_exponent`, from the
 largest `|coordinate|` that the reading pass finds across processes): every pass sees the divided points (exact),
@@ -502,9 +502,10 @@ def _initial_parameters(model, head: np.ndarray, initial_state) -> dict[str, tor
 def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum, shard_size: int
                ) -> dict[str, torch.Tensor]:
     """
-    One iteration over the shard (`shard_size` points): each chunk's statistics (`_statistics`: `model.statistics`, or for a variant that
-    trims by a quantile of all points the sums of its labels after the trim, `_labelled`; for a sparsemax update,
-    `_sharded_sparsemax`) added up, summed over the processes, and the new parameters (`model.finalize`), in float64.
+    One iteration over the shard (`shard_size` points): each chunk's statistics (`_statistics`: `model.statistics`,
+    or for a variant that trims by a quantile of all points the sums of its labels after the trim, `_labelled`; for
+    a sparsemax update, `_sharded_sparsemax`) added up, summed over the processes, and the new parameters
+    (`model.finalize`), in float64.
     """
     if model.config.variant_spec.thresholds_by_sparsemax:
         return model.finalize(reduce_sum(_sharded_sparsemax(model, chunks, parameters, reduce_sum)), parameters)
@@ -578,8 +579,9 @@ def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum
         chunk_labels = model.assignment_head.assign.assign_labels(tokens, framed, None)
         labels[start:end] = chunk_labels[0]
         distance[start:end] = gate.distances(tokens, framed, chunk_labels)[0]
-        if chunk_weight is not None:  # weights >= 0 (checked): those the gate counts
-            weight = torch.empty(shard_size, dtype=torch.float64, device=device) if weight is None else weight
+        if chunk_weight is not None:  # `w_i >= 0` (checked): the gate's `w_i [w_i > 0]`
+            if weight is None:
+                weight = torch.empty(shard_size, dtype=torch.float64, device=device)
             weight[start:end] = chunk_weight
         if rows is not None:
             rows.append(index)
