@@ -21,7 +21,7 @@ sparsemax update (`VariantSpec.thresholds_by_sparsemax`: each cluster's threshol
 processes, `_sharded_sparsemax`, then a second pass sums the members weighted by it), together
 `variants_with("points_mode")`; it refuses the others (k-medoids, whose medoid is chosen by the distances between all
 pairs of members; the trainable layer). The trim and the thresholds are found on the bit patterns of `n` numbers
-kept from one pass (each point's label, distance or score, and weight; never `n x d`): the trim by radix selection,
+kept from one pass (a point's label, distance or score, and any weight; never `n x d`): the trim by radix selection,
 8 bits a level, the thresholds by bisection, one small all-reduce per level or round. Data outside the model's safe range (where squared distances would overflow or underflow) is
 divided by the power of two that `forward` would take for all the points at once (`_rescaling_exponent`, from the
 largest `|coordinate|` that the reading pass finds across processes): every pass sees the divided points (exact),
@@ -223,7 +223,8 @@ def cluster_points(
     head = _read_head(source, features, model.config)
     read = features.names + ([] if weight_column is None else [weight_column])
     shard = source.shard(processes.rank, processes.world, chunk_size, read)
-    num_points, magnitude = _validate_shard(shard, features, source.name, device, processes, spec, weight_column)
+    shard_size, num_points, magnitude = _validate_shard(shard, features, source.name, device, processes, spec,
+                                                        weight_column)
     parameters = _initial_parameters(model, head, initial_state)
     exponent = _rescaling_exponent(model, parameters, magnitude, num_points)
     if exponent is not None:  # every pass sees the data divided by 2**exponent
@@ -251,9 +252,9 @@ def cluster_points(
 
         for _ in bar:  # the weights are looked at once per iteration, not once per chunk (`_weights_held`)
             with model._weights_held():
-                parameters = _iteration(model, chunks, parameters, processes.reduce_sum)
+                parameters = _iteration(model, chunks, parameters, processes.reduce_sum, shard_size)
         with model._weights_held():
-            totals = _final_pass(model, chunks, parameters, processes, labels_output, overwrite)
+            totals = _final_pass(model, chunks, parameters, processes, labels_output, overwrite, shard_size)
 
     k = model.config.num_clusters
     if exponent is not None:
@@ -500,18 +501,20 @@ def _initial_parameters(model, head: np.ndarray, initial_state) -> dict[str, tor
     return {name: value.to(torch.float64) for name, value in parameters.items()}
 
 
-def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> dict[str, torch.Tensor]:
+def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum, shard_size: int
+               ) -> dict[str, torch.Tensor]:
     """
-    One iteration over the shard: each chunk's statistics (`_statistics`: `model.statistics`, or for a variant that
-    trims by a quantile of all points the sums of its labels after the trim, `_labelled`; for a sparsemax update,
-    `_sharded_sparsemax`) added up, summed over the processes, and the new parameters (`model.finalize`), in float64.
+    One iteration over the shard (`shard_size` points): each chunk's statistics (`_statistics`: `model.statistics`,
+    or for a variant that trims by a quantile of all points the sums of its labels after the trim, `_labelled`; for
+    a sparsemax update, `_sharded_sparsemax`) added up, summed over the processes, and the new parameters
+    (`model.finalize`), in float64.
     """
     if model.config.variant_spec.thresholds_by_sparsemax:
         return model.finalize(reduce_sum(_sharded_sparsemax(model, chunks, parameters, reduce_sum)), parameters)
     if model.config.variant_spec.trims_by_quantile:
         parts = (
             _statistics(model, points, parameters, weights, labels)
-            for _, points, weights, labels in _labelled(model, chunks, parameters, reduce_sum)
+            for _, points, weights, labels in _labelled(model, chunks, parameters, reduce_sum, shard_size)
         )
     else:
         parts = (_statistics(model, points, parameters, weights) for _, points, weights in chunks())
@@ -523,33 +526,34 @@ def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -
     return model.finalize(reduce_sum(statistics), parameters)
 
 
-def _labelled(model, chunks, parameters, reduce_sum) -> Iterator[tuple]:
+def _labelled(model, chunks, parameters, reduce_sum, shard_size: int) -> Iterator[tuple]:
     """
     Each chunk of `chunks()` with its labels `(1, n)` (`_labels`): `(indices, points, weights, labels)`. For a
-    variant that trims by a quantile of all points (`VariantSpec.trims_by_quantile`), a first pass labels the shard
-    and finds the trimmed points across processes (`_sharded_trim`), and a second pass yields the chunks again with
-    the trimmed points' labels set to -1.
+    variant that trims by a quantile of all points (`VariantSpec.trims_by_quantile`), a first pass labels the shard's
+    `shard_size` points and finds the trimmed points across processes (`_sharded_trim`), and a second pass yields
+    the chunks again with the trimmed points' labels set to -1.
     """
     if not model.config.variant_spec.trims_by_quantile:
         for indices, points, weights in chunks():
             yield indices, points, weights, _labels(model, points, parameters)
         return
-    labels = _sharded_trim(model, chunks, parameters, reduce_sum)
+    labels = _sharded_trim(model, chunks, parameters, reduce_sum, shard_size)
     start = 0
     for indices, points, weights in chunks():
-        yield indices, points, weights, labels[None, start : start + len(indices)]
+        yield indices, points, weights, labels[None, start : start + len(indices)].long()
         start += len(indices)
 
 
-def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> torch.Tensor:
+def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum, shard_size: int) -> torch.Tensor:
     """
-    The labels `(n,)` of the shard's points after the trim gate (-1: trimmed), as the gate finds them on all points
-    of all processes at once (`KMeansTransformerTrimGate.compact_labels`, weighted or not). One pass over the chunks
-    keeps each point's label (the assign block's), its distance `δ_i` to its centroid (`gate.distances`, in the
-    model's dtype) and its weight, `n` numbers each; the order statistics the gate needs are then found exactly by
-    radix selection (`_smallest_keys`) on the distances' bit patterns, which order non-negative floats as their
-    values: 4 levels (float32; 8 for float64) of one all-reduced histogram of `2k × 256` (or 256) sums, the first
-    over all `n` points, the others over the points still in the bins chosen:
+    The labels `(n,)` of the shard's `n = shard_size` points after the trim gate (-1: trimmed; int32 for k <= 2^31),
+    as the gate finds them on all points of all processes at once (`KMeansTransformerTrimGate.compact_labels`,
+    weighted or not). One pass over the chunks writes each point's label (the assign block's: every point has one),
+    its distance `δ_i` to its centroid (`gate.distances`, in the model's dtype) and, with a weight column, its weight
+    (float64) into arrays of `n` made once; the order statistics the gate needs are then found exactly by radix
+    selection (`_smallest_keys`) on the distances' bit patterns (no copy: int32 for float32), which order
+    non-negative floats as their values: 4 levels (float32; 8 for float64) of one all-reduced histogram of `2k × 256`
+    (or 256) sums, the first over all `n` points, the others over the points still in the bins chosen:
 
     - `trim_quantile` q: per cluster, `v(p)` = the smallest distance whose summed weight of members at or below it
       exceeds `p`, at `p = floor(h)` and `min(floor(h) + 1, W_j - 1)`, `h = q (W_j - 1)`, `W_j` the cluster's total
@@ -558,64 +562,121 @@ def _sharded_trim(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum
       global row index first among equal distances), with its own, is at most `floor(α W)`: the points beyond the
       smallest distance `v*` with at most `floor(α W)` of weight beyond it, and among those at `v*` the ones from
       the smallest row index `r` with the weight beyond `v*` and at `v*` from row `r` on within `floor(α W)` (8
-      more levels, over the points at `v*` only).
+      more levels, over the points at `v*` only, whose row indices `_RowIndices` gives).
 
-    Weights are summed in another order than the gate's cumulative sums: with integer weights (or none) every sum
-    is exact and the trim is the gate's exactly.
+    Weights are summed in another order than the gate's cumulative sums: with integer weights (or none: counts)
+    every sum is exact and the trim is the gate's exactly.
     """
-    config, dtype = model.config, model.dtype
+    config, dtype, k = model.config, model.dtype, model.config.num_clusters
     (gate,) = model.assignment_head.point_blocks.values()  # the trim gate (`VariantSpec.trims_by_quantile`)
     centroids = parameters["centroids"].to(dtype)
-    labels, distances, weights, indices = [], [], [], []
-    for index, points, weight in chunks():
+    device = centroids.device
+    labels = torch.empty(shard_size, dtype=_narrowest_index(k), device=device)
+    distance = torch.empty(shard_size, dtype=dtype, device=device)
+    weight, rows, start = None, _RowIndices() if config.trim_quantile is None else None, 0
+    for index, points, chunk_weight in chunks():
+        end = start + len(index)
         # labels and distances in the model's `CompactFrame` (translation-invariant; `_framed`)
         tokens, framed, _ = model._framed(points.to(dtype)[None], centroids)
         chunk_labels = model.assignment_head.assign.assign_labels(tokens, framed, None)
-        labels.append(chunk_labels[0])
-        distances.append(gate.distances(tokens, framed, chunk_labels)[0])
-        weights.append(torch.ones(len(index), dtype=torch.float64) if weight is None else weight.to(torch.float64))
-        indices.append(torch.from_numpy(index))
-    device = centroids.device
-    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
-    distance = torch.cat(distances) if distances else centroids.new_zeros(0)
-    weight = (torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64)).to(device)
-    index = (torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)).to(device)
-    weight = weight * (weight > 0) * (labels >= 0)  # the points the gate counts
-    bits = torch.int32 if distance.element_size() == 4 else torch.int64
-    keys = distance.view(bits).to(torch.int64)  # δ >= 0: the bit patterns are in the order of the values
-    infinity = int(torch.tensor(float("inf"), dtype=distance.dtype).view(bits))
-    k = config.num_clusters
+        labels[start:end] = chunk_labels[0]
+        distance[start:end] = gate.distances(tokens, framed, chunk_labels)[0]
+        if chunk_weight is not None:  # `w_i >= 0` (checked): the gate's `w_i [w_i > 0]`
+            if weight is None:
+                weight = torch.empty(shard_size, dtype=torch.float64, device=device)
+            weight[start:end] = chunk_weight
+        if rows is not None:
+            rows.append(index)
+        start = end
+    if start != shard_size:
+        raise RuntimeError(f"The shard gave {start} rows on this pass, {shard_size} when checked.")
+    bits = _BITS[distance.element_size()]
+    keys = distance.view(bits)  # δ >= 0: the bit patterns are in the order of the values
+    infinity = int(torch.tensor(float("inf"), dtype=dtype).view(bits))
     if config.trim_quantile is not None:
-        totals = reduce_sum(torch.bincount(labels, weight, minlength=k).to(weight.dtype))  # float64 if empty too
+        counts = torch.bincount(labels, weight, minlength=k)
+        totals = reduce_sum(counts.to(torch.float64))  # float64 if empty too
         position = config.trim_quantile * (totals - 1).clamp(min=0)
         below = position.floor()
         ranks = torch.stack([below, torch.minimum(below + 1, (totals - 1).clamp(min=0))])
         values = _smallest_keys(keys, labels, weight, (2, k), infinity, lambda sums: sums > ranks, reduce_sum)
-        low, high = values.to(bits).view(distance.dtype)
-        quantiles = gate.interpolated(low, high, (position - below).to(distance.dtype))
-        trimmed = (weight > 0) & (distance > quantiles[labels])
-        return labels.masked_fill(trimmed, -1)
-    total = reduce_sum(weight.sum()[None])
+        low, high = values.to(bits).view(dtype)
+        trimmed = distance > gate.interpolated(low, high, (position - below).to(dtype))[labels]
+        if weight is not None:
+            trimmed &= weight > 0
+        return labels.masked_fill_(trimmed, -1)
+    total = reduce_sum(_weight_sum(weight, shard_size, device))
     budget = torch.floor(config.trim_fraction * total)
-    single = torch.zeros_like(labels)
-    (cut,) = _smallest_keys(keys, single, weight, (1, 1), infinity, lambda sums: total - sums <= budget, reduce_sum)[0]
-    beyond = total - reduce_sum((weight * (keys <= cut)).sum()[None])  # the weight of the points farther than `cut`
-    tied = (keys == cut) & (weight > 0)
-    tied_total = reduce_sum(weight[tied].sum()[None])
-    # the first trimmed row among the points at `cut` (keys `index + 1`: `S(r)` is the tied weight before row `r`)
-    (first,) = _smallest_keys(index[tied] + 1, single[tied], weight[tied], (1, 1), 2**62,
+    (cut,) = _smallest_keys(keys, _one_group(shard_size, device), weight, (1, 1), infinity,
+                            lambda sums: total - sums <= budget, reduce_sum)[0]
+    at_most = keys <= cut
+    beyond = total - reduce_sum(_weight_sum(None if weight is None else weight * at_most, at_most.sum(), device))
+    farther = ~at_most if weight is None else ~at_most & (weight > 0)
+    del at_most
+    tied = torch.nonzero((keys == cut) if weight is None else (keys == cut) & (weight > 0))[:, 0]
+    tied_weight = None if weight is None else weight[tied]
+    tied_total = reduce_sum(_weight_sum(tied_weight, len(tied), device))
+    tied_rows = rows.at(tied)
+    # the first trimmed row among the points at `cut` (keys `row + 1`: `S(r)` is the tied weight before row `r`)
+    (first,) = _smallest_keys(tied_rows + 1, _one_group(len(tied), device), tied_weight, (1, 1), 2**62,
                               lambda sums: beyond + tied_total - sums <= budget, reduce_sum)[0]
-    trimmed = (weight > 0) & ((keys > cut) | ((keys == cut) & (index >= first)))
-    return labels.masked_fill(trimmed, -1)
+    labels.masked_fill_(farther, -1)
+    labels[tied[tied_rows >= first]] = -1
+    return labels
+
+
+def _narrowest_index(upper: int) -> torch.dtype:
+    """int32 where it holds `-1` to `upper - 1` (labels of `upper` clusters, slots of `upper` bins), else int64."""
+    return torch.int32 if upper - 1 <= torch.iinfo(torch.int32).max else torch.int64
+
+
+def _one_group(size: int, device) -> torch.Tensor:
+    """The group 0 of `size` points, as `_smallest_keys` takes groups (no memory: one value, expanded)."""
+    return torch.zeros(1, dtype=torch.int32, device=device).expand(size)
+
+
+def _weight_sum(weight: torch.Tensor | None, count, device) -> torch.Tensor:
+    """`Σ_i w_i` `(1,)` float64 over `weight`, or `count` where there are none (each point 1: exact)."""
+    if weight is None:
+        return torch.as_tensor(count, dtype=torch.float64, device=device).reshape(1)
+    return weight.sum()[None]
+
+
+class _RowIndices:
+    """
+    The global row indices of a shard's points in point order, chunk by chunk, kept without an array of `n`: a
+    chunk's as `first + step * offset` where they are a progression (every source's chunks are), else as given.
+    """
+
+    def __init__(self):
+        self.starts, self.chunks = [0], []
+
+    def append(self, indices: np.ndarray) -> None:
+        step = int(indices[1] - indices[0]) if len(indices) > 1 else 1
+        progression = len(indices) > 0 and np.array_equal(indices, indices[0] + step * np.arange(len(indices)))
+        self.chunks.append((int(indices[0]), step) if progression else indices.copy())
+        self.starts.append(self.starts[-1] + len(indices))
+
+    def at(self, positions: torch.Tensor) -> torch.Tensor:
+        """The row indices (int64) of the points at `positions` in point order."""
+        wanted = positions.cpu().numpy()
+        rows = np.empty(len(wanted), dtype=np.int64)
+        chunk_of = np.searchsorted(self.starts, wanted, side="right") - 1
+        for chunk in np.unique(chunk_of):
+            mine = chunk_of == chunk
+            offsets, indices = wanted[mine] - self.starts[chunk], self.chunks[chunk]
+            rows[mine] = indices[offsets] if isinstance(indices, np.ndarray) else indices[0] + indices[1] * offsets
+        return torch.from_numpy(rows).to(positions.device)
 
 
 def _smallest_keys(keys, groups, weights, shape, upper: int, enough, reduce_sum) -> torch.Tensor:
     """
     For each target `t` and group `g` (`shape`: targets, groups), the smallest integer `v` in `[0, upper]` with
-    `enough(S(v))[t, g]`, where `S(v)[t, g]` is the summed `weights` (>= 0) of the points of group `g` (`groups`, all
-    processes) whose `keys` are at most `v`; `upper` where there is none. `enough` takes sums of shape `(..., targets,
-    groups)`, elementwise, and must be monotone in `v`. The `keys` are non-negative int64 of at most `B` bits, `B`
-    the bit length of `upper` (the bit patterns of non-negative floats, NaN included, with `upper` that of infinity).
+    `enough(S(v))[t, g]`, where `S(v)[t, g]` is the summed `weights` (>= 0; None: 1 each) of the points of group `g`
+    (`groups`, all processes) whose `keys` are at most `v`; `upper` where there is none. `enough` takes sums of shape
+    `(..., targets, groups)`, elementwise, and must be monotone in `v`. The `keys` are non-negative integers (int32
+    or int64) of at most `B` bits, `B` the bit length of `upper` (the bit patterns of non-negative floats, NaN
+    included, with `upper` that of infinity).
 
     Radix selection, `b` = 8 bits at a time from the top (`ceil(B / b)` levels: 4 for float32 patterns, 8 for
     float64): after a level, `v` is known to lie in a range `[P 2^s, (P + 1) 2^s)` of each `(t, g)`, and `L[t, g]` =
@@ -625,14 +686,16 @@ def _smallest_keys(keys, groups, weights, shape, upper: int, enough, reduce_sum)
     `enough` holds, which becomes the range, and the points outside it drop out. Targets whose ranges coincide share
     one histogram. After the last level the range is `v` itself; a group where `enough` never holds gets `upper`.
     Every process runs the same levels and all-reduces (an empty shard too); with integer weights (or dyadic
-    fractions) every sum is exact, so the result is that of sorting all points at once.
+    fractions, or none) every sum is exact, so the result is that of sorting all points at once. A level holds one
+    array of `n` slots (int32 where they fit) besides the candidates.
     """
     targets, num_groups = shape
     device = keys.device
     width = max(int(upper).bit_length(), 1)
     shifts = [max(width - 8 * level, 0) for level in range(1, (width + 7) // 8 + 1)]
+    slot = _narrowest_index(targets * num_groups * 2 ** min(width, 8))  # the dtype of the histograms' slots
     groups_range = torch.arange(num_groups, device=device)
-    target_ids = torch.arange(targets, device=device)[:, None].expand(targets, num_groups)
+    target_ids = torch.arange(targets, dtype=slot, device=device)[:, None].expand(targets, num_groups)
     prefix = torch.zeros(shape, dtype=torch.int64, device=device)  # the range of each (t, g): `P`
     below = torch.zeros(shape, dtype=torch.float64, device=device)  # `L`
     shared = torch.zeros(shape, dtype=torch.int64, device=device)  # whose histogram each (t, g) reads
@@ -640,11 +703,11 @@ def _smallest_keys(keys, groups, weights, shape, upper: int, enough, reduce_sum)
     previous = width
     for shift in shifts:
         bins = 1 << (previous - shift)
-        slots = groups * bins + ((keys >> shift) & (bins - 1))
+        slots = (keys >> shift).bitwise_and_(bins - 1).to(slot).add_(groups, alpha=bins)
         if owner is not None:
-            slots += owner * (num_groups * bins)
-        # (bincount of no points gives int64 zeros: every process must send float64)
-        histogram = torch.bincount(slots, weights, minlength=owners * num_groups * bins).to(weights.dtype)
+            slots.add_(owner, alpha=num_groups * bins)
+        # (bincount gives int64 counts without weights, and int64 zeros of no points: every process sends float64)
+        histogram = torch.bincount(slots, weights, minlength=owners * num_groups * bins).to(torch.float64)
         histogram = reduce_sum(histogram).view(owners, num_groups, bins)[shared, groups_range]
         cumulative = histogram.cumsum(-1)
         reached = enough((below[..., None] + cumulative).movedim(-1, 0)).movedim(0, -1)
@@ -660,12 +723,16 @@ def _smallest_keys(keys, groups, weights, shape, upper: int, enough, reduce_sum)
             break
         # each chosen bin's first target: the histogram of that range at the next level
         chosen_slots = (shared * num_groups + groups_range) * bins + chosen
-        first = torch.full((owners * num_groups * bins,), targets, dtype=torch.int64, device=device)
+        first = torch.full((owners * num_groups * bins,), targets, dtype=slot, device=device)
         first.scatter_reduce_(0, chosen_slots[found], target_ids[found], "amin")
-        shared = first[chosen_slots].clamp(max=targets - 1)
-        owner = first[slots]
-        keep = ((owner < targets) & (weights != 0)).nonzero()[:, 0]
-        keys, groups, weights, owner = keys[keep], groups[keep], weights[keep], owner[keep]
+        shared = first[chosen_slots].to(torch.int64).clamp(max=targets - 1)
+        candidates = (first < targets)[slots]
+        if weights is not None:
+            candidates &= weights != 0
+        keep = candidates.nonzero()[:, 0]
+        del candidates
+        keys, groups, owner = keys[keep], groups[keep], first[slots[keep]]
+        weights = None if weights is None else weights[keep]
         owners = targets
     return torch.where(found, prefix.clamp(max=upper), upper)
 
@@ -879,7 +946,7 @@ def _labels(model, points: torch.Tensor, parameters: dict[str, torch.Tensor]) ->
 
 
 def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: Processes, labels_output,
-                overwrite: bool) -> torch.Tensor:
+                overwrite: bool, shard_size: int) -> torch.Tensor:
     """
     The labels of the returned parameters (`_labelled`), written to `labels_output` if given (built whole, see
     `shared_output_directory`), and the totals `(k + 1,)` float64 over all processes: the cluster sizes, then the
@@ -889,7 +956,8 @@ def _final_pass(model, chunks, parameters: dict[str, torch.Tensor], processes: P
     totals = parameters["centroids"].new_zeros(k + 1)
     shared = nullcontext() if labels_output is None else _shared_directory(Path(labels_output), overwrite, processes)
     with shared as directory, _LabelsWriter(directory, processes) as writer:
-        for indices, points, weights, labels in _labelled(model, chunks, parameters, processes.reduce_sum):
+        for indices, points, weights, labels in _labelled(model, chunks, parameters, processes.reduce_sum,
+                                                          shard_size):
             weights = None if weights is None else weights[None]
             totals[k] += labelled_inertia(points[None], parameters["centroids"], labels, weights)[0]
             labelled = labels[0][labels[0] >= 0]
@@ -928,11 +996,11 @@ class _LabelsWriter:
 
 
 def _validate_shard(shard, features, name: str, device, processes: "Processes", spec,
-                    weight_column=None) -> tuple[int, float]:
+                    weight_column=None) -> tuple[int, int, float]:
     """
     Read the shard once, checking every row (and, for a `unit_norm` variant, that no point is 0: it needs a
-    direction; the weights: finite and >= 0, with a positive total); agree across processes; return the total
-    number of rows and the largest `|coordinate|` of all of them.
+    direction; the weights: finite and >= 0, with a positive total); agree across processes; return the number of
+    rows of this shard, that of all shards, and the largest `|coordinate|` of all of them.
     """
     rows, problem, total_weight, largest = 0, None, 0.0, 0.0
     try:
@@ -969,7 +1037,7 @@ def _validate_shard(shard, features, name: str, device, processes: "Processes", 
     if weight_column is not None and not outcome[2] > 0:
         raise ValueError(f"The weight column {weight_column!r} of {name} sums to 0: no row would count.")
     magnitude = processes.reduce_max(torch.tensor([largest], dtype=torch.float64, device=device))
-    return int(outcome[0]), float(magnitude[0])
+    return rows, int(outcome[0]), float(magnitude[0])
 
 
 def _checked_values(features: FeatureColumns, table: pa.Table, indices: np.ndarray, dtype: torch.dtype) -> np.ndarray:

@@ -1062,17 +1062,18 @@ SMALLEST_KEYS_RULES = {
 
 
 @pytest.mark.parametrize("rule", list(SMALLEST_KEYS_RULES))
-@pytest.mark.parametrize("fractional", [False, True], ids=["integer", "fractional"])
+@pytest.mark.parametrize("weighting", ["integer", "fractional", "none"])
 @pytest.mark.parametrize("kind", ["float32", "float64", "index"])
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, kind, fractional, rule, rng):
+def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, kind, weighting, rule, rng):
     """
     `_smallest_keys` over shards (threads standing for processes; with 3, the last shard is empty) against the sorted
     order statistics in NumPy, for 4 targets of 5 groups: many tied keys, keys at 0 and at the upper bound (the bit
     pattern of infinity for distances, 2^62 for row indices), NaN distances (above infinity), integer or dyadic
-    weights (exact sums) with zeros, a group with weight 0 only and an empty one, and bounds that the group's weight
-    never reaches, reaches at `S = 0` already, or at its first key (0). Every process makes the same all-reduces,
-    one per 8 bits of `upper`, of float64 sums (an empty shard or candidate set too).
+    weights (exact sums) with zeros and a group with weight 0 only, or none (1 each), an empty group, and bounds that
+    the group's weight never reaches, reaches at `S = 0` already, or at its first key (0). Keys and groups come in
+    the dtypes the trim passes (a float32 distance's bit pattern as int32, int32 labels). Every process makes the
+    same all-reduces, one per 8 bits of `upper`, of float64 sums (an empty shard or candidate set too).
     """
     from kmeans_transformer.points import _smallest_keys
 
@@ -1090,8 +1091,8 @@ def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, k
         upper = int(np.array(np.inf, dtype=dtype).view(np.int32 if kind == "float32" else np.int64))
     groups = rng.integers(0, 3, size=n)
     groups[rng.random(n) < 0.05] = 3  # weight 0 only (below); group 4 is empty
-    choices = np.array([0.0, 0.25, 0.5, 1.75, 3.0]) if fractional else np.array([0.0, 1.0, 2.0, 3.0])
-    weights = np.where(groups == 3, 0.0, rng.choice(choices, size=n))
+    choices = np.array([0.0, 0.25, 0.5, 1.75, 3.0]) if weighting == "fractional" else np.array([0.0, 1.0, 2.0, 3.0])
+    weights = np.where(groups == 3, 0.0, rng.choice(choices, size=n)) if weighting != "none" else np.ones(n)
     keys[0], groups[0], weights[0] = 0, 0, 1.0
     totals = np.bincount(groups, weights, minlength=shape[1])
     bounds = rng.integers(-4, 4 * totals.max() + 8, size=shape) / 4  # beyond the totals too
@@ -1101,6 +1102,7 @@ def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, k
     bounds[3, :3] = 0  # "exceeds": the first key of positive weight (0 in group 0)
     bounds[0, 3] = -1  # "exceeds": at S = 0 already; "above": never
     rule_of = SMALLEST_KEYS_RULES[rule]
+    narrow = np.int32 if kind == "float32" else np.int64
     shards = rng.integers(0, max(world - 1, 1), size=n) if world == 3 else rng.integers(0, world, size=n)
     calls, dtypes = [0] * world, [set() for _ in range(world)]
 
@@ -1112,8 +1114,9 @@ def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, k
 
         mine = shards == rank
         enough = lambda sums: rule_of(sums, torch.from_numpy(totals), torch.from_numpy(bounds))  # noqa: E731
-        return _smallest_keys(torch.from_numpy(keys[mine]), torch.from_numpy(groups[mine]),
-                              torch.from_numpy(weights[mine]), shape, upper, enough, counted)
+        given = None if weighting == "none" else torch.from_numpy(weights[mine])
+        return _smallest_keys(torch.from_numpy(keys[mine].astype(narrow)), torch.from_numpy(groups[mine]).int(),
+                              given, shape, upper, enough, counted)
 
     results = on_threads(world, shard)
     expected = smallest_keys_reference(keys, groups, weights, shape, upper, lambda s: rule_of(s, totals, bounds))
@@ -1121,6 +1124,25 @@ def test_smallest_keys_across_processes_are_the_sorted_order_statistics(world, k
         np.testing.assert_array_equal(result.numpy(), expected)
     assert calls == [-(-upper.bit_length() // 8)] * world and dtypes == [{torch.float64}] * world
     assert (expected == 0).any() and (expected == upper).any() and ((expected > 0) & (expected < upper)).any()
+
+
+def test_row_indices_of_positions_are_those_of_the_chunks(rng):
+    """
+    `_RowIndices` (trim_fraction's tied points' rows) against the concatenated chunks' indices: progressions of
+    steps 1 and 3 (as the sources yield), a chunk of one row, empty chunks, and chunks that are no progression.
+    """
+    from kmeans_transformer.points import _RowIndices
+
+    chunks = [np.arange(10, 17), np.array([], dtype=np.int64), 5 + 3 * np.arange(6), np.array([40]),
+              np.array([3, 1, 2, 9]), np.array([], dtype=np.int64), np.array([7, 8, 10]), np.arange(100, 104)]
+    rows = _RowIndices()
+    for indices in chunks:
+        rows.append(indices)
+    every = np.concatenate(chunks)
+    for positions in [np.arange(len(every)), np.sort(rng.choice(len(every), size=9, replace=False)), []]:
+        found = rows.at(torch.as_tensor(positions, dtype=torch.int64))
+        assert found.dtype == torch.int64
+        np.testing.assert_array_equal(found.numpy(), every[np.asarray(positions, dtype=np.int64)])
 
 
 @pytest.mark.parametrize("variant", ["lloyd", "trimmed", "soft"])
