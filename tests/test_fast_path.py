@@ -877,6 +877,17 @@ def test_float32_gmm_keeps_its_float64_frame(monkeypatch):
     np.testing.assert_allclose(output.weights[0].double().numpy(), expected.weights, rtol=0, atol=tolerance)
 
 
+def compact_float32_forward(variant, points, start, iterations, **options):
+    """A float32 model of `variant` (3 clusters of `far_from_the_origin`'s points) on the compact engine, and its
+    forward output from `start`, any warning raised as an error."""
+    config = KMeansTransformerConfig(num_clusters=3, point_dim=4, num_iterations=iterations, variant=variant, **options)
+    model = KMeansTransformerModel(config).float().eval()
+    assert model.engine() == "compact"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return model, model(points, start)
+
+
 HARD_FAR_OPTIONS = {"lloyd": {}, "trimmed": {"trim_quantile": 0.9}, "sparse": {"inverse_temperature": 0.5}}
 
 
@@ -907,14 +918,7 @@ def test_float32_hard_assignments_far_from_the_origin(variant, offset, compiled,
     initial, iterations = start[0].double().numpy(), 6
     expected = hard_far_reference(variant, reference_points, initial, iterations)
     tolerance = 2 * np.spacing(np.float32(offset)) + 1e-4
-    config = KMeansTransformerConfig(
-        num_clusters=3, point_dim=4, num_iterations=iterations, variant=variant, **HARD_FAR_OPTIONS[variant]
-    )
-    model = KMeansTransformerModel(config).float().eval()
-    assert model.engine() == "compact"
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("error")
-        output = model(points, start)
+    model, output = compact_float32_forward(variant, points, start, iterations, **HARD_FAR_OPTIONS[variant])
     np.testing.assert_array_equal(output.labels[0].numpy(), expected.labels)
     np.testing.assert_allclose(output.centroids[0].double().numpy(), expected.centroids, rtol=0, atol=tolerance)
     if variant == "trimmed":
@@ -934,6 +938,7 @@ def test_float32_hard_assignments_far_from_the_origin(variant, offset, compiled,
     labelled = expected.labels[expected.labels >= 0]
     np.testing.assert_array_equal(found.cluster_sizes, np.bincount(labelled, minlength=3))
 
+
 @pytest.mark.parametrize("offset", [1e4, 1e5])
 def test_float32_kmedoids_far_from_the_origin(offset, compiled):
     """
@@ -948,12 +953,7 @@ def test_float32_kmedoids_far_from_the_origin(offset, compiled):
     points, reference_points, start, _ = far_from_the_origin("shifted", offset, False)
     initial, iterations = start[0].double().numpy(), 6
     expected = reference.kmedoids(reference_points, initial, iterations)
-    config = KMeansTransformerConfig(num_clusters=3, point_dim=4, num_iterations=iterations, variant="kmedoids")
-    model = KMeansTransformerModel(config).float().eval()
-    assert model.engine() == "compact"
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("error")
-        output = model(points, start)
+    model, output = compact_float32_forward("kmedoids", points, start, iterations)
     np.testing.assert_array_equal(output.labels[0].numpy(), expected.labels)
     np.testing.assert_array_equal(output.centroids[0].double().numpy(), expected.centroids)  # data rows, exactly
     medoids = torch.from_numpy(expected.centroids).float()[None]
