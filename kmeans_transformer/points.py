@@ -510,7 +510,8 @@ def _iteration(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum, s
     (`model.finalize`), in float64.
     """
     if model.config.variant_spec.thresholds_by_sparsemax:
-        return model.finalize(reduce_sum(_sharded_sparsemax(model, chunks, parameters, reduce_sum)), parameters)
+        statistics = _sharded_sparsemax(model, chunks, parameters, reduce_sum, shard_size)
+        return model.finalize(reduce_sum(statistics), parameters)
     if model.config.variant_spec.trims_by_quantile:
         parts = (
             _statistics(model, points, parameters, weights, labels)
@@ -737,12 +738,14 @@ def _smallest_keys(keys, groups, weights, shape, upper: int, enough, reduce_sum)
     return torch.where(found, prefix.clamp(max=upper), upper)
 
 
-def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum) -> torch.Tensor:
+def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduce_sum, shard_size: int
+                       ) -> torch.Tensor:
     """
     The statistics `(1, k, d + 1)` of this shard for a sparsemax update (`VariantSpec.thresholds_by_sparsemax`), whose
     sum over the processes is the update's `compact_statistics` on all points at once. A first pass keeps each
     point's label (the assign block's), its score `s_i` for its cluster (`update.member_scores`, in the model's
-    dtype: those of the in-memory update) and its weight, `n` numbers each. Per cluster `j`, with members `M_j`
+    dtype: those of the in-memory update) and, with a weight column, its weight, in arrays of the shard's `n =
+    shard_size` points made once. Per cluster `j`, with members `M_j`
     (labelled `j`, weight `w_i > 0`), the threshold `τ_j` solves `Σ_{M_j} w_i max(s_i - τ_j, 0) = 1`. Its support is
     the members with `G_j(u_i) < 1` (`_sparsemax_bounds`), where `u_i = -s_i` and `G_j(u) = Σ_{M_j} w_i max(u - u_i,
     0)`: the sorted rule `1 + W_r z_(r) > C_r` of `attention.sparsemax_projection` for each member; `G_j` is
@@ -758,7 +761,8 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
     update = model.layers[0].update
     centroids = parameters["centroids"].to(dtype)
     device = centroids.device
-    labels, scores, weights = [], [], []
+    labels = torch.empty(shard_size, dtype=torch.long, device=device)  # arrays of the shard's size, made once
+    score, weight, start = centroids.new_empty(shard_size), None, 0
     origin = model._labels_origin(centroids)  # scores and sums in the model's `CompactFrame` (`_framed`)
     framed = centroids if origin is None else centroids - origin
 
@@ -766,15 +770,19 @@ def _sharded_sparsemax(model, chunks, parameters: dict[str, torch.Tensor], reduc
         points = points.to(dtype)[None]
         return points if origin is None else points - origin
 
-    for _, points, weight in chunks():
+    for _, points, chunk_weight in chunks():
+        end = start + len(points)
         chunk_labels = _labels(model, points, parameters)
-        labels.append(chunk_labels[0])
-        scores.append(update.member_scores(chunk_labels, seen(points), framed)[0])
-        if weight is not None:
-            weights.append(weight.to(torch.float64))
-    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
-    score = torch.cat(scores) if scores else centroids.new_zeros(0)
-    members = _Members(score, labels, torch.cat(weights) if weights else None, k)
+        labels[start:end] = chunk_labels[0]
+        score[start:end] = update.member_scores(chunk_labels, seen(points), framed)[0]
+        if chunk_weight is not None:
+            if weight is None:
+                weight = torch.empty(shard_size, dtype=torch.float64, device=device)
+            weight[start:end] = chunk_weight
+        start = end
+    if start != shard_size:
+        raise RuntimeError(f"The shard gave {start} rows on this pass, {shard_size} when checked.")
+    members = _Members(score, labels, weight, k)
     cumulative, mass = reduce_sum(members.support_sums(_sparsemax_bounds(members, dtype, k, reduce_sum))).to(dtype)
     thresholds = ((cumulative - 1) / torch.where(mass > 0, mass, 1))[None]  # as the projection: (C_K - 1) / W_K
     statistics, start = torch.zeros(1, k, model.config.point_dim + 1, dtype=torch.float64, device=device), 0

@@ -1012,7 +1012,7 @@ def test_sparse_statistics_across_processes_are_the_sparsemax_of_each_cluster(wo
             for part in np.array_split(rows, 3):
                 yield part, torch.from_numpy(X[part]), torch.from_numpy(weights[part])
 
-        return _sharded_sparsemax(model, chunks, parameters, reduce_sum)
+        return _sharded_sparsemax(model, chunks, parameters, reduce_sum, len(rows))
 
     statistics = sum(on_threads(world, shard))[0].numpy()
     labels = reference.assign_labels(X, centroids)
