@@ -907,12 +907,61 @@ at::Tensor order_statistics(at::Tensor values, at::Tensor codes, int64_t num_cod
 // ---- end of order_statistics -----------------------------------------------------------------------------------
 
 // ---- lloyd_step: one Lloyd iteration of a batch of problems, in place on the compact tokens -------------------
-// Per problem (in parallel over problems): the labels of `nearest_group` (those of `nearest_keys`), the float64
-// sums of the point tokens [x_i ; 1] per label in the order of `segment_sums` (row after row, in blocks of
-// kSumRows added block after block), then c_j = (float) (Σ x_i / |S_j|) where |S_j| > 0, else c_j kept: the
-// numbers of nearest_keys, segment_sums and the update's finalize, without leaving the loop between them. Each tile
-// of rows is added to its labels' sums as soon as it is labelled, while it is in cache, into bins a whole number of
-// cache lines apart (a bin's vectors then never straddle two lines).
+// Per problem: the labels of `nearest_group` (those of `nearest_keys`), the float64 sums of the point tokens
+// [x_i ; 1] per label in the order of `segment_sums` (row after row within blocks of kSumRows, the blocks' sums added
+// block after block), then c_j = (float) (Σ x_i / |S_j|) where |S_j| > 0, else c_j kept: the numbers of
+// nearest_keys, segment_sums and the update's finalize, without leaving the loop between them. Each tile of rows is
+// added to its labels' sums as soon as it is labelled, while it is in cache, into bins a whole number of cache lines
+// apart (a bin's vectors then never straddle two lines). With at least as many problems as threads the problems are
+// shared among the threads, each summing its blocks into one set of bins; with fewer, the rows of all the problems
+// are cut into one run of whole tiles per thread: each block's bins (its own, `partials`) are summed by the thread
+// that holds its first tile, and where that thread's run ends inside the block the rest of the block's rows (labelled
+// by the next run) are added after all the runs, in order; then the blocks' bins are added block after block.
+
+// Rows [start, stop) of one problem added to their labels' bins (rows without a label skipped).
+template <typename scalar_t>
+static inline void add_to_bins(const scalar_t* rows, int64_t ldq, const int64_t* label, int64_t start, int64_t stop,
+                               int64_t width, double* __restrict__ bins, int64_t bin_stride) {
+  for (int64_t i = start; i < stop; ++i) {
+    if (label[i] < 0) continue;
+    const scalar_t* __restrict__ row = rows + i * ldq;
+    double* __restrict__ bin = bins + label[i] * bin_stride;
+    for (int64_t c = 0; c < width; ++c) bin[c] += static_cast<double>(row[c]);
+  }
+}
+
+// Rows [start, stop) of one problem (tile-aligned `start`) labelled tile by tile (-1 where `seen` is false), each tile
+// added to `bins` (when given) while in cache.
+template <typename scalar_t>
+static void label_and_bin(const scalar_t* rows, int64_t ldq, const scalar_t* keys, int64_t k, int64_t width,
+                          const bool* seen, int64_t start, int64_t stop, Scoring<scalar_t>& scoring, int64_t* label,
+                          double* bins, int64_t bin_stride) {
+  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
+  for (int64_t first = start; first < stop; first += L) {
+    const int64_t last = std::min<int64_t>(stop, first + L);
+    nearest_group<scalar_t>(rows + first * ldq, last - first, ldq, keys, k, width, scoring, label + first);
+    if (seen) for (int64_t i = first; i < last; ++i) if (!seen[i]) label[i] = -1;
+    if (bins) add_to_bins<scalar_t>(rows, ldq, label, first, last, width, bins, bin_stride);
+  }
+}
+
+// A cluster's centroid row from its sums [Σ x_i ; |S_j|] (kept where |S_j| = 0, the sum of ones being exact).
+template <typename scalar_t>
+static inline void update_centroid(const double* sums, int64_t width, scalar_t* centroid) {
+  const double count = sums[width - 1];
+  if (!(count > 0)) return;
+  for (int64_t c = 0; c + 1 < width; ++c) centroid[c] = static_cast<scalar_t>(sums[c] / count);
+}
+
+// Bins of k rows, each `bin_stride` doubles, 64-byte aligned.
+struct AlignedBins {
+  std::vector<double> storage;
+  double* data;
+  explicit AlignedBins(int64_t count) : storage(count + 8) {
+    data = storage.data() + (8 - reinterpret_cast<uintptr_t>(storage.data()) / 8 % 8) % 8;
+  }
+};
+
 template <typename scalar_t>
 static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const bool* seen, at::Tensor& labels,
                             at::Tensor& statistics, int64_t n) {
@@ -920,43 +969,70 @@ static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const boo
   static_assert(kSumRows % L == 0, "a block of the sums is whole tiles");
   const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
   const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
-  const int64_t bin_stride = (width + 7) / 8 * 8;
+  const int64_t bin_stride = (width + 7) / 8 * 8, bins_size = k * bin_stride;
   scalar_t* t = tokens.data_ptr<scalar_t>();
   const scalar_t* keys = key.data_ptr<scalar_t>();
   int64_t* out = labels.data_ptr<int64_t>();
   double* stats = statistics.data_ptr<double>();
-  at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
-    Scoring<scalar_t> scoring(width);
-    std::vector<double> storage(k * bin_stride + 8);
-    double* __restrict__ bins = storage.data() + (8 - reinterpret_cast<uintptr_t>(storage.data()) / 8 % 8) % 8;
-    for (int64_t g = begin; g < end; ++g) {
-      scalar_t* rows = t + g * group_stride;
-      int64_t* label = out + g * n;
-      double* __restrict__ sums = stats + g * k * width;
-      std::fill(bins, bins + k * bin_stride, 0.0);
-      for (int64_t start = 0; start < n; start += L) {
-        const int64_t stop = std::min<int64_t>(n, start + L);
-        nearest_group<scalar_t>(rows + start * ldq, stop - start, ldq, keys + g * k * width, k, width, scoring,
-                                label + start);
-        if (seen) for (int64_t i = start; i < stop; ++i) if (!seen[g * n + i]) label[i] = -1;
-        for (int64_t i = start; i < stop; ++i) {
-          if (label[i] < 0) continue;
-          const scalar_t* __restrict__ row = rows + i * ldq;
-          double* __restrict__ bin = bins + label[i] * bin_stride;
-          for (int64_t c = 0; c < width; ++c) bin[c] += static_cast<double>(row[c]);
-        }
-        if (stop % kSumRows == 0 || stop == n) {  // a block's sums are complete
+  const int64_t threads = at::get_num_threads();
+  if (groups >= threads || n == 0) {
+    at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
+      Scoring<scalar_t> scoring(width);
+      AlignedBins aligned(bins_size);
+      double* __restrict__ bins = aligned.data;
+      for (int64_t g = begin; g < end; ++g) {
+        scalar_t* rows = t + g * group_stride;
+        double* __restrict__ sums = stats + g * k * width;
+        for (int64_t start = 0; start < n; start += kSumRows) {
+          std::fill(bins, bins + bins_size, 0.0);
+          label_and_bin<scalar_t>(rows, ldq, keys + g * k * width, k, width, seen ? seen + g * n : nullptr, start,
+                                  std::min(n, start + kSumRows), scoring, out + g * n, bins, bin_stride);
           for (int64_t j = 0; j < k; ++j)
             for (int64_t c = 0; c < width; ++c) sums[j * width + c] += bins[j * bin_stride + c];
-          std::fill(bins, bins + k * bin_stride, 0.0);
         }
+        for (int64_t j = 0; j < k; ++j) update_centroid<scalar_t>(sums + j * width, width, rows + (n + j) * ldq);
       }
-      for (int64_t j = 0; j < k; ++j) {
-        const double count = sums[j * width + width - 1];  // the sum of the ones: |S_j|, exact
-        if (!(count > 0)) continue;
-        scalar_t* centroid = rows + (n + j) * ldq;
-        for (int64_t c = 0; c + 1 < width; ++c) centroid[c] = static_cast<scalar_t>(sums[j * width + c] / count);
+    });
+    return;
+  }
+  const int64_t tiles = (n + L - 1) / L, block_tiles = kSumRows / L, blocks = (n + kSumRows - 1) / kSumRows;
+  const int64_t runs = std::min(threads, groups * tiles);
+  AlignedBins partials(groups * blocks * bins_size);  // each block's bins
+  std::vector<int64_t> summed_to(groups * blocks);    // each block's rows [start, summed_to) are in its bins
+  at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
+    Scoring<scalar_t> scoring(width);
+    for (int64_t run = begin; run < end; ++run) {
+      const int64_t last = (run + 1) * groups * tiles / runs;
+      for (int64_t tile = run * groups * tiles / runs; tile < last;) {
+        const int64_t g = tile / tiles, block = tile % tiles / block_tiles;
+        const int64_t stop = std::min(last, g * tiles + std::min(tiles, (block + 1) * block_tiles));
+        const bool first = tile % tiles % block_tiles == 0;  // the block's first tile: its bins are this run's
+        double* bins = first ? partials.data + (g * blocks + block) * bins_size : nullptr;
+        const int64_t start_row = tile % tiles * L, stop_row = std::min(n, (stop - g * tiles) * L);
+        label_and_bin<scalar_t>(t + g * group_stride, ldq, keys + g * k * width, k, width,
+                                seen ? seen + g * n : nullptr, start_row, stop_row, scoring, out + g * n, bins,
+                                bin_stride);
+        if (bins) summed_to[g * blocks + block] = stop_row;
+        tile = stop;
       }
+    }
+  });
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {  // the blocks that runs cut in two
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / blocks, stop = std::min(n, (task % blocks + 1) * kSumRows);
+      add_to_bins<scalar_t>(t + g * group_stride, ldq, out + g * n, summed_to[task], stop, width,
+                            partials.data + task * bins_size, bin_stride);
+    }
+  });
+  at::parallel_for(0, groups * k, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, blocks * width)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t g = row / k, j = row % k;
+      double* __restrict__ sums = stats + row * width;
+      for (int64_t block = 0; block < blocks; ++block) {
+        const double* bin = partials.data + (g * blocks + block) * bins_size + j * bin_stride;
+        for (int64_t c = 0; c < width; ++c) sums[c] += bin[c];
+      }
+      update_centroid<scalar_t>(sums, width, t + g * group_stride + (n + j) * ldq);
     }
   });
 }
@@ -2163,13 +2239,11 @@ def lloyd_step(
     + 1)` (`[x_i ; 1]`, then `[c_j ; 1]`) with the assign block's keys `[2 c_j ; -|c_j|^2]` `(batch, k, d + 1)`:
     the labels of `nearest_keys` (-1 where `point_mask` is False), the float64 sums `[Σ_{a(i)=j} x_i ; |S_j|]` of
     `segment_sums`, and the centroid rows replaced by `Σ x_i / |S_j|` rounded once (kept where `|S_j| = 0`). Returns
-    the labels and the sums, or None where the loops do not run (then nothing is changed), or where there are fewer
-    problems than threads: the loop shares the problems among the threads, while the separate steps share each
-    problem's rows, with the same numbers.
+    the labels and the sums, or None where the loops do not run (then nothing is changed). The threads share the
+    problems, or, with fewer problems than threads, each problem's rows (each block of the sums' rows summed by one
+    thread, the blocks then added in order): the same numbers whatever the number of threads.
     """
     if torch.compiler.is_compiling() or not tokens.is_contiguous() or _for_scores(tokens, key) is None:
-        return None
-    if tokens.shape[0] < torch.get_num_threads():
         return None
     return tuple(_loaded().lloyd_step(tokens, key.contiguous(), point_mask))
 
@@ -2296,7 +2370,7 @@ def nearest_inertia(
     The assignment head's labels on the contiguous compact tokens `(batch, n + k, d + 1)` with the assign block's keys
     `[2 c_j ; -|c_j|^2]` `(batch, k, d + 1)` (those of `nearest_keys`; -1 where `point_mask` is False) and the inertia
     of `labelled_inertia` against the centroid rows, float64 `(batch,)`, in one pass; or None where the loops do not
-    run, or where there are fewer problems than threads (as `lloyd_step`).
+    run, or where there are fewer problems than threads (it shares the problems among the threads).
     """
     if torch.compiler.is_compiling() or not tokens.is_contiguous() or _for_scores(tokens, key) is None:
         return None

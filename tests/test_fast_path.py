@@ -520,6 +520,62 @@ def test_lloyd_runs_one_compiled_step_per_iteration_with_the_numbers_of_the_bloc
         assert torch.equal(fused[name], blocks[name]), name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_problem_on_more_threads_runs_the_fused_step_with_the_numbers_of_the_separate_kernels(dtype, monkeypatch):
+    """
+    One problem of more rows than two blocks of the sums (2**15 each), on two and three threads: the compiled Lloyd
+    step runs (its threads share the problem's rows, cutting blocks in two), and its labels, statistics and centroids
+    are bit for bit those of the separate kernels (the nearest-centroid kernel, then `segment_sums`), on integer
+    points (ties, exact sums: also a NumPy loop's) and on real points, with padding.
+    """
+    require_compiled()
+    from kmeans_transformer import modeling_kmeans_transformer
+
+    generator = torch.Generator().manual_seed(31)
+    n, d, k = 70_001, 5, 7
+    layer = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d)).to(dtype).layers[0]
+    assert layer.plain_lloyd
+    fused_runs, fused_loop = [], [True]
+    step = modeling_kmeans_transformer.lloyd_step
+
+    def counted_step(*args):
+        found = step(*args) if fused_loop[0] else None
+        fused_runs.append(found is not None)
+        return found
+
+    monkeypatch.setattr(modeling_kmeans_transformer, "lloyd_step", counted_step)
+    integer = integer_tensor(generator, 1, n + k, d, dtype=dtype)
+    real = (3 * torch.randn(1, n + k, d, generator=generator)).to(dtype)
+    mask = torch.rand(1, n, generator=generator) > 0.1
+    threads = torch.get_num_threads()
+    try:
+        for values, is_integer in ((integer, True), (real, False)):
+            tokens = torch.cat([values, torch.ones(1, n + k, 1, dtype=dtype)], dim=-1)
+            for count in (2, 3):
+                torch.set_num_threads(count)
+                fused_runs.clear()
+                fused_loop[0], fused_tokens = True, tokens.clone()
+                labels, statistics = layer.compact_step(fused_tokens, mask)
+                fused_loop[0], separate_tokens = False, tokens.clone()
+                expected_labels, expected_statistics = layer.compact_step(separate_tokens, mask)
+                assert fused_runs == [True, False]
+                assert torch.equal(labels, expected_labels) and torch.equal(statistics, expected_statistics)
+                assert torch.equal(fused_tokens, separate_tokens)
+            if is_integer:
+                x, c, visible = values[0, :n].numpy(), values[0, n:].numpy().astype(np.float64), mask[0].numpy()
+                nearest = ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(axis=-1).argmin(axis=1)
+                np.testing.assert_array_equal(labels[0].numpy(), np.where(visible, nearest, -1))
+                sums, counts = np.zeros((k, d)), np.zeros(k)
+                for i in np.nonzero(visible)[0]:
+                    sums[nearest[i]] += x[i]
+                    counts[nearest[i]] += 1
+                np.testing.assert_array_equal(statistics[0].numpy(), np.concatenate([sums, counts[:, None]], axis=1))
+                means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], c).astype(x.dtype)
+                np.testing.assert_array_equal(fused_tokens[0, n:, :-1].numpy(), means)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def numpy_memberships(x, centroids, rule, scaling, fuzzifier):
     """The soft (softmax of `-scaling |x - c|^2`) or fuzzy c-means weights of one problem, in float64 NumPy."""
     distances = ((x[:, None, :] - centroids[None]) ** 2).sum(axis=-1)
