@@ -912,11 +912,62 @@ at::Tensor order_statistics(at::Tensor values, at::Tensor codes, int64_t num_cod
 // block after block), then c_j = (float) (Σ x_i / |S_j|) where |S_j| > 0, else c_j kept: the numbers of
 // nearest_keys, segment_sums and the update's finalize, without leaving the loop between them. Each tile of rows is
 // added to its labels' sums as soon as it is labelled, while it is in cache, into bins a whole number of cache lines
-// apart (a bin's vectors then never straddle two lines). With at least as many problems as threads the problems are
-// shared among the threads, each summing its blocks into one set of bins; with fewer, the rows of all the problems
-// are cut into one run of whole tiles per thread: each block's bins (its own, `partials`) are summed by the thread
-// that holds its first tile, and where that thread's run ends inside the block the rest of the block's rows (labelled
-// by the next run) are added after all the runs, in order; then the blocks' bins are added block after block.
+// apart (a bin's vectors then never straddle two lines). With at least as many problems as threads the threads share
+// the problems, each summing its blocks into one set of bins; with fewer, they share the rows (`share_rows`), each
+// block summed into its own bins, then the blocks' bins added block after block.
+
+// Rows [start, stop) of one problem (`start` a multiple of the tile) labelled tile by tile (-1 where `seen` is
+// false), `after(first, last)` called on each tile's rows [first, last) once they are labelled, while in cache.
+template <typename scalar_t, typename After>
+static void label_tiles(const scalar_t* rows, int64_t ldq, const scalar_t* keys, int64_t k, int64_t width,
+                        const bool* seen, int64_t start, int64_t stop, Scoring<scalar_t>& scoring, int64_t* label,
+                        const After& after) {
+  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
+  for (int64_t first = start; first < stop; first += L) {
+    const int64_t last = std::min<int64_t>(stop, first + L);
+    nearest_group<scalar_t>(rows + first * ldq, last - first, ldq, keys, k, width, scoring, label + first);
+    if (seen) for (int64_t i = first; i < last; ++i) if (!seen[i]) label[i] = -1;
+    after(first, last);
+  }
+}
+
+// The rows of `groups` problems of n rows each shared among the threads when there are fewer problems than threads,
+// in the order of the blocks of kSumRows rows that the serial loops sum one after another: the tiles of all the
+// problems cut into one run of whole tiles per thread, each run's rows visited block by block,
+// `piece(scoring, g, block, start, stop, first)` (`first`: the piece begins its block, whose sum is then this run's
+// to make, row after row); where a run ends inside a block, `rest(g, block, start, stop)` adds the block's remaining
+// rows (labelled by the next runs) after all the runs, in parallel over the blocks. Every block is then summed in
+// row order by one thread: the numbers of the serial loop, whatever the number of threads.
+template <typename scalar_t, typename Piece, typename Rest>
+static void share_rows(int64_t groups, int64_t n, int64_t width, int64_t threads, const Piece& piece,
+                       const Rest& rest) {
+  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
+  static_assert(kSumRows % L == 0, "a block of the sums is whole tiles");
+  const int64_t tiles = (n + L - 1) / L, block_tiles = kSumRows / L, blocks = (n + kSumRows - 1) / kSumRows;
+  const int64_t runs = std::min(threads, groups * tiles);
+  std::vector<int64_t> summed_to(groups * blocks);  // each block's rows [its start, summed_to) are summed
+  at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
+    Scoring<scalar_t> scoring(width);
+    for (int64_t run = begin; run < end; ++run) {
+      const int64_t last = (run + 1) * groups * tiles / runs;
+      for (int64_t tile = run * groups * tiles / runs; tile < last;) {
+        const int64_t g = tile / tiles, block = tile % tiles / block_tiles;
+        const int64_t stop = std::min(last, g * tiles + std::min(tiles, (block + 1) * block_tiles));
+        const bool first = tile % tiles % block_tiles == 0;
+        const int64_t stop_row = std::min(n, (stop - g * tiles) * L);
+        piece(scoring, g, block, tile % tiles * L, stop_row, first);
+        if (first) summed_to[g * blocks + block] = stop_row;
+        tile = stop;
+      }
+    }
+  });
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / blocks, block = task % blocks, stop = std::min(n, (block + 1) * kSumRows);
+      if (summed_to[task] < stop) rest(g, block, summed_to[task], stop);
+    }
+  });
+}
 
 // Rows [start, stop) of one problem added to their labels' bins (rows without a label skipped).
 template <typename scalar_t>
@@ -930,21 +981,6 @@ static inline void add_to_bins(const scalar_t* rows, int64_t ldq, const int64_t*
   }
 }
 
-// Rows [start, stop) of one problem (tile-aligned `start`) labelled tile by tile (-1 where `seen` is false), each tile
-// added to `bins` (when given) while in cache.
-template <typename scalar_t>
-static void label_and_bin(const scalar_t* rows, int64_t ldq, const scalar_t* keys, int64_t k, int64_t width,
-                          const bool* seen, int64_t start, int64_t stop, Scoring<scalar_t>& scoring, int64_t* label,
-                          double* bins, int64_t bin_stride) {
-  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
-  for (int64_t first = start; first < stop; first += L) {
-    const int64_t last = std::min<int64_t>(stop, first + L);
-    nearest_group<scalar_t>(rows + first * ldq, last - first, ldq, keys, k, width, scoring, label + first);
-    if (seen) for (int64_t i = first; i < last; ++i) if (!seen[i]) label[i] = -1;
-    if (bins) add_to_bins<scalar_t>(rows, ldq, label, first, last, width, bins, bin_stride);
-  }
-}
-
 // A cluster's centroid row from its sums [Σ x_i ; |S_j|] (kept where |S_j| = 0, the sum of ones being exact).
 template <typename scalar_t>
 static inline void update_centroid(const double* sums, int64_t width, scalar_t* centroid) {
@@ -953,11 +989,11 @@ static inline void update_centroid(const double* sums, int64_t width, scalar_t* 
   for (int64_t c = 0; c + 1 < width; ++c) centroid[c] = static_cast<scalar_t>(sums[c] / count);
 }
 
-// Bins of k rows, each `bin_stride` doubles, 64-byte aligned.
-struct AlignedBins {
+// Zeroed doubles, 64-byte aligned.
+struct AlignedDoubles {
   std::vector<double> storage;
   double* data;
-  explicit AlignedBins(int64_t count) : storage(count + 8) {
+  explicit AlignedDoubles(int64_t count) : storage(count + 8) {
     data = storage.data() + (8 - reinterpret_cast<uintptr_t>(storage.data()) / 8 % 8) % 8;
   }
 };
@@ -965,8 +1001,6 @@ struct AlignedBins {
 template <typename scalar_t>
 static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const bool* seen, at::Tensor& labels,
                             at::Tensor& statistics, int64_t n) {
-  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
-  static_assert(kSumRows % L == 0, "a block of the sums is whole tiles");
   const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
   const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
   const int64_t bin_stride = (width + 7) / 8 * 8, bins_size = k * bin_stride;
@@ -978,15 +1012,18 @@ static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const boo
   if (groups >= threads || n == 0) {
     at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
       Scoring<scalar_t> scoring(width);
-      AlignedBins aligned(bins_size);
+      AlignedDoubles aligned(bins_size);
       double* __restrict__ bins = aligned.data;
       for (int64_t g = begin; g < end; ++g) {
         scalar_t* rows = t + g * group_stride;
+        int64_t* label = out + g * n;
         double* __restrict__ sums = stats + g * k * width;
         for (int64_t start = 0; start < n; start += kSumRows) {
           std::fill(bins, bins + bins_size, 0.0);
-          label_and_bin<scalar_t>(rows, ldq, keys + g * k * width, k, width, seen ? seen + g * n : nullptr, start,
-                                  std::min(n, start + kSumRows), scoring, out + g * n, bins, bin_stride);
+          label_tiles<scalar_t>(rows, ldq, keys + g * k * width, k, width, seen ? seen + g * n : nullptr, start,
+                                std::min(n, start + kSumRows), scoring, label, [&](int64_t first, int64_t last) {
+                                  add_to_bins<scalar_t>(rows, ldq, label, first, last, width, bins, bin_stride);
+                                });
           for (int64_t j = 0; j < k; ++j)
             for (int64_t c = 0; c < width; ++c) sums[j * width + c] += bins[j * bin_stride + c];
         }
@@ -995,37 +1032,24 @@ static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const boo
     });
     return;
   }
-  const int64_t tiles = (n + L - 1) / L, block_tiles = kSumRows / L, blocks = (n + kSumRows - 1) / kSumRows;
-  const int64_t runs = std::min(threads, groups * tiles);
-  AlignedBins partials(groups * blocks * bins_size);  // each block's bins
-  std::vector<int64_t> summed_to(groups * blocks);    // each block's rows [start, summed_to) are in its bins
-  at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
-    Scoring<scalar_t> scoring(width);
-    for (int64_t run = begin; run < end; ++run) {
-      const int64_t last = (run + 1) * groups * tiles / runs;
-      for (int64_t tile = run * groups * tiles / runs; tile < last;) {
-        const int64_t g = tile / tiles, block = tile % tiles / block_tiles;
-        const int64_t stop = std::min(last, g * tiles + std::min(tiles, (block + 1) * block_tiles));
-        const bool first = tile % tiles % block_tiles == 0;  // the block's first tile: its bins are this run's
-        double* bins = first ? partials.data + (g * blocks + block) * bins_size : nullptr;
-        const int64_t start_row = tile % tiles * L, stop_row = std::min(n, (stop - g * tiles) * L);
-        label_and_bin<scalar_t>(t + g * group_stride, ldq, keys + g * k * width, k, width,
-                                seen ? seen + g * n : nullptr, start_row, stop_row, scoring, out + g * n, bins,
-                                bin_stride);
-        if (bins) summed_to[g * blocks + block] = stop_row;
-        tile = stop;
-      }
-    }
-  });
-  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {  // the blocks that runs cut in two
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task / blocks, stop = std::min(n, (task % blocks + 1) * kSumRows);
-      add_to_bins<scalar_t>(t + g * group_stride, ldq, out + g * n, summed_to[task], stop, width,
-                            partials.data + task * bins_size, bin_stride);
-    }
-  });
+  const int64_t blocks = (n + kSumRows - 1) / kSumRows;
+  AlignedDoubles partials(groups * blocks * bins_size);  // each block's bins
+  share_rows<scalar_t>(groups, n, width, threads,
+    [&](Scoring<scalar_t>& scoring, int64_t g, int64_t block, int64_t start, int64_t stop, bool first) {
+      const scalar_t* rows = t + g * group_stride;
+      int64_t* label = out + g * n;
+      double* bins = partials.data + (g * blocks + block) * bins_size;
+      label_tiles<scalar_t>(rows, ldq, keys + g * k * width, k, width, seen ? seen + g * n : nullptr, start, stop,
+                            scoring, label, [&](int64_t a, int64_t b) {
+                              if (first) add_to_bins<scalar_t>(rows, ldq, label, a, b, width, bins, bin_stride);
+                            });
+    },
+    [&](int64_t g, int64_t block, int64_t start, int64_t stop) {
+      add_to_bins<scalar_t>(t + g * group_stride, ldq, out + g * n, start, stop, width,
+                            partials.data + (g * blocks + block) * bins_size, bin_stride);
+    });
   at::parallel_for(0, groups * k, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, blocks * width)), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
+    for (int64_t row = begin; row < end; ++row) {  // the blocks' sums added block after block, from zero
       const int64_t g = row / k, j = row % k;
       double* __restrict__ sums = stats + row * width;
       for (int64_t block = 0; block < blocks; ++block) {
@@ -1574,42 +1598,63 @@ at::Tensor labelled_inertia(at::Tensor points, at::Tensor centroids, at::Tensor 
   return totals;
 }
 // The assignment head and the inertia in one pass over the compact tokens (groups, n + k, d + 1), [x_i ; 1] then
-// [c_j ; 1], with the assign block's keys [2 c_j ; -|c_j|^2] (groups, k, d + 1): per group (in parallel over groups),
-// each tile of rows gets the labels of `nearest_group` (those of `nearest_keys`; -1 where `visible` is false), then
-// its squared distances to the labelled centroids are added while its rows are in cache, in the order of
-// `labelled_inertia` (points in order within blocks of kSumRows, a multiple of the tile). Returns the labels
-// (groups, n) and the float64 inertia (groups).
+// [c_j ; 1], with the assign block's keys [2 c_j ; -|c_j|^2] (groups, k, d + 1): each tile of rows gets the labels of
+// `nearest_group` (those of `nearest_keys`; -1 where `visible` is false), then its squared distances to the labelled
+// centroids are added while its rows are in cache, in the order of `labelled_inertia` (points in order within blocks
+// of kSumRows, a multiple of the tile, the blocks' totals added in order). The threads share the problems, or, with
+// fewer problems than threads, the rows (`share_rows`, as `lloyd_step`). Returns the labels (groups, n) and the
+// float64 inertia (groups).
 template <typename scalar_t>
 static void nearest_inertia_impl(const at::Tensor& tokens, const at::Tensor& key, const bool* seen, const double* weight,
                                  at::Tensor& labels, at::Tensor& totals, int64_t n) {
-  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
-  static_assert(kSumRows % L == 0, "a block of the inertia's sums is whole tiles");
   const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
   const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
   const scalar_t* t = tokens.data_ptr<scalar_t>();
   const scalar_t* keys = key.data_ptr<scalar_t>();
   int64_t* out = labels.data_ptr<int64_t>();
   double* total = totals.data_ptr<double>();
-  at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
-    Scoring<scalar_t> scoring(width);
-    for (int64_t g = begin; g < end; ++g) {
-      const scalar_t* rows = t + g * group_stride;
-      int64_t* label = out + g * n;
-      double sum = 0, block = 0;
-      for (int64_t start = 0; start < n; start += L) {
-        const int64_t stop = std::min<int64_t>(n, start + L);
-        nearest_group<scalar_t>(rows + start * ldq, stop - start, ldq, keys + g * k * width, k, width, scoring, label + start);
-        if (seen) for (int64_t i = start; i < stop; ++i) if (!seen[g * n + i]) label[i] = -1;
-        block = inertia_block<scalar_t>(rows, ldq, rows + n * ldq, ldq, label, weight ? weight + g * n : nullptr, start,
-                                        stop, k, width - 1, block);
-        if (stop % kSumRows == 0 || stop == n) {
+  // Rows [start, stop) of problem g added to `block`, a block's running total.
+  const auto add_inertia = [&](int64_t g, int64_t start, int64_t stop, double block) {
+    const scalar_t* rows = t + g * group_stride;
+    return inertia_block<scalar_t>(rows, ldq, rows + n * ldq, ldq, out + g * n, weight ? weight + g * n : nullptr,
+                                   start, stop, k, width - 1, block);
+  };
+  const int64_t threads = at::get_num_threads();
+  if (groups >= threads || n == 0) {
+    at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
+      Scoring<scalar_t> scoring(width);
+      for (int64_t g = begin; g < end; ++g) {
+        double sum = 0;
+        for (int64_t start = 0; start < n; start += kSumRows) {
+          double block = 0;
+          label_tiles<scalar_t>(t + g * group_stride, ldq, keys + g * k * width, k, width,
+                                seen ? seen + g * n : nullptr, start, std::min(n, start + kSumRows), scoring,
+                                out + g * n, [&](int64_t a, int64_t b) { block = add_inertia(g, a, b, block); });
           sum += block;
-          block = 0;
         }
+        total[g] = sum;
       }
-      total[g] = sum;
-    }
-  });
+    });
+    return;
+  }
+  const int64_t blocks = (n + kSumRows - 1) / kSumRows;
+  std::vector<double> partials(groups * blocks);  // each block's total
+  share_rows<scalar_t>(groups, n, width, threads,
+    [&](Scoring<scalar_t>& scoring, int64_t g, int64_t block, int64_t start, int64_t stop, bool first) {
+      double& sum = partials[g * blocks + block];
+      label_tiles<scalar_t>(t + g * group_stride, ldq, keys + g * k * width, k, width, seen ? seen + g * n : nullptr,
+                            start, stop, scoring, out + g * n, [&](int64_t a, int64_t b) {
+                              if (first) sum = add_inertia(g, a, b, sum);
+                            });
+    },
+    [&](int64_t g, int64_t block, int64_t start, int64_t stop) {
+      partials[g * blocks + block] = add_inertia(g, start, stop, partials[g * blocks + block]);
+    });
+  for (int64_t g = 0; g < groups; ++g) {
+    double sum = 0;
+    for (int64_t block = 0; block < blocks; ++block) sum += partials[g * blocks + block];
+    total[g] = sum;
+  }
 }
 
 std::vector<at::Tensor> nearest_inertia(at::Tensor tokens, at::Tensor key, c10::optional<at::Tensor> visible,
@@ -2369,12 +2414,11 @@ def nearest_inertia(
     """
     The assignment head's labels on the contiguous compact tokens `(batch, n + k, d + 1)` with the assign block's keys
     `[2 c_j ; -|c_j|^2]` `(batch, k, d + 1)` (those of `nearest_keys`; -1 where `point_mask` is False) and the inertia
-    of `labelled_inertia` against the centroid rows, float64 `(batch,)`, in one pass; or None where the loops do not
-    run, or where there are fewer problems than threads (it shares the problems among the threads).
+    of `labelled_inertia` against the centroid rows, float64 `(batch,)`, in one pass (the threads share the problems
+    or, with fewer problems than threads, their rows, as `lloyd_step`: the same numbers); or None where the loops do
+    not run.
     """
     if torch.compiler.is_compiling() or not tokens.is_contiguous() or _for_scores(tokens, key) is None:
-        return None
-    if tokens.shape[0] < torch.get_num_threads():
         return None
     if sample_weight is not None and (sample_weight.device.type != "cpu" or sample_weight.requires_grad):
         return None
