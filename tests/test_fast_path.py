@@ -555,7 +555,7 @@ def test_one_problem_on_more_threads_runs_the_fused_step_with_the_numbers_of_the
 
     monkeypatch.setattr(modeling_kmeans_transformer, "lloyd_step", counted_step)
     integer = integer_tensor(generator, 1, n + k, d, dtype=dtype)
-    real = (3 * torch.randn(1, n + k, d, generator=generator)).to(dtype)
+    real = (3 * torch.randn(1, n + k, d, generator=generator, dtype=torch.float64)).to(dtype)  # float64: sums round
     mask = torch.rand(1, n, generator=generator) > 0.1
     threads = torch.get_num_threads()
     try:
