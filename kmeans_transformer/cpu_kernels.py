@@ -907,56 +907,156 @@ at::Tensor order_statistics(at::Tensor values, at::Tensor codes, int64_t num_cod
 // ---- end of order_statistics -----------------------------------------------------------------------------------
 
 // ---- lloyd_step: one Lloyd iteration of a batch of problems, in place on the compact tokens -------------------
-// Per problem (in parallel over problems): the labels of `nearest_group` (those of `nearest_keys`), the float64
-// sums of the point tokens [x_i ; 1] per label in the order of `segment_sums` (row after row, in blocks of
-// kSumRows added block after block), then c_j = (float) (Σ x_i / |S_j|) where |S_j| > 0, else c_j kept: the
-// numbers of nearest_keys, segment_sums and the update's finalize, without leaving the loop between them. Each tile
-// of rows is added to its labels' sums as soon as it is labelled, while it is in cache, into bins a whole number of
-// cache lines apart (a bin's vectors then never straddle two lines).
+// Per problem: the labels of `nearest_group` (those of `nearest_keys`), the float64 sums of the point tokens
+// [x_i ; 1] per label in the order of `segment_sums` (row after row within blocks of kSumRows, the blocks' sums added
+// block after block), then c_j = (float) (Σ x_i / |S_j|) where |S_j| > 0, else c_j kept: the numbers of
+// nearest_keys, segment_sums and the update's finalize, without leaving the loop between them. Each tile of rows is
+// added to its labels' sums as soon as it is labelled, while it is in cache, into bins a whole number of cache lines
+// apart (a bin's vectors then never straddle two lines). With at least as many problems as threads the threads share
+// the problems, each summing its blocks into one set of bins; with fewer, they share the rows (`share_rows`), each
+// block summed into its own bins, then the blocks' bins added block after block.
+
+// Rows [start, stop) of one problem (`start` a multiple of the tile) labelled tile by tile (-1 where `seen` is
+// false), `after(first, last)` called on each tile's rows [first, last) once they are labelled, while in cache.
+template <typename scalar_t, typename After>
+static void label_tiles(const scalar_t* rows, int64_t ldq, const scalar_t* keys, int64_t k, int64_t width,
+                        const bool* seen, int64_t start, int64_t stop, Scoring<scalar_t>& scoring, int64_t* label,
+                        const After& after) {
+  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
+  for (int64_t first = start; first < stop; first += L) {
+    const int64_t last = std::min<int64_t>(stop, first + L);
+    nearest_group<scalar_t>(rows + first * ldq, last - first, ldq, keys, k, width, scoring, label + first);
+    if (seen) for (int64_t i = first; i < last; ++i) if (!seen[i]) label[i] = -1;
+    after(first, last);
+  }
+}
+
+// The rows of `groups` problems of n rows each shared among the threads when there are fewer problems than threads,
+// in the order of the blocks of kSumRows rows that the serial loops sum one after another: the tiles of all the
+// problems cut into one run of whole tiles per thread, each run's rows visited block by block,
+// `piece(scoring, g, block, start, stop, first)` (`first`: the piece begins its block, whose sum is then this run's
+// to make, row after row); where a run ends inside a block, `rest(g, block, start, stop)` adds the block's remaining
+// rows (labelled by the next runs) after all the runs, in parallel over the blocks. Every block is then summed in
+// row order by one thread: the numbers of the serial loop, whatever the number of threads.
+template <typename scalar_t, typename Piece, typename Rest>
+static void share_rows(int64_t groups, int64_t n, int64_t width, int64_t threads, const Piece& piece,
+                       const Rest& rest) {
+  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
+  static_assert(kSumRows % L == 0, "a block of the sums is whole tiles");
+  const int64_t tiles = (n + L - 1) / L, block_tiles = kSumRows / L, blocks = (n + kSumRows - 1) / kSumRows;
+  const int64_t runs = std::min(threads, groups * tiles);
+  std::vector<int64_t> summed_to(groups * blocks);  // each block's rows [its start, summed_to) are summed
+  at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
+    Scoring<scalar_t> scoring(width);
+    for (int64_t run = begin; run < end; ++run) {
+      const int64_t last = (run + 1) * groups * tiles / runs;
+      for (int64_t tile = run * groups * tiles / runs; tile < last;) {
+        const int64_t g = tile / tiles, block = tile % tiles / block_tiles;
+        const int64_t stop = std::min(last, g * tiles + std::min(tiles, (block + 1) * block_tiles));
+        const bool first = tile % tiles % block_tiles == 0;
+        const int64_t stop_row = std::min(n, (stop - g * tiles) * L);
+        piece(scoring, g, block, tile % tiles * L, stop_row, first);
+        if (first) summed_to[g * blocks + block] = stop_row;
+        tile = stop;
+      }
+    }
+  });
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / blocks, block = task % blocks, stop = std::min(n, (block + 1) * kSumRows);
+      if (summed_to[task] < stop) rest(g, block, summed_to[task], stop);
+    }
+  });
+}
+
+// Rows [start, stop) of one problem added to their labels' bins (rows without a label skipped).
+template <typename scalar_t>
+static inline void add_to_bins(const scalar_t* rows, int64_t ldq, const int64_t* label, int64_t start, int64_t stop,
+                               int64_t width, double* __restrict__ bins, int64_t bin_stride) {
+  for (int64_t i = start; i < stop; ++i) {
+    if (label[i] < 0) continue;
+    const scalar_t* __restrict__ row = rows + i * ldq;
+    double* __restrict__ bin = bins + label[i] * bin_stride;
+    for (int64_t c = 0; c < width; ++c) bin[c] += static_cast<double>(row[c]);
+  }
+}
+
+// A cluster's centroid row from its sums [Σ x_i ; |S_j|] (kept where |S_j| = 0, the sum of ones being exact).
+template <typename scalar_t>
+static inline void update_centroid(const double* sums, int64_t width, scalar_t* centroid) {
+  const double count = sums[width - 1];
+  if (!(count > 0)) return;
+  for (int64_t c = 0; c + 1 < width; ++c) centroid[c] = static_cast<scalar_t>(sums[c] / count);
+}
+
+// Zeroed doubles, 64-byte aligned.
+struct AlignedDoubles {
+  std::vector<double> storage;
+  double* data;
+  explicit AlignedDoubles(int64_t count) : storage(count + 8) {
+    data = storage.data() + (8 - reinterpret_cast<uintptr_t>(storage.data()) / 8 % 8) % 8;
+  }
+};
+
 template <typename scalar_t>
 static void lloyd_step_impl(at::Tensor& tokens, const at::Tensor& key, const bool* seen, at::Tensor& labels,
                             at::Tensor& statistics, int64_t n) {
-  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
-  static_assert(kSumRows % L == 0, "a block of the sums is whole tiles");
   const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
   const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
-  const int64_t bin_stride = (width + 7) / 8 * 8;
+  const int64_t bin_stride = (width + 7) / 8 * 8, bins_size = k * bin_stride;
   scalar_t* t = tokens.data_ptr<scalar_t>();
   const scalar_t* keys = key.data_ptr<scalar_t>();
   int64_t* out = labels.data_ptr<int64_t>();
   double* stats = statistics.data_ptr<double>();
-  at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
-    Scoring<scalar_t> scoring(width);
-    std::vector<double> storage(k * bin_stride + 8);
-    double* __restrict__ bins = storage.data() + (8 - reinterpret_cast<uintptr_t>(storage.data()) / 8 % 8) % 8;
-    for (int64_t g = begin; g < end; ++g) {
-      scalar_t* rows = t + g * group_stride;
-      int64_t* label = out + g * n;
-      double* __restrict__ sums = stats + g * k * width;
-      std::fill(bins, bins + k * bin_stride, 0.0);
-      for (int64_t start = 0; start < n; start += L) {
-        const int64_t stop = std::min<int64_t>(n, start + L);
-        nearest_group<scalar_t>(rows + start * ldq, stop - start, ldq, keys + g * k * width, k, width, scoring,
-                                label + start);
-        if (seen) for (int64_t i = start; i < stop; ++i) if (!seen[g * n + i]) label[i] = -1;
-        for (int64_t i = start; i < stop; ++i) {
-          if (label[i] < 0) continue;
-          const scalar_t* __restrict__ row = rows + i * ldq;
-          double* __restrict__ bin = bins + label[i] * bin_stride;
-          for (int64_t c = 0; c < width; ++c) bin[c] += static_cast<double>(row[c]);
-        }
-        if (stop % kSumRows == 0 || stop == n) {  // a block's sums are complete
+  const int64_t threads = at::get_num_threads();
+  if (groups >= threads || n == 0) {
+    at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
+      Scoring<scalar_t> scoring(width);
+      AlignedDoubles aligned(bins_size);
+      double* __restrict__ bins = aligned.data;
+      for (int64_t g = begin; g < end; ++g) {
+        scalar_t* rows = t + g * group_stride;
+        int64_t* label = out + g * n;
+        double* __restrict__ sums = stats + g * k * width;
+        for (int64_t start = 0; start < n; start += kSumRows) {
+          std::fill(bins, bins + bins_size, 0.0);
+          label_tiles<scalar_t>(rows, ldq, keys + g * k * width, k, width, seen ? seen + g * n : nullptr, start,
+                                std::min(n, start + kSumRows), scoring, label, [&](int64_t first, int64_t last) {
+                                  add_to_bins<scalar_t>(rows, ldq, label, first, last, width, bins, bin_stride);
+                                });
           for (int64_t j = 0; j < k; ++j)
             for (int64_t c = 0; c < width; ++c) sums[j * width + c] += bins[j * bin_stride + c];
-          std::fill(bins, bins + k * bin_stride, 0.0);
         }
+        for (int64_t j = 0; j < k; ++j) update_centroid<scalar_t>(sums + j * width, width, rows + (n + j) * ldq);
       }
-      for (int64_t j = 0; j < k; ++j) {
-        const double count = sums[j * width + width - 1];  // the sum of the ones: |S_j|, exact
-        if (!(count > 0)) continue;
-        scalar_t* centroid = rows + (n + j) * ldq;
-        for (int64_t c = 0; c + 1 < width; ++c) centroid[c] = static_cast<scalar_t>(sums[j * width + c] / count);
+    });
+    return;
+  }
+  const int64_t blocks = (n + kSumRows - 1) / kSumRows;
+  AlignedDoubles partials(groups * blocks * bins_size);  // each block's bins
+  share_rows<scalar_t>(groups, n, width, threads,
+    [&](Scoring<scalar_t>& scoring, int64_t g, int64_t block, int64_t start, int64_t stop, bool first) {
+      const scalar_t* rows = t + g * group_stride;
+      int64_t* label = out + g * n;
+      double* bins = partials.data + (g * blocks + block) * bins_size;
+      label_tiles<scalar_t>(rows, ldq, keys + g * k * width, k, width, seen ? seen + g * n : nullptr, start, stop,
+                            scoring, label, [&](int64_t a, int64_t b) {
+                              if (first) add_to_bins<scalar_t>(rows, ldq, label, a, b, width, bins, bin_stride);
+                            });
+    },
+    [&](int64_t g, int64_t block, int64_t start, int64_t stop) {
+      add_to_bins<scalar_t>(t + g * group_stride, ldq, out + g * n, start, stop, width,
+                            partials.data + (g * blocks + block) * bins_size, bin_stride);
+    });
+  at::parallel_for(0, groups * k, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, blocks * width)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {  // the blocks' sums added block after block, from zero
+      const int64_t g = row / k, j = row % k;
+      double* __restrict__ sums = stats + row * width;
+      for (int64_t block = 0; block < blocks; ++block) {
+        const double* bin = partials.data + (g * blocks + block) * bins_size + j * bin_stride;
+        for (int64_t c = 0; c < width; ++c) sums[c] += bin[c];
       }
+      update_centroid<scalar_t>(sums, width, t + g * group_stride + (n + j) * ldq);
     }
   });
 }
@@ -1498,42 +1598,63 @@ at::Tensor labelled_inertia(at::Tensor points, at::Tensor centroids, at::Tensor 
   return totals;
 }
 // The assignment head and the inertia in one pass over the compact tokens (groups, n + k, d + 1), [x_i ; 1] then
-// [c_j ; 1], with the assign block's keys [2 c_j ; -|c_j|^2] (groups, k, d + 1): per group (in parallel over groups),
-// each tile of rows gets the labels of `nearest_group` (those of `nearest_keys`; -1 where `visible` is false), then
-// its squared distances to the labelled centroids are added while its rows are in cache, in the order of
-// `labelled_inertia` (points in order within blocks of kSumRows, a multiple of the tile). Returns the labels
-// (groups, n) and the float64 inertia (groups).
+// [c_j ; 1], with the assign block's keys [2 c_j ; -|c_j|^2] (groups, k, d + 1): each tile of rows gets the labels of
+// `nearest_group` (those of `nearest_keys`; -1 where `visible` is false), then its squared distances to the labelled
+// centroids are added while its rows are in cache, in the order of `labelled_inertia` (points in order within blocks
+// of kSumRows, a multiple of the tile, the blocks' totals added in order). The threads share the problems, or, with
+// fewer problems than threads, the rows (`share_rows`, as `lloyd_step`). Returns the labels (groups, n) and the
+// float64 inertia (groups).
 template <typename scalar_t>
 static void nearest_inertia_impl(const at::Tensor& tokens, const at::Tensor& key, const bool* seen, const double* weight,
                                  at::Tensor& labels, at::Tensor& totals, int64_t n) {
-  constexpr int L = Lanes<scalar_t>::value * kTileVectors;
-  static_assert(kSumRows % L == 0, "a block of the inertia's sums is whole tiles");
   const int64_t groups = tokens.size(0), width = tokens.size(2), k = key.size(1);
   const int64_t ldq = tokens.stride(1), group_stride = tokens.stride(0);
   const scalar_t* t = tokens.data_ptr<scalar_t>();
   const scalar_t* keys = key.data_ptr<scalar_t>();
   int64_t* out = labels.data_ptr<int64_t>();
   double* total = totals.data_ptr<double>();
-  at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
-    Scoring<scalar_t> scoring(width);
-    for (int64_t g = begin; g < end; ++g) {
-      const scalar_t* rows = t + g * group_stride;
-      int64_t* label = out + g * n;
-      double sum = 0, block = 0;
-      for (int64_t start = 0; start < n; start += L) {
-        const int64_t stop = std::min<int64_t>(n, start + L);
-        nearest_group<scalar_t>(rows + start * ldq, stop - start, ldq, keys + g * k * width, k, width, scoring, label + start);
-        if (seen) for (int64_t i = start; i < stop; ++i) if (!seen[g * n + i]) label[i] = -1;
-        block = inertia_block<scalar_t>(rows, ldq, rows + n * ldq, ldq, label, weight ? weight + g * n : nullptr, start,
-                                        stop, k, width - 1, block);
-        if (stop % kSumRows == 0 || stop == n) {
+  // Rows [start, stop) of problem g added to `block`, a block's running total.
+  const auto add_inertia = [&](int64_t g, int64_t start, int64_t stop, double block) {
+    const scalar_t* rows = t + g * group_stride;
+    return inertia_block<scalar_t>(rows, ldq, rows + n * ldq, ldq, out + g * n, weight ? weight + g * n : nullptr,
+                                   start, stop, k, width - 1, block);
+  };
+  const int64_t threads = at::get_num_threads();
+  if (groups >= threads || n == 0) {
+    at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * k)), [&](int64_t begin, int64_t end) {
+      Scoring<scalar_t> scoring(width);
+      for (int64_t g = begin; g < end; ++g) {
+        double sum = 0;
+        for (int64_t start = 0; start < n; start += kSumRows) {
+          double block = 0;
+          label_tiles<scalar_t>(t + g * group_stride, ldq, keys + g * k * width, k, width,
+                                seen ? seen + g * n : nullptr, start, std::min(n, start + kSumRows), scoring,
+                                out + g * n, [&](int64_t a, int64_t b) { block = add_inertia(g, a, b, block); });
           sum += block;
-          block = 0;
         }
+        total[g] = sum;
       }
-      total[g] = sum;
-    }
-  });
+    });
+    return;
+  }
+  const int64_t blocks = (n + kSumRows - 1) / kSumRows;
+  std::vector<double> partials(groups * blocks);  // each block's total
+  share_rows<scalar_t>(groups, n, width, threads,
+    [&](Scoring<scalar_t>& scoring, int64_t g, int64_t block, int64_t start, int64_t stop, bool first) {
+      double& sum = partials[g * blocks + block];
+      label_tiles<scalar_t>(t + g * group_stride, ldq, keys + g * k * width, k, width, seen ? seen + g * n : nullptr,
+                            start, stop, scoring, out + g * n, [&](int64_t a, int64_t b) {
+                              if (first) sum = add_inertia(g, a, b, sum);
+                            });
+    },
+    [&](int64_t g, int64_t block, int64_t start, int64_t stop) {
+      partials[g * blocks + block] = add_inertia(g, start, stop, partials[g * blocks + block]);
+    });
+  for (int64_t g = 0; g < groups; ++g) {
+    double sum = 0;
+    for (int64_t block = 0; block < blocks; ++block) sum += partials[g * blocks + block];
+    total[g] = sum;
+  }
 }
 
 std::vector<at::Tensor> nearest_inertia(at::Tensor tokens, at::Tensor key, c10::optional<at::Tensor> visible,
@@ -2163,13 +2284,11 @@ def lloyd_step(
     + 1)` (`[x_i ; 1]`, then `[c_j ; 1]`) with the assign block's keys `[2 c_j ; -|c_j|^2]` `(batch, k, d + 1)`:
     the labels of `nearest_keys` (-1 where `point_mask` is False), the float64 sums `[Σ_{a(i)=j} x_i ; |S_j|]` of
     `segment_sums`, and the centroid rows replaced by `Σ x_i / |S_j|` rounded once (kept where `|S_j| = 0`). Returns
-    the labels and the sums, or None where the loops do not run (then nothing is changed), or where there are fewer
-    problems than threads: the loop shares the problems among the threads, while the separate steps share each
-    problem's rows, with the same numbers.
+    the labels and the sums, or None where the loops do not run (then nothing is changed). The threads share the
+    problems, or, with fewer problems than threads, each problem's rows (each block of the sums' rows summed by one
+    thread, the blocks then added in order): the same numbers whatever the number of threads.
     """
     if torch.compiler.is_compiling() or not tokens.is_contiguous() or _for_scores(tokens, key) is None:
-        return None
-    if tokens.shape[0] < torch.get_num_threads():
         return None
     return tuple(_loaded().lloyd_step(tokens, key.contiguous(), point_mask))
 
@@ -2295,12 +2414,11 @@ def nearest_inertia(
     """
     The assignment head's labels on the contiguous compact tokens `(batch, n + k, d + 1)` with the assign block's keys
     `[2 c_j ; -|c_j|^2]` `(batch, k, d + 1)` (those of `nearest_keys`; -1 where `point_mask` is False) and the inertia
-    of `labelled_inertia` against the centroid rows, float64 `(batch,)`, in one pass; or None where the loops do not
-    run, or where there are fewer problems than threads (as `lloyd_step`).
+    of `labelled_inertia` against the centroid rows, float64 `(batch,)`, in one pass (the threads share the problems
+    or, with fewer problems than threads, their rows, as `lloyd_step`: the same numbers); or None where the loops do
+    not run.
     """
     if torch.compiler.is_compiling() or not tokens.is_contiguous() or _for_scores(tokens, key) is None:
-        return None
-    if tokens.shape[0] < torch.get_num_threads():
         return None
     if sample_weight is not None and (sample_weight.device.type != "cpu" or sample_weight.requires_grad):
         return None

@@ -1601,8 +1601,7 @@ class KMeansTransformerModel(KMeansTransformerPreTrainedModel):
         translated back, `N_j + o |S_j|`). Its labels are those of the nearest-centroid kernel and its float64 sums
         `[Σ_{a(i)=j} x_i ; |S_j|]` those of `segment_sums` (row after row, block after block), each tile summed
         while in cache: the same numbers as the labels and `accumulate`. Its update of the centroid rows is
-        dropped. None where the loop does not run (another variant, data the model would rescale, more threads
-        than problems).
+        dropped. None where the loop does not run (another variant, data the model would rescale).
         """
         layer = self._layer(0)
         if not layer.plain_lloyd or self._rescaling_exponents(seen, centroids) is not None:

@@ -465,7 +465,7 @@ def test_compact_fuzzy_far_from_the_origin_is_the_reference():
 def test_lloyd_step_against_a_plain_loop(dtype):
     """The compiled batched Lloyd step on integer points (exact sums, ties, padding, an empty cluster, more rows than
     one summing block, few keys and many) against a NumPy loop: first nearest label, per-label sums and counts,
-    means."""
+    means; the same numbers on one thread (the threads share the problems) and on five (they share the rows)."""
     generator = torch.Generator().manual_seed(6)
     require_compiled()
     for batch, n, d, k in ((3, 37, 2, 4), (2, 70_000, 3, 5), (4, 200, 33, 9), (2, 1031, 6, 17), (2, 300, 4, 40)):
@@ -475,7 +475,17 @@ def test_lloyd_step_against_a_plain_loop(dtype):
         mask = torch.rand(batch, n, generator=generator) > 0.1
         tokens = torch.cat([torch.cat([points, centroids], dim=1), torch.ones(batch, n + k, 1, dtype=dtype)], dim=-1)
         key = torch.cat([2 * centroids, -(centroids * centroids).sum(dim=-1, keepdim=True)], dim=-1)
-        labels, statistics = cpu_kernels.lloyd_step(tokens, key, mask)
+        found = []
+        threads = torch.get_num_threads()
+        try:
+            for count in (1, 5):
+                torch.set_num_threads(count)
+                updated = tokens.clone()
+                found.append((updated, *cpu_kernels.lloyd_step(updated, key, mask)))
+        finally:
+            torch.set_num_threads(threads)
+        (tokens, labels, statistics), shared = found
+        assert all(torch.equal(a, b) for a, b in zip(found[0], shared)), (batch, n, d, k)
         x, c, visible = points.numpy(), centroids.numpy().astype(np.float64), mask.numpy()
         for g in range(batch):
             distances = ((x[g, :, None, :].astype(np.float64) - c[g][None]) ** 2).sum(axis=-1)
@@ -518,6 +528,62 @@ def test_lloyd_runs_one_compiled_step_per_iteration_with_the_numbers_of_the_bloc
     assert len(calls) == 5
     for name in ("labels", "centroids", "inertia"):
         assert torch.equal(fused[name], blocks[name]), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_problem_on_more_threads_runs_the_fused_step_with_the_numbers_of_the_separate_kernels(dtype, monkeypatch):
+    """
+    One problem of more rows than two blocks of the sums (2**15 each), on two and three threads: the compiled Lloyd
+    step runs (its threads share the problem's rows, cutting blocks in two), and its labels, statistics and centroids
+    are bit for bit those of the separate kernels (the nearest-centroid kernel, then `segment_sums`), on integer
+    points (ties, exact sums: also a NumPy loop's) and on real points, with padding.
+    """
+    require_compiled()
+    from kmeans_transformer import modeling_kmeans_transformer
+
+    generator = torch.Generator().manual_seed(31)
+    n, d, k = 70_001, 5, 7
+    layer = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d)).to(dtype).layers[0]
+    assert layer.plain_lloyd
+    fused_runs, fused_loop = [], [True]
+    step = modeling_kmeans_transformer.lloyd_step
+
+    def counted_step(*args):
+        found = step(*args) if fused_loop[0] else None
+        fused_runs.append(found is not None)
+        return found
+
+    monkeypatch.setattr(modeling_kmeans_transformer, "lloyd_step", counted_step)
+    integer = integer_tensor(generator, 1, n + k, d, dtype=dtype)
+    real = (3 * torch.randn(1, n + k, d, generator=generator, dtype=torch.float64)).to(dtype)  # float64: sums round
+    mask = torch.rand(1, n, generator=generator) > 0.1
+    threads = torch.get_num_threads()
+    try:
+        for values, is_integer in ((integer, True), (real, False)):
+            tokens = torch.cat([values, torch.ones(1, n + k, 1, dtype=dtype)], dim=-1)
+            for count in (2, 3):
+                torch.set_num_threads(count)
+                fused_runs.clear()
+                fused_loop[0], fused_tokens = True, tokens.clone()
+                labels, statistics = layer.compact_step(fused_tokens, mask)
+                fused_loop[0], separate_tokens = False, tokens.clone()
+                expected_labels, expected_statistics = layer.compact_step(separate_tokens, mask)
+                assert fused_runs == [True, False]
+                assert torch.equal(labels, expected_labels) and torch.equal(statistics, expected_statistics)
+                assert torch.equal(fused_tokens, separate_tokens)
+            if is_integer:
+                x, c, visible = values[0, :n].numpy(), values[0, n:].numpy().astype(np.float64), mask[0].numpy()
+                nearest = ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(axis=-1).argmin(axis=1)
+                np.testing.assert_array_equal(labels[0].numpy(), np.where(visible, nearest, -1))
+                sums, counts = np.zeros((k, d)), np.zeros(k)
+                for i in np.nonzero(visible)[0]:
+                    sums[nearest[i]] += x[i]
+                    counts[nearest[i]] += 1
+                np.testing.assert_array_equal(statistics[0].numpy(), np.concatenate([sums, counts[:, None]], axis=1))
+                means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], c).astype(x.dtype)
+                np.testing.assert_array_equal(fused_tokens[0, n:, :-1].numpy(), means)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def numpy_memberships(x, centroids, rule, scaling, fuzzifier):
@@ -744,41 +810,42 @@ def test_compact_tokens_and_largest_magnitudes_in_one_pass(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-def test_head_labels_and_inertia_in_one_pass_are_those_of_the_separate_steps(dtype, weighted):
+@pytest.mark.parametrize("batch,threads", [(3, 1), (1, 2), (3, 4)])
+def test_head_labels_and_inertia_in_one_pass_are_those_of_the_separate_steps(dtype, weighted, batch, threads):
     """
     The assignment head's compiled pass (`nearest_inertia`) gives the labels of the assign block and the inertia of
-    `labelled_inertia`, bit for bit, with padding and across a block of 2**15 points; the model's outputs are those
-    of the separate steps.
+    `labelled_inertia`, bit for bit, with padding and across a block of 2**15 points, whether the threads share the
+    problems or (fewer problems than threads) their rows; the model's outputs are those of the separate steps.
     """
     require_compiled()
     generator = torch.Generator().manual_seed(27)
-    batch, n, d, k = 3, 2**15 + 500, 9, 7
+    n, d, k = 2**15 + 500, 9, 7
     points = (torch.randn(batch, n, d, generator=generator) * 4).to(dtype)
     mask = torch.ones(batch, n, dtype=torch.bool)
-    mask[1, n - 700:] = False
+    mask[-1, n - 700:] = False
     sample_weight = None
     if weighted:
         sample_weight = (torch.rand(batch, n, generator=generator).to(dtype) * 2).masked_fill(~mask, 0)
     model = KMeansTransformerModel(KMeansTransformerConfig(num_clusters=k, point_dim=d, num_iterations=2)).to(dtype)
     head = model.assignment_head
     assert head.plain_assign
-    threads = torch.get_num_threads()
+    default_threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)  # one problem per thread at least: the pass runs
+        torch.set_num_threads(threads)
         with torch.no_grad():
             inputs = model.prepare_inputs(points, points[:, :k], mask, sample_weight=sample_weight)
             tokens, point_mask, _ = model._compact_tokens(inputs)  # data around the origin: no frame
             labels, inertia = head.compact_labels_and_inertia(tokens, point_mask, sample_weight)
             centroids = tokens[:, n:, :-1]
             expected = head.compact_labels(tokens[:, :n], centroids, point_mask)
-            assert torch.equal(labels, expected) and bool((labels[1, n - 700:] == -1).all())
+            assert torch.equal(labels, expected) and bool((labels[-1, n - 700:] == -1).all())
             reference = cpu_kernels.labelled_inertia(tokens[:, :n, :-1], centroids, expected, sample_weight)
             assert torch.equal(inertia, reference)
             fused = model(points, attention_mask=mask, sample_weight=sample_weight)
             head.plain_assign = False
             separate = model(points, attention_mask=mask, sample_weight=sample_weight)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(default_threads)
     for name in ("labels", "centroids", "inertia", "assignments"):
         assert torch.equal(fused[name], separate[name]), name
 
