@@ -45,7 +45,7 @@ bit).
 Speed. A chunk costs what it costs the in-memory compact engine. For `"lloyd"`, `"spherical"` and `"trimmed"`: the
 nearest-centroid kernel (labels, no `(chunk, k)` scores) and the per-label sums (`cpu_kernels.segment_sums`), the
 same `assign_labels`, `accumulate` and `finalize` as `KMeansTransformerLayer.compact_forward`; for `"lloyd"` without
-weights on one thread, both in one compiled loop (`model.statistics`' `_fused_lloyd_statistics`:
+weights, both in one compiled loop (`model.statistics`' `_fused_lloyd_statistics`:
 `cpu_kernels.lloyd_step`, the same numbers); `"spherical"`'s points are unit-normalised once, as they are read
 (`_seen_values`: the scratch file holds them so, and the model is told, `points_seen`). The model looks at its weights once per iteration (`KMeansTransformerModel._weights_held`), not per chunk. For `"soft"`,
 `"gmm"` and `"fuzzy"`: the layer's weighted pass (`KMeansTransformerModel._weights_pass`), one compiled loop over
