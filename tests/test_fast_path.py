@@ -576,9 +576,8 @@ def test_one_problem_on_more_threads_runs_the_fused_step_with_the_numbers_of_the
                 nearest = ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(axis=-1).argmin(axis=1)
                 np.testing.assert_array_equal(labels[0].numpy(), np.where(visible, nearest, -1))
                 sums, counts = np.zeros((k, d)), np.zeros(k)
-                for i in np.nonzero(visible)[0]:
-                    sums[nearest[i]] += x[i]
-                    counts[nearest[i]] += 1
+                np.add.at(sums, nearest[visible], x[visible])  # integer points: every sum exact in any order
+                np.add.at(counts, nearest[visible], 1)
                 np.testing.assert_array_equal(statistics[0].numpy(), np.concatenate([sums, counts[:, None]], axis=1))
                 means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], c).astype(x.dtype)
                 np.testing.assert_array_equal(fused_tokens[0, n:, :-1].numpy(), means)
