@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import queue
 import signal
 import sys
 import threading
@@ -955,14 +956,28 @@ def _signals_raise():
     def terminate(signum, frame):
         raise _Terminated
 
+    # A signal that lands in a finaliser (`__del__`, a weakref callback) cannot leave it: Python would print the
+    # exception as "ignored" and go on. The hook below asks a thread started here to send it again, to be raised once
+    # the finaliser is done. The hook only puts the signal on a queue (no wait: a thread started from the hook makes
+    # it wait for the new thread to run, and the signal sent again could land in that wait, inside the hook, and be
+    # lost); should the signal sent again still land in the hook, it is caught there and asked for once more.
+    resend = {_Terminated: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}
+    requests = queue.SimpleQueue()
+
+    def send_again() -> None:
+        while (signum := requests.get()) is not None:
+            time.sleep(0.01)
+            os.kill(os.getpid(), signum)
+
     def deliver_again(unraisable) -> None:
-        # A signal that lands in a finaliser (`__del__`, a weakref callback) cannot leave it: Python would print the
-        # exception as "ignored" and go on. It is sent again from a thread, to be raised once the finaliser is done.
-        interrupt = {_Terminated: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}.get(unraisable.exc_type)
-        if interrupt is None:
+        signum = resend.get(unraisable.exc_type)
+        if signum is None:
             unraisable_hook(unraisable)
-        else:
-            threading.Timer(0.01, os.kill, (os.getpid(), interrupt)).start()
+            return
+        try:
+            requests.put(signum)
+        except (KeyboardInterrupt, _Terminated) as interrupt:  # the signal sent again, landed before the hook returned
+            requests.put(resend[type(interrupt)])
 
     def leaving() -> None:
         if previous:
@@ -976,11 +991,13 @@ def _signals_raise():
         previous = {}
     unraisable_hook = sys.unraisablehook
     if previous:
+        threading.Thread(target=send_again, name="kmeans-transformer signals", daemon=True).start()
         sys.unraisablehook = deliver_again
     try:
         yield leaving
     finally:
         sys.unraisablehook = unraisable_hook
+        requests.put(None)  # the thread ends after any signal still asked for
         for signum, handler in previous.items():
             if handler is not None:  # None: a handler not installed from Python, which cannot be restored
                 signal.signal(signum, handler)
