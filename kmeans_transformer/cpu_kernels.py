@@ -83,12 +83,12 @@ template <typename T> using Index = typename Lanes<T>::index;
 
 // Labels of a tile of up to `kTileVectors * Lanes` rows. The rows are transposed into `columns`, one column vector
 // per coordinate for each vector of rows (`columns[v * e + c]`; a full vector of 8 float rows 8 coordinates at a
-// time in registers, `transpose_block`). Then, `kKeys` keys at a time, every vector of rows of the tile in turn
-// accumulates each key's score `Σ_e q_ie key_je` in coordinate order and compares it with its best so far (strictly
-// greater wins, so the first maximiser is kept). The tile reuses each block of keys for all its rows while the block
+// time in registers, `transpose_block`). Then, a few keys and vectors of rows at a time (`tile_scores`), every row
+// accumulates each key's score `Σ_e q_ie key_je` in coordinate order and compares it with its best so far, the keys in
+// increasing order (strictly greater wins, so the first maximiser is kept). The tile reuses each block of keys for all its rows while the block
 // is in L1: k = 1024 keys of 129 floats (528 KB) stream from memory once per tile, not once per vector of rows. A
 // row's scores and comparisons are the same whatever the tile.
-constexpr int kTileVectors = 16, kKeys = 8;
+constexpr int kTileVectors = 16;
 
 #if defined(__AVX__) && !defined(__AVX512F__)
 #include <immintrin.h>
@@ -139,33 +139,53 @@ static int64_t transpose_tile(const T* rows, int64_t count, int64_t ldq, int64_t
 }
 
 // Every score of a transposed tile's rows with every key, handed to `sink(score, v, j)` (a vector of rows' scores
-// with key j), `kKeys` keys at a time for every vector of rows: `Σ_c q_ic key_jc`, or with `Differences` the squared
-// distance `Σ_c (q_ic - key_jc)^2`, accumulated in coordinate order.
+// with key j): `Σ_c q_ic key_jc`, or with `Differences` the squared distance `Σ_c (q_ic - key_jc)^2`, accumulated in
+// coordinate order. A register tile of `kScoreVectors` vectors of rows by `kScoreKeys` keys at a time (12 sums, the
+// row vectors and a broadcast key coordinate in AVX2's 16 registers): per coordinate 8 loads for 12 multiply-adds,
+// and 12 independent sums to cover the multiply-add's latency. Each row meets the keys in increasing order.
+constexpr int kScoreVectors = 2, kScoreKeys = 6;
+
+template <typename T, bool Differences, int VR, int KR, typename Sink>
+static inline void score_block(const Vec<T>* x, int64_t e, const T* k0, int64_t v, int64_t j, Sink& sink) {
+  Vec<T> s[VR][KR] = {};
+  for (int64_t c = 0; c < e; ++c) {
+    Vec<T> xs[VR];
+    for (int r = 0; r < VR; ++r) xs[r] = x[r * e + c];
+    for (int t = 0; t < KR; ++t) {
+      const T key = k0[t * e + c];
+      for (int r = 0; r < VR; ++r) {
+        if constexpr (Differences) { const Vec<T> difference = xs[r] - key; s[r][t] += difference * difference; }
+        else s[r][t] += xs[r] * key;
+      }
+    }
+  }
+  for (int r = 0; r < VR; ++r)
+    for (int t = 0; t < KR; ++t) sink(s[r][t], v + r, j + t);
+}
+
+template <typename T, bool Differences, int KR, typename Sink>
+static inline void score_keys(const std::vector<Vec<T>>& columns, int64_t vectors, const T* k0, int64_t j, int64_t e,
+                              Sink& sink) {
+  int64_t v = 0;
+  for (; v + kScoreVectors <= vectors; v += kScoreVectors)
+    score_block<T, Differences, kScoreVectors, KR>(columns.data() + v * e, e, k0, v, j, sink);
+  for (; v < vectors; ++v) score_block<T, Differences, 1, KR>(columns.data() + v * e, e, k0, v, j, sink);
+}
+
 template <typename T, bool Differences = false, typename Sink>
 static void tile_scores(const std::vector<Vec<T>>& columns, int64_t vectors, const T* keys, int64_t k, int64_t e,
                         Sink&& sink) {
-  auto add = [](Vec<T>& s, const Vec<T>& q, T key) {
-    if constexpr (Differences) { const Vec<T> difference = q - key; s += difference * difference; }
-    else s += q * key;
-  };
   int64_t j = 0;
-  for (; j + kKeys <= k; j += kKeys) {
-    const T* k0 = keys + j * e;
-    for (int64_t v = 0; v < vectors; ++v) {
-      const Vec<T>* column = columns.data() + v * e;
-      Vec<T> s[kKeys] = {};
-      for (int64_t c = 0; c < e; ++c)
-        for (int t = 0; t < kKeys; ++t) add(s[t], column[c], k0[t * e + c]);
-      for (int t = 0; t < kKeys; ++t) sink(s[t], v, j + t);
-    }
-  }
-  for (; j < k; ++j) {
-    for (int64_t v = 0; v < vectors; ++v) {
-      const Vec<T>* column = columns.data() + v * e;
-      Vec<T> s = {};
-      for (int64_t c = 0; c < e; ++c) add(s, column[c], keys[j * e + c]);
-      sink(s, v, j);
-    }
+  for (; j + kScoreKeys <= k; j += kScoreKeys)
+    score_keys<T, Differences, kScoreKeys>(columns, vectors, keys + j * e, j, e, sink);
+  static_assert(kScoreKeys <= 6, "the remainder below");
+  switch (k - j) {
+    case 5: score_keys<T, Differences, 5>(columns, vectors, keys + j * e, j, e, sink); break;
+    case 4: score_keys<T, Differences, 4>(columns, vectors, keys + j * e, j, e, sink); break;
+    case 3: score_keys<T, Differences, 3>(columns, vectors, keys + j * e, j, e, sink); break;
+    case 2: score_keys<T, Differences, 2>(columns, vectors, keys + j * e, j, e, sink); break;
+    case 1: score_keys<T, Differences, 1>(columns, vectors, keys + j * e, j, e, sink); break;
+    default: break;
   }
 }
 

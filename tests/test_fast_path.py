@@ -140,11 +140,12 @@ def first_strict_maximiser(scores):
 def test_nearest_keys_for_few_keys_against_a_plain_loop(dtype):
     """Up to four registers of keys (k <= 32 float32, 16 float64) are scored key-major, a few rows at a time: every k
     around those widths, row counts that are no multiple of the rows per step, many ties (small integers), and rows
-    whose scores are infinite or NaN (the first strict maximiser of the scan; 0 where none beats -inf)."""
+    whose scores are infinite or NaN (the first strict maximiser of the scan; 0 where none beats -inf). Past them the
+    transposed tiles' register blocks of keys and of vectors of rows, with every remainder of each."""
     generator = torch.Generator().manual_seed(23)
     require_compiled()
     n, e = 1031, 7
-    for k in (1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 15, 16, 17, 23, 24, 25, 31, 32, 33):
+    for k in (1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 15, 16, 17, 23, 24, 25, 31, 32, 33, 34, 35, 36, 37, 38, 70):
         query = integer_tensor(generator, 2, n, e + 1, dtype=dtype, low=-1, high=2)[..., :e]  # rows with a stride
         key = integer_tensor(generator, 2, k, e, dtype=dtype, low=-1, high=2)
         query[0, 5, 2] = float("nan")
