@@ -579,7 +579,15 @@ class KMeansTransformerTrimGate(nn.Module):
 
     @staticmethod
     def distances(point_tokens, centroids, labels) -> torch.Tensor:
-        """`δ_i = |x_i - c_a(i)|^2`, `(batch, n)`, from compact point tokens `[x_i ; 1]` and their labels (-1: none)."""
+        """
+        `δ_i = |x_i - c_a(i)|^2`, `(batch, n)`, from compact point tokens `[x_i ; 1]` and their labels (-1: none): in
+        one compiled pass where the loops run (`cpu_kernels.labelled_distances`, the squares added in coordinate
+        order), else as `forward` takes them from `distance_proj`'s `x_i - a_i` (equal on integer data, within the
+        rounding of a sum of `d` squares otherwise).
+        """
+        found = cpu_kernels.labelled_distances(point_tokens[..., :-1], centroids, labels)
+        if found is not None:
+            return found
         batch_size, num_clusters, point_dim = centroids.shape
         rows = labels.clamp(min=0) + torch.arange(batch_size, device=labels.device)[:, None] * num_clusters
         own = centroids.reshape(-1, point_dim).index_select(0, rows.flatten()).view(*labels.shape, point_dim)

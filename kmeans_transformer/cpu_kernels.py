@@ -1523,7 +1523,8 @@ at::Tensor compact_tokens(at::Tensor points, at::Tensor centroids, c10::optional
   return tokens;
 }
 
-// Σ_i w_i |x_i - c_a(i)|^2 per group over the points whose label a(i) is in [0, k) (w_i = 1 without weights): each
+// Σ_i w_i |x_i - c_a(i)|^2 per group over the points whose label a(i) is in [0, k) (w_i = 1 without weights), or
+// with `distances` each point's |x_i - c_a(i)|^2 written there (c_0 where a(i) is not in [0, k)): each
 // point's squared distance in the dtype, its squares added in coordinate order (each square rounded, no fused
 // multiply-add), then widened to double, times w_i in double, and summed in point order within blocks of kSumRows
 // points, the blocks' totals added in order: the same numbers whatever the threads. Points are taken a vector
@@ -1531,7 +1532,8 @@ at::Tensor compact_tokens(at::Tensor points, at::Tensor centroids, c10::optional
 template <typename T>
 __attribute__((optimize("fp-contract=off")))
 static double inertia_block(const T* x, int64_t ldx, const T* centres, int64_t ldc, const int64_t* label,
-                            const double* weight, int64_t first, int64_t stop, int64_t k, int64_t d, double total) {
+                            const double* weight, int64_t first, int64_t stop, int64_t k, int64_t d, double total,
+                            T* distances = nullptr) {
   constexpr int L = Lanes<T>::value;
   for (int64_t start = first; start < stop; start += L) {
     const int64_t count = std::min<int64_t>(L, stop - start);
@@ -1569,6 +1571,10 @@ static double inertia_block(const T* x, int64_t ldx, const T* centres, int64_t l
       Vec<T> difference;
       for (int r = 0; r < L; ++r) difference[r] = row[r][c] - centre[r][c];
       squares = squares + difference * difference;
+    }
+    if (distances) {  // each point's own squared distance instead of the total (to centroid 0 where unlabelled)
+      for (int64_t r = 0; r < count; ++r) distances[start + r] = squares[r];
+      continue;
     }
     for (int64_t r = 0; r < count; ++r) {
       const int64_t j = label[start + r];
@@ -1617,6 +1623,35 @@ at::Tensor labelled_inertia(at::Tensor points, at::Tensor centroids, at::Tensor 
     for (int64_t block = 0; block < blocks; ++block) out[g] += partial[g * blocks + block];
   return totals;
 }
+// points (groups, n, d) with contiguous rows, centroids (groups, k, d), int64 labels (groups, n) -> each point's
+// squared distance to its labelled centroid (groups, n) in the points' dtype, as `labelled_inertia` takes it.
+at::Tensor labelled_distances(at::Tensor points, at::Tensor centroids, at::Tensor labels) {
+  TORCH_CHECK(points.dim() == 3 && points.stride(2) == 1 && centroids.dim() == 3 && centroids.is_contiguous() &&
+              centroids.size(0) == points.size(0) && centroids.size(2) == points.size(2) && centroids.size(1) > 0 &&
+              centroids.scalar_type() == points.scalar_type() && labels.dim() == 2 && labels.is_contiguous() &&
+              labels.scalar_type() == at::kLong && labels.size(0) == points.size(0) && labels.size(1) == points.size(1),
+              "labelled_distances: points (groups, n, d) with contiguous rows, centroids (groups, k > 0, d), int64 labels (groups, n)");
+  const int64_t groups = points.size(0), n = points.size(1), k = centroids.size(1), d = points.size(2);
+  auto distances = at::empty({groups, n}, points.options());
+  const int64_t blocks = std::max<int64_t>(1, (n + kSumRows - 1) / kSumRows);
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "labelled_distances", [&] {
+    const scalar_t* x = points.data_ptr<scalar_t>();
+    const scalar_t* c = centroids.data_ptr<scalar_t>();
+    const int64_t* label = labels.data_ptr<int64_t>();
+    scalar_t* out = distances.data_ptr<scalar_t>();
+    const int64_t gx = points.stride(0), ldx = points.stride(1);
+    const int64_t rows = std::min(n, kSumRows);
+    at::parallel_for(0, groups * blocks, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, rows * d)), [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / blocks, first = (task % blocks) * kSumRows;
+        inertia_block<scalar_t>(x + g * gx, ldx, c + g * k * d, d, label + g * n, nullptr, first,
+                                std::min(n, first + kSumRows), k, d, 0.0, out + g * n);
+      }
+    });
+  });
+  return distances;
+}
+
 // The assignment head and the inertia in one pass over the compact tokens (groups, n + k, d + 1), [x_i ; 1] then
 // [c_j ; 1], with the assign block's keys [2 c_j ; -|c_j|^2] (groups, k, d + 1): each tile of rows gets the labels of
 // `nearest_group` (those of `nearest_keys`; -1 where `visible` is false), then its squared distances to the labelled
@@ -1793,6 +1828,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("membership_sums", &membership_sums, "membership_sums", released);
   m.def("compact_tokens", &compact_tokens, "compact_tokens", released);
   m.def("labelled_inertia", &labelled_inertia, "labelled_inertia", released);
+  m.def("labelled_distances", &labelled_distances, "labelled_distances", released);
   m.def("largest_magnitudes", &largest_magnitudes, "largest_magnitudes", released);
   m.def("nearest_inertia", &nearest_inertia, "nearest_inertia", released);
 }
@@ -2413,6 +2449,22 @@ def labelled_inertia(
         return None
     weights = None if sample_weight is None else sample_weight.to(torch.float64).contiguous()
     return module.labelled_inertia(_contiguous_rows(points), centroids.contiguous(), labels.contiguous(), weights)
+
+
+def labelled_distances(points: torch.Tensor, centroids: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor | None:
+    """
+    Each point's `|x_i - c_a(i)|^2` `(batch, n)` in the points' dtype, for points `(batch, n, d)`, centroids `(batch,
+    k, d)` and labels `a(i)` `(batch, n)` (`c_0` where `a(i)` is not in `[0, k)`): the squares of the differences
+    added in coordinate order, as `labelled_inertia` takes them, in one pass; eager calls only, else None.
+    """
+    if torch.compiler.is_compiling() or not _usable(points, centroids) or points.dtype != centroids.dtype:
+        return None
+    if labels.device.type != "cpu" or labels.dtype != torch.long or centroids.shape[1] == 0:
+        return None
+    module = _loaded()
+    if module is None:
+        return None
+    return module.labelled_distances(_contiguous_rows(points), centroids.contiguous(), labels.contiguous())
 
 
 def largest_magnitudes(values: torch.Tensor) -> torch.Tensor | None:

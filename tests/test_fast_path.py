@@ -739,7 +739,8 @@ def test_labelled_inertia_against_a_plain_loop(dtype, weighted, monkeypatch):
     `Σ_i w_i |x_i - c_a(i)|^2` of the compiled loop on strided rows (the compact tokens' point slice), unlabelled
     points (-1) among them and two blocks of 2**15 points: each squared distance in the dtype, its squares added in
     coordinate order, then widened and summed in point order within each block, the blocks added in order; the same
-    numbers on one thread and on two, and those of `labelled_inertia`'s PyTorch code to rounding.
+    numbers on one thread and on two, and those of `labelled_inertia`'s PyTorch code to rounding. Each point's own
+    squared distance (`labelled_distances`, the trimmed gate's `δ_i`; to `c_0` where unlabelled) is the loop's too.
     """
     require_compiled()
     generator = torch.Generator().manual_seed(25)
@@ -749,12 +750,14 @@ def test_labelled_inertia_against_a_plain_loop(dtype, weighted, monkeypatch):
     labels = torch.randint(-1, k, (groups, n), generator=generator)
     sample_weight = torch.rand(groups, n, generator=generator, dtype=dtype) * 2 if weighted else None
     found = cpu_kernels.labelled_inertia(points, centroids, labels, sample_weight)
+    distances = cpu_kernels.labelled_distances(points, centroids, labels)
     x, c, a = points.numpy(), centroids.numpy(), labels.numpy()
     for g in range(groups):
         squares = np.zeros(n, dtype=x.dtype)
         for e in range(d):  # numpy rounds each operation to the dtype
             difference = x[g, :, e] - c[g, a[g].clip(0), e]
             squares = squares + difference * difference
+        np.testing.assert_array_equal(distances[g].numpy(), squares)
         total = 0.0
         for start in range(0, n, 2**15):
             block = 0.0
@@ -767,6 +770,7 @@ def test_labelled_inertia_against_a_plain_loop(dtype, weighted, monkeypatch):
     try:
         torch.set_num_threads(1 if threads > 1 else 2)
         assert torch.equal(cpu_kernels.labelled_inertia(points, centroids, labels, sample_weight), found)
+        assert torch.equal(cpu_kernels.labelled_distances(points, centroids, labels), distances)
     finally:
         torch.set_num_threads(threads)
     inertia = modeling_kmeans_transformer.labelled_inertia(points, centroids, labels, sample_weight)
