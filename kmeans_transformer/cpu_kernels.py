@@ -84,10 +84,10 @@ template <typename T> using Index = typename Lanes<T>::index;
 // Labels of a tile of up to `kTileVectors * Lanes` rows. The rows are transposed into `columns`, one column vector
 // per coordinate for each vector of rows (`columns[v * e + c]`; a full vector of 8 float rows 8 coordinates at a
 // time in registers, `transpose_block`). Then, a few keys and vectors of rows at a time (`tile_scores`), every row
-// accumulates each key's score `Σ_e q_ie key_je` in coordinate order and compares it with its best so far, the keys in
-// increasing order (strictly greater wins, so the first maximiser is kept). The tile reuses each block of keys for all its rows while the block
-// is in L1: k = 1024 keys of 129 floats (528 KB) stream from memory once per tile, not once per vector of rows. A
-// row's scores and comparisons are the same whatever the tile.
+// accumulates each key's score `Σ_e q_ie key_je` in coordinate order and compares it with its best so far, the keys
+// in increasing order (strictly greater wins, so the first maximiser is kept). The tile reuses each block of keys for
+// all its rows while the block is in L1: k = 1024 keys of 129 floats (528 KB) stream from memory once per tile, not
+// once per vector of rows. A row's scores and comparisons are the same whatever the tile.
 constexpr int kTileVectors = 16;
 
 #if defined(__AVX__) && !defined(__AVX512F__)

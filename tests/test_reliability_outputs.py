@@ -576,13 +576,23 @@ def test_a_stopped_or_killed_worker_ends_the_run_within_the_timeout(tmp_path, ch
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("slow_threads", [False, True], ids=["", "slow-thread-start"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_that_lands_in_a_finaliser_is_raised_after_it(signum):
+def test_a_signal_that_lands_in_a_finaliser_is_raised_after_it(signum, slow_threads):
     # Python cannot raise out of `__del__`: it prints the exception as "ignored" and goes on. The command's handlers
-    # send the signal again, so that the run still stops, with no traceback of ours on stderr.
+    # send the signal again, so that the run still stops, with no traceback of ours on stderr. With threads slow to
+    # start (a busy machine, made certain here), a thread started from the hook would still be starting when the
+    # signal comes again, inside the hook, where it would be lost.
+    slow = "threading.Thread.start = slowly" if slow_threads else ""
     script = f"""
-import os, signal
+import os, signal, threading, time
 from kmeans_transformer.cli import _signals_raise, _Terminated
+signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored, even where the tests run in the background
+start = threading.Thread.start
+def slowly(self):
+    start(self)
+    time.sleep(0.1)
+{slow}
 
 class Finalised:
     def __del__(self):
