@@ -1267,47 +1267,69 @@ static void membership_tile(const T* q, int64_t ldq, int64_t eq, const T* keys, 
       extreme[u] = score > extreme[u] ? score : extreme[u];
     });
   }
+  // The weights key by key (j outer, the tile's vectors of rows inner): `scores` is read in the order it lies, one
+  // 512-byte row of a key at a time, not 64 bytes from each key's row (which share a few of L1's sets). Each row's
+  // values are the same: its terms are taken in the same order of j.
   const Vec<T> zero = {};
+  using Mask = decltype(zero > zero);
+  Mask live[V];     // the lanes of real rows; the others' weights are 0 (whatever their scores)
+  Vec<T> total[V];  // Σ_j of each row's unnormalised weights, then its inverse
   for (int64_t u = 0; u < vectors; ++u) {
-    Vec<T> real = zero;  // 1 in the lanes of real rows; the others' weights are 0 (whatever their scores)
+    Vec<T> real = zero;
     for (int r = 0; r < L; ++r) real[r] = (u * L + r < count && (!seen || seen[u * L + r])) ? T(1) : T(0);
-    const auto live = real > zero;
-    if (rule.kind == kSoftmax) {  // softmax_j: exp(s_j - max) times 1 / Σ_j' exp(s_j' - max), as torch.softmax
-      const Vec<T> top = extreme[u];
-      Vec<T> total = zero;
-      for (int64_t j = 0; j < k; ++j) { S[j * V + u] = exp_nonpositive<T>(S[j * V + u] - top); total += S[j * V + u]; }
-      const Vec<T> inverse = T(1) / total;
-      for (int64_t j = 0; j < k; ++j) S[j * V + u] = live ? S[j * V + u] * inverse : zero;
-    } else {  // fuzzy c-means: (δ / D_j)^q / Σ_j' (δ / D_j')^q, δ = min_j D_j; δ = 0: shared among the zero distances
-      const Vec<T> nearest = extreme[u];
-      Vec<T> total = zero;
-      const auto on_centroid = nearest == zero;
-      for (int64_t j = 0; j < k; ++j) {
-        Vec<T> ratio = nearest / S[j * V + u];
+    live[u] = real > zero;
+    total[u] = zero;
+  }
+  if (rule.kind == kSoftmax) {  // softmax_j: exp(s_j - max) times 1 / Σ_j' exp(s_j' - max), as torch.softmax
+    for (int64_t j = 0; j < k; ++j) {
+      Vec<T>* row = S + j * V;
+      for (int64_t u = 0; u < vectors; ++u) { row[u] = exp_nonpositive<T>(row[u] - extreme[u]); total[u] += row[u]; }
+    }
+    for (int64_t u = 0; u < vectors; ++u) total[u] = T(1) / total[u];
+    for (int64_t j = 0; j < k; ++j) {
+      Vec<T>* row = S + j * V;
+      for (int64_t u = 0; u < vectors; ++u) row[u] = live[u] ? row[u] * total[u] : zero;
+    }
+  } else {  // fuzzy c-means: (δ / D_j)^q / Σ_j' (δ / D_j')^q, δ = min_j D_j; δ = 0: shared among the zero distances
+    for (int64_t j = 0; j < k; ++j) {
+      Vec<T>* row = S + j * V;
+      for (int64_t u = 0; u < vectors; ++u) {
+        Vec<T> ratio = extreme[u] / row[u];
         if (rule.exponent != 1.0)
           for (int r = 0; r < L; ++r) ratio[r] = std::pow(ratio[r], static_cast<T>(rule.exponent));
-        const Vec<T> exact = S[j * V + u] == zero ? zero + T(1) : zero;
-        S[j * V + u] = on_centroid ? exact : ratio;
-        total += S[j * V + u];
+        const Vec<T> exact = row[u] == zero ? zero + T(1) : zero;
+        row[u] = extreme[u] == zero ? exact : ratio;
+        total[u] += row[u];
       }
-      const T tiny = std::numeric_limits<T>::min();
-      total = total < tiny ? zero + tiny : total;
-      for (int64_t j = 0; j < k; ++j) S[j * V + u] = live ? S[j * V + u] / total : zero;
     }
-    if (labels) {  // the first largest weight, as `max` finds it
-      Vec<T> best = S[u];
-      Index<T> index = {};
-      for (int64_t j = 1; j < k; ++j) {
-        const auto better = S[j * V + u] > best;
-        best = better ? S[j * V + u] : best;
-        index = better ? Index<T>{} + (typename Lanes<T>::label)j : index;
+    const T tiny = std::numeric_limits<T>::min();
+    for (int64_t u = 0; u < vectors; ++u) total[u] = total[u] < tiny ? zero + tiny : total[u];
+    for (int64_t j = 0; j < k; ++j) {
+      Vec<T>* row = S + j * V;
+      for (int64_t u = 0; u < vectors; ++u) row[u] = live[u] ? row[u] / total[u] : zero;
+    }
+  }
+  if (labels) {  // the first largest weight, as `max` finds it
+    Vec<T> best[V];
+    Index<T> index[V];
+    for (int64_t u = 0; u < vectors; ++u) { best[u] = S[u]; index[u] = Index<T>{}; }
+    for (int64_t j = 1; j < k; ++j) {
+      const Vec<T>* row = S + j * V;
+      const Index<T> key = Index<T>{} + (typename Lanes<T>::label)j;
+      for (int64_t u = 0; u < vectors; ++u) {
+        const auto better = row[u] > best[u];
+        best[u] = better ? row[u] : best[u];
+        index[u] = better ? key : index[u];
       }
-      for (int r = 0; r < L && u * L + r < count; ++r) labels[u * L + r] = (real[r] > 0 && best[r] > 0) ? index[r] : -1;
     }
-    if (kept)
+    for (int64_t u = 0; u < vectors; ++u)
+      for (int r = 0; r < L && u * L + r < count; ++r)
+        labels[u * L + r] = (live[u][r] && best[u][r] > 0) ? index[u][r] : -1;
+  }
+  if (kept)
+    for (int64_t u = 0; u < vectors; ++u)
       for (int r = 0; r < L && u * L + r < count; ++r)
         for (int64_t j = 0; j < k; ++j) kept[(u * L + r) * k + j] = S[j * V + u][r];
-  }
   if (!rule.sums) return;
   for (int64_t u = vectors; u < V; ++u) for (int64_t j = 0; j < k; ++j) S[j * V + u] = zero;
   // The sums Σ_i w_ij^power s_i row_ic (w = max(w, 0) when power != 1), each term w^power * (s_i row_ic) in A, over the tile's rows in A's lanes,
