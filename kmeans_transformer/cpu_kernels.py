@@ -489,45 +489,103 @@ static scalar_t sparsemax_norm(const scalar_t* centre, int64_t d) {
   return cc;
 }
 
+// `Rows` rows' scores side by side (2 Rows independent running sums, not two chains of additions one after the
+// other), in scalar code (vectorised across the rows, the compiler's shuffles cost more); `twice` holds 2 c, exactly, for every centre.
+template <typename scalar_t, int Rows>
+__attribute__((optimize("fp-contract=off", "no-tree-slp-vectorize", "no-tree-loop-vectorize")))
+static inline void sparsemax_row_scores(const scalar_t* x, int64_t ldx, const int64_t* code, const int64_t* rows,
+                                        const scalar_t* twice, const scalar_t* norms, int64_t d, scalar_t scaling,
+                                        scalar_t* z) {
+  const scalar_t* row[Rows];
+  const scalar_t* centre[Rows];
+  scalar_t dot[Rows], xx[Rows];
+  for (int r = 0; r < Rows; ++r) {
+    row[r] = x + rows[r] * ldx;
+    centre[r] = twice + code[rows[r]] * d;
+    dot[r] = 0;
+    xx[r] = 0;
+  }
+  for (int64_t e = 0; e < d; ++e)  // each row's two sums in coordinate order
+    for (int r = 0; r < Rows; ++r) {
+      dot[r] = dot[r] + centre[r][e] * row[r][e];
+      xx[r] = xx[r] + row[r][e] * row[r][e];
+    }
+  for (int r = 0; r < Rows; ++r) z[rows[r]] = ((dot[r] - xx[r]) - norms[code[rows[r]]]) * scaling;
+}
+
 template <typename scalar_t>
-__attribute__((optimize("fp-contract=off")))
 static void sparsemax_scores(const scalar_t* x, int64_t ldx, const int64_t* code, int64_t begin, int64_t end,
-                             const scalar_t* centres, const scalar_t* norms, int64_t k, int64_t d, scalar_t scaling,
+                             const scalar_t* twice, const scalar_t* norms, int64_t k, int64_t d, scalar_t scaling,
                              scalar_t* z) {
+  constexpr int kRows = 4;
+  int64_t rows[kRows];
+  int count = 0;
   for (int64_t i = begin; i < end; ++i) {
     const int64_t c = code[i];
     if (c < 0 || c >= k) continue;
-    const scalar_t* row = x + i * ldx;
-    const scalar_t* centre = centres + c * d;
-    scalar_t dot = 0, xx = 0;
-    for (int64_t e = 0; e < d; ++e) {  // two sums in coordinate order, side by side
-      dot = dot + (scalar_t(2) * centre[e]) * row[e];
-      xx = xx + row[e] * row[e];
+    rows[count++] = i;
+    if (count == kRows) {
+      sparsemax_row_scores<scalar_t, kRows>(x, ldx, code, rows, twice, norms, d, scaling, z);
+      count = 0;
     }
-    z[i] = ((dot - xx) - norms[c]) * scaling;
+  }
+  for (int r = 0; r < count; ++r) sparsemax_row_scores<scalar_t, 1>(x, ldx, code, rows + r, twice, norms, d, scaling, z);
+}
+
+// The positions [0, m) of `keys` in increasing order of key, ties in position order: a stable radix sort a byte at a
+// time from the lowest (a byte that all keys share is skipped), or `std::sort` on (key, position) for a few keys.
+template <typename U>
+static void stable_key_order(const std::vector<U>& keys, std::vector<uint32_t>& order) {
+  const int64_t m = static_cast<int64_t>(keys.size());
+  order.resize(m);
+  if (m < 256) {
+    std::vector<std::pair<U, uint32_t>> pairs(m);
+    for (int64_t t = 0; t < m; ++t) pairs[t] = {keys[t], static_cast<uint32_t>(t)};
+    std::sort(pairs.begin(), pairs.end());
+    for (int64_t t = 0; t < m; ++t) order[t] = pairs[t].second;
+    return;
+  }
+  constexpr int kBytes = sizeof(U);
+  std::vector<uint32_t> counts(kBytes * 256, 0);
+  for (int64_t t = 0; t < m; ++t)
+    for (int b = 0; b < kBytes; ++b) ++counts[b * 256 + ((keys[t] >> (8 * b)) & 0xff)];
+  std::vector<U> key(keys), next_key(m);
+  std::vector<uint32_t> next(m);
+  for (int64_t t = 0; t < m; ++t) order[t] = static_cast<uint32_t>(t);
+  for (int b = 0; b < kBytes; ++b) {
+    uint32_t* count = counts.data() + b * 256;
+    if (count[(key[0] >> (8 * b)) & 0xff] == static_cast<uint32_t>(m)) continue;
+    uint32_t offset = 0;
+    for (int v = 0; v < 256; ++v) { const uint32_t c = count[v]; count[v] = offset; offset += c; }
+    for (int64_t t = 0; t < m; ++t) {
+      const uint32_t slot = count[(key[t] >> (8 * b)) & 0xff]++;
+      next_key[slot] = key[t];
+      next[slot] = order[t];
+    }
+    key.swap(next_key);
+    order.swap(next);
   }
 }
 
 template <typename scalar_t>
 __attribute__((optimize("fp-contract=off")))
 static scalar_t sparsemax_threshold(const scalar_t* z, const int64_t* members, int64_t m, const scalar_t* weight) {
-  // The members by decreasing score, ties in member order. Float scores sort as 64-bit keys (faster than pairs): the
-  // score's bits made to decrease with it (-0 taken as +0, which it equals), then the member's index.
+  // The members by decreasing score, ties in member order: the score's bits made to decrease with it (-0 taken as +0,
+  // which it equals) sorted as unsigned keys, stably.
+  using Bits = typename std::conditional<std::is_same<scalar_t, float>::value, uint32_t, uint64_t>::type;
+  constexpr Bits sign = Bits(1) << (8 * sizeof(Bits) - 1);
   std::vector<std::pair<scalar_t, int64_t>> ordered(m);
-  if (std::is_same<scalar_t, float>::value && m < (int64_t(1) << 32)) {
-    std::vector<uint64_t> keys(m);
+  if (m < (int64_t(1) << 32)) {
+    std::vector<Bits> keys(m);
     for (int64_t t = 0; t < m; ++t) {
-      const float value = static_cast<float>(z[members[t]]) + 0.0f;
-      uint32_t bits;
+      const scalar_t value = z[members[t]] + scalar_t(0);
+      Bits bits;
       std::memcpy(&bits, &value, sizeof(bits));
-      bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // increasing with the value
-      keys[t] = (static_cast<uint64_t>(~bits) << 32) | static_cast<uint64_t>(t);
+      keys[t] = ~((bits & sign) ? ~bits : (bits | sign));  // increasing with the value, then inverted
     }
-    std::sort(keys.begin(), keys.end());
-    for (int64_t r = 0; r < m; ++r) {
-      const int64_t t = static_cast<int64_t>(keys[r] & 0xffffffffu);
-      ordered[r] = {z[members[t]], t};
-    }
+    std::vector<uint32_t> order;
+    stable_key_order<Bits>(keys, order);
+    for (int64_t r = 0; r < m; ++r) ordered[r] = {z[members[order[r]]], order[r]};
   } else {
     for (int64_t t = 0; t < m; ++t) ordered[t] = {z[members[t]], t};
     std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
@@ -585,13 +643,14 @@ static void sparsemax_all_scores(const at::Tensor& points, const int64_t* code, 
   const int64_t groups = points.size(0), n = points.size(1), d = points.size(2);
   const scalar_t* x = points.data_ptr<scalar_t>();
   const int64_t gx = points.stride(0), ldx = points.stride(1);
-  std::vector<scalar_t> norms(groups * k);
+  std::vector<scalar_t> norms(groups * k), twice(groups * k * d);
   for (int64_t j = 0; j < groups * k; ++j) norms[j] = sparsemax_norm<scalar_t>(c + j * d, d);
+  for (int64_t j = 0; j < groups * k * d; ++j) twice[j] = scalar_t(2) * c[j];
   const int64_t blocks = (n + 4095) / 4096;
   at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / blocks, first = (task % blocks) * 4096;
-      sparsemax_scores<scalar_t>(x + g * gx, ldx, code + g * n, first, std::min(n, first + 4096), c + g * k * d,
+      sparsemax_scores<scalar_t>(x + g * gx, ldx, code + g * n, first, std::min(n, first + 4096), &twice[g * k * d],
                                  &norms[g * k], k, d, scaling, z + g * n);
     }
   });

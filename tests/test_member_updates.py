@@ -28,23 +28,26 @@ def nearest(x, c):
     return np.array([int(np.argmin([((xi - cj) ** 2).sum() for cj in c])) for xi in x])
 
 
-def sparse_loop(x, labels, c, w, scaling):
+def sparse_sums(x, labels, c, w, scaling):
     """
-    One sparsemax update, number by number in the compact engine's order: the score `((Σ_e 2c_e x_e - |x|^2) - |c|^2)
-    · scaling`, the members sorted decreasingly (ties in point order), running sums, the support, the threshold and
-    `Σ p_i x_i` in point order.
+    One sparsemax update's `Σ p_i x_i` (float64, `(k, d)`) and each cluster's mass, number by number in the compact
+    engine's order, rounded to the points' dtype where it rounds: the score `((Σ_e 2c_e x_e - |x|^2) - |c|^2) ·
+    scaling`, the members sorted decreasingly (ties in point order), running sums (in float64, each rounded to the
+    dtype), the support, the threshold, and `Σ p_i x_i` in float64 in point order.
     """
-    new = c.copy()
+    t = x.dtype.type
+    scaling = t(scaling)
+    totals, masses_found = np.zeros(c.shape), np.zeros(len(c))
     for j in range(len(c)):
         members = [i for i in range(len(x)) if labels[i] == j and (w is None or w[i] > 0)]
         if not members:
             continue
-        cc = 0.0
+        cc = t(0)
         for e in range(x.shape[1]):
             cc = cc + c[j, e] * c[j, e]
         z = {}
         for i in members:
-            dot = xx = 0.0
+            dot = xx = t(0)
             for e in range(x.shape[1]):
                 dot = dot + (2 * c[j, e]) * x[i, e]
             for e in range(x.shape[1]):
@@ -53,17 +56,26 @@ def sparse_loop(x, labels, c, w, scaling):
         running = mass = 0.0
         cumulative, masses, support = [], [], 0
         for r, i in enumerate(sorted(members, key=lambda i: -z[i]), 1):
-            running += z[i] if w is None else w[i] * z[i]
-            mass += 1.0 if w is None else w[i]
-            cumulative.append(running)
-            masses.append(float(r) if w is None else mass)
-            support += 1 + masses[-1] * z[i] > cumulative[-1]
+            running += float(z[i] if w is None else w[i] * z[i])
+            mass += 1.0 if w is None else float(w[i])
+            cumulative.append(t(running))
+            masses.append(t(r) if w is None else t(mass))
+            support += bool(1 + masses[-1] * z[i] > cumulative[-1])
         support = max(support, 1)
         threshold = (cumulative[support - 1] - 1) / masses[support - 1]
-        total = np.zeros(x.shape[1])
         for i in members:
-            total = total + (max(z[i] - threshold, 0.0) * (1.0 if w is None else w[i])) * x[i]
-        new[j] = total
+            p = max(z[i] - threshold, t(0)) * (t(1) if w is None else w[i])
+            totals[j] = totals[j] + float(p) * x[i].astype(np.float64)
+        for i in members:  # the mass in point order
+            masses_found[j] += 1.0 if w is None else float(w[i])
+    return totals, masses_found
+
+
+def sparse_loop(x, labels, c, w, scaling):
+    """One sparsemax update (`sparse_sums`): each cluster with members moves to its `Σ p_i x_i`."""
+    totals, masses = sparse_sums(x, labels, c, w, scaling)
+    new = c.copy()
+    new[masses > 0] = totals[masses > 0]
     return new
 
 
@@ -154,6 +166,35 @@ def test_compact_member_updates_equal_a_plain_loop_on_real_points(variant, param
         labels, expected = run_loop(variant, x, c, weights, 3, parameters.get("inverse_temperature", 0.0) / 2.0)
         np.testing.assert_array_equal(output.labels[0].numpy(), labels)
         np.testing.assert_allclose(output.centroids[0].numpy(), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_compiled_sparsemax_sums_with_hundreds_of_tied_members(dtype, weighted):
+    """
+    Clusters of hundreds of members (those sorted by bytes, not pairwise), integer points (most scores tied, -0 among
+    them), points without a cluster, real weights: the compiled sums and masses equal the loop's bit for bit, in
+    float32 and float64 (where tied members of different weights are summed in another order, they differ).
+    """
+    if cpu_kernels._load() is None:
+        pytest.skip("no compiled loops here")
+    rng = np.random.default_rng(6)
+    x = rng.integers(-4, 5, size=(1500, 4)).astype(dtype)
+    c = x[:4].copy()
+    labels = nearest(x, c)
+    labels[::50] = -1
+    # real weights (zeros among them): the running sums of tied members round by their order
+    w = (rng.uniform(0.0, 3.0, size=len(x)) * (rng.uniform(size=len(x)) > 0.1)).astype(dtype) if weighted else None
+    assert np.bincount(labels[labels >= 0]).min() >= 256
+    for scaling in (0.25, 0.3):
+        sums, masses = cpu_kernels.sparsemax_update(
+            torch.from_numpy(x)[None], torch.from_numpy(labels)[None], torch.from_numpy(c)[None],
+            None if w is None else torch.from_numpy(w)[None], scaling,
+        )
+        expected, expected_masses = sparse_sums(x, labels, c, w, scaling)
+        np.testing.assert_array_equal(sums[0].numpy(), expected)
+        np.testing.assert_array_equal(masses[0].numpy(), expected_masses)
+        assert (expected != 0).any()
 
 
 def test_compiled_member_updates_equal_their_pytorch_code():
