@@ -490,7 +490,8 @@ static scalar_t sparsemax_norm(const scalar_t* centre, int64_t d) {
 }
 
 // `Rows` rows' scores side by side (2 Rows independent running sums, not two chains of additions one after the
-// other), in scalar code (vectorised across the rows, the compiler's shuffles cost more); `twice` holds 2 c, exactly, for every centre.
+// other), in scalar code (vectorised across the rows, the compiler's shuffles cost more); `twice` holds 2 c, exactly,
+// for every centre.
 template <typename scalar_t, int Rows>
 __attribute__((optimize("fp-contract=off", "no-tree-slp-vectorize", "no-tree-loop-vectorize")))
 static inline void sparsemax_row_scores(const scalar_t* x, int64_t ldx, const int64_t* code, const int64_t* rows,
@@ -529,7 +530,8 @@ static void sparsemax_scores(const scalar_t* x, int64_t ldx, const int64_t* code
       count = 0;
     }
   }
-  for (int r = 0; r < count; ++r) sparsemax_row_scores<scalar_t, 1>(x, ldx, code, rows + r, twice, norms, d, scaling, z);
+  for (int r = 0; r < count; ++r)
+    sparsemax_row_scores<scalar_t, 1>(x, ldx, code, rows + r, twice, norms, d, scaling, z);
 }
 
 // The positions [0, m) of `keys` in increasing order of key, ties in position order: a stable radix sort a byte at a
