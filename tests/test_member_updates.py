@@ -172,9 +172,9 @@ def test_compact_member_updates_equal_a_plain_loop_on_real_points(variant, param
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 def test_compiled_sparsemax_sums_with_hundreds_of_tied_members(dtype, weighted):
     """
-    Clusters of hundreds of members (those sorted by bytes, not pairwise), integer points (most scores tied, -0 among
-    them), points without a cluster, real weights: the compiled sums and masses equal the loop's bit for bit, in
-    float32 and float64 (where tied members of different weights are summed in another order, they differ).
+    Clusters of hundreds of members (those sorted by bytes, not pairwise), integer points (most scores tied), points
+    without a cluster, real weights: the compiled sums and masses equal the loop's bit for bit, in float32 and
+    float64.
     """
     if cpu_kernels._load() is None:
         pytest.skip("no compiled loops here")
@@ -183,7 +183,7 @@ def test_compiled_sparsemax_sums_with_hundreds_of_tied_members(dtype, weighted):
     c = x[:4].copy()
     labels = nearest(x, c)
     labels[::50] = -1
-    # real weights (zeros among them): the running sums of tied members round by their order
+    # real weights, zeros among them
     w = (rng.uniform(0.0, 3.0, size=len(x)) * (rng.uniform(size=len(x)) > 0.1)).astype(dtype) if weighted else None
     assert np.bincount(labels[labels >= 0]).min() >= 256
     for scaling in (0.25, 0.3):
