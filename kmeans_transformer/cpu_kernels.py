@@ -537,30 +537,30 @@ static void sparsemax_scores(const scalar_t* x, int64_t ldx, const int64_t* code
 // The positions [0, m) of `keys` in increasing order of key, ties in position order: a stable radix sort a byte at a
 // time from the lowest (a byte that all keys share is skipped), or `std::sort` on (key, position) for a few keys.
 template <typename U>
-static void stable_key_order(const std::vector<U>& keys, std::vector<uint32_t>& order) {
+static void stable_key_order(const std::vector<U>& keys, std::vector<int64_t>& order) {
   const int64_t m = static_cast<int64_t>(keys.size());
   order.resize(m);
   if (m < 256) {
-    std::vector<std::pair<U, uint32_t>> pairs(m);
-    for (int64_t t = 0; t < m; ++t) pairs[t] = {keys[t], static_cast<uint32_t>(t)};
+    std::vector<std::pair<U, int64_t>> pairs(m);
+    for (int64_t t = 0; t < m; ++t) pairs[t] = {keys[t], t};
     std::sort(pairs.begin(), pairs.end());
     for (int64_t t = 0; t < m; ++t) order[t] = pairs[t].second;
     return;
   }
   constexpr int kBytes = sizeof(U);
-  std::vector<uint32_t> counts(kBytes * 256, 0);
+  std::vector<int64_t> counts(kBytes * 256, 0);
   for (int64_t t = 0; t < m; ++t)
     for (int b = 0; b < kBytes; ++b) ++counts[b * 256 + ((keys[t] >> (8 * b)) & 0xff)];
   std::vector<U> key(keys), next_key(m);
-  std::vector<uint32_t> next(m);
-  for (int64_t t = 0; t < m; ++t) order[t] = static_cast<uint32_t>(t);
+  std::vector<int64_t> next(m);
+  for (int64_t t = 0; t < m; ++t) order[t] = t;
   for (int b = 0; b < kBytes; ++b) {
-    uint32_t* count = counts.data() + b * 256;
-    if (count[(key[0] >> (8 * b)) & 0xff] == static_cast<uint32_t>(m)) continue;
-    uint32_t offset = 0;
-    for (int v = 0; v < 256; ++v) { const uint32_t c = count[v]; count[v] = offset; offset += c; }
+    int64_t* count = counts.data() + b * 256;
+    if (count[(key[0] >> (8 * b)) & 0xff] == m) continue;
+    int64_t offset = 0;
+    for (int v = 0; v < 256; ++v) { const int64_t c = count[v]; count[v] = offset; offset += c; }
     for (int64_t t = 0; t < m; ++t) {
-      const uint32_t slot = count[(key[t] >> (8 * b)) & 0xff]++;
+      const int64_t slot = count[(key[t] >> (8 * b)) & 0xff]++;
       next_key[slot] = key[t];
       next[slot] = order[t];
     }
@@ -577,23 +577,16 @@ static scalar_t sparsemax_threshold(const scalar_t* z, const int64_t* members, i
   using Bits = typename std::conditional<std::is_same<scalar_t, float>::value, uint32_t, uint64_t>::type;
   constexpr Bits sign = Bits(1) << (8 * sizeof(Bits) - 1);
   std::vector<std::pair<scalar_t, int64_t>> ordered(m);
-  if (m < (int64_t(1) << 32)) {
-    std::vector<Bits> keys(m);
-    for (int64_t t = 0; t < m; ++t) {
-      const scalar_t value = z[members[t]] + scalar_t(0);
-      Bits bits;
-      std::memcpy(&bits, &value, sizeof(bits));
-      keys[t] = ~((bits & sign) ? ~bits : (bits | sign));  // increasing with the value, then inverted
-    }
-    std::vector<uint32_t> order;
-    stable_key_order<Bits>(keys, order);
-    for (int64_t r = 0; r < m; ++r) ordered[r] = {z[members[order[r]]], order[r]};
-  } else {
-    for (int64_t t = 0; t < m; ++t) ordered[t] = {z[members[t]], t};
-    std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    });
+  std::vector<Bits> keys(m);
+  for (int64_t t = 0; t < m; ++t) {
+    const scalar_t value = z[members[t]] + scalar_t(0);
+    Bits bits;
+    std::memcpy(&bits, &value, sizeof(bits));
+    keys[t] = ~((bits & sign) ? ~bits : (bits | sign));  // increasing with the value, then inverted
   }
+  std::vector<int64_t> order;
+  stable_key_order<Bits>(keys, order);
+  for (int64_t r = 0; r < m; ++r) ordered[r] = {z[members[order[r]]], order[r]};
   double running = 0, running_mass = 0;
   int64_t support = 0;
   scalar_t cumulative_at = 0, mass_at = 1;
