@@ -1965,7 +1965,12 @@ _CFLAGS = ("-O3", "-march=native", "-falign-loops=64", "-fopenmp")
 
 def _toolchain() -> str:
     """What the build depends on besides the source: torch's build and location, Python's headers, the compiler and
-    ninja actually found (resolved paths), so that every environment keeps its own build and never rebuilds another's."""
+    ninja actually found (resolved paths), and the header and library paths torch writes into the build file as this
+    process sees them (an environment reached through a symbolic link names other paths there, so torch would rebuild
+    over the other route's build at every switch), so that every environment keeps its own build and never rebuilds
+    another's."""
+    from torch.utils.cpp_extension import include_paths, library_paths
+
     compiler = os.environ.get("CXX") or shutil.which("c++") or "c++"
     ninja = _ninja()
     parts = [
@@ -1975,6 +1980,8 @@ def _toolchain() -> str:
         sysconfig.get_path("include"),
         os.path.realpath(shutil.which(compiler) or compiler),
         os.path.realpath(ninja) if ninja else "no ninja",
+        *include_paths(),
+        *library_paths(),
     ]
     return "\n".join(parts)
 

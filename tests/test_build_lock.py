@@ -152,6 +152,27 @@ def test_an_unusable_timeout_warns_and_waits_the_default(monkeypatch, value):
         assert cpu_kernels._build_timeout() == 600.0
 
 
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="needs a virtual environment to reach through a link")
+def test_an_environment_reached_through_a_symbolic_link_keeps_its_own_build(tmp_path):
+    """torch writes its header and library paths into the build file as the process sees them, so the same environment
+    reached through a symbolic link gives another build file: the two routes need two build names, else each use
+    rebuilds over the other's build (a minute each time)."""
+    link = tmp_path / "environment"
+    link.symlink_to(sys.prefix, target_is_directory=True)
+    script = "from torch.utils.cpp_extension import include_paths\nprint('RESULT', cpu_kernels._build_tag(), *include_paths())\n"
+    seen = []
+    for python in (Path(sys.executable), link / "bin" / Path(sys.executable).name):
+        result = subprocess.run([str(python), "-c", LOAD_MODULE + script], capture_output=True, text=True, timeout=HANG)
+        assert result.returncode == 0, result.stderr
+        tag, *paths = next(line for line in result.stdout.splitlines() if line.startswith("RESULT")).split()[1:]
+        seen.append((tag, paths))
+    (direct_tag, direct_paths), (linked_tag, linked_paths) = seen
+    if direct_paths == linked_paths:
+        pytest.skip("this Python resolves the link: torch names the same paths on both routes")
+    assert any(str(link) in path for path in linked_paths)
+    assert direct_tag != linked_tag
+
+
 @pytest.mark.slow
 def test_a_build_killed_half_way_does_not_block_the_next_process(tmp_path):
     """A real build, killed with SIGKILL while it compiles: the next process builds (a minute or two) and runs."""
